@@ -1,0 +1,10 @@
+//! The per-host side of Lockstep: `lockstep-agent` and `agentctl`.
+//!
+//! Owns supervision of the app's processes (start-before-stop switches,
+//! restart with backoff, crash-loop detection, readiness probes, socket
+//! hand-over), the host's durable local state, the `AgentService` gRPC server
+//! and the Unix-socket API that `agentctl` uses.
+//!
+//! Must never: stop a serving release before its replacement is ready, let a
+//! lost etcd or coordinator stop the apps it supervises (fail static), or
+//! obey a command whose fencing token is older than one it has accepted.

@@ -1,0 +1,14 @@
+//! Compiles `proto/lockstep/v1/*.proto` into tonic clients and servers.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = [
+        "proto/lockstep/v1/common.proto",
+        "proto/lockstep/v1/agent.proto",
+        "proto/lockstep/v1/coordinator.proto",
+    ];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    tonic_prost_build::configure().compile_protos(&protos, &["proto"])?;
+    Ok(())
+}
