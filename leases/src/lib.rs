@@ -6,3 +6,30 @@
 //!
 //! Must never: hold a lock without a lease (every lock expires by itself when
 //! its holder dies), or act for a holder after its session is lost.
+//!
+//! ```text
+//! Session (lease + keep-alive) ──┬── FencedMutex   one holder; token = create revision
+//!        │ lost() fires before   ├── Semaphore     N holders, FIFO waiters, each
+//!        │ the lease can expire  │                 watching only its predecessor
+//!        │ on the server         ├── Election      FencedMutex on /lockstep/v1/leader
+//!        ▼                       └── Registration  /lockstep/v1/agents/<agent>
+//!   holder stops acting          AuditLog: /lockstep/v1/audit/<seq>, never leased
+//! ```
+
+mod audit;
+mod election;
+mod holder;
+pub mod keys;
+mod mutex;
+mod registration;
+mod semaphore;
+mod session;
+mod task;
+
+pub use audit::{AuditError, AuditLog, AuditRecord};
+pub use election::{Election, ElectionError, Leadership};
+pub use holder::Holder;
+pub use mutex::{FencedMutex, FencingToken, LockError, LockInfo, MutexGuard};
+pub use registration::{Registration, RegistrationError};
+pub use semaphore::{BudgetPolicy, DisruptionBudget, SemaphoreError, SlotGuard, SlotInfo};
+pub use session::{LossReason, Session, SessionError, Ttl};

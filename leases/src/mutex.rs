@@ -1,0 +1,375 @@
+//! `FencedMutex`: one holder at a time, bound to the holder's session, with
+//! a fencing token every later command carries.
+//!
+//! The lock is one key; its value records who holds it, why and since when.
+//! The fencing token is the key's create revision: it only grows, so a
+//! command carrying an older token than one already seen comes from a
+//! holder that has since lost the lock.
+//!
+//! Must never: create the key without the holder's lease, or delete a key
+//! that a newer holder created (release compares the create revision).
+
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchFilterType,
+    WatchOptions,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{AuditError, AuditLog, AuditRecord};
+use crate::holder::{Holder, now_unix_ms};
+use crate::session::Session;
+
+/// A lock's create revision. Commands carry it; receivers refuse one older
+/// than the highest they have seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FencingToken(pub u64);
+
+impl std::fmt::Display for FencingToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// What a lock key holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct LockValue {
+    pub holder: Holder,
+    pub purpose: String,
+    pub since_unix_ms: i64,
+}
+
+/// A lock as anyone may see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockInfo {
+    pub key: String,
+    pub holder: Holder,
+    /// Deployment id or free-text reason.
+    pub purpose: String,
+    pub since_unix_ms: i64,
+    /// Time left on the holder's lease; `None` if the lease is already gone.
+    pub ttl_left: Option<Duration>,
+    pub token: FencingToken,
+    pub lease: i64,
+}
+
+impl std::fmt::Display for LockInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let age = Duration::from_millis(
+            u64::try_from(now_unix_ms().saturating_sub(self.since_unix_ms)).unwrap_or(0),
+        );
+        write!(
+            f,
+            "{} held by {} for {:?} ({}), token {}",
+            self.key, self.holder, age, self.purpose, self.token
+        )?;
+        match self.ttl_left {
+            Some(ttl) => write!(f, ", lease expires in {ttl:?} unless renewed"),
+            None => write!(f, ", lease already gone"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("lock {}", .0)]
+    Held(Box<LockInfo>),
+    #[error("timed out after {waited:?} waiting for lock {key}")]
+    TimedOut { key: String, waited: Duration },
+    #[error("lost the etcd session while waiting for lock {key}")]
+    SessionLost { key: String },
+    #[error("etcd request for lock {key} failed: {source}")]
+    Etcd {
+        key: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("lock {key} holds a value that is not a lock record: {source}")]
+    BadValue {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot record the break of lock {key} in the audit log: {source}")]
+    Audit {
+        key: String,
+        #[source]
+        source: AuditError,
+    },
+}
+
+/// A named, lease-bound, fenced lock.
+#[derive(Debug, Clone)]
+pub struct FencedMutex {
+    key: String,
+}
+
+/// Proof of holding a [`FencedMutex`]. Release it with `release`; if it is
+/// dropped instead, the key goes when the session's lease does.
+pub struct MutexGuard {
+    key: String,
+    token: FencingToken,
+    client: Client,
+}
+
+enum Attempt {
+    Acquired(Box<MutexGuard>),
+    Held { info: LockInfo, revision: i64 },
+}
+
+impl FencedMutex {
+    /// A lock under `/lockstep/v1/locks/<name>`.
+    pub fn named(name: &str) -> Self {
+        Self::at(crate::keys::lock(name))
+    }
+
+    /// The deployment lock of a service.
+    pub fn deployment(service: &str) -> Self {
+        Self::at(crate::keys::deploy_lock(service))
+    }
+
+    /// A lock at an exact key (the election uses `/lockstep/v1/leader`).
+    pub fn at(key: impl Into<String>) -> Self {
+        Self { key: key.into() }
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Takes the lock now or fails with who holds it.
+    pub async fn try_lock(
+        &self,
+        session: &Session,
+        purpose: &str,
+    ) -> Result<MutexGuard, LockError> {
+        match self.attempt(session, purpose).await? {
+            Attempt::Acquired(guard) => Ok(*guard),
+            Attempt::Held { info, .. } => Err(LockError::Held(Box::new(info))),
+        }
+    }
+
+    /// Waits up to `timeout` for the lock; woken by the holder's key being
+    /// deleted (release, or its lease expiring), not by polling.
+    pub async fn lock(
+        &self,
+        session: &Session,
+        purpose: &str,
+        timeout: Duration,
+    ) -> Result<MutexGuard, LockError> {
+        let wait = async {
+            loop {
+                let revision = match self.attempt(session, purpose).await? {
+                    Attempt::Acquired(guard) => return Ok(*guard),
+                    Attempt::Held { revision, .. } => revision,
+                };
+                self.wait_deleted(session, revision).await?;
+            }
+        };
+        tokio::select! {
+            result = wait => result,
+            _ = session.lost() => Err(LockError::SessionLost { key: self.key.clone() }),
+            () = tokio::time::sleep(timeout) => Err(LockError::TimedOut { key: self.key.clone(), waited: timeout }),
+        }
+    }
+
+    async fn attempt(&self, session: &Session, purpose: &str) -> Result<Attempt, LockError> {
+        let value = LockValue {
+            holder: Holder::current(),
+            purpose: purpose.to_owned(),
+            since_unix_ms: now_unix_ms(),
+        };
+        let value = serde_json::to_vec(&value).map_err(|source| self.bad_value(source))?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                self.key.as_str(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([TxnOp::put(
+                self.key.as_str(),
+                value,
+                Some(PutOptions::new().with_lease(session.lease_id())),
+            )])
+            .or_else([TxnOp::get(self.key.as_str(), None)]);
+        let mut client = session.client().clone();
+        let response = client.txn(txn).await.map_err(|source| self.etcd(source))?;
+        let revision = response.header().map_or(0, |h| h.revision());
+        if response.succeeded() {
+            return Ok(Attempt::Acquired(Box::new(MutexGuard {
+                key: self.key.clone(),
+                token: FencingToken(u64::try_from(revision).unwrap_or(0)),
+                client,
+            })));
+        }
+        let kv = response.op_responses().into_iter().find_map(|op| match op {
+            TxnOpResponse::Get(get) => get.kvs().first().cloned(),
+            _ => None,
+        });
+        match kv {
+            Some(kv) => Ok(Attempt::Held {
+                info: self.info(&mut client, &kv).await?,
+                revision,
+            }),
+            // Released between compare and get: the next attempt may win.
+            None => Box::pin(self.attempt(session, purpose)).await,
+        }
+    }
+
+    async fn wait_deleted(&self, session: &Session, seen_at: i64) -> Result<(), LockError> {
+        let mut client = session.client().clone();
+        let options = WatchOptions::new()
+            .with_start_revision(seen_at + 1)
+            .with_filters([WatchFilterType::NoPut]);
+        let mut stream = client
+            .watch(self.key.as_str(), Some(options))
+            .await
+            .map_err(|source| self.etcd(source))?;
+        loop {
+            match stream.message().await.map_err(|source| self.etcd(source))? {
+                Some(response)
+                    if response
+                        .events()
+                        .iter()
+                        .any(|e| e.event_type() == EventType::Delete) =>
+                {
+                    return Ok(());
+                }
+                Some(response) if response.canceled() => return Ok(()),
+                Some(_) => {}
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Who holds the lock now, if anyone.
+    pub async fn inspect(&self, client: &Client) -> Result<Option<LockInfo>, LockError> {
+        let mut client = client.clone();
+        let response = client
+            .get(self.key.as_str(), None)
+            .await
+            .map_err(|source| self.etcd(source))?;
+        match response.kvs().first() {
+            Some(kv) => Ok(Some(self.info(&mut client, kv).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Break-glass: records who broke the lock and why, then revokes the
+    /// holder's lease (which deletes the lock and everything else the holder
+    /// held). Returns the broken lock and the audit sequence number, or
+    /// `None` if nobody held it.
+    pub async fn break_lock(
+        &self,
+        client: &Client,
+        actor: Holder,
+        reason: &str,
+    ) -> Result<Option<(LockInfo, u64)>, LockError> {
+        let Some(info) = self.inspect(client).await? else {
+            return Ok(None);
+        };
+        // Audit first: a break is never unrecorded, even if the revoke fails.
+        let record =
+            AuditRecord::new(actor, "break-lock", &self.key, reason).with_detail(&info.to_string());
+        let seq = AuditLog::append(client, &record)
+            .await
+            .map_err(|source| LockError::Audit {
+                key: self.key.clone(),
+                source,
+            })?;
+        let mut client = client.clone();
+        match client.lease_revoke(info.lease).await {
+            Ok(_) => {}
+            // Already expired: the lock is gone either way.
+            Err(etcd_client::Error::GRpcStatus(status))
+                if status.code() == tonic::Code::NotFound => {}
+            Err(source) => return Err(self.etcd(source)),
+        }
+        Ok(Some((info, seq)))
+    }
+
+    async fn info(
+        &self,
+        client: &mut Client,
+        kv: &etcd_client::KeyValue,
+    ) -> Result<LockInfo, LockError> {
+        let value: LockValue =
+            serde_json::from_slice(kv.value()).map_err(|source| self.bad_value(source))?;
+        let ttl_left = client
+            .lease_time_to_live(kv.lease(), None)
+            .await
+            .ok()
+            .and_then(|ttl| u64::try_from(ttl.ttl()).ok())
+            .map(Duration::from_secs);
+        Ok(LockInfo {
+            key: self.key.clone(),
+            holder: value.holder,
+            purpose: value.purpose,
+            since_unix_ms: value.since_unix_ms,
+            ttl_left,
+            token: FencingToken(u64::try_from(kv.create_revision()).unwrap_or(0)),
+            lease: kv.lease(),
+        })
+    }
+
+    fn etcd(&self, source: etcd_client::Error) -> LockError {
+        LockError::Etcd {
+            key: self.key.clone(),
+            source,
+        }
+    }
+
+    fn bad_value(&self, source: serde_json::Error) -> LockError {
+        LockError::BadValue {
+            key: self.key.clone(),
+            source,
+        }
+    }
+}
+
+impl MutexGuard {
+    pub fn token(&self) -> FencingToken {
+        self.token
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The condition that fences a write: true only while this guard's key
+    /// is the one that exists. Put it in every transaction made on the
+    /// lock's behalf.
+    pub fn fence(&self) -> Compare {
+        Compare::create_revision(
+            self.key.as_str(),
+            CompareOp::Equal,
+            i64::try_from(self.token.0).unwrap_or(i64::MAX),
+        )
+    }
+
+    /// Deletes the key if it is still ours; a newer holder's key is left
+    /// alone.
+    pub async fn release(mut self) -> Result<(), LockError> {
+        let txn = Txn::new()
+            .when([self.fence()])
+            .and_then([TxnOp::delete(self.key.as_str(), None)]);
+        self.client
+            .txn(txn)
+            .await
+            .map(drop)
+            .map_err(|source| LockError::Etcd {
+                key: self.key.clone(),
+                source,
+            })
+    }
+}
+
+impl std::fmt::Debug for MutexGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MutexGuard")
+            .field("key", &self.key)
+            .field("token", &self.token)
+            .finish_non_exhaustive()
+    }
+}

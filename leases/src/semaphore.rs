@@ -1,0 +1,483 @@
+//! `DisruptionBudget`: the per-cluster semaphore every planned disruption
+//! of an instance goes through — coordinator-driven and manual alike.
+//!
+//! ```text
+//! /lockstep/v1/clusters/<c>/policy            {"max_disruptions": N}  (default 1)
+//! /lockstep/v1/clusters/<c>/budget/<name>      holders  (lease-bound)
+//! /lockstep/v1/clusters/<c>/budget-queue/<name> waiters (lease-bound, FIFO by create revision)
+//! ```
+//!
+//! A waiter queues by creating its key. Only the first waiter may become a
+//! holder, in one transaction that deletes its queue key and creates its
+//! holder key. The first waiter watches the holders (and the policy); every
+//! other waiter watches only its predecessor in the queue, whose deletion
+//! (promotion, cancellation or death) is the only event that can move it
+//! forward. One release wakes one waiter: no thundering herd, and strict
+//! FIFO means no starvation.
+//!
+//! Must never: let more than N holders exist, or leave a cancelled waiter's
+//! key in the queue (an abandoned key would block everyone behind it until
+//! its lease expired).
+
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
+    TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::holder::{Holder, now_unix_ms};
+use crate::keys;
+use crate::mutex::LockValue;
+use crate::session::Session;
+
+/// One disruption at a time per cluster unless the operator says more: the
+/// safe choice for small clusters, which the incident took down completely.
+pub const DEFAULT_MAX_DISRUPTIONS: u32 = 1;
+
+/// A cluster's budget, stored at `/lockstep/v1/clusters/<c>/policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetPolicy {
+    pub max_disruptions: u32,
+}
+
+impl Default for BudgetPolicy {
+    fn default() -> Self {
+        Self {
+            max_disruptions: DEFAULT_MAX_DISRUPTIONS,
+        }
+    }
+}
+
+/// A holder of, or waiter for, a slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotInfo {
+    pub name: String,
+    pub holder: Holder,
+    pub purpose: String,
+    pub since_unix_ms: i64,
+    pub create_revision: i64,
+    pub lease: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SemaphoreError {
+    #[error("{name} already holds or waits for a slot in cluster {cluster}'s disruption budget")]
+    AlreadyQueued { cluster: String, name: String },
+    #[error(
+        "no free slot in cluster {cluster}'s disruption budget after {waited:?}; held by: {holders}"
+    )]
+    TimedOut {
+        cluster: String,
+        waited: Duration,
+        holders: String,
+    },
+    #[error("lost the etcd session while waiting for a slot in cluster {cluster}")]
+    SessionLost { cluster: String },
+    #[error("etcd request on cluster {cluster}'s disruption budget failed: {source}")]
+    Etcd {
+        cluster: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("key {key} does not hold a valid record: {source}")]
+    BadValue {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// The disruption budget of one cluster.
+#[derive(Debug, Clone)]
+pub struct DisruptionBudget {
+    cluster: String,
+    holders: String,
+    waiters: String,
+    policy: String,
+}
+
+/// A held slot. Release it with `release`; if it is dropped instead, the
+/// slot frees when the session's lease ends.
+pub struct SlotGuard {
+    key: String,
+    create_revision: i64,
+    client: Client,
+}
+
+/// Deletes an abandoned queue key when an `acquire` future is dropped
+/// mid-wait. The delete runs on its own short task: `Drop` cannot await,
+/// and if it fails the key still goes with the session's lease.
+struct QueuedKey {
+    key: String,
+    client: Client,
+    armed: bool,
+}
+
+impl Drop for QueuedKey {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let key = std::mem::take(&mut self.key);
+        let mut client = self.client.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(err) = client.delete(key.as_str(), None).await {
+                    tracing::warn!(key, error = %err, "cannot remove an abandoned budget queue key; it goes with its lease");
+                }
+            });
+        }
+    }
+}
+
+struct Snapshot {
+    revision: i64,
+    queue: Vec<etcd_client::KeyValue>,
+    holders: Vec<etcd_client::KeyValue>,
+    policy: BudgetPolicy,
+}
+
+impl DisruptionBudget {
+    pub fn new(cluster: &str) -> Self {
+        Self {
+            cluster: cluster.to_owned(),
+            holders: keys::budget_holders(cluster),
+            waiters: keys::budget_waiters(cluster),
+            policy: keys::cluster_policy(cluster),
+        }
+    }
+
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    pub async fn set_policy(
+        &self,
+        client: &Client,
+        policy: BudgetPolicy,
+    ) -> Result<(), SemaphoreError> {
+        let value = serde_json::to_vec(&policy).map_err(|source| SemaphoreError::BadValue {
+            key: self.policy.clone(),
+            source,
+        })?;
+        client
+            .clone()
+            .put(self.policy.as_str(), value, None)
+            .await
+            .map(drop)
+            .map_err(|source| self.etcd(source))
+    }
+
+    pub async fn policy(&self, client: &Client) -> Result<BudgetPolicy, SemaphoreError> {
+        let response = client
+            .clone()
+            .get(self.policy.as_str(), None)
+            .await
+            .map_err(|source| self.etcd(source))?;
+        self.parse_policy(response.kvs().first())
+    }
+
+    /// Waits up to `timeout` for a slot, in FIFO order. `name` identifies the
+    /// holder (e.g. `agent-3/web`); one name holds at most one slot.
+    pub async fn acquire(
+        &self,
+        session: &Session,
+        name: &str,
+        purpose: &str,
+        timeout: Duration,
+    ) -> Result<SlotGuard, SemaphoreError> {
+        let queue_key = format!("{}{name}", self.waiters);
+        let holder_key = format!("{}{name}", self.holders);
+        let value = serde_json::to_vec(&LockValue {
+            holder: Holder::current(),
+            purpose: purpose.to_owned(),
+            since_unix_ms: now_unix_ms(),
+        })
+        .map_err(|source| SemaphoreError::BadValue {
+            key: queue_key.clone(),
+            source,
+        })?;
+        let mut client = session.client().clone();
+        let lease = PutOptions::new().with_lease(session.lease_id());
+        let enqueue = Txn::new()
+            .when([
+                Compare::create_revision(queue_key.as_str(), CompareOp::Equal, 0),
+                Compare::create_revision(holder_key.as_str(), CompareOp::Equal, 0),
+            ])
+            .and_then([TxnOp::put(
+                queue_key.as_str(),
+                value.clone(),
+                Some(lease.clone()),
+            )]);
+        let enqueued = client
+            .txn(enqueue)
+            .await
+            .map_err(|source| self.etcd(source))?;
+        if !enqueued.succeeded() {
+            return Err(SemaphoreError::AlreadyQueued {
+                cluster: self.cluster.clone(),
+                name: name.to_owned(),
+            });
+        }
+        let my_revision = enqueued.header().map_or(0, |h| h.revision());
+        let mut queued = QueuedKey {
+            key: queue_key.clone(),
+            client: client.clone(),
+            armed: true,
+        };
+
+        let wait = async {
+            loop {
+                let snapshot = self.snapshot(&mut client).await?;
+                let ahead: Vec<&etcd_client::KeyValue> = snapshot
+                    .queue
+                    .iter()
+                    .filter(|kv| kv.create_revision() < my_revision)
+                    .collect();
+                if !snapshot
+                    .queue
+                    .iter()
+                    .any(|kv| kv.key() == queue_key.as_bytes())
+                {
+                    // Our lease ended under us: the session loss arm wins.
+                    return Err(SemaphoreError::SessionLost {
+                        cluster: self.cluster.clone(),
+                    });
+                }
+                let free = usize::try_from(snapshot.policy.max_disruptions).unwrap_or(usize::MAX)
+                    > snapshot.holders.len();
+                if ahead.is_empty() && free {
+                    let promote = Txn::new()
+                        .when([Compare::create_revision(
+                            queue_key.as_str(),
+                            CompareOp::Equal,
+                            my_revision,
+                        )])
+                        .and_then([
+                            TxnOp::delete(queue_key.as_str(), None),
+                            TxnOp::put(holder_key.as_str(), value.clone(), Some(lease.clone())),
+                        ]);
+                    let promoted = client
+                        .txn(promote)
+                        .await
+                        .map_err(|source| self.etcd(source))?;
+                    if promoted.succeeded() {
+                        return Ok(SlotGuard {
+                            key: holder_key.clone(),
+                            create_revision: promoted.header().map_or(0, |h| h.revision()),
+                            client: client.clone(),
+                        });
+                    }
+                    continue;
+                }
+                let mut stream = match ahead.last() {
+                    // Not first: only our predecessor's deletion can move us.
+                    Some(predecessor) => {
+                        client
+                            .watch(predecessor.key(), Some(deletes_after(snapshot.revision)))
+                            .await
+                    }
+                    // First in line: a holder leaving (or the budget growing)
+                    // frees a slot.
+                    None => {
+                        let mut stream = client
+                            .watch(
+                                self.holders.as_str(),
+                                Some(deletes_after(snapshot.revision).with_prefix()),
+                            )
+                            .await
+                            .map_err(|source| self.etcd(source))?;
+                        stream
+                            .watch(
+                                self.policy.as_str(),
+                                Some(
+                                    WatchOptions::new().with_start_revision(snapshot.revision + 1),
+                                ),
+                            )
+                            .await
+                            .map(|()| stream)
+                    }
+                }
+                .map_err(|source| self.etcd(source))?;
+                loop {
+                    match stream.message().await.map_err(|source| self.etcd(source))? {
+                        Some(response)
+                            if response.canceled()
+                                || response.events().iter().any(|e| {
+                                    e.event_type() == EventType::Delete
+                                        || e.kv()
+                                            .is_some_and(|kv| kv.key() == self.policy.as_bytes())
+                                }) =>
+                        {
+                            break;
+                        }
+                        Some(_) => {}
+                        None => break,
+                    }
+                }
+            }
+        };
+        let result = tokio::select! {
+            result = wait => result,
+            _ = session.lost() => Err(SemaphoreError::SessionLost { cluster: self.cluster.clone() }),
+            () = tokio::time::sleep(timeout) => Err(SemaphoreError::TimedOut {
+                cluster: self.cluster.clone(),
+                waited: timeout,
+                holders: self.describe_holders(session.client()).await,
+            }),
+        };
+        // From here the outcome is known: success consumed the queue key in
+        // the promotion, failure removes it below, awaited.
+        queued.armed = false;
+        if result.is_err() {
+            if let Err(err) = client.delete(queue_key.as_str(), None).await {
+                tracing::warn!(key = queue_key, error = %err, "cannot leave the budget queue; the key goes with its lease");
+            }
+        }
+        result
+    }
+
+    /// Current holders, oldest first.
+    pub async fn holders(&self, client: &Client) -> Result<Vec<SlotInfo>, SemaphoreError> {
+        self.list(client, &self.holders).await
+    }
+
+    /// Current waiters, in the order they will be served.
+    pub async fn waiters(&self, client: &Client) -> Result<Vec<SlotInfo>, SemaphoreError> {
+        self.list(client, &self.waiters).await
+    }
+
+    async fn describe_holders(&self, client: &Client) -> String {
+        match self.holders(client).await {
+            Ok(holders) if holders.is_empty() => "nobody (the budget may be 0)".to_owned(),
+            Ok(holders) => holders
+                .iter()
+                .map(|h| format!("{} ({}, {})", h.name, h.holder, h.purpose))
+                .collect::<Vec<_>>()
+                .join(", "),
+            Err(err) => format!("unknown ({err})"),
+        }
+    }
+
+    async fn list(&self, client: &Client, prefix: &str) -> Result<Vec<SlotInfo>, SemaphoreError> {
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Create, SortOrder::Ascend);
+        let response = client
+            .clone()
+            .get(prefix, Some(options))
+            .await
+            .map_err(|source| self.etcd(source))?;
+        response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let value: LockValue = serde_json::from_slice(kv.value()).map_err(|source| {
+                    SemaphoreError::BadValue {
+                        key: key.clone(),
+                        source,
+                    }
+                })?;
+                Ok(SlotInfo {
+                    name: key.strip_prefix(prefix).unwrap_or(&key).to_owned(),
+                    holder: value.holder,
+                    purpose: value.purpose,
+                    since_unix_ms: value.since_unix_ms,
+                    create_revision: kv.create_revision(),
+                    lease: kv.lease(),
+                })
+            })
+            .collect()
+    }
+
+    /// The queue, the holders and the policy at one revision.
+    async fn snapshot(&self, client: &mut Client) -> Result<Snapshot, SemaphoreError> {
+        let by_create = || {
+            GetOptions::new()
+                .with_prefix()
+                .with_sort(SortTarget::Create, SortOrder::Ascend)
+        };
+        let txn = Txn::new().and_then([
+            TxnOp::get(self.waiters.as_str(), Some(by_create())),
+            TxnOp::get(self.holders.as_str(), Some(by_create())),
+            TxnOp::get(self.policy.as_str(), None),
+        ]);
+        let response = client.txn(txn).await.map_err(|source| self.etcd(source))?;
+        let revision = response.header().map_or(0, |h| h.revision());
+        let mut gets = response
+            .op_responses()
+            .into_iter()
+            .filter_map(|op| match op {
+                TxnOpResponse::Get(get) => Some(get.kvs().to_vec()),
+                _ => None,
+            });
+        let queue = gets.next().unwrap_or_default();
+        let holders = gets.next().unwrap_or_default();
+        let policy = self.parse_policy(gets.next().unwrap_or_default().first())?;
+        Ok(Snapshot {
+            revision,
+            queue,
+            holders,
+            policy,
+        })
+    }
+
+    fn parse_policy(
+        &self,
+        kv: Option<&etcd_client::KeyValue>,
+    ) -> Result<BudgetPolicy, SemaphoreError> {
+        match kv {
+            None => Ok(BudgetPolicy::default()),
+            Some(kv) => {
+                serde_json::from_slice(kv.value()).map_err(|source| SemaphoreError::BadValue {
+                    key: self.policy.clone(),
+                    source,
+                })
+            }
+        }
+    }
+
+    fn etcd(&self, source: etcd_client::Error) -> SemaphoreError {
+        SemaphoreError::Etcd {
+            cluster: self.cluster.clone(),
+            source,
+        }
+    }
+}
+
+fn deletes_after(revision: i64) -> WatchOptions {
+    WatchOptions::new()
+        .with_start_revision(revision + 1)
+        .with_filters([WatchFilterType::NoPut])
+}
+
+impl SlotGuard {
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Frees the slot if it is still ours.
+    pub async fn release(mut self) -> Result<(), etcd_client::Error> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                self.key.as_str(),
+                CompareOp::Equal,
+                self.create_revision,
+            )])
+            .and_then([TxnOp::delete(self.key.as_str(), None)]);
+        self.client.txn(txn).await.map(drop)
+    }
+}
+
+impl std::fmt::Debug for SlotGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotGuard")
+            .field("key", &self.key)
+            .field("create_revision", &self.create_revision)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,263 @@
+//! `Session`: one etcd lease kept alive in the background, and the signal
+//! that says the holder must stop acting.
+//!
+//! The margin: the server cannot expire the lease sooner than one TTL after
+//! it *received* the last keep-alive, which is after we *sent* it. `lost`
+//! fires [`LOSS_AFTER`] (¾) of a TTL after the send time of the last
+//! acknowledged keep-alive, so a holder learns of the loss at least ¼ TTL
+//! (1.25 s at TTL 5 s) before anyone else can take its locks over.
+//!
+//! Must never: report a session as live once its deadline has passed, or
+//! keep a lease alive for a holder that dropped its `Session`.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use etcd_client::Client;
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until};
+
+use crate::task::OwnedTask;
+
+/// Share of a TTL after the last acknowledged keep-alive's send time at
+/// which the session counts as lost (see the module doc for the margin).
+const LOSS_AFTER: (u32, u32) = (3, 4);
+/// Keep-alives per TTL: three leaves room for two lost ones before `lost`.
+const KEEPALIVES_PER_TTL: u32 = 3;
+/// etcd refuses shorter leases in practice (it rounds up to its minimum);
+/// below this the loss margin is too thin to act on.
+const MIN_TTL: Duration = Duration::from_secs(2);
+
+/// A lease time-to-live, whole seconds, at least [`MIN_TTL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ttl(Duration);
+
+impl Ttl {
+    pub fn from_secs(secs: u64) -> Result<Self, SessionError> {
+        let ttl = Duration::from_secs(secs);
+        if ttl < MIN_TTL {
+            return Err(SessionError::TtlTooShort { secs });
+        }
+        Ok(Self(ttl))
+    }
+
+    pub fn as_duration(self) -> Duration {
+        self.0
+    }
+
+    fn secs(self) -> i64 {
+        i64::try_from(self.0.as_secs()).unwrap_or(i64::MAX)
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossReason {
+    /// No keep-alive was acknowledged in time: etcd may be unreachable.
+    KeepAliveTimedOut,
+    /// etcd answered that the lease no longer exists (expired or revoked).
+    LeaseGone,
+    /// The holder closed the session itself.
+    Closed,
+}
+
+impl std::fmt::Display for LossReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::KeepAliveTimedOut => "no keep-alive acknowledged in time",
+            Self::LeaseGone => "the lease no longer exists in etcd",
+            Self::Closed => "the session was closed",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("lease ttl {secs}s is too short; use at least {}s", MIN_TTL.as_secs())]
+    TtlTooShort { secs: u64 },
+    #[error("cannot grant a lease with ttl {ttl_secs}s: {source}")]
+    Grant {
+        ttl_secs: i64,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("cannot revoke lease {lease:x}: {source}")]
+    Revoke {
+        lease: i64,
+        #[source]
+        source: etcd_client::Error,
+    },
+}
+
+/// A live lease. Dropping it stops the keep-alive, so the lease (and every
+/// key bound to it) expires within one TTL; `close` revokes it at once.
+pub struct Session {
+    client: Client,
+    lease: i64,
+    ttl: Ttl,
+    lost: watch::Receiver<Option<LossReason>>,
+    keeper: OwnedTask,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("lease", &format_args!("{:x}", self.lease))
+            .field("ttl", &self.ttl)
+            .field("loss", &self.loss())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Grants a lease and starts keeping it alive.
+    pub async fn grant(client: Client, ttl: Ttl) -> Result<Self, SessionError> {
+        let mut grant_client = client.clone();
+        let sent_at = Instant::now();
+        let granted = grant_client
+            .lease_grant(ttl.secs(), None)
+            .await
+            .map_err(|source| SessionError::Grant {
+                ttl_secs: ttl.secs(),
+                source,
+            })?;
+        // etcd may round a short TTL up; act on what it granted.
+        let ttl = Ttl(Duration::from_secs(
+            u64::try_from(granted.ttl())
+                .unwrap_or(0)
+                .max(ttl.0.as_secs()),
+        ));
+        let (tx, lost) = watch::channel(None);
+        let keeper = OwnedTask::spawn(keep_alive(client.clone(), granted.id(), ttl, sent_at, tx));
+        Ok(Self {
+            client,
+            lease: granted.id(),
+            ttl,
+            lost,
+            keeper,
+        })
+    }
+
+    pub fn lease_id(&self) -> i64 {
+        self.lease
+    }
+
+    pub fn ttl(&self) -> Ttl {
+        self.ttl
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Why the session ended, if it has.
+    pub fn loss(&self) -> Option<LossReason> {
+        *self.lost.borrow()
+    }
+
+    pub fn is_lost(&self) -> bool {
+        self.loss().is_some()
+    }
+
+    /// Resolves once the session is lost; at once if it already is.
+    pub async fn lost(&self) -> LossReason {
+        let mut lost = self.lost.clone();
+        match lost.wait_for(Option::is_some).await {
+            Ok(reason) => (*reason).unwrap_or(LossReason::Closed),
+            // The keeper only drops its sender when it ends, which it does
+            // after sending a reason; treat a vanished keeper as closed.
+            Err(_) => LossReason::Closed,
+        }
+    }
+
+    /// A receiver that sees the loss: for tasks that outlive a borrow.
+    pub fn loss_signal(&self) -> watch::Receiver<Option<LossReason>> {
+        self.lost.clone()
+    }
+
+    /// Stops keeping the lease alive and revokes it: every key bound to it
+    /// is deleted now, so waiters proceed at once.
+    pub async fn close(self) -> Result<(), SessionError> {
+        let Self {
+            client,
+            lease,
+            keeper,
+            ..
+        } = self;
+        drop(keeper);
+        let mut client = client;
+        client
+            .lease_revoke(lease)
+            .await
+            .map(drop)
+            .map_err(|source| SessionError::Revoke { lease, source })
+    }
+}
+
+async fn keep_alive(
+    mut client: Client,
+    lease: i64,
+    ttl: Ttl,
+    granted_sent_at: Instant,
+    lost: watch::Sender<Option<LossReason>>,
+) {
+    let interval = ttl.0 / KEEPALIVES_PER_TTL;
+    let loss_after = ttl.0 * LOSS_AFTER.0 / LOSS_AFTER.1;
+    let mut deadline = granted_sent_at + loss_after;
+    let mut next_send = Instant::now() + interval;
+    let mut stream = None;
+    let mut in_flight: VecDeque<Instant> = VecDeque::new();
+    let reason = loop {
+        if stream.is_none() {
+            // Reopening can hang on an unreachable member; never past the
+            // deadline.
+            match tokio::time::timeout_at(deadline, client.lease_keep_alive(lease)).await {
+                Ok(Ok(pair)) => {
+                    in_flight.clear();
+                    stream = Some(pair);
+                }
+                Ok(Err(err)) => {
+                    tracing::warn!(lease = format_args!("{lease:x}"), error = %err, "cannot open lease keep-alive stream");
+                }
+                Err(_) => break LossReason::KeepAliveTimedOut,
+            }
+        }
+        let Some((keeper, responses)) = stream.as_mut() else {
+            tokio::select! {
+                () = sleep_until(deadline) => break LossReason::KeepAliveTimedOut,
+                () = sleep_until(next_send.min(deadline)) => {
+                    next_send = Instant::now() + interval / 2;
+                    continue;
+                }
+            }
+        };
+        tokio::select! {
+            () = sleep_until(deadline) => break LossReason::KeepAliveTimedOut,
+            () = sleep_until(next_send) => {
+                let sent_at = Instant::now();
+                match keeper.keep_alive().await {
+                    Ok(()) => in_flight.push_back(sent_at),
+                    Err(err) => {
+                        tracing::warn!(lease = format_args!("{lease:x}"), error = %err, "lease keep-alive send failed");
+                        stream = None;
+                    }
+                }
+                next_send = sent_at + interval;
+            }
+            response = responses.message() => match response {
+                Ok(Some(response)) if response.ttl() > 0 => {
+                    if let Some(sent_at) = in_flight.pop_front() {
+                        deadline = deadline.max(sent_at + loss_after);
+                    }
+                }
+                Ok(Some(_)) => break LossReason::LeaseGone,
+                Ok(None) | Err(_) => {
+                    tracing::warn!(lease = format_args!("{lease:x}"), "lease keep-alive stream ended; reopening");
+                    stream = None;
+                }
+            },
+        }
+    };
+    tracing::warn!(lease = format_args!("{lease:x}"), reason = %reason, "etcd session lost");
+    lost.send_replace(Some(reason));
+}
