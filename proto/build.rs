@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/lockstep/v1/common.proto",
         "proto/lockstep/v1/agent.proto",
         "proto/lockstep/v1/coordinator.proto",
+        "proto/lockstep/v1/control.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

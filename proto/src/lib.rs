@@ -3,7 +3,8 @@
 //! Owns the wire types and the generated tonic clients and servers for
 //! `AgentService` (served by every agent, called by the coordinator) and
 //! `CoordinatorService` (agent-facing reports and release fetches,
-//! operator-facing deployment control).
+//! operator-facing deployment control) and `AgentControl` (the agent's
+//! local Unix-socket API, used by `agentctl`).
 //!
 //! This crate holds generated code and nothing else: no logic, no
 //! conversions with behaviour. Domain crates convert at their edges.

@@ -1,8 +1,60 @@
 //! The rollout engine: a pure state machine that sequences one deployment.
 //!
 //! Owns the plan (waves of canary and clusters, in batches) and the decisions:
-//! `Engine::step(event) -> Vec<Action>`.
+//! `Engine::step(now, event) -> Vec<Action>`. The coordinator owns the effects:
+//! it sends the applies, runs the checks, fires the timers, persists the
+//! engine (serde) after every step, and feeds results back as events.
 //!
 //! Must never: read a clock, sleep, draw randomness, touch a network or etcd,
-//! or depend on tokio. Time and failures arrive as events, so a simulator can
-//! drive it deterministically.
+//! or depend on tokio. Time and failures arrive as events, so the simulator in
+//! [`sim`] drives it deterministically through thousands of faulty fleets.
+//!
+//! ```text
+//!  Strategy::from_toml ─┐
+//!  Fleet, target, prev ─┴─► plan() ─► Plan ─► Engine::new ─► step(Start)
+//!
+//!                     ┌──────────── Pause / (wave done, pause_between_clusters)
+//!                     ▼                                         │
+//!   Created ──► Running ◄── Resume / Approve ── Paused / AwaitingApproval
+//!                 │  │
+//!                 │  └─ any failure, deadline, check failed ─┬─ auto_rollback ──► RollingBack
+//!                 │                                          └─ otherwise ──────► Halted
+//!                 │        Halted ── operator Rollback ──► RollingBack
+//!                 │        Halted ── progress deadline / Abort ──► aborted
+//!                 │  operator Rollback ─────────────────────────────────► RollingBack
+//!                 │  operator Abort ──────────────────────────────────────► aborted
+//!                 ▼
+//!            succeeded          RollingBack ──► rolled_back (every revert confirmed)
+//!                                           └─► failed      (names the instances)
+//! ```
+//!
+//! A batch advances only when every instance reported ready on the release
+//! its pass wants, stayed ready for `min_healthy_time`, and the cluster's
+//! checks passed. The first failure freezes the target (no further apply of
+//! it, ever) and, with `auto_rollback`, reverts every touched instance to the
+//! release *it* ran before, most recently touched first, within each
+//! cluster's disruption budget.
+//!
+//! A fenced-out engine (`AgentRefused` with its own token) returns
+//! `Action::StepDown` and nothing after it.
+
+pub mod engine;
+pub mod fleet;
+pub mod plan;
+pub mod sim;
+pub mod strategy;
+
+pub use engine::{Action, Command, Engine, Event, Notice, Outcome, Reason, Status, Step};
+pub use fleet::Fleet;
+pub use fleet::{
+    ApplyId, CheckRunId, Cluster, ClusterName, DeploymentId, DurationMs, FencingToken, IdError,
+    Instance, InstanceId, Millis, Overlap, ReleaseDigest, TimerId,
+};
+pub use plan::{
+    ClusterPlan, Gates, Plan, PlanError, PlanErrors, PlanInput, PlannedInstance, Wave, WaveKind,
+    plan,
+};
+pub use strategy::{
+    Capacity, Check, ClusterOrder, ClusterOverride, Quantity, Strategy, StrategyError,
+    StrategyErrors,
+};

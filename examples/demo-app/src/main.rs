@@ -1,1 +1,51 @@
-fn main() {}
+//! `demo-app`: a small HTTP service used by the Lockstep demo and tests.
+//!
+//! This file only parses the command line and hands over to [`app::run`];
+//! the exit codes are listed in `app`.
+
+#![forbid(unsafe_code)]
+
+mod app;
+mod config;
+mod listener;
+mod notify;
+mod server;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// A small HTTP service that refuses to start on a config key it does not
+/// know. Fault flags override the config's `[faults]` table.
+#[derive(Debug, Parser)]
+#[command(name = "demo-app")]
+pub struct Cli {
+    /// The TOML config file (relative paths are from the working directory).
+    #[arg(long, value_name = "PATH", default_value = config::DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// Address to bind when no socket is passed through LISTEN_FDS
+    /// (overrides the config's `listen`).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Exit 1 right after loading the config.
+    #[arg(long)]
+    pub fail_at_start: bool,
+    /// Answer 503 on /healthz (and delay READY=1) for this long.
+    #[arg(long, value_name = "MS")]
+    pub ready_after_ms: Option<u64>,
+    /// Exit with code 70 after this long.
+    #[arg(long, value_name = "MS")]
+    pub crash_after_ms: Option<u64>,
+    /// Answer 503 on /healthz and /publish from this moment on.
+    #[arg(long, value_name = "MS")]
+    pub unhealthy_after_ms: Option<u64>,
+    /// On SIGTERM/SIGINT, keep serving this long before stopping.
+    #[arg(long, value_name = "MS")]
+    pub shutdown_delay_ms: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    app::run(Cli::parse())
+}

@@ -1,0 +1,111 @@
+//! `[strategy]` parsing: strict keys, every error at once, named defaults.
+
+use rollout::strategy::{DEFAULT_HEALTHY_DEADLINE, DEFAULT_MIN_HEALTHY};
+use rollout::{ClusterName, ClusterOrder, DurationMs, Quantity, Strategy};
+
+#[test]
+fn parses_a_full_table() {
+    let s = Strategy::from_toml(
+        r#"
+        [service]
+        name = "channels"   # other tables are not ours to judge
+
+        [strategy]
+        canary = 2
+        order = ["eu", "us"]
+        max_unavailable = "25%"
+        min_healthy = 3
+        healthy_deadline = "2m"
+        min_healthy_time = "30s"
+        progress_deadline = "2h"
+        pause_between_clusters = true
+        rehearse_rollback = true
+        auto_rollback = false
+
+        [[strategy.checks]]
+        name = "delivery"
+        argv = ["/usr/bin/probe", "--publish"]
+        timeout = "15s"
+
+        [strategy.clusters.eu]
+        min_healthy = "75%"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(s.canary, 2);
+    assert_eq!(
+        s.order,
+        ClusterOrder::Explicit(vec![
+            ClusterName::new("eu").unwrap(),
+            ClusterName::new("us").unwrap()
+        ])
+    );
+    assert_eq!(s.capacity.max_unavailable, Quantity::Percent(25));
+    assert_eq!(s.capacity.min_healthy, Quantity::Count(3));
+    assert_eq!(s.healthy_deadline, DurationMs::mins(2));
+    assert_eq!(s.min_healthy_time, DurationMs::secs(30));
+    assert_eq!(s.progress_deadline, DurationMs::mins(120));
+    assert!(s.pause_between_clusters && s.rehearse_rollback && !s.auto_rollback);
+    assert_eq!(s.checks[0].timeout, DurationMs::secs(15));
+    let eu = ClusterName::new("eu").unwrap();
+    assert_eq!(s.capacity_for(&eu).min_healthy, Quantity::Percent(75));
+    assert_eq!(s.capacity_for(&eu).max_unavailable, Quantity::Percent(25));
+}
+
+#[test]
+fn empty_table_takes_the_defaults() {
+    let s = Strategy::from_toml("[strategy]\n").unwrap();
+    assert_eq!(s, Strategy::default());
+    assert_eq!(s.order, ClusterOrder::SmallestFirst);
+    assert_eq!(s.capacity.min_healthy, DEFAULT_MIN_HEALTHY);
+    assert_eq!(s.healthy_deadline, DEFAULT_HEALTHY_DEADLINE);
+}
+
+#[test]
+fn unknown_keys_are_errors_that_name_the_key() {
+    let err = Strategy::from_toml("[strategy]\nmax_unavailible = 2\n").unwrap_err();
+    assert!(err.to_string().contains("max_unavailible"), "{err}");
+}
+
+#[test]
+fn every_bad_value_is_reported_at_once() {
+    let err = Strategy::from_toml(
+        r#"
+        [strategy]
+        canary = 0
+        max_unavailable = "150%"
+        healthy_deadline = 30
+        min_healthy_time = "10 parsecs"
+        order = "largest-first"
+        "#,
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    for needle in [
+        "strategy.max_unavailable = \"150%\"",
+        "strategy.healthy_deadline = \"30\": give a unit",
+        "strategy.min_healthy_time = \"10 parsecs\"",
+        "strategy.order = \"largest-first\"",
+        "rehearse_rollback = true needs canary >= 1",
+    ] {
+        assert!(msg.contains(needle), "missing {needle:?} in {msg}");
+    }
+    assert_eq!(err.0.len(), 5);
+}
+
+#[test]
+fn zero_budget_and_short_deadline_are_refused() {
+    let err = Strategy::from_toml(
+        "[strategy]\nmax_unavailable = 0\nprogress_deadline = \"1m\"\nhealthy_deadline = \"5m\"\n",
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("strategy.max_unavailable = \"0\": must allow at least one instance"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("progress_deadline = 1m is shorter than"),
+        "{msg}"
+    );
+}
