@@ -8,3 +8,15 @@
 //! Must never: stop a serving release before its replacement is ready, let a
 //! lost etcd or coordinator stop the apps it supervises (fail static), or
 //! obey a command whose fencing token is older than one it has accepted.
+
+pub mod config;
+pub mod control;
+pub mod grpc;
+pub mod host;
+pub mod instance;
+pub mod probe;
+pub mod state;
+pub mod supervisor;
+pub mod systemd;
+pub mod task;
+pub mod wire;

@@ -51,4 +51,8 @@ pub enum HarnessError {
     },
     #[error("no etcd member reports a leader")]
     NoLeader,
+    #[error("workspace binary `{name}`: {detail}")]
+    Binary { name: String, detail: String },
+    #[error("{0}")]
+    Fixture(String),
 }

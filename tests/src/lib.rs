@@ -1,20 +1,29 @@
 //! The end-to-end test harness: real processes on loopback, cleaned up on
 //! drop.
 //!
-//! Owns fixtures that start real `etcd` members (and, as the system grows,
-//! agents, coordinators and demo apps) in temporary directories on free
-//! loopback ports, and `wait_for`, the one way a test waits for a condition.
+//! Owns fixtures that start real processes in temporary directories on free
+//! loopback ports — `EtcdCluster` (etcd members), `AgentFixture`
+//! (lockstep-agent + agentctl), `DemoRelease` (bundles of the demo app) —
+//! plus `Poller` (a client counting failed requests) and `wait_for`, the one
+//! way a test waits for a condition.
 //!
 //! Must never: fake etcd, wait with a fixed sleep, or leave a process behind
 //! — every child is killed and reaped on drop, also when a test panics, and
 //! is started under `setpriv --pdeathsig KILL` so it dies with the test
 //! process even when drop never runs.
 
+mod agent;
+mod bins;
+mod demo;
 mod error;
 mod etcd;
+pub mod http;
 mod ports;
 mod wait;
 
+pub use agent::AgentFixture;
+pub use bins::workspace_bin;
+pub use demo::DemoRelease;
 pub use error::HarnessError;
 pub use etcd::{EtcdCluster, MemberState};
 pub use ports::free_loopback_port;

@@ -260,9 +260,62 @@ async fn serve(
         }
     };
 
-    axum::serve(listener, server::router(state.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    serve_until(listener, server::router(state.clone()), shutdown).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// After the stop signal, how long connections accepted just before it get
+/// to present their request before idle connections are closed. hyper
+/// closes a connection whose request it has not read yet as idle; the
+/// client would see a reset although the request was on its way.
+const ACCEPT_DRAIN: Duration = Duration::from_millis(250);
+/// In-flight requests get this long to finish after the stop signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves HTTP/1 on `listener` until `shutdown`, then: stop accepting (the
+/// socket may be shared with the next release, which keeps accepting),
+/// let just-accepted connections present their requests, finish every
+/// request in flight, and return.
+async fn serve_until(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                };
+                let service = hyper_util::service::TowerToHyperService::new(router.clone());
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tokio::time::sleep(ACCEPT_DRAIN).await;
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            timeout_s = DRAIN_TIMEOUT.as_secs(),
+            "requests still in flight at the drain timeout; exiting"
+        );
+    }
 }

@@ -1,4 +1,8 @@
 //! End-to-end tests against real processes. One binary, one module per
 //! subject, all built on the harness in `lockstep_tests`.
 
+// Test helpers panic on failure: the panic is the test's report.
+#![allow(clippy::unwrap_used)]
+
+mod agent;
 mod etcd_harness;

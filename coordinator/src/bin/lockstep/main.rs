@@ -12,7 +12,11 @@ mod release_cmd;
 
 /// Lockstep: roll releases across a fleet, one immutable bundle at a time.
 #[derive(Debug, Parser)]
-#[command(name = "lockstep", version, about)]
+#[command(
+    name = "lockstep",
+    version,
+    about = "Lockstep: roll releases across a fleet, one immutable bundle at a time"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -1,0 +1,199 @@
+//! `lockstep-agent`: one per host, run by systemd (`Type=notify`).
+//!
+//! ```text
+//! start: config -> state + release store -> every service runs its current
+//!        release -> control socket + AgentService -> READY=1, watchdog
+//! SIGTERM/SIGINT: STOPPING=1 -> stop serving APIs -> finish switches in
+//!        flight -> stop every instance gracefully -> exit 0
+//! ```
+//!
+//! `lockstep-agent __exec-shim` is the process-start shim (see
+//! `agent::supervisor::shim`); it is dispatched before anything else runs.
+
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use agent::config::AgentConfig;
+use agent::control::{self, Access};
+use agent::grpc::AgentGrpc;
+use agent::host::Host;
+use agent::systemd::ServiceManager;
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use proto::v1::agent_service_server::AgentServiceServer;
+use tokio::sync::watch;
+
+/// Two workers: the agent's work is mostly waiting; more threads only cost
+/// memory on every host.
+const WORKER_THREADS: usize = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lockstep-agent",
+    version,
+    about = "Lockstep's per-host agent",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    /// The agent's configuration file.
+    #[arg(long, default_value = "/etc/lockstep/agent.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a configuration file and exit (0: valid).
+    CheckConfig { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    if std::env::args_os().nth(1).as_deref() == Some(agent::supervisor::EXEC_SHIM_ARG.as_ref()) {
+        return agent::supervisor::run_exec_shim();
+    }
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Some(Command::CheckConfig { file }) => match AgentConfig::load(&file) {
+            Ok(config) => {
+                println!(
+                    "{}: valid (agent {} in cluster {})",
+                    file.display(),
+                    config.id,
+                    config.cluster
+                );
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("lockstep-agent: {err}");
+                ExitCode::FAILURE
+            }
+        },
+        None => match run(&cli.config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("lockstep-agent: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run(config_path: &std::path::Path) -> Result<()> {
+    let config = AgentConfig::load(config_path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKER_THREADS)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: AgentConfig) -> Result<()> {
+    let manager = ServiceManager::from_env().context("bad systemd notify environment")?;
+    notify(&manager, |m| m.notify_status("starting"));
+    let access = Access::new(config.control_group.as_deref())?;
+    let grpc_listener = tokio::net::TcpListener::bind(config.grpc_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on grpc.listen {} (is another agent running?)",
+                config.grpc_listen
+            )
+        })?;
+    let shim = PathBuf::from(agent::supervisor::DEFAULT_SHIM);
+    let host = Host::open(config.clone(), shim).await?;
+
+    for (service, err) in host.reconcile().await {
+        tracing::error!(service, error = %err, "service not running after start; fix the release and install again");
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let control = tokio::spawn({
+        let host = host.clone();
+        let path = config.control_socket.clone();
+        let shutdown = stopped();
+        async move { control::serve(host, access, &path, shutdown).await }
+    });
+    let grpc = Arc::new(AgentGrpc::new(host.clone()));
+    let grpc_server = tokio::spawn({
+        let grpc = grpc.clone();
+        let shutdown = stopped();
+        async move {
+            tonic::transport::Server::builder()
+                .add_service(AgentServiceServer::from_arc(grpc))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                    shutdown,
+                )
+                .await
+        }
+    });
+    let grpc_addr: SocketAddr = config.grpc_listen;
+    tracing::info!(agent = %config.id, cluster = %config.cluster, grpc = %grpc_addr, control = %config.control_socket.display(), "agent serving");
+    notify(&manager, ServiceManager::notify_ready);
+    notify(&manager, |m| m.notify_status("serving"));
+    let _watchdog = manager.spawn_watchdog();
+
+    let reason = shutdown_signal().await?;
+    tracing::info!(signal = reason, "shutting down");
+    notify(&manager, ServiceManager::notify_stopping);
+    let _ = stop_tx.send(true);
+    grpc.drain().await;
+    // The app processes stop with the agent for now: a restarted agent
+    // cannot yet adopt processes it did not start (see ARCHITECTURE.md).
+    host.stop_all().await;
+    for (name, task) in [
+        ("control socket", control.await),
+        (
+            "AgentService",
+            grpc_server.await.map(|r| r.map_err(Into::into)),
+        ),
+    ] {
+        match task {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::error!(server = name, error = %err, "server ended with an error")
+            }
+            Err(err) => tracing::error!(server = name, error = %err, "server task failed"),
+        }
+    }
+    Ok(())
+}
+
+fn notify(
+    manager: &ServiceManager,
+    send: impl FnOnce(&ServiceManager) -> Result<(), agent::systemd::SystemdError>,
+) {
+    if let Err(err) = send(manager) {
+        tracing::warn!(error = %err, "cannot notify the service manager");
+    }
+}
+
+/// SIGTERM or SIGINT, as one shutdown event.
+async fn shutdown_signal() -> Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}

@@ -1,0 +1,900 @@
+//! `Host`: the services on this host and every change to them — install,
+//! apply, restart, rollback — each a start-before-stop switch.
+//!
+//! ```text
+//! switch(service, target):
+//!   overlap socket-handover | reuseport          overlap none
+//!   ─────────────────────────────────            ─────────────────────────────
+//!   start every target instance beside the old   stop the old instances
+//!   wait: all ready within healthy_deadline      start the target, wait ready
+//!   ok   → stop the old ones, target is current  ok   → target is current
+//!   fail → stop the new ones, old keeps serving  fail → stop it, start the old
+//!                                                       release again by itself
+//! ```
+//!
+//! One switch per service at a time (a second is refused as busy, never
+//! queued). Every outcome is written to the durable state before the reply.
+//!
+//! Must never: stop a serving release before its replacement is ready
+//! (unless the release says it cannot overlap), leave a service with half
+//! its instances on one release and half on another, or accept a fencing
+//! token older than one already accepted.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex as SyncMutex};
+use std::time::Duration;
+
+use release::manifest::Overlap;
+use release::{ReleaseDigest, Store, StoreError, StoredRelease, TrustedKeys};
+use tokio::sync::{Mutex, broadcast, watch};
+use tokio::time::Instant;
+
+use crate::config::AgentConfig;
+use crate::instance::{HostedInstance, InstanceError};
+use crate::state::{AgentState, ReleaseRecord, StaleToken, StateError, SwitchOutcome, Trigger};
+use crate::supervisor::{InstanceState, InstanceStatus, ListenSockets, SocketError};
+use crate::wire;
+
+/// Lines of the failed release's log quoted in a switch failure.
+const FAILURE_LOG_LINES: usize = 20;
+/// Beyond the release's healthy_deadline, how long a switch waits for the
+/// supervisor's own verdict before calling the start failed.
+const READY_GRACE: Duration = Duration::from_secs(1);
+/// Status events buffered for slow `WatchStatus` readers; a reader that
+/// falls further behind gets a fresh snapshot instead.
+const EVENT_BUFFER: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("no service `{service}` on this host (agentctl status lists them)")]
+    UnknownService { service: String },
+    #[error(
+        "service `{service}` has no previous release to roll back to (agentctl releases {service})"
+    )]
+    NoPreviousRelease { service: String },
+    #[error(transparent)]
+    StaleToken(#[from] StaleToken),
+    #[error(
+        "service `{service}` is already switching; wait for it to finish (agentctl status {service})"
+    )]
+    Busy { service: String },
+    #[error("release {digest} is not on this host: {reason}")]
+    ReleaseUnavailable { digest: String, reason: String },
+    #[error("bundle rejected: {0}")]
+    Bundle(#[source] StoreError),
+    #[error("{0}")]
+    SwitchFailed(Box<SwitchFailure>),
+    #[error("cannot bind the sockets of `{service}`: {source}")]
+    Sockets {
+        service: String,
+        #[source]
+        source: SocketError,
+    },
+    #[error("cannot start an instance of `{service}`: {source}")]
+    Instance {
+        service: String,
+        #[source]
+        source: InstanceError,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("cannot create {path}: {source}")]
+    Directory {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the agent's blocking worker failed: {0}")]
+    Worker(#[from] tokio::task::JoinError),
+}
+
+impl HostError {
+    /// The first line: what went wrong, without the quoted log.
+    pub fn summary(&self) -> String {
+        self.to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// The wire refusal reason for this error.
+    pub fn refusal(&self) -> proto::v1::RefusalReason {
+        use proto::v1::RefusalReason as R;
+        match self {
+            Self::UnknownService { .. } => R::UnknownService,
+            Self::NoPreviousRelease { .. } => R::NoPreviousRelease,
+            Self::StaleToken(_) => R::StaleFencingToken,
+            Self::Busy { .. } => R::Busy,
+            Self::ReleaseUnavailable { .. } | Self::Bundle(_) => R::ReleaseUnavailable,
+            Self::SwitchFailed(_)
+            | Self::Sockets { .. }
+            | Self::Instance { .. }
+            | Self::State(_)
+            | Self::Directory { .. }
+            | Self::Worker(_) => R::Unspecified,
+        }
+    }
+}
+
+/// Why a release did not take over, and what kept serving.
+#[derive(Debug)]
+pub struct SwitchFailure {
+    pub service: String,
+    pub version: String,
+    pub digest: String,
+    pub reason: String,
+    /// What serves now: the old release, restored or untouched.
+    pub kept: String,
+    /// The new release's last log lines.
+    pub log_tail: String,
+}
+
+impl std::fmt::Display for SwitchFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "release {} ({}) of `{}` did not become ready: {}",
+            self.version, self.digest, self.service, self.reason
+        )?;
+        if !self.kept.is_empty() {
+            write!(f, "; {}", self.kept)?;
+        }
+        write!(f, "\nlast log lines of the new release:\n{}", self.log_tail)
+    }
+}
+
+/// The release a service runs, with its sockets and instances.
+#[derive(Debug)]
+struct Running {
+    release: StoredRelease,
+    sockets: ListenSockets,
+    instances: Vec<HostedInstance>,
+}
+
+#[derive(Debug, Default)]
+struct ServiceRuntime {
+    running: Option<Running>,
+    switching: Option<proto::v1::SwitchState>,
+    last_error: String,
+}
+
+/// Every service on this host.
+#[derive(Debug)]
+pub struct Host {
+    config: AgentConfig,
+    store: Store,
+    state: Mutex<AgentState>,
+    services: SyncMutex<BTreeMap<String, Arc<Mutex<ServiceRuntime>>>>,
+    events: broadcast::Sender<proto::v1::StatusEvent>,
+    /// Where instances' exec shim lives: the agent binary itself.
+    shim: PathBuf,
+}
+
+impl Host {
+    /// Opens the release store and the durable state. Blocking work runs on
+    /// the blocking pool.
+    pub async fn open(config: AgentConfig, shim: PathBuf) -> Result<Arc<Self>, HostError> {
+        let cfg = config.clone();
+        let (store, state) = tokio::task::spawn_blocking(move || {
+            let trusted = TrustedKeys::load(&cfg.trusted_keys)
+                .map_err(|e| HostError::Bundle(StoreError::Signature(e)))?;
+            let store =
+                Store::open(cfg.release_store(), cfg.limits, trusted).map_err(HostError::Bundle)?;
+            let state = AgentState::load(&cfg.state_file())?;
+            for dir in [cfg.log_dir(), cfg.runtime_dir()] {
+                std::fs::create_dir_all(&dir).map_err(|source| HostError::Directory {
+                    path: dir.clone(),
+                    source,
+                })?;
+            }
+            Ok::<_, HostError>((store, state))
+        })
+        .await??;
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        Ok(Arc::new(Self {
+            config,
+            store,
+            state: Mutex::new(state),
+            services: SyncMutex::new(BTreeMap::new()),
+            events,
+            shim,
+        }))
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// Starts every service's current release (agent start). A service whose
+    /// release cannot start is reported and left stopped; the others start.
+    pub async fn reconcile(&self) -> Vec<(String, HostError)> {
+        let current: Vec<(String, String)> = {
+            let state = self.state.lock().await;
+            state
+                .services
+                .iter()
+                .filter_map(|(name, s)| {
+                    s.current.as_ref().map(|c| (name.clone(), c.digest.clone()))
+                })
+                .collect()
+        };
+        let mut failures = Vec::new();
+        for (service, digest) in current {
+            let result = async {
+                let release = self.stored(&digest).await?;
+                self.switch(&service, release, None).await
+            }
+            .await;
+            match result {
+                Ok(_) => {
+                    tracing::info!(service, digest, "service reconciled to its current release")
+                }
+                Err(err) => {
+                    tracing::error!(service, digest, error = %err, "cannot start the current release");
+                    failures.push((service, err));
+                }
+            }
+        }
+        failures
+    }
+
+    /// Verifies and unpacks a bundle, then switches its service to it.
+    /// Returns the service and what happened.
+    pub async fn install(&self, bundle: PathBuf) -> Result<(String, String), HostError> {
+        let store = self.store.clone();
+        let digest = tokio::task::spawn_blocking(move || store.put(&bundle))
+            .await?
+            .map_err(HostError::Bundle)?;
+        let release = self.stored(&digest.to_string()).await?;
+        let service = release.manifest.service().to_string();
+        let message = self
+            .switch(&service, release, Some(Trigger::Install))
+            .await?;
+        Ok((service, message))
+    }
+
+    /// Who this agent is, on the wire.
+    pub fn identity(&self) -> proto::v1::AgentIdentity {
+        let hostname = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        proto::v1::AgentIdentity {
+            agent_id: self.config.id.to_string(),
+            cluster: self.config.cluster.to_string(),
+            hostname,
+            grpc_address: self.config.grpc_listen.to_string(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+
+    /// The coordinator's Apply: fenced, then a switch.
+    pub async fn apply(
+        &self,
+        service: &str,
+        digest: &str,
+        token: u64,
+        deployment: &str,
+    ) -> Result<String, HostError> {
+        self.admit(service, token).await?;
+        let release = self.stored(digest).await?;
+        if release.manifest.service().as_str() != service {
+            return Err(HostError::ReleaseUnavailable {
+                digest: digest.to_owned(),
+                reason: format!(
+                    "it is a release of `{}`, not of `{service}`",
+                    release.manifest.service()
+                ),
+            });
+        }
+        let trigger = Trigger::Apply {
+            deployment: deployment.to_owned(),
+            token,
+        };
+        self.switch(service, release, Some(trigger)).await
+    }
+
+    /// Checks an Apply without acting: token, release present, not busy.
+    /// The token's high-water mark is raised (and made durable) here.
+    pub async fn prepare_apply(
+        &self,
+        service: &str,
+        digest: &str,
+        token: u64,
+    ) -> Result<(), HostError> {
+        self.admit(service, token).await?;
+        self.stored(digest).await?;
+        if self.runtime(service).try_lock().is_err() {
+            return Err(HostError::Busy {
+                service: service.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends the service's status to `WatchStatus` watchers (a switch ended).
+    pub async fn publish_service(&self, service: &str) {
+        if let Ok(mut services) = self.status(service).await {
+            let event = proto::v1::StatusEvent {
+                at_unix_ms: wire::now_unix_ms(),
+                instance: None,
+                service: services.pop(),
+            };
+            // No receivers is fine: nobody is watching.
+            let _ = self.events.send(event);
+        }
+    }
+
+    /// Switches back to the release that ran before the current one.
+    pub async fn rollback(&self, service: &str, token: Option<u64>) -> Result<String, HostError> {
+        if let Some(token) = token {
+            self.admit(service, token).await?;
+        }
+        let previous = {
+            let state = self.state.lock().await;
+            let known = state
+                .services
+                .get(service)
+                .ok_or_else(|| HostError::UnknownService {
+                    service: service.to_owned(),
+                })?;
+            known
+                .previous
+                .first()
+                .map(|r| r.digest.clone())
+                .ok_or_else(|| HostError::NoPreviousRelease {
+                    service: service.to_owned(),
+                })?
+        };
+        let release = self.stored(&previous).await?;
+        self.switch(service, release, Some(Trigger::Rollback)).await
+    }
+
+    /// Restarts every instance of a service one by one, each replacement
+    /// ready before its predecessor stops (where the overlap mode allows).
+    pub async fn restart(
+        &self,
+        service: &str,
+        token: Option<u64>,
+        forced: bool,
+        reason: &str,
+    ) -> Result<String, HostError> {
+        if let Some(token) = token {
+            self.admit(service, token).await?;
+        }
+        let runtime = self.existing_runtime(service)?;
+        let mut rt = runtime.try_lock().map_err(|_| HostError::Busy {
+            service: service.to_owned(),
+        })?;
+        let Some(running) = rt.running.as_mut() else {
+            return Err(HostError::UnknownService {
+                service: service.to_owned(),
+            });
+        };
+        let release = running.release.clone();
+        let overlap = release.manifest.overlap();
+        let trigger = Trigger::Restart {
+            forced,
+            reason: reason.to_owned(),
+        };
+        let mut outcome = Ok(());
+        for slot in 0..running.instances.len() {
+            let result = self.replace_slot(service, running, slot, overlap).await;
+            if let Err(err) = result {
+                outcome = Err(err);
+                break;
+            }
+        }
+        let record = record_of(&release);
+        match outcome {
+            Ok(()) => {
+                rt.last_error.clear();
+                self.persist(service, record, trigger, SwitchOutcome::Succeeded)
+                    .await?;
+                Ok(format!(
+                    "restarted every instance of {service} on {}",
+                    release.manifest.version()
+                ))
+            }
+            Err(err) => {
+                rt.last_error = err.summary();
+                let failed = SwitchOutcome::Failed {
+                    reason: err.summary(),
+                };
+                self.persist(service, record, trigger, failed).await?;
+                Err(err)
+            }
+        }
+    }
+
+    /// Replaces one slot's instance with a fresh one of the same release.
+    async fn replace_slot(
+        &self,
+        service: &str,
+        running: &mut Running,
+        slot: usize,
+        overlap: Overlap,
+    ) -> Result<(), HostError> {
+        let slot_u32 = u32::try_from(slot).unwrap_or(u32::MAX);
+        if overlap == Overlap::None {
+            let old = running.instances.remove(slot);
+            old.stop().await;
+            let fresh = self.start_instance(&running.release, &running.sockets, slot_u32)?;
+            let fresh = self
+                .wait_ready(service, &running.release, vec![fresh])
+                .await?;
+            running.instances.splice(slot..slot, fresh);
+            return Ok(());
+        }
+        let fresh = self.start_instance(&running.release, &running.sockets, slot_u32)?;
+        let mut fresh = self
+            .wait_ready(service, &running.release, vec![fresh])
+            .await?;
+        let Some(fresh) = fresh.pop() else {
+            return Ok(());
+        };
+        let old = std::mem::replace(&mut running.instances[slot], fresh);
+        old.stop().await;
+        Ok(())
+    }
+
+    /// The core: switch `service` to `target` (see the module doc).
+    /// `trigger` is `None` when reconciling at start (nothing to record).
+    async fn switch(
+        &self,
+        service: &str,
+        target: StoredRelease,
+        trigger: Option<Trigger>,
+    ) -> Result<String, HostError> {
+        let runtime = self.runtime(service);
+        let mut rt = runtime.try_lock().map_err(|_| HostError::Busy {
+            service: service.to_owned(),
+        })?;
+        if let Some(running) = &rt.running {
+            if running.release.digest == target.digest {
+                // A re-issued command (a new coordinator resuming): nothing to do.
+                return Ok(format!(
+                    "{service} already runs {} ({})",
+                    target.manifest.version(),
+                    target.digest
+                ));
+            }
+        }
+        let old = rt.running.take();
+        rt.switching = Some(proto::v1::SwitchState::Switching);
+        let result = self.switch_locked(service, old, &target, &mut rt).await;
+        rt.switching = None;
+        let record = record_of(&target);
+        match result {
+            Ok(()) => {
+                rt.last_error.clear();
+                if let Some(trigger) = trigger {
+                    self.persist(service, record, trigger, SwitchOutcome::Succeeded)
+                        .await?;
+                    self.collect_garbage().await;
+                }
+                Ok(format!(
+                    "{service} now runs {} ({})",
+                    target.manifest.version(),
+                    target.digest
+                ))
+            }
+            Err(err) => {
+                rt.last_error = err.summary();
+                if let Some(trigger) = trigger {
+                    let failed = SwitchOutcome::Failed {
+                        reason: err.summary(),
+                    };
+                    self.persist(service, record, trigger, failed).await?;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn switch_locked(
+        &self,
+        service: &str,
+        old: Option<Running>,
+        target: &StoredRelease,
+        rt: &mut ServiceRuntime,
+    ) -> Result<(), HostError> {
+        // The agent keeps the sockets across versions when the addresses
+        // stay the same: that is what lets old and new serve together.
+        let sockets = match &old {
+            Some(o) if o.release.manifest.listen() == target.manifest.listen() => o.sockets.clone(),
+            _ => self.bind(service, target)?,
+        };
+        let overlap = target.manifest.overlap();
+        if overlap != Overlap::None || old.is_none() {
+            match self.start_all(service, target, &sockets).await {
+                Ok(instances) => {
+                    if let Some(old) = old {
+                        stop_all(old.instances).await;
+                    }
+                    rt.running = Some(Running {
+                        release: target.clone(),
+                        sockets,
+                        instances,
+                    });
+                    Ok(())
+                }
+                Err(err) => {
+                    rt.running = old;
+                    Err(with_kept(err, "the old release keeps serving"))
+                }
+            }
+        } else {
+            let Some(old) = old else {
+                return Ok(());
+            };
+            let old_release = old.release.clone();
+            let old_sockets = old.sockets.clone();
+            stop_all(old.instances).await;
+            match self.start_all(service, target, &sockets).await {
+                Ok(instances) => {
+                    rt.running = Some(Running {
+                        release: target.clone(),
+                        sockets,
+                        instances,
+                    });
+                    Ok(())
+                }
+                Err(err) => {
+                    // Overlap none: the old release was stopped; bring it back.
+                    let restored = self.start_all(service, &old_release, &old_sockets).await;
+                    let kept = match restored {
+                        Ok(instances) => {
+                            rt.running = Some(Running {
+                                release: old_release,
+                                sockets: old_sockets,
+                                instances,
+                            });
+                            "the old release was started again and serves".to_owned()
+                        }
+                        Err(restore_err) => {
+                            format!("restarting the old release failed too: {restore_err}")
+                        }
+                    };
+                    Err(with_kept(err, &kept))
+                }
+            }
+        }
+    }
+
+    /// Starts every instance of `release` and waits until all are ready.
+    async fn start_all(
+        &self,
+        service: &str,
+        release: &StoredRelease,
+        sockets: &ListenSockets,
+    ) -> Result<Vec<HostedInstance>, HostError> {
+        let count = release.manifest.run().instances;
+        let mut started = Vec::new();
+        for slot in 0..count {
+            match self.start_instance(release, sockets, slot) {
+                Ok(instance) => started.push(instance),
+                Err(err) => {
+                    stop_all(started).await;
+                    return Err(err);
+                }
+            }
+        }
+        self.wait_ready(service, release, started).await
+    }
+
+    fn start_instance(
+        &self,
+        release: &StoredRelease,
+        sockets: &ListenSockets,
+        slot: u32,
+    ) -> Result<HostedInstance, HostError> {
+        HostedInstance::start(
+            release,
+            slot,
+            sockets.clone(),
+            &self.config.log_dir(),
+            &self.config.runtime_dir(),
+            &self.shim,
+            self.events.clone(),
+        )
+        .map_err(|source| HostError::Instance {
+            service: release.manifest.service().to_string(),
+            source,
+        })
+    }
+
+    /// Waits until every instance is ready; on the first failure stops them
+    /// all and reports the failing one's log.
+    async fn wait_ready(
+        &self,
+        service: &str,
+        release: &StoredRelease,
+        instances: Vec<HostedInstance>,
+    ) -> Result<Vec<HostedInstance>, HostError> {
+        let deadline =
+            Instant::now() + release.manifest.readiness().timing.healthy_deadline + READY_GRACE;
+        for instance in &instances {
+            if let Err(reason) = wait_instance_ready(instance.subscribe(), deadline).await {
+                let log_tail = instance.log_tail(FAILURE_LOG_LINES).join("\n");
+                stop_all(instances).await;
+                return Err(HostError::SwitchFailed(Box::new(SwitchFailure {
+                    service: service.to_owned(),
+                    version: release.manifest.version().to_string(),
+                    digest: release.digest.to_string(),
+                    reason,
+                    kept: String::new(),
+                    log_tail,
+                })));
+            }
+        }
+        Ok(instances)
+    }
+
+    fn bind(&self, service: &str, release: &StoredRelease) -> Result<ListenSockets, HostError> {
+        ListenSockets::bind(release.manifest.listen(), release.manifest.overlap()).map_err(
+            |source| HostError::Sockets {
+                service: service.to_owned(),
+                source,
+            },
+        )
+    }
+
+    async fn admit(&self, service: &str, token: u64) -> Result<(), HostError> {
+        let mut state = self.state.lock().await;
+        let before = state.service_mut(service).fencing_high_water;
+        state.service_mut(service).admit(service, token)?;
+        if state.service_mut(service).fencing_high_water != before {
+            // The mark must survive a crash before the command acts.
+            self.save(&state).await?;
+        }
+        Ok(())
+    }
+
+    async fn persist(
+        &self,
+        service: &str,
+        record: ReleaseRecord,
+        trigger: Trigger,
+        outcome: SwitchOutcome,
+    ) -> Result<(), HostError> {
+        let mut state = self.state.lock().await;
+        state
+            .service_mut(service)
+            .record_switch(record, trigger, outcome);
+        self.save(&state).await
+    }
+
+    async fn save(&self, state: &AgentState) -> Result<(), HostError> {
+        let snapshot = state.clone();
+        let path = self.config.state_file();
+        tokio::task::spawn_blocking(move || snapshot.save(&path)).await??;
+        Ok(())
+    }
+
+    /// Drops unpacked releases no service needs any more.
+    async fn collect_garbage(&self) {
+        let pinned: Vec<ReleaseDigest> = {
+            let state = self.state.lock().await;
+            state
+                .services
+                .values()
+                .flat_map(|s| s.pinned())
+                .filter_map(|d| d.parse().ok())
+                .collect()
+        };
+        let store = self.store.clone();
+        let keep = self.config.keep_releases;
+        match tokio::task::spawn_blocking(move || store.gc(keep, &pinned)).await {
+            Ok(Ok(removed)) if !removed.is_empty() => {
+                tracing::info!(removed = removed.len(), "removed unused releases");
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err, "release garbage collection failed"),
+            Err(err) => tracing::warn!(error = %err, "release garbage collection panicked"),
+        }
+    }
+
+    async fn stored(&self, digest: &str) -> Result<StoredRelease, HostError> {
+        let unavailable = |reason: String| HostError::ReleaseUnavailable {
+            digest: digest.to_owned(),
+            reason,
+        };
+        let parsed: ReleaseDigest = digest
+            .parse()
+            .map_err(|e: release::DigestError| unavailable(e.to_string()))?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.get(&parsed))
+            .await?
+            .map_err(|e| unavailable(e.to_string()))?
+            .ok_or_else(|| {
+                unavailable("not in the local release store (install or push it first)".to_owned())
+            })
+    }
+
+    fn runtime(&self, service: &str) -> Arc<Mutex<ServiceRuntime>> {
+        let mut services = self
+            .services
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        services.entry(service.to_owned()).or_default().clone()
+    }
+
+    fn existing_runtime(&self, service: &str) -> Result<Arc<Mutex<ServiceRuntime>>, HostError> {
+        let services = self
+            .services
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        services
+            .get(service)
+            .cloned()
+            .ok_or_else(|| HostError::UnknownService {
+                service: service.to_owned(),
+            })
+    }
+
+    /// Every instance state change, for `WatchStatus`.
+    pub fn subscribe(&self) -> broadcast::Receiver<proto::v1::StatusEvent> {
+        self.events.subscribe()
+    }
+
+    /// The wire status of one service, or of all (`service` empty).
+    pub async fn status(&self, service: &str) -> Result<Vec<proto::v1::ServiceStatus>, HostError> {
+        let runtimes: Vec<(String, Arc<Mutex<ServiceRuntime>>)> = {
+            let services = self
+                .services
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            services
+                .iter()
+                .filter(|(name, _)| service.is_empty() || name.as_str() == service)
+                .map(|(n, r)| (n.clone(), r.clone()))
+                .collect()
+        };
+        if !service.is_empty() && runtimes.is_empty() {
+            return Err(HostError::UnknownService {
+                service: service.to_owned(),
+            });
+        }
+        let state = self.state.lock().await.clone();
+        let mut out = Vec::with_capacity(runtimes.len());
+        for (name, runtime) in runtimes {
+            let durable = state.services.get(&name).cloned().unwrap_or_default();
+            // A switching service reports from its durable state and what the
+            // switch has shown so far, without waiting for the switch.
+            let (instances, switching, last_error) = match runtime.try_lock() {
+                Ok(rt) => (
+                    rt.running
+                        .as_ref()
+                        .map(|r| r.instances.iter().map(|i| i.wire_status()).collect())
+                        .unwrap_or_default(),
+                    rt.switching,
+                    rt.last_error.clone(),
+                ),
+                Err(_) => (
+                    Vec::new(),
+                    Some(proto::v1::SwitchState::Switching),
+                    String::new(),
+                ),
+            };
+            out.push(wire::service_status(
+                &name, &durable, instances, switching, last_error,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The durable record of one service (for `agentctl releases`).
+    pub async fn releases(&self, service: &str) -> Result<crate::state::ServiceState, HostError> {
+        let state = self.state.lock().await;
+        state
+            .services
+            .get(service)
+            .cloned()
+            .ok_or_else(|| HostError::UnknownService {
+                service: service.to_owned(),
+            })
+    }
+
+    /// Log tails of a service's instances: (slot, lines).
+    pub async fn logs(
+        &self,
+        service: &str,
+        lines: usize,
+    ) -> Result<Vec<(u32, PathBuf, Vec<String>)>, HostError> {
+        let runtime = self.existing_runtime(service)?;
+        let rt = runtime.lock().await;
+        Ok(rt
+            .running
+            .as_ref()
+            .map(|r| {
+                r.instances
+                    .iter()
+                    .map(|i| (i.slot(), i.log_path().to_owned(), i.log_tail(lines)))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Stops every instance (agent shutdown).
+    pub async fn stop_all(&self) {
+        let runtimes: Vec<Arc<Mutex<ServiceRuntime>>> = {
+            let services = self
+                .services
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            services.values().cloned().collect()
+        };
+        for runtime in runtimes {
+            let mut rt = runtime.lock().await;
+            if let Some(running) = rt.running.take() {
+                stop_all(running.instances).await;
+            }
+        }
+    }
+}
+
+fn record_of(release: &StoredRelease) -> ReleaseRecord {
+    ReleaseRecord {
+        digest: release.digest.to_string(),
+        version: release.manifest.version().to_string(),
+        since_unix_ms: wire::now_unix_ms(),
+    }
+}
+
+fn with_kept(err: HostError, kept: &str) -> HostError {
+    match err {
+        HostError::SwitchFailed(mut failure) => {
+            kept.clone_into(&mut failure.kept);
+            HostError::SwitchFailed(failure)
+        }
+        other => other,
+    }
+}
+
+async fn stop_all(instances: Vec<HostedInstance>) {
+    // In parallel: each may wait out its own stop timeout.
+    let mut stops = tokio::task::JoinSet::new();
+    for instance in instances {
+        stops.spawn(instance.stop());
+    }
+    while let Some(result) = stops.join_next().await {
+        if let Err(err) = result {
+            tracing::error!(error = %err, "an instance stop task failed");
+        }
+    }
+}
+
+/// Ready, or why not: it exited, crash-loops, failed, or missed the deadline.
+async fn wait_instance_ready(
+    mut status: watch::Receiver<InstanceStatus>,
+    deadline: Instant,
+) -> Result<(), String> {
+    let verdict = |s: &InstanceStatus| -> Option<Result<(), String>> {
+        if s.restarts > 0
+            || matches!(
+                s.state,
+                InstanceState::CrashLooping | InstanceState::Failed | InstanceState::Stopped
+            )
+        {
+            let exit = s.last_exit.clone().unwrap_or_else(|| s.state.to_string());
+            return Some(Err(format!("it {exit}")));
+        }
+        s.ready.then_some(Ok(()))
+    };
+    let waited = tokio::time::timeout_at(deadline, status.wait_for(|s| verdict(s).is_some()))
+        .await
+        .map(|r| r.map(|s| verdict(&s).unwrap_or(Ok(()))));
+    match waited {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err("its supervisor ended".to_owned()),
+        Err(_) => {
+            let s = status.borrow();
+            Err(format!(
+                "not ready within its healthy_deadline (state {}, {})",
+                s.state, s.detail
+            ))
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! `HostedInstance`: one supervised instance as the host runs it — the
+//! supervisor's `Instance`, its NOTIFY_SOCKET, its readiness probe, and the
+//! task that publishes its state changes to `WatchStatus`.
+//!
+//! Must never: outlive its handle (the forwarding task is owned), or let a
+//! notify message from another process count as this instance's.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use release::StoredRelease;
+use tokio::sync::{broadcast, watch};
+
+use crate::probe::{NotifySocket, Probe, ProbeError};
+use crate::supervisor::{
+    Instance, InstanceSpec, InstanceStatus, ListenSockets, ReadinessCheck, SupervisorError,
+};
+use crate::task::OwnedTask;
+use crate::wire;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    #[error("cannot set up the notify socket {path}: {source}")]
+    Notify {
+        path: PathBuf,
+        #[source]
+        source: ProbeError,
+    },
+    #[error("cannot build the readiness probe: {0}")]
+    Probe(#[source] ProbeError),
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+}
+
+/// The manifest's probe, as the supervisor calls it.
+struct ProbeCheck(Probe);
+
+impl ReadinessCheck for ProbeCheck {
+    fn check(&mut self, pid: u32) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move { self.0.check(pid).await.map_err(|f| f.to_string()) })
+    }
+}
+
+/// A running instance on this host.
+#[derive(Debug)]
+pub struct HostedInstance {
+    instance: Instance,
+    notify: Arc<NotifySocket>,
+    slot: u32,
+    service: String,
+    release: proto::v1::ReleaseRef,
+    _forward: OwnedTask,
+}
+
+impl HostedInstance {
+    /// Starts an instance of `release` in `slot`, sharing `sockets`.
+    pub fn start(
+        release: &StoredRelease,
+        slot: u32,
+        sockets: ListenSockets,
+        log_dir: &Path,
+        runtime_dir: &Path,
+        shim: &Path,
+        events: broadcast::Sender<proto::v1::StatusEvent>,
+    ) -> Result<Self, InstanceError> {
+        let manifest = &release.manifest;
+        let service = manifest.service().to_string();
+        let digest = release.digest.to_string();
+        let short: String = release.digest.hex().chars().take(12).collect();
+        let notify_path = runtime_dir.join(format!("{service}-{slot}-{short}.notify"));
+        let notify = NotifySocket::bind(&notify_path).map_err(|source| InstanceError::Notify {
+            path: notify_path.clone(),
+            source,
+        })?;
+        let notify = Arc::new(notify);
+        let probe = Probe::new(
+            &manifest.readiness().probe,
+            &release.path,
+            Some(notify.subscribe()),
+        )
+        .map_err(InstanceError::Probe)?
+        .with_timeout(manifest.readiness().timing.timeout);
+
+        let mut spec = InstanceSpec::new(
+            service.clone(),
+            slot,
+            (digest.clone(), manifest.version().to_string()),
+            release.path.clone(),
+            manifest.run().clone(),
+            manifest.readiness().timing,
+            log_dir.to_owned(),
+        );
+        spec.sockets = sockets;
+        spec.shim = shim.to_owned();
+        spec.extra_env = BTreeMap::from([(
+            "NOTIFY_SOCKET".to_owned(),
+            notify_path.display().to_string(),
+        )]);
+        let instance = Instance::start(spec, Box::new(ProbeCheck(probe)))?;
+        let release_ref = proto::v1::ReleaseRef {
+            service: service.clone(),
+            digest,
+            version: manifest.version().to_string(),
+        };
+        let forward = OwnedTask::spawn(forward_changes(
+            instance.subscribe(),
+            notify.clone(),
+            events,
+            wire::InstanceLabel {
+                service: service.clone(),
+                slot,
+                release: release_ref.clone(),
+            },
+        ));
+        Ok(Self {
+            instance,
+            notify,
+            slot,
+            service,
+            release: release_ref,
+            _forward: forward,
+        })
+    }
+
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<InstanceStatus> {
+        self.instance.subscribe()
+    }
+
+    pub fn log_tail(&self, n: usize) -> Vec<String> {
+        self.instance.log_tail(n)
+    }
+
+    pub fn log_path(&self) -> &Path {
+        self.instance.log_path()
+    }
+
+    pub fn wire_status(&self) -> proto::v1::InstanceStatus {
+        let label = wire::InstanceLabel {
+            service: self.service.clone(),
+            slot: self.slot,
+            release: self.release.clone(),
+        };
+        wire::instance_status(
+            &label,
+            &self.instance.status(),
+            self.notify.state().status.as_deref(),
+        )
+    }
+
+    /// Stops the instance for good; failures are logged (the supervisor has
+    /// already SIGKILLed and reaped whatever it could).
+    pub async fn stop(self) {
+        let Self {
+            instance,
+            service,
+            slot,
+            ..
+        } = self;
+        match instance.stop().await {
+            Ok(report) => {
+                tracing::info!(service, slot, exit = ?report.exit, killed = report.killed, took_ms = report.took.as_millis(), "instance stopped")
+            }
+            Err(err) => tracing::error!(service, slot, error = %err, "instance stop failed"),
+        }
+    }
+}
+
+/// Publishes every state change and keeps the notify socket's idea of the
+/// main pid current across restarts.
+async fn forward_changes(
+    mut status: watch::Receiver<InstanceStatus>,
+    notify: Arc<NotifySocket>,
+    events: broadcast::Sender<proto::v1::StatusEvent>,
+    label: wire::InstanceLabel,
+) {
+    let mut main_pid = None;
+    loop {
+        let current = status.borrow_and_update().clone();
+        // A new process: its notify state starts over (only once per pid,
+        // or the READY=1 it already sent would be forgotten).
+        if current.pid.is_some() && current.pid != main_pid {
+            main_pid = current.pid;
+            if let Some(pid) = main_pid {
+                notify.set_main_pid(pid);
+            }
+        }
+        let event = proto::v1::StatusEvent {
+            at_unix_ms: wire::now_unix_ms(),
+            instance: Some(wire::instance_status(
+                &label,
+                &current,
+                notify.state().status.as_deref(),
+            )),
+            service: None,
+        };
+        // No receivers is fine: nobody is watching.
+        let _ = events.send(event);
+        if status.changed().await.is_err() {
+            return;
+        }
+    }
+}

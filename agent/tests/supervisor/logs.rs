@@ -1,0 +1,64 @@
+//! The instance log: the app's output arrives, rotates by size, tails.
+
+use std::time::Duration;
+
+use agent::supervisor::{AlwaysReady, Instance, LogConfig};
+use release::manifest::RestartPolicy;
+
+use crate::helper::*;
+
+#[tokio::test]
+async fn stderr_and_stdout_reach_the_log_which_rotates_and_tails() {
+    let f = Fixture::new();
+    let script = "i=0; while [ $i -lt 500 ]; do echo \"err line $i\" >&2; i=$((i+1)); done; echo out-done; exec bin/sleep 1000";
+    let mut spec = f.spec(&["bin/sh", "-c", script]);
+    spec.log = LogConfig {
+        max_bytes: 2048,
+        keep: 2,
+    };
+    let path = spec.log_path();
+    let inst = Instance::start(spec, Box::new(AlwaysReady)).unwrap();
+    wait_for(DEADLINE, "the last line", || {
+        inst.log_tail(1) == vec!["out-done".to_owned()]
+    })
+    .await;
+    assert_eq!(inst.log_path(), path.as_path());
+    let tail = inst.log_tail(3);
+    assert_eq!(tail, vec!["err line 498", "err line 499", "out-done"]);
+    assert!(std::fs::metadata(&path).unwrap().len() <= 2048);
+    let rotated = |n: u32| {
+        let mut p = path.clone().into_os_string();
+        p.push(format!(".{n}"));
+        std::path::PathBuf::from(p)
+    };
+    assert!(rotated(1).exists() && rotated(2).exists());
+    assert!(!rotated(3).exists(), "only `keep` rotated files are kept");
+    // The tail spans the rotation boundary.
+    let many = inst.log_tail(60);
+    assert_eq!(many.len(), 60);
+    assert_eq!(many.last().map(String::as_str), Some("out-done"));
+    inst.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_shim_failure_is_one_clear_line_in_the_log() {
+    let f = Fixture::new();
+    // A file that exists but cannot be executed.
+    std::fs::write(f.root().join("bin/notexec"), "not a program").unwrap();
+    let mut spec = f.spec(&["bin/notexec"]);
+    spec.run.restart = RestartPolicy::Never;
+    let inst = Instance::start(spec, Box::new(AlwaysReady)).unwrap();
+    let mut rx = inst.subscribe();
+    let s = wait_status(&mut rx, DEADLINE, "failed", |s| {
+        s.state == agent::supervisor::InstanceState::Failed
+    })
+    .await;
+    assert_eq!(s.last_exit.as_deref(), Some("exited with code 127"));
+    wait_for(Duration::from_secs(5), "shim line", || {
+        inst.log_tail(10)
+            .iter()
+            .any(|l| l.starts_with("lockstep-exec-shim: cannot exec"))
+    })
+    .await;
+    inst.stop().await.unwrap();
+}

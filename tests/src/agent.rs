@@ -1,0 +1,231 @@
+//! `AgentFixture`: a real `lockstep-agent` in a temporary directory, and
+//! `agentctl` pointed at it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::{HarnessError, free_loopback_port, workspace_bin};
+
+/// An agent that does not answer within this long did not start.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// A graceful agent stop stops every app too; each has its stop timeout.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(50);
+
+/// A running agent. Dropping it stops the agent (which stops its apps) and
+/// kills anything still running from its directory.
+#[derive(Debug)]
+pub struct AgentFixture {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    socket: PathBuf,
+    grpc: SocketAddr,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl AgentFixture {
+    /// Writes an `agent.toml` and starts the agent; returns once
+    /// `agentctl status` answers.
+    pub async fn start(id: &str, cluster: &str) -> Result<Self, HarnessError> {
+        let dir = tempfile::Builder::new()
+            .prefix("lockstep-agent-")
+            .tempdir()
+            .map_err(HarnessError::TempDir)?;
+        let socket = dir.path().join("agent.sock");
+        let grpc: SocketAddr = ([127, 0, 0, 1], free_loopback_port()?).into();
+        let config = dir.path().join("agent.toml");
+        let text = format!(
+            "id = \"{id}\"\ncluster = \"{cluster}\"\ndata_dir = \"{data}\"\n\n[control]\nsocket = \"{socket}\"\n\n[grpc]\nlisten = \"{grpc}\"\n",
+            data = dir.path().join("data").display(),
+            socket = socket.display(),
+        );
+        std::fs::write(&config, text).map_err(HarnessError::TempDir)?;
+        let log = dir.path().join("agent.log");
+        let mut fixture = Self {
+            dir,
+            config,
+            socket,
+            grpc,
+            log,
+            child: None,
+        };
+        fixture.spawn().await?;
+        Ok(fixture)
+    }
+
+    async fn spawn(&mut self) -> Result<(), HarnessError> {
+        let program = workspace_bin("lockstep-agent")?;
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(HarnessError::TempDir)?;
+        let log_err = log.try_clone().map_err(HarnessError::TempDir)?;
+        let child = Command::new("setpriv")
+            .args(["--pdeathsig", "KILL"])
+            .arg(&program)
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|source| HarnessError::Spawn {
+                program: program.display().to_string(),
+                source,
+            })?;
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return Err(HarnessError::Fixture(format!(
+                        "lockstep-agent exited at start ({status}):\n{}",
+                        self.log_text()
+                    )));
+                }
+            }
+            if self.agentctl(&["status"]).await?.status.success() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(HarnessError::Fixture(format!(
+                    "lockstep-agent did not answer within {START_TIMEOUT:?}:\n{}",
+                    self.log_text()
+                )));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Runs `agentctl --socket <ours> ARGS`.
+    pub async fn agentctl(&self, args: &[&str]) -> Result<Output, HarnessError> {
+        let program = workspace_bin("agentctl")?;
+        tokio::process::Command::new(&program)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|source| HarnessError::Spawn {
+                program: program.display().to_string(),
+                source,
+            })
+    }
+
+    /// `agentctl --output json ARGS`, parsed; fails unless it exits 0.
+    pub async fn agentctl_json(&self, args: &[&str]) -> Result<serde_json::Value, HarnessError> {
+        let mut full = vec!["--output", "json"];
+        full.extend_from_slice(args);
+        let output = self.agentctl(&full).await?;
+        if !output.status.success() {
+            return Err(HarnessError::Fixture(format!(
+                "agentctl {args:?} failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            )));
+        }
+        serde_json::from_slice(&output.stdout).map_err(|e| {
+            HarnessError::Fixture(format!(
+                "agentctl {args:?} printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&output.stdout)
+            ))
+        })
+    }
+
+    /// SIGTERM, then wait for the agent (and the apps it stops) to exit.
+    pub async fn stop(&mut self) -> Result<(), HarnessError> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        terminate(&mut child).map_err(|e| HarnessError::Fixture(format!("stop agent: {e}")))
+    }
+
+    /// Starts the agent again on the same config, data and socket.
+    pub async fn restart(&mut self) -> Result<(), HarnessError> {
+        self.stop().await?;
+        self.spawn().await
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// SIGTERM, wait up to [`STOP_TIMEOUT`], then SIGKILL; always reaped.
+fn terminate(child: &mut Child) -> Result<(), String> {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).map_err(|e| e.to_string())?);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = std::time::Instant::now() + STOP_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(POLL),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "agent pid {pid} ignored SIGTERM for {STOP_TIMEOUT:?}; killed"
+                ));
+            }
+        }
+    }
+}
+
+/// Kills every process whose working directory is inside `dir`: apps
+/// that outlived a killed agent must not outlive the test.
+fn kill_strays(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let inside =
+            std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir));
+        if inside {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+impl Drop for AgentFixture {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Err(err) = terminate(&mut child) {
+                tracing::error!(error = %err, "agent fixture stop");
+            }
+        }
+        kill_strays(self.dir.path());
+    }
+}
