@@ -16,15 +16,17 @@
 //! [coordinator]                      # optional until the fleet issues
 //! url = "http://coordinator:7700"
 //!
-//! [etcd]                             # optional until the fleet issues
+//! [etcd]                             # optional: without it, no budget
 //! endpoints = ["http://127.0.0.1:2379"]
+//! lease_ttl = "10s"                  # the agent's session; its locks die with it
+//! budget_wait = "2m"                 # a planned disruption waits this long for a slot
 //!
 //! [releases]
 //! trusted_keys = ["/etc/lockstep/release.pub"]   # empty: signatures not required
 //! keep = 5
-//! max_entry_bytes = 1073741824
-//! max_total_bytes = 4294967296
-//! max_entries = 100000
+//! max_entry_bytes = 4294967296     # defaults: release::unpack::UnpackLimits
+//! max_total_bytes = 17179869184
+//! max_entries = 1000000
 //! ```
 //!
 //! Must never: accept a key it does not know, or report only the first of
@@ -33,6 +35,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use release::unpack::UnpackLimits;
 use serde::Deserialize;
@@ -44,6 +47,12 @@ pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:7600";
 /// Releases kept on disk per service besides the current one: enough to
 /// roll back several steps without refetching.
 pub const DEFAULT_KEEP_RELEASES: usize = 5;
+/// The agent's etcd session: a dead agent's slots free within this (plus
+/// one keep-alive interval), short enough not to stall its cluster long.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+/// How long a planned disruption waits for a slot in the cluster's budget
+/// (or for etcd to come back) before it fails and says so.
+pub const DEFAULT_BUDGET_WAIT: Duration = Duration::from_secs(120);
 
 /// A valid agent configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,10 +64,19 @@ pub struct AgentConfig {
     pub control_group: Option<String>,
     pub grpc_listen: SocketAddr,
     pub coordinator_url: Option<String>,
-    pub etcd_endpoints: Vec<String>,
+    /// The fleet's etcd; `None`: this host runs without a disruption budget.
+    pub etcd: Option<EtcdSettings>,
     pub trusted_keys: Vec<PathBuf>,
     pub keep_releases: usize,
     pub limits: UnpackLimits,
+}
+
+/// How the agent uses etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdSettings {
+    pub endpoints: Vec<String>,
+    pub lease_ttl: Duration,
+    pub budget_wait: Duration,
 }
 
 /// An agent's identity in the fleet: 1-63 of `a-z 0-9 . _ -`.
@@ -163,6 +181,8 @@ struct RawCoordinator {
 #[serde(deny_unknown_fields)]
 struct RawEtcd {
     endpoints: Vec<String>,
+    lease_ttl: Option<String>,
+    budget_wait: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -251,10 +271,42 @@ impl AgentConfig {
         if let Some(coordinator) = &raw.coordinator {
             check("coordinator.url", url(&coordinator.url));
         }
-        let etcd_endpoints = raw.etcd.map(|e| e.endpoints).unwrap_or_default();
-        for (i, endpoint) in etcd_endpoints.iter().enumerate() {
-            check(&format!("etcd.endpoints[{i}]"), url(endpoint));
-        }
+        let etcd = raw.etcd.map(|e| {
+            if e.endpoints.is_empty() {
+                check(
+                    "etcd.endpoints",
+                    Err("must name at least one endpoint (or drop [etcd])".to_owned()),
+                );
+            }
+            for (i, endpoint) in e.endpoints.iter().enumerate() {
+                check(&format!("etcd.endpoints[{i}]"), url(endpoint));
+            }
+            let lease_ttl = duration(e.lease_ttl.as_deref(), DEFAULT_LEASE_TTL).and_then(|ttl| {
+                leases::Ttl::from_secs(ttl.as_secs())
+                    .map_err(|err| err.to_string())
+                    .and_then(|_| {
+                        if ttl.subsec_nanos() == 0 {
+                            Ok(ttl)
+                        } else {
+                            Err("must be whole seconds".to_owned())
+                        }
+                    })
+            });
+            check(
+                "etcd.lease_ttl",
+                lease_ttl.as_ref().map(drop).map_err(Clone::clone),
+            );
+            let budget_wait = duration(e.budget_wait.as_deref(), DEFAULT_BUDGET_WAIT);
+            check(
+                "etcd.budget_wait",
+                budget_wait.as_ref().map(drop).map_err(Clone::clone),
+            );
+            EtcdSettings {
+                endpoints: e.endpoints,
+                lease_ttl: lease_ttl.unwrap_or(DEFAULT_LEASE_TTL),
+                budget_wait: budget_wait.unwrap_or(DEFAULT_BUDGET_WAIT),
+            }
+        });
         for (i, key) in raw.releases.trusted_keys.iter().enumerate() {
             check(
                 &format!("releases.trusted_keys[{i}]"),
@@ -312,7 +364,7 @@ impl AgentConfig {
                     control_group: raw.control.group,
                     grpc_listen,
                     coordinator_url: raw.coordinator.map(|c| c.url),
-                    etcd_endpoints,
+                    etcd,
                     trusted_keys: raw.releases.trusted_keys,
                     keep_releases,
                     limits,
@@ -362,6 +414,10 @@ fn syntax_message(text: &str, err: &toml::de::Error) -> String {
     }
 }
 
+fn duration(text: Option<&str>, default: Duration) -> Result<Duration, String> {
+    text.map_or(Ok(default), release::manifest::parse_duration)
+}
+
 fn absolute(path: &Path) -> Result<PathBuf, String> {
     if path.is_absolute() {
         Ok(path.to_owned())
@@ -402,7 +458,7 @@ mod tests {
         assert_eq!(config.grpc_listen.to_string(), DEFAULT_GRPC_LISTEN);
         assert_eq!(config.keep_releases, DEFAULT_KEEP_RELEASES);
         assert_eq!(config.limits, UnpackLimits::default());
-        assert!(config.etcd_endpoints.is_empty());
+        assert!(config.etcd.is_none());
     }
 
     #[test]
@@ -411,7 +467,10 @@ mod tests {
         let config = parse(text).unwrap();
         assert_eq!(config.cluster.as_str(), "eu-1");
         assert_eq!(config.control_group.as_deref(), Some("lockstep"));
-        assert_eq!(config.etcd_endpoints, ["http://127.0.0.1:2379"]);
+        let etcd = config.etcd.unwrap();
+        assert_eq!(etcd.endpoints, ["http://127.0.0.1:2379"]);
+        assert_eq!(etcd.lease_ttl, DEFAULT_LEASE_TTL);
+        assert_eq!(etcd.budget_wait, DEFAULT_BUDGET_WAIT);
         assert_eq!(
             config.coordinator_url.as_deref(),
             Some("http://127.0.0.1:7700")

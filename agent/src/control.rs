@@ -5,8 +5,12 @@
 //! SO_PEERCRED: root, or a process whose groups include the control group.
 //! Anyone else is refused with a message that says so.
 //!
+//! `logs --follow` streams from a task that belongs to the response stream
+//! ([`follow`]); every follower ends when shutdown begins.
+//!
 //! Must never: open a path on a caller's behalf (bundles are streamed in),
-//! or serve a caller it could not identify.
+//! serve a caller it could not identify, or keep a stream open past the
+//! start of shutdown (the server's graceful shutdown waits for it).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -18,13 +22,16 @@ use proto::v1 as pb;
 use proto::v1::agent_control_server::{AgentControl, AgentControlServer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
+use tokio::sync::watch;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::host::{Host, HostError};
+use crate::host::{Host, HostError, RestartOrder};
 use crate::wire;
+
+mod follow;
 
 /// `agentctl logs` without `-n`.
 const DEFAULT_LOG_LINES: usize = 50;
@@ -77,7 +84,8 @@ impl Access {
         Ok(Self { group })
     }
 
-    fn check<T>(&self, request: &Request<T>) -> Result<(), Status> {
+    /// Allows the call or refuses it; returns the caller's uid.
+    fn check<T>(&self, request: &Request<T>) -> Result<Option<u32>, Status> {
         let cred = request
             .extensions()
             .get::<UdsConnectInfo>()
@@ -86,7 +94,7 @@ impl Access {
                 Status::permission_denied("cannot identify the caller (no peer credentials)")
             })?;
         if cred.uid() == 0 {
-            return Ok(());
+            return Ok(Some(0));
         }
         let Some((name, gid)) = &self.group else {
             return Err(Status::permission_denied(format!(
@@ -99,7 +107,7 @@ impl Access {
                 .pid()
                 .is_some_and(|pid| supplementary_groups(pid).contains(&gid.as_raw()));
         if in_group {
-            Ok(())
+            Ok(Some(cred.uid()))
         } else {
             Err(Status::permission_denied(format!(
                 "uid {} is neither root nor in group `{name}`",
@@ -128,13 +136,12 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// Serves `AgentControl` on `path` until `shutdown` resolves.
-pub async fn serve(
-    host: Arc<Host>,
-    access: Access,
-    path: &Path,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ControlError> {
+/// Creates the control socket at `path`, replacing one a previous agent
+/// left: mode 0660, group-owned by the control group. The agent calls this
+/// before it sends READY=1, so that agentctl can connect as soon as systemd
+/// says the agent is up, and a socket that cannot be created fails the
+/// start instead of leaving an agent nobody can reach.
+pub async fn bind(path: &Path, access: &Access) -> Result<UnixListener, ControlError> {
     let socket_err = |source| ControlError::Socket {
         path: path.to_owned(),
         source,
@@ -157,8 +164,31 @@ pub async fn serve(
             .map_err(|e| socket_err(std::io::Error::from(e)))?;
     }
     tracing::info!(path = %path.display(), "control socket listening");
+    Ok(listener)
+}
+
+/// Serves `AgentControl` on `listener` (from [`bind`]) until `shutdown`
+/// resolves.
+pub async fn serve(
+    host: Arc<Host>,
+    access: Access,
+    listener: UnixListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ControlError> {
+    // Followers end as shutdown begins: the server's graceful shutdown
+    // waits for every open stream.
+    let (stopping_tx, stopping) = watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(true);
+    };
+    let service = ControlService {
+        host,
+        access,
+        stopping,
+    };
     tonic::transport::Server::builder()
-        .add_service(AgentControlServer::new(ControlService { host, access }))
+        .add_service(AgentControlServer::new(service))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await?;
     Ok(())
@@ -168,6 +198,8 @@ pub async fn serve(
 struct ControlService {
     host: Arc<Host>,
     access: Access,
+    /// Turns true when the agent starts shutting down.
+    stopping: watch::Receiver<bool>,
 }
 
 /// A host refusal as a reply (not an RPC error): agentctl prints the message.
@@ -314,17 +346,20 @@ impl AgentControl for ControlService {
         &self,
         request: Request<pb::ControlRestartRequest>,
     ) -> Result<Response<pb::SwitchReply>, Status> {
-        self.access.check(&request)?;
+        let actor_uid = self.access.check(&request)?;
         let r = request.into_inner();
         if r.force && r.reason.trim().is_empty() {
             return Err(Status::invalid_argument(
                 "--force needs --reason: it is recorded",
             ));
         }
-        let result = self
-            .host
-            .restart(&r.service, None, r.force, &r.reason)
-            .await;
+        let order = RestartOrder {
+            token: None,
+            forced: r.force,
+            reason: r.reason.clone(),
+            actor_uid,
+        };
+        let result = self.host.restart(&r.service, order).await;
         Ok(Response::new(self.reply(&r.service, result).await))
     }
 
@@ -362,6 +397,17 @@ impl AgentControl for ControlService {
         } else {
             r.lines as usize
         };
+        if r.follow {
+            let stream = follow::start(
+                self.host.clone(),
+                r.service,
+                r.slot,
+                lines,
+                self.stopping.clone(),
+            )
+            .await?;
+            return Ok(Response::new(stream));
+        }
         let tails = self
             .host
             .logs(&r.service, lines)
@@ -372,11 +418,6 @@ impl AgentControl for ControlService {
         for (slot, _path, tail) in tails.into_iter().filter(|(slot, _, _)| wanted(*slot)) {
             out.extend(tail.into_iter().map(|line| Ok(pb::LogLine { slot, line })));
         }
-        if r.follow {
-            return Err(Status::unimplemented(
-                "logs --follow is not available yet; use `tail -F` on the files under the agent's data_dir/logs",
-            ));
-        }
         Ok(Response::new(Box::pin(tokio_stream::iter(out))))
     }
 
@@ -385,12 +426,46 @@ impl AgentControl for ControlService {
         request: Request<pb::ControlLocksRequest>,
     ) -> Result<Response<pb::ControlLocksResponse>, Status> {
         self.access.check(&request)?;
-        Ok(Response::new(pb::ControlLocksResponse {
-            cluster: self.host.config().cluster.to_string(),
-            budget: 0,
-            holders: Vec::new(),
-            waiters: Vec::new(),
-            unavailable: "this agent does not use etcd yet: the disruption budget arrives with the leases wiring".to_owned(),
-        }))
+        let cluster = self.host.config().cluster.to_string();
+        let Some(link) = self.host.cluster() else {
+            return Ok(Response::new(pb::ControlLocksResponse {
+                cluster,
+                unavailable:
+                    "this agent has no [etcd] configured: it runs without a disruption budget"
+                        .to_owned(),
+                ..Default::default()
+            }));
+        };
+        let response = match link.budget().await {
+            Ok(view) => pb::ControlLocksResponse {
+                cluster,
+                budget: view.max_disruptions,
+                holders: view.holders.iter().map(slot_info).collect(),
+                waiters: view.waiters.iter().map(slot_info).collect(),
+                unavailable: String::new(),
+            },
+            Err(reason) => pb::ControlLocksResponse {
+                cluster,
+                unavailable: reason,
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(response))
+    }
+}
+
+fn slot_info(slot: &leases::SlotInfo) -> pb::LockInfo {
+    pb::LockInfo {
+        kind: pb::LockKind::DisruptionSlot.into(),
+        key: slot.name.clone(),
+        holder: Some(pb::LockHolder {
+            host: slot.holder.host.clone(),
+            pid: slot.holder.pid,
+            user: slot.holder.user.clone(),
+        }),
+        purpose: slot.purpose.clone(),
+        since_unix_ms: slot.since_unix_ms,
+        ttl_left_ms: 0,
+        fencing_token: u64::try_from(slot.create_revision).unwrap_or(0),
     }
 }

@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::host::{Host, HostError};
+use crate::host::{Host, HostError, RestartOrder};
 
 /// Serves `AgentService` over `host`; owns the switches Apply starts.
 #[derive(Debug)]
@@ -194,10 +194,13 @@ impl AgentService for AgentGrpc {
     ) -> Result<Response<pb::RestartResponse>, Status> {
         let r = request.into_inner();
         let reason = format!("deployment {}: {}", r.deployment_id, r.reason);
-        let result = self
-            .host
-            .restart(&r.service, Some(r.fencing_token), false, &reason)
-            .await;
+        let order = RestartOrder {
+            token: Some(r.fencing_token),
+            forced: false,
+            reason,
+            actor_uid: None,
+        };
+        let result = self.host.restart(&r.service, order).await;
         Ok(Response::new(pb::RestartResponse {
             verdict: Some(verdict(result)),
         }))

@@ -30,6 +30,7 @@ use release::{ReleaseDigest, Store, StoreError, StoredRelease, TrustedKeys};
 use tokio::sync::{Mutex, broadcast, watch};
 use tokio::time::Instant;
 
+use crate::cluster::{AgentRecord, ClusterError, ClusterLink, Slot};
 use crate::config::AgentConfig;
 use crate::instance::{HostedInstance, InstanceError};
 use crate::state::{AgentState, ReleaseRecord, StaleToken, StateError, SwitchOutcome, Trigger};
@@ -78,6 +79,8 @@ pub enum HostError {
         source: InstanceError,
     },
     #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
     State(#[from] StateError),
     #[error("cannot create {path}: {source}")]
     Directory {
@@ -108,6 +111,7 @@ impl HostError {
             Self::StaleToken(_) => R::StaleFencingToken,
             Self::Busy { .. } => R::Busy,
             Self::ReleaseUnavailable { .. } | Self::Bundle(_) => R::ReleaseUnavailable,
+            Self::Cluster(_) => R::BudgetExhausted,
             Self::SwitchFailed(_)
             | Self::Sockets { .. }
             | Self::Instance { .. }
@@ -153,6 +157,24 @@ struct Running {
     instances: Vec<HostedInstance>,
 }
 
+/// A service's runtime behind two locks: `command` says a switch or
+/// restart is under way (a second one is refused as busy); `runtime` guards
+/// the data, which readers (status, logs) take only briefly. Keeping them
+/// apart means a reader can never make a command look busy.
+#[derive(Debug, Default)]
+struct ServiceEntry {
+    command: Mutex<()>,
+    runtime: Mutex<ServiceRuntime>,
+}
+
+impl ServiceEntry {
+    fn begin(&self, service: &str) -> Result<tokio::sync::MutexGuard<'_, ()>, HostError> {
+        self.command.try_lock().map_err(|_| HostError::Busy {
+            service: service.to_owned(),
+        })
+    }
+}
+
 #[derive(Debug, Default)]
 struct ServiceRuntime {
     running: Option<Running>,
@@ -166,10 +188,24 @@ pub struct Host {
     config: AgentConfig,
     store: Store,
     state: Mutex<AgentState>,
-    services: SyncMutex<BTreeMap<String, Arc<Mutex<ServiceRuntime>>>>,
+    services: SyncMutex<BTreeMap<String, Arc<ServiceEntry>>>,
     events: broadcast::Sender<proto::v1::StatusEvent>,
     /// Where instances' exec shim lives: the agent binary itself.
     shim: PathBuf,
+    /// The fleet's etcd, when configured: registration and the budget.
+    cluster: Option<ClusterLink>,
+}
+
+/// Who asked for a restart, and whether it skips the budget.
+#[derive(Debug, Clone, Default)]
+pub struct RestartOrder {
+    /// The coordinator's fencing token; `None` for agentctl.
+    pub token: Option<u64>,
+    /// Break-glass: no slot is taken; the action is audited.
+    pub forced: bool,
+    pub reason: String,
+    /// The caller's uid (agentctl), for the audit record.
+    pub actor_uid: Option<u32>,
 }
 
 impl Host {
@@ -193,7 +229,20 @@ impl Host {
         })
         .await??;
         let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let cluster = config.etcd.clone().map(|settings| {
+            let record = AgentRecord {
+                agent: config.id.to_string(),
+                cluster: config.cluster.to_string(),
+                grpc_address: config.grpc_listen.to_string(),
+                hostname: nix::unistd::gethostname()
+                    .map(|h| h.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            };
+            ClusterLink::start(&config, settings, record)
+        });
         Ok(Arc::new(Self {
+            cluster,
             config,
             store,
             state: Mutex::new(state),
@@ -305,7 +354,7 @@ impl Host {
     ) -> Result<(), HostError> {
         self.admit(service, token).await?;
         self.stored(digest).await?;
-        if self.runtime(service).try_lock().is_err() {
+        if self.runtime(service).command.try_lock().is_err() {
             return Err(HostError::Busy {
                 service: service.to_owned(),
             });
@@ -353,21 +402,27 @@ impl Host {
 
     /// Restarts every instance of a service one by one, each replacement
     /// ready before its predecessor stops (where the overlap mode allows).
-    pub async fn restart(
-        &self,
-        service: &str,
-        token: Option<u64>,
-        forced: bool,
-        reason: &str,
-    ) -> Result<String, HostError> {
-        if let Some(token) = token {
+    pub async fn restart(&self, service: &str, order: RestartOrder) -> Result<String, HostError> {
+        if let Some(token) = order.token {
             self.admit(service, token).await?;
         }
         let runtime = self.existing_runtime(service)?;
-        let mut rt = runtime.try_lock().map_err(|_| HostError::Busy {
-            service: service.to_owned(),
-        })?;
+        let _command = runtime.begin(service)?;
+        let mut rt = runtime.runtime.lock().await;
+        if rt.running.is_none() {
+            return Err(HostError::UnknownService {
+                service: service.to_owned(),
+            });
+        }
+        let disruption = if order.forced {
+            self.audit_forced(service, &order).await?;
+            Slot::none()
+        } else {
+            self.take_slot(service, &format!("restart {service}: {}", order.reason))
+                .await?
+        };
         let Some(running) = rt.running.as_mut() else {
+            disruption.release().await;
             return Err(HostError::UnknownService {
                 service: service.to_owned(),
             });
@@ -375,8 +430,8 @@ impl Host {
         let release = running.release.clone();
         let overlap = release.manifest.overlap();
         let trigger = Trigger::Restart {
-            forced,
-            reason: reason.to_owned(),
+            forced: order.forced,
+            reason: order.reason.clone(),
         };
         let mut outcome = Ok(());
         for slot in 0..running.instances.len() {
@@ -386,6 +441,7 @@ impl Host {
                 break;
             }
         }
+        disruption.release().await;
         let record = record_of(&release);
         match outcome {
             Ok(()) => {
@@ -406,6 +462,35 @@ impl Host {
                 Err(err)
             }
         }
+    }
+
+    async fn take_slot(&self, service: &str, purpose: &str) -> Result<Slot, HostError> {
+        match &self.cluster {
+            Some(cluster) => Ok(cluster.take_slot(service, purpose).await?),
+            None => Ok(Slot::none()),
+        }
+    }
+
+    /// A forced restart skips the budget, so it is recorded first: in etcd
+    /// when reachable, else locally until it is.
+    async fn audit_forced(&self, service: &str, order: &RestartOrder) -> Result<(), HostError> {
+        let target = format!("{}/{service}", self.config.id);
+        let record =
+            crate::cluster::break_glass(order.actor_uid, "forced-restart", &target, &order.reason);
+        match &self.cluster {
+            Some(cluster) => cluster.audit(record).await?,
+            None => {
+                let path = self.config.local_audit_file();
+                tokio::task::spawn_blocking(move || crate::cluster::append_local(&path, &record))
+                    .await??;
+            }
+        }
+        Ok(())
+    }
+
+    /// The cluster link, when this agent uses etcd.
+    pub fn cluster(&self) -> Option<&ClusterLink> {
+        self.cluster.as_ref()
     }
 
     /// Replaces one slot's instance with a fresh one of the same release.
@@ -448,9 +533,8 @@ impl Host {
         trigger: Option<Trigger>,
     ) -> Result<String, HostError> {
         let runtime = self.runtime(service);
-        let mut rt = runtime.try_lock().map_err(|_| HostError::Busy {
-            service: service.to_owned(),
-        })?;
+        let _command = runtime.begin(service)?;
+        let mut rt = runtime.runtime.lock().await;
         if let Some(running) = &rt.running {
             if running.release.digest == target.digest {
                 // A re-issued command (a new coordinator resuming): nothing to do.
@@ -461,10 +545,24 @@ impl Host {
                 ));
             }
         }
+        // Starting a service that is not running (agent start) disrupts
+        // nothing; every other switch is a planned disruption.
+        let disruption = match &trigger {
+            Some(trigger) if rt.running.is_some() => {
+                let purpose = format!(
+                    "{} {service} to {}",
+                    wire::trigger(trigger),
+                    target.manifest.version()
+                );
+                self.take_slot(service, &purpose).await?
+            }
+            _ => Slot::none(),
+        };
         let old = rt.running.take();
         rt.switching = Some(proto::v1::SwitchState::Switching);
         let result = self.switch_locked(service, old, &target, &mut rt).await;
         rt.switching = None;
+        disruption.release().await;
         let record = record_of(&target);
         match result {
             Ok(()) => {
@@ -713,7 +811,7 @@ impl Host {
             })
     }
 
-    fn runtime(&self, service: &str) -> Arc<Mutex<ServiceRuntime>> {
+    fn runtime(&self, service: &str) -> Arc<ServiceEntry> {
         let mut services = self
             .services
             .lock()
@@ -721,7 +819,7 @@ impl Host {
         services.entry(service.to_owned()).or_default().clone()
     }
 
-    fn existing_runtime(&self, service: &str) -> Result<Arc<Mutex<ServiceRuntime>>, HostError> {
+    fn existing_runtime(&self, service: &str) -> Result<Arc<ServiceEntry>, HostError> {
         let services = self
             .services
             .lock()
@@ -741,7 +839,7 @@ impl Host {
 
     /// The wire status of one service, or of all (`service` empty).
     pub async fn status(&self, service: &str) -> Result<Vec<proto::v1::ServiceStatus>, HostError> {
-        let runtimes: Vec<(String, Arc<Mutex<ServiceRuntime>>)> = {
+        let runtimes: Vec<(String, Arc<ServiceEntry>)> = {
             let services = self
                 .services
                 .lock()
@@ -763,7 +861,7 @@ impl Host {
             let durable = state.services.get(&name).cloned().unwrap_or_default();
             // A switching service reports from its durable state and what the
             // switch has shown so far, without waiting for the switch.
-            let (instances, switching, last_error) = match runtime.try_lock() {
+            let (instances, switching, last_error) = match runtime.runtime.try_lock() {
                 Ok(rt) => (
                     rt.running
                         .as_ref()
@@ -804,7 +902,7 @@ impl Host {
         lines: usize,
     ) -> Result<Vec<(u32, PathBuf, Vec<String>)>, HostError> {
         let runtime = self.existing_runtime(service)?;
-        let rt = runtime.lock().await;
+        let rt = runtime.runtime.lock().await;
         Ok(rt
             .running
             .as_ref()
@@ -819,7 +917,7 @@ impl Host {
 
     /// Stops every instance (agent shutdown).
     pub async fn stop_all(&self) {
-        let runtimes: Vec<Arc<Mutex<ServiceRuntime>>> = {
+        let runtimes: Vec<Arc<ServiceEntry>> = {
             let services = self
                 .services
                 .lock()
@@ -827,7 +925,7 @@ impl Host {
             services.values().cloned().collect()
         };
         for runtime in runtimes {
-            let mut rt = runtime.lock().await;
+            let mut rt = runtime.runtime.lock().await;
             if let Some(running) = rt.running.take() {
                 stop_all(running.instances).await;
             }

@@ -9,11 +9,13 @@
 //! lost etcd or coordinator stop the apps it supervises (fail static), or
 //! obey a command whose fencing token is older than one it has accepted.
 
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod grpc;
 pub mod host;
 pub mod instance;
+pub mod logfollow;
 pub mod probe;
 pub mod state;
 pub mod supervisor;

@@ -30,6 +30,12 @@ impl AgentFixture {
     /// Writes an `agent.toml` and starts the agent; returns once
     /// `agentctl status` answers.
     pub async fn start(id: &str, cluster: &str) -> Result<Self, HarnessError> {
+        Self::start_with(id, cluster, "").await
+    }
+
+    /// Like `start`, with `extra` appended to `agent.toml` (e.g. an
+    /// `[etcd]` table).
+    pub async fn start_with(id: &str, cluster: &str, extra: &str) -> Result<Self, HarnessError> {
         let dir = tempfile::Builder::new()
             .prefix("lockstep-agent-")
             .tempdir()
@@ -41,7 +47,7 @@ impl AgentFixture {
             "id = \"{id}\"\ncluster = \"{cluster}\"\ndata_dir = \"{data}\"\n\n[control]\nsocket = \"{socket}\"\n\n[grpc]\nlisten = \"{grpc}\"\n",
             data = dir.path().join("data").display(),
             socket = socket.display(),
-        );
+        ) + extra;
         std::fs::write(&config, text).map_err(HarnessError::TempDir)?;
         let log = dir.path().join("agent.log");
         let mut fixture = Self {

@@ -5,4 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod agent;
+mod budget;
 mod etcd_harness;
+mod logs;
+mod systemd;

@@ -57,6 +57,7 @@ pub async fn run(mut c: Connected, args: Args, output: Output) -> Result<(), Fai
             }
         }
     };
+    crate::announce(output, &format!("installing {}", args.bundle.display()));
     let call = c
         .client
         .install(tokio_stream::wrappers::ReceiverStream::new(rx));

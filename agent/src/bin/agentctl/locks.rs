@@ -25,7 +25,6 @@ struct LockView {
     holder: String,
     purpose: String,
     since_unix_ms: i64,
-    ttl_left_ms: i64,
 }
 
 fn lock(info: &LockInfo) -> LockView {
@@ -39,7 +38,6 @@ fn lock(info: &LockInfo) -> LockView {
         holder,
         purpose: info.purpose.clone(),
         since_unix_ms: info.since_unix_ms,
-        ttl_left_ms: info.ttl_left_ms,
     }
 }
 
@@ -70,10 +68,7 @@ pub async fn run(mut c: Connected, _args: Args, output: Output) -> Result<(), Fa
             );
             for (what, list) in [("holds", &shown.holders), ("waits", &shown.waiters)] {
                 for l in list {
-                    println!(
-                        "  {what}  {}  {}  ({}), ttl {} ms",
-                        l.key, l.holder, l.purpose, l.ttl_left_ms
-                    );
+                    println!("  {what}  {}  {}  ({})", l.key, l.holder, l.purpose);
                 }
             }
             if shown.holders.is_empty() && shown.waiters.is_empty() {

@@ -91,6 +91,15 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Says on stderr what a slow command is waiting for (text output only).
+fn announce(output: Output, what: &str) {
+    if output == Output::Text {
+        eprintln!(
+            "agentctl: {what} (waits for a free slot in the cluster's disruption budget when the agent uses etcd)"
+        );
+    }
+}
+
 /// Prints `value` as pretty JSON.
 fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(value)

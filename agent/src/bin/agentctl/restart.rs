@@ -17,6 +17,7 @@ pub struct Args {
 }
 
 pub async fn run(mut c: Connected, args: Args, output: Output) -> Result<(), Failure> {
+    crate::announce(output, &format!("restarting {}", args.service));
     let reply = c
         .client
         .restart(ControlRestartRequest {

@@ -14,6 +14,7 @@ pub struct Args {
 }
 
 pub async fn run(mut c: Connected, args: Args, output: Output) -> Result<(), Failure> {
+    crate::announce(output, &format!("rolling {} back", args.service));
     let reply = c
         .client
         .rollback(ControlRollbackRequest {

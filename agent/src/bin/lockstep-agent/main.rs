@@ -126,11 +126,11 @@ async fn serve(config: AgentConfig) -> Result<()> {
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
+    let control_listener = control::bind(&config.control_socket, &access).await?;
     let control = tokio::spawn({
         let host = host.clone();
-        let path = config.control_socket.clone();
         let shutdown = stopped();
-        async move { control::serve(host, access, &path, shutdown).await }
+        async move { control::serve(host, access, control_listener, shutdown).await }
     });
     let grpc = Arc::new(AgentGrpc::new(host.clone()));
     let grpc_server = tokio::spawn({

@@ -1,0 +1,356 @@
+//! `ClusterLink`: the agent's presence in the fleet's etcd — its session,
+//! its registration, the cluster's disruption budget, and the audit of
+//! break-glass actions.
+//!
+//! ```text
+//! keeper task: connect -> session (lease) -> register -> upload pending
+//!              local audit records -> publish the session -> wait: lost
+//!              -> publish none -> retry after a pause
+//! ```
+//!
+//! etcd being unreachable never touches the apps (fail static): only
+//! planned disruptions wait for it, and `--force` goes on without it,
+//! recorded in a local audit file that is uploaded once etcd is back.
+//!
+//! Must never: let a planned disruption proceed without a slot, or lose a
+//! break-glass record.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions};
+use leases::{
+    AuditLog, AuditRecord, DisruptionBudget, Holder, Registration, SemaphoreError, Session,
+    SlotGuard, Ttl,
+};
+use tokio::sync::watch;
+
+use crate::config::{AgentConfig, EtcdSettings};
+use crate::task::OwnedTask;
+
+/// Pause before the first retry to reach etcd: quick to recover…
+const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
+/// …doubling up to this, gentle on an etcd that is struggling and on logs.
+const RECONNECT_PAUSE_MAX: Duration = Duration::from_secs(10);
+/// Pause before asking etcd again after a failed request during a wait.
+const SLOT_RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// Per-request budget for the agent's etcd calls.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(
+        "etcd ({endpoints}) was unreachable for {waited:?}, so no slot in cluster {cluster}'s disruption budget could be taken; the apps keep running. To go ahead anyway: agentctl restart SERVICE --force --reason TEXT (audited)"
+    )]
+    EtcdUnreachable {
+        endpoints: String,
+        cluster: String,
+        waited: Duration,
+    },
+    #[error("{0}; try again later, or --force --reason TEXT (audited) if it cannot wait")]
+    Budget(#[source] SemaphoreError),
+    #[error("cannot record the break-glass action in {path}: {source}")]
+    LocalAudit {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What `agentctl locks` shows.
+#[derive(Debug, Clone, Default)]
+pub struct BudgetView {
+    pub max_disruptions: u32,
+    pub holders: Vec<leases::SlotInfo>,
+    pub waiters: Vec<leases::SlotInfo>,
+}
+
+/// The registration record other components read.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct AgentRecord {
+    pub agent: String,
+    pub cluster: String,
+    pub grpc_address: String,
+    pub hostname: String,
+    pub agent_version: String,
+}
+
+/// The agent's link to etcd; cheap to share.
+#[derive(Debug, Clone)]
+pub struct ClusterLink {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    settings: EtcdSettings,
+    agent: String,
+    budget: DisruptionBudget,
+    audit_file: PathBuf,
+    session: watch::Receiver<Option<Arc<Session>>>,
+    _keeper: OwnedTask,
+}
+
+/// A held slot; release it when the disruption is over.
+#[derive(Debug)]
+pub struct Slot(Option<SlotGuard>);
+
+impl Slot {
+    /// No slot was taken (no etcd configured, or a forced action).
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    pub async fn release(self) {
+        if let Some(guard) = self.0 {
+            let key = guard.key().to_owned();
+            if let Err(err) = guard.release().await {
+                // The slot still goes when the session's lease does.
+                tracing::warn!(key, error = %err, "cannot release a disruption slot");
+            }
+        }
+    }
+}
+
+impl ClusterLink {
+    /// Starts keeping a session in the background; never waits for etcd.
+    pub fn start(config: &AgentConfig, settings: EtcdSettings, record: AgentRecord) -> Self {
+        let (tx, session) = watch::channel(None);
+        let keeper = OwnedTask::spawn(keep_session(
+            settings.clone(),
+            config.id.to_string(),
+            record,
+            config.local_audit_file(),
+            tx,
+        ));
+        Self {
+            inner: Arc::new(Inner {
+                budget: DisruptionBudget::new(config.cluster.as_str()),
+                agent: config.id.to_string(),
+                audit_file: config.local_audit_file(),
+                settings,
+                session,
+                _keeper: keeper,
+            }),
+        }
+    }
+
+    /// The live session, if etcd is reachable now.
+    pub fn session(&self) -> Option<Arc<Session>> {
+        self.inner.session.borrow().clone().filter(|s| !s.is_lost())
+    }
+
+    /// Waits (up to `budget_wait` in all) for etcd and then for a slot in
+    /// the cluster's disruption budget.
+    pub async fn take_slot(&self, service: &str, purpose: &str) -> Result<Slot, ClusterError> {
+        let wait = self.inner.settings.budget_wait;
+        let deadline = tokio::time::Instant::now() + wait;
+        let name = format!("{}/{service}", self.inner.agent);
+        let mut sessions = self.inner.session.clone();
+        loop {
+            let session = tokio::time::timeout_at(
+                deadline,
+                sessions.wait_for(|s| s.as_ref().is_some_and(|s| !s.is_lost())),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|s| s.clone())
+            .ok_or_else(|| self.unreachable(wait))?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            tracing::info!(
+                service,
+                purpose,
+                "waiting for a slot in the disruption budget"
+            );
+            match self
+                .inner
+                .budget
+                .acquire(&session, &name, purpose, left)
+                .await
+            {
+                Ok(guard) => return Ok(Slot(Some(guard))),
+                // etcd went away under us: wait for the next session, within
+                // the same deadline.
+                Err(SemaphoreError::SessionLost { .. } | SemaphoreError::Etcd { .. }) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(self.unreachable(wait));
+                    }
+                    tokio::time::sleep(SLOT_RETRY_PAUSE.min(left)).await;
+                }
+                Err(err) => return Err(ClusterError::Budget(err)),
+            }
+        }
+    }
+
+    fn unreachable(&self, waited: Duration) -> ClusterError {
+        ClusterError::EtcdUnreachable {
+            endpoints: self.inner.settings.endpoints.join(","),
+            cluster: self.inner.budget.cluster().to_owned(),
+            waited,
+        }
+    }
+
+    /// Records a break-glass action: in etcd when reachable, otherwise in
+    /// the local audit file, uploaded when etcd is back.
+    pub async fn audit(&self, record: AuditRecord) -> Result<(), ClusterError> {
+        if let Some(session) = self.session() {
+            match AuditLog::append(session.client(), &record).await {
+                Ok(_) => return Ok(()),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot write the audit record to etcd; keeping it locally")
+                }
+            }
+        }
+        let path = self.inner.audit_file.clone();
+        tokio::task::spawn_blocking(move || append_local(&path, &record))
+            .await
+            .map_err(|e| ClusterError::LocalAudit {
+                path: self.inner.audit_file.clone(),
+                source: std::io::Error::other(e),
+            })?
+    }
+
+    /// The cluster's budget as etcd sees it now.
+    pub async fn budget(&self) -> Result<BudgetView, String> {
+        let session = self.session().ok_or_else(|| {
+            format!(
+                "etcd ({}) is unreachable",
+                self.inner.settings.endpoints.join(",")
+            )
+        })?;
+        let client = session.client();
+        let budget = &self.inner.budget;
+        let policy = budget.policy(client).await.map_err(|e| e.to_string())?;
+        Ok(BudgetView {
+            max_disruptions: policy.max_disruptions,
+            holders: budget.holders(client).await.map_err(|e| e.to_string())?,
+            waiters: budget.waiters(client).await.map_err(|e| e.to_string())?,
+        })
+    }
+
+    pub fn cluster(&self) -> &str {
+        self.inner.budget.cluster()
+    }
+}
+
+/// A record of a break-glass action, made by this agent's caller.
+pub fn break_glass(
+    actor_uid: Option<u32>,
+    action: &str,
+    target: &str,
+    reason: &str,
+) -> AuditRecord {
+    let mut actor = Holder::current();
+    if let Some(uid) = actor_uid {
+        actor.user = nix::unistd::User::from_uid(uid.into())
+            .ok()
+            .flatten()
+            .map_or_else(|| format!("uid {uid}"), |u| u.name);
+        actor.pid = 0;
+    }
+    AuditRecord::new(actor, action, target, reason)
+}
+
+pub fn append_local(path: &Path, record: &AuditRecord) -> Result<(), ClusterError> {
+    let err = |source| ClusterError::LocalAudit {
+        path: path.to_owned(),
+        source,
+    };
+    let mut line = serde_json::to_vec(record).map_err(|e| err(std::io::Error::other(e)))?;
+    line.push(b'\n');
+    let mut file = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(err)?;
+    // One write of one line, then fsync: a crash loses no record already
+    // reported as written.
+    file.write_all(&line).map_err(err)?;
+    file.sync_all().map_err(err)
+}
+
+/// Uploads the local audit file to etcd, then removes it. A record is
+/// uploaded at least once: a crash between upload and removal uploads it
+/// again, which an audit log tolerates better than a lost record.
+async fn upload_local_audit(client: &Client, path: &Path) -> Result<usize, String> {
+    let text = match tokio::fs::read_to_string(path).await {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(err) => return Err(format!("cannot read {}: {err}", path.display())),
+    };
+    let mut uploaded = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let record: AuditRecord = serde_json::from_str(line)
+            .map_err(|e| format!("{} holds a bad record ({e}): {line}", path.display()))?;
+        AuditLog::append(client, &record)
+            .await
+            .map_err(|e| e.to_string())?;
+        uploaded += 1;
+    }
+    tokio::fs::remove_file(path)
+        .await
+        .map_err(|e| format!("cannot remove {} after upload: {e}", path.display()))?;
+    Ok(uploaded)
+}
+
+async fn keep_session(
+    settings: EtcdSettings,
+    agent: String,
+    record: AgentRecord,
+    audit_file: PathBuf,
+    publish: watch::Sender<Option<Arc<Session>>>,
+) {
+    let ttl = Ttl::from_secs(settings.lease_ttl.as_secs()).ok();
+    let mut pause = RECONNECT_PAUSE;
+    loop {
+        let attempt = async {
+            let options = ConnectOptions::new()
+                .with_connect_timeout(REQUEST_TIMEOUT)
+                .with_timeout(REQUEST_TIMEOUT);
+            let client = Client::connect(&settings.endpoints, Some(options))
+                .await
+                .map_err(|e| format!("cannot connect: {e}"))?;
+            let ttl = ttl.ok_or_else(|| "bad lease ttl".to_owned())?;
+            let session = Session::grant(client, ttl)
+                .await
+                .map_err(|e| e.to_string())?;
+            let registration = Registration::register(&session, &agent, &record)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((session, registration))
+        };
+        match attempt.await {
+            Ok((session, _registration)) => {
+                tracing::info!(
+                    agent,
+                    lease = format_args!("{:x}", session.lease_id()),
+                    "registered in etcd"
+                );
+                match upload_local_audit(session.client(), &audit_file).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        records = n,
+                        "uploaded break-glass records kept while etcd was unreachable"
+                    ),
+                    Err(err) => {
+                        tracing::error!(error = %err, "cannot upload the local audit records; will retry")
+                    }
+                }
+                pause = RECONNECT_PAUSE;
+                let session = Arc::new(session);
+                publish.send_replace(Some(session.clone()));
+                let reason = session.lost().await;
+                publish.send_replace(None);
+                tracing::warn!(agent, reason = %reason, "etcd session lost; apps keep running, planned disruptions wait");
+            }
+            Err(err) => {
+                tracing::warn!(agent, error = %err, "etcd unreachable; apps keep running, planned disruptions wait")
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(RECONNECT_PAUSE_MAX);
+    }
+}
