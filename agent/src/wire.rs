@@ -72,6 +72,18 @@ pub fn release_ref(service: &str, digest: &str, version: &str) -> pb::ReleaseRef
     }
 }
 
+/// The current release and the ones before it (most recent first).
+fn release_refs(
+    name: &str,
+    durable: &ServiceState,
+) -> (Option<pb::ReleaseRef>, Vec<pb::ReleaseRef>) {
+    let to_ref = |r: &crate::state::ReleaseRecord| release_ref(name, &r.digest, &r.version);
+    (
+        durable.current.as_ref().map(to_ref),
+        durable.previous.iter().map(to_ref).collect(),
+    )
+}
+
 pub fn service_status(
     name: &str,
     durable: &ServiceState,
@@ -79,17 +91,11 @@ pub fn service_status(
     switching: Option<pb::SwitchState>,
     last_error: String,
 ) -> pb::ServiceStatus {
+    let (current, previous) = release_refs(name, durable);
     pb::ServiceStatus {
         service: name.to_owned(),
-        current: durable
-            .current
-            .as_ref()
-            .map(|r| release_ref(name, &r.digest, &r.version)),
-        previous: durable
-            .previous
-            .iter()
-            .map(|r| release_ref(name, &r.digest, &r.version))
-            .collect(),
+        current,
+        previous,
         instances,
         switch_state: switching.unwrap_or(pb::SwitchState::Idle).into(),
         fencing_high_water: durable.fencing_high_water,
@@ -114,16 +120,10 @@ pub fn trigger(trigger: &Trigger) -> String {
 }
 
 pub fn releases(name: &str, durable: &ServiceState) -> pb::ReleasesResponse {
+    let (current, previous) = release_refs(name, durable);
     pb::ReleasesResponse {
-        current: durable
-            .current
-            .as_ref()
-            .map(|r| release_ref(name, &r.digest, &r.version)),
-        previous: durable
-            .previous
-            .iter()
-            .map(|r| release_ref(name, &r.digest, &r.version))
-            .collect(),
+        current,
+        previous,
         history: durable
             .history
             .iter()
