@@ -230,7 +230,11 @@ impl Store {
         match self.publish(&tmp_path, &dest) {
             Ok(()) => Ok(digest),
             Err(e) => {
-                let _ = remove_tree(&tmp_path);
+                // The publish error is the one to report; a temp dir left
+                // behind is removed by a later gc once it is an hour old.
+                if let Err(cleanup) = remove_tree(&tmp_path) {
+                    tracing::warn!(path = %tmp_path.display(), error = %cleanup, "cannot remove a temporary release directory");
+                }
                 Err(e)
             }
         }
