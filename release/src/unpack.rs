@@ -325,6 +325,17 @@ fn unpack_entries(
             path: target.clone(),
             source,
         };
+        // Creation is exclusive: an existing path means the bundle names
+        // it twice.
+        let create_err = |e: io::Error| {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                UnpackError::Duplicate {
+                    path: rel.to_string(),
+                }
+            } else {
+                werr(e)
+            }
+        };
         match et {
             tar::EntryType::Directory => match target.symlink_metadata() {
                 Ok(m) if m.is_dir() => {}
@@ -347,15 +358,7 @@ fn unpack_entries(
                     });
                 }
                 check_lexically_inside(&rel, &link_path, "symlink")?;
-                std::os::unix::fs::symlink(&link_path, &target).map_err(|e| {
-                    if e.kind() == io::ErrorKind::AlreadyExists {
-                        UnpackError::Duplicate {
-                            path: rel.to_string(),
-                        }
-                    } else {
-                        werr(e)
-                    }
-                })?;
+                std::os::unix::fs::symlink(&link_path, &target).map_err(create_err)?;
                 symlinks.push((rel, link_path));
             }
             tar::EntryType::Link => {
@@ -394,15 +397,7 @@ fn unpack_entries(
                         target: lossy(&link),
                     });
                 }
-                fs::hard_link(source_rel.under(dest), &target).map_err(|e| {
-                    if e.kind() == io::ErrorKind::AlreadyExists {
-                        UnpackError::Duplicate {
-                            path: rel.to_string(),
-                        }
-                    } else {
-                        werr(e)
-                    }
-                })?;
+                fs::hard_link(source_rel.under(dest), &target).map_err(create_err)?;
             }
             _ => {
                 let exec = entry.header().mode().unwrap_or(0) & 0o111 != 0;
@@ -411,15 +406,7 @@ fn unpack_entries(
                     .create_new(true) // O_EXCL: never follows or reuses anything
                     .mode(if exec { 0o755 } else { 0o644 })
                     .open(&target)
-                    .map_err(|e| {
-                        if e.kind() == io::ErrorKind::AlreadyExists {
-                            UnpackError::Duplicate {
-                                path: rel.to_string(),
-                            }
-                        } else {
-                            werr(e)
-                        }
-                    })?;
+                    .map_err(create_err)?;
                 copy_entry(&mut entry, &mut file, &mut buf).map_err(|e| match e {
                     CopyError::Read(e) => UnpackError::Corrupt(e),
                     CopyError::Write(e) => werr(e),

@@ -125,6 +125,23 @@ impl AgentFixture {
             })
     }
 
+    /// `agentctl install BUNDLE`; fails unless the agent switched to it.
+    pub async fn install(&self, bundle: &Path) -> Result<(), HarnessError> {
+        let output = self
+            .agentctl(&["install", &bundle.display().to_string()])
+            .await?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(HarnessError::Fixture(format!(
+                "agentctl install {} failed ({}): {}",
+                bundle.display(),
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            )))
+        }
+    }
+
     /// `agentctl --output json ARGS`, parsed; fails unless it exits 0.
     pub async fn agentctl_json(&self, args: &[&str]) -> Result<serde_json::Value, HarnessError> {
         let mut full = vec!["--output", "json"];

@@ -14,7 +14,8 @@ fn addr(port: u16) -> SocketAddr {
     ([127, 0, 0, 1], port).into()
 }
 
-async fn install(agent: &AgentFixture, bundle: &std::path::Path) -> std::process::Output {
+/// An install expected to be refused: its output is the point.
+async fn try_install(agent: &AgentFixture, bundle: &std::path::Path) -> std::process::Output {
     agent
         .agentctl(&["install", bundle.to_str().unwrap()])
         .await
@@ -44,12 +45,7 @@ async fn install_switches_start_before_stop_and_a_refused_config_never_takes_ove
         .build(agent.dir())
         .unwrap();
 
-    let first = install(&agent, &v1).await;
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
+    agent.install(&v1).await.unwrap();
     assert_eq!(served_version(port).await.unwrap(), "1.0.0");
 
     // A client hits the service through both switches.
@@ -63,16 +59,11 @@ async fn install_switches_start_before_stop_and_a_refused_config_never_takes_ove
     .await
     .unwrap();
 
-    let good = install(&agent, &v2).await;
-    assert!(
-        good.status.success(),
-        "{}",
-        String::from_utf8_lossy(&good.stderr)
-    );
+    agent.install(&v2).await.unwrap();
     assert_eq!(served_version(port).await.unwrap(), "2.0.0");
 
     // The incident's release: its config has a key the app refuses.
-    let bad = install(&agent, &v3).await;
+    let bad = try_install(&agent, &v3).await;
     assert_eq!(bad.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(stderr.contains("did not become ready"), "{stderr}");
@@ -112,8 +103,8 @@ async fn with_overlap_none_a_failed_release_is_replaced_by_the_old_one() {
         .with_unknown_config_key()
         .build(agent.dir())
         .unwrap();
-    assert!(install(&agent, &v1).await.status.success());
-    let bad = install(&agent, &v3).await;
+    agent.install(&v1).await.unwrap();
+    let bad = try_install(&agent, &v3).await;
     assert!(!bad.status.success());
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(stderr.contains("started again and serves"), "{stderr}");
@@ -130,8 +121,8 @@ async fn a_killed_app_is_restarted_and_rollback_returns_to_the_previous_release(
     let port = free_loopback_port().unwrap();
     let v1 = DemoRelease::new("1.0.0", port).build(agent.dir()).unwrap();
     let v2 = DemoRelease::new("2.0.0", port).build(agent.dir()).unwrap();
-    assert!(install(&agent, &v1).await.status.success());
-    assert!(install(&agent, &v2).await.status.success());
+    agent.install(&v1).await.unwrap();
+    agent.install(&v2).await.unwrap();
 
     let status = agent.agentctl_json(&["status", "demo"]).await.unwrap();
     let pid = instance(&status, 0)["pid"].as_i64().unwrap();
@@ -175,12 +166,7 @@ async fn an_app_that_keeps_crashing_is_reported_crash_looping() {
         .build(agent.dir())
         .unwrap();
     // It becomes ready, so the install succeeds; then it crashes every time.
-    let installed = install(&agent, &flaky).await;
-    assert!(
-        installed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&installed.stderr)
-    );
+    agent.install(&flaky).await.unwrap();
     wait_for("the crash loop to be reported", DEADLINE, || async {
         let status = agent
             .agentctl_json(&["status", "demo"])
@@ -203,8 +189,8 @@ async fn a_restarted_agent_runs_every_service_on_its_current_release() {
     let port = free_loopback_port().unwrap();
     let v1 = DemoRelease::new("1.0.0", port).build(agent.dir()).unwrap();
     let v2 = DemoRelease::new("2.0.0", port).build(agent.dir()).unwrap();
-    assert!(install(&agent, &v1).await.status.success());
-    assert!(install(&agent, &v2).await.status.success());
+    agent.install(&v1).await.unwrap();
+    agent.install(&v2).await.unwrap();
 
     agent.restart().await.unwrap();
     let version = wait_for("the service to serve again", DEADLINE, || {

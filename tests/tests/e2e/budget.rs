@@ -72,15 +72,7 @@ async fn two_hosts_restarting_at_once_take_turns_and_one_always_serves() {
             .with_config("[faults]\nready_after_ms = 1500\n")
             .build(agent.dir())
             .unwrap();
-        let out = agent
-            .agentctl(&["install", bundle.to_str().unwrap()])
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        agent.install(&bundle).await.unwrap();
         wait_registered(agent).await;
     }
 
@@ -141,15 +133,7 @@ async fn without_etcd_a_planned_restart_waits_then_fails_and_a_forced_one_is_aud
         .unwrap();
     let port = free_loopback_port().unwrap();
     let bundle = DemoRelease::new("1.0.0", port).build(agent.dir()).unwrap();
-    let out = agent
-        .agentctl(&["install", bundle.to_str().unwrap()])
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    agent.install(&bundle).await.unwrap();
     wait_registered(&agent).await;
 
     etcd.kill(0).unwrap();
