@@ -315,6 +315,7 @@ impl Host {
             hostname,
             grpc_address: self.config.grpc_listen.to_string(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            services: Vec::new(),
         }
     }
 

@@ -100,6 +100,26 @@ pub fn service_status(
         switch_state: switching.unwrap_or(pb::SwitchState::Idle).into(),
         fencing_high_water: durable.fencing_high_water,
         last_error,
+        last_switch: durable.history.last().map(switch_record),
+    }
+}
+
+fn switch_record(record: &crate::state::SwitchRecord) -> pb::SwitchRecord {
+    let (deployment_id, fencing_token) = match &record.trigger {
+        Trigger::Apply { deployment, token } => (deployment.clone(), *token),
+        _ => (String::new(), 0),
+    };
+    let (succeeded, detail) = match &record.outcome {
+        SwitchOutcome::Succeeded => (true, String::new()),
+        SwitchOutcome::Failed { reason } => (false, reason.clone()),
+    };
+    pb::SwitchRecord {
+        deployment_id,
+        fencing_token,
+        to_digest: record.to.clone(),
+        succeeded,
+        detail,
+        at_unix_ms: record.at_unix_ms,
     }
 }
 

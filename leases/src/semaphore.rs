@@ -108,12 +108,27 @@ pub struct SlotGuard {
 }
 
 /// Deletes an abandoned queue key when an `acquire` future is dropped
-/// mid-wait. The delete runs on its own short task: `Drop` cannot await,
-/// and if it fails the key still goes with the session's lease.
+/// mid-wait. It is armed before the enqueue is sent, because the future can
+/// be dropped after etcd committed the key but before the reply arrived. The
+/// delete only removes a key bound to this session's lease, so it can never
+/// take another waiter's place. It runs on its own short task (`Drop` cannot
+/// await); if it fails the key still goes with the session's lease.
 struct QueuedKey {
     key: String,
+    lease: i64,
     client: Client,
     armed: bool,
+}
+
+impl QueuedKey {
+    async fn remove(mut client: Client, key: String, lease: i64) {
+        let remove = Txn::new()
+            .when([Compare::lease(key.as_str(), CompareOp::Equal, lease)])
+            .and_then([TxnOp::delete(key.as_str(), None)]);
+        if let Err(err) = client.txn(remove).await {
+            tracing::warn!(key, error = %err, "cannot leave the budget queue; the key goes with its lease");
+        }
+    }
 }
 
 impl Drop for QueuedKey {
@@ -122,13 +137,8 @@ impl Drop for QueuedKey {
             return;
         }
         let key = std::mem::take(&mut self.key);
-        let mut client = self.client.clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Err(err) = client.delete(key.as_str(), None).await {
-                    tracing::warn!(key, error = %err, "cannot remove an abandoned budget queue key; it goes with its lease");
-                }
-            });
+            runtime.spawn(Self::remove(self.client.clone(), key, self.lease));
         }
     }
 }
@@ -212,22 +222,24 @@ impl DisruptionBudget {
                 value.clone(),
                 Some(lease.clone()),
             )]);
+        let mut queued = QueuedKey {
+            key: queue_key.clone(),
+            lease: session.lease_id(),
+            client: client.clone(),
+            armed: true,
+        };
         let enqueued = client
             .txn(enqueue)
             .await
             .map_err(|source| self.etcd(source))?;
         if !enqueued.succeeded() {
+            queued.armed = false;
             return Err(SemaphoreError::AlreadyQueued {
                 cluster: self.cluster.clone(),
                 name: name.to_owned(),
             });
         }
         let my_revision = enqueued.header().map_or(0, |h| h.revision());
-        let mut queued = QueuedKey {
-            key: queue_key.clone(),
-            client: client.clone(),
-            armed: true,
-        };
 
         let wait = async {
             loop {
@@ -333,9 +345,7 @@ impl DisruptionBudget {
         // the promotion, failure removes it below, awaited.
         queued.armed = false;
         if result.is_err() {
-            if let Err(err) = client.delete(queue_key.as_str(), None).await {
-                tracing::warn!(key = queue_key, error = %err, "cannot leave the budget queue; the key goes with its lease");
-            }
+            QueuedKey::remove(client, queue_key, session.lease_id()).await;
         }
         result
     }
