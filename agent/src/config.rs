@@ -13,13 +13,19 @@
 //! [grpc]
 //! listen = "127.0.0.1:7600"          # AgentService, for the coordinator
 //!
-//! [coordinator]                      # optional until the fleet issues
-//! url = "http://coordinator:7700"
+//! services = ["demo-app"]            # services this host is assigned to run
+//!
+//! [coordinator]                      # optional: without it, agentctl only
+//! urls = ["http://coord-1:7400", "http://coord-2:7400"]   # every coordinator
+//! fetch_timeout = "60s"              # a release fetch gives up after this
 //!
 //! [etcd]                             # optional: without it, no budget
 //! endpoints = ["http://127.0.0.1:2379"]
 //! lease_ttl = "10s"                  # the agent's session; its locks die with it
 //! budget_wait = "2m"                 # a planned disruption waits this long for a slot
+//!
+//! [listen_overrides.demo-app]      # bind these instead of the manifest's [[listen]]
+//! http = "127.0.0.1:18081"
 //!
 //! [releases]
 //! trusted_keys = ["/etc/lockstep/release.pub"]   # empty: signatures not required
@@ -32,13 +38,16 @@
 //! Must never: accept a key it does not know, or report only the first of
 //! several problems.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use release::ServiceName;
 use release::unpack::UnpackLimits;
 use serde::Deserialize;
+use toml::Spanned;
 
 /// Where agentctl finds the agent unless told otherwise.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/lockstep/agent.sock";
@@ -53,6 +62,10 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 /// How long a planned disruption waits for a slot in the cluster's budget
 /// (or for etcd to come back) before it fails and says so.
 pub const DEFAULT_BUDGET_WAIT: Duration = Duration::from_secs(120);
+/// How long fetching one release from the coordinators may take, retries
+/// included: an Apply waits for it, so it must stay well inside the
+/// coordinator's Apply deadline.
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A valid agent configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,12 +76,28 @@ pub struct AgentConfig {
     pub control_socket: PathBuf,
     pub control_group: Option<String>,
     pub grpc_listen: SocketAddr,
-    pub coordinator_url: Option<String>,
+    /// The fleet's coordinators; `None`: no reports, no release fetches.
+    pub coordinator: Option<CoordinatorSettings>,
+    /// Services this host is assigned to run (reported in its registration).
+    pub services: Vec<ServiceName>,
     /// The fleet's etcd; `None`: this host runs without a disruption budget.
     pub etcd: Option<EtcdSettings>,
+    /// Per service, `[[listen]]` name -> the address this host binds
+    /// instead of the manifest's (several hosts on one machine, or a host
+    /// whose port differs).
+    pub listen_overrides: BTreeMap<String, BTreeMap<String, SocketAddr>>,
     pub trusted_keys: Vec<PathBuf>,
     pub keep_releases: usize,
     pub limits: UnpackLimits,
+}
+
+/// How the agent reaches the coordinators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoordinatorSettings {
+    /// Every coordinator of the fleet, each an `http://` or `https://` URL;
+    /// at least one, no duplicates.
+    pub urls: Vec<String>,
+    pub fetch_timeout: Duration,
 }
 
 /// How the agent uses etcd.
@@ -149,11 +178,15 @@ struct RawConfig {
     cluster: Option<String>,
     data_dir: Option<PathBuf>,
     #[serde(default)]
+    services: Vec<Spanned<String>>,
+    #[serde(default)]
     control: RawControl,
     #[serde(default)]
     grpc: RawGrpc,
     coordinator: Option<RawCoordinator>,
     etcd: Option<RawEtcd>,
+    #[serde(default)]
+    listen_overrides: BTreeMap<String, BTreeMap<String, String>>,
     #[serde(default)]
     releases: RawReleases,
 }
@@ -174,7 +207,11 @@ struct RawGrpc {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCoordinator {
-    url: String,
+    /// The one-coordinator form of the first agent.toml, still read so
+    /// that file keeps loading; `urls` replaces it.
+    url: Option<Spanned<String>>,
+    urls: Option<Spanned<Vec<Spanned<String>>>>,
+    fetch_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -268,9 +305,78 @@ impl AgentConfig {
             "grpc.listen",
             grpc_listen.as_ref().map(drop).map_err(Clone::clone),
         );
-        if let Some(coordinator) = &raw.coordinator {
-            check("coordinator.url", url(&coordinator.url));
-        }
+        let services = raw
+            .services
+            .iter()
+            .enumerate()
+            .filter_map(|(i, name)| {
+                let key = format!("services[{i}]");
+                let parsed =
+                    ServiceName::parse(name.get_ref()).map_err(|e| at_line(text, name.span(), &e));
+                check(&key, parsed.as_ref().map(drop).map_err(Clone::clone));
+                parsed.ok()
+            })
+            .collect::<Vec<_>>();
+        check("services", unique(&raw.services, text));
+        let coordinator = raw.coordinator.map(|c| {
+            let urls: Vec<Spanned<String>> = match (c.url, c.urls) {
+                (Some(single), None) => vec![single],
+                (None, Some(urls)) => {
+                    if urls.get_ref().is_empty() {
+                        check(
+                            "coordinator.urls",
+                            Err(at_line(
+                                text,
+                                urls.span(),
+                                "must name at least one coordinator (or drop [coordinator])",
+                            )),
+                        );
+                    }
+                    urls.into_inner()
+                }
+                (Some(single), Some(urls)) => {
+                    check(
+                        "coordinator.url",
+                        Err(at_line(
+                            text,
+                            single.span(),
+                            "set `urls` only: `url` is the old one-coordinator form of it",
+                        )),
+                    );
+                    urls.into_inner()
+                }
+                (None, None) => {
+                    check(
+                        "coordinator.urls",
+                        Err("required: every coordinator of the fleet, e.g. urls = [\"http://coordinator:7400\"] (or drop [coordinator])".to_owned()),
+                    );
+                    Vec::new()
+                }
+            };
+            for (i, u) in urls.iter().enumerate() {
+                check(
+                    &format!("coordinator.urls[{i}]"),
+                    url(u.get_ref()).map_err(|e| at_line(text, u.span(), &e)),
+                );
+            }
+            check("coordinator.urls", unique(&urls, text));
+            let fetch_timeout = duration(c.fetch_timeout.as_deref(), DEFAULT_FETCH_TIMEOUT)
+                .and_then(|t| {
+                    if t.is_zero() {
+                        Err("must be greater than 0".to_owned())
+                    } else {
+                        Ok(t)
+                    }
+                });
+            check(
+                "coordinator.fetch_timeout",
+                fetch_timeout.as_ref().map(drop).map_err(Clone::clone),
+            );
+            CoordinatorSettings {
+                urls: urls.into_iter().map(Spanned::into_inner).collect(),
+                fetch_timeout: fetch_timeout.unwrap_or(DEFAULT_FETCH_TIMEOUT),
+            }
+        });
         let etcd = raw.etcd.map(|e| {
             if e.endpoints.is_empty() {
                 check(
@@ -312,6 +418,22 @@ impl AgentConfig {
                 &format!("releases.trusted_keys[{i}]"),
                 absolute(key).map(drop),
             );
+        }
+        let mut listen_overrides = BTreeMap::new();
+        for (service, names) in &raw.listen_overrides {
+            let mut parsed = BTreeMap::new();
+            for (name, address) in names {
+                match address.parse::<SocketAddr>() {
+                    Ok(addr) => {
+                        parsed.insert(name.clone(), addr);
+                    }
+                    Err(e) => check(
+                        &format!("listen_overrides.{service}.{name}"),
+                        Err(format!("{address:?} is not an IP:port address ({e})")),
+                    ),
+                }
+            }
+            listen_overrides.insert(service.clone(), parsed);
         }
         let keep_releases = raw.releases.keep.unwrap_or(DEFAULT_KEEP_RELEASES);
         check(
@@ -363,8 +485,10 @@ impl AgentConfig {
                     control_socket,
                     control_group: raw.control.group,
                     grpc_listen,
-                    coordinator_url: raw.coordinator.map(|c| c.url),
+                    coordinator,
+                    services,
                     etcd,
+                    listen_overrides,
                     trusted_keys: raw.releases.trusted_keys,
                     keep_releases,
                     limits,
@@ -395,6 +519,11 @@ impl AgentConfig {
         self.data_dir.join("run")
     }
 
+    /// Release bundles being fetched from a coordinator (`<hex>.partial`).
+    pub fn incoming_dir(&self) -> PathBuf {
+        self.data_dir.join("incoming")
+    }
+
     /// Break-glass actions taken while etcd was unreachable, for later upload.
     pub fn local_audit_file(&self) -> PathBuf {
         self.data_dir.join("audit.jsonl")
@@ -406,10 +535,7 @@ impl AgentConfig {
 fn syntax_message(text: &str, err: &toml::de::Error) -> String {
     let message = err.message();
     match err.span() {
-        Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            format!("line {line}: {message}")
-        }
+        Some(span) => at_line(text, span, message),
         None => message.to_owned(),
     }
 }
@@ -427,10 +553,34 @@ fn absolute(path: &Path) -> Result<PathBuf, String> {
 }
 
 fn url(s: &str) -> Result<(), String> {
-    if s.starts_with("http://") || s.starts_with("https://") {
-        Ok(())
-    } else {
-        Err(format!("`{s}` is not an http:// or https:// URL"))
+    let not_url = || format!("`{s}` is not an http:// or https:// URL with a host");
+    if !(s.starts_with("http://") || s.starts_with("https://")) {
+        return Err(not_url());
+    }
+    let uri: tonic::codegen::http::Uri = s.parse().map_err(|_| not_url())?;
+    match uri.host() {
+        Some(host) if !host.is_empty() => Ok(()),
+        _ => Err(not_url()),
+    }
+}
+
+/// Prefixes a problem with the line its value is on, as syntax errors are.
+fn at_line(text: &str, span: std::ops::Range<usize>, message: &str) -> String {
+    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+    format!("line {line}: {message}")
+}
+
+/// A list entry given twice would mean two of the same thing (two report
+/// streams to one coordinator, say): name the first repeat.
+fn unique(items: &[Spanned<String>], text: &str) -> Result<(), String> {
+    let mut seen = std::collections::BTreeSet::new();
+    match items.iter().find(|item| !seen.insert(item.get_ref())) {
+        Some(repeat) => Err(at_line(
+            text,
+            repeat.span(),
+            &format!("`{}` is listed twice; list each once", repeat.get_ref()),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -459,6 +609,113 @@ mod tests {
         assert_eq!(config.keep_releases, DEFAULT_KEEP_RELEASES);
         assert_eq!(config.limits, UnpackLimits::default());
         assert!(config.etcd.is_none());
+        assert!(config.coordinator.is_none());
+        assert!(config.services.is_empty());
+    }
+
+    #[test]
+    fn the_fixture_with_coordinators_loads() {
+        let text = include_str!("../tests/fixtures/agent-v2.toml");
+        let config = parse(text).unwrap();
+        let services: Vec<&str> = config.services.iter().map(ServiceName::as_str).collect();
+        assert_eq!(services, ["demo-app", "billing"]);
+        let coordinator = config.coordinator.unwrap();
+        assert_eq!(
+            coordinator.urls,
+            [
+                "http://127.0.0.1:7400",
+                "https://coordinator-2.example:7400"
+            ]
+        );
+        assert_eq!(coordinator.fetch_timeout, Duration::from_secs(90));
+    }
+
+    const BASE: &str = "cluster = \"eu-1\"\ndata_dir = \"/d\"\n";
+
+    #[test]
+    fn coordinator_urls_take_the_default_fetch_timeout() {
+        let config = parse(&format!(
+            "{BASE}[coordinator]\nurls = [\"http://10.0.0.1:7400\", \"http://10.0.0.2:7400\"]\n"
+        ))
+        .unwrap();
+        let coordinator = config.coordinator.unwrap();
+        assert_eq!(coordinator.urls.len(), 2);
+        assert_eq!(coordinator.fetch_timeout, DEFAULT_FETCH_TIMEOUT);
+    }
+
+    #[test]
+    fn a_bad_coordinator_url_is_named_with_its_key_and_line() {
+        let err = parse(&format!(
+            "{BASE}[coordinator]\nurls = [\n  \"http://ok:7400\",\n  \"coordinator:7400\",\n]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("coordinator.urls[1]: line 6:"), "{err}");
+        assert!(err.contains("`coordinator:7400`"), "{err}");
+        assert!(!err.contains("urls[0]"), "{err}");
+        for bad in ["http://", "ftp://x:1", "http://a b"] {
+            let err = parse(&format!("{BASE}[coordinator]\nurls = [\"{bad}\"]\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("coordinator.urls[0]: line 4:"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn coordinator_lists_must_be_non_empty_and_unique() {
+        for (table, key) in [
+            ("urls = []", "coordinator.urls: line 4:"),
+            ("fetch_timeout = \"5s\"", "coordinator.urls: required"),
+            (
+                "urls = [\"http://a:1\", \"http://a:1\"]",
+                "coordinator.urls: line 4: `http://a:1` is listed twice",
+            ),
+            (
+                "url = \"http://a:1\"\nurls = [\"http://b:1\"]",
+                "coordinator.url: line 4: set `urls` only",
+            ),
+            (
+                "urls = [\"http://a:1\"]\nfetch_timeout = \"soon\"",
+                "coordinator.fetch_timeout:",
+            ),
+            (
+                "urls = [\"http://a:1\"]\nfetch_timeout = \"0s\"",
+                "coordinator.fetch_timeout: must be greater than 0",
+            ),
+        ] {
+            let err = parse(&format!("{BASE}[coordinator]\n{table}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{table}: expected {key} in: {err}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_coordinator_key_is_named_with_its_line() {
+        let err = parse(&format!(
+            "{BASE}[coordinator]\nurls = [\"http://a:1\"]\ntimeout = \"5s\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 5"), "{err}");
+        assert!(err.contains("timeout"), "{err}");
+    }
+
+    #[test]
+    fn services_are_validated_as_service_names() {
+        let config = parse(&format!("services = [\"demo-app\", \"api2\"]\n{BASE}")).unwrap();
+        assert_eq!(config.services.len(), 2);
+        let err = parse(&format!(
+            "services = [\"demo-app\", \"Demo_App\", \"demo-app\"]\n{BASE}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("services[1]: line 1:"), "{err}");
+        assert!(err.contains("`Demo_App` is not a service name"), "{err}");
+        assert!(
+            err.contains("services: line 1: `demo-app` is listed twice"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -471,10 +728,11 @@ mod tests {
         assert_eq!(etcd.endpoints, ["http://127.0.0.1:2379"]);
         assert_eq!(etcd.lease_ttl, DEFAULT_LEASE_TTL);
         assert_eq!(etcd.budget_wait, DEFAULT_BUDGET_WAIT);
-        assert_eq!(
-            config.coordinator_url.as_deref(),
-            Some("http://127.0.0.1:7700")
-        );
+        // The old one-coordinator key still loads, as a list of one.
+        let coordinator = config.coordinator.unwrap();
+        assert_eq!(coordinator.urls, ["http://127.0.0.1:7700"]);
+        assert_eq!(coordinator.fetch_timeout, DEFAULT_FETCH_TIMEOUT);
+        assert!(config.services.is_empty());
         assert_eq!(
             config.trusted_keys,
             [PathBuf::from("/etc/lockstep/release.pub")]

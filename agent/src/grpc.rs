@@ -1,9 +1,11 @@
 //! `AgentService`: what the coordinator calls on every agent.
 //!
 //! `Apply` answers as soon as the command is accepted or refused (stale
-//! token, unknown release, busy); the switch itself runs in the background
-//! and its progress arrives on `WatchStatus`, ending with an event that
-//! carries the service's status.
+//! token, release unavailable, busy) — after fetching the release from the
+//! coordinators when this host lacks it, so the coordinator calls it with a
+//! deadline longer than `fetch_timeout`; the switch itself runs in the
+//! background and its progress arrives on `WatchStatus` (and the report
+//! stream), ending with an event that carries the service's status.
 //!
 //! Must never: act on a command whose fencing token is below the
 //! service's high-water mark.

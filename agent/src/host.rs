@@ -32,6 +32,7 @@ use tokio::time::Instant;
 
 use crate::cluster::{AgentRecord, ClusterError, ClusterLink, Slot};
 use crate::config::AgentConfig;
+use crate::fetch::ReleaseFetcher;
 use crate::instance::{HostedInstance, InstanceError};
 use crate::state::{AgentState, ReleaseRecord, StaleToken, StateError, SwitchOutcome, Trigger};
 use crate::supervisor::{InstanceState, InstanceStatus, ListenSockets, SocketError};
@@ -93,15 +94,6 @@ pub enum HostError {
 }
 
 impl HostError {
-    /// The first line: what went wrong, without the quoted log.
-    pub fn summary(&self) -> String {
-        self.to_string()
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_owned()
-    }
-
     /// The wire refusal reason for this error.
     pub fn refusal(&self) -> proto::v1::RefusalReason {
         use proto::v1::RefusalReason as R;
@@ -194,6 +186,8 @@ pub struct Host {
     shim: PathBuf,
     /// The fleet's etcd, when configured: registration and the budget.
     cluster: Option<ClusterLink>,
+    /// Gets releases an Apply names from the coordinators, when configured.
+    fetcher: Option<ReleaseFetcher>,
 }
 
 /// Who asked for a restart, and whether it skips the budget.
@@ -241,8 +235,13 @@ impl Host {
             };
             ClusterLink::start(&config, settings, record)
         });
+        let fetcher = config
+            .coordinator
+            .as_ref()
+            .map(|c| ReleaseFetcher::new(c, config.incoming_dir(), store.clone()));
         Ok(Arc::new(Self {
             cluster,
+            fetcher,
             config,
             store,
             state: Mutex::new(state),
@@ -315,7 +314,12 @@ impl Host {
             hostname,
             grpc_address: self.config.grpc_listen.to_string(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            services: Vec::new(),
+            services: self
+                .config
+                .services
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         }
     }
 
@@ -328,16 +332,8 @@ impl Host {
         deployment: &str,
     ) -> Result<String, HostError> {
         self.admit(service, token).await?;
-        let release = self.stored(digest).await?;
-        if release.manifest.service().as_str() != service {
-            return Err(HostError::ReleaseUnavailable {
-                digest: digest.to_owned(),
-                reason: format!(
-                    "it is a release of `{}`, not of `{service}`",
-                    release.manifest.service()
-                ),
-            });
-        }
+        let release = self.stored_or_fetched(digest).await?;
+        of_service(&release, service)?;
         let trigger = Trigger::Apply {
             deployment: deployment.to_owned(),
             token,
@@ -345,7 +341,8 @@ impl Host {
         self.switch(service, release, Some(trigger)).await
     }
 
-    /// Checks an Apply without acting: token, release present, not busy.
+    /// Checks an Apply without acting: token, release present (fetched from
+    /// the coordinators first if it is not), of this service, not busy.
     /// The token's high-water mark is raised (and made durable) here.
     pub async fn prepare_apply(
         &self,
@@ -354,13 +351,26 @@ impl Host {
         token: u64,
     ) -> Result<(), HostError> {
         self.admit(service, token).await?;
-        self.stored(digest).await?;
-        if self.runtime(service).command.try_lock().is_err() {
-            return Err(HostError::Busy {
-                service: service.to_owned(),
-            });
+        let busy = || {
+            self.runtime(service)
+                .command
+                .try_lock()
+                .is_err()
+                .then(|| HostError::Busy {
+                    service: service.to_owned(),
+                })
+        };
+        // Refuse a busy service before a fetch makes the caller wait, and
+        // again after it: a switch may have begun meanwhile.
+        if let Some(err) = busy() {
+            return Err(err);
         }
-        Ok(())
+        let release = self.stored_or_fetched(digest).await?;
+        of_service(&release, service)?;
+        match busy() {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
     }
 
     /// Sends the service's status to `WatchStatus` watchers (a switch ended).
@@ -455,9 +465,9 @@ impl Host {
                 ))
             }
             Err(err) => {
-                rt.last_error = err.summary();
+                rt.last_error = err.to_string();
                 let failed = SwitchOutcome::Failed {
-                    reason: err.summary(),
+                    reason: err.to_string(),
                 };
                 self.persist(service, record, trigger, failed).await?;
                 Err(err)
@@ -580,10 +590,12 @@ impl Host {
                 ))
             }
             Err(err) => {
-                rt.last_error = err.summary();
+                // The whole story, log tail included: this is what the
+                // coordinator's history and `agentctl status` show.
+                rt.last_error = err.to_string();
                 if let Some(trigger) = trigger {
                     let failed = SwitchOutcome::Failed {
-                        reason: err.summary(),
+                        reason: err.to_string(),
                     };
                     self.persist(service, record, trigger, failed).await?;
                 }
@@ -602,7 +614,9 @@ impl Host {
         // The agent keeps the sockets across versions when the addresses
         // stay the same: that is what lets old and new serve together.
         let sockets = match &old {
-            Some(o) if o.release.manifest.listen() == target.manifest.listen() => o.sockets.clone(),
+            Some(o) if self.listen(service, &o.release) == self.listen(service, target) => {
+                o.sockets.clone()
+            }
             _ => self.bind(service, target)?,
         };
         let overlap = target.manifest.overlap();
@@ -731,8 +745,25 @@ impl Host {
         Ok(instances)
     }
 
+    /// The release's `[[listen]]` sockets with this host's overrides applied.
+    fn listen(&self, service: &str, release: &StoredRelease) -> Vec<release::manifest::Listen> {
+        let overrides = self.config.listen_overrides.get(service);
+        release
+            .manifest
+            .listen()
+            .iter()
+            .map(|l| release::manifest::Listen {
+                name: l.name.clone(),
+                address: overrides
+                    .and_then(|o| o.get(&l.name))
+                    .copied()
+                    .unwrap_or(l.address),
+            })
+            .collect()
+    }
+
     fn bind(&self, service: &str, release: &StoredRelease) -> Result<ListenSockets, HostError> {
-        ListenSockets::bind(release.manifest.listen(), release.manifest.overlap()).map_err(
+        ListenSockets::bind(&self.listen(service, release), release.manifest.overlap()).map_err(
             |source| HostError::Sockets {
                 service: service.to_owned(),
                 source,
@@ -796,19 +827,43 @@ impl Host {
     }
 
     async fn stored(&self, digest: &str) -> Result<StoredRelease, HostError> {
-        let unavailable = |reason: String| HostError::ReleaseUnavailable {
-            digest: digest.to_owned(),
-            reason,
+        self.lookup(digest)
+            .await?
+            .ok_or_else(|| HostError::ReleaseUnavailable {
+                digest: digest.to_owned(),
+                reason: "not in the local release store (install or push it first)".to_owned(),
+            })
+    }
+
+    /// Like `stored`, fetching the release from the coordinators first when
+    /// it is not on this host and coordinators are configured.
+    async fn stored_or_fetched(&self, digest: &str) -> Result<StoredRelease, HostError> {
+        let Some(fetcher) = &self.fetcher else {
+            return self.stored(digest).await;
         };
-        let parsed: ReleaseDigest = digest
-            .parse()
-            .map_err(|e: release::DigestError| unavailable(e.to_string()))?;
+        if let Some(release) = self.lookup(digest).await? {
+            return Ok(release);
+        }
+        let parsed = parse_digest(digest)?;
+        fetcher
+            .fetch(&parsed)
+            .await
+            .map_err(|err| HostError::ReleaseUnavailable {
+                digest: digest.to_owned(),
+                reason: crate::dial::chain(&err),
+            })?;
+        self.stored(digest).await
+    }
+
+    /// The release, `None` when the store does not have it.
+    async fn lookup(&self, digest: &str) -> Result<Option<StoredRelease>, HostError> {
+        let parsed = parse_digest(digest)?;
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.get(&parsed))
             .await?
-            .map_err(|e| unavailable(e.to_string()))?
-            .ok_or_else(|| {
-                unavailable("not in the local release store (install or push it first)".to_owned())
+            .map_err(|e| HostError::ReleaseUnavailable {
+                digest: digest.to_owned(),
+                reason: crate::dial::chain(&e),
             })
     }
 
@@ -940,6 +995,29 @@ fn record_of(release: &StoredRelease) -> ReleaseRecord {
         version: release.manifest.version().to_string(),
         since_unix_ms: wire::now_unix_ms(),
     }
+}
+
+fn parse_digest(digest: &str) -> Result<ReleaseDigest, HostError> {
+    digest
+        .parse()
+        .map_err(|e: release::DigestError| HostError::ReleaseUnavailable {
+            digest: digest.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+/// An Apply names both the service and the release: they must agree.
+fn of_service(release: &StoredRelease, service: &str) -> Result<(), HostError> {
+    if release.manifest.service().as_str() == service {
+        return Ok(());
+    }
+    Err(HostError::ReleaseUnavailable {
+        digest: release.digest.to_string(),
+        reason: format!(
+            "it is a release of `{}`, not of `{service}`",
+            release.manifest.service()
+        ),
+    })
 }
 
 fn with_kept(err: HostError, kept: &str) -> HostError {

@@ -2,8 +2,9 @@
 //!
 //! Owns supervision of the app's processes (start-before-stop switches,
 //! restart with backoff, crash-loop detection, readiness probes, socket
-//! hand-over), the host's durable local state, the `AgentService` gRPC server
-//! and the Unix-socket API that `agentctl` uses.
+//! hand-over), the host's durable local state, the `AgentService` gRPC server,
+//! the Unix-socket API that `agentctl` uses, and the agent's side of the
+//! coordinators' API: its report streams and release fetches.
 //!
 //! Must never: stop a serving release before its replacement is ready, let a
 //! lost etcd or coordinator stop the apps it supervises (fail static), or
@@ -12,6 +13,8 @@
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod dial;
+pub mod fetch;
 pub mod grpc;
 pub mod host;
 pub mod instance;
@@ -21,4 +24,5 @@ pub mod state;
 pub mod supervisor;
 pub mod systemd;
 pub mod task;
+pub mod uplink;
 pub mod wire;

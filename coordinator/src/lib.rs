@@ -8,3 +8,22 @@
 //! Must never: decide rollout policy itself (the `rollout` engine decides,
 //! this crate does), or write to etcd or command an agent without holding
 //! leadership and the deployment's fencing token.
+
+pub mod config;
+pub mod depot;
+pub mod driver;
+pub mod effects;
+pub mod fleet;
+pub mod journal;
+pub mod leader;
+pub mod record;
+pub mod service;
+pub mod wire;
+
+/// Milliseconds since the Unix epoch (0 before 1970).
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

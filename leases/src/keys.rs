@@ -39,3 +39,46 @@ pub const AUDIT: &str = "/lockstep/v1/audit/";
 
 /// The audit log's sequence counter.
 pub const AUDIT_SEQ: &str = "/lockstep/v1/audit-seq";
+
+/// The release index entry of one bundle.
+pub fn release(service: &str, digest: &str) -> String {
+    format!("{PREFIX}releases/{service}/{digest}")
+}
+
+pub fn releases_of(service: &str) -> String {
+    format!("{PREFIX}releases/{service}/")
+}
+
+pub const RELEASES: &str = "/lockstep/v1/releases/";
+
+/// A deployment's record: spec, engine state, progress.
+pub fn deployment(id: &str) -> String {
+    format!("{PREFIX}deployments/{id}")
+}
+
+/// A deployment's events, one key per sequence number (zero-padded so keys
+/// sort in order).
+pub fn deployment_events(id: &str) -> String {
+    format!("{PREFIX}deployment-events/{id}/")
+}
+
+pub fn deployment_event(id: &str, seq: u64) -> String {
+    format!("{PREFIX}deployment-events/{id}/{seq:012}")
+}
+
+/// The active deployment of a service, if any: its id. A coordinator that
+/// becomes leader resumes every deployment listed here.
+pub fn active(service: &str) -> String {
+    format!("{PREFIX}active/{service}")
+}
+
+pub const ACTIVE: &str = "/lockstep/v1/active/";
+
+/// Finished deployments of a service, oldest first.
+pub fn history_of(service: &str) -> String {
+    format!("{PREFIX}history/{service}/")
+}
+
+pub fn history(service: &str, finished_unix_ms: i64, id: &str) -> String {
+    format!("{PREFIX}history/{service}/{finished_unix_ms:016}-{id}")
+}

@@ -36,6 +36,17 @@ impl AgentFixture {
     /// Like `start`, with `extra` appended to `agent.toml` (e.g. an
     /// `[etcd]` table).
     pub async fn start_with(id: &str, cluster: &str, extra: &str) -> Result<Self, HarnessError> {
+        Self::start_configured(id, cluster, "", extra).await
+    }
+
+    /// Like `start_with`, with `top` (top-level keys such as `services`)
+    /// written before the first table.
+    pub async fn start_configured(
+        id: &str,
+        cluster: &str,
+        top: &str,
+        extra: &str,
+    ) -> Result<Self, HarnessError> {
         let dir = tempfile::Builder::new()
             .prefix("lockstep-agent-")
             .tempdir()
@@ -44,7 +55,7 @@ impl AgentFixture {
         let grpc: SocketAddr = ([127, 0, 0, 1], free_loopback_port()?).into();
         let config = dir.path().join("agent.toml");
         let text = format!(
-            "id = \"{id}\"\ncluster = \"{cluster}\"\ndata_dir = \"{data}\"\n\n[control]\nsocket = \"{socket}\"\n\n[grpc]\nlisten = \"{grpc}\"\n",
+            "id = \"{id}\"\ncluster = \"{cluster}\"\ndata_dir = \"{data}\"\n{top}\n[control]\nsocket = \"{socket}\"\n\n[grpc]\nlisten = \"{grpc}\"\n",
             data = dir.path().join("data").display(),
             socket = socket.display(),
         ) + extra;

@@ -14,17 +14,21 @@
 
 mod agent;
 mod bins;
+mod coordinator;
 mod demo;
 mod error;
 mod etcd;
+mod fleet;
 pub mod http;
 mod ports;
 mod wait;
 
 pub use agent::AgentFixture;
 pub use bins::workspace_bin;
+pub use coordinator::{CoordinatorFixture, lockstep};
 pub use demo::DemoRelease;
 pub use error::HarnessError;
 pub use etcd::{EtcdCluster, MemberState};
+pub use fleet::{DEMO_SERVICE, FleetFixture, FleetHost};
 pub use ports::free_loopback_port;
 pub use wait::{WaitTimeout, wait_for};

@@ -6,6 +6,7 @@
 
 mod agent;
 mod budget;
+mod coordinator;
 mod etcd_harness;
 mod logs;
 mod systemd;

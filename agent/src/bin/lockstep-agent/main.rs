@@ -2,9 +2,11 @@
 //!
 //! ```text
 //! start: config -> state + release store -> every service runs its current
-//!        release -> control socket + AgentService -> READY=1, watchdog
+//!        release -> control socket + AgentService -> report streams to the
+//!        coordinators -> READY=1, watchdog
 //! SIGTERM/SIGINT: STOPPING=1 -> stop serving APIs -> finish switches in
-//!        flight -> stop every instance gracefully -> exit 0
+//!        flight -> stop every instance gracefully -> end the report
+//!        streams -> exit 0
 //! ```
 //!
 //! `lockstep-agent __exec-shim` is the process-start shim (see
@@ -22,6 +24,7 @@ use agent::control::{self, Access};
 use agent::grpc::AgentGrpc;
 use agent::host::Host;
 use agent::systemd::ServiceManager;
+use agent::uplink::Uplink;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use proto::v1::agent_service_server::AgentServiceServer;
@@ -67,8 +70,22 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::CheckConfig { file }) => match AgentConfig::load(&file) {
             Ok(config) => {
+                let coordinators = config
+                    .coordinator
+                    .as_ref()
+                    .map_or_else(|| "none".to_owned(), |c| c.urls.join(", "));
+                let services = if config.services.is_empty() {
+                    "none".to_owned()
+                } else {
+                    config
+                        .services
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
                 println!(
-                    "{}: valid (agent {} in cluster {})",
+                    "{}: valid (agent {} in cluster {}; services: {services}; coordinators: {coordinators})",
                     file.display(),
                     config.id,
                     config.cluster
@@ -146,6 +163,12 @@ async fn serve(config: AgentConfig) -> Result<()> {
                 .await
         }
     });
+    // After AgentService is up: a coordinator that learns of this agent
+    // from its registration may call it at once.
+    let uplink = config
+        .coordinator
+        .as_ref()
+        .map(|c| Uplink::start(host.clone(), &c.urls));
     let grpc_addr: SocketAddr = config.grpc_listen;
     tracing::info!(agent = %config.id, cluster = %config.cluster, grpc = %grpc_addr, control = %config.control_socket.display(), "agent serving");
     notify(&manager, ServiceManager::notify_ready);
@@ -160,6 +183,9 @@ async fn serve(config: AgentConfig) -> Result<()> {
     // The app processes stop with the agent for now: a restarted agent
     // cannot yet adopt processes it did not start (see ARCHITECTURE.md).
     host.stop_all().await;
+    // Only now: the coordinators saw the switches in flight end and the
+    // instances stop.
+    drop(uplink);
     for (name, task) in [
         ("control socket", control.await),
         (

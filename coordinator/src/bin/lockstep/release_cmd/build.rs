@@ -1,4 +1,8 @@
-//! `lockstep release build DIR [-o FILE] [--sign KEYFILE]`.
+//! `lockstep release build DIR [-o FILE] [--sign KEYFILE]`: writes the
+//! bundle, prints the digest last.
+//!
+//! Must never: write a partial bundle where FILE is (the `release` crate
+//! builds it aside and renames).
 
 use std::path::{Path, PathBuf};
 
@@ -6,7 +10,14 @@ use anyhow::Context;
 use release::manifest::{MANIFEST_FILE, Manifest};
 use release::{SecretKey, bundle};
 
-pub fn run(dir: &Path, output: Option<PathBuf>, sign: Option<PathBuf>) -> anyhow::Result<()> {
+use crate::Output;
+
+pub fn run(
+    dir: &Path,
+    output: Option<PathBuf>,
+    sign: Option<PathBuf>,
+    format: Output,
+) -> anyhow::Result<()> {
     let key = sign
         .map(|p| {
             SecretKey::load(&p).with_context(|| format!("cannot use signing key {}", p.display()))
@@ -27,6 +38,20 @@ pub fn run(dir: &Path, output: Option<PathBuf>, sign: Option<PathBuf>) -> anyhow
     };
     let out = bundle::build_file(dir, &output, key.as_ref())
         .with_context(|| format!("cannot build {}", dir.display()))?;
+    if format == Output::Json {
+        let doc = serde_json::json!({
+            "service": out.manifest.service().to_string(),
+            "version": out.manifest.version().to_string(),
+            "file": output.display().to_string(),
+            "entries": out.entries,
+            "content_bytes": out.content_bytes,
+            "bundle_bytes": out.bundle_bytes,
+            "signed_by": out.signed_by.as_ref().map(ToString::to_string),
+            "digest": out.digest.to_string(),
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
     println!(
         "built {} {}: {} entries, {} bytes of content, {} bytes bundle",
         out.manifest.service(),

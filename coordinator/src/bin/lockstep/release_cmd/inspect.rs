@@ -5,13 +5,13 @@ use std::path::Path;
 use anyhow::Context;
 use release::bundle::{self, SignatureStatus};
 
-use super::OutputFormat;
+use crate::Output;
 
-pub fn run(file: &Path, format: OutputFormat) -> anyhow::Result<()> {
+pub fn run(file: &Path, format: Output) -> anyhow::Result<()> {
     let info =
         bundle::inspect(file).with_context(|| format!("cannot inspect {}", file.display()))?;
     match format {
-        OutputFormat::Json => {
+        Output::Json => {
             let doc = serde_json::json!({
                 "digest": info.digest,
                 "bundle_bytes": info.bundle_bytes,
@@ -22,7 +22,7 @@ pub fn run(file: &Path, format: OutputFormat) -> anyhow::Result<()> {
             });
             println!("{}", serde_json::to_string_pretty(&doc)?);
         }
-        OutputFormat::Text => {
+        Output::Text => {
             let m = &info.manifest;
             println!("service:   {}", m.service());
             println!("version:   {}", m.version());

@@ -1,15 +1,22 @@
 //! `lockstep release ...`: the verbs on release bundles, one file each.
+//! `build`, `keygen`, `inspect` and `verify` work offline; `push` and `list`
+//! talk to the coordinator.
 //!
 //! Must never: reimplement bundle logic; everything goes through the
 //! `release` crate.
 
 use std::path::PathBuf;
 
-use clap::{Subcommand, ValueEnum};
+use clap::Subcommand;
+
+use crate::Output;
+use crate::client::{Coordinators, Failure};
 
 mod build;
 mod inspect;
 mod keygen;
+mod list;
+mod push;
 mod verify;
 
 #[derive(Debug, Subcommand)]
@@ -19,8 +26,9 @@ pub enum ReleaseCommand {
         /// The release directory.
         dir: PathBuf,
         /// Output file [default: SERVICE-VERSION.lsr in the current directory].
-        #[arg(short, long)]
-        output: Option<PathBuf>,
+        // `--output` is the global text|json switch, hence `--out`.
+        #[arg(short = 'o', long = "out", value_name = "FILE")]
+        out: Option<PathBuf>,
         /// Sign with this secret key file (from `lockstep release keygen`).
         #[arg(long, value_name = "KEYFILE")]
         sign: Option<PathBuf>,
@@ -28,15 +36,16 @@ pub enum ReleaseCommand {
     /// Write a new ed25519 key pair: KEY (secret, mode 0600) and KEY.pub.
     Keygen {
         /// Path of the secret key file; the public key goes to KEY.pub.
-        #[arg(short, long, value_name = "KEY", default_value = "release.key")]
-        output: PathBuf,
+        #[arg(
+            short = 'o',
+            long = "out",
+            value_name = "KEY",
+            default_value = "release.key"
+        )]
+        out: PathBuf,
     },
     /// Show a bundle's manifest, digest, files, sizes and signature status.
-    Inspect {
-        file: PathBuf,
-        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-        output: OutputFormat,
-    },
+    Inspect { file: PathBuf },
     /// Check a bundle completely (digest, signature, safe unpack); non-zero exit on any problem.
     Verify {
         file: PathBuf,
@@ -47,19 +56,29 @@ pub enum ReleaseCommand {
         #[arg(long)]
         digest: Option<String>,
     },
+    /// Upload a bundle to the coordinator's depot; prints the digest last.
+    Push {
+        /// A bundle built by `lockstep release build`.
+        file: PathBuf,
+    },
+    /// The releases in the coordinator's depot.
+    List {
+        /// Only this service's releases.
+        #[arg(long)]
+        service: Option<String>,
+    },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
-    Text,
-    Json,
-}
-
-pub fn run(cmd: ReleaseCommand) -> anyhow::Result<()> {
+pub async fn run(c: &mut Coordinators, cmd: ReleaseCommand, output: Output) -> Result<(), Failure> {
+    let offline = |r: anyhow::Result<()>| r.map_err(|e| Failure::Local(format!("{e:#}")));
     match cmd {
-        ReleaseCommand::Build { dir, output, sign } => build::run(&dir, output, sign),
-        ReleaseCommand::Keygen { output } => keygen::run(&output),
-        ReleaseCommand::Inspect { file, output } => inspect::run(&file, output),
-        ReleaseCommand::Verify { file, key, digest } => verify::run(&file, &key, digest),
+        ReleaseCommand::Build { dir, out, sign } => offline(build::run(&dir, out, sign, output)),
+        ReleaseCommand::Keygen { out } => offline(keygen::run(&out, output)),
+        ReleaseCommand::Inspect { file } => offline(inspect::run(&file, output)),
+        ReleaseCommand::Verify { file, key, digest } => {
+            offline(verify::run(&file, &key, digest, output))
+        }
+        ReleaseCommand::Push { file } => push::run(c, &file, output).await,
+        ReleaseCommand::List { service } => list::run(c, service, output).await,
     }
 }

@@ -1,0 +1,175 @@
+//! `ReleaseFetcher` and `Host::prepare_apply` against the fake coordinator.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent::config::CoordinatorSettings;
+use agent::fetch::{FetchError, ReleaseFetcher};
+use agent::host::{Host, HostError};
+use release::{Store, TrustedKeys, UnpackLimits};
+
+use crate::helper::{self, Fake, Serve};
+
+struct Setup {
+    dir: tempfile::TempDir,
+    store: Store,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path().join("releases"),
+            UnpackLimits::default(),
+            TrustedKeys::none(),
+        )
+        .unwrap();
+        Self { dir, store }
+    }
+
+    fn fetcher(&self, urls: &[&str]) -> ReleaseFetcher {
+        let settings = CoordinatorSettings {
+            urls: urls.iter().map(|u| (*u).to_owned()).collect(),
+            fetch_timeout: Duration::from_secs(30),
+        };
+        ReleaseFetcher::new(&settings, self.incoming(), self.store.clone())
+    }
+
+    fn incoming(&self) -> std::path::PathBuf {
+        self.dir.path().join("incoming")
+    }
+
+    fn bundle(&self) -> helper::Bundle {
+        helper::bundle(&self.dir.path().join("build"))
+    }
+}
+
+#[tokio::test]
+async fn a_fetched_bundle_ends_in_the_store_under_its_digest() {
+    let setup = Setup::new();
+    let bundle = setup.bundle();
+    let coordinator = helper::serve(Fake::new(&bundle, Serve::Whole)).await;
+    // The first coordinator is down: the fetch moves on to the next.
+    let dead = helper::dead_url().await;
+    let fetcher = setup.fetcher(&[&dead, &coordinator.url]);
+
+    fetcher.fetch(&bundle.digest).await.unwrap();
+
+    let stored = setup.store.get(&bundle.digest).unwrap().expect("stored");
+    assert_eq!(stored.digest, bundle.digest);
+    assert_eq!(stored.manifest.service().as_str(), "demo");
+    assert_eq!(coordinator.fake.offsets(), [0]);
+    assert!(
+        helper::files_under(&setup.incoming()).is_empty(),
+        "partial left: {:?}",
+        helper::files_under(&setup.incoming())
+    );
+    // Present now: a second fetch asks nobody.
+    fetcher.fetch(&bundle.digest).await.unwrap();
+    assert_eq!(coordinator.fake.offsets(), [0]);
+}
+
+#[tokio::test]
+async fn a_broken_stream_resumes_where_it_broke() {
+    let setup = Setup::new();
+    let bundle = setup.bundle();
+    let coordinator = helper::serve(Fake::new(&bundle, Serve::BreakFirstAttempt)).await;
+    let fetcher = setup.fetcher(&[&coordinator.url]);
+
+    fetcher.fetch(&bundle.digest).await.unwrap();
+
+    let offsets = coordinator.fake.offsets();
+    assert_eq!(offsets.len(), 2, "{offsets:?}");
+    assert_eq!(offsets[0], 0);
+    assert!(offsets[1] > 0, "the second request restarted at 0");
+    assert_eq!(
+        offsets[1],
+        helper::CHUNK as u64,
+        "resumed at the wrong offset"
+    );
+    assert!(setup.store.contains(&bundle.digest));
+    assert!(helper::files_under(&setup.incoming()).is_empty());
+}
+
+#[tokio::test]
+async fn wrong_bytes_are_refused_and_leave_nothing_behind() {
+    let setup = Setup::new();
+    let bundle = setup.bundle();
+    let coordinator = helper::serve(Fake::new(&bundle, Serve::Corrupt)).await;
+    let fetcher = setup.fetcher(&[&coordinator.url]);
+
+    let err = fetcher.fetch(&bundle.digest).await.unwrap_err();
+
+    assert!(
+        matches!(&err, FetchError::DigestMismatch { expected, .. } if *expected == bundle.digest),
+        "{err}"
+    );
+    assert!(err.to_string().contains("discarded"), "{err}");
+    assert!(setup.store.list().unwrap().is_empty());
+    let in_store = helper::files_under(setup.store.root());
+    assert!(in_store.is_empty(), "store not empty: {in_store:?}");
+    let partial = helper::files_under(&setup.incoming());
+    assert!(partial.is_empty(), "partial left: {partial:?}");
+}
+
+#[tokio::test]
+async fn a_release_no_coordinator_has_says_to_push_it() {
+    let setup = Setup::new();
+    let bundle = setup.bundle();
+    let first = helper::serve(Fake::new(&bundle, Serve::NotFound)).await;
+    let second = helper::serve(Fake::new(&bundle, Serve::NotFound)).await;
+    let fetcher = setup.fetcher(&[&first.url, &second.url]);
+
+    let err = fetcher.fetch(&bundle.digest).await.unwrap_err().to_string();
+
+    assert!(err.contains("no coordinator has release"), "{err}");
+    assert!(err.contains("lockstep release push"), "{err}");
+    assert_eq!(first.fake.offsets(), [0]);
+    assert_eq!(second.fake.offsets(), [0]);
+}
+
+#[tokio::test]
+async fn concurrent_applies_of_one_release_fetch_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = helper::bundle(&dir.path().join("build"));
+    let coordinator = helper::serve(Fake::new(&bundle, Serve::Whole)).await;
+    let data = dir.path().join("agent");
+    let config = helper::agent_config(&data, &[&coordinator.url], "");
+    let host: Arc<Host> = Host::open(config, "/nonexistent/shim".into())
+        .await
+        .unwrap();
+    let digest = bundle.digest.to_string();
+
+    let (a, b) = tokio::join!(
+        host.prepare_apply("demo", &digest, 1),
+        host.prepare_apply("demo", &digest, 1)
+    );
+
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(coordinator.fake.offsets(), [0], "fetched more than once");
+    assert!(helper::files_under(&data.join("incoming")).is_empty());
+    // The release is of `demo`: applying it to another service is refused.
+    let err = host.prepare_apply("billing", &digest, 1).await.unwrap_err();
+    assert!(matches!(err, HostError::ReleaseUnavailable { .. }), "{err}");
+    assert!(err.to_string().contains("not of `billing`"), "{err}");
+}
+
+#[tokio::test]
+async fn a_failed_fetch_refuses_the_apply_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = helper::bundle(&dir.path().join("build"));
+    let coordinator = helper::serve(Fake::new(&bundle, Serve::NotFound)).await;
+    let config = helper::agent_config(&dir.path().join("agent"), &[&coordinator.url], "");
+    let host = Host::open(config, "/nonexistent/shim".into())
+        .await
+        .unwrap();
+
+    let err = host
+        .prepare_apply("demo", &bundle.digest.to_string(), 1)
+        .await
+        .unwrap_err();
+
+    assert_eq!(err.refusal(), proto::v1::RefusalReason::ReleaseUnavailable);
+    assert!(err.to_string().contains("lockstep release push"), "{err}");
+}

@@ -1,0 +1,173 @@
+//! `lockstep-coordinator`: serves `CoordinatorService`, campaigns for
+//! leadership, and while leading drives every active deployment.
+//!
+//! ```text
+//! start: config -> etcd -> release depot -> bind listen -> serve gRPC
+//!        -> READY=1 -> leadership loop (campaign, lead, repeat)
+//! SIGTERM/SIGINT: STOPPING=1 -> resign (a standby takes over at once)
+//!        -> stop serving -> exit 0
+//! ```
+
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use coordinator::config::CoordinatorConfig;
+use coordinator::depot::ReleaseDepot;
+use coordinator::leader::Coordinator;
+use coordinator::service::CoordinatorGrpc;
+use proto::v1::coordinator_service_server::CoordinatorServiceServer;
+use tokio::sync::watch;
+
+mod notify;
+
+/// How long start-up waits for etcd before giving up with a clear error.
+const ETCD_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lockstep-coordinator",
+    version,
+    about = "Lockstep's coordinator: sequences rollouts across the fleet",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    /// The coordinator's configuration file.
+    #[arg(long, default_value = "/etc/lockstep/coordinator.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a configuration file and exit (0: valid).
+    CheckConfig { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Some(Command::CheckConfig { file }) => CoordinatorConfig::load(&file)
+            .map(|c| {
+                println!(
+                    "{}: valid (listen {}, advertise {})",
+                    file.display(),
+                    c.listen,
+                    c.advertise_url
+                )
+            })
+            .map_err(Into::into),
+        None => run(&cli.config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("lockstep-coordinator: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config_path: &Path) -> Result<()> {
+    let config = CoordinatorConfig::load(config_path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: CoordinatorConfig) -> Result<()> {
+    let client = tokio::time::timeout(
+        ETCD_CONNECT_TIMEOUT,
+        etcd_client::Client::connect(&config.etcd_endpoints, None),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("etcd did not answer within {ETCD_CONNECT_TIMEOUT:?}"))
+    .and_then(|r| r.map_err(Into::into))
+    .with_context(|| {
+        format!(
+            "cannot reach etcd at {} (etcd.endpoints): is it running?",
+            config.etcd_endpoints.join(", ")
+        )
+    })?;
+    let trusted = release::TrustedKeys::load(&config.trusted_keys)
+        .context("cannot load releases.trusted_keys")?;
+    if trusted.is_empty() {
+        tracing::warn!("releases.trusted_keys is empty: unsigned bundles are accepted");
+    }
+    let depot = ReleaseDepot::open(&config.store_dir, trusted, client.clone())
+        .context("cannot open the release depot (store_dir)")?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (listen): is another coordinator running on this port?",
+                config.listen
+            )
+        })?;
+    tracing::warn!(
+        listen = %config.listen,
+        "plain-text gRPC: no [tls] configured; fine for a local demo, not for a fleet"
+    );
+    let coordinator = Arc::new(Coordinator::new(config.clone(), client, depot));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = tokio::spawn({
+        let grpc = CoordinatorGrpc::new(coordinator.clone());
+        let mut stop = stop_rx.clone();
+        async move {
+            tonic::transport::Server::builder()
+                .add_service(CoordinatorServiceServer::new(grpc))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    },
+                )
+                .await
+        }
+    });
+    let leadership = tokio::spawn(coordinator.clone().run_leadership(stop_rx.clone()));
+    tracing::info!(listen = %config.listen, advertise = config.advertise_url, "coordinator serving");
+    let manager = notify::Notifier::from_env();
+    manager.send("READY=1\nSTATUS=serving");
+    let _watchdog = manager.spawn_watchdog();
+
+    let signal = shutdown_signal().await?;
+    tracing::info!(signal, "shutting down");
+    manager.send("STOPPING=1");
+    let _ = stop_tx.send(true);
+    if let Err(err) = leadership.await {
+        tracing::error!(error = %err, "leadership task failed");
+    }
+    match server.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(err).context("gRPC server failed"),
+        Err(err) => Err(err).context("gRPC server task failed"),
+    }
+}
+
+/// SIGTERM or SIGINT, as one shutdown event.
+async fn shutdown_signal() -> Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}

@@ -1,0 +1,294 @@
+//! `coordinator.toml`, parsed strictly into a `CoordinatorConfig` that
+//! cannot be invalid.
+//!
+//! ```toml
+//! listen = "127.0.0.1:7400"                  # CoordinatorService
+//! advertise_url = "http://10.0.0.5:7400"     # what followers, agents and the CLI are told; default http://<listen>
+//! store_dir = "/var/lib/lockstep-coordinator/releases"
+//! status_interval = "2s"                     # how often agents send a full status snapshot
+//! check_timeout = "60s"                      # default timeout of a synthetic check
+//!
+//! [etcd]
+//! endpoints = ["http://127.0.0.1:2379"]
+//! lease_ttl = "10s"                          # leadership and deployment locks die with it
+//!
+//! [releases]
+//! trusted_keys = ["/etc/lockstep/release.pub"]   # empty: unsigned bundles accepted
+//! ```
+//!
+//! Without a `[tls]` table the coordinator speaks plain-text gRPC and says
+//! so in its log at start: fine for a demo on one host, not for a fleet.
+//!
+//! Must never: accept a key it does not know, or report only the first of
+//! several problems.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default gRPC address: loopback, so exposing it is an explicit choice.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
+/// Leadership and deployment locks live on a lease of this TTL: a dead
+/// leader is replaced, and its locks freed, within it.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+/// Agents send a full snapshot this often besides their change events.
+pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(2);
+/// A synthetic check that runs longer than this fails.
+pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A valid coordinator configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoordinatorConfig {
+    pub listen: SocketAddr,
+    /// The URL others use to reach this coordinator (election value).
+    pub advertise_url: String,
+    pub store_dir: PathBuf,
+    pub status_interval: Duration,
+    pub check_timeout: Duration,
+    pub etcd_endpoints: Vec<String>,
+    pub lease_ttl: leases::Ttl,
+    pub trusted_keys: Vec<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path} has problems:\n{}", problems.join("\n"))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    advertise_url: Option<String>,
+    store_dir: Option<PathBuf>,
+    status_interval: Option<String>,
+    check_timeout: Option<String>,
+    etcd: Option<RawEtcd>,
+    #[serde(default)]
+    releases: RawReleases,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEtcd {
+    endpoints: Vec<String>,
+    lease_ttl: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReleases {
+    #[serde(default)]
+    trusted_keys: Vec<PathBuf>,
+}
+
+impl CoordinatorConfig {
+    /// Reads and validates `path`. Blocking.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates `text`; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|err| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: err.to_string().trim_end().to_owned(),
+        })?;
+        let mut problems = Vec::new();
+        let mut check = |key: &str, result: Result<(), String>| {
+            if let Err(message) = result {
+                problems.push(format!("  {key}: {message}"));
+            }
+        };
+        let listen = raw
+            .listen
+            .as_deref()
+            .unwrap_or(DEFAULT_LISTEN)
+            .parse::<SocketAddr>()
+            .map_err(|e| format!("not an IP:port address ({e})"));
+        check("listen", listen.as_ref().map(drop).map_err(Clone::clone));
+        let advertise_url = match (&raw.advertise_url, &listen) {
+            (Some(url), _) => http_url(url).map(|()| url.trim_end_matches('/').to_owned()),
+            (None, Ok(addr)) if addr.ip().is_unspecified() => Err(
+                "required when listen is a wildcard address: the URL other coordinators, agents and the CLI should use".to_owned(),
+            ),
+            (None, Ok(addr)) => Ok(format!("http://{addr}")),
+            (None, Err(_)) => Ok(String::new()),
+        };
+        check(
+            "advertise_url",
+            advertise_url.as_ref().map(drop).map_err(Clone::clone),
+        );
+        let store_dir = raw
+            .store_dir
+            .ok_or_else(|| "required: where pushed release bundles are kept".to_owned())
+            .and_then(|d| absolute(&d));
+        check(
+            "store_dir",
+            store_dir.as_ref().map(drop).map_err(Clone::clone),
+        );
+        let status_interval = duration(raw.status_interval.as_deref(), DEFAULT_STATUS_INTERVAL);
+        check(
+            "status_interval",
+            status_interval.as_ref().map(drop).map_err(Clone::clone),
+        );
+        let check_timeout = duration(raw.check_timeout.as_deref(), DEFAULT_CHECK_TIMEOUT);
+        check(
+            "check_timeout",
+            check_timeout.as_ref().map(drop).map_err(Clone::clone),
+        );
+        let (etcd_endpoints, lease_ttl) = match raw.etcd {
+            None => {
+                check(
+                    "etcd",
+                    Err("required: the coordinator keeps every decision in etcd; add [etcd] endpoints = [\"http://127.0.0.1:2379\"]".to_owned()),
+                );
+                (Vec::new(), Err(String::new()))
+            }
+            Some(etcd) => {
+                if etcd.endpoints.is_empty() {
+                    check(
+                        "etcd.endpoints",
+                        Err("must name at least one endpoint".to_owned()),
+                    );
+                }
+                for (i, endpoint) in etcd.endpoints.iter().enumerate() {
+                    check(&format!("etcd.endpoints[{i}]"), http_url(endpoint));
+                }
+                let ttl = duration(etcd.lease_ttl.as_deref(), DEFAULT_LEASE_TTL).and_then(|ttl| {
+                    if ttl.subsec_nanos() != 0 {
+                        return Err("must be whole seconds".to_owned());
+                    }
+                    leases::Ttl::from_secs(ttl.as_secs()).map_err(|e| e.to_string())
+                });
+                check(
+                    "etcd.lease_ttl",
+                    ttl.as_ref().map(drop).map_err(Clone::clone),
+                );
+                (etcd.endpoints, ttl)
+            }
+        };
+        for (i, key) in raw.releases.trusted_keys.iter().enumerate() {
+            check(
+                &format!("releases.trusted_keys[{i}]"),
+                absolute(key).map(drop),
+            );
+        }
+        match (
+            listen,
+            advertise_url,
+            store_dir,
+            status_interval,
+            check_timeout,
+            lease_ttl,
+        ) {
+            (
+                Ok(listen),
+                Ok(advertise_url),
+                Ok(store_dir),
+                Ok(status_interval),
+                Ok(check_timeout),
+                Ok(lease_ttl),
+            ) if problems.is_empty() => Ok(Self {
+                listen,
+                advertise_url,
+                store_dir,
+                status_interval,
+                check_timeout,
+                etcd_endpoints,
+                lease_ttl,
+                trusted_keys: raw.releases.trusted_keys,
+            }),
+            _ => Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            }),
+        }
+    }
+}
+
+fn http_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("{url:?} must start with http:// or https://"))?;
+    if rest.trim_end_matches('/').is_empty() {
+        return Err(format!("{url:?} names no host"));
+    }
+    Ok(())
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, String> {
+    if path.is_absolute() {
+        Ok(path.to_owned())
+    } else {
+        Err(format!("{} must be an absolute path", path.display()))
+    }
+}
+
+fn duration(value: Option<&str>, default: Duration) -> Result<Duration, String> {
+    match value {
+        None => Ok(default),
+        Some(text) => match release::manifest::parse_duration(text) {
+            Ok(d) if d.is_zero() => Err("must be more than zero".to_owned()),
+            other => other,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<CoordinatorConfig, ConfigError> {
+        CoordinatorConfig::parse(text, Path::new("coordinator.toml"))
+    }
+
+    #[test]
+    fn a_minimal_config_takes_the_defaults() {
+        let config =
+            parse("store_dir = \"/var/lib/lc\"\n[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n")
+                .unwrap();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.advertise_url, "http://127.0.0.1:7400");
+        assert_eq!(config.lease_ttl.as_duration(), DEFAULT_LEASE_TTL);
+        assert_eq!(config.status_interval, DEFAULT_STATUS_INTERVAL);
+    }
+
+    #[test]
+    fn every_problem_is_named_at_once() {
+        let err =
+            parse("listen = \"0.0.0.0:7400\"\nstore_dir = \"rel\"\nstatus_interval = \"0s\"\n")
+                .unwrap_err()
+                .to_string();
+        for key in ["advertise_url", "store_dir", "status_interval", "etcd:"] {
+            assert!(err.contains(key), "{key} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_is_named() {
+        let err = parse("store_dir = \"/x\"\nlisten_addr = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listen_addr"), "{err}");
+    }
+}

@@ -1,0 +1,784 @@
+//! `Driver`: runs one deployment's `rollout::Engine` with real IO.
+//!
+//! Each step: feed one event, persist the engine and its events in one
+//! fenced etcd transaction, then carry out the actions (Agent.Apply with the
+//! fencing token, timers, synthetic checks). Results come back as events:
+//! apply verdicts, timer expiry, check outcomes, and the fleet view's
+//! reports, read as state ("the agent runs R and every instance is ready")
+//! so a missed or repeated report cannot confuse it.
+//!
+//! Must never: act before the step that asked for it is persisted, or act
+//! at all once a write was fenced off or an agent reported a newer token.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_client::Compare;
+use leases::MutexGuard;
+use proto::v1 as pb;
+use rollout::{
+    Action, ApplyId, CheckRunId, Command, Event, FencingToken, InstanceId, Millis, Notice,
+    ReleaseDigest, TimerId,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+
+use crate::effects::{AgentDialer, CheckContext, run_check};
+use crate::fleet::{FleetView, NOT_INSTALLED};
+use crate::journal::{Journal, JournalError, Write};
+use crate::record::{DeploymentRecord, EventKind, EventRecord, Happening, short};
+
+/// An agent that cannot be reached this long is reported unreachable.
+const UNREACHABLE_AFTER: Duration = Duration::from_secs(10);
+/// Delay before re-sending an apply the agent could not take yet.
+const APPLY_RETRY: Duration = Duration::from_millis(500);
+/// An Apply may include fetching the bundle: allow for it.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What the leader needs to run drivers.
+#[derive(Debug)]
+pub struct DriverContext {
+    pub journal: Journal,
+    pub fleet: Arc<FleetView>,
+    pub agents: AgentDialer,
+    /// The leadership fence, checked by every write.
+    pub leader_fence: Compare,
+}
+
+/// An operator's command with where to send the answer.
+#[derive(Debug)]
+pub struct OperatorCall {
+    pub command: Command,
+    pub reply: oneshot::Sender<Result<pb::Deployment, String>>,
+}
+
+/// Why a driver stopped.
+#[derive(Debug)]
+pub enum DriverExit {
+    /// The deployment ended and its lock is released.
+    Finished,
+    /// Another coordinator holds it now (fenced write or newer token).
+    Superseded,
+    /// etcd failed; the leader may resume it from the journal.
+    Interrupted(JournalError),
+}
+
+#[derive(Debug)]
+struct Pending {
+    apply: ApplyId,
+    release: ReleaseDigest,
+    accepted: bool,
+    unreachable_since: Option<Instant>,
+    reported_unreachable: bool,
+}
+
+#[derive(Debug)]
+enum ApplyResult {
+    Verdict(pb::CommandVerdict),
+    Transport(String),
+}
+
+enum Input {
+    Operator(Option<OperatorCall>),
+    Fleet,
+    Timer(TimerId),
+    Check(CheckRunId, Result<(), String>),
+    Applied(InstanceId, ApplyId, ApplyResult),
+    Retry(InstanceId, ApplyId),
+}
+
+/// One deployment being driven.
+pub struct Driver {
+    ctx: Arc<DriverContext>,
+    record: DeploymentRecord,
+    lock: Option<MutexGuard>,
+    pending: BTreeMap<InstanceId, Pending>,
+    /// Instances confirmed ready: a later crash loop still fails the batch.
+    settled: BTreeMap<InstanceId, (ApplyId, ReleaseDigest)>,
+    timers: JoinSet<TimerId>,
+    checks: JoinSet<(CheckRunId, Result<(), String>)>,
+    applies: JoinSet<(InstanceId, ApplyId, ApplyResult)>,
+    retries: JoinSet<(InstanceId, ApplyId)>,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("deployment", &self.record.id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_millis() -> Millis {
+    Millis(u64::try_from(crate::now_unix_ms()).unwrap_or(0))
+}
+
+impl Driver {
+    pub fn new(ctx: Arc<DriverContext>, record: DeploymentRecord, lock: MutexGuard) -> Self {
+        Self {
+            ctx,
+            record,
+            lock: Some(lock),
+            pending: BTreeMap::new(),
+            settled: BTreeMap::new(),
+            timers: JoinSet::new(),
+            checks: JoinSet::new(),
+            applies: JoinSet::new(),
+            retries: JoinSet::new(),
+        }
+    }
+
+    fn fences(&self) -> Vec<Compare> {
+        let mut fences = vec![self.ctx.leader_fence.clone()];
+        if let Some(lock) = &self.lock {
+            fences.push(lock.fence());
+        }
+        fences
+    }
+
+    /// Writes the record as it stands (the first write of a new deployment).
+    pub async fn create(&mut self) -> Result<(), JournalError> {
+        self.record.sync(crate::now_unix_ms());
+        self.ctx
+            .journal
+            .write(&self.fences(), &self.record, &[], Write::Create)
+            .await
+    }
+
+    /// Runs until the deployment ends or this coordinator loses it.
+    /// `first` is `Start` for a new deployment, `Recovered` for a resumed one.
+    pub async fn run(
+        mut self,
+        first: Vec<Event>,
+        mut calls: mpsc::Receiver<OperatorCall>,
+    ) -> DriverExit {
+        let mut fleet = self.ctx.fleet.subscribe();
+        for event in first {
+            if let Some(exit) = self.step(event, Vec::new()).await {
+                return exit;
+            }
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let input = tokio::select! {
+                call = calls.recv() => Input::Operator(call),
+                changed = fleet.changed() => {
+                    if changed.is_err() {
+                        return DriverExit::Interrupted(JournalError::Fenced { id: self.record.id.clone() });
+                    }
+                    Input::Fleet
+                }
+                _ = tick.tick() => Input::Fleet,
+                Some(Ok(id)) = self.timers.join_next() => Input::Timer(id),
+                Some(Ok((run, result))) = self.checks.join_next() => Input::Check(run, result),
+                Some(Ok((i, a, r))) = self.applies.join_next() => Input::Applied(i, a, r),
+                Some(Ok((i, a))) = self.retries.join_next() => Input::Retry(i, a),
+            };
+            let exit = match input {
+                Input::Operator(None) => return DriverExit::Superseded,
+                Input::Operator(Some(call)) => self.operator(call).await,
+                Input::Fleet => self.observe().await,
+                Input::Timer(id) => self.step(Event::TimerFired(id), Vec::new()).await,
+                Input::Check(run, result) => self.check_done(run, result).await,
+                Input::Applied(instance, apply, result) => {
+                    self.applied(instance, apply, result).await
+                }
+                Input::Retry(instance, apply) => {
+                    if let Some(p) = self.pending.get(&instance).filter(|p| p.apply == apply) {
+                        let release = p.release.clone();
+                        self.send_apply(instance, apply, release);
+                    }
+                    None
+                }
+            };
+            if let Some(exit) = exit {
+                return exit;
+            }
+        }
+    }
+
+    async fn operator(&mut self, call: OperatorCall) -> Option<DriverExit> {
+        let mut ignored = None;
+        let actions = self
+            .record
+            .engine
+            .step(now_millis(), Event::Operator(call.command));
+        for action in &actions {
+            if let Action::Emit(Notice::Ignored { why, .. }) = action {
+                ignored = Some(why.clone());
+            }
+        }
+        let exit = self.carry_out(actions, Vec::new()).await;
+        let answer = match ignored {
+            Some(why) => Err(why),
+            None => Ok(self.record.wire()),
+        };
+        let _ = call.reply.send(answer);
+        exit
+    }
+
+    async fn check_done(
+        &mut self,
+        run: CheckRunId,
+        result: Result<(), String>,
+    ) -> Option<DriverExit> {
+        match result {
+            Ok(()) => {
+                self.step(
+                    Event::CheckPassed { run },
+                    vec![Happening::new(
+                        EventKind::CheckPassed,
+                        "",
+                        format!("check run {} passed", run.0),
+                    )],
+                )
+                .await
+            }
+            Err(detail) => {
+                let note = Happening::new(EventKind::CheckFailed, "", detail.clone());
+                self.step(Event::CheckFailed { run, detail }, vec![note])
+                    .await
+            }
+        }
+    }
+
+    async fn applied(
+        &mut self,
+        instance: InstanceId,
+        apply: ApplyId,
+        result: ApplyResult,
+    ) -> Option<DriverExit> {
+        let p = self
+            .pending
+            .get_mut(&instance)
+            .filter(|p| p.apply == apply)?;
+        match result {
+            ApplyResult::Verdict(v) if v.outcome() == pb::CommandOutcome::Accepted => {
+                p.accepted = true;
+                p.unreachable_since = None;
+                self.observe().await
+            }
+            ApplyResult::Verdict(v) => match v.refusal() {
+                pb::RefusalReason::StaleFencingToken => {
+                    let token = self.record.engine.token();
+                    tracing::warn!(deployment = self.record.id, instance = %instance, token = token.0, high_water = v.fencing_high_water, "an agent has seen a newer fencing token; stepping down");
+                    self.step(Event::AgentRefused { instance, token }, Vec::new())
+                        .await
+                }
+                pb::RefusalReason::Busy | pb::RefusalReason::BudgetExhausted => {
+                    self.retry_later(instance, apply);
+                    None
+                }
+                _ => {
+                    let release = p.release.clone();
+                    self.pending.remove(&instance);
+                    let detail = format!("agent refused the apply: {}", v.message);
+                    self.fail(instance, apply, release, detail).await
+                }
+            },
+            ApplyResult::Transport(error) => {
+                let since = *p.unreachable_since.get_or_insert_with(Instant::now);
+                let report = since.elapsed() >= UNREACHABLE_AFTER && !p.reported_unreachable;
+                if report {
+                    p.reported_unreachable = true;
+                }
+                tracing::debug!(deployment = self.record.id, instance = %instance, error, "apply not delivered; retrying");
+                self.retry_later(instance.clone(), apply);
+                if report {
+                    return self
+                        .step(Event::InstanceUnreachable { instance }, Vec::new())
+                        .await;
+                }
+                None
+            }
+        }
+    }
+
+    async fn fail(
+        &mut self,
+        instance: InstanceId,
+        apply: ApplyId,
+        release: ReleaseDigest,
+        detail: String,
+    ) -> Option<DriverExit> {
+        let note = Happening::new(EventKind::InstanceFailed, instance.as_str(), detail.clone());
+        self.record.note_instance(instance.as_str(), false, true);
+        self.step(
+            Event::InstanceFailed {
+                instance,
+                apply,
+                release,
+                detail,
+            },
+            vec![note],
+        )
+        .await
+    }
+
+    fn retry_later(&mut self, instance: InstanceId, apply: ApplyId) {
+        self.retries.spawn(async move {
+            tokio::time::sleep(APPLY_RETRY).await;
+            (instance, apply)
+        });
+    }
+
+    /// Reads the fleet view for every instance with an apply in flight or
+    /// recently confirmed, and feeds what changed to the engine.
+    async fn observe(&mut self) -> Option<DriverExit> {
+        let service = self.record.service.clone();
+        let ids: Vec<InstanceId> = self.pending.keys().cloned().collect();
+        for instance in ids {
+            let Some(p) = self.pending.get(&instance) else {
+                continue;
+            };
+            let status = self.ctx.fleet.service(instance.as_str(), &service);
+            let verdict = judge(
+                status.as_ref(),
+                &p.release,
+                p.accepted,
+                &self.record.id,
+                self.record.engine.token(),
+            );
+            let (apply, release) = (p.apply, p.release.clone());
+            let exit = match verdict {
+                Judgement::Waiting => None,
+                Judgement::Ready => {
+                    self.pending.remove(&instance);
+                    self.settled
+                        .insert(instance.clone(), (apply, release.clone()));
+                    let on_target = release.as_str() == self.record.target_digest;
+                    self.record
+                        .note_instance(instance.as_str(), on_target, false);
+                    let note = Happening::new(
+                        EventKind::InstanceReady,
+                        instance.as_str(),
+                        format!("ready on {}", short(release.as_str())),
+                    );
+                    self.step(
+                        Event::InstanceReady {
+                            instance,
+                            apply,
+                            release,
+                        },
+                        vec![note],
+                    )
+                    .await
+                }
+                Judgement::Failed(detail) => {
+                    self.pending.remove(&instance);
+                    self.fail(instance, apply, release, detail).await
+                }
+                Judgement::CrashLooping => {
+                    self.pending.remove(&instance);
+                    self.crash_looping(instance, apply, release).await
+                }
+            };
+            if exit.is_some() {
+                return exit;
+            }
+        }
+        let settled: Vec<(InstanceId, ApplyId, ReleaseDigest)> = self
+            .settled
+            .iter()
+            .map(|(i, (a, r))| (i.clone(), *a, r.clone()))
+            .collect();
+        for (instance, apply, release) in settled {
+            let status = self.ctx.fleet.service(instance.as_str(), &service);
+            if crash_looping(status.as_ref(), &release) {
+                self.settled.remove(&instance);
+                if let Some(exit) = self.crash_looping(instance, apply, release).await {
+                    return Some(exit);
+                }
+            }
+        }
+        None
+    }
+
+    async fn crash_looping(
+        &mut self,
+        instance: InstanceId,
+        apply: ApplyId,
+        release: ReleaseDigest,
+    ) -> Option<DriverExit> {
+        self.record.note_instance(instance.as_str(), false, true);
+        let note = Happening::new(
+            EventKind::InstanceFailed,
+            instance.as_str(),
+            format!("crash-looping on {}", short(release.as_str())),
+        );
+        self.step(
+            Event::InstanceCrashLooping {
+                instance,
+                apply,
+                release,
+            },
+            vec![note],
+        )
+        .await
+    }
+
+    /// Feeds one event and carries out what the engine answers.
+    async fn step(&mut self, event: Event, notes: Vec<Happening>) -> Option<DriverExit> {
+        let actions = self.record.engine.step(now_millis(), event);
+        self.carry_out(actions, notes).await
+    }
+
+    async fn carry_out(
+        &mut self,
+        actions: Vec<Action>,
+        mut notes: Vec<Happening>,
+    ) -> Option<DriverExit> {
+        if actions.iter().any(|a| matches!(a, Action::StepDown { .. })) {
+            return Some(DriverExit::Superseded);
+        }
+        let mut finish = false;
+        for action in &actions {
+            match action {
+                Action::Emit(notice) => {
+                    if let Some(note) = Happening::of_notice(notice, &self.record) {
+                        notes.push(note);
+                    }
+                }
+                Action::Apply {
+                    instance, release, ..
+                } => notes.push(Happening::new(
+                    EventKind::InstanceApplying,
+                    instance.as_str(),
+                    format!("applying {}", short(release.as_str())),
+                )),
+                Action::Finish(outcome) => {
+                    finish = true;
+                    notes.push(Happening::new(EventKind::Finished, "", outcome.to_string()));
+                }
+                Action::StartTimer { .. } | Action::RunCheck { .. } | Action::StepDown { .. } => {}
+            }
+        }
+        let now = crate::now_unix_ms();
+        self.record.token = self.record.engine.token().0;
+        self.record.sync(now);
+        let events: Vec<EventRecord> = notes
+            .into_iter()
+            .map(|n| {
+                let seq = self.record.next_seq;
+                self.record.next_seq += 1;
+                EventRecord {
+                    seq,
+                    at_unix_ms: now,
+                    kind: n.kind,
+                    state: self.record.state,
+                    cluster: self.record.cluster_of(&n.instance),
+                    instance: n.instance,
+                    message: n.message,
+                }
+            })
+            .collect();
+        let kind = if finish { Write::Finish } else { Write::Update };
+        match self
+            .ctx
+            .journal
+            .write(&self.fences(), &self.record, &events, kind)
+            .await
+        {
+            Ok(()) => {}
+            Err(JournalError::Fenced { .. }) => {
+                tracing::warn!(
+                    deployment = self.record.id,
+                    "journal write fenced off: another coordinator drives this deployment"
+                );
+                return Some(DriverExit::Superseded);
+            }
+            Err(err) => return Some(DriverExit::Interrupted(err)),
+        }
+        for event in &events {
+            tracing::info!(deployment = self.record.id, seq = event.seq, kind = ?event.kind, instance = event.instance, message = event.message, "deployment event");
+        }
+        for action in actions {
+            match action {
+                Action::Apply {
+                    instance,
+                    release,
+                    apply,
+                    ..
+                } => {
+                    self.settled.remove(&instance);
+                    self.pending.insert(
+                        instance.clone(),
+                        Pending {
+                            apply,
+                            release: release.clone(),
+                            accepted: false,
+                            unreachable_since: None,
+                            reported_unreachable: false,
+                        },
+                    );
+                    self.send_apply(instance, apply, release);
+                }
+                Action::StartTimer { id, after } => {
+                    self.timers.spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(after.0)).await;
+                        id
+                    });
+                }
+                Action::RunCheck {
+                    run,
+                    cluster,
+                    check,
+                } => {
+                    let context = CheckContext {
+                        cluster: cluster.to_string(),
+                        service: self.record.service.clone(),
+                        release: self.record.target_digest.clone(),
+                        deployment: self.record.id.clone(),
+                    };
+                    self.checks.spawn(async move {
+                        let timeout = Duration::from_millis(check.timeout.0);
+                        let result = run_check(&check.name, &check.argv, timeout, &context).await;
+                        (run, result)
+                    });
+                }
+                Action::Emit(_) | Action::StepDown { .. } | Action::Finish(_) => {}
+            }
+        }
+        if finish {
+            if let Some(lock) = self.lock.take() {
+                if let Err(err) = lock.release().await {
+                    tracing::warn!(deployment = self.record.id, error = %err, "cannot release the deployment lock; it expires with this coordinator's lease");
+                }
+            }
+            tracing::info!(
+                deployment = self.record.id,
+                outcome = self.record.outcome,
+                "deployment finished"
+            );
+            return Some(DriverExit::Finished);
+        }
+        None
+    }
+
+    fn send_apply(&mut self, instance: InstanceId, apply: ApplyId, release: ReleaseDigest) {
+        if release.as_str() == NOT_INSTALLED {
+            // Nothing to send: "not installed" is confirmed from the fleet
+            // view (the failed first install left nothing running).
+            if let Some(p) = self.pending.get_mut(&instance) {
+                p.accepted = true;
+            }
+            return;
+        }
+        let request = pb::ApplyRequest {
+            service: self.record.service.clone(),
+            release_digest: release.to_string(),
+            fencing_token: self.record.engine.token().0,
+            deployment_id: self.record.id.clone(),
+        };
+        let address = self.ctx.fleet.address(instance.as_str());
+        let client = address
+            .ok_or_else(|| format!("agent {instance} has not reported its address"))
+            .and_then(|a| self.ctx.agents.client(&a));
+        self.applies.spawn(async move {
+            let result = match client {
+                Err(e) => ApplyResult::Transport(e),
+                Ok(mut client) => {
+                    let mut request = tonic::Request::new(request);
+                    request.set_timeout(APPLY_TIMEOUT);
+                    match client.apply(request).await {
+                        Ok(response) => match response.into_inner().verdict {
+                            Some(v) => ApplyResult::Verdict(v),
+                            None => ApplyResult::Transport("agent sent no verdict".into()),
+                        },
+                        Err(status) => ApplyResult::Transport(status.message().to_owned()),
+                    }
+                }
+            };
+            (instance, apply, result)
+        });
+    }
+}
+
+/// What an instance's reported status says about an apply of `release`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Judgement {
+    Waiting,
+    Ready,
+    Failed(String),
+    CrashLooping,
+}
+
+/// Decides from state alone, so a late, repeated or missed report cannot
+/// mislead: ready means the agent's current release is `release` and every
+/// instance of it is ready; failed means the agent recorded this very apply
+/// (deployment, token, release) as a failed switch.
+pub fn judge(
+    status: Option<&pb::ServiceStatus>,
+    release: &ReleaseDigest,
+    accepted: bool,
+    deployment: &str,
+    token: FencingToken,
+) -> Judgement {
+    if release.as_str() == NOT_INSTALLED {
+        return match status {
+            None => Judgement::Ready,
+            Some(s) if s.current.is_none() => Judgement::Ready,
+            Some(s) if s.switch_state() == pb::SwitchState::Switching => Judgement::Waiting,
+            Some(s) if accepted => Judgement::Failed(format!(
+                "the host runs {} and a service cannot be uninstalled by a rollback; remove it by hand",
+                s.current.as_ref().map_or("", |c| c.version.as_str())
+            )),
+            Some(_) => Judgement::Waiting,
+        };
+    }
+    let Some(status) = status else {
+        return Judgement::Waiting;
+    };
+    if status.switch_state() == pb::SwitchState::Switching {
+        return Judgement::Waiting;
+    }
+    let current = status.current.as_ref().map(|c| c.digest.as_str());
+    let mine: Vec<&pb::InstanceStatus> = status
+        .instances
+        .iter()
+        .filter(|i| i.release.as_ref().map(|r| r.digest.as_str()) == Some(release.as_str()))
+        .collect();
+    if current == Some(release.as_str()) && !mine.is_empty() && mine.iter().all(|i| i.ready) {
+        return Judgement::Ready;
+    }
+    if let Some(last) = &status.last_switch {
+        if accepted
+            && !last.succeeded
+            && last.deployment_id == deployment
+            && last.fencing_token == token.0
+            && last.to_digest == release.as_str()
+        {
+            return Judgement::Failed(last.detail.clone());
+        }
+    }
+    if current == Some(release.as_str()) && crash_looping(Some(status), release) {
+        return Judgement::CrashLooping;
+    }
+    Judgement::Waiting
+}
+
+fn crash_looping(status: Option<&pb::ServiceStatus>, release: &ReleaseDigest) -> bool {
+    status.is_some_and(|s| {
+        s.instances.iter().any(|i| {
+            i.release.as_ref().map(|r| r.digest.as_str()) == Some(release.as_str())
+                && matches!(
+                    i.state(),
+                    pb::InstanceState::CrashLooping | pb::InstanceState::Failed
+                )
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const R1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const R2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+    fn status(current: &str, ready: bool, last: Option<pb::SwitchRecord>) -> pb::ServiceStatus {
+        pb::ServiceStatus {
+            service: "web".into(),
+            current: Some(pb::ReleaseRef {
+                service: "web".into(),
+                digest: current.into(),
+                version: "1".into(),
+            }),
+            instances: vec![pb::InstanceStatus {
+                release: Some(pb::ReleaseRef {
+                    service: "web".into(),
+                    digest: current.into(),
+                    version: "1".into(),
+                }),
+                ready,
+                state: pb::InstanceState::Ready.into(),
+                ..Default::default()
+            }],
+            switch_state: pb::SwitchState::Idle.into(),
+            last_switch: last,
+            ..Default::default()
+        }
+    }
+
+    fn digest(d: &str) -> ReleaseDigest {
+        ReleaseDigest::parse(d).unwrap()
+    }
+
+    #[test]
+    fn ready_needs_the_release_current_and_every_instance_ready() {
+        let r2 = digest(R2);
+        let t = FencingToken(7);
+        assert_eq!(
+            judge(Some(&status(R2, true, None)), &r2, true, "d", t),
+            Judgement::Ready
+        );
+        assert_eq!(
+            judge(Some(&status(R2, false, None)), &r2, true, "d", t),
+            Judgement::Waiting
+        );
+        assert_eq!(
+            judge(Some(&status(R1, true, None)), &r2, true, "d", t),
+            Judgement::Waiting
+        );
+    }
+
+    #[test]
+    fn only_this_applys_failed_switch_counts_as_failure() {
+        let r2 = digest(R2);
+        let failed = |deployment: &str, token: u64| pb::SwitchRecord {
+            deployment_id: deployment.into(),
+            fencing_token: token,
+            to_digest: R2.into(),
+            succeeded: false,
+            detail: "config refused".into(),
+            at_unix_ms: 1,
+        };
+        let t = FencingToken(7);
+        assert_eq!(
+            judge(
+                Some(&status(R1, true, Some(failed("d", 7)))),
+                &r2,
+                true,
+                "d",
+                t
+            ),
+            Judgement::Failed("config refused".into())
+        );
+        // An older deployment's failure, or an older token's, is history.
+        for (d, tok) in [("other", 7), ("d", 6)] {
+            assert_eq!(
+                judge(
+                    Some(&status(R1, true, Some(failed(d, tok)))),
+                    &r2,
+                    true,
+                    "d",
+                    t
+                ),
+                Judgement::Waiting
+            );
+        }
+        // Before the agent accepted, nothing it reports is about this apply.
+        assert_eq!(
+            judge(
+                Some(&status(R1, true, Some(failed("d", 7)))),
+                &r2,
+                false,
+                "d",
+                t
+            ),
+            Judgement::Waiting
+        );
+    }
+
+    #[test]
+    fn not_installed_is_confirmed_by_the_absence_of_a_current_release() {
+        let none = digest(NOT_INSTALLED);
+        let t = FencingToken(1);
+        assert_eq!(judge(None, &none, true, "d", t), Judgement::Ready);
+        assert!(matches!(
+            judge(Some(&status(R1, true, None)), &none, true, "d", t),
+            Judgement::Failed(_)
+        ));
+    }
+}

@@ -1,0 +1,175 @@
+//! The coordinator's hands: `AgentDialer` (one lazily connected gRPC channel
+//! per agent address) and `run_check` (a synthetic check as a child process
+//! with a timeout).
+//!
+//! Must never: decide anything: callers feed every result back to the
+//! engine as an event.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use proto::v1::agent_service_client::AgentServiceClient;
+use tokio::io::AsyncReadExt;
+use tonic::transport::{Channel, Endpoint};
+
+/// How long a connection attempt to an agent may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// gRPC channels to agents, by address.
+#[derive(Debug, Default)]
+pub struct AgentDialer {
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl AgentDialer {
+    /// A client for the agent at `address` (`host:port`).
+    pub fn client(&self, address: &str) -> Result<AgentServiceClient<Channel>, String> {
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(channel) = channels.get(address) {
+            return Ok(AgentServiceClient::new(channel.clone()));
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| format!("agent address {address:?} is not usable: {e}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        let channel = endpoint.connect_lazy();
+        channels.insert(address.to_owned(), channel.clone());
+        Ok(AgentServiceClient::new(channel))
+    }
+}
+
+/// What a synthetic check is told about the rollout it gates.
+#[derive(Debug, Clone)]
+pub struct CheckContext {
+    pub cluster: String,
+    pub service: String,
+    pub release: String,
+    pub deployment: String,
+}
+
+/// Runs `argv` (no shell) with a timeout; `Err` carries why it failed and
+/// the tail of its output.
+pub async fn run_check(
+    name: &str,
+    argv: &[String],
+    timeout: Duration,
+    context: &CheckContext,
+) -> Result<(), String> {
+    let Some((program, args)) = argv.split_first() else {
+        return Err(format!("check {name} has an empty argv"));
+    };
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .env("LOCKSTEP_CLUSTER", &context.cluster)
+        .env("LOCKSTEP_SERVICE", &context.service)
+        .env("LOCKSTEP_RELEASE", &context.release)
+        .env("LOCKSTEP_DEPLOYMENT", &context.deployment)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("check {name}: cannot run {program:?}: {e}"))?;
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    let outcome = tokio::time::timeout(timeout, async {
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let read_out = async {
+            if let Some(s) = stdout.as_mut() {
+                let _ = s.read_to_end(&mut out).await;
+            }
+        };
+        let read_err = async {
+            if let Some(s) = stderr.as_mut() {
+                let _ = s.read_to_end(&mut err).await;
+            }
+        };
+        let ((), (), status) = tokio::join!(read_out, read_err, child.wait());
+        (status, out, err)
+    })
+    .await;
+    match outcome {
+        Err(_) => Err(format!(
+            "check {name} timed out after {}s",
+            timeout.as_secs_f64()
+        )),
+        Ok((Err(e), _, _)) => Err(format!("check {name}: waiting for it failed: {e}")),
+        Ok((Ok(status), _, _)) if status.success() => Ok(()),
+        Ok((Ok(status), out, err)) => {
+            let mut text = String::from_utf8_lossy(&out).into_owned();
+            text.push_str(&String::from_utf8_lossy(&err));
+            let text = text.trim();
+            let tail: String = text
+                .char_indices()
+                .rev()
+                .nth(1000)
+                .map_or(text, |(i, _)| &text[i..])
+                .to_owned();
+            Err(format!("check {name} failed ({status}): {tail}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context() -> CheckContext {
+        CheckContext {
+            cluster: "eu".into(),
+            service: "web".into(),
+            release: "sha256:x".into(),
+            deployment: "d1".into(),
+        }
+    }
+
+    fn argv(script: &str) -> Vec<String> {
+        vec!["/bin/sh".into(), "-c".into(), script.into()]
+    }
+
+    #[tokio::test]
+    async fn a_check_sees_its_context_and_passes_on_exit_zero() {
+        let result = run_check(
+            "env",
+            &argv(
+                "test \"$LOCKSTEP_CLUSTER/$LOCKSTEP_SERVICE/$LOCKSTEP_RELEASE\" = eu/web/sha256:x",
+            ),
+            Duration::from_secs(30),
+            &context(),
+        )
+        .await;
+        assert_eq!(result, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_failing_check_reports_status_and_output() {
+        let err = run_check(
+            "bad",
+            &argv("echo upstream 503; exit 3"),
+            Duration::from_secs(30),
+            &context(),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.contains("upstream 503") && err.contains("3"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_slow_check_times_out() {
+        let err = run_check(
+            "slow",
+            &argv("sleep 30"),
+            Duration::from_millis(200),
+            &context(),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.contains("timed out"), "{err}");
+    }
+}

@@ -1,0 +1,305 @@
+//! The live fleet view: what each agent last reported over its `Report`
+//! stream (registration, service status, instance events), and the
+//! `rollout::Fleet` of a service built from it.
+//!
+//! An agent is reachable while one of its report streams is open, or its
+//! last report is younger than three status intervals.
+//!
+//! Must never: invent state an agent did not report, or block on IO while
+//! holding its lock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use proto::v1 as pb;
+use rollout::{Cluster, ClusterName, Fleet, Instance, InstanceId, ReleaseDigest};
+use tokio::sync::watch;
+
+/// The digest the engine uses for "this service is not installed here": the
+/// rollback target of a service's first deployment.
+pub const NOT_INSTALLED: &str =
+    "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What the coordinator knows about one agent.
+#[derive(Debug, Clone)]
+pub struct AgentEntry {
+    pub identity: pb::AgentIdentity,
+    pub services: BTreeMap<String, pb::ServiceStatus>,
+    pub last_report: Instant,
+    pub last_report_unix_ms: i64,
+    pub open_streams: usize,
+}
+
+/// Every agent that has reported to this coordinator.
+#[derive(Debug)]
+pub struct FleetView {
+    agents: Mutex<HashMap<String, AgentEntry>>,
+    changed: watch::Sender<u64>,
+    stale_after: Duration,
+}
+
+/// A service's fleet, ready for `rollout::plan`.
+#[derive(Debug, Clone)]
+pub struct ServiceFleet {
+    pub fleet: Fleet,
+    /// The release most of the fleet runs now other than the target (the
+    /// rollback default); `None` when there is none.
+    pub previous: Option<ReleaseDigest>,
+    /// Hosts assigned the service that cannot be reached now.
+    pub unreachable: Vec<String>,
+}
+
+impl FleetView {
+    pub fn new(status_interval: Duration) -> Self {
+        Self {
+            agents: Mutex::new(HashMap::new()),
+            changed: watch::Sender::new(0),
+            stale_after: status_interval * 3,
+        }
+    }
+
+    /// Bumps on every change; drivers re-evaluate their instances on it.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn with_agents<T>(&self, f: impl FnOnce(&mut HashMap<String, AgentEntry>) -> T) -> T {
+        let mut agents = self
+            .agents
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut agents)
+    }
+
+    fn touch(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// A report stream opened with this registration.
+    pub fn stream_opened(&self, identity: pb::AgentIdentity) {
+        self.with_agents(|agents| {
+            let entry = agents
+                .entry(identity.agent_id.clone())
+                .or_insert_with(|| AgentEntry {
+                    identity: identity.clone(),
+                    services: BTreeMap::new(),
+                    last_report: Instant::now(),
+                    last_report_unix_ms: crate::now_unix_ms(),
+                    open_streams: 0,
+                });
+            entry.identity = identity;
+            entry.open_streams += 1;
+            entry.last_report = Instant::now();
+            entry.last_report_unix_ms = crate::now_unix_ms();
+        });
+        self.touch();
+    }
+
+    pub fn stream_closed(&self, agent: &str) {
+        self.with_agents(|agents| {
+            if let Some(entry) = agents.get_mut(agent) {
+                entry.open_streams = entry.open_streams.saturating_sub(1);
+            }
+        });
+        self.touch();
+    }
+
+    /// A full snapshot of an agent's services.
+    pub fn status(&self, agent: &str, status: pb::StatusResponse) {
+        self.with_agents(|agents| {
+            if let Some(entry) = agents.get_mut(agent) {
+                entry.services = status
+                    .services
+                    .into_iter()
+                    .map(|s| (s.service.clone(), s))
+                    .collect();
+                entry.last_report = Instant::now();
+                entry.last_report_unix_ms = crate::now_unix_ms();
+            }
+        });
+        self.touch();
+    }
+
+    /// One change: a whole service (a switch ended) or one instance.
+    pub fn event(&self, agent: &str, event: pb::StatusEvent) {
+        self.with_agents(|agents| {
+            let Some(entry) = agents.get_mut(agent) else {
+                return;
+            };
+            entry.last_report = Instant::now();
+            entry.last_report_unix_ms = crate::now_unix_ms();
+            if let Some(service) = event.service {
+                entry.services.insert(service.service.clone(), service);
+            } else if let Some(instance) = event.instance {
+                merge_instance(&mut entry.services, instance);
+            }
+        });
+        self.touch();
+    }
+
+    pub fn is_reachable(&self, agent: &str) -> bool {
+        self.with_agents(|agents| agents.get(agent).is_some_and(|e| self.reachable(e)))
+    }
+
+    fn reachable(&self, entry: &AgentEntry) -> bool {
+        entry.open_streams > 0 || entry.last_report.elapsed() < self.stale_after
+    }
+
+    /// The last reported status of `service` on `agent`.
+    pub fn service(&self, agent: &str, service: &str) -> Option<pb::ServiceStatus> {
+        self.with_agents(|agents| agents.get(agent)?.services.get(service).cloned())
+    }
+
+    /// The gRPC address of an agent's AgentService.
+    pub fn address(&self, agent: &str) -> Option<String> {
+        self.with_agents(|agents| {
+            agents
+                .get(agent)
+                .map(|e| e.identity.grpc_address.clone())
+                .filter(|a| !a.is_empty())
+        })
+    }
+
+    /// Every agent, sorted by cluster then id, with reachability.
+    pub fn agents(&self, cluster: &str) -> Vec<pb::AgentSummary> {
+        let mut out: Vec<pb::AgentSummary> = self.with_agents(|agents| {
+            agents
+                .values()
+                .filter(|e| cluster.is_empty() || e.identity.cluster == cluster)
+                .map(|e| pb::AgentSummary {
+                    identity: Some(e.identity.clone()),
+                    reachable: self.reachable(e),
+                    last_report_unix_ms: e.last_report_unix_ms,
+                    services: e.services.values().cloned().collect(),
+                })
+                .collect()
+        });
+        out.sort_by(|a, b| {
+            let key = |s: &pb::AgentSummary| {
+                s.identity
+                    .as_ref()
+                    .map(|i| (i.cluster.clone(), i.agent_id.clone()))
+            };
+            key(a).cmp(&key(b))
+        });
+        out
+    }
+
+    /// The hosts of `service` (assigned in their config, or running it),
+    /// grouped by cluster, each with the release it runs now.
+    pub fn service_fleet(&self, service: &str, target: &ReleaseDigest) -> ServiceFleet {
+        let mut clusters: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
+        let mut unreachable = Vec::new();
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        self.with_agents(|agents| {
+            let mut hosts: Vec<&AgentEntry> = agents
+                .values()
+                .filter(|e| {
+                    e.identity.services.iter().any(|s| s == service)
+                        || e.services.contains_key(service)
+                })
+                .collect();
+            hosts.sort_by(|a, b| a.identity.agent_id.cmp(&b.identity.agent_id));
+            for entry in hosts {
+                if !self.reachable(entry) {
+                    unreachable.push(entry.identity.agent_id.clone());
+                    continue;
+                }
+                let current = entry
+                    .services
+                    .get(service)
+                    .and_then(|s| s.current.as_ref())
+                    .map(|r| r.digest.clone())
+                    .unwrap_or_else(|| NOT_INSTALLED.to_owned());
+                if current != target.as_str() {
+                    *counts.entry(current.clone()).or_default() += 1;
+                }
+                let (Ok(id), Ok(release)) = (
+                    InstanceId::new(entry.identity.agent_id.clone()),
+                    ReleaseDigest::parse(&current),
+                ) else {
+                    unreachable.push(entry.identity.agent_id.clone());
+                    continue;
+                };
+                clusters
+                    .entry(entry.identity.cluster.clone())
+                    .or_default()
+                    .push(Instance { id, release });
+            }
+        });
+        let fleet = Fleet {
+            clusters: clusters
+                .into_iter()
+                .filter_map(|(name, instances)| {
+                    Some(Cluster {
+                        name: ClusterName::new(name).ok()?,
+                        instances,
+                    })
+                })
+                .collect(),
+        };
+        let previous = counts
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .and_then(|(d, _)| ReleaseDigest::parse(&d).ok())
+            .or_else(|| {
+                // Every host already runs the target: roll back to what
+                // they ran before it.
+                self.previous_release(service)
+                    .and_then(|r| ReleaseDigest::parse(&r.digest).ok())
+            });
+        ServiceFleet {
+            fleet,
+            previous,
+            unreachable,
+        }
+    }
+
+    /// What hosts of `service` ran before their current release, most
+    /// common first: the target of `lockstep rollback`.
+    pub fn previous_release(&self, service: &str) -> Option<pb::ReleaseRef> {
+        let mut counts: BTreeMap<String, (usize, pb::ReleaseRef)> = BTreeMap::new();
+        self.with_agents(|agents| {
+            for entry in agents.values() {
+                if let Some(previous) = entry.services.get(service).and_then(|s| s.previous.first())
+                {
+                    counts
+                        .entry(previous.digest.clone())
+                        .or_insert_with(|| (0, previous.clone()))
+                        .0 += 1;
+                }
+            }
+        });
+        counts.into_values().max_by_key(|(n, _)| *n).map(|(_, r)| r)
+    }
+}
+
+fn merge_instance(
+    services: &mut BTreeMap<String, pb::ServiceStatus>,
+    instance: pb::InstanceStatus,
+) {
+    let Some(r) = instance.instance.as_ref() else {
+        return;
+    };
+    let Some(service) = services.get_mut(&r.service) else {
+        return;
+    };
+    let release = instance.release.as_ref().map(|r| r.digest.clone());
+    if let Some(existing) = service.instances.iter_mut().find(|i| {
+        i.instance.as_ref().map(|x| x.slot) == Some(r.slot)
+            && i.release.as_ref().map(|r| r.digest.clone()) == release
+    }) {
+        *existing = instance;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_installed_is_a_digest() {
+        assert!(ReleaseDigest::parse(NOT_INSTALLED).is_ok());
+    }
+}

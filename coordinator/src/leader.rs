@@ -1,0 +1,564 @@
+//! `Coordinator`: one coordinator process's shared state, and its
+//! leadership loop.
+//!
+//! ```text
+//!  grant session ─► campaign ─► lead: resume active deployments (new lock, higher token)
+//!        ▲                        │   start drivers for new ones (Deploy)
+//!        └── close session ◄──────┘   until leadership or the session is lost
+//! ```
+//!
+//! Leaving leadership closes the session: the deployment locks it held are
+//! freed at once for the next leader instead of after a TTL, and every
+//! driver is dropped, so a deposed coordinator commands nothing.
+//!
+//! Must never: run a driver while not leading, or keep a session whose
+//! leadership is gone.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcd_client::Client;
+use leases::{Election, FencedMutex, LockError, Session};
+use proto::v1 as pb;
+use rollout::{
+    ClusterName, DeploymentId, Engine, Event, FencingToken, PlanInput, ReleaseDigest, Strategy,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+
+use crate::config::CoordinatorConfig;
+use crate::depot::ReleaseDepot;
+use crate::driver::{Driver, DriverContext, DriverExit, OperatorCall};
+use crate::effects::AgentDialer;
+use crate::fleet::{FleetView, NOT_INSTALLED};
+use crate::journal::{Journal, JournalError};
+use crate::record::{DeploymentRecord, DeploymentState};
+
+type DriverJob = Pin<Box<dyn Future<Output = (String, DriverExit)> + Send>>;
+
+/// State while this coordinator leads.
+#[derive(Debug)]
+pub struct Leading {
+    session: Arc<Session>,
+    ctx: Arc<DriverContext>,
+    calls: Mutex<HashMap<String, mpsc::Sender<OperatorCall>>>,
+    jobs: mpsc::UnboundedSender<DriverJob>,
+}
+
+/// Why an operator call could not be served here.
+#[derive(Debug, thiserror::Error)]
+pub enum NotServed {
+    #[error("this coordinator is not the leader{}", leader.as_ref().map(|l| format!("; the leader is at {l}")).unwrap_or_else(|| "; no leader is elected right now, retry shortly".to_owned()))]
+    NotLeader { leader: Option<String> },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The outcome of a Deploy request.
+#[derive(Debug)]
+pub enum Deployed {
+    Started { id: String, token: u64 },
+    Locked(Box<leases::LockInfo>),
+    Invalid(Vec<String>),
+}
+
+/// One coordinator process.
+pub struct Coordinator {
+    pub config: CoordinatorConfig,
+    pub client: Client,
+    pub depot: ReleaseDepot,
+    pub fleet: Arc<FleetView>,
+    pub journal: Journal,
+    leading: watch::Sender<Option<Arc<Leading>>>,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("advertise_url", &self.config.advertise_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Coordinator {
+    pub fn new(config: CoordinatorConfig, client: Client, depot: ReleaseDepot) -> Self {
+        let fleet = Arc::new(FleetView::new(config.status_interval));
+        Self {
+            journal: Journal::new(client.clone()),
+            config,
+            client,
+            depot,
+            fleet,
+            leading: watch::Sender::new(None),
+        }
+    }
+
+    /// `Some` while leading.
+    pub fn leading(&self) -> Option<Arc<Leading>> {
+        self.leading.borrow().clone()
+    }
+
+    /// Waits until this coordinator leads (for tests and `--wait-leader`).
+    pub fn leadership(&self) -> watch::Receiver<Option<Arc<Leading>>> {
+        self.leading.subscribe()
+    }
+
+    /// The leader's advertised URL, as recorded in the election key.
+    pub async fn leader_url(&self) -> Option<String> {
+        Election::new()
+            .leader(&self.client)
+            .await
+            .ok()
+            .flatten()
+            .map(|info| info.purpose)
+    }
+
+    async fn require_leader(&self) -> Result<Arc<Leading>, NotServed> {
+        match self.leading() {
+            Some(leading) => Ok(leading),
+            None => Err(NotServed::NotLeader {
+                leader: self
+                    .leader_url()
+                    .await
+                    .filter(|url| *url != self.config.advertise_url),
+            }),
+        }
+    }
+
+    /// Campaigns, leads, and campaigns again, until `shutdown` fires.
+    pub async fn run_leadership(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let session = match Session::grant(self.client.clone(), self.config.lease_ttl).await {
+                Ok(session) => Arc::new(session),
+                Err(err) => {
+                    tracing::warn!(error = %err, retry_in_ms = backoff.as_millis(), "cannot open an etcd session; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(200);
+            let election = Election::new();
+            let leadership = tokio::select! {
+                won = election.campaign(&session, &self.config.advertise_url) => won,
+                _ = session.lost() => continue,
+                _ = shutdown.changed() => {
+                    close(session).await;
+                    return;
+                }
+            };
+            let leadership = match leadership {
+                Ok(l) => l,
+                Err(err) => {
+                    tracing::warn!(error = %err, "campaign failed; retrying");
+                    close(session).await;
+                    continue;
+                }
+            };
+            let (jobs_tx, mut jobs_rx) = mpsc::unbounded_channel::<DriverJob>();
+            let leading = Arc::new(Leading {
+                session: session.clone(),
+                ctx: Arc::new(DriverContext {
+                    journal: self.journal.clone(),
+                    fleet: self.fleet.clone(),
+                    agents: AgentDialer::default(),
+                    leader_fence: leadership.fence(),
+                }),
+                calls: Mutex::new(HashMap::new()),
+                jobs: jobs_tx,
+            });
+            self.leading.send_replace(Some(leading.clone()));
+            tracing::info!(url = self.config.advertise_url, token = %leadership.token(), "leading the fleet");
+            let mut drivers: JoinSet<(String, DriverExit)> = JoinSet::new();
+            match self.journal.active().await {
+                Ok(ids) => {
+                    for id in ids {
+                        drivers.spawn(self.clone().resume(leading.clone(), id));
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot list active deployments; stepping down");
+                    self.leading.send_replace(None);
+                    drop(drivers);
+                    let _ = leadership.resign().await;
+                    close(session).await;
+                    continue;
+                }
+            }
+            let resign = loop {
+                tokio::select! {
+                    () = leadership.lost() => break false,
+                    _ = session.lost() => break false,
+                    _ = shutdown.changed() => break true,
+                    Some(job) = jobs_rx.recv() => { drivers.spawn(job); }
+                    Some(done) = drivers.join_next() => {
+                        if let Ok((id, exit)) = done {
+                            self.driver_ended(&leading, &mut drivers, id, exit);
+                        }
+                    }
+                }
+            };
+            self.leading.send_replace(None);
+            drivers.shutdown().await;
+            if resign {
+                if let Err(err) = leadership.resign().await {
+                    tracing::warn!(error = %err, "cannot resign leadership; it expires with the session");
+                }
+            } else {
+                tracing::warn!("leadership lost; every driver stopped");
+                drop(leadership);
+            }
+            drop(leading);
+            close(session).await;
+            if resign {
+                return;
+            }
+        }
+    }
+
+    fn driver_ended(
+        self: &Arc<Self>,
+        leading: &Arc<Leading>,
+        drivers: &mut JoinSet<(String, DriverExit)>,
+        id: String,
+        exit: DriverExit,
+    ) {
+        leading
+            .calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
+        match exit {
+            DriverExit::Finished => {}
+            DriverExit::Superseded => {
+                tracing::warn!(deployment = id, "deployment driven elsewhere now");
+            }
+            DriverExit::Interrupted(err) => {
+                tracing::warn!(deployment = id, error = %err, "deployment interrupted; resuming from the journal");
+                let me = self.clone();
+                let leading = leading.clone();
+                drivers.spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    me.resume(leading, id).await
+                });
+            }
+        }
+    }
+
+    /// Takes over an active deployment: a new lock (higher token), the
+    /// engine from the journal, `Recovered`, and on.
+    async fn resume(self: Arc<Self>, leading: Arc<Leading>, id: String) -> (String, DriverExit) {
+        let record = match self.journal.load(&id).await {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                return (
+                    id.clone(),
+                    DriverExit::Interrupted(JournalError::Fenced { id }),
+                );
+            }
+            Err(err) => return (id, DriverExit::Interrupted(err)),
+        };
+        if record.state.is_terminal() {
+            return (id, DriverExit::Finished);
+        }
+        // The old leader's lock goes with its lease: wait up to two TTLs.
+        let wait = self.config.lease_ttl.as_duration() * 2;
+        let lock = match FencedMutex::deployment(&record.service)
+            .lock(&leading.session, &id, wait)
+            .await
+        {
+            Ok(lock) => lock,
+            Err(err) => {
+                tracing::error!(deployment = id, error = %err, "cannot take the deployment lock to resume");
+                return (
+                    id.clone(),
+                    DriverExit::Interrupted(JournalError::Fenced { id }),
+                );
+            }
+        };
+        let token = FencingToken(lock.token().0);
+        tracing::info!(deployment = id, token = token.0, "resuming deployment");
+        let started = !matches!(record.engine.status(), rollout::Status::NotStarted);
+        let mut first = vec![Event::Recovered { token }];
+        if !started {
+            first.push(Event::Start);
+        }
+        let driver = Driver::new(leading.ctx.clone(), record, lock);
+        let (tx, rx) = mpsc::channel(16);
+        leading
+            .calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.clone(), tx);
+        (id, driver.run(first, rx).await)
+    }
+
+    /// Builds the plan of deploying `digest` to `service` with `strategy_toml`.
+    async fn planned(
+        &self,
+        service: &str,
+        digest: &str,
+        strategy_toml: &str,
+    ) -> Result<Result<(rollout::Plan, crate::depot::ReleaseEntry), Vec<String>>, NotServed> {
+        let target = ReleaseDigest::parse(digest).map_err(|e| NotServed::Invalid(e.to_string()))?;
+        let entry = self
+            .depot
+            .entry(service, digest)
+            .await
+            .map_err(|e| NotServed::Internal(e.to_string()))?
+            .ok_or_else(|| {
+                NotServed::NotFound(format!(
+                    "release {digest} of {service} is not known: push it with `lockstep release push BUNDLE` (see `lockstep release list --service {service}`)"
+                ))
+            })?;
+        let mut strategy = if strategy_toml.trim().is_empty() {
+            Strategy::default()
+        } else {
+            match Strategy::from_toml(strategy_toml) {
+                Ok(s) => s,
+                Err(errors) => return Ok(Err(errors.0.iter().map(ToString::to_string).collect())),
+            }
+        };
+        let hosts = self.fleet.service_fleet(service, &target);
+        if !hosts.unreachable.is_empty() {
+            return Ok(Err(vec![format!(
+                "agent(s) {} host {service} but are unreachable: a deployment would leave them behind; bring them back or remove {service} from their `services`",
+                hosts.unreachable.join(", ")
+            )]));
+        }
+        let previous = match hosts.previous {
+            Some(p) => p,
+            None => ReleaseDigest::parse(NOT_INSTALLED)
+                .map_err(|e| NotServed::Internal(e.to_string()))?,
+        };
+        if previous.as_str() == NOT_INSTALLED {
+            // A first install has nothing to rehearse a rollback to.
+            strategy.rehearse_rollback = false;
+        }
+        let input = PlanInput {
+            fleet: &hosts.fleet,
+            strategy: &strategy,
+            target: &target,
+            previous: &previous,
+            overlap: entry.overlap,
+        };
+        Ok(match rollout::plan(&input) {
+            Ok(plan) => Ok((plan, entry)),
+            Err(errors) => Err(errors.0.iter().map(ToString::to_string).collect()),
+        })
+    }
+
+    /// `lockstep plan`.
+    pub async fn plan(
+        &self,
+        service: &str,
+        digest: &str,
+        strategy_toml: &str,
+    ) -> Result<pb::PlanResponse, NotServed> {
+        Ok(match self.planned(service, digest, strategy_toml).await? {
+            Ok((plan, _)) => crate::wire::plan(&plan),
+            Err(problems) => pb::PlanResponse {
+                problems,
+                ..Default::default()
+            },
+        })
+    }
+
+    /// `lockstep deploy`: refuses at once when the service's lock is held.
+    pub async fn deploy(&self, request: &pb::DeployRequest) -> Result<Deployed, NotServed> {
+        let leading = self.require_leader().await?;
+        let (plan, entry) = match self
+            .planned(
+                &request.service,
+                &request.release_digest,
+                &request.strategy_toml,
+            )
+            .await?
+        {
+            Ok(planned) => planned,
+            Err(problems) => return Ok(Deployed::Invalid(problems)),
+        };
+        let now = crate::now_unix_ms();
+        let id = format!("{}-{}", request.service, now);
+        let lock = match FencedMutex::deployment(&request.service)
+            .try_lock(&leading.session, &id)
+            .await
+        {
+            Ok(lock) => lock,
+            Err(LockError::Held(info)) => return Ok(Deployed::Locked(info)),
+            Err(err) => return Err(NotServed::Internal(err.to_string())),
+        };
+        let token = lock.token().0;
+        let actor = request.actor.clone().unwrap_or_default();
+        let clusters_of = plan
+            .instances
+            .iter()
+            .filter_map(|i| {
+                plan.clusters
+                    .get(i.cluster)
+                    .map(|c| (i.id.to_string(), c.name.to_string()))
+            })
+            .collect();
+        let record = DeploymentRecord {
+            id: id.clone(),
+            service: request.service.clone(),
+            target_digest: entry.digest.clone(),
+            target_version: entry.version.clone(),
+            actor_user: actor.user,
+            actor_host: actor.host,
+            reason: request.reason.clone(),
+            created_unix_ms: now,
+            finished_unix_ms: 0,
+            state: DeploymentState::Running,
+            outcome: String::new(),
+            token,
+            next_seq: 1,
+            clusters_of,
+            progress: Default::default(),
+            engine: Engine::new(DeploymentId(id.clone()), plan, FencingToken(token)),
+        };
+        let mut driver = Driver::new(leading.ctx.clone(), record, lock);
+        if let Err(err) = driver.create().await {
+            return Err(NotServed::Refused(err.to_string()));
+        }
+        let (tx, rx) = mpsc::channel(16);
+        leading
+            .calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.clone(), tx);
+        let job_id = id.clone();
+        let job: DriverJob =
+            Box::pin(async move { (job_id, driver.run(vec![Event::Start], rx).await) });
+        if leading.jobs.send(job).is_err() {
+            return Err(NotServed::NotLeader { leader: None });
+        }
+        tracing::info!(
+            deployment = id,
+            service = request.service,
+            release = request.release_digest,
+            token,
+            "deployment started"
+        );
+        Ok(Deployed::Started { id, token })
+    }
+
+    /// `lockstep rollback SERVICE`: deploys what the hosts ran before.
+    pub async fn rollback(
+        &self,
+        request: &pb::RollbackServiceRequest,
+    ) -> Result<Deployed, NotServed> {
+        let previous = self
+            .fleet
+            .previous_release(&request.service)
+            .ok_or_else(|| {
+                NotServed::NotFound(format!(
+                    "no host of {} reports a previous release to roll back to",
+                    request.service
+                ))
+            })?;
+        self.deploy(&pb::DeployRequest {
+            service: request.service.clone(),
+            release_digest: previous.digest,
+            strategy_toml: request.strategy_toml.clone(),
+            actor: request.actor.clone(),
+            reason: if request.reason.is_empty() {
+                "rollback".to_owned()
+            } else {
+                format!("rollback: {}", request.reason)
+            },
+        })
+        .await
+    }
+
+    /// Pause, resume, approve, abort, rollback of a running deployment.
+    pub async fn command(
+        &self,
+        id: &str,
+        command: rollout::Command,
+        cluster: Option<&str>,
+    ) -> Result<pb::Deployment, NotServed> {
+        let leading = self.require_leader().await?;
+        if let Some(cluster) = cluster.filter(|c| !c.is_empty()) {
+            let record = self.record(id).await?;
+            let waiting_for = waiting_cluster(&record.engine);
+            if waiting_for.as_ref().map(ClusterName::as_str) != Some(cluster) {
+                return Err(NotServed::Refused(format!(
+                    "deployment {id} is not waiting for approval of cluster {cluster}{}",
+                    waiting_for
+                        .map(|c| format!(" (it waits for {c})"))
+                        .unwrap_or_default()
+                )));
+            }
+        }
+        let tx = leading
+            .calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+            .cloned();
+        let Some(tx) = tx else {
+            let record = self.record(id).await?;
+            return Err(NotServed::Refused(format!(
+                "deployment {id} is {:?}: nothing to {}",
+                record.state,
+                format!("{command:?}").to_lowercase()
+            )));
+        };
+        let (reply, answer) = oneshot::channel();
+        tx.send(OperatorCall { command, reply })
+            .await
+            .map_err(|_| NotServed::Refused(format!("deployment {id} has just ended")))?;
+        answer
+            .await
+            .map_err(|_| NotServed::Refused(format!("deployment {id} has just ended")))?
+            .map_err(NotServed::Refused)
+    }
+
+    pub async fn record(&self, id: &str) -> Result<DeploymentRecord, NotServed> {
+        self.journal
+            .load(id)
+            .await
+            .map_err(|e| NotServed::Internal(e.to_string()))?
+            .ok_or_else(|| NotServed::NotFound(format!("no deployment {id}")))
+    }
+}
+
+fn waiting_cluster(engine: &Engine) -> Option<ClusterName> {
+    match engine.status() {
+        rollout::Status::Running {
+            wave,
+            awaiting_approval: true,
+            ..
+        } => match engine.plan().waves.get(wave)?.kind {
+            rollout::WaveKind::Cluster(c) => engine.plan().clusters.get(c).map(|c| c.name.clone()),
+            rollout::WaveKind::Canary => None,
+        },
+        _ => None,
+    }
+}
+
+/// Ends a session now: revoking its lease frees every lock it held (the
+/// deployment locks included) for the next leader, without waiting a TTL.
+async fn close(session: Arc<Session>) {
+    let lease = session.lease_id();
+    if let Err(err) = session.client().clone().lease_revoke(lease).await {
+        tracing::warn!(lease, error = %err, "cannot revoke the session's lease; it expires by itself");
+    }
+}

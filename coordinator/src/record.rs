@@ -1,0 +1,381 @@
+//! What a deployment looks like in etcd: the `DeploymentRecord` (spec,
+//! progress and the serialised engine, so a new leader resumes exactly where
+//! the old one stopped) and its `EventRecord`s, plus their wire forms.
+//!
+//! Must never: hold anything that cannot be rebuilt from etcd alone.
+
+use std::collections::BTreeMap;
+
+use proto::v1 as pb;
+use rollout::{Command, Engine, Notice, Outcome, Status};
+use serde::{Deserialize, Serialize};
+
+/// Lifecycle of a deployment, as stored and shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentState {
+    Running,
+    Paused,
+    AwaitingApproval,
+    RollingBack,
+    Succeeded,
+    RolledBack,
+    Aborted,
+    Failed,
+}
+
+impl DeploymentState {
+    /// The state an engine is in now.
+    pub fn of(engine: &Engine) -> Self {
+        match engine.status() {
+            Status::NotStarted | Status::Superseded => Self::Running,
+            Status::Running { paused: true, .. } | Status::Halted(_) => Self::Paused,
+            Status::Running {
+                awaiting_approval: true,
+                ..
+            } => Self::AwaitingApproval,
+            Status::Running { .. } => Self::Running,
+            Status::RollingBack { .. } => Self::RollingBack,
+            Status::Finished(Outcome::Succeeded) => Self::Succeeded,
+            Status::Finished(Outcome::RolledBack { .. }) => Self::RolledBack,
+            Status::Finished(Outcome::Aborted { .. }) => Self::Aborted,
+            Status::Finished(Outcome::Failed { .. }) => Self::Failed,
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::RolledBack | Self::Aborted | Self::Failed
+        )
+    }
+
+    pub fn wire(self) -> pb::DeploymentState {
+        match self {
+            Self::Running => pb::DeploymentState::Running,
+            Self::Paused => pb::DeploymentState::Paused,
+            Self::AwaitingApproval => pb::DeploymentState::AwaitingApproval,
+            Self::RollingBack => pb::DeploymentState::RollingBack,
+            Self::Succeeded => pb::DeploymentState::Succeeded,
+            Self::RolledBack => pb::DeploymentState::RolledBack,
+            Self::Aborted => pb::DeploymentState::Aborted,
+            Self::Failed => pb::DeploymentState::Failed,
+        }
+    }
+}
+
+/// Per-cluster progress for watchers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterProgress {
+    pub instances: u32,
+    /// Instances confirmed ready on the target.
+    pub on_target: Vec<String>,
+    pub failed: Vec<String>,
+}
+
+/// A deployment as persisted under `/lockstep/v1/deployments/<id>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeploymentRecord {
+    pub id: String,
+    pub service: String,
+    pub target_digest: String,
+    pub target_version: String,
+    pub actor_user: String,
+    pub actor_host: String,
+    pub reason: String,
+    pub created_unix_ms: i64,
+    pub finished_unix_ms: i64,
+    pub state: DeploymentState,
+    /// Why it ended where it did.
+    pub outcome: String,
+    /// The token of the coordinator driving it now.
+    pub token: u64,
+    /// Sequence number of the next event.
+    pub next_seq: u64,
+    /// Instance id -> cluster, for progress and event labels.
+    pub clusters_of: BTreeMap<String, String>,
+    pub progress: BTreeMap<String, ClusterProgress>,
+    pub engine: Engine,
+}
+
+impl DeploymentRecord {
+    /// Refreshes state and outcome from the engine.
+    pub fn sync(&mut self, now_unix_ms: i64) {
+        self.state = DeploymentState::of(&self.engine);
+        self.outcome = match self.engine.status() {
+            Status::Halted(reason) => format!("halted: {reason}"),
+            Status::RollingBack { reason, .. } => format!("rolling back: {reason}"),
+            Status::Finished(outcome) => outcome.to_string(),
+            _ => String::new(),
+        };
+        if self.state.is_terminal() && self.finished_unix_ms == 0 {
+            self.finished_unix_ms = now_unix_ms;
+        }
+    }
+
+    pub fn cluster_of(&self, instance: &str) -> String {
+        self.clusters_of.get(instance).cloned().unwrap_or_default()
+    }
+
+    /// Records where an instance stands after an engine event.
+    pub fn note_instance(&mut self, instance: &str, on_target: bool, failed: bool) {
+        let cluster = self.cluster_of(instance);
+        let progress = self.progress.entry(cluster).or_default();
+        progress.on_target.retain(|i| i != instance);
+        progress.failed.retain(|i| i != instance);
+        if on_target {
+            progress.on_target.push(instance.to_owned());
+        }
+        if failed {
+            progress.failed.push(instance.to_owned());
+        }
+    }
+
+    pub fn wire(&self) -> pb::Deployment {
+        pb::Deployment {
+            id: self.id.clone(),
+            service: self.service.clone(),
+            target: Some(pb::ReleaseRef {
+                service: self.service.clone(),
+                digest: self.target_digest.clone(),
+                version: self.target_version.clone(),
+            }),
+            state: self.state.wire().into(),
+            reason: if self.outcome.is_empty() {
+                self.reason.clone()
+            } else {
+                self.outcome.clone()
+            },
+            fencing_token: self.token,
+            actor: Some(pb::Actor {
+                user: self.actor_user.clone(),
+                host: self.actor_host.clone(),
+            }),
+            created_unix_ms: self.created_unix_ms,
+            finished_unix_ms: self.finished_unix_ms,
+            clusters: self
+                .engine
+                .plan()
+                .clusters
+                .iter()
+                .map(|c| {
+                    let progress = self
+                        .progress
+                        .get(c.name.as_str())
+                        .cloned()
+                        .unwrap_or_default();
+                    pb::ClusterProgress {
+                        cluster: c.name.to_string(),
+                        instances: u32::try_from(c.size).unwrap_or(u32::MAX),
+                        on_target: u32::try_from(progress.on_target.len()).unwrap_or(u32::MAX),
+                        failed: u32::try_from(progress.failed.len()).unwrap_or(u32::MAX),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Kinds of recorded events (mirrors the wire enum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Started,
+    WaveStarted,
+    InstanceApplying,
+    InstanceReady,
+    InstanceFailed,
+    CheckPassed,
+    CheckFailed,
+    WaveDone,
+    AwaitingApproval,
+    Paused,
+    Resumed,
+    RollbackStarted,
+    Finished,
+}
+
+impl EventKind {
+    fn wire(self) -> pb::DeploymentEventKind {
+        use pb::DeploymentEventKind as K;
+        match self {
+            Self::Started => K::Started,
+            Self::WaveStarted => K::WaveStarted,
+            Self::InstanceApplying => K::InstanceApplying,
+            Self::InstanceReady => K::InstanceReady,
+            Self::InstanceFailed => K::InstanceFailed,
+            Self::CheckPassed => K::CheckPassed,
+            Self::CheckFailed => K::CheckFailed,
+            Self::WaveDone => K::WaveDone,
+            Self::AwaitingApproval => K::AwaitingApproval,
+            Self::Paused => K::Paused,
+            Self::Resumed => K::Resumed,
+            Self::RollbackStarted => K::RollbackStarted,
+            Self::Finished => K::Finished,
+        }
+    }
+}
+
+/// One event as persisted under `/lockstep/v1/deployment-events/<id>/<seq>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub seq: u64,
+    pub at_unix_ms: i64,
+    pub kind: EventKind,
+    pub state: DeploymentState,
+    pub cluster: String,
+    pub instance: String,
+    pub message: String,
+}
+
+impl EventRecord {
+    pub fn wire(&self, deployment: &str, service: &str) -> pb::DeploymentEvent {
+        pb::DeploymentEvent {
+            seq: self.seq,
+            at_unix_ms: self.at_unix_ms,
+            deployment_id: deployment.to_owned(),
+            kind: self.kind.wire().into(),
+            state: self.state.wire().into(),
+            cluster: self.cluster.clone(),
+            instance: (!self.instance.is_empty()).then(|| pb::InstanceRef {
+                agent_id: self.instance.clone(),
+                service: service.to_owned(),
+                slot: 0,
+            }),
+            message: self.message.clone(),
+        }
+    }
+}
+
+/// An event before it has a sequence number and state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Happening {
+    pub kind: EventKind,
+    pub instance: String,
+    pub message: String,
+}
+
+impl Happening {
+    pub fn new(kind: EventKind, instance: &str, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            instance: instance.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// What a watcher should see for an engine notice (`None`: nothing).
+    pub fn of_notice(notice: &Notice, record: &DeploymentRecord) -> Option<Self> {
+        let plan = record.engine.plan();
+        Some(match notice {
+            Notice::Started { waves, instances } => Self::new(
+                EventKind::Started,
+                "",
+                format!(
+                    "deploying {} ({}) to {instances} instance(s) in {waves} wave(s)",
+                    record.target_version,
+                    short(&record.target_digest)
+                ),
+            ),
+            Notice::BatchStarted {
+                wave,
+                batch,
+                step,
+                instances,
+            } => {
+                let label = match plan.waves.get(*wave).map(|w| w.kind) {
+                    Some(rollout::WaveKind::Canary) => "canary".to_owned(),
+                    Some(rollout::WaveKind::Cluster(c)) => plan
+                        .clusters
+                        .get(c)
+                        .map(|c| format!("cluster {}", c.name))
+                        .unwrap_or_default(),
+                    None => String::new(),
+                };
+                let names: Vec<&str> = instances.iter().map(|i| i.as_str()).collect();
+                Self::new(
+                    EventKind::WaveStarted,
+                    "",
+                    format!(
+                        "wave {} ({label}) batch {}{}: {}",
+                        wave + 1,
+                        batch + 1,
+                        match step {
+                            rollout::Step::Forward => "",
+                            rollout::Step::RehearseBack => " rehearsing rollback",
+                            rollout::Step::RehearseForward => " after rehearsal",
+                        },
+                        names.join(", ")
+                    ),
+                )
+            }
+            Notice::BatchReady { .. } => return None,
+            Notice::BatchPassed { wave, batch, .. } => Self::new(
+                EventKind::WaveDone,
+                "",
+                format!("wave {} batch {} passed its gates", wave + 1, batch + 1),
+            ),
+            Notice::AwaitingApproval { cluster, .. } => Self::new(
+                EventKind::AwaitingApproval,
+                "",
+                format!(
+                    "waiting for `lockstep approve {}` before cluster {}",
+                    record.id,
+                    cluster.as_ref().map(|c| c.as_str()).unwrap_or("?")
+                ),
+            ),
+            Notice::Operator(Command::Pause) => {
+                Self::new(EventKind::Paused, "", "paused by an operator")
+            }
+            Notice::Operator(Command::Resume) => {
+                Self::new(EventKind::Resumed, "", "resumed by an operator")
+            }
+            Notice::Operator(Command::Approve) => {
+                Self::new(EventKind::Resumed, "", "approved by an operator")
+            }
+            Notice::Operator(Command::Abort | Command::Rollback) | Notice::Ignored { .. } => {
+                return None;
+            }
+            Notice::InstanceFailed { instance, detail } => {
+                Self::new(EventKind::InstanceFailed, instance.as_str(), detail.clone())
+            }
+            Notice::InstanceUnreachable { instance } => Self::new(
+                EventKind::InstanceFailed,
+                instance.as_str(),
+                "agent unreachable; its batch waits until healthy_deadline",
+            ),
+            Notice::Halted { reason } => Self::new(
+                EventKind::Paused,
+                "",
+                format!(
+                    "halted (auto_rollback is off): {reason}; run `lockstep rollback` or `lockstep abort`"
+                ),
+            ),
+            Notice::RollbackStarted { reason, instances } => Self::new(
+                EventKind::RollbackStarted,
+                "",
+                format!("rolling back {instances} instance(s): {reason}"),
+            ),
+            Notice::InstanceRolledBack { instance } => Self::new(
+                EventKind::InstanceReady,
+                instance.as_str(),
+                "back on its previous release",
+            ),
+            Notice::RollbackFailed { instance, detail } => Self::new(
+                EventKind::InstanceFailed,
+                instance.as_str(),
+                format!("rollback failed: {detail}"),
+            ),
+            Notice::Recovered { token } => Self::new(
+                EventKind::Resumed,
+                "",
+                format!("resumed by a new leader ({token})"),
+            ),
+        })
+    }
+}
+
+/// The first 19 characters of a digest: `sha256:` and 12 hex digits.
+pub fn short(digest: &str) -> &str {
+    digest.get(..19).unwrap_or(digest)
+}

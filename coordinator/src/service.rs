@@ -1,0 +1,620 @@
+//! `CoordinatorService`: the gRPC face of a `Coordinator`.
+//!
+//! Agent-facing calls (Report, FetchRelease) and read-only operator calls
+//! are served by every coordinator. Calls that change a deployment are
+//! served by the leader; a follower answers `FAILED_PRECONDITION` with the
+//! leader's URL in the message and in the `lockstep-leader` metadata, and
+//! the CLI retries there.
+//!
+//! Must never: change a deployment without being the leader.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use etcd_client::{EventType, GetOptions, WatchOptions};
+use leases::{FencedMutex, Holder, keys};
+use proto::v1 as pb;
+use proto::v1::coordinator_service_server::CoordinatorService;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::leader::{Coordinator, Deployed, NotServed};
+use crate::record::EventRecord;
+
+/// Size of a FetchRelease chunk.
+const CHUNK: usize = 256 * 1024;
+
+/// Serves `CoordinatorService` over a `Coordinator`.
+#[derive(Debug, Clone)]
+pub struct CoordinatorGrpc {
+    coordinator: Arc<Coordinator>,
+}
+
+impl CoordinatorGrpc {
+    pub fn new(coordinator: Arc<Coordinator>) -> Self {
+        Self { coordinator }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn status(err: NotServed) -> Status {
+    match &err {
+        NotServed::NotLeader { leader } => {
+            let mut status = Status::failed_precondition(err.to_string());
+            if let Some(url) = leader {
+                if let Ok(value) = url.parse() {
+                    status.metadata_mut().insert("lockstep-leader", value);
+                }
+            }
+            status
+        }
+        NotServed::Invalid(m) => Status::invalid_argument(m.clone()),
+        NotServed::NotFound(m) => Status::not_found(m.clone()),
+        NotServed::Refused(m) => Status::failed_precondition(m.clone()),
+        NotServed::Internal(m) => Status::internal(m.clone()),
+    }
+}
+
+fn internal(err: impl std::fmt::Display) -> Status {
+    Status::internal(err.to_string())
+}
+
+fn actor_holder(actor: Option<&pb::Actor>) -> Holder {
+    let actor = actor.cloned().unwrap_or_default();
+    Holder {
+        host: actor.host,
+        pid: 0,
+        user: actor.user,
+    }
+}
+
+fn deploy_response(deployed: Deployed) -> pb::DeployResponse {
+    match deployed {
+        Deployed::Started { id, token } => pb::DeployResponse {
+            outcome: pb::DeployOutcome::Started.into(),
+            deployment_id: id,
+            fencing_token: token,
+            ..Default::default()
+        },
+        Deployed::Locked(info) => pb::DeployResponse {
+            outcome: pb::DeployOutcome::RefusedLocked.into(),
+            deployment_id: info.purpose.clone(),
+            lock: Some(crate::wire::lock(&info, pb::LockKind::Deployment)),
+            ..Default::default()
+        },
+        Deployed::Invalid(problems) => pb::DeployResponse {
+            outcome: pb::DeployOutcome::RefusedInvalid.into(),
+            problems,
+            ..Default::default()
+        },
+    }
+}
+
+#[tonic::async_trait]
+impl CoordinatorService for CoordinatorGrpc {
+    type ReportStream = BoxStream<pb::ReportAck>;
+
+    async fn report(
+        &self,
+        request: Request<Streaming<pb::AgentReport>>,
+    ) -> Result<Response<Self::ReportStream>, Status> {
+        let mut inbound = request.into_inner();
+        let fleet = self.coordinator.fleet.clone();
+        let interval_ms =
+            u64::try_from(self.coordinator.config.status_interval.as_millis()).unwrap_or(u64::MAX);
+        let (tx, rx) = mpsc::channel(16);
+        // The stream's lifetime is the agent's connection: the task ends
+        // when the agent goes away or the response stream is dropped.
+        tokio::spawn(async move {
+            let mut agent: Option<String> = None;
+            while let Some(message) = inbound.next().await {
+                let report = match message {
+                    Ok(report) => report,
+                    Err(err) => {
+                        tracing::debug!(agent, error = %err, "report stream ended");
+                        break;
+                    }
+                };
+                match (report.body, &agent) {
+                    (Some(pb::agent_report::Body::Registration(identity)), None) => {
+                        tracing::info!(
+                            agent = identity.agent_id,
+                            cluster = identity.cluster,
+                            address = identity.grpc_address,
+                            "agent connected"
+                        );
+                        agent = Some(identity.agent_id.clone());
+                        fleet.stream_opened(identity);
+                    }
+                    (Some(pb::agent_report::Body::Registration(_)), Some(_)) => {}
+                    (Some(pb::agent_report::Body::Status(status)), Some(id)) => {
+                        fleet.status(id, status);
+                    }
+                    (Some(pb::agent_report::Body::Event(event)), Some(id)) => {
+                        fleet.event(id, event);
+                    }
+                    (_, None) => {
+                        let _ = tx
+                            .send(Err(Status::failed_precondition(
+                                "the first report on a stream must be the agent's registration",
+                            )))
+                            .await;
+                        break;
+                    }
+                    (None, Some(_)) => {}
+                }
+                let ack = pb::ReportAck {
+                    seq: report.seq,
+                    status_interval_ms: interval_ms,
+                };
+                if tx.send(Ok(ack)).await.is_err() {
+                    break;
+                }
+            }
+            if let Some(id) = agent {
+                tracing::info!(agent = id, "agent disconnected");
+                fleet.stream_closed(&id);
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type FetchReleaseStream = BoxStream<pb::ReleaseChunk>;
+
+    async fn fetch_release(
+        &self,
+        request: Request<pb::FetchReleaseRequest>,
+    ) -> Result<Response<Self::FetchReleaseStream>, Status> {
+        let r = request.into_inner();
+        let digest: release::ReleaseDigest = r
+            .digest
+            .parse()
+            .map_err(|e: release::DigestError| Status::invalid_argument(e.to_string()))?;
+        let path = self.coordinator.depot.blob_path(&digest);
+        let mut file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Status::not_found(format!(
+                    "this coordinator has no release {digest}: push it with `lockstep release push`"
+                )));
+            }
+            Err(e) => return Err(internal(e)),
+        };
+        let total = file.metadata().map_err(internal)?.len();
+        if r.offset > total {
+            return Err(Status::out_of_range(format!(
+                "offset {} is past the end of {digest} ({total} bytes)",
+                r.offset
+            )));
+        }
+        let (tx, rx) = mpsc::channel(4);
+        let mut offset = r.offset;
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = file.seek(SeekFrom::Start(offset)) {
+                let _ = tx.blocking_send(Err(internal(e)));
+                return;
+            }
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                match file.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        let chunk = pb::ReleaseChunk {
+                            offset,
+                            data: buf[..n].to_vec(),
+                            total_size: total,
+                        };
+                        offset += n as u64;
+                        if tx.blocking_send(Ok(chunk)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(internal(e)));
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn push_release(
+        &self,
+        request: Request<Streaming<pb::PushReleaseChunk>>,
+    ) -> Result<Response<pb::PushReleaseResponse>, Status> {
+        let mut inbound = request.into_inner();
+        let depot = self.coordinator.depot.clone();
+        let mut incoming = depot.incoming().map_err(internal)?;
+        let mut header: Option<pb::PushReleaseHeader> = None;
+        while let Some(message) = inbound.next().await {
+            match message?.body {
+                Some(pb::push_release_chunk::Body::Header(h)) if header.is_none() => {
+                    header = Some(h);
+                }
+                Some(pb::push_release_chunk::Body::Header(_)) => {
+                    return Err(Status::invalid_argument("the push sent a second header"));
+                }
+                Some(pb::push_release_chunk::Body::Data(data)) => {
+                    if header.is_none() {
+                        return Err(Status::invalid_argument(
+                            "the push must start with a header",
+                        ));
+                    }
+                    incoming = tokio::task::spawn_blocking(move || {
+                        incoming.write(&data).map(|()| incoming)
+                    })
+                    .await
+                    .map_err(internal)?
+                    .map_err(internal)?;
+                }
+                None => {}
+            }
+        }
+        let header = header.ok_or_else(|| Status::invalid_argument("the push sent nothing"))?;
+        if header.total_size != 0 && header.total_size != incoming.written() {
+            return Err(Status::data_loss(format!(
+                "the push ended after {} of {} bytes: push again",
+                incoming.written(),
+                header.total_size
+            )));
+        }
+        let expected = if header.expected_digest.is_empty() {
+            None
+        } else {
+            Some(
+                header
+                    .expected_digest
+                    .parse::<release::ReleaseDigest>()
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
+            )
+        };
+        let (entry, already_present) =
+            depot
+                .commit(incoming, expected)
+                .await
+                .map_err(|e| match e {
+                    crate::depot::DepotError::Refused(m) => Status::invalid_argument(m),
+                    other => internal(other),
+                })?;
+        tracing::info!(
+            service = entry.service,
+            version = entry.version,
+            digest = entry.digest,
+            already_present,
+            "release pushed"
+        );
+        Ok(Response::new(pb::PushReleaseResponse {
+            release: Some(pb::ReleaseRef {
+                service: entry.service,
+                digest: entry.digest,
+                version: entry.version,
+            }),
+            already_present,
+            signed: entry.signed,
+        }))
+    }
+
+    async fn list_releases(
+        &self,
+        request: Request<pb::ListReleasesRequest>,
+    ) -> Result<Response<pb::ListReleasesResponse>, Status> {
+        let entries = self
+            .coordinator
+            .depot
+            .list(&request.get_ref().service)
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(pb::ListReleasesResponse {
+            releases: entries
+                .into_iter()
+                .map(|e| pb::ReleaseSummary {
+                    release: Some(pb::ReleaseRef {
+                        service: e.service,
+                        digest: e.digest,
+                        version: e.version,
+                    }),
+                    size: e.size,
+                    pushed_unix_ms: e.pushed_unix_ms,
+                    signed: e.signed,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn plan(
+        &self,
+        request: Request<pb::PlanRequest>,
+    ) -> Result<Response<pb::PlanResponse>, Status> {
+        let r = request.into_inner();
+        self.coordinator
+            .plan(&r.service, &r.release_digest, &r.strategy_toml)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn deploy(
+        &self,
+        request: Request<pb::DeployRequest>,
+    ) -> Result<Response<pb::DeployResponse>, Status> {
+        self.coordinator
+            .deploy(request.get_ref())
+            .await
+            .map(|d| Response::new(deploy_response(d)))
+            .map_err(status)
+    }
+
+    async fn get_deployment(
+        &self,
+        request: Request<pb::GetDeploymentRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        self.coordinator
+            .record(&request.get_ref().deployment_id)
+            .await
+            .map(|r| Response::new(r.wire()))
+            .map_err(status)
+    }
+
+    type WatchDeploymentStream = BoxStream<pb::DeploymentEvent>;
+
+    async fn watch_deployment(
+        &self,
+        request: Request<pb::WatchDeploymentRequest>,
+    ) -> Result<Response<Self::WatchDeploymentStream>, Status> {
+        let r = request.into_inner();
+        let record = self
+            .coordinator
+            .record(&r.deployment_id)
+            .await
+            .map_err(status)?;
+        let journal = self.coordinator.journal.clone();
+        let (tx, rx) = mpsc::channel(64);
+        let id = r.deployment_id.clone();
+        let service = record.service.clone();
+        // Events come from etcd, not from a driver: a watch survives a
+        // change of leader and can be served by any coordinator.
+        tokio::spawn(async move {
+            let send = |event: &EventRecord| tx.send(Ok(event.wire(&id, &service)));
+            let (events, revision) = match journal.events(&id, r.from_seq.max(1)).await {
+                Ok(x) => x,
+                Err(e) => {
+                    let _ = tx.send(Err(internal(e))).await;
+                    return;
+                }
+            };
+            for event in &events {
+                if send(event).await.is_err() {
+                    return;
+                }
+                if event.kind == crate::record::EventKind::Finished {
+                    return;
+                }
+            }
+            let mut client = journal.client().clone();
+            let prefix = keys::deployment_events(&id);
+            let watch = client
+                .watch(
+                    prefix.as_str(),
+                    Some(
+                        WatchOptions::new()
+                            .with_prefix()
+                            .with_start_revision(revision + 1),
+                    ),
+                )
+                .await;
+            let mut stream = match watch {
+                Ok(w) => w,
+                Err(e) => {
+                    let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
+                    return;
+                }
+            };
+            while let Ok(Some(response)) = stream.message().await {
+                for ev in response.events() {
+                    if ev.event_type() != EventType::Put {
+                        continue;
+                    }
+                    let Some(kv) = ev.kv() else { continue };
+                    let Ok(event) = serde_json::from_slice::<EventRecord>(kv.value()) else {
+                        continue;
+                    };
+                    if send(&event).await.is_err() {
+                        return;
+                    }
+                    if event.kind == crate::record::EventKind::Finished {
+                        return;
+                    }
+                }
+            }
+            let _ = tx
+                .send(Err(Status::unavailable(
+                    "the event stream from etcd ended; watch again from the last seq",
+                )))
+                .await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn pause(
+        &self,
+        request: Request<pb::PauseRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        self.command(
+            &request.get_ref().deployment_id,
+            rollout::Command::Pause,
+            None,
+        )
+        .await
+    }
+
+    async fn resume(
+        &self,
+        request: Request<pb::ResumeRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        self.command(
+            &request.get_ref().deployment_id,
+            rollout::Command::Resume,
+            None,
+        )
+        .await
+    }
+
+    async fn approve(
+        &self,
+        request: Request<pb::ApproveRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        let r = request.get_ref();
+        self.command(
+            &r.deployment_id,
+            rollout::Command::Approve,
+            Some(&r.cluster),
+        )
+        .await
+    }
+
+    async fn abort(
+        &self,
+        request: Request<pb::AbortRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        self.command(
+            &request.get_ref().deployment_id,
+            rollout::Command::Abort,
+            None,
+        )
+        .await
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<pb::RollbackServiceRequest>,
+    ) -> Result<Response<pb::DeployResponse>, Status> {
+        self.coordinator
+            .rollback(request.get_ref())
+            .await
+            .map(|d| Response::new(deploy_response(d)))
+            .map_err(status)
+    }
+
+    async fn list_agents(
+        &self,
+        request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents: self.coordinator.fleet.agents(&request.get_ref().cluster),
+        }))
+    }
+
+    async fn list_locks(
+        &self,
+        request: Request<pb::ListLocksRequest>,
+    ) -> Result<Response<pb::ListLocksResponse>, Status> {
+        let cluster = &request.get_ref().cluster;
+        let client = self.coordinator.client.clone();
+        let mut lock_keys = Vec::new();
+        for prefix in [keys::LOCKS, keys::LEADER, "/lockstep/v1/clusters/"] {
+            let response = client
+                .clone()
+                .get(
+                    prefix,
+                    Some(GetOptions::new().with_prefix().with_keys_only()),
+                )
+                .await
+                .map_err(internal)?;
+            for kv in response.kvs() {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let is_slot = key.contains("/budget/");
+                if prefix.ends_with("clusters/") && !is_slot {
+                    continue;
+                }
+                let in_cluster = is_slot && key.contains(&format!("/clusters/{cluster}/"));
+                if !cluster.is_empty() && !in_cluster {
+                    continue;
+                }
+                lock_keys.push(key);
+            }
+        }
+        let mut locks = Vec::new();
+        for key in lock_keys {
+            if let Ok(Some(info)) = FencedMutex::at(key.clone()).inspect(&client).await {
+                locks.push(crate::wire::lock(&info, crate::wire::lock_kind(&key)));
+            }
+        }
+        Ok(Response::new(pb::ListLocksResponse { locks }))
+    }
+
+    async fn break_lock(
+        &self,
+        request: Request<pb::BreakLockRequest>,
+    ) -> Result<Response<pb::BreakLockResponse>, Status> {
+        let r = request.into_inner();
+        if r.reason.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "breaking a lock needs a reason (--reason): it goes into the audit log",
+            ));
+        }
+        let broken = FencedMutex::deployment(&r.service)
+            .break_lock(
+                &self.coordinator.client,
+                actor_holder(r.actor.as_ref()),
+                &r.reason,
+            )
+            .await
+            .map_err(internal)?;
+        match broken {
+            None => Err(Status::not_found(format!(
+                "no deployment lock is held for {}",
+                r.service
+            ))),
+            Some((info, seq)) => {
+                tracing::warn!(service = r.service, holder = %info.holder, reason = r.reason, audit_seq = seq, "deployment lock broken");
+                Ok(Response::new(pb::BreakLockResponse {
+                    broken: Some(crate::wire::lock(&info, pb::LockKind::Deployment)),
+                    audit_seq: seq,
+                }))
+            }
+        }
+    }
+
+    async fn history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let r = request.into_inner();
+        let limit = if r.limit == 0 { 20 } else { r.limit as usize };
+        let entries = self
+            .coordinator
+            .journal
+            .history(&r.service, limit)
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(pb::HistoryResponse {
+            entries: entries
+                .into_iter()
+                .map(|(seq, record)| pb::HistoryEntry {
+                    seq,
+                    deployment: Some(record.wire()),
+                })
+                .collect(),
+        }))
+    }
+}
+
+impl CoordinatorGrpc {
+    async fn command(
+        &self,
+        id: &str,
+        command: rollout::Command,
+        cluster: Option<&str>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        self.coordinator
+            .command(id, command, cluster)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+}

@@ -1,0 +1,176 @@
+//! Rollout wall time of a 30-agent fleet in 3 clusters against the
+//! theoretical minimum of the same plan: the sum over batches of the app's
+//! readiness delay plus `min_healthy_time` (process start counted as zero,
+//! which only makes the ratio look worse).
+//!
+//! `cargo bench -p lockstep-tests --bench fleet_rollout [-- AGENTS READY_MS MIN_HEALTHY_MS]`
+//! Real etcd, one real coordinator, real agents and demo apps.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use lockstep_tests::{
+    CoordinatorFixture, DEMO_SERVICE, DemoRelease, EtcdCluster, FleetFixture, lockstep, wait_for,
+};
+
+fn arg(n: usize, default: u64) -> u64 {
+    std::env::args()
+        .filter(|a| !a.starts_with("--"))
+        .nth(n)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn record(etcd: &EtcdCluster, id: &str) -> serde_json::Value {
+    let mut client = etcd.client().await.unwrap();
+    let response = client
+        .get(format!("/lockstep/v1/deployments/{id}"), None)
+        .await
+        .unwrap();
+    serde_json::from_slice(response.kvs()[0].value()).unwrap()
+}
+
+async fn deploy_and_wait(
+    etcd: &EtcdCluster,
+    urls: &[String],
+    digest: &str,
+    strategy: &str,
+) -> (Duration, serde_json::Value) {
+    let started = Instant::now();
+    let output = lockstep(
+        urls,
+        &[
+            "deploy",
+            "--service",
+            DEMO_SERVICE,
+            "--release",
+            digest,
+            "--strategy",
+            strategy,
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let id = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_owned();
+    let finished = wait_for("the rollout to end", Duration::from_secs(600), || async {
+        let r = record(etcd, &id).await;
+        match r["state"].as_str() {
+            Some("running" | "paused" | "awaiting_approval" | "rolling_back") | None => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Err(format!("{}", r["state"]))
+            }
+            Some(_) => Ok(r),
+        }
+    })
+    .await
+    .unwrap();
+    (started.elapsed(), finished)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let agents = arg(1, 30) as usize;
+    let ready_ms = arg(2, 300);
+    let min_healthy_ms = arg(3, 1000);
+    let etcd = EtcdCluster::single().await.unwrap();
+    let coordinator = CoordinatorFixture::start(&etcd.endpoints(), 10)
+        .await
+        .unwrap();
+    let urls = vec![coordinator.url()];
+    let ids: Vec<(String, String)> = (0..agents)
+        .map(|i| (format!("host-{i:02}"), format!("cluster-{}", i % 3)))
+        .collect();
+    let layout: Vec<(&str, &str)> = ids.iter().map(|(a, c)| (a.as_str(), c.as_str())).collect();
+    let fleet = FleetFixture::start(&layout, &etcd.endpoints(), &urls)
+        .await
+        .unwrap();
+    // The agents' own budget must not be tighter than the plan's batches.
+    let mut client = etcd.client().await.unwrap();
+    for c in 0..3 {
+        client
+            .put(
+                format!("/lockstep/v1/clusters/cluster-{c}/policy"),
+                format!("{{\"max_disruptions\":{agents}}}"),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    wait_for(
+        "every agent to report",
+        Duration::from_secs(120),
+        || async {
+            let out = lockstep(&urls, &["--output", "json", "agents"])
+                .await
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let n = text.matches("\"reachable\":true").count();
+            if n >= agents {
+                Ok(())
+            } else {
+                Err(format!("{n} reachable"))
+            }
+        },
+    )
+    .await
+    .unwrap();
+
+    let work = tempfile::tempdir().unwrap();
+    let v1 = DemoRelease::new("1.0.0", 1).build(work.path()).unwrap();
+    let v2 = DemoRelease::new("2.0.0", 1)
+        .with_config(&format!("[faults]\nready_after_ms = {ready_ms}\n"))
+        .build(work.path())
+        .unwrap();
+    let strategy = work.path().join("strategy.toml");
+    std::fs::write(
+        &strategy,
+        format!(
+            "[strategy]\ncanary = 1\nrehearse_rollback = false\nmax_unavailable = \"50%\"\nmin_healthy = \"50%\"\nmin_healthy_time = \"{min_healthy_ms}ms\"\nhealthy_deadline = \"60s\"\n"
+        ),
+    )
+    .unwrap();
+    let strategy = strategy.display().to_string();
+    let mut digests = Vec::new();
+    for bundle in [&v1, &v2] {
+        let out = lockstep(&urls, &["release", "push", &bundle.display().to_string()])
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        digests.push(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .unwrap()
+                .trim()
+                .to_owned(),
+        );
+    }
+    let (_, first) = deploy_and_wait(&etcd, &urls, &digests[0], &strategy).await;
+    assert_eq!(first["state"], "succeeded", "{first}");
+    let (wall, r) = deploy_and_wait(&etcd, &urls, &digests[1], &strategy).await;
+    assert_eq!(r["state"], "succeeded", "{r}");
+    let batches: usize = r["engine"]["plan"]["waves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["batches"].as_array().unwrap().len())
+        .sum();
+    let minimum = Duration::from_millis(batches as u64 * (ready_ms + min_healthy_ms));
+    println!(
+        "fleet_rollout: {agents} agents in 3 clusters, {batches} batches, readiness delay {ready_ms} ms, min_healthy_time {min_healthy_ms} ms"
+    );
+    println!(
+        "fleet_rollout: wall {:.2} s, theoretical minimum {:.2} s, ratio {:.3}",
+        wall.as_secs_f64(),
+        minimum.as_secs_f64(),
+        wall.as_secs_f64() / minimum.as_secs_f64()
+    );
+    drop(fleet);
+}

@@ -1,0 +1,219 @@
+//! `CoordinatorFixture`: a real `lockstep-coordinator` in a temporary
+//! directory, and the `lockstep` CLI pointed at it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::{HarnessError, free_loopback_port, workspace_bin};
+
+/// A coordinator whose port does not open within this long did not start.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(50);
+
+/// A running coordinator. Dropping it kills it.
+#[derive(Debug)]
+pub struct CoordinatorFixture {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    port: u16,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl CoordinatorFixture {
+    /// Starts a coordinator on `endpoints` with an etcd lease of
+    /// `lease_ttl_secs`; returns once its gRPC port accepts connections.
+    pub async fn start(endpoints: &[String], lease_ttl_secs: u64) -> Result<Self, HarnessError> {
+        let dir = tempfile::Builder::new()
+            .prefix("lockstep-coordinator-")
+            .tempdir()
+            .map_err(HarnessError::TempDir)?;
+        let port = free_loopback_port()?;
+        let config = dir.path().join("coordinator.toml");
+        let endpoints = endpoints
+            .iter()
+            .map(|e| format!("\"{e}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let text = format!(
+            "listen = \"127.0.0.1:{port}\"\nstore_dir = \"{store}\"\nstatus_interval = \"1s\"\n\n[etcd]\nendpoints = [{endpoints}]\nlease_ttl = \"{lease_ttl_secs}s\"\n",
+            store = dir.path().join("releases").display(),
+        );
+        std::fs::write(&config, text).map_err(HarnessError::TempDir)?;
+        let log = dir.path().join("coordinator.log");
+        let mut fixture = Self {
+            dir,
+            config,
+            port,
+            log,
+            child: None,
+        };
+        fixture.spawn().await?;
+        Ok(fixture)
+    }
+
+    async fn spawn(&mut self) -> Result<(), HarnessError> {
+        let program = workspace_bin("lockstep-coordinator")?;
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(HarnessError::TempDir)?;
+        let log_err = log.try_clone().map_err(HarnessError::TempDir)?;
+        let child = Command::new("setpriv")
+            .args(["--pdeathsig", "KILL"])
+            .arg(&program)
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|source| HarnessError::Spawn {
+                program: program.display().to_string(),
+                source,
+            })?;
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return Err(HarnessError::Fixture(format!(
+                        "lockstep-coordinator exited at start ({status}):\n{}",
+                        self.log_text()
+                    )));
+                }
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(HarnessError::Fixture(format!(
+                    "lockstep-coordinator did not listen within {START_TIMEOUT:?}:\n{}",
+                    self.log_text()
+                )));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `lockstep --coordinator <ours> ARGS`.
+    pub async fn lockstep(&self, args: &[&str]) -> Result<Output, HarnessError> {
+        lockstep(&[self.url()], args).await
+    }
+
+    /// SIGKILL: the coordinator dies without resigning or releasing.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the coordinator again on the same config, port and release
+    /// store (as systemd's `Restart=always` would).
+    pub async fn restart(&mut self) -> Result<(), HarnessError> {
+        self.kill();
+        self.spawn().await
+    }
+
+    /// SIGSTOP / SIGCONT: a coordinator that freezes, then wakes up.
+    pub fn pause(&self) -> Result<(), HarnessError> {
+        self.signal(nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    pub fn resume(&self) -> Result<(), HarnessError> {
+        self.signal(nix::sys::signal::Signal::SIGCONT)
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) -> Result<(), HarnessError> {
+        let child = self
+            .child
+            .as_ref()
+            .ok_or_else(|| HarnessError::Fixture("the coordinator is not running".into()))?;
+        let pid =
+            i32::try_from(child.id()).map_err(|e| HarnessError::Fixture(format!("pid: {e}")))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).map_err(|e| {
+            HarnessError::Fixture(format!("cannot send {signal} to the coordinator: {e}"))
+        })
+    }
+
+    /// SIGTERM and wait: the coordinator resigns and exits.
+    pub fn stop(&mut self) -> Result<(), HarnessError> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let pid =
+            i32::try_from(child.id()).map_err(|e| HarnessError::Fixture(format!("pid: {e}")))?;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGCONT,
+        );
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = std::time::Instant::now() + STOP_TIMEOUT;
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(POLL),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(HarnessError::Fixture(format!(
+                        "coordinator ignored SIGTERM for {STOP_TIMEOUT:?}; killed"
+                    )));
+                }
+            }
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Runs `lockstep --coordinator URL... ARGS` (the CLI tries each URL and
+/// follows the leader).
+pub async fn lockstep(urls: &[String], args: &[&str]) -> Result<Output, HarnessError> {
+    let program = workspace_bin("lockstep")?;
+    let mut command = tokio::process::Command::new(&program);
+    for url in urls {
+        command.arg("--coordinator").arg(url);
+    }
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|source| HarnessError::Spawn {
+            program: program.display().to_string(),
+            source,
+        })
+}
+
+impl Drop for CoordinatorFixture {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

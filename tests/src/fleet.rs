@@ -1,0 +1,70 @@
+//! `FleetFixture`: agents in clusters, each hosting the demo service on a
+//! port of its own (through its `listen_overrides`), all reporting to the
+//! given coordinators and sharing one etcd.
+
+use std::net::SocketAddr;
+
+use crate::{AgentFixture, HarnessError, free_loopback_port};
+
+/// The service the demo releases deploy.
+pub const DEMO_SERVICE: &str = "demo";
+
+/// One agent of the fleet and the port its demo instance serves on.
+#[derive(Debug)]
+pub struct FleetHost {
+    pub id: String,
+    pub cluster: String,
+    pub agent: AgentFixture,
+    pub port: u16,
+}
+
+impl FleetHost {
+    pub fn addr(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+}
+
+/// Agents started one after the other.
+#[derive(Debug)]
+pub struct FleetFixture {
+    pub hosts: Vec<FleetHost>,
+}
+
+impl FleetFixture {
+    /// Starts one agent per `(id, cluster)`.
+    pub async fn start(
+        layout: &[(&str, &str)],
+        etcd: &[String],
+        coordinators: &[String],
+    ) -> Result<Self, HarnessError> {
+        let quote = |items: &[String]| {
+            items
+                .iter()
+                .map(|e| format!("\"{e}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut hosts = Vec::with_capacity(layout.len());
+        for (id, cluster) in layout {
+            let port = free_loopback_port()?;
+            let top = format!("services = [\"{DEMO_SERVICE}\"]\n");
+            let extra = format!(
+                "\n[coordinator]\nurls = [{coordinators}]\n\n[etcd]\nendpoints = [{etcd}]\nlease_ttl = \"3s\"\nbudget_wait = \"60s\"\n\n[listen_overrides.{DEMO_SERVICE}]\nhttp = \"127.0.0.1:{port}\"\n",
+                coordinators = quote(coordinators),
+                etcd = quote(etcd),
+            );
+            let agent = AgentFixture::start_configured(id, cluster, &top, &extra).await?;
+            hosts.push(FleetHost {
+                id: (*id).to_owned(),
+                cluster: (*cluster).to_owned(),
+                agent,
+                port,
+            });
+        }
+        Ok(Self { hosts })
+    }
+
+    pub fn host(&self, id: &str) -> Option<&FleetHost> {
+        self.hosts.iter().find(|h| h.id == id)
+    }
+}
