@@ -110,8 +110,12 @@ async fn main() {
             let out = lockstep(&urls, &["--output", "json", "agents"])
                 .await
                 .unwrap();
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            let n = text.matches("\"reachable\":true").count();
+            let listed: serde_json::Value =
+                serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+            let n = listed
+                .as_array()
+                .or_else(|| listed["agents"].as_array())
+                .map_or(0, |a| a.iter().filter(|x| x["reachable"] == true).count());
             if n >= agents {
                 Ok(())
             } else {
