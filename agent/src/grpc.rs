@@ -218,6 +218,21 @@ impl AgentService for AgentGrpc {
             verdict: Some(verdict(result)),
         }))
     }
+
+    async fn stage(
+        &self,
+        request: Request<pb::StageRequest>,
+    ) -> Result<Response<pb::StageResponse>, Status> {
+        let r = request.into_inner();
+        let result = self
+            .host
+            .stage(&r.service, &r.release_digest, r.fencing_token)
+            .await
+            .map(|()| format!("{} is stored", r.release_digest));
+        Ok(Response::new(pb::StageResponse {
+            verdict: Some(verdict(result)),
+        }))
+    }
 }
 
 /// A stream fed by a producer task; the task ends when the receiver (the

@@ -7,7 +7,8 @@
 //!   ─────────────────────────────────            ─────────────────────────────
 //!   start every target instance beside the old   stop the old instances
 //!   wait: all ready within healthy_deadline      start the target, wait ready
-//!   ok   → stop the old ones, target is current  ok   → target is current
+//!   ok   → target is current (durable, reported) ok   → target is current
+//!          then the old ones stop
 //!   fail → stop the new ones, old keeps serving  fail → stop it, start the old
 //!                                                       release again by itself
 //! ```
@@ -373,6 +374,14 @@ impl Host {
         }
     }
 
+    /// The coordinator's Stage: fenced, then the release is fetched (unless
+    /// stored) and verified, so that its Apply needs no download.
+    pub async fn stage(&self, service: &str, digest: &str, token: u64) -> Result<(), HostError> {
+        self.admit(service, token).await?;
+        let release = self.stored_or_fetched(digest).await?;
+        of_service(&release, service)
+    }
+
     /// Sends the service's status to `WatchStatus` watchers (a switch ended).
     pub async fn publish_service(&self, service: &str) {
         if let Ok(mut services) = self.status(service).await {
@@ -573,14 +582,30 @@ impl Host {
         rt.switching = Some(proto::v1::SwitchState::Switching);
         let result = self.switch_locked(service, old, &target, &mut rt).await;
         rt.switching = None;
-        disruption.release().await;
         let record = record_of(&target);
+        let recorded = trigger.is_some();
         match result {
-            Ok(()) => {
+            Ok(retiring) => {
                 rt.last_error.clear();
-                if let Some(trigger) = trigger {
-                    self.persist(service, record, trigger, SwitchOutcome::Succeeded)
-                        .await?;
+                let persisted = match trigger {
+                    Some(trigger) => {
+                        self.persist(service, record, trigger, SwitchOutcome::Succeeded)
+                            .await
+                    }
+                    None => Ok(()),
+                };
+                drop(rt);
+                // The target serves and is durable: say so before the old
+                // instances drain, so a rollout need not wait for their
+                // stop. The budget slot and the command lock stay held until
+                // they are gone: the disruption lasts that long.
+                if persisted.is_ok() {
+                    self.publish_service(service).await;
+                }
+                stop_all(retiring).await;
+                disruption.release().await;
+                persisted?;
+                if recorded {
                     self.collect_garbage().await;
                 }
                 Ok(format!(
@@ -590,6 +615,7 @@ impl Host {
                 ))
             }
             Err(err) => {
+                disruption.release().await;
                 // The whole story, log tail included: this is what the
                 // coordinator's history and `agentctl status` show.
                 rt.last_error = err.to_string();
@@ -610,7 +636,7 @@ impl Host {
         old: Option<Running>,
         target: &StoredRelease,
         rt: &mut ServiceRuntime,
-    ) -> Result<(), HostError> {
+    ) -> Result<Vec<HostedInstance>, HostError> {
         // The agent keeps the sockets across versions when the addresses
         // stay the same: that is what lets old and new serve together.
         let sockets = match &old {
@@ -623,15 +649,12 @@ impl Host {
         if overlap != Overlap::None || old.is_none() {
             match self.start_all(service, target, &sockets).await {
                 Ok(instances) => {
-                    if let Some(old) = old {
-                        stop_all(old.instances).await;
-                    }
                     rt.running = Some(Running {
                         release: target.clone(),
                         sockets,
                         instances,
                     });
-                    Ok(())
+                    Ok(old.map(|o| o.instances).unwrap_or_default())
                 }
                 Err(err) => {
                     rt.running = old;
@@ -640,7 +663,7 @@ impl Host {
             }
         } else {
             let Some(old) = old else {
-                return Ok(());
+                return Ok(Vec::new());
             };
             let old_release = old.release.clone();
             let old_sockets = old.sockets.clone();
@@ -652,7 +675,7 @@ impl Host {
                         sockets,
                         instances,
                     });
-                    Ok(())
+                    Ok(Vec::new())
                 }
                 Err(err) => {
                     // Overlap none: the old release was stopped; bring it back.

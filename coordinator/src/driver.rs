@@ -35,6 +35,9 @@ const UNREACHABLE_AFTER: Duration = Duration::from_secs(10);
 const APPLY_RETRY: Duration = Duration::from_millis(500);
 /// An Apply may include fetching the bundle: allow for it.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(300);
+/// Agents fetching the target ahead of their batch at once, so staging
+/// never starves the batch being applied of the coordinator's bandwidth.
+const STAGE_CONCURRENCY: usize = 4;
 
 /// What the leader needs to run drivers.
 #[derive(Debug)]
@@ -100,6 +103,8 @@ pub struct Driver {
     checks: JoinSet<(CheckRunId, Result<(), String>)>,
     applies: JoinSet<(InstanceId, ApplyId, ApplyResult)>,
     retries: JoinSet<(InstanceId, ApplyId)>,
+    /// Fetches of the target by agents ahead of their batch (best effort).
+    staging: JoinSet<()>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -126,6 +131,7 @@ impl Driver {
             checks: JoinSet::new(),
             applies: JoinSet::new(),
             retries: JoinSet::new(),
+            staging: JoinSet::new(),
         }
     }
 
@@ -142,7 +148,7 @@ impl Driver {
         self.record.sync(crate::now_unix_ms());
         self.ctx
             .journal
-            .write(&self.fences(), &self.record, &[], Write::Create)
+            .write(&self.fences(), &self.record, &[], Write::Create, None)
             .await
     }
 
@@ -159,6 +165,7 @@ impl Driver {
                 return exit;
             }
         }
+        self.stage_ahead();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             let input = tokio::select! {
@@ -473,11 +480,15 @@ impl Driver {
                 }
             })
             .collect();
-        let kind = if finish { Write::Finish } else { Write::Update };
+        let (kind, release) = if finish {
+            (Write::Finish, self.lock.as_ref())
+        } else {
+            (Write::Update, None)
+        };
         match self
             .ctx
             .journal
-            .write(&self.fences(), &self.record, &events, kind)
+            .write(&self.fences(), &self.record, &events, kind, release)
             .await
         {
             Ok(()) => {}
@@ -541,11 +552,8 @@ impl Driver {
             }
         }
         if finish {
-            if let Some(lock) = self.lock.take() {
-                if let Err(err) = lock.release().await {
-                    tracing::warn!(deployment = self.record.id, error = %err, "cannot release the deployment lock; it expires with this coordinator's lease");
-                }
-            }
+            // The finishing write deleted the lock's key.
+            self.lock = None;
             tracing::info!(
                 deployment = self.record.id,
                 outcome = self.record.outcome,
@@ -554,6 +562,62 @@ impl Driver {
             return Some(DriverExit::Finished);
         }
         None
+    }
+
+    /// Asks every planned agent that lacks the target, in rollout order, to
+    /// fetch it now, so that its Apply is a switch and not a download. Only
+    /// an optimisation: the engine never hears of it, and an Apply fetches
+    /// whatever staging did not.
+    fn stage_ahead(&mut self) {
+        let plan = self.record.engine.plan();
+        let target = plan.target.clone();
+        if target.as_str() == NOT_INSTALLED {
+            return;
+        }
+        let service = self.record.service.clone();
+        let permits = Arc::new(tokio::sync::Semaphore::new(STAGE_CONCURRENCY));
+        let order = plan
+            .waves
+            .iter()
+            .flat_map(|w| w.batches.iter().flatten())
+            .filter_map(|&i| plan.instances.get(i).map(|p| p.id.clone()))
+            .collect::<Vec<_>>();
+        for instance in order {
+            let current = self
+                .ctx
+                .fleet
+                .service(instance.as_str(), &service)
+                .and_then(|s| s.current.map(|c| c.digest));
+            if self.pending.contains_key(&instance) || current.as_deref() == Some(target.as_str()) {
+                continue;
+            }
+            let Some(Ok(mut client)) = self
+                .ctx
+                .fleet
+                .address(instance.as_str())
+                .map(|a| self.ctx.agents.client(&a))
+            else {
+                continue;
+            };
+            let mut request = tonic::Request::new(pb::StageRequest {
+                service: service.clone(),
+                release_digest: target.to_string(),
+                fencing_token: self.record.engine.token().0,
+            });
+            request.set_timeout(APPLY_TIMEOUT);
+            let permits = permits.clone();
+            let deployment = self.record.id.clone();
+            self.staging.spawn(async move {
+                let Ok(_permit) = permits.acquire_owned().await else {
+                    return;
+                };
+                let outcome = match client.stage(request).await {
+                    Ok(response) => response.into_inner().verdict.map(|v| v.message),
+                    Err(status) => Some(status.message().to_owned()),
+                };
+                tracing::debug!(deployment, instance = %instance, outcome, "staged the target");
+            });
+        }
     }
 
     fn send_apply(&mut self, instance: InstanceId, apply: ApplyId, release: ReleaseDigest) {

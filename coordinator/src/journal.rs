@@ -62,12 +62,16 @@ impl Journal {
     }
 
     /// Writes `record` and `events` in one transaction, if `fences` hold.
+    /// `release`, when given, is deleted in the same transaction (guarded
+    /// by its own fence): a finished deployment and its freed lock are one
+    /// change, so nobody can see one without the other.
     pub async fn write(
         &self,
         fences: &[Compare],
         record: &DeploymentRecord,
         events: &[EventRecord],
         kind: Write,
+        release: Option<&leases::MutexGuard>,
     ) -> Result<(), JournalError> {
         let record_key = keys::deployment(&record.id);
         let active_key = keys::active(&record.service);
@@ -81,6 +85,10 @@ impl Journal {
             ops.push(TxnOp::put(key.as_str(), json(&key, event)?, None));
         }
         let mut when = fences.to_vec();
+        if let Some(lock) = release {
+            when.push(lock.fence());
+            ops.push(TxnOp::delete(lock.key(), None));
+        }
         match kind {
             Write::Create => {
                 when.push(Compare::create_revision(

@@ -176,5 +176,30 @@ async fn main() {
         minimum.as_secs_f64(),
         wall.as_secs_f64() / minimum.as_secs_f64()
     );
+    timeline(&etcd, &r).await;
     drop(fleet);
+}
+
+/// Where the time went: each event's offset from the deployment's start.
+async fn timeline(etcd: &EtcdCluster, record: &serde_json::Value) {
+    let id = record["id"].as_str().unwrap_or_default();
+    let mut client = etcd.client().await.unwrap();
+    let prefix = format!("/lockstep/v1/deployment-events/{id}/");
+    let response = client
+        .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let mut start = None;
+    for kv in response.kvs() {
+        let e: serde_json::Value = serde_json::from_slice(kv.value()).unwrap();
+        let at = e["at_unix_ms"].as_i64().unwrap_or_default();
+        let start = *start.get_or_insert(at);
+        println!(
+            "  +{:>6} ms {:<18} {:<10} {}",
+            at - start,
+            e["kind"].as_str().unwrap_or_default(),
+            e["instance"].as_str().unwrap_or_default(),
+            e["message"].as_str().unwrap_or_default()
+        );
+    }
 }
