@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use crate::cluster::{AgentRecord, ClusterError, ClusterLink, Slot};
 use crate::config::AgentConfig;
 use crate::fetch::ReleaseFetcher;
-use crate::instance::{HostedInstance, InstanceError};
+use crate::instance::{HostedInstance, InstanceError, InstanceSite};
 use crate::state::{AgentState, ReleaseRecord, StaleToken, StateError, SwitchOutcome, Trigger};
 use crate::supervisor::{InstanceState, InstanceStatus, ListenSockets, SocketError};
 use crate::wire;
@@ -726,14 +726,22 @@ impl Host {
         sockets: &ListenSockets,
         slot: u32,
     ) -> Result<HostedInstance, HostError> {
+        let probe = retarget(
+            &release.manifest.readiness().probe,
+            release.manifest.listen(),
+            &self.listen(release.manifest.service().as_str(), release),
+        );
         HostedInstance::start(
             release,
+            &probe,
             slot,
             sockets.clone(),
-            &self.config.log_dir(),
-            &self.config.runtime_dir(),
-            &self.shim,
-            self.events.clone(),
+            InstanceSite {
+                log_dir: &self.config.log_dir(),
+                runtime_dir: &self.config.runtime_dir(),
+                shim: &self.shim,
+                events: &self.events,
+            },
         )
         .map_err(|source| HostError::Instance {
             service: release.manifest.service().to_string(),
@@ -1012,6 +1020,38 @@ impl Host {
     }
 }
 
+/// The readiness probe aimed where this host serves: an http or tcp probe
+/// of a `[[listen]]` address that `listen_overrides` moves follows it.
+fn retarget(
+    probe: &release::manifest::Readiness,
+    manifest: &[release::manifest::Listen],
+    here: &[release::manifest::Listen],
+) -> release::manifest::Readiness {
+    use release::manifest::Readiness;
+    let moved = |host: &str, port: u16| {
+        let ip = match host {
+            "localhost" => Some(std::net::IpAddr::from([127, 0, 0, 1])),
+            h => h.parse().ok(),
+        };
+        manifest.iter().zip(here).find_map(|(from, to)| {
+            let same = from.address.port() == port
+                && (from.address.ip().is_unspecified() || Some(from.address.ip()) == ip);
+            (same && from.address != to.address).then_some(to.address)
+        })
+    };
+    match probe {
+        Readiness::Http { url } => match moved(url.host(), url.port()) {
+            Some(to) => Readiness::Http { url: url.at(to) },
+            None => probe.clone(),
+        },
+        Readiness::Tcp { addr } => match moved(&addr.ip().to_string(), addr.port()) {
+            Some(to) => Readiness::Tcp { addr: to },
+            None => probe.clone(),
+        },
+        Readiness::Exec { .. } | Readiness::Notify => probe.clone(),
+    }
+}
+
 fn record_of(release: &StoredRelease) -> ReleaseRecord {
     ReleaseRecord {
         digest: release.digest.to_string(),
@@ -1096,5 +1136,72 @@ async fn wait_instance_ready(
                 s.state, s.detail
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use release::manifest::{HttpUrl, Listen, Readiness};
+
+    use super::retarget;
+
+    fn listen(addr: &str) -> Vec<Listen> {
+        vec![Listen {
+            name: "http".into(),
+            address: addr.parse().unwrap(),
+        }]
+    }
+
+    fn http(url: &str) -> Readiness {
+        Readiness::Http {
+            url: HttpUrl::parse(url).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_probe_of_a_moved_listen_address_follows_it() {
+        let manifest = listen("127.0.0.1:8080");
+        let here = listen("127.0.0.1:9001");
+        assert_eq!(
+            retarget(&http("http://127.0.0.1:8080/ready?x=1"), &manifest, &here),
+            http("http://127.0.0.1:9001/ready?x=1")
+        );
+        assert_eq!(
+            retarget(&http("http://localhost:8080/"), &manifest, &here),
+            http("http://127.0.0.1:9001/")
+        );
+        let tcp = Readiness::Tcp {
+            addr: "127.0.0.1:8080".parse().unwrap(),
+        };
+        assert_eq!(
+            retarget(&tcp, &manifest, &here),
+            Readiness::Tcp {
+                addr: "127.0.0.1:9001".parse().unwrap()
+            }
+        );
+    }
+
+    #[test]
+    fn a_wildcard_listen_address_matches_a_probe_of_any_local_ip() {
+        let manifest = listen("0.0.0.0:8080");
+        let here = listen("127.0.0.1:9001");
+        assert_eq!(
+            retarget(&http("http://127.0.0.1:8080/"), &manifest, &here),
+            http("http://127.0.0.1:9001/")
+        );
+    }
+
+    #[test]
+    fn other_probes_are_left_alone() {
+        let manifest = listen("127.0.0.1:8080");
+        let here = listen("127.0.0.1:9001");
+        let other_port = http("http://127.0.0.1:8081/");
+        assert_eq!(retarget(&other_port, &manifest, &here), other_port);
+        let unmoved = http("http://127.0.0.1:8080/");
+        assert_eq!(retarget(&unmoved, &manifest, &manifest), unmoved);
+        assert_eq!(
+            retarget(&Readiness::Notify, &manifest, &here),
+            Readiness::Notify
+        );
     }
 }

@@ -55,17 +55,33 @@ pub struct HostedInstance {
     _forward: OwnedTask,
 }
 
+/// Where an instance lives on this host: the same for every instance.
+#[derive(Debug, Clone, Copy)]
+pub struct InstanceSite<'a> {
+    pub log_dir: &'a Path,
+    pub runtime_dir: &'a Path,
+    /// The exec shim (the agent binary).
+    pub shim: &'a Path,
+    pub events: &'a broadcast::Sender<proto::v1::StatusEvent>,
+}
+
 impl HostedInstance {
-    /// Starts an instance of `release` in `slot`, sharing `sockets`.
+    /// Starts an instance of `release` in `slot`, sharing `sockets`, judged
+    /// ready by `probe` (the manifest's, aimed at this host's addresses).
     pub fn start(
         release: &StoredRelease,
+        probe: &release::manifest::Readiness,
         slot: u32,
         sockets: ListenSockets,
-        log_dir: &Path,
-        runtime_dir: &Path,
-        shim: &Path,
-        events: broadcast::Sender<proto::v1::StatusEvent>,
+        site: InstanceSite<'_>,
     ) -> Result<Self, InstanceError> {
+        let InstanceSite {
+            log_dir,
+            runtime_dir,
+            shim,
+            events,
+        } = site;
+        let events = events.clone();
         let manifest = &release.manifest;
         let service = manifest.service().to_string();
         let digest = release.digest.to_string();
@@ -76,13 +92,9 @@ impl HostedInstance {
             source,
         })?;
         let notify = Arc::new(notify);
-        let probe = Probe::new(
-            &manifest.readiness().probe,
-            &release.path,
-            Some(notify.subscribe()),
-        )
-        .map_err(InstanceError::Probe)?
-        .with_timeout(manifest.readiness().timing.timeout);
+        let probe = Probe::new(probe, &release.path, Some(notify.subscribe()))
+            .map_err(InstanceError::Probe)?
+            .with_timeout(manifest.readiness().timing.timeout);
 
         let mut spec = InstanceSpec::new(
             service.clone(),

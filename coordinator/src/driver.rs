@@ -53,6 +53,9 @@ pub struct DriverContext {
 #[derive(Debug)]
 pub struct OperatorCall {
     pub command: Command,
+    /// Who gave it and why ("alice@ops-1: db migration pending"), recorded
+    /// with the deployment; may be empty.
+    pub said: String,
     pub reply: oneshot::Sender<Result<pb::Deployment, String>>,
 }
 
@@ -207,6 +210,9 @@ impl Driver {
 
     async fn operator(&mut self, call: OperatorCall) -> Option<DriverExit> {
         let mut ignored = None;
+        // Read by the events and the outcome this command produces; put back
+        // if the engine ignores the command.
+        let before = std::mem::replace(&mut self.record.operator_said, call.said);
         let actions = self
             .record
             .engine
@@ -215,6 +221,9 @@ impl Driver {
             if let Action::Emit(Notice::Ignored { why, .. }) = action {
                 ignored = Some(why.clone());
             }
+        }
+        if ignored.is_some() {
+            self.record.operator_said = before;
         }
         let exit = self.carry_out(actions, Vec::new()).await;
         let answer = match ignored {
@@ -456,7 +465,11 @@ impl Driver {
                 )),
                 Action::Finish(outcome) => {
                     finish = true;
-                    notes.push(Happening::new(EventKind::Finished, "", outcome.to_string()));
+                    notes.push(Happening::new(
+                        EventKind::Finished,
+                        "",
+                        self.record.describe(outcome),
+                    ));
                 }
                 Action::StartTimer { .. } | Action::RunCheck { .. } | Action::StepDown { .. } => {}
             }

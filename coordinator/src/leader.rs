@@ -431,6 +431,7 @@ impl Coordinator {
             next_seq: 1,
             clusters_of,
             progress: Default::default(),
+            operator_said: String::new(),
             engine: Engine::new(DeploymentId(id.clone()), plan, FencingToken(token)),
         };
         let mut driver = Driver::new(leading.ctx.clone(), record, lock);
@@ -493,6 +494,7 @@ impl Coordinator {
         id: &str,
         command: rollout::Command,
         cluster: Option<&str>,
+        said: String,
     ) -> Result<pb::Deployment, NotServed> {
         let leading = self.require_leader().await?;
         if let Some(cluster) = cluster.filter(|c| !c.is_empty()) {
@@ -522,9 +524,13 @@ impl Coordinator {
             )));
         };
         let (reply, answer) = oneshot::channel();
-        tx.send(OperatorCall { command, reply })
-            .await
-            .map_err(|_| NotServed::Refused(format!("deployment {id} has just ended")))?;
+        tx.send(OperatorCall {
+            command,
+            said,
+            reply,
+        })
+        .await
+        .map_err(|_| NotServed::Refused(format!("deployment {id} has just ended")))?;
         answer
             .await
             .map_err(|_| NotServed::Refused(format!("deployment {id} has just ended")))?

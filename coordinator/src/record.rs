@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use proto::v1 as pb;
-use rollout::{Command, Engine, Notice, Outcome, Status};
+use rollout::{Command, Engine, Notice, Outcome, Reason, Status};
 use serde::{Deserialize, Serialize};
 
 /// Lifecycle of a deployment, as stored and shown.
@@ -95,6 +95,10 @@ pub struct DeploymentRecord {
     /// Instance id -> cluster, for progress and event labels.
     pub clusters_of: BTreeMap<String, String>,
     pub progress: BTreeMap<String, ClusterProgress>,
+    /// The last operator command's "who: why", for the events and the
+    /// outcome it causes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub operator_said: String,
     pub engine: Engine,
 }
 
@@ -105,11 +109,42 @@ impl DeploymentRecord {
         self.outcome = match self.engine.status() {
             Status::Halted(reason) => format!("halted: {reason}"),
             Status::RollingBack { reason, .. } => format!("rolling back: {reason}"),
-            Status::Finished(outcome) => outcome.to_string(),
+            Status::Finished(outcome) => self.describe(outcome),
             _ => String::new(),
         };
         if self.state.is_terminal() && self.finished_unix_ms == 0 {
             self.finished_unix_ms = now_unix_ms;
+        }
+    }
+
+    /// An outcome in words, naming the operator and their reason when an
+    /// operator ended it.
+    pub fn describe(&self, outcome: &Outcome) -> String {
+        let by_operator = matches!(
+            outcome,
+            Outcome::Aborted {
+                reason: Reason::Operator,
+                ..
+            } | Outcome::RolledBack {
+                reason: Reason::Operator
+            } | Outcome::Failed {
+                reason: Reason::Operator,
+                ..
+            }
+        );
+        if by_operator && !self.operator_said.is_empty() {
+            format!("{outcome}; by {}", self.operator_said)
+        } else {
+            outcome.to_string()
+        }
+    }
+
+    /// "paused by alice@ops-1: reason", or by "an operator" when unsaid.
+    fn by_operator(&self, what: &str) -> String {
+        if self.operator_said.is_empty() {
+            format!("{what} by an operator")
+        } else {
+            format!("{what} by {}", self.operator_said)
         }
     }
 
@@ -325,13 +360,13 @@ impl Happening {
                 ),
             ),
             Notice::Operator(Command::Pause) => {
-                Self::new(EventKind::Paused, "", "paused by an operator")
+                Self::new(EventKind::Paused, "", record.by_operator("paused"))
             }
             Notice::Operator(Command::Resume) => {
-                Self::new(EventKind::Resumed, "", "resumed by an operator")
+                Self::new(EventKind::Resumed, "", record.by_operator("resumed"))
             }
             Notice::Operator(Command::Approve) => {
-                Self::new(EventKind::Resumed, "", "approved by an operator")
+                Self::new(EventKind::Resumed, "", record.by_operator("approved"))
             }
             Notice::Operator(Command::Abort | Command::Rollback) | Notice::Ignored { .. } => {
                 return None;

@@ -444,24 +444,20 @@ impl CoordinatorService for CoordinatorGrpc {
         &self,
         request: Request<pb::PauseRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
-        self.command(
-            &request.get_ref().deployment_id,
-            rollout::Command::Pause,
-            None,
-        )
-        .await
+        let r = request.get_ref();
+        let said = said(r.actor.as_ref(), &r.reason);
+        self.command(&r.deployment_id, rollout::Command::Pause, None, said)
+            .await
     }
 
     async fn resume(
         &self,
         request: Request<pb::ResumeRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
-        self.command(
-            &request.get_ref().deployment_id,
-            rollout::Command::Resume,
-            None,
-        )
-        .await
+        let r = request.get_ref();
+        let said = said(r.actor.as_ref(), "");
+        self.command(&r.deployment_id, rollout::Command::Resume, None, said)
+            .await
     }
 
     async fn approve(
@@ -469,10 +465,12 @@ impl CoordinatorService for CoordinatorGrpc {
         request: Request<pb::ApproveRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
         let r = request.get_ref();
+        let said = said(r.actor.as_ref(), "");
         self.command(
             &r.deployment_id,
             rollout::Command::Approve,
             Some(&r.cluster),
+            said,
         )
         .await
     }
@@ -481,12 +479,10 @@ impl CoordinatorService for CoordinatorGrpc {
         &self,
         request: Request<pb::AbortRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
-        self.command(
-            &request.get_ref().deployment_id,
-            rollout::Command::Abort,
-            None,
-        )
-        .await
+        let r = request.get_ref();
+        let said = said(r.actor.as_ref(), &r.reason);
+        self.command(&r.deployment_id, rollout::Command::Abort, None, said)
+            .await
     }
 
     async fn rollback(
@@ -610,11 +606,54 @@ impl CoordinatorGrpc {
         id: &str,
         command: rollout::Command,
         cluster: Option<&str>,
+        said: String,
     ) -> Result<Response<pb::Deployment>, Status> {
         self.coordinator
-            .command(id, command, cluster)
+            .command(id, command, cluster, said)
             .await
             .map(Response::new)
             .map_err(status)
+    }
+}
+
+/// "alice@ops-1: reason" from what an operator call carries; parts that
+/// are missing are left out.
+fn said(actor: Option<&pb::Actor>, reason: &str) -> String {
+    let who = actor
+        .map(|a| match (a.user.as_str(), a.host.as_str()) {
+            ("", _) => String::new(),
+            (user, "") => user.to_owned(),
+            (user, host) => format!("{user}@{host}"),
+        })
+        .unwrap_or_default();
+    match (who.is_empty(), reason.is_empty()) {
+        (_, true) => who,
+        (true, false) => format!("an operator: {reason}"),
+        (false, false) => format!("{who}: {reason}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn actor(user: &str, host: &str) -> pb::Actor {
+        pb::Actor {
+            user: user.into(),
+            host: host.into(),
+        }
+    }
+
+    #[test]
+    fn said_names_whoever_and_whatever_the_call_carries() {
+        let alice = actor("alice", "ops-1");
+        assert_eq!(
+            said(Some(&alice), "db migration"),
+            "alice@ops-1: db migration"
+        );
+        assert_eq!(said(Some(&alice), ""), "alice@ops-1");
+        assert_eq!(said(Some(&actor("bob", "")), "x"), "bob: x");
+        assert_eq!(said(None, "x"), "an operator: x");
+        assert_eq!(said(Some(&actor("", "h")), ""), "");
     }
 }

@@ -372,6 +372,17 @@ impl HttpUrl {
     pub fn path(&self) -> &str {
         &self.path
     }
+
+    /// The same path on another address (a host that moves the socket
+    /// this URL points at).
+    pub fn at(&self, addr: SocketAddr) -> Self {
+        Self {
+            url: format!("http://{addr}{}", self.path),
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            path: self.path.clone(),
+        }
+    }
 }
 
 /// `[readiness]`: how the agent knows a new process is ready (exactly one kind).
