@@ -8,11 +8,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use lockstep_tests::{
-    CoordinatorFixture, DEMO_SERVICE, DemoRelease, EtcdCluster, FleetFixture, lockstep, wait_for,
-};
+use lockstep_tests::operator::{agents_known, push, record, start_deploy};
+use lockstep_tests::{CoordinatorFixture, DemoRelease, EtcdCluster, FleetFixture, wait_for};
 
 fn arg(n: usize, default: u64) -> u64 {
     std::env::args()
@@ -22,45 +22,16 @@ fn arg(n: usize, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-async fn record(etcd: &EtcdCluster, id: &str) -> serde_json::Value {
-    let mut client = etcd.client().await.unwrap();
-    let response = client
-        .get(format!("/lockstep/v1/deployments/{id}"), None)
-        .await
-        .unwrap();
-    serde_json::from_slice(response.kvs()[0].value()).unwrap()
-}
-
 async fn deploy_and_wait(
     etcd: &EtcdCluster,
     urls: &[String],
     digest: &str,
-    strategy: &str,
+    strategy: &Path,
 ) -> (Duration, serde_json::Value) {
     let started = Instant::now();
-    let output = lockstep(
-        urls,
-        &[
-            "deploy",
-            "--service",
-            DEMO_SERVICE,
-            "--release",
-            digest,
-            "--strategy",
-            strategy,
-        ],
-    )
-    .await
-    .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    let id = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_owned();
+    let id = start_deploy(urls, digest, strategy).await.unwrap();
     let finished = wait_for("the rollout to end", Duration::from_secs(600), || async {
-        let r = record(etcd, &id).await;
+        let r = record(etcd, &id).await.unwrap();
         match r["state"].as_str() {
             Some("running" | "paused" | "awaiting_approval" | "rolling_back") | None => {
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -103,28 +74,7 @@ async fn main() {
             .await
             .unwrap();
     }
-    wait_for(
-        "every agent to report",
-        Duration::from_secs(120),
-        || async {
-            let out = lockstep(&urls, &["--output", "json", "agents"])
-                .await
-                .unwrap();
-            let listed: serde_json::Value =
-                serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-            let n = listed
-                .as_array()
-                .or_else(|| listed["agents"].as_array())
-                .map_or(0, |a| a.iter().filter(|x| x["reachable"] == true).count());
-            if n >= agents {
-                Ok(())
-            } else {
-                Err(format!("{n} reachable"))
-            }
-        },
-    )
-    .await
-    .unwrap();
+    agents_known(&urls, agents).await.unwrap();
 
     let work = tempfile::tempdir().unwrap();
     let v1 = DemoRelease::new("1.0.0", 1).build(work.path()).unwrap();
@@ -140,21 +90,9 @@ async fn main() {
         ),
     )
     .unwrap();
-    let strategy = strategy.display().to_string();
     let mut digests = Vec::new();
     for bundle in [&v1, &v2] {
-        let out = lockstep(&urls, &["release", "push", &bundle.display().to_string()])
-            .await
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        digests.push(
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .last()
-                .unwrap()
-                .trim()
-                .to_owned(),
-        );
+        digests.push(push(&urls, bundle).await.unwrap());
     }
     let (_, first) = deploy_and_wait(&etcd, &urls, &digests[0], &strategy).await;
     assert_eq!(first["state"], "succeeded", "{first}");

@@ -4,8 +4,9 @@
 //! Owns fixtures that start real processes in temporary directories on free
 //! loopback ports — `EtcdCluster` (etcd members), `AgentFixture`
 //! (lockstep-agent + agentctl), `DemoRelease` (bundles of the demo app) —
-//! plus `Poller` (a client counting failed requests) and `wait_for`, the one
-//! way a test waits for a condition.
+//! plus `Poller` (a client counting failed requests), `wait_for`, the one
+//! way a test waits for a condition, and `operator`: the `lockstep` steps
+//! (push, deploy, read a deployment) tests take as an operator would.
 //!
 //! Must never: fake etcd, wait with a fixed sleep, or leave a process behind
 //! — every child is killed and reaped on drop, also when a test panics, and
@@ -20,6 +21,7 @@ mod error;
 mod etcd;
 mod fleet;
 pub mod http;
+pub mod operator;
 mod ports;
 mod wait;
 

@@ -5,8 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod agent;
-mod budget;
-mod coordinator;
 mod etcd_harness;
+mod incident;
 mod logs;
 mod systemd;
