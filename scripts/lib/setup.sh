@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by scripts/test and scripts/demo: install what a fresh Debian 12
 # machine with only the Rust toolchain lacks. Idempotent: each tool is
 # installed only when absent.
@@ -28,7 +29,8 @@ ensure_system_packages() {
         [etcdctl]=etcd-client           # benchmarks compare against `etcdctl lock`
         [setpriv]=util-linux            # harness children die with the test process
         [systemd-socket-activate]=systemd # LISTEN_FDS tests; systemd-analyze verify
-        [curl]=curl                     # the demo's client
+        [curl]=curl                     # the demo checks what each host serves
+        [python3]=python3               # the demo's client (standard library only)
     )
     local missing=()
     for cmd in "${!provider[@]}"; do

@@ -290,13 +290,16 @@ fn warn_inherited_fds(sockets: usize) {
         return;
     };
     let first_extra = LISTEN_FDS_START + sockets as RawFd;
-    let mut extra: Vec<RawFd> = dir
+    let listed: Vec<RawFd> = dir
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<RawFd>().ok())
-        // The directory handle itself is close-on-exec and gone after the scan.
-        .filter(|&fd| {
-            fd >= first_extra && std::fs::read_link(format!("/proc/self/fd/{fd}")).is_ok()
-        })
+        .filter(|&fd| fd >= first_extra)
+        .collect();
+    // The directory handle is one of the listed fds: it is closed once the
+    // scan is done (above), so only fds still open now were inherited.
+    let mut extra: Vec<RawFd> = listed
+        .into_iter()
+        .filter(|&fd| std::fs::read_link(format!("/proc/self/fd/{fd}")).is_ok())
         .collect();
     extra.sort_unstable();
     if !extra.is_empty() {

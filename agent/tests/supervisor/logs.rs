@@ -62,3 +62,37 @@ async fn a_shim_failure_is_one_clear_line_in_the_log() {
     .await;
     inst.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_shim_warns_only_about_fds_the_agent_really_leaks() {
+    let f = Fixture::new();
+    let spec = f.spec(&["bin/sh", "-c", "echo started; exec bin/sleep 1000"]);
+    let inst = Instance::start(spec, Box::new(AlwaysReady)).unwrap();
+    wait_for(DEADLINE, "the app's first line", || {
+        inst.log_tail(10).iter().any(|l| l == "started")
+    })
+    .await;
+    // What this test process passes to every child without close-on-exec
+    // (e.g. the test runner's jobserver pipes) may be named; nothing else,
+    // in particular not the shim's own scan of /proc/self/fd.
+    let leaked: Vec<i32> = inherited_fds()
+        .iter()
+        .filter_map(|fd| fd.parse().ok())
+        .collect();
+    for line in inst.log_tail(10) {
+        let Some(list) = line.strip_prefix("lockstep-exec-shim: warning: fds [") else {
+            continue;
+        };
+        let named = list.split(']').next().unwrap_or_default();
+        for fd in named
+            .split(", ")
+            .filter_map(|s| s.trim().parse::<i32>().ok())
+        {
+            assert!(
+                leaked.contains(&fd),
+                "the shim named fd {fd}, which this process does not leak ({leaked:?}): {line}"
+            );
+        }
+    }
+    inst.stop().await.unwrap();
+}
