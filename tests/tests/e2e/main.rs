@@ -10,3 +10,4 @@ mod coordinator;
 mod etcd_harness;
 mod logs;
 mod systemd;
+mod tls;
