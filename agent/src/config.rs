@@ -33,7 +33,16 @@
 //! max_entry_bytes = 4294967296     # defaults: release::unpack::UnpackLimits
 //! max_total_bytes = 17179869184
 //! max_entries = 1000000
+//!
+//! [tls]                            # optional: mTLS on AgentService, reports and fetches
+//! ca = "/etc/lockstep/tls/ca.pem"  # signs coordinators' (and operators') certificates
+//! cert = "/etc/lockstep/tls/agent.pem"   # this agent's certificate (SANs: the name
+//! key = "/etc/lockstep/tls/agent.key"    # or IP coordinators dial it by) and key
+//! trusted_coordinators = ["coordinator.lockstep"]   # DNS SANs allowed to command it
 //! ```
+//!
+//! Without `[tls]` AgentService is plain text and obeys anyone who reaches
+//! its port; the agent says so in its log at start.
 //!
 //! Must never: accept a key it does not know, or report only the first of
 //! several problems.
@@ -89,6 +98,18 @@ pub struct AgentConfig {
     pub trusted_keys: Vec<PathBuf>,
     pub keep_releases: usize,
     pub limits: UnpackLimits,
+    /// Mutual TLS on every gRPC hop; `None`: plain text (a local demo).
+    pub tls: Option<AgentTls>,
+}
+
+/// The agent's mTLS settings: its material, read and checked at load, and
+/// who may command it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentTls {
+    pub material: tls::TlsMaterial,
+    /// Identities (DNS SANs, or CN) of the coordinators whose Apply,
+    /// Restart and Rollback this agent obeys; never empty.
+    pub trusted_coordinators: Vec<String>,
 }
 
 /// How the agent reaches the coordinators.
@@ -189,6 +210,16 @@ struct RawConfig {
     listen_overrides: BTreeMap<String, BTreeMap<String, String>>,
     #[serde(default)]
     releases: RawReleases,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    trusted_coordinators: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -419,6 +450,70 @@ impl AgentConfig {
                 absolute(key).map(drop),
             );
         }
+        let tls = raw.tls.and_then(|t| {
+            let mut file = |key: &str, value: Option<PathBuf>, what: &str| {
+                // Every unreadable file is named at once; their contents
+                // are checked together below.
+                let path = value
+                    .ok_or_else(|| format!("required: the {what} (PEM)"))
+                    .and_then(|p| absolute(&p))
+                    .and_then(|p| match std::fs::File::open(&p) {
+                        Ok(_) => Ok(p),
+                        Err(e) => Err(format!("cannot read {}: {e}", p.display())),
+                    });
+                check(
+                    &format!("tls.{key}"),
+                    path.as_ref().map(drop).map_err(Clone::clone),
+                );
+                path.ok()
+            };
+            let ca = file("ca", t.ca, "CA that signs the coordinators' certificates");
+            let cert = file("cert", t.cert, "certificate of this agent");
+            let key = file("key", t.key, "private key of this agent's certificate");
+            let trusted = match t.trusted_coordinators {
+                Some(list) if !list.get_ref().is_empty() => {
+                    check("tls.trusted_coordinators", unique(list.get_ref(), text));
+                    Some(list.into_inner())
+                }
+                Some(list) => {
+                    check(
+                        "tls.trusted_coordinators",
+                        Err(at_line(text, list.span(), TRUSTED_COORDINATORS_REQUIRED)),
+                    );
+                    None
+                }
+                None => {
+                    check(
+                        "tls.trusted_coordinators",
+                        Err(format!("required: {TRUSTED_COORDINATORS_REQUIRED}")),
+                    );
+                    None
+                }
+            };
+            let (ca, cert, key, trusted) = (ca?, cert?, key?, trusted?);
+            let material = tls::TlsMaterial::load(&tls::TlsPaths { ca, cert, key })
+                .map_err(|e| check("tls", Err(e.to_string())))
+                .ok()?;
+            Some(AgentTls {
+                material,
+                trusted_coordinators: trusted
+                    .into_iter()
+                    .map(|n| n.into_inner().to_ascii_lowercase())
+                    .collect(),
+            })
+        });
+        if let (Some(_), Some(coordinator)) = (&tls, &coordinator) {
+            for (i, u) in coordinator.urls.iter().enumerate() {
+                if !u.starts_with("https://") {
+                    check(
+                        &format!("coordinator.urls[{i}]"),
+                        Err(format!(
+                            "`{u}` is plain http, but [tls] is set: use https:// (or drop [tls] for a plain-text demo)"
+                        )),
+                    );
+                }
+            }
+        }
         let mut listen_overrides = BTreeMap::new();
         for (service, names) in &raw.listen_overrides {
             let mut parsed = BTreeMap::new();
@@ -492,6 +587,7 @@ impl AgentConfig {
                     trusted_keys: raw.releases.trusted_keys,
                     keep_releases,
                     limits,
+                    tls,
                 })
             }
             _ => Err(ConfigError::Invalid {
@@ -539,6 +635,8 @@ fn syntax_message(text: &str, err: &toml::de::Error) -> String {
         None => message.to_owned(),
     }
 }
+
+const TRUSTED_COORDINATORS_REQUIRED: &str = "must name at least one coordinator identity (a DNS name in a coordinator certificate's subjectAltName, e.g. [\"coordinator.lockstep\"]); without one AgentService would refuse every command";
 
 fn duration(text: Option<&str>, default: Duration) -> Result<Duration, String> {
     text.map_or(Ok(default), release::manifest::parse_duration)
@@ -750,6 +848,117 @@ mod tests {
         .to_string();
         assert!(err.contains("line 5"), "{err}");
         assert!(err.contains("port"), "{err}");
+    }
+
+    /// A CA and an agent certificate signed by it, as PEM files in `dir`.
+    fn tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let leaf = rcgen::CertificateParams::new(vec!["web-1.lockstep".to_owned()]).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        let paths = (
+            dir.join("ca.pem"),
+            dir.join("agent.pem"),
+            dir.join("agent.key"),
+        );
+        std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+        std::fs::write(&paths.1, cert.pem()).unwrap();
+        std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+        paths
+    }
+
+    fn tls_table(files: &(PathBuf, PathBuf, PathBuf), trusted: &str) -> String {
+        format!(
+            "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{trusted}\n",
+            files.0.display(),
+            files.1.display(),
+            files.2.display()
+        )
+    }
+
+    #[test]
+    fn tls_loads_its_material_and_trusted_coordinators() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = tls_files(dir.path());
+        let config = parse(&format!(
+            "{BASE}[coordinator]\nurls = [\"https://127.0.0.1:7400\"]\n{}",
+            tls_table(&files, "trusted_coordinators = [\"Coordinator.Lockstep\"]")
+        ))
+        .unwrap();
+        let tls = config.tls.unwrap();
+        assert_eq!(tls.trusted_coordinators, ["coordinator.lockstep"]);
+        assert_eq!(tls.material.identity().names(), ["web-1.lockstep"]);
+    }
+
+    #[test]
+    fn a_missing_tls_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = tls_files(dir.path());
+        files.1 = dir.path().join("missing.pem");
+        let err = parse(&format!(
+            "{BASE}{}",
+            tls_table(&files, "trusted_coordinators = [\"c.lockstep\"]")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("tls.cert: cannot read "), "{err}");
+        assert!(err.contains("missing.pem: No such file"), "{err}");
+        let err = parse(&format!(
+            "{BASE}[tls]\nca = \"ca.pem\"\ntrusted_coordinators = [\"c\"]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "tls.ca: `ca.pem` must be an absolute path",
+            "tls.cert: required",
+            "tls.key: required",
+        ] {
+            assert!(err.contains(key), "{key} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn tls_without_trusted_coordinators_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = tls_files(dir.path());
+        for (trusted, expected) in [
+            (
+                "trusted_coordinators = []",
+                "tls.trusted_coordinators: line 7: must name at least one",
+            ),
+            (
+                "",
+                "tls.trusted_coordinators: required: must name at least one",
+            ),
+        ] {
+            let err = parse(&format!("{BASE}{}", tls_table(&files, trusted)))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(expected),
+                "{trusted}: expected {expected} in: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn tls_wants_https_coordinators() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = tls_files(dir.path());
+        let err = parse(&format!(
+            "{BASE}[coordinator]\nurls = [\"http://127.0.0.1:7400\"]\n{}",
+            tls_table(&files, "trusted_coordinators = [\"c\"]")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("coordinator.urls[0]: `http://127.0.0.1:7400` is plain http"),
+            "{err}"
+        );
     }
 
     #[test]

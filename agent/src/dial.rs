@@ -2,6 +2,10 @@
 //! connect timeouts, HTTP/2 keep-alive and capped, jittered backoff, shared
 //! by the report streams (`uplink`) and release fetches (`fetch`).
 //!
+//! An `https://` coordinator is dialled with the agent's `[tls]` material:
+//! the coordinator must chain to `tls.ca`, and the agent presents its own
+//! certificate.
+//!
 //! Must never: retry by itself (callers own their loops and deadlines), or
 //! hand out a pause outside the bounds it was given.
 
@@ -17,22 +21,29 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Connects to the coordinator at `url`. The error says what failed and
-/// carries the transport's causes, for logs and error messages.
-pub async fn connect(url: &str) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
+/// Connects to the coordinator at `url`, over mTLS with `tls` when `url`
+/// is `https://`. The error says what failed and carries the transport's
+/// causes, for logs and error messages.
+pub async fn connect(url: &str, tls: Option<&tls::TlsMaterial>) -> Result<Channel, String> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|e| format!("`{url}` is not a usable URL: {}", chain(&e)))?
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
         .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
         .keep_alive_while_idle(true);
+    let https = url.starts_with("https://");
+    if https {
+        let tls = tls.ok_or_else(|| {
+            format!("`{url}` is https, but agent.toml has no [tls] table with this agent's certificate; add one (or use http:// for a plain-text demo)")
+        })?;
+        endpoint = endpoint
+            .tls_config(tls.client_config())
+            .map_err(|e| format!("cannot set up TLS for `{url}`: {}", chain(&e)))?;
+    }
     endpoint.connect().await.map_err(|e| {
         let mut message = format!("cannot connect: {}", chain(&e));
-        if url.starts_with("https://") {
-            // tonic is built without TLS in this workspace.
-            message.push_str(
-                " (this agent build has no TLS support: use an http:// URL on a trusted network)",
-            );
+        if https {
+            message.push_str(" (check that the coordinator's certificate chains to tls.ca and names the host in the URL, and that it trusts this agent's CA)");
         }
         message
     })

@@ -94,6 +94,8 @@ pub struct ReleaseFetcher {
     /// release wait for a single download instead of sharing its file.
     /// Entries die with their last holder and are swept on the next fetch.
     in_flight: SyncMutex<HashMap<ReleaseDigest, Weak<tokio::sync::Mutex<()>>>>,
+    /// The agent's `[tls]` material, for `https://` coordinators.
+    tls: Option<tls::TlsMaterial>,
 }
 
 /// How one attempt against one coordinator ended, short of success.
@@ -127,7 +129,15 @@ impl ReleaseFetcher {
             incoming,
             store,
             in_flight: SyncMutex::new(HashMap::new()),
+            tls: None,
         }
+    }
+
+    /// Dials `https://` coordinators with `tls` (the agent's `[tls]`).
+    #[must_use]
+    pub fn with_tls(mut self, tls: Option<tls::TlsMaterial>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Makes `digest` present in the store, fetching it from the
@@ -189,7 +199,9 @@ impl ReleaseFetcher {
         let mut without_it: BTreeSet<&str> = BTreeSet::new();
         for url in self.urls.iter().cycle() {
             let before = partial.written;
-            let attempt = tokio::time::timeout_at(deadline, attempt(url, digest, partial)).await;
+            let attempt =
+                tokio::time::timeout_at(deadline, attempt(url, self.tls.as_ref(), digest, partial))
+                    .await;
             let Ok(attempt) = attempt else {
                 last_error.insert(url, "timed out".to_owned());
                 return Err(self.timed_out(digest, partial, &last_error));
@@ -300,10 +312,11 @@ impl ReleaseFetcher {
 /// announced size is reached or the stream ends.
 async fn attempt(
     url: &str,
+    tls: Option<&tls::TlsMaterial>,
     digest: &ReleaseDigest,
     partial: &mut Partial,
 ) -> Result<(), AttemptError> {
-    let channel = dial::connect(url).await.map_err(AttemptError::Retry)?;
+    let channel = dial::connect(url, tls).await.map_err(AttemptError::Retry)?;
     let mut client =
         CoordinatorServiceClient::new(channel).max_decoding_message_size(MAX_CHUNK_MESSAGE);
     tracing::info!(digest = %digest, coordinator = url, offset = partial.written, "fetching release");

@@ -7,8 +7,14 @@
 //! background and its progress arrives on `WatchStatus` (and the report
 //! stream), ending with an event that carries the service's status.
 //!
+//! With `[tls]`, a command (Apply, Stage, Restart, Rollback) runs only for a
+//! caller whose client certificate names one of `tls.trusted_coordinators`;
+//! anyone else gets PERMISSION_DENIED naming the identity it presented. The
+//! TLS layer already refused callers without a certificate chained to the
+//! CA. Status and WatchStatus only read, and answer any such caller.
+//!
 //! Must never: act on a command whose fencing token is below the
-//! service's high-water mark.
+//! service's high-water mark, or from an untrusted caller when `[tls]` is set.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -27,13 +33,46 @@ use crate::host::{Host, HostError, RestartOrder};
 pub struct AgentGrpc {
     host: Arc<Host>,
     switches: Mutex<JoinSet<()>>,
+    /// `tls.trusted_coordinators`; `None`: plain text, commands from anyone.
+    trusted: Option<Vec<String>>,
 }
 
 impl AgentGrpc {
     pub fn new(host: Arc<Host>) -> Self {
+        let trusted = host
+            .config()
+            .tls
+            .as_ref()
+            .map(|t| t.trusted_coordinators.clone());
         Self {
             host,
             switches: Mutex::new(JoinSet::new()),
+            trusted,
+        }
+    }
+
+    /// Lets `command` through when the caller is a trusted coordinator (or
+    /// the agent runs without TLS).
+    fn authorize<T>(&self, request: &Request<T>, command: &str) -> Result<(), Status> {
+        let Some(trusted) = &self.trusted else {
+            return Ok(());
+        };
+        let agent = self.host.config().id.as_str();
+        match tls::PeerIdentity::of_request(request) {
+            Some(Ok(peer)) if peer.is_any_of(trusted) => Ok(()),
+            Some(Ok(peer)) => {
+                tracing::warn!(agent, command, peer = %peer, "refused a command from an untrusted identity");
+                Err(Status::permission_denied(format!(
+                    "agent {agent} refuses {command} from `{peer}`: that identity is not in tls.trusted_coordinators ({}) of its agent.toml; add it there if it is a coordinator of this fleet",
+                    trusted.join(", ")
+                )))
+            }
+            Some(Err(reason)) => Err(Status::permission_denied(format!(
+                "agent {agent} refuses {command}: cannot read the caller's certificate ({reason})"
+            ))),
+            None => Err(Status::unauthenticated(format!(
+                "agent {agent} refuses {command}: the caller presented no TLS client certificate; only coordinators in tls.trusted_coordinators may command this agent"
+            ))),
         }
     }
 
@@ -80,6 +119,7 @@ impl AgentService for AgentGrpc {
         &self,
         request: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
+        self.authorize(&request, "Apply")?;
         let r = request.into_inner();
         let accepted = self
             .host
@@ -194,6 +234,7 @@ impl AgentService for AgentGrpc {
         &self,
         request: Request<pb::RestartRequest>,
     ) -> Result<Response<pb::RestartResponse>, Status> {
+        self.authorize(&request, "Restart")?;
         let r = request.into_inner();
         let reason = format!("deployment {}: {}", r.deployment_id, r.reason);
         let order = RestartOrder {
@@ -212,6 +253,7 @@ impl AgentService for AgentGrpc {
         &self,
         request: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::RollbackResponse>, Status> {
+        self.authorize(&request, "Rollback")?;
         let r = request.into_inner();
         let result = self.host.rollback(&r.service, Some(r.fencing_token)).await;
         Ok(Response::new(pb::RollbackResponse {
@@ -223,6 +265,7 @@ impl AgentService for AgentGrpc {
         &self,
         request: Request<pb::StageRequest>,
     ) -> Result<Response<pb::StageResponse>, Status> {
+        self.authorize(&request, "Stage")?;
         let r = request.into_inner();
         let result = self
             .host

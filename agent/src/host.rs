@@ -236,10 +236,10 @@ impl Host {
             };
             ClusterLink::start(&config, settings, record)
         });
-        let fetcher = config
-            .coordinator
-            .as_ref()
-            .map(|c| ReleaseFetcher::new(c, config.incoming_dir(), store.clone()));
+        let fetcher = config.coordinator.as_ref().map(|c| {
+            ReleaseFetcher::new(c, config.incoming_dir(), store.clone())
+                .with_tls(config.tls.as_ref().map(|t| t.material.clone()))
+        });
         Ok(Arc::new(Self {
             cluster,
             fetcher,

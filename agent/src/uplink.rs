@@ -116,7 +116,10 @@ async fn keep_reporting(host: Arc<Host>, url: String) {
 
 /// One stream, until it fails or the coordinator ends it.
 async fn report(host: &Host, url: &str) -> Result<(), StreamError> {
-    let channel = dial::connect(url).await.map_err(StreamError::Connect)?;
+    let tls = host.config().tls.as_ref().map(|t| &t.material);
+    let channel = dial::connect(url, tls)
+        .await
+        .map_err(StreamError::Connect)?;
     let mut client = CoordinatorServiceClient::new(channel);
     // Subscribed before the first snapshot: nothing that happens after the
     // snapshot is missed.

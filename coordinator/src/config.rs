@@ -14,10 +14,18 @@
 //!
 //! [releases]
 //! trusted_keys = ["/etc/lockstep/release.pub"]   # empty: unsigned bundles accepted
+//!
+//! [tls]                                      # optional: mTLS on every gRPC hop
+//! ca = "/etc/lockstep/tls/ca.pem"            # signs agents', operators' and coordinators' certs
+//! cert = "/etc/lockstep/tls/coordinator.pem" # this coordinator: server and client identity
+//! key = "/etc/lockstep/tls/coordinator.key"
 //! ```
 //!
-//! Without a `[tls]` table the coordinator speaks plain-text gRPC and says
-//! so in its log at start: fine for a demo on one host, not for a fleet.
+//! With `[tls]` the gRPC server requires a client certificate chained to
+//! `ca` (agents' reports and fetches, operator calls), agents are dialled
+//! over https with `cert`, and `advertise_url` is `https://`. Without it
+//! the coordinator speaks plain-text gRPC and says so in its log at start:
+//! fine for a demo on one host, not for a fleet.
 //!
 //! Must never: accept a key it does not know, or report only the first of
 //! several problems.
@@ -50,6 +58,8 @@ pub struct CoordinatorConfig {
     pub etcd_endpoints: Vec<String>,
     pub lease_ttl: leases::Ttl,
     pub trusted_keys: Vec<PathBuf>,
+    /// Mutual TLS, read and checked at load; `None`: plain text.
+    pub tls: Option<tls::TlsMaterial>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +90,15 @@ struct RawConfig {
     etcd: Option<RawEtcd>,
     #[serde(default)]
     releases: RawReleases,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,12 +144,21 @@ impl CoordinatorConfig {
             .parse::<SocketAddr>()
             .map_err(|e| format!("not an IP:port address ({e})"));
         check("listen", listen.as_ref().map(drop).map_err(Clone::clone));
+        let scheme = if raw.tls.is_some() { "https" } else { "http" };
         let advertise_url = match (&raw.advertise_url, &listen) {
-            (Some(url), _) => http_url(url).map(|()| url.trim_end_matches('/').to_owned()),
+            (Some(url), _) => http_url(url).and_then(|()| {
+                if url.starts_with(&format!("{scheme}://")) {
+                    Ok(url.trim_end_matches('/').to_owned())
+                } else if scheme == "https" {
+                    Err(format!("{url:?} is plain http, but [tls] is set: use https://"))
+                } else {
+                    Err(format!("{url:?} is https, but there is no [tls] table: add one, or use http:// for a plain-text demo"))
+                }
+            }),
             (None, Ok(addr)) if addr.ip().is_unspecified() => Err(
                 "required when listen is a wildcard address: the URL other coordinators, agents and the CLI should use".to_owned(),
             ),
-            (None, Ok(addr)) => Ok(format!("http://{addr}")),
+            (None, Ok(addr)) => Ok(format!("{scheme}://{addr}")),
             (None, Err(_)) => Ok(String::new()),
         };
         check(
@@ -192,6 +220,43 @@ impl CoordinatorConfig {
                 absolute(key).map(drop),
             );
         }
+        let tls = raw.tls.and_then(|t| {
+            let mut file = |key: &str, value: Option<PathBuf>, what: &str| {
+                // Every unreadable file is named at once; their contents
+                // are checked together below.
+                let path = value
+                    .ok_or_else(|| format!("required: the {what} (PEM)"))
+                    .and_then(|p| absolute(&p))
+                    .and_then(|p| match std::fs::File::open(&p) {
+                        Ok(_) => Ok(p),
+                        Err(e) => Err(format!("cannot read {}: {e}", p.display())),
+                    });
+                check(
+                    &format!("tls.{key}"),
+                    path.as_ref().map(drop).map_err(Clone::clone),
+                );
+                path.ok()
+            };
+            let ca = file(
+                "ca",
+                t.ca,
+                "CA that signs agents', operators' and coordinators' certificates",
+            );
+            let cert = file("cert", t.cert, "certificate of this coordinator");
+            let key = file(
+                "key",
+                t.key,
+                "private key of this coordinator's certificate",
+            );
+            let paths = tls::TlsPaths {
+                ca: ca?,
+                cert: cert?,
+                key: key?,
+            };
+            tls::TlsMaterial::load(&paths)
+                .map_err(|e| check("tls", Err(e.to_string())))
+                .ok()
+        });
         match (
             listen,
             advertise_url,
@@ -216,6 +281,7 @@ impl CoordinatorConfig {
                 etcd_endpoints,
                 lease_ttl,
                 trusted_keys: raw.releases.trusted_keys,
+                tls,
             }),
             _ => Err(ConfigError::Invalid {
                 path: path.to_owned(),
@@ -282,6 +348,74 @@ mod tests {
         for key in ["advertise_url", "store_dir", "status_interval", "etcd:"] {
             assert!(err.contains(key), "{key} missing from: {err}");
         }
+    }
+
+    const MINIMAL: &str =
+        "store_dir = \"/var/lib/lc\"\n[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n";
+
+    /// A CA and a coordinator certificate signed by it, as PEM files.
+    fn tls_table(dir: &Path, cert_name: &str) -> String {
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let leaf = rcgen::CertificateParams::new(vec!["coordinator.lockstep".to_owned()]).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+        std::fs::write(dir.join("coordinator.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("coordinator.key"), key.serialize_pem()).unwrap();
+        format!(
+            "[tls]\nca = \"{dir}/ca.pem\"\ncert = \"{dir}/{cert_name}\"\nkey = \"{dir}/coordinator.key\"\n",
+            dir = dir.display()
+        )
+    }
+
+    #[test]
+    fn tls_loads_and_makes_the_default_advertise_url_https() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = parse(&format!(
+            "{MINIMAL}{}",
+            tls_table(dir.path(), "coordinator.pem")
+        ))
+        .unwrap();
+        assert_eq!(config.advertise_url, "https://127.0.0.1:7400");
+        assert_eq!(
+            config.tls.unwrap().identity().names(),
+            ["coordinator.lockstep"]
+        );
+    }
+
+    #[test]
+    fn a_missing_tls_file_and_a_mismatched_scheme_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = parse(&format!(
+            "advertise_url = \"http://10.0.0.1:7400\"\n{MINIMAL}{}",
+            tls_table(dir.path(), "missing.pem")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("tls.cert: cannot read "), "{err}");
+        assert!(err.contains("missing.pem: No such file"), "{err}");
+        assert!(
+            err.contains("advertise_url: \"http://10.0.0.1:7400\" is plain http"),
+            "{err}"
+        );
+        let err = parse(&format!("{MINIMAL}[tls]\nca = \"/ca.pem\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tls.cert: required") && err.contains("tls.key: required"),
+            "{err}"
+        );
+        let err = parse(&format!("advertise_url = \"https://c:7400\"\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("is https, but there is no [tls] table"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The coordinator's hands: `AgentDialer` (one lazily connected gRPC channel
-//! per agent address) and `run_check` (a synthetic check as a child process
-//! with a timeout).
+//! per agent address; with `[tls]` over https, presenting the coordinator's
+//! certificate and accepting only agents whose certificate chains to
+//! `tls.ca` and names the address dialled) and `run_check` (a synthetic
+//! check as a child process with a timeout).
 //!
 //! Must never: decide anything: callers feed every result back to the
 //! engine as an event.
@@ -21,9 +23,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug, Default)]
 pub struct AgentDialer {
     channels: Mutex<HashMap<String, Channel>>,
+    /// The coordinator's `[tls]`; `None`: plain-text `http://`.
+    tls: Option<tls::TlsMaterial>,
 }
 
 impl AgentDialer {
+    pub fn new(tls: Option<tls::TlsMaterial>) -> Self {
+        Self {
+            channels: Mutex::new(HashMap::new()),
+            tls,
+        }
+    }
+
     /// A client for the agent at `address` (`host:port`).
     pub fn client(&self, address: &str) -> Result<AgentServiceClient<Channel>, String> {
         let mut channels = self
@@ -33,10 +44,16 @@ impl AgentDialer {
         if let Some(channel) = channels.get(address) {
             return Ok(AgentServiceClient::new(channel.clone()));
         }
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
             .map_err(|e| format!("agent address {address:?} is not usable: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.client_config())
+                .map_err(|e| format!("cannot set up TLS for agent {address}: {e}"))?;
+        }
         let channel = endpoint.connect_lazy();
         channels.insert(address.to_owned(), channel.clone());
         Ok(AgentServiceClient::new(channel))

@@ -177,7 +177,7 @@ impl Coordinator {
                 ctx: Arc::new(DriverContext {
                     journal: self.journal.clone(),
                     fleet: self.fleet.clone(),
-                    agents: AgentDialer::default(),
+                    agents: AgentDialer::new(self.config.tls.clone()),
                     leader_fence: leadership.fence(),
                 }),
                 calls: Mutex::new(HashMap::new()),

@@ -1,11 +1,12 @@
 //! `CoordinatorFixture`: a real `lockstep-coordinator` in a temporary
-//! directory, and the `lockstep` CLI pointed at it.
+//! directory (plain text, or mTLS with `start_tls`), and the `lockstep` CLI
+//! pointed at it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::{HarnessError, free_loopback_port, workspace_bin};
+use crate::{HarnessError, TlsFiles, free_loopback_port, workspace_bin};
 
 /// A coordinator whose port does not open within this long did not start.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -20,12 +21,32 @@ pub struct CoordinatorFixture {
     port: u16,
     log: PathBuf,
     child: Option<Child>,
+    /// Its `[tls]` files; `None`: plain text.
+    tls: Option<TlsFiles>,
 }
 
 impl CoordinatorFixture {
     /// Starts a coordinator on `endpoints` with an etcd lease of
     /// `lease_ttl_secs`; returns once its gRPC port accepts connections.
     pub async fn start(endpoints: &[String], lease_ttl_secs: u64) -> Result<Self, HarnessError> {
+        Self::start_configured(endpoints, lease_ttl_secs, None).await
+    }
+
+    /// Like `start`, with a `[tls]` table naming `tls`: its URL is
+    /// `https://`, and every caller needs a certificate from the same CA.
+    pub async fn start_tls(
+        endpoints: &[String],
+        lease_ttl_secs: u64,
+        tls: &TlsFiles,
+    ) -> Result<Self, HarnessError> {
+        Self::start_configured(endpoints, lease_ttl_secs, Some(tls)).await
+    }
+
+    async fn start_configured(
+        endpoints: &[String],
+        lease_ttl_secs: u64,
+        tls: Option<&TlsFiles>,
+    ) -> Result<Self, HarnessError> {
         let dir = tempfile::Builder::new()
             .prefix("lockstep-coordinator-")
             .tempdir()
@@ -37,10 +58,14 @@ impl CoordinatorFixture {
             .map(|e| format!("\"{e}\""))
             .collect::<Vec<_>>()
             .join(", ");
-        let text = format!(
+        let mut text = format!(
             "listen = \"127.0.0.1:{port}\"\nstore_dir = \"{store}\"\nstatus_interval = \"1s\"\n\n[etcd]\nendpoints = [{endpoints}]\nlease_ttl = \"{lease_ttl_secs}s\"\n",
             store = dir.path().join("releases").display(),
         );
+        if let Some(tls) = tls {
+            text.push_str("\n[tls]\n");
+            text.push_str(&tls.toml_lines());
+        }
         std::fs::write(&config, text).map_err(HarnessError::TempDir)?;
         let log = dir.path().join("coordinator.log");
         let mut fixture = Self {
@@ -49,6 +74,7 @@ impl CoordinatorFixture {
             port,
             log,
             child: None,
+            tls: tls.cloned(),
         };
         fixture.spawn().await?;
         Ok(fixture)
@@ -104,9 +130,10 @@ impl CoordinatorFixture {
         }
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>`, or `https://` with TLS.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Runs `lockstep --coordinator <ours> ARGS`.
@@ -193,12 +220,35 @@ impl CoordinatorFixture {
 /// Runs `lockstep --coordinator URL... ARGS` (the CLI tries each URL and
 /// follows the leader).
 pub async fn lockstep(urls: &[String], args: &[&str]) -> Result<Output, HarnessError> {
+    lockstep_command(urls, &[], args).await
+}
+
+/// Runs `lockstep --ca … --cert … --key … --coordinator URL... ARGS`: the
+/// CLI as the operator whose certificate `operator` holds.
+pub async fn lockstep_tls(
+    urls: &[String],
+    operator: &TlsFiles,
+    args: &[&str],
+) -> Result<Output, HarnessError> {
+    lockstep_command(urls, &operator.cli_args(), args).await
+}
+
+async fn lockstep_command(
+    urls: &[String],
+    global: &[String],
+    args: &[&str],
+) -> Result<Output, HarnessError> {
     let program = workspace_bin("lockstep")?;
     let mut command = tokio::process::Command::new(&program);
     for url in urls {
         command.arg("--coordinator").arg(url);
     }
+    // The operator's environment must not leak into a test.
     command
+        .env_remove("LOCKSTEP_CA")
+        .env_remove("LOCKSTEP_CERT")
+        .env_remove("LOCKSTEP_KEY")
+        .args(global)
         .args(args)
         .stdin(Stdio::null())
         .output()

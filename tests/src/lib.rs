@@ -3,7 +3,8 @@
 //!
 //! Owns fixtures that start real processes in temporary directories on free
 //! loopback ports — `EtcdCluster` (etcd members), `AgentFixture`
-//! (lockstep-agent + agentctl), `DemoRelease` (bundles of the demo app) —
+//! (lockstep-agent + agentctl), `DemoRelease` (bundles of the demo app),
+//! `TestPki` (a CA and certificates for mTLS, generated at test time) —
 //! plus `Poller` (a client counting failed requests), `wait_for`, the one
 //! way a test waits for a condition, and `operator`: the `lockstep` steps
 //! (push, deploy, read a deployment) tests take as an operator would.
@@ -20,17 +21,20 @@ mod demo;
 mod error;
 mod etcd;
 mod fleet;
+mod fleet_tls;
 pub mod http;
 pub mod operator;
+mod pki;
 mod ports;
 mod wait;
 
 pub use agent::AgentFixture;
 pub use bins::workspace_bin;
-pub use coordinator::{CoordinatorFixture, lockstep};
+pub use coordinator::{CoordinatorFixture, lockstep, lockstep_tls};
 pub use demo::DemoRelease;
 pub use error::HarnessError;
 pub use etcd::{EtcdCluster, MemberState};
 pub use fleet::{DEMO_SERVICE, FleetFixture, FleetHost};
+pub use pki::{TestPki, TlsFiles};
 pub use ports::free_loopback_port;
 pub use wait::{WaitTimeout, wait_for};

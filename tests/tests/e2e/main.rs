@@ -9,3 +9,4 @@ mod etcd_harness;
 mod incident;
 mod logs;
 mod systemd;
+mod tls;

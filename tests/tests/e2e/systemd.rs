@@ -309,7 +309,8 @@ fn the_example_config_passes_check_config_as_shipped_and_with_every_key_set() {
     let dir = tempfile::tempdir().unwrap();
     let full = dir.path().join("agent.toml");
     let text = uncommented(&read(&example));
-    std::fs::write(&full, &text).unwrap();
+    let pki = lockstep_tests::TestPki::new("example CA").unwrap();
+    std::fs::write(&full, with_test_tls(&text, &pki)).unwrap();
     assert_valid(&full);
 
     // check-config refuses unknown keys, so none is invented; and none is
@@ -331,6 +332,26 @@ fn the_example_config_passes_check_config_as_shipped_and_with_every_key_set() {
     ] {
         assert_eq!(keys[key], value.to_string(), "{key}");
     }
+}
+
+/// The uncommented example, its `[tls]` files replaced by ones generated
+/// now (check-config reads and checks them) and its coordinator URLs made
+/// https:// as `[tls]` requires.
+fn with_test_tls(text: &str, pki: &lockstep_tests::TestPki) -> String {
+    let files = pki.issue("agent.lockstep").unwrap();
+    let mut out = text.replace("http://coordinator-", "https://coordinator-");
+    for (shipped, generated) in [
+        ("/etc/lockstep/tls/ca.pem", &files.ca),
+        ("/etc/lockstep/tls/agent.pem", &files.cert),
+        ("/etc/lockstep/tls/agent.key", &files.key),
+    ] {
+        assert!(
+            out.contains(shipped),
+            "the example no longer names {shipped}"
+        );
+        out = out.replace(shipped, &generated.display().to_string());
+    }
+    out
 }
 
 /// The value clap shows as `[default: VALUE]` for `flag` in `BIN --help`.

@@ -84,8 +84,18 @@ fn main() -> ExitCode {
                         .collect::<Vec<_>>()
                         .join(", ")
                 };
+                let tls = config.tls.as_ref().map_or_else(
+                    || "off (plain text)".to_owned(),
+                    |t| {
+                        format!(
+                            "on as {}, trusting coordinators {}",
+                            t.material.identity(),
+                            t.trusted_coordinators.join(", ")
+                        )
+                    },
+                );
                 println!(
-                    "{}: valid (agent {} in cluster {}; services: {services}; coordinators: {coordinators})",
+                    "{}: valid (agent {} in cluster {}; services: {services}; coordinators: {coordinators}; tls: {tls})",
                     file.display(),
                     config.id,
                     config.cluster
@@ -149,12 +159,30 @@ async fn serve(config: AgentConfig) -> Result<()> {
         let shutdown = stopped();
         async move { control::serve(host, access, control_listener, shutdown).await }
     });
+    let mut grpc_builder = tonic::transport::Server::builder();
+    match &config.tls {
+        Some(tls) => {
+            grpc_builder = grpc_builder
+                .tls_config(tls.material.server_config())
+                .context("cannot set up TLS for AgentService ([tls])")?;
+            tracing::info!(
+                grpc = %config.grpc_listen,
+                identity = %tls.material.identity(),
+                trusted_coordinators = tls.trusted_coordinators.join(", "),
+                "AgentService requires mTLS; commands only from trusted coordinators"
+            );
+        }
+        None => tracing::warn!(
+            grpc = %config.grpc_listen,
+            "plain-text AgentService: no [tls] configured, so it accepts commands from anyone who can reach its port; fine for a local demo, not for a fleet"
+        ),
+    }
     let grpc = Arc::new(AgentGrpc::new(host.clone()));
     let grpc_server = tokio::spawn({
         let grpc = grpc.clone();
         let shutdown = stopped();
         async move {
-            tonic::transport::Server::builder()
+            grpc_builder
                 .add_service(AgentServiceServer::from_arc(grpc))
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),

@@ -63,10 +63,14 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig { file }) => CoordinatorConfig::load(&file)
             .map(|c| {
                 println!(
-                    "{}: valid (listen {}, advertise {})",
+                    "{}: valid (listen {}, advertise {}, tls {})",
                     file.display(),
                     c.listen,
-                    c.advertise_url
+                    c.advertise_url,
+                    c.tls.as_ref().map_or_else(
+                        || "off (plain text)".to_owned(),
+                        |t| format!("on as {}", t.identity())
+                    )
                 )
             })
             .map_err(Into::into),
@@ -120,17 +124,30 @@ async fn serve(config: CoordinatorConfig) -> Result<()> {
                 config.listen
             )
         })?;
-    tracing::warn!(
-        listen = %config.listen,
-        "plain-text gRPC: no [tls] configured; fine for a local demo, not for a fleet"
-    );
+    let mut server_builder = tonic::transport::Server::builder();
+    match &config.tls {
+        Some(tls) => {
+            server_builder = server_builder
+                .tls_config(tls.server_config())
+                .context("cannot set up TLS for CoordinatorService ([tls])")?;
+            tracing::info!(
+                listen = %config.listen,
+                identity = %tls.identity(),
+                "mTLS: every caller needs a certificate chained to tls.ca; agents are dialled over https"
+            );
+        }
+        None => tracing::warn!(
+            listen = %config.listen,
+            "plain-text gRPC: no [tls] configured; fine for a local demo, not for a fleet"
+        ),
+    }
     let coordinator = Arc::new(Coordinator::new(config.clone(), client, depot));
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn({
         let grpc = CoordinatorGrpc::new(coordinator.clone());
         let mut stop = stop_rx.clone();
         async move {
-            tonic::transport::Server::builder()
+            server_builder
                 .add_service(CoordinatorServiceServer::new(grpc))
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::TcpListenerStream::new(listener),

@@ -6,13 +6,16 @@
 //! the leader's URL in the `lockstep-leader` metadata; the call is retried
 //! once there), the `Actor` sent with every mutating call, and the mapping
 //! from RPC errors to exit codes. Every verb calls the coordinator through
-//! [`Coordinators::call`].
+//! [`Coordinators::call`]. An `https://` coordinator (given, or named by a
+//! redirect) is dialled over mTLS with the operator's `--ca`, `--cert` and
+//! `--key`, read on first use.
 //!
 //! Must never: retry a call more than once after a redirect (a mutating call
 //! must not run twice because leadership moves), or print anything.
 
 use std::error::Error as StdError;
 use std::future::Future;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -60,6 +63,11 @@ pub enum Failure {
     Lost(String),
     #[error("not allowed: {0}")]
     NotAllowed(String),
+    /// The TLS handshake failed: a certificate was refused.
+    #[error(
+        "{url} refused the TLS connection ({detail}): it accepts only client certificates chained to its tls.ca; check --cert and --key (LOCKSTEP_CERT, LOCKSTEP_KEY), and --ca for its own certificate"
+    )]
+    Tls { url: String, detail: String },
     /// The coordinator refused the call; its message says what to do next.
     #[error("{0}")]
     Refused(String),
@@ -84,7 +92,7 @@ impl Failure {
             | Self::NoLeader { .. }
             | Self::Unavailable { .. }
             | Self::Lost(_) => EXIT_UNREACHABLE,
-            Self::NotAllowed(_) => EXIT_NOT_ALLOWED,
+            Self::NotAllowed(_) | Self::Tls { .. } => EXIT_NOT_ALLOWED,
             Self::Locked(_) => EXIT_LOCKED,
             Self::Refused(_) | Self::Local(_) => EXIT_FAILED,
             Self::Outcome { code, .. } => *code,
@@ -102,7 +110,21 @@ impl Failure {
 
     /// Maps an RPC error from the coordinator at `url`.
     pub fn from_status(url: &str, status: &tonic::Status) -> Self {
-        let detail = status_detail(status);
+        if let Some(detail) = status.source().and_then(tls::tls_failure) {
+            return Self::Tls {
+                url: url.to_owned(),
+                detail,
+            };
+        }
+        let mut detail = status_detail(status);
+        // Under TLS 1.3 a server refuses a client certificate after the
+        // client's side of the handshake is done, so the refusal often
+        // arrives as a bare closed connection rather than the alert.
+        if url.starts_with("https://") && status.source().is_some() {
+            detail.push_str(" (");
+            detail.push_str(TLS_REFUSAL_HINT);
+            detail.push(')');
+        }
         match status.code() {
             tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
                 Self::NotAllowed(detail)
@@ -179,7 +201,8 @@ fn is_not_leader(status: &tonic::Status) -> bool {
 
 /// Splits and normalises `--coordinator` values: commas separate URLs
 /// (clap splits them too; an env value may hold several), a bare
-/// `host:port` means `http://host:port`.
+/// `host:port` means `http://host:port`; `https://` needs `--ca`, `--cert`
+/// and `--key` (checked when it is dialled).
 pub fn parse_urls(values: &[String]) -> Result<Vec<String>, String> {
     let mut out: Vec<String> = Vec::new();
     for raw in values.iter().flat_map(|v| v.split(',')) {
@@ -192,14 +215,9 @@ pub fn parse_urls(values: &[String]) -> Result<Vec<String>, String> {
         } else {
             format!("http://{raw}")
         };
-        if url.starts_with("https://") {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(format!(
-                "--coordinator {raw}: this lockstep speaks plain http to coordinators; use http://"
-            ));
-        }
-        if !url.starts_with("http://") {
-            return Err(format!(
-                "--coordinator {raw}: not an http URL; use http://HOST:PORT"
+                "--coordinator {raw}: not an http URL; use http://HOST:PORT or https://HOST:PORT"
             ));
         }
         url.parse::<tonic::transport::Uri>()
@@ -214,14 +232,42 @@ pub fn parse_urls(values: &[String]) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-async fn connect(url: &str) -> Result<Client, String> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
+/// What the operator tells a TLS coordinator about themselves: `--ca`,
+/// `--cert`, `--key` (or `LOCKSTEP_CA`, `LOCKSTEP_CERT`, `LOCKSTEP_KEY`).
+#[derive(Debug, Clone, Default)]
+pub struct TlsFlags {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// Appended to a transport failure on an `https://` coordinator.
+const TLS_REFUSAL_HINT: &str = "if the coordinator is up, it may have refused this TLS client certificate: it accepts only certificates chained to its tls.ca; check --cert and --key";
+
+/// Appended to a failure to reach an `https://` coordinator.
+const TLS_HINT: &str = "TLS: the coordinator must trust the CA that signed --cert, and its own certificate must chain to --ca and name the host in the URL";
+
+async fn connect(url: &str, tls: Option<&tls::TlsMaterial>) -> Result<Client, String> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|e| error_chain(&e))?
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true);
-    let channel = endpoint.connect().await.map_err(|e| error_chain(&e))?;
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls.client_config())
+            .map_err(|e| error_chain(&e))?;
+    }
+    let channel = endpoint.connect().await.map_err(|e| {
+        let mut detail = error_chain(&e);
+        if tls.is_some() {
+            detail.push_str(" (");
+            detail.push_str(TLS_HINT);
+            detail.push(')');
+        }
+        detail
+    })?;
     Ok(CoordinatorServiceClient::new(channel))
 }
 
@@ -230,6 +276,9 @@ async fn connect(url: &str) -> Result<Client, String> {
 pub struct Coordinators {
     urls: Vec<String>,
     current: Option<(String, Client)>,
+    tls_flags: TlsFlags,
+    /// Read from `tls_flags` when an `https://` URL is first dialled.
+    tls: Option<tls::TlsMaterial>,
 }
 
 impl Coordinators {
@@ -237,7 +286,47 @@ impl Coordinators {
         Self {
             urls,
             current: None,
+            tls_flags: TlsFlags::default(),
+            tls: None,
         }
+    }
+
+    /// Dials `https://` coordinators with the operator's certificate.
+    #[must_use]
+    pub fn with_tls(mut self, flags: TlsFlags) -> Self {
+        self.tls_flags = flags;
+        self
+    }
+
+    /// The TLS material for dialling `url`: `None` for `http://`; for
+    /// `https://` the operator's, or a local failure saying what is missing.
+    async fn tls_for(&mut self, url: &str) -> Result<Option<tls::TlsMaterial>, Failure> {
+        if !url.starts_with("https://") {
+            return Ok(None);
+        }
+        if let Some(material) = &self.tls {
+            return Ok(Some(material.clone()));
+        }
+        let TlsFlags { ca, cert, key } = self.tls_flags.clone();
+        let (Some(ca), Some(cert), Some(key)) = (ca.clone(), cert.clone(), key.clone()) else {
+            let missing: Vec<&str> = [("--ca", &ca), ("--cert", &cert), ("--key", &key)]
+                .into_iter()
+                .filter(|(_, v)| v.is_none())
+                .map(|(flag, _)| flag)
+                .collect();
+            return Err(Failure::Local(format!(
+                "{url} is a TLS coordinator: it requires a client certificate, but {} {} not given; pass --ca CA.pem --cert CERT.pem --key KEY.pem (or set LOCKSTEP_CA, LOCKSTEP_CERT and LOCKSTEP_KEY)",
+                missing.join(", "),
+                if missing.len() == 1 { "is" } else { "are" },
+            )));
+        };
+        let paths = tls::TlsPaths { ca, cert, key };
+        let material = tokio::task::spawn_blocking(move || tls::TlsMaterial::load(&paths))
+            .await
+            .map_err(|e| Failure::Local(format!("reading the TLS files failed: {e}")))?
+            .map_err(|e| Failure::Local(format!("--ca/--cert/--key: {e}")))?;
+        self.tls = Some(material.clone());
+        Ok(Some(material))
     }
 
     /// Drops the remembered connection so the next call starts again from
@@ -251,8 +340,9 @@ impl Coordinators {
             return Ok(current.clone());
         }
         let mut tried = Vec::new();
-        for url in &self.urls {
-            match connect(url).await {
+        for url in self.urls.clone() {
+            let tls = self.tls_for(&url).await?;
+            match connect(&url, tls.as_ref()).await {
                 Ok(client) => {
                     self.current = Some((url.clone(), client.clone()));
                     return Ok((url.clone(), client));
@@ -283,14 +373,16 @@ impl Coordinators {
         let Some(leader) = leader_redirect(&status) else {
             return Err(Failure::from_status(&url, &status));
         };
-        let client = connect(&leader)
-            .await
-            .map_err(|detail| Failure::Unreachable {
-                urls: leader.clone(),
-                tried: format!(
-                    "{url} named {leader} as the leader, which did not answer: {detail}"
-                ),
-            })?;
+        let tls = self.tls_for(&leader).await?;
+        let client =
+            connect(&leader, tls.as_ref())
+                .await
+                .map_err(|detail| Failure::Unreachable {
+                    urls: leader.clone(),
+                    tried: format!(
+                        "{url} named {leader} as the leader, which did not answer: {detail}"
+                    ),
+                })?;
         self.current = Some((leader.clone(), client.clone()));
         match call(client).await {
             Ok(response) => Ok(response.into_inner()),
@@ -359,10 +451,9 @@ mod tests {
 
     #[test]
     fn urls_refuse_other_schemes() {
-        assert!(
-            parse_urls(&strings(&["https://a:1"]))
-                .unwrap_err()
-                .contains("http://")
+        assert_eq!(
+            parse_urls(&strings(&["https://a:1"])).unwrap(),
+            ["https://a:1"]
         );
         assert!(parse_urls(&strings(&["ftp://a:1"])).is_err());
         assert!(parse_urls(&strings(&["http://a b"])).is_err());

@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -53,6 +54,15 @@ struct Cli {
         default_value = DEFAULT_COORDINATOR
     )]
     coordinators: Vec<String>,
+    /// The CA (PEM) a TLS (`https://`) coordinator's certificate must chain to.
+    #[arg(long, global = true, value_name = "FILE", env = "LOCKSTEP_CA")]
+    ca: Option<PathBuf>,
+    /// The operator's client certificate (PEM) for `https://` coordinators.
+    #[arg(long, global = true, value_name = "FILE", env = "LOCKSTEP_CERT")]
+    cert: Option<PathBuf>,
+    /// The private key (PEM) of `--cert`.
+    #[arg(long, global = true, value_name = "FILE", env = "LOCKSTEP_KEY")]
+    key: Option<PathBuf>,
     /// Output format: text for people, json for scripts (`watch`: one event
     /// object per line).
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
@@ -100,7 +110,11 @@ enum Command {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     let urls = client::parse_urls(&cli.coordinators).map_err(Failure::Local)?;
-    let mut c = Coordinators::new(urls);
+    let mut c = Coordinators::new(urls).with_tls(client::TlsFlags {
+        ca: cli.ca,
+        cert: cli.cert,
+        key: cli.key,
+    });
     let output = cli.output;
     match cli.command {
         Command::Release(cmd) => release_cmd::run(&mut c, cmd, output).await,
