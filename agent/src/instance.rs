@@ -42,6 +42,10 @@ impl ReadinessCheck for ProbeCheck {
     fn check(&mut self, pid: u32) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async move { self.0.check(pid).await.map_err(|f| f.to_string()) })
     }
+
+    fn changed(&mut self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(self.0.changed())
+    }
 }
 
 /// A running instance on this host.

@@ -108,6 +108,9 @@ pub struct Driver {
     retries: JoinSet<(InstanceId, ApplyId)>,
     /// Fetches of the target by agents ahead of their batch (best effort).
     staging: JoinSet<()>,
+    /// Staging has begun (once the first apply was accepted, so the first
+    /// batch's own download does not share the coordinator with it).
+    staged: bool,
 }
 
 impl std::fmt::Debug for Driver {
@@ -135,6 +138,7 @@ impl Driver {
             applies: JoinSet::new(),
             retries: JoinSet::new(),
             staging: JoinSet::new(),
+            staged: false,
         }
     }
 
@@ -168,7 +172,9 @@ impl Driver {
                 return exit;
             }
         }
-        self.stage_ahead();
+        if self.pending.is_empty() {
+            self.stage_ahead();
+        }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             let input = tokio::select! {
@@ -273,6 +279,7 @@ impl Driver {
             ApplyResult::Verdict(v) if v.outcome() == pb::CommandOutcome::Accepted => {
                 p.accepted = true;
                 p.unreachable_since = None;
+                self.stage_ahead();
                 self.observe().await
             }
             ApplyResult::Verdict(v) => match v.refusal() {
@@ -318,7 +325,7 @@ impl Driver {
         release: ReleaseDigest,
         detail: String,
     ) -> Option<DriverExit> {
-        let note = Happening::new(EventKind::InstanceFailed, instance.as_str(), detail.clone());
+        // The engine's InstanceFailed notice becomes the event.
         self.record.note_instance(instance.as_str(), false, true);
         self.step(
             Event::InstanceFailed {
@@ -327,7 +334,7 @@ impl Driver {
                 release,
                 detail,
             },
-            vec![note],
+            Vec::new(),
         )
         .await
     }
@@ -417,19 +424,15 @@ impl Driver {
         apply: ApplyId,
         release: ReleaseDigest,
     ) -> Option<DriverExit> {
+        // The engine's InstanceFailed notice ("crash-looping") is the event.
         self.record.note_instance(instance.as_str(), false, true);
-        let note = Happening::new(
-            EventKind::InstanceFailed,
-            instance.as_str(),
-            format!("crash-looping on {}", short(release.as_str())),
-        );
         self.step(
             Event::InstanceCrashLooping {
                 instance,
                 apply,
                 release,
             },
-            vec![note],
+            Vec::new(),
         )
         .await
     }
@@ -578,10 +581,14 @@ impl Driver {
     }
 
     /// Asks every planned agent that lacks the target, in rollout order, to
-    /// fetch it now, so that its Apply is a switch and not a download. Only
+    /// fetch it now, so that its Apply is a switch and not a download. Once
+    /// per driver. Only
     /// an optimisation: the engine never hears of it, and an Apply fetches
     /// whatever staging did not.
     fn stage_ahead(&mut self) {
+        if std::mem::replace(&mut self.staged, true) {
+            return;
+        }
         let plan = self.record.engine.plan();
         let target = plan.target.clone();
         if target.as_str() == NOT_INSTALLED {

@@ -7,9 +7,9 @@
 //! the engine follows the plan, it does not re-plan.
 //!
 //! ```text
-//!   wave 0  canary        [a1]                 (target -> previous -> target)
-//!   wave 1  cluster small [s1] [s2]            batch = min(max_unavailable, size - floor)
-//!   wave 2  cluster big   [b1 b2] [b3 b4] [b5]
+//!   wave 1  canary        [a1]                 (target -> previous -> target)
+//!   wave 2  cluster small [s1] [s2]            batch = min(max_unavailable, size - floor)
+//!   wave 3  cluster big   [b1 b2] [b3 b4] [b5]
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -462,8 +462,9 @@ impl Plan {
                 "stop and wait for an operator (auto_rollback = false)"
             }
         )?;
-        for (wi, w) in self.waves.iter().enumerate() {
-            if wi > 0 && g.pause_between_clusters {
+        // Numbered from 1, as `lockstep watch` shows them.
+        for (wi, w) in self.waves.iter().enumerate().map(|(i, w)| (i + 1, w)) {
+            if wi > 1 && g.pause_between_clusters {
                 writeln!(s, "  -- wait for `lockstep approve` --")?;
             }
             match w.kind {

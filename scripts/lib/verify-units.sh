@@ -19,12 +19,6 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 units_dir=${1:-systemd}
 
-# Binaries a unit may start before they exist, each checked against
-# /bin/true until then (verify then checks every directive but the path).
-declare -A not_yet_built=(
-    [lockstep-coordinator]="the coordinator daemon arrives with issue #7"
-)
-
 # Highest `systemd-analyze security` exposure (x10: 20 = 2.0) per unit. The
 # agent's children inherit its sandbox, so it keeps only what apps can live
 # with (see the comments in its unit); the coordinator is locked down.
@@ -72,16 +66,8 @@ for unit in "${units[@]}"; do
     [ "$(wc -w <<<"$execs")" -eq 1 ] ||
         fail "$unit: expected one ExecStart=/usr/bin/<binary>, found: ${execs:-none}"
     bin=$(workspace_bin "$execs")
-    if [ -z "$bin" ]; then
-        why=${not_yet_built[$execs]:-}
-        [ -n "$why" ] || fail "$unit: ExecStart= names $execs, which no workspace package builds"
-        bin=/bin/true
-        echo "  $name: ExecStart $execs -> $bin ($why)"
-    else
-        [ -z "${not_yet_built[$execs]:-}" ] ||
-            echo "  note: $execs exists now; remove it from not_yet_built in $0"
-        echo "  $name: ExecStart $execs -> $bin"
-    fi
+    [ -n "$bin" ] || fail "$unit: ExecStart= names $execs, which no workspace package builds"
+    echo "  $name: ExecStart $execs -> $bin"
     sed "s|^ExecStart=/usr/bin/$execs|ExecStart=$bin|" "$unit" >"$scratch/units/$name"
 done
 

@@ -223,12 +223,36 @@ impl Probe {
             Kind::Tcp(p) => bounded(timeout, p.to_string(), p.check()).await,
             // Enforces the timeout itself: it must kill and reap its process group.
             Kind::Exec(p) => p.check(timeout).await,
-            Kind::Notify(rx) => notify::check_state(&rx.borrow(), pid),
+            // Marks the state seen, so `changed` waits for the next datagram.
+            Kind::Notify(rx) => notify::check_state(&rx.borrow_and_update(), pid),
         };
         if let Err(failure) = &result {
             tracing::debug!(pid, %failure, "readiness probe failed");
         }
         result
+    }
+}
+
+impl Probe {
+    /// Resolves when an attempt made now would pass although the next
+    /// interval is not due: a notify probe's socket received a datagram and
+    /// the instance says READY=1 (and not STOPPING=1), so readiness is acted
+    /// on at once, not at the next poll. Only a passing state wakes it: a
+    /// chatty app's STATUS= lines must not count failures faster than the
+    /// interval. Never resolves for the other kinds, which can only be polled.
+    pub async fn changed(&mut self) {
+        match &mut self.kind {
+            Kind::Notify(rx) => loop {
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                let state = rx.borrow();
+                if state.ready && !state.stopping {
+                    return;
+                }
+            },
+            Kind::Http(_) | Kind::Tcp(_) | Kind::Exec(_) => std::future::pending().await,
+        }
     }
 }
 

@@ -338,7 +338,8 @@ fn check_file(path: &Path) -> Result<(), SupervisorError> {
 type ProbeResult = (u64, Result<(), String>);
 
 /// Probes the current process every `interval` (the first attempt right
-/// after it starts), each attempt bounded by `timeout`.
+/// after it starts), and at once when the check says its answer may have
+/// changed; each attempt bounded by `timeout`.
 async fn probe_loop(
     mut check: Box<dyn ReadinessCheck>,
     mut pid: watch::Receiver<Option<(u64, u32)>>,
@@ -362,6 +363,7 @@ async fn probe_loop(
         }
         tokio::select! {
             _ = tokio::time::sleep(timing.interval) => {}
+            () = check.changed() => {}
             changed = pid.changed() => if changed.is_err() { return },
         }
     }

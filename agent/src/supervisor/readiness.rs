@@ -15,6 +15,13 @@ use std::pin::Pin;
 pub trait ReadinessCheck: Send + 'static {
     /// One probe attempt against the instance whose main pid is `pid`.
     fn check(&mut self, pid: u32) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+
+    /// Resolves when an attempt could answer differently before the next
+    /// interval (e.g. a notify socket received a datagram); the schedule
+    /// then probes at once. Default: never, so the interval alone decides.
+    fn changed(&mut self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(std::future::pending())
+    }
 }
 
 /// Ready as soon as it runs.

@@ -491,3 +491,48 @@ async fn demo_app_is_probed_over_http_and_notify() {
     }
     app.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_notify_probe_wakes_its_schedule_on_ready_and_only_on_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("n.sock");
+    let sock = NotifySocket::bind(&path).unwrap();
+    let me = std::process::id();
+    sock.set_main_pid(me);
+    let mut p = Probe::new(
+        &Readiness::Notify,
+        Path::new(NOWHERE),
+        Some(sock.subscribe()),
+    )
+    .unwrap();
+    assert!(p.check(me).await.is_err());
+    // A status line is not a reason to probe before the interval.
+    send(&path, "STATUS=loading");
+    let mut rx = sock.subscribe();
+    wait_for("STATUS=", Duration::from_secs(5), || {
+        let s = rx.borrow_and_update().status.clone();
+        async move { s.as_deref() == Some("loading") }
+    })
+    .await;
+    let mut woken = Box::pin(p.changed());
+    assert!(
+        futures_poll_once(woken.as_mut()).await.is_none(),
+        "woke on STATUS= alone"
+    );
+    // READY=1 wakes it, and an attempt then passes.
+    send(&path, "READY=1");
+    tokio::time::timeout(Duration::from_secs(10), woken)
+        .await
+        .expect("READY=1 wakes the probe schedule");
+    p.check(me).await.unwrap();
+}
+
+/// Polls `f` once: `Some` if it completed.
+async fn futures_poll_once<F: std::future::Future + Unpin>(f: F) -> Option<F::Output> {
+    let mut f = f;
+    std::future::poll_fn(|cx| match std::pin::Pin::new(&mut f).poll(cx) {
+        std::task::Poll::Ready(v) => std::task::Poll::Ready(Some(v)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
+}

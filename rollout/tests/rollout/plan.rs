@@ -117,10 +117,10 @@ deploy sha256:000000000000 to 4 instance(s) in 2 cluster(s), overlap socket-hand
 rollback target: each instance's own previous release (default sha256:000000000000)
 gates per batch: ready within 1m, stable for 10s, then checks; whole rollout within 1h
 on failure: stop, and roll every touched instance back in reverse order
-wave 0: canary (rehearse rollback: target -> previous -> target)
+wave 1: canary (rehearse rollback: target -> previous -> target)
   batch 1: small-0 (small)
   -- wait for `lockstep approve` --
-wave 1: cluster big (3 instance(s), floor 0, max_unavailable 1, 1 at a time)
+wave 2: cluster big (3 instance(s), floor 0, max_unavailable 1, 1 at a time)
   batch 1: big-0
   batch 2: big-1
   batch 3: big-2

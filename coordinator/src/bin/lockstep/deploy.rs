@@ -21,7 +21,7 @@ pub struct Args {
     /// The release's full digest (sha256:...), as `lockstep release push` printed it.
     #[arg(long, value_name = "DIGEST", value_parser = strategy::parse_digest)]
     pub release: String,
-    /// A TOML file with a [strategy] table; default: the service's strategy.
+    /// A TOML file with a [strategy] table; default: the built-in strategy (`lockstep plan` shows it).
     #[arg(long, value_name = "FILE")]
     pub strategy: Option<PathBuf>,
     /// Why, for the history and the audit log.
