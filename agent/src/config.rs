@@ -12,6 +12,8 @@
 //!
 //! [grpc]
 //! listen = "127.0.0.1:7600"          # AgentService, for the coordinator
+//! advertise = "web-1.internal:7600"  # what coordinators dial; default: listen,
+//!                                    # or <hostname>:<port> for a wildcard listen
 //!
 //! services = ["demo-app"]            # services this host is assigned to run
 //!
@@ -85,6 +87,8 @@ pub struct AgentConfig {
     pub control_socket: PathBuf,
     pub control_group: Option<String>,
     pub grpc_listen: SocketAddr,
+    /// `host:port` coordinators dial (reported in the registration).
+    pub grpc_advertise: String,
     /// The fleet's coordinators; `None`: no reports, no release fetches.
     pub coordinator: Option<CoordinatorSettings>,
     /// Services this host is assigned to run (reported in its registration).
@@ -233,6 +237,7 @@ struct RawControl {
 #[serde(deny_unknown_fields)]
 struct RawGrpc {
     listen: Option<String>,
+    advertise: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -335,6 +340,22 @@ impl AgentConfig {
         check(
             "grpc.listen",
             grpc_listen.as_ref().map(drop).map_err(Clone::clone),
+        );
+        let grpc_advertise = match (&raw.grpc.advertise, &grpc_listen) {
+            (Some(advertise), _) => host_port(advertise).map(|()| advertise.clone()),
+            // A wildcard cannot be dialled: the host's name is what other
+            // hosts know it by.
+            (None, Ok(listen)) if listen.ip().is_unspecified() => hostname()
+                .map(|h| format!("{h}:{}", listen.port()))
+                .map_err(|e| {
+                    format!("grpc.listen is a wildcard and the hostname is unknown ({e}); set advertise to this host's name or IP and port")
+                }),
+            (None, Ok(listen)) => Ok(listen.to_string()),
+            (None, Err(_)) => Ok(String::new()),
+        };
+        check(
+            "grpc.advertise",
+            grpc_advertise.as_ref().map(drop).map_err(Clone::clone),
         );
         let services = raw
             .services
@@ -569,27 +590,38 @@ impl AgentConfig {
             );
         }
 
-        match (id, cluster, data_dir, control_socket, grpc_listen) {
-            (Ok(id), Ok(cluster), Ok(data_dir), Ok(control_socket), Ok(grpc_listen))
-                if problems.is_empty() =>
-            {
-                Ok(Self {
-                    id,
-                    cluster,
-                    data_dir,
-                    control_socket,
-                    control_group: raw.control.group,
-                    grpc_listen,
-                    coordinator,
-                    services,
-                    etcd,
-                    listen_overrides,
-                    trusted_keys: raw.releases.trusted_keys,
-                    keep_releases,
-                    limits,
-                    tls,
-                })
-            }
+        match (
+            id,
+            cluster,
+            data_dir,
+            control_socket,
+            grpc_listen,
+            grpc_advertise,
+        ) {
+            (
+                Ok(id),
+                Ok(cluster),
+                Ok(data_dir),
+                Ok(control_socket),
+                Ok(grpc_listen),
+                Ok(grpc_advertise),
+            ) if problems.is_empty() => Ok(Self {
+                id,
+                cluster,
+                data_dir,
+                control_socket,
+                control_group: raw.control.group,
+                grpc_listen,
+                grpc_advertise,
+                coordinator,
+                services,
+                etcd,
+                listen_overrides,
+                trusted_keys: raw.releases.trusted_keys,
+                keep_releases,
+                limits,
+                tls,
+            }),
             _ => Err(ConfigError::Invalid {
                 path: path.to_owned(),
                 problems,
@@ -662,6 +694,32 @@ fn url(s: &str) -> Result<(), String> {
     }
 }
 
+/// `host:port` (a name, an IPv4 address or a bracketed IPv6 one), as a
+/// coordinator dials it: no scheme, a port, not a wildcard address.
+fn host_port(s: &str) -> Result<(), String> {
+    let bad = |why: &str| format!("`{s}` is not host:port ({why}), e.g. \"10.0.0.21:7600\"");
+    if s.contains("://") {
+        return Err(bad(
+            "no scheme: the agent's TLS setting decides http or https",
+        ));
+    }
+    let uri: tonic::codegen::http::Uri = format!("http://{s}/")
+        .parse()
+        .map_err(|_| bad("not a valid address"))?;
+    let host = uri.host().unwrap_or_default();
+    if host.is_empty() || uri.port_u16().is_none() || uri.path() != "/" {
+        return Err(bad("a host and a port, nothing else"));
+    }
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    if ip
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified())
+    {
+        return Err(bad("a wildcard address cannot be dialled"));
+    }
+    Ok(())
+}
+
 /// Prefixes a problem with the line its value is on, as syntax errors are.
 fn at_line(text: &str, span: std::ops::Range<usize>, message: &str) -> String {
     let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
@@ -717,6 +775,7 @@ mod tests {
         let config = parse(text).unwrap();
         let services: Vec<&str> = config.services.iter().map(ServiceName::as_str).collect();
         assert_eq!(services, ["demo-app", "billing"]);
+        assert_eq!(config.grpc_advertise, "web-1.internal:7600");
         let coordinator = config.coordinator.unwrap();
         assert_eq!(
             coordinator.urls,
@@ -976,6 +1035,29 @@ mod tests {
             "releases.keep:",
         ] {
             assert!(err.contains(key), "{key} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn coordinators_dial_the_advertised_address() {
+        let base = "cluster = \"eu-1\"\ndata_dir = \"/d\"\n";
+        let config = parse(&format!("{base}[grpc]\nlisten = \"127.0.0.1:7600\"\n")).unwrap();
+        assert_eq!(config.grpc_advertise, "127.0.0.1:7600");
+        let config = parse(&format!(
+            "{base}[grpc]\nlisten = \"0.0.0.0:7600\"\nadvertise = \"web-1.internal:7600\"\n[coordinator]\nurls = [\"http://c:7400\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(config.grpc_advertise, "web-1.internal:7600");
+        let config = parse(&format!("{base}[grpc]\nlisten = \"0.0.0.0:7600\"\n")).unwrap();
+        assert_eq!(
+            config.grpc_advertise,
+            format!("{}:7600", hostname().unwrap())
+        );
+        for bad in ["http://web-1:7600", "web-1", "0.0.0.0:7600", "web-1:7600/x"] {
+            let err = parse(&format!("{base}[grpc]\nadvertise = \"{bad}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("grpc.advertise: "), "{bad}: {err}");
         }
     }
 }

@@ -228,7 +228,7 @@ impl Host {
             let record = AgentRecord {
                 agent: config.id.to_string(),
                 cluster: config.cluster.to_string(),
-                grpc_address: config.grpc_listen.to_string(),
+                grpc_address: config.grpc_advertise.clone(),
                 hostname: nix::unistd::gethostname()
                     .map(|h| h.to_string_lossy().into_owned())
                     .unwrap_or_default(),
@@ -313,7 +313,7 @@ impl Host {
             agent_id: self.config.id.to_string(),
             cluster: self.config.cluster.to_string(),
             hostname,
-            grpc_address: self.config.grpc_listen.to_string(),
+            grpc_address: self.config.grpc_advertise.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             services: self
                 .config

@@ -5,7 +5,8 @@
 //! A push is streamed to a temporary file, fully verified (digest,
 //! signature policy, a complete safe unpack into scratch) and only then
 //! renamed into place and indexed: a half-pushed or tampered bundle is never
-//! served.
+//! served. The index entry lists the coordinators holding the bundle
+//! (`holders`); `mirror` copies it to every other coordinator the same way.
 //!
 //! Must never: serve or index a bundle that failed verification, or hold a
 //! whole bundle in memory.
@@ -13,7 +14,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use etcd_client::{Client, GetOptions};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use release::{ReleaseDigest, TrustedKeys, UnpackLimits};
 use serde::{Deserialize, Serialize};
 
@@ -29,7 +30,14 @@ pub struct ReleaseEntry {
     pub pushed_unix_ms: i64,
     pub signed: bool,
     pub overlap: rollout::Overlap,
+    /// Advertise URLs of the coordinators that store the bundle.
+    #[serde(default)]
+    pub holders: Vec<String>,
 }
+
+/// Concurrent index writers (coordinators joining `holders`) retry this
+/// often before giving up until the next push or mirror round.
+const INDEX_ATTEMPTS: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DepotError {
@@ -51,6 +59,8 @@ pub enum DepotError {
     },
     #[error("verification task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("release index entry {key} kept changing under {INDEX_ATTEMPTS} attempts to update it")]
+    Contended { key: String },
 }
 
 /// Bundles by digest on local disk plus their etcd index.
@@ -59,6 +69,8 @@ pub struct ReleaseDepot {
     dir: PathBuf,
     trusted: TrustedKeys,
     client: Client,
+    /// This coordinator's advertise URL, as recorded in `holders`.
+    me: String,
 }
 
 /// A push in progress: bytes go to a temporary file in the depot directory.
@@ -85,8 +97,14 @@ impl Incoming {
 }
 
 impl ReleaseDepot {
-    /// Opens (creating if needed) the depot directory.
-    pub fn open(dir: &Path, trusted: TrustedKeys, client: Client) -> Result<Self, DepotError> {
+    /// Opens (creating if needed) the depot directory of the coordinator
+    /// advertised as `me`.
+    pub fn open(
+        dir: &Path,
+        trusted: TrustedKeys,
+        client: Client,
+        me: &str,
+    ) -> Result<Self, DepotError> {
         std::fs::create_dir_all(dir).map_err(|source| DepotError::Io {
             path: dir.to_owned(),
             source,
@@ -95,7 +113,18 @@ impl ReleaseDepot {
             dir: dir.to_owned(),
             trusted,
             client,
+            me: me.to_owned(),
         })
+    }
+
+    /// This coordinator, as `holders` names it.
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    /// Whether the bundle is stored here.
+    pub fn holds(&self, digest: &ReleaseDigest) -> bool {
+        self.blob_path(digest).is_file()
     }
 
     /// Where the bundle with `digest` lives (whether or not it exists).
@@ -127,13 +156,47 @@ impl ReleaseDepot {
             depot.verify_and_place(incoming, expected.as_ref())
         })
         .await??;
+        Ok((self.index(entry).await?, already))
+    }
+
+    /// Records `entry` with this coordinator among its holders; an entry
+    /// already there keeps its first push time and its other holders.
+    async fn index(&self, entry: ReleaseEntry) -> Result<ReleaseEntry, DepotError> {
         let key = keys::release(&entry.service, &entry.digest);
-        let value = serde_json::to_vec(&entry).map_err(|source| DepotError::BadEntry {
-            key: key.clone(),
-            source,
-        })?;
-        self.client.clone().put(key, value, None).await?;
-        Ok((entry, already))
+        let mut client = self.client.clone();
+        for _ in 0..INDEX_ATTEMPTS {
+            let response = client.get(key.as_str(), None).await?;
+            let (mut merged, unchanged) = match response.kvs().first() {
+                Some(kv) => (
+                    serde_json::from_slice::<ReleaseEntry>(kv.value()).map_err(|source| {
+                        DepotError::BadEntry {
+                            key: key.clone(),
+                            source,
+                        }
+                    })?,
+                    Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision()),
+                ),
+                None => (
+                    entry.clone(),
+                    Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+                ),
+            };
+            if !merged.holders.contains(&self.me) {
+                merged.holders.push(self.me.clone());
+            }
+            let value = serde_json::to_vec(&merged).map_err(|source| DepotError::BadEntry {
+                key: key.clone(),
+                source,
+            })?;
+            let txn =
+                Txn::new()
+                    .when([unchanged])
+                    .and_then([TxnOp::put(key.as_str(), value, None)]);
+            if client.txn(txn).await?.succeeded() {
+                return Ok(merged);
+            }
+        }
+        Err(DepotError::Contended { key })
     }
 
     fn verify_and_place(
@@ -165,6 +228,7 @@ impl ReleaseDepot {
             size: incoming.written,
             pushed_unix_ms: crate::now_unix_ms(),
             signed: verified.signed_by.is_some(),
+            holders: Vec::new(),
             overlap: match manifest.overlap() {
                 release::manifest::Overlap::SocketHandover => rollout::Overlap::SocketHandover,
                 release::manifest::Overlap::Reuseport => rollout::Overlap::Reuseport,

@@ -16,6 +16,7 @@ pub mod effects;
 pub mod fleet;
 pub mod journal;
 pub mod leader;
+pub mod mirror;
 pub mod record;
 pub mod service;
 pub mod wire;

@@ -321,6 +321,7 @@ impl CoordinatorService for CoordinatorGrpc {
                     size: e.size,
                     pushed_unix_ms: e.pushed_unix_ms,
                     signed: e.signed,
+                    holders: e.holders,
                 })
                 .collect(),
         }))

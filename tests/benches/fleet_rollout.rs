@@ -4,7 +4,9 @@
 //! run: the median time from spawning the demo app by hand (no agent) to
 //! its READY=1 with no readiness delay. The ratio without it is printed too.
 //!
-//! `cargo bench -p lockstep-tests --bench fleet_rollout [-- AGENTS READY_MS MIN_HEALTHY_MS]`
+//! `cargo build --release --workspace --bins && cargo bench -p lockstep-tests --bench fleet_rollout [-- AGENTS READY_MS MIN_HEALTHY_MS]`
+//! (the bench runs the binaries of its own profile; `--profile dev` with a
+//! debug build works too and is slower)
 //! Real etcd, one real coordinator, real agents and demo apps.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -3,11 +3,9 @@
 //! refused without a certificate the coordinator trusts. Every key and
 //! certificate comes from a `TestPki` generated at test time.
 
-use std::path::Path;
-use std::process::Output;
 use std::time::Duration;
 
-use lockstep_tests::http::{json_field, request};
+use lockstep_tests::operator::{last_line, leader_url, served_version, strategy, text};
 use lockstep_tests::{
     AgentFixture, CoordinatorFixture, DemoRelease, EtcdCluster, FleetFixture, TestPki, TlsFiles,
     lockstep, lockstep_tls, wait_for,
@@ -19,42 +17,6 @@ const DEADLINE: Duration = Duration::from_secs(120);
 const TTL_SECS: u64 = 3;
 const COORDINATOR: &str = "coordinator.lockstep";
 
-fn text(output: &Output) -> String {
-    format!(
-        "exit {}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn last_line(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
-}
-
-async fn served_version(addr: std::net::SocketAddr) -> Result<String, String> {
-    let (status, body) = request(addr, "GET", "/version", "").await?;
-    if status != 200 {
-        return Err(format!("/version answered {status}"));
-    }
-    json_field(&body, "version").ok_or_else(|| format!("no version in {body}"))
-}
-
-fn strategy(dir: &Path) -> String {
-    let path = dir.join("fast.toml");
-    std::fs::write(
-        &path,
-        "[strategy]\nmin_healthy_time = \"500ms\"\nhealthy_deadline = \"30s\"\n",
-    )
-    .unwrap();
-    path.display().to_string()
-}
-
 /// The agent's current release of `demo`, as agentctl (over its Unix
 /// socket) reports it.
 async fn current_version(agent: &AgentFixture) -> String {
@@ -63,15 +25,6 @@ async fn current_version(agent: &AgentFixture) -> String {
         .as_str()
         .unwrap_or_default()
         .to_owned()
-}
-
-/// The advertised URL of the coordinator that leads, from etcd.
-async fn leader_url(etcd: &EtcdCluster) -> Option<String> {
-    let mut client = etcd.client().await.ok()?;
-    let response = client.get("/lockstep/v1/leader", None).await.ok()?;
-    let kv = response.kvs().first()?;
-    let value: serde_json::Value = serde_json::from_slice(kv.value()).ok()?;
-    value["purpose"].as_str().map(str::to_owned)
 }
 
 #[tokio::test]
@@ -124,7 +77,10 @@ async fn a_rollout_runs_end_to_end_over_mutual_tls() {
     .unwrap();
 
     let work = tempfile::tempdir().unwrap();
-    let fast = strategy(work.path());
+    let fast = strategy(work.path(), "fast", "500ms")
+        .unwrap()
+        .display()
+        .to_string();
     for version in ["1.0.0", "2.0.0"] {
         let bundle = DemoRelease::new(version, 1).build(work.path()).unwrap();
         let mut digest = String::new();

@@ -114,8 +114,13 @@ async fn serve(config: CoordinatorConfig) -> Result<()> {
     if trusted.is_empty() {
         tracing::warn!("releases.trusted_keys is empty: unsigned bundles are accepted");
     }
-    let depot = ReleaseDepot::open(&config.store_dir, trusted, client.clone())
-        .context("cannot open the release depot (store_dir)")?;
+    let depot = ReleaseDepot::open(
+        &config.store_dir,
+        trusted,
+        client.clone(),
+        &config.advertise_url,
+    )
+    .context("cannot open the release depot (store_dir)")?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| {
@@ -159,6 +164,12 @@ async fn serve(config: CoordinatorConfig) -> Result<()> {
         }
     });
     let leadership = tokio::spawn(coordinator.clone().run_leadership(stop_rx.clone()));
+    let mirror = tokio::spawn(coordinator::mirror::run(
+        coordinator.depot.clone(),
+        config.tls.clone(),
+        config.status_interval,
+        stop_rx.clone(),
+    ));
     tracing::info!(listen = %config.listen, advertise = config.advertise_url, "coordinator serving");
     let manager = notify::Notifier::from_env();
     manager.send("READY=1\nSTATUS=serving");
@@ -170,6 +181,9 @@ async fn serve(config: CoordinatorConfig) -> Result<()> {
     let _ = stop_tx.send(true);
     if let Err(err) = leadership.await {
         tracing::error!(error = %err, "leadership task failed");
+    }
+    if let Err(err) = mirror.await {
+        tracing::error!(error = %err, "release mirror task failed");
     }
     match server.await {
         Ok(Ok(())) => Ok(()),

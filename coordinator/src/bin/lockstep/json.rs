@@ -156,6 +156,7 @@ pub fn release_summary(r: &ReleaseSummary) -> Value {
         "size": r.size,
         "pushed_unix_ms": r.pushed_unix_ms,
         "signed": r.signed,
+        "holders": r.holders,
     })
 }
 

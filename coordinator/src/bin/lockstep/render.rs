@@ -321,12 +321,15 @@ pub fn releases(list: &[ReleaseSummary], now: i64) -> String {
                 if r.signed { "yes" } else { "no" }.to_owned(),
                 r.size.to_string(),
                 age(r.pushed_unix_ms, now),
+                r.holders.len().to_string(),
                 digest,
             ]
         })
         .collect();
     table(
-        &["SERVICE", "VERSION", "SIGNED", "BYTES", "PUSHED", "DIGEST"],
+        &[
+            "SERVICE", "VERSION", "SIGNED", "BYTES", "PUSHED", "COPIES", "DIGEST",
+        ],
         &rows,
     )
 }
