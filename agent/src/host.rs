@@ -57,6 +57,9 @@ const FAILURE_LOG_LINES: usize = 20;
 /// Beyond the release's healthy_deadline, how long a switch waits for the
 /// supervisor's own verdict before calling the start failed.
 const READY_GRACE: Duration = Duration::from_secs(1);
+/// How long an unrecorded app process (see `stop_strays`) gets after
+/// SIGTERM: its manifest, and so its own stop_timeout, is unknown.
+const STRAY_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Status events buffered for slow `WatchStatus` readers; a reader that
 /// falls further behind gets a fresh snapshot instead.
 const EVENT_BUFFER: usize = 1024;
@@ -278,8 +281,11 @@ impl Host {
     /// whose release cannot start is reported and left stopped; the others
     /// start.
     pub async fn reconcile(&self) -> Vec<(String, HostError)> {
+        let found = self.recorded_processes().await;
+        self.stop_strays(found.iter().map(|f| f.record.pid).collect())
+            .await;
         let mut recorded: BTreeMap<String, Vec<Recorded>> = BTreeMap::new();
-        for found in self.recorded_processes().await {
+        for found in found {
             recorded
                 .entry(found.record.service.clone())
                 .or_default()
@@ -339,6 +345,37 @@ impl Host {
             stop_unwanted(&self.config.process_dir(), found).await;
         }
         failures
+    }
+
+    /// Stops app processes a previous agent started but never recorded (it
+    /// died in between): nothing could adopt them, and they would hold the
+    /// service's port.
+    async fn stop_strays(&self, known: Vec<u32>) {
+        let runtime_dir = self.config.runtime_dir();
+        let strays =
+            tokio::task::spawn_blocking(move || record::find_strays(&runtime_dir, &known)).await;
+        let strays = match strays {
+            Ok(strays) => strays,
+            Err(err) => {
+                tracing::error!(error = %err, "looking for unrecorded app processes failed");
+                return;
+            }
+        };
+        let mut stops = tokio::task::JoinSet::new();
+        for (pid, pidfd) in strays {
+            tracing::warn!(pid, "stopping an app process that no record names");
+            stops.spawn(record::stop_process(
+                pid,
+                pidfd,
+                nix::sys::signal::Signal::SIGTERM,
+                STRAY_STOP_TIMEOUT,
+            ));
+        }
+        while let Some(result) = stops.join_next().await {
+            if let Err(err) = result {
+                tracing::error!(error = %err, "a stray process stop task failed");
+            }
+        }
     }
 
     /// The live processes a previous agent recorded (records of processes

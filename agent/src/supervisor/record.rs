@@ -13,7 +13,13 @@
 //!         Ready   ─▶ ready = true ─┼─▶ watch ─▶ recorder ──┤
 //!         Exited  ─▶ None ─────────┘   (coalesces)         └─▶ remove
 //! agent start: load_all ─▶ observe(pid) ─▶ verdict: Adopt | Stop | Forget
+//!              find_strays: an app of ours (NOTIFY_SOCKET in our runtime
+//!              dir) that no record names ─▶ stopped
 //! ```
+//!
+//! A stray exists only if an agent died between spawning a process and
+//! writing its record (milliseconds): it must not keep the service's port
+//! from the agent that comes next.
 //!
 //! Must never: call a process the recorded one unless its start time and
 //! boot match (a reused pid belongs to someone else), or count a zombie as
@@ -271,34 +277,105 @@ pub async fn ended_within(pidfd: &AsyncFd<OwnedFd>, limit: Duration) -> bool {
     tokio::time::timeout(limit, pidfd.readable()).await.is_ok()
 }
 
+/// The value of `NOTIFY_SOCKET` in the text of `/proc/PID/environ`.
+pub fn notify_socket_of(environ: &[u8]) -> Option<&[u8]> {
+    environ
+        .split(|b| *b == 0)
+        .find_map(|var| var.strip_prefix(b"NOTIFY_SOCKET=".as_slice()))
+}
+
+/// Processes started by an agent with this `runtime_dir` (their
+/// NOTIFY_SOCKET is in it) other than `known` and the processes in their
+/// sessions (an app's own workers inherit its environment), each with a
+/// pidfd opened before its environment was read again (a reused pid is not
+/// taken for it).
+pub fn find_strays(runtime_dir: &Path, known: &[u32]) -> Vec<(u32, OwnedFd)> {
+    let mut prefix = runtime_dir.as_os_str().as_encoded_bytes().to_vec();
+    prefix.push(b'/');
+    let ours = |pid: u32| {
+        std::fs::read(format!("/proc/{pid}/environ"))
+            .ok()
+            .is_some_and(|env| notify_socket_of(&env).is_some_and(|v| v.starts_with(&prefix)))
+    };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let me = std::process::id();
+    let mut strays = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me || known.contains(&pid) || !ours(pid) {
+            continue;
+        }
+        let session = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| crate::probe::notify::parse_proc_stat(&stat));
+        if session.is_some_and(|(pgrp, sid)| known.contains(&pgrp) || known.contains(&sid)) {
+            continue;
+        }
+        let Some(raw) = i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        else {
+            continue;
+        };
+        let Ok(pidfd) = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())
+        else {
+            continue;
+        };
+        if ours(pid) {
+            strays.push((pid, pidfd));
+        }
+    }
+    strays
+}
+
 /// Stops a recorded process nobody wants (another release, a removed
 /// slot): its stop signal to the group, its stop timeout, SIGKILL.
 pub async fn stop_unwanted(record: &ProcessRecord, pidfd: OwnedFd) {
-    let group = Pid::from_raw(record.pid as i32);
+    tracing::info!(
+        service = %record.service,
+        slot = record.slot,
+        release = %record.release_digest,
+        pid = record.pid,
+        "stopping a left-over instance process that is not wanted"
+    );
+    let signal = Signal::try_from(record.stop_signal).unwrap_or(Signal::SIGTERM);
+    stop_process(
+        record.pid,
+        pidfd,
+        signal,
+        Duration::from_millis(record.stop_timeout_ms),
+    )
+    .await;
+}
+
+/// The stop signal to `pid`'s process group, up to `timeout` for it to
+/// end, then SIGKILL.
+pub async fn stop_process(pid: u32, pidfd: OwnedFd, signal: Signal, timeout: Duration) {
+    let group = Pid::from_raw(pid as i32);
     // See `instance::Driver::adopt` on why `new` (an OwnedFd cannot be
     // closed behind the registration) rather than the `unsafe` `register`.
     #[allow(deprecated)]
     let pidfd = match AsyncFd::new(pidfd) {
         Ok(fd) => fd,
         Err(e) => {
-            tracing::warn!(pid = record.pid, error = %e, "cannot watch an unwanted process; killing it");
+            tracing::warn!(pid, error = %e, "cannot watch an unwanted process; killing it");
             let _ = killpg(group, Signal::SIGKILL);
             return;
         }
     };
-    let signal = Signal::try_from(record.stop_signal).unwrap_or(Signal::SIGTERM);
-    tracing::info!(
-        service = %record.service,
-        slot = record.slot,
-        release = %record.release_digest,
-        pid = record.pid,
-        "stopping a left-over instance process of a release that is not current"
-    );
     let _ = killpg(group, signal);
-    if !ended_within(&pidfd, Duration::from_millis(record.stop_timeout_ms)).await {
+    if !ended_within(&pidfd, timeout).await {
         let _ = killpg(group, Signal::SIGKILL);
         if !ended_within(&pidfd, KILL_WAIT).await {
-            tracing::warn!(pid = record.pid, "left-over process survived SIGKILL");
+            tracing::warn!(pid, "left-over process survived SIGKILL");
         }
     }
 }
@@ -377,6 +454,47 @@ mod tests {
         let mut beyond = r.clone();
         beyond.slot = 2;
         assert_eq!(verdict(&beyond, true, Some(&current), 2), Verdict::Stop);
+    }
+
+    #[test]
+    fn notify_socket_is_found_among_the_environment() {
+        let env = b"PATH=/bin\0NOTIFY_SOCKET=/var/lib/lockstep/run/web-0-ab.notify\0X=1\0";
+        assert_eq!(
+            notify_socket_of(env),
+            Some(b"/var/lib/lockstep/run/web-0-ab.notify".as_slice())
+        );
+        assert_eq!(notify_socket_of(b"PATH=/bin\0"), None);
+    }
+
+    #[test]
+    fn a_process_with_its_notify_socket_in_our_runtime_dir_is_a_stray_unless_known() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env("NOTIFY_SOCKET", dir.path().join("web-0-ab.notify"))
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let found = |known: &[u32]| {
+            find_strays(dir.path(), known)
+                .into_iter()
+                .map(|(p, _)| p)
+                .collect::<Vec<_>>()
+        };
+        // The environment is there once exec is done.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while found(&[]) != vec![pid] && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(found(&[]), vec![pid]);
+        assert!(found(&[pid]).is_empty());
+        // A worker of a known app (in its process group) is not a stray.
+        let group = nix::unistd::getpgrp().as_raw() as u32;
+        assert!(found(&[group]).is_empty());
+        let other = tempfile::tempdir().unwrap();
+        assert!(find_strays(other.path(), &[]).is_empty());
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]
