@@ -707,9 +707,12 @@ impl Driver {
                 self.process = Some(Process::Adopted(pidfd));
                 self.record.send_replace(self.record_of(pid, adopted.ready));
                 let _ = self.probe_pid.send(Some((self.generation, pid)));
+                let started_at = record::observe(pid)
+                    .and_then(|o| record::started_at(o.start_time))
+                    .unwrap_or_else(SystemTime::now);
                 self.status.send_modify(|s| {
                     s.pid = Some(pid);
-                    s.started_at = Some(SystemTime::now());
+                    s.started_at = Some(started_at);
                 });
                 tracing::info!(pid, "adopted the running instance process");
                 self.log

@@ -150,6 +150,27 @@ pub fn observe(pid: u32) -> Option<Observed> {
         .and_then(parse_stat)
 }
 
+/// When a process with this `start_time` (clock ticks after boot) started:
+/// the boot time (`btime` in `/proc/stat`) plus the ticks.
+pub fn started_at(start_time: u64) -> Option<std::time::SystemTime> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let btime: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    let ticks = u64::try_from(
+        nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()?,
+    )
+    .ok()
+    .filter(|t| *t > 0)?;
+    let since_boot = Duration::from_millis(start_time.saturating_mul(1000) / ticks);
+    Some(std::time::UNIX_EPOCH + Duration::from_secs(btime) + since_boot)
+}
+
 /// This boot's id (empty if unreadable: then no record matches across a reboot).
 pub fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
@@ -422,6 +443,12 @@ mod tests {
         r.start_time = o.start_time;
         r.boot_id = boot_id();
         assert!(is_alive(&r, Some(o), &boot_id()));
+        // This test process started moments ago.
+        let started = started_at(o.start_time).unwrap();
+        let age = std::time::SystemTime::now()
+            .duration_since(started)
+            .unwrap_or_default();
+        assert!(age < Duration::from_secs(600), "{age:?}");
     }
 
     #[test]

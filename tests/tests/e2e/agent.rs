@@ -418,3 +418,47 @@ async fn with_apps_on_agent_stop_stop_the_agent_stops_its_apps() {
     assert_ne!(fresh, pid, "a fresh process, nothing to adopt");
     assert_eq!(served_version(port).await.unwrap(), "1.0.0");
 }
+
+#[tokio::test]
+async fn a_slot_whose_app_died_while_the_agent_was_down_is_started_beside_the_adopted_one() {
+    let mut agent = AgentFixture::start("host-11", "eu-1").await.unwrap();
+    let port = free_loopback_port().unwrap();
+    let mut release = DemoRelease::new("1.0.0", port);
+    release.instances = 2;
+    let v1 = release.build(agent.dir()).unwrap();
+    agent.install(&v1).await.unwrap();
+    let status = agent.agentctl_json(&["status", "demo"]).await.unwrap();
+    let pids: Vec<i64> = (0..2)
+        .map(|slot| instance(&status, slot)["pid"].as_i64().unwrap())
+        .collect();
+
+    agent.stop().await.unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pids[1]).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    agent.start_again().await.unwrap();
+
+    let status = wait_for("both slots ready", DEADLINE, || async {
+        let status = agent
+            .agentctl_json(&["status", "demo"])
+            .await
+            .map_err(|e| e.to_string())?;
+        if (0..2).all(|slot| instance(&status, slot)["ready"] == true) {
+            Ok(status)
+        } else {
+            Err(format!("{status}"))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        instance(&status, 0)["pid"].as_i64(),
+        Some(pids[0]),
+        "adopted"
+    );
+    let fresh = instance(&status, 1)["pid"].as_i64().unwrap();
+    assert_ne!(fresh, pids[1], "started fresh");
+    assert_eq!(served_version(port).await.unwrap(), "1.0.0");
+}
