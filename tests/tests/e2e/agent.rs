@@ -462,3 +462,30 @@ async fn a_slot_whose_app_died_while_the_agent_was_down_is_started_beside_the_ad
     assert_ne!(fresh, pids[1], "started fresh");
     assert_eq!(served_version(port).await.unwrap(), "1.0.0");
 }
+
+#[tokio::test]
+async fn a_left_over_app_of_a_release_that_is_not_current_is_stopped_and_the_current_one_starts() {
+    let mut agent = AgentFixture::start("host-12", "eu-1").await.unwrap();
+    let port = free_loopback_port().unwrap();
+    let v1 = DemoRelease::new("1.0.0", port).build(agent.dir()).unwrap();
+    let v2 = DemoRelease::new("2.0.0", port).build(agent.dir()).unwrap();
+    agent.install(&v1).await.unwrap();
+    agent.install(&v2).await.unwrap();
+    let v2_pid = ready_pid(&agent).await;
+
+    // As if the agent died after starting v2 but before v2 was durable:
+    // state.json says v1 is current, a v2 process runs.
+    agent.kill().await.unwrap();
+    let state_file = agent.dir().join("data/state.json");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+    let demo = &mut state["services"]["demo"];
+    let v1_record = demo["previous"][0].clone();
+    demo["current"] = v1_record;
+    std::fs::write(&state_file, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+
+    agent.start_again().await.unwrap();
+    let pid = ready_pid(&agent).await;
+    assert_ne!(pid, v2_pid);
+    assert!(process_gone(v2_pid), "the v2 left-over was stopped");
+    assert_eq!(served_version(port).await.unwrap(), "1.0.0");
+}
