@@ -104,6 +104,18 @@ pub struct AgentConfig {
     pub limits: UnpackLimits,
     /// Mutual TLS on every gRPC hop; `None`: plain text (a local demo).
     pub tls: Option<AgentTls>,
+    /// What a SIGTERM of the agent does to the apps (`apps_on_agent_stop`).
+    pub apps_on_agent_stop: AppsOnAgentStop,
+}
+
+/// What happens to the apps when the agent stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AppsOnAgentStop {
+    /// They keep serving; the next agent adopts them (the default).
+    #[default]
+    Keep,
+    /// The agent stops every instance gracefully before it exits.
+    Stop,
 }
 
 /// The agent's mTLS settings: its material, read and checked at load, and
@@ -215,6 +227,7 @@ struct RawConfig {
     #[serde(default)]
     releases: RawReleases,
     tls: Option<RawTls>,
+    apps_on_agent_stop: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -551,6 +564,17 @@ impl AgentConfig {
             }
             listen_overrides.insert(service.clone(), parsed);
         }
+        let apps_on_agent_stop = match raw.apps_on_agent_stop.as_deref() {
+            None | Some("keep") => AppsOnAgentStop::Keep,
+            Some("stop") => AppsOnAgentStop::Stop,
+            Some(other) => {
+                check(
+                    "apps_on_agent_stop",
+                    Err(format!("{other:?} is not \"keep\" or \"stop\"")),
+                );
+                AppsOnAgentStop::Keep
+            }
+        };
         let keep_releases = raw.releases.keep.unwrap_or(DEFAULT_KEEP_RELEASES);
         check(
             "releases.keep",
@@ -621,6 +645,7 @@ impl AgentConfig {
                 keep_releases,
                 limits,
                 tls,
+                apps_on_agent_stop,
             }),
             _ => Err(ConfigError::Invalid {
                 path: path.to_owned(),
@@ -645,6 +670,11 @@ impl AgentConfig {
     /// Per-instance NOTIFY_SOCKETs.
     pub fn runtime_dir(&self) -> PathBuf {
         self.data_dir.join("run")
+    }
+
+    /// Records of running app processes, for adoption by the next agent.
+    pub fn process_dir(&self) -> PathBuf {
+        self.data_dir.join("processes")
     }
 
     /// Release bundles being fetched from a coordinator (`<hex>.partial`).
@@ -767,6 +797,21 @@ mod tests {
         assert!(config.etcd.is_none());
         assert!(config.coordinator.is_none());
         assert!(config.services.is_empty());
+        assert_eq!(config.apps_on_agent_stop, AppsOnAgentStop::Keep);
+    }
+
+    #[test]
+    fn apps_on_agent_stop_is_keep_or_stop() {
+        let base = "id = \"web-1\"\ncluster = \"eu-1\"\ndata_dir = \"/var/lib/lockstep\"\n";
+        let stop = parse(&format!("{base}apps_on_agent_stop = \"stop\"\n")).unwrap();
+        assert_eq!(stop.apps_on_agent_stop, AppsOnAgentStop::Stop);
+        let err = parse(&format!("{base}apps_on_agent_stop = \"kill\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("apps_on_agent_stop") && err.contains("\"kill\""),
+            "{err}"
+        );
     }
 
     #[test]

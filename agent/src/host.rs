@@ -16,12 +16,22 @@
 //! One switch per service at a time (a second is refused as busy, never
 //! queued). Every outcome is written to the durable state before the reply.
 //!
+//! At agent start (`reconcile`) every service runs its current release:
+//! processes a previous agent left running (`supervisor::record`) are
+//! **adopted** when they are of that release — their listening sockets
+//! duplicated out of one of them (pidfd_getfd), missing slots started fresh
+//! on those sockets — and stopped when they are not. If adoption fails,
+//! the adopted processes are stopped and the release starts fresh. At agent
+//! stop, `detach_all` leaves every instance running for the next agent
+//! (`apps_on_agent_stop = "keep"`), `stop_all` stops them.
+//!
 //! Must never: stop a serving release before its replacement is ready
 //! (unless the release says it cannot overlap), leave a service with half
 //! its instances on one release and half on another, or accept a fencing
 //! token older than one already accepted.
 
 use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::Duration;
@@ -36,7 +46,10 @@ use crate::config::AgentConfig;
 use crate::fetch::ReleaseFetcher;
 use crate::instance::{HostedInstance, InstanceError, InstanceSite};
 use crate::state::{AgentState, ReleaseRecord, StaleToken, StateError, SwitchOutcome, Trigger};
-use crate::supervisor::{InstanceState, InstanceStatus, ListenSockets, SocketError};
+use crate::supervisor::record::{self, ProcessRecord, Verdict};
+use crate::supervisor::{
+    AdoptedProcess, InstanceState, InstanceStatus, ListenSockets, SocketError,
+};
 use crate::wire;
 
 /// Lines of the failed release's log quoted in a switch failure.
@@ -44,6 +57,9 @@ const FAILURE_LOG_LINES: usize = 20;
 /// Beyond the release's healthy_deadline, how long a switch waits for the
 /// supervisor's own verdict before calling the start failed.
 const READY_GRACE: Duration = Duration::from_secs(1);
+/// How long an unrecorded app process (see `stop_strays`) gets after
+/// SIGTERM: its manifest, and so its own stop_timeout, is unknown.
+const STRAY_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Status events buffered for slow `WatchStatus` readers; a reader that
 /// falls further behind gets a fresh snapshot instead.
 const EVENT_BUFFER: usize = 1024;
@@ -92,6 +108,8 @@ pub enum HostError {
     },
     #[error("the agent's blocking worker failed: {0}")]
     Worker(#[from] tokio::task::JoinError),
+    #[error("cannot adopt the running instances of `{service}`: {reason}")]
+    Adopt { service: String, reason: String },
 }
 
 impl HostError {
@@ -110,7 +128,8 @@ impl HostError {
             | Self::Instance { .. }
             | Self::State(_)
             | Self::Directory { .. }
-            | Self::Worker(_) => R::Unspecified,
+            | Self::Worker(_)
+            | Self::Adopt { .. } => R::Unspecified,
         }
     }
 }
@@ -214,7 +233,7 @@ impl Host {
             let store =
                 Store::open(cfg.release_store(), cfg.limits, trusted).map_err(HostError::Bundle)?;
             let state = AgentState::load(&cfg.state_file())?;
-            for dir in [cfg.log_dir(), cfg.runtime_dir()] {
+            for dir in [cfg.log_dir(), cfg.runtime_dir(), cfg.process_dir()] {
                 std::fs::create_dir_all(&dir).map_err(|source| HostError::Directory {
                     path: dir.clone(),
                     source,
@@ -256,9 +275,22 @@ impl Host {
         &self.config
     }
 
-    /// Starts every service's current release (agent start). A service whose
-    /// release cannot start is reported and left stopped; the others start.
+    /// Runs every service's current release (agent start): adopting the
+    /// processes a previous agent left running where they are of that
+    /// release, stopping those that are not, starting the rest. A service
+    /// whose release cannot start is reported and left stopped; the others
+    /// start.
     pub async fn reconcile(&self) -> Vec<(String, HostError)> {
+        let found = self.recorded_processes().await;
+        self.stop_strays(found.iter().map(|f| f.record.pid).collect())
+            .await;
+        let mut recorded: BTreeMap<String, Vec<Recorded>> = BTreeMap::new();
+        for found in found {
+            recorded
+                .entry(found.record.service.clone())
+                .or_default()
+                .push(found);
+        }
         let current: Vec<(String, String)> = {
             let state = self.state.lock().await;
             state
@@ -271,8 +303,30 @@ impl Host {
         };
         let mut failures = Vec::new();
         for (service, digest) in current {
+            let found = recorded.remove(&service).unwrap_or_default();
             let result = async {
-                let release = self.stored(&digest).await?;
+                let release = match self.stored(&digest).await {
+                    Ok(release) => release,
+                    Err(err) => {
+                        stop_unwanted(&self.config.process_dir(), found).await;
+                        return Err(err);
+                    }
+                };
+                let slots = release.manifest.run().instances;
+                let (adopt, unwanted): (Vec<_>, Vec<_>) = found.into_iter().partition(|f| {
+                    record::verdict(&f.record, true, Some(&digest), slots) == Verdict::Adopt
+                });
+                stop_unwanted(&self.config.process_dir(), unwanted).await;
+                if !adopt.is_empty() {
+                    match self.adopt(&service, &release, adopt).await {
+                        Ok(message) => return Ok(message),
+                        Err(err) => tracing::warn!(
+                            service,
+                            error = %err,
+                            "adoption failed; the adopted processes were stopped, starting the release fresh"
+                        ),
+                    }
+                }
                 self.switch(&service, release, None).await
             }
             .await;
@@ -286,7 +340,180 @@ impl Host {
                 }
             }
         }
+        // Services with no current release keep nothing running.
+        for (_, found) in recorded {
+            stop_unwanted(&self.config.process_dir(), found).await;
+        }
         failures
+    }
+
+    /// Stops app processes a previous agent started but never recorded (it
+    /// died in between): nothing could adopt them, and they would hold the
+    /// service's port.
+    async fn stop_strays(&self, known: Vec<u32>) {
+        let runtime_dir = self.config.runtime_dir();
+        let strays =
+            tokio::task::spawn_blocking(move || record::find_strays(&runtime_dir, &known)).await;
+        let strays = match strays {
+            Ok(strays) => strays,
+            Err(err) => {
+                tracing::error!(error = %err, "looking for unrecorded app processes failed");
+                return;
+            }
+        };
+        let mut stops = tokio::task::JoinSet::new();
+        for (pid, pidfd) in strays {
+            tracing::warn!(pid, "stopping an app process that no record names");
+            stops.spawn(record::stop_process(
+                pid,
+                pidfd,
+                nix::sys::signal::Signal::SIGTERM,
+                STRAY_STOP_TIMEOUT,
+            ));
+        }
+        while let Some(result) = stops.join_next().await {
+            if let Err(err) = result {
+                tracing::error!(error = %err, "a stray process stop task failed");
+            }
+        }
+    }
+
+    /// The live processes a previous agent recorded (records of processes
+    /// that are gone are removed).
+    async fn recorded_processes(&self) -> Vec<Recorded> {
+        let dir = self.config.process_dir();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let boot_id = record::boot_id();
+            let mut alive = Vec::new();
+            for (path, parsed) in record::load_all(&dir)? {
+                let found = match parsed {
+                    Ok(r) => record::open_if_alive(&r, &boot_id)
+                        .map(|pidfd| Recorded { record: r, pidfd }),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "ignoring an unreadable process record");
+                        None
+                    }
+                };
+                match found {
+                    Some(found) => alive.push(found),
+                    None => {
+                        if let Err(err) = record::remove(&path) {
+                            tracing::warn!(error = %err, "cannot remove a stale process record");
+                        }
+                    }
+                }
+            }
+            Ok::<_, record::RecordError>(alive)
+        })
+        .await;
+        match loaded {
+            Ok(Ok(alive)) => {
+                if !alive.is_empty() {
+                    tracing::info!(
+                        processes = alive.len(),
+                        "found instance processes left running by a previous agent"
+                    );
+                }
+                alive
+            }
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, "cannot read process records; nothing is adopted");
+                Vec::new()
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "process record reader failed; nothing is adopted");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Takes over `found` (live processes of `release`): sockets from the
+    /// first, an adopted instance per recorded slot, fresh ones for the
+    /// others, all ready within the healthy deadline. On failure every
+    /// process is stopped (none is left unsupervised).
+    async fn adopt(
+        &self,
+        service: &str,
+        release: &StoredRelease,
+        mut found: Vec<Recorded>,
+    ) -> Result<String, HostError> {
+        let runtime = self.runtime(service);
+        let _command = runtime.begin(service)?;
+        let mut rt = runtime.runtime.lock().await;
+        let listen = self.listen(service, release);
+        let adopt_err = |reason: String| HostError::Adopt {
+            service: service.to_owned(),
+            reason,
+        };
+        let names: Vec<String> = listen.iter().map(|l| l.name.clone()).collect();
+        let sockets = match found.first() {
+            Some(first) if first.record.sockets == names => {
+                record::take_sockets(&first.record, &first.pidfd)
+                    .map_err(|e| {
+                        adopt_err(format!(
+                            "cannot duplicate the sockets of pid {}: {e}",
+                            first.record.pid
+                        ))
+                    })
+                    .and_then(|fds| {
+                        ListenSockets::recover(&listen, fds).map_err(|e| adopt_err(e.to_string()))
+                    })
+            }
+            Some(first) => Err(adopt_err(format!(
+                "pid {} was handed sockets {:?}, the release listens on {names:?}",
+                first.record.pid, first.record.sockets
+            ))),
+            None => Err(adopt_err("no process to adopt".to_owned())),
+        };
+        let sockets = match sockets {
+            Ok(sockets) => sockets,
+            Err(err) => {
+                stop_unwanted(&self.config.process_dir(), found).await;
+                return Err(err);
+            }
+        };
+        let count = release.manifest.run().instances;
+        let mut instances = Vec::new();
+        for slot in 0..count {
+            let adopted = found
+                .iter()
+                .position(|f| f.record.slot == slot)
+                .map(|i| found.swap_remove(i));
+            let started = match adopted {
+                Some(f) => {
+                    tracing::info!(
+                        service,
+                        slot,
+                        pid = f.record.pid,
+                        "adopting instance process"
+                    );
+                    self.adopt_instance(release, &sockets, f)
+                }
+                None => self.start_instance(release, &sockets, slot),
+            };
+            match started {
+                Ok(instance) => instances.push(instance),
+                Err(err) => {
+                    stop_all(instances).await;
+                    stop_unwanted(&self.config.process_dir(), found).await;
+                    return Err(err);
+                }
+            }
+        }
+        // Two records for one slot cannot both be adopted.
+        stop_unwanted(&self.config.process_dir(), found).await;
+        let instances = self.wait_ready(service, release, instances).await?;
+        rt.running = Some(Running {
+            release: release.clone(),
+            sockets,
+            instances,
+        });
+        rt.last_error.clear();
+        Ok(format!(
+            "{service} keeps running {} ({}): adopted",
+            release.manifest.version(),
+            release.digest
+        ))
     }
 
     /// Verifies and unpacks a bundle, then switches its service to it.
@@ -726,24 +953,55 @@ impl Host {
         sockets: &ListenSockets,
         slot: u32,
     ) -> Result<HostedInstance, HostError> {
+        self.launch_instance(release, sockets, slot, None)
+    }
+
+    fn adopt_instance(
+        &self,
+        release: &StoredRelease,
+        sockets: &ListenSockets,
+        found: Recorded,
+    ) -> Result<HostedInstance, HostError> {
+        let slot = found.record.slot;
+        let process = AdoptedProcess {
+            pid: found.record.pid,
+            pidfd: found.pidfd,
+            ready: found.record.ready,
+        };
+        self.launch_instance(release, sockets, slot, Some(process))
+    }
+
+    fn launch_instance(
+        &self,
+        release: &StoredRelease,
+        sockets: &ListenSockets,
+        slot: u32,
+        adopted: Option<AdoptedProcess>,
+    ) -> Result<HostedInstance, HostError> {
         let probe = retarget(
             &release.manifest.readiness().probe,
             release.manifest.listen(),
             &self.listen(release.manifest.service().as_str(), release),
         );
-        HostedInstance::start(
-            release,
-            &probe,
-            slot,
-            sockets.clone(),
-            InstanceSite {
-                log_dir: &self.config.log_dir(),
-                runtime_dir: &self.config.runtime_dir(),
-                shim: &self.shim,
-                events: &self.events,
-            },
-        )
-        .map_err(|source| HostError::Instance {
+        let (log_dir, runtime_dir, records) = (
+            self.config.log_dir(),
+            self.config.runtime_dir(),
+            self.config.process_dir(),
+        );
+        let site = InstanceSite {
+            log_dir: &log_dir,
+            runtime_dir: &runtime_dir,
+            shim: &self.shim,
+            records: &records,
+            events: &self.events,
+        };
+        let launched = match adopted {
+            Some(process) => {
+                HostedInstance::adopt(release, &probe, slot, sockets.clone(), site, process)
+            }
+            None => HostedInstance::start(release, &probe, slot, sockets.clone(), site),
+        };
+        launched.map_err(|source| HostError::Instance {
             service: release.manifest.service().to_string(),
             source,
         })
@@ -1002,7 +1260,31 @@ impl Host {
             .unwrap_or_default())
     }
 
-    /// Stops every instance (agent shutdown).
+    /// Leaves every instance running, its record durable, for the next
+    /// agent to adopt (agent shutdown with `apps_on_agent_stop = "keep"`).
+    /// A switch in flight holds its service's runtime: this waits for it.
+    pub async fn detach_all(&self) {
+        let runtimes: Vec<Arc<ServiceEntry>> = {
+            let services = self
+                .services
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            services.values().cloned().collect()
+        };
+        for runtime in runtimes {
+            // The command lock too: old instances of a finished switch drain
+            // while it is held, and they must be gone before we leave.
+            let _command = runtime.command.lock().await;
+            let mut rt = runtime.runtime.lock().await;
+            if let Some(running) = rt.running.take() {
+                for instance in running.instances {
+                    instance.detach().await;
+                }
+            }
+        }
+    }
+
+    /// Stops every instance (agent shutdown with `apps_on_agent_stop = "stop"`).
     pub async fn stop_all(&self) {
         let runtimes: Vec<Arc<ServiceEntry>> = {
             let services = self
@@ -1090,6 +1372,34 @@ fn with_kept(err: HostError, kept: &str) -> HostError {
             HostError::SwitchFailed(failure)
         }
         other => other,
+    }
+}
+
+/// A live process a previous agent recorded.
+#[derive(Debug)]
+struct Recorded {
+    record: ProcessRecord,
+    pidfd: OwnedFd,
+}
+
+/// Stops recorded processes nobody adopts, in parallel, and drops their records.
+async fn stop_unwanted(dir: &std::path::Path, found: Vec<Recorded>) {
+    let mut stops = tokio::task::JoinSet::new();
+    for f in found {
+        let path = f.record.path_in(dir);
+        stops.spawn(async move {
+            record::stop_unwanted(&f.record, f.pidfd).await;
+            match tokio::task::spawn_blocking(move || record::remove(&path)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::warn!(error = %err, "cannot remove a process record"),
+                Err(err) => tracing::warn!(error = %err, "process record removal failed"),
+            }
+        });
+    }
+    while let Some(result) = stops.join_next().await {
+        if let Err(err) = result {
+            tracing::error!(error = %err, "a left-over process stop task failed");
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! `HostedInstance`: one supervised instance as the host runs it — the
 //! supervisor's `Instance`, its NOTIFY_SOCKET, its readiness probe, and the
-//! task that publishes its state changes to `WatchStatus`.
+//! task that publishes its state changes to `WatchStatus`. Started fresh,
+//! or adopted from a previous agent (the same notify path is bound again;
+//! a READY=1 that agent heard is carried over from the process record).
 //!
 //! Must never: outlive its handle (the forwarding task is owned), or let a
 //! notify message from another process count as this instance's.
@@ -16,7 +18,8 @@ use tokio::sync::{broadcast, watch};
 
 use crate::probe::{NotifySocket, Probe, ProbeError};
 use crate::supervisor::{
-    Instance, InstanceSpec, InstanceStatus, ListenSockets, ReadinessCheck, SupervisorError,
+    AdoptedProcess, Instance, InstanceSpec, InstanceStatus, ListenSockets, ReadinessCheck,
+    SupervisorError,
 };
 use crate::task::OwnedTask;
 use crate::wire;
@@ -66,6 +69,8 @@ pub struct InstanceSite<'a> {
     pub runtime_dir: &'a Path,
     /// The exec shim (the agent binary).
     pub shim: &'a Path,
+    /// Where running processes are recorded for adoption.
+    pub records: &'a Path,
     pub events: &'a broadcast::Sender<proto::v1::StatusEvent>,
 }
 
@@ -79,10 +84,35 @@ impl HostedInstance {
         sockets: ListenSockets,
         site: InstanceSite<'_>,
     ) -> Result<Self, InstanceError> {
+        Self::launch(release, probe, slot, sockets, site, None)
+    }
+
+    /// Like `start`, supervising `process` (started by a previous agent
+    /// for this release and slot) instead of spawning a new one.
+    pub fn adopt(
+        release: &StoredRelease,
+        probe: &release::manifest::Readiness,
+        slot: u32,
+        sockets: ListenSockets,
+        site: InstanceSite<'_>,
+        process: AdoptedProcess,
+    ) -> Result<Self, InstanceError> {
+        Self::launch(release, probe, slot, sockets, site, Some(process))
+    }
+
+    fn launch(
+        release: &StoredRelease,
+        probe: &release::manifest::Readiness,
+        slot: u32,
+        sockets: ListenSockets,
+        site: InstanceSite<'_>,
+        adopted: Option<AdoptedProcess>,
+    ) -> Result<Self, InstanceError> {
         let InstanceSite {
             log_dir,
             runtime_dir,
             shim,
+            records,
             events,
         } = site;
         let events = events.clone();
@@ -96,6 +126,12 @@ impl HostedInstance {
             source,
         })?;
         let notify = Arc::new(notify);
+        // The adopted process's notify state: the previous agent heard its
+        // READY=1; this socket never will.
+        let adopted_pid = adopted.as_ref().map(|a| a.pid);
+        if let Some(a) = &adopted {
+            notify.adopt_main_pid(a.pid, a.ready);
+        }
         let probe = Probe::new(probe, &release.path, Some(notify.subscribe()))
             .map_err(InstanceError::Probe)?
             .with_timeout(manifest.readiness().timing.timeout);
@@ -111,11 +147,16 @@ impl HostedInstance {
         );
         spec.sockets = sockets;
         spec.shim = shim.to_owned();
+        spec.record_dir = Some(records.to_owned());
         spec.extra_env = BTreeMap::from([(
             "NOTIFY_SOCKET".to_owned(),
             notify_path.display().to_string(),
         )]);
-        let instance = Instance::start(spec, Box::new(ProbeCheck(probe)))?;
+        let check = Box::new(ProbeCheck(probe));
+        let instance = match adopted {
+            Some(process) => Instance::adopt(spec, check, process)?,
+            None => Instance::start(spec, check)?,
+        };
         let release_ref = proto::v1::ReleaseRef {
             service: service.clone(),
             digest,
@@ -123,6 +164,7 @@ impl HostedInstance {
         };
         let forward = OwnedTask::spawn(forward_changes(
             instance.subscribe(),
+            adopted_pid,
             notify.clone(),
             events,
             wire::InstanceLabel {
@@ -186,17 +228,33 @@ impl HostedInstance {
             Err(err) => tracing::error!(service, slot, error = %err, "instance stop failed"),
         }
     }
+
+    /// Leaves the process running for the next agent (its record stays).
+    pub async fn detach(self) {
+        let Self {
+            instance,
+            service,
+            slot,
+            ..
+        } = self;
+        match instance.detach().await {
+            Ok(()) => tracing::info!(service, slot, "instance left running for the next agent"),
+            Err(err) => tracing::error!(service, slot, error = %err, "instance detach failed"),
+        }
+    }
 }
 
 /// Publishes every state change and keeps the notify socket's idea of the
 /// main pid current across restarts.
 async fn forward_changes(
     mut status: watch::Receiver<InstanceStatus>,
+    adopted_pid: Option<u32>,
     notify: Arc<NotifySocket>,
     events: broadcast::Sender<proto::v1::StatusEvent>,
     label: wire::InstanceLabel,
 ) {
-    let mut main_pid = None;
+    // An adopted process is already named (with its carried-over READY=1).
+    let mut main_pid = adopted_pid;
     loop {
         let current = status.borrow_and_update().clone();
         // A new process: its notify state starts over (only once per pid,

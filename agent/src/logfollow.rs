@@ -9,6 +9,8 @@
 //!   cursor ── read its fd to EOF ─▶ still NAME.log? done until the next poll
 //!                                 └ rotated away: the next newer file
 //!                                   (NAME.log.k-1 … NAME.log), from its start
+//!   a new NAME.log.1 while on NAME.log (copy + truncate, see
+//!   supervisor::logs) ─▶ NAME.log.1 from our offset, then NAME.log from 0
 //!   path no longer current ─▶ read to its end, then only remembered
 //!                             (file identity + offset)
 //!   path newly current     ─▶ from where it was last seen (a switch back
@@ -24,7 +26,9 @@
 //! a service switches back to that release; or read more than a bounded
 //! number of bytes per file per poll.
 //!
-//! Limits: a file rotated more than `keep` times between two polls loses
+//! Limits: the supervisor rotates by copy + truncate; a poll that falls
+//! between its truncate and its rename of the copy waits for the next poll.
+//! A file rotated more than `keep` times between two polls loses
 //! the files in between (the supervisor deleted them); with `keep = 0` the
 //! supervisor truncates in place, which is noticed only while the file is
 //! shorter than the offset already read.
@@ -113,6 +117,9 @@ struct Cursor {
     offset: u64,
     /// Bytes after the last newline read.
     partial: Vec<u8>,
+    /// `NAME.log.1` as last seen while reading the live file: a different
+    /// one means the live file was copied there and truncated.
+    rotated: Option<FileId>,
 }
 
 /// Follows the log files of a service's instances.
@@ -161,6 +168,7 @@ impl Follower {
                 id: FileId::of(&meta),
                 offset: end,
                 partial: Vec::new(),
+                rotated: file_id(&rotated(path, 1))?,
             };
             // An unfinished line longer than MAX_LINE: its full pieces now.
             cursor.extend(&partial, &mut lines);
@@ -219,6 +227,7 @@ impl Follower {
                 id,
                 offset,
                 partial: Vec::new(),
+                rotated: file_id(&rotated(path, 1))?,
             };
             batch.more |= advance(&mut cursor, self.keep, &mut batch.lines)?;
             self.cursors.push(cursor);
@@ -269,7 +278,45 @@ impl Cursor {
 fn advance(cursor: &mut Cursor, keep: u32, out: &mut Vec<LogLine>) -> Result<bool, FollowError> {
     let mut budget = READ_BUDGET;
     loop {
+        let on_live = keep > 0 && file_id(&cursor.path)? == Some(cursor.id);
+        if on_live {
+            let first = rotated(&cursor.path, 1);
+            let now = file_id(&first)?;
+            if now.is_some() && now != cursor.rotated {
+                // Copied to a new NAME.log.1 and truncated, once or more:
+                // what we have not read is at the end of the oldest new
+                // copy (just newer than the NAME.log.1 we last saw); then
+                // the newer copies and the live file again, from their
+                // starts (`newer_file` leads through them).
+                let mut ids = Vec::with_capacity(keep as usize);
+                for n in 1..=keep {
+                    ids.push(file_id(&rotated(&cursor.path, n))?);
+                }
+                let last_seen = cursor
+                    .rotated
+                    .and_then(|seen| ids.iter().position(|id| *id == Some(seen)));
+                let oldest_new = match last_seen {
+                    Some(i) => i,
+                    None => ids.iter().rposition(Option::is_some).map_or(1, |i| i + 1),
+                };
+                cursor.rotated = now;
+                if let Some((file, meta)) = open(&rotated(&cursor.path, oldest_new.max(1) as u32))?
+                {
+                    cursor.file = file;
+                    cursor.id = FileId::of(&meta);
+                    if meta.len() < cursor.offset {
+                        cursor.offset = meta.len();
+                    }
+                    continue;
+                }
+            }
+        }
         let len = metadata(&cursor.file, &cursor.path)?.len();
+        if len < cursor.offset && on_live {
+            // Truncated, but the copy is not at NAME.log.1 yet: a rotation
+            // in progress. The next poll finds the copy.
+            return Ok(false);
+        }
         if len < cursor.offset {
             // Truncated in place (rotation with keep = 0): start over.
             if !cursor.partial.is_empty() {
@@ -294,7 +341,9 @@ fn advance(cursor: &mut Cursor, keep: u32, out: &mut Vec<LogLine>) -> Result<boo
             }
             continue;
         }
-        // At the end of our file. Rotated away?
+        // At the end of our file. Rotated away? (NAME.log.1 is looked at
+        // first: a copy + truncate after this is noticed by the next round.)
+        let rotated_before = file_id(&rotated(&cursor.path, 1))?;
         let Some((file, meta)) = newer_file(&cursor.path, cursor.id, keep)? else {
             return Ok(false);
         };
@@ -306,6 +355,7 @@ fn advance(cursor: &mut Cursor, keep: u32, out: &mut Vec<LogLine>) -> Result<boo
         cursor.file = file;
         cursor.id = FileId::of(&meta);
         cursor.offset = 0;
+        cursor.rotated = rotated_before;
         // An unfinished line carries over: only a line longer than a whole
         // file straddles two.
     }
@@ -475,6 +525,15 @@ fn rotated(path: &Path, n: u32) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(format!(".{n}"));
     PathBuf::from(s)
+}
+
+/// Which file `path` names now; None if it does not exist.
+fn file_id(path: &Path) -> Result<Option<FileId>, FollowError> {
+    match std::fs::metadata(path) {
+        Ok(meta) => Ok(Some(FileId::of(&meta))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(read_err(path, source)),
+    }
 }
 
 /// Opens `path` for reading; None if it does not exist.

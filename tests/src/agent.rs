@@ -10,12 +10,14 @@ use crate::{HarnessError, free_loopback_port, workspace_bin};
 
 /// An agent that does not answer within this long did not start.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// A graceful agent stop stops every app too; each has its stop timeout.
+/// A graceful agent stop may stop every app too (`apps_on_agent_stop =
+/// "stop"`); each has its stop timeout.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(50);
 
-/// A running agent. Dropping it stops the agent (which stops its apps) and
-/// kills anything still running from its directory.
+/// A running agent. Dropping it stops the agent and kills anything still
+/// running from its directory: by default the apps outlive the agent (a
+/// restarted agent adopts them), so the fixture, not the agent, ends them.
 #[derive(Debug)]
 pub struct AgentFixture {
     dir: tempfile::TempDir,
@@ -173,7 +175,30 @@ impl AgentFixture {
         })
     }
 
-    /// SIGTERM, then wait for the agent (and the apps it stops) to exit.
+    /// SIGKILL the agent (its apps keep running) and reap it.
+    pub async fn kill(&mut self) -> Result<(), HarnessError> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        child
+            .kill()
+            .and_then(|()| child.wait().map(|_| ()))
+            .map_err(|e| HarnessError::Fixture(format!("kill agent: {e}")))
+    }
+
+    /// Starts the agent after `stop` or `kill`, on the same config, data
+    /// and socket; returns once `agentctl status` answers.
+    pub async fn start_again(&mut self) -> Result<(), HarnessError> {
+        if self.child.is_some() {
+            return Err(HarnessError::Fixture(
+                "start_again: the agent is still running".to_owned(),
+            ));
+        }
+        self.spawn().await
+    }
+
+    /// SIGTERM, then wait for the agent (and the apps it stops, if it is
+    /// configured to) to exit.
     pub async fn stop(&mut self) -> Result<(), HarnessError> {
         let Some(mut child) = self.child.take() else {
             return Ok(());

@@ -361,6 +361,15 @@ impl NotifySocket {
         tracing::debug!(path = %self.path().display(), pid, "notify socket now accepts this instance");
     }
 
+    /// Names an adopted instance process that the previous agent had seen
+    /// send READY=1 (`ready`): it will not send it again.
+    pub fn adopt_main_pid(&self, pid: u32, ready: bool) {
+        self.set_main_pid(pid);
+        if ready {
+            self.inner.state.send_modify(|s| s.ready = true);
+        }
+    }
+
     /// The latest state, and every change after it.
     pub fn subscribe(&self) -> watch::Receiver<NotifyState> {
         self.inner.state.subscribe()

@@ -3,11 +3,21 @@
 //! Owns running [`InstancePolicy`] against real processes on a tokio task:
 //! spawning through the exec shim, reaping every child (`Child::wait`),
 //! signalling process groups, the one timer the policy asks for, the probe
-//! schedule (every `interval`, each bounded by `timeout`), the log pump, and
-//! publishing [`InstanceStatus`] on a watch channel.
+//! schedule (every `interval`, each bounded by `timeout`), log rotation, the
+//! durable [`ProcessRecord`] of the running process, and publishing
+//! [`InstanceStatus`] on a watch channel.
+//!
+//! An instance can also **adopt** a process a previous agent started
+//! ([`Instance::adopt`]): its first "spawn" takes that process instead, whose
+//! end is seen through a pidfd (it is not our child: init reaps it, and its
+//! exit status is unknown). Everything after that — probes, stop, restart on
+//! exit with a fresh child — is the same as for a spawned process.
+//! [`Instance::detach`] ends supervision and leaves the process running and
+//! its record in place, for the next agent to adopt.
 //!
 //! ```text
 //!  child.wait() ─┐                      ┌─ Spawn ──────▶ spawn::spawn ─▶ Started / Exited(SpawnFailed)
+//!  pidfd ready ──┤ (adopted)            │   (adopted: the recorded process ─▶ Started)
 //!  stop / drop ──┤                      ├─ SignalGroup ▶ killpg(pgid)
 //!  timer ────────┼─▶ policy.step() ─────┼─ ArmTimer ───▶ sleep_until
 //!  probe task ───┘   (now, jitter)      └─ Report ─────▶ watch<InstanceStatus>
@@ -23,6 +33,7 @@
 //! the policy wants now.
 
 use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -31,24 +42,22 @@ use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use release::manifest::{ProbeTiming, RunSpec};
+use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use super::SupervisorError;
-use super::logs::{LogConfig, LogFile};
+use super::logs::{LogConfig, LogFile, ROTATE_CHECK};
 use super::policy::{
     Action, Event, ExitReason, InstancePolicy, InstanceState, PolicyConfig, Report, RunRules,
 };
 use super::readiness::ReadinessCheck;
+use super::record::{self, ProcessRecord};
 use super::shim::ShimRequest;
 use super::sockets::ListenSockets;
 use super::spawn::{self, DEFAULT_SHIM};
 
-/// How long `stop` waits, after the group is gone, for the log pump to
-/// drain what the app wrote last (it ends at EOF; this only bounds a
-/// straggler holding the pipe).
-const LOG_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long `stop` waits for SIGKILLed members of the group (reparented to
 /// init) to be gone, so that "stopped" means no process of it is left. A
 /// SIGKILLed process dies within milliseconds; this bounds a slow init.
@@ -76,6 +85,9 @@ pub struct InstanceSpec {
     pub policy: PolicyConfig,
     /// The exec shim binary: [`DEFAULT_SHIM`] (the agent itself) in production.
     pub shim: PathBuf,
+    /// Where the running process's [`ProcessRecord`] is kept (`None`: not
+    /// recorded, so never adoptable).
+    pub record_dir: Option<PathBuf>,
 }
 
 impl InstanceSpec {
@@ -104,21 +116,14 @@ impl InstanceSpec {
             log: LogConfig::default(),
             policy: PolicyConfig::default(),
             shim: PathBuf::from(DEFAULT_SHIM),
+            record_dir: None,
         }
     }
 
     /// `LOG_DIR/SERVICE-SLOT-DIGEST12.log`: the old and the new release of
     /// one slot run side by side during a switch, so the digest is part of it.
     pub fn log_path(&self) -> PathBuf {
-        let digest = self
-            .release_digest
-            .strip_prefix("sha256:")
-            .unwrap_or(&self.release_digest);
-        let short: String = digest
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric())
-            .take(12)
-            .collect();
+        let short = record::short_digest(&self.release_digest);
         self.log_dir
             .join(format!("{}-{}-{}.log", self.service, self.slot, short))
     }
@@ -198,7 +203,26 @@ pub struct StopReport {
 #[derive(Debug)]
 enum Command {
     Stop(oneshot::Sender<StopReport>),
+    Detach(oneshot::Sender<()>),
     LivenessFailed(String),
+}
+
+/// A process a previous agent started, to be supervised as if spawned.
+#[derive(Debug)]
+pub struct AdoptedProcess {
+    pub pid: u32,
+    /// Opened before its start time was checked against the record, so it
+    /// names the recorded process even if the pid is reused later.
+    pub pidfd: OwnedFd,
+    /// The previous agent had seen it ready.
+    pub ready: bool,
+}
+
+/// The process being supervised: our child, or adopted.
+#[derive(Debug)]
+enum Process {
+    Child(tokio::process::Child),
+    Adopted(AsyncFd<OwnedFd>),
 }
 
 /// Handle to one supervised instance.
@@ -218,6 +242,25 @@ impl Instance {
     pub fn start(
         spec: InstanceSpec,
         readiness: Box<dyn ReadinessCheck>,
+    ) -> Result<Instance, SupervisorError> {
+        Self::launch(spec, readiness, None)
+    }
+
+    /// Starts supervising `process`, which a previous agent started for
+    /// this very spec (the caller checked the record); it is restarted
+    /// with a fresh child when it ends, like any instance.
+    pub fn adopt(
+        spec: InstanceSpec,
+        readiness: Box<dyn ReadinessCheck>,
+        process: AdoptedProcess,
+    ) -> Result<Instance, SupervisorError> {
+        Self::launch(spec, readiness, Some(process))
+    }
+
+    fn launch(
+        spec: InstanceSpec,
+        readiness: Box<dyn ReadinessCheck>,
+        adopted: Option<AdoptedProcess>,
     ) -> Result<Instance, SupervisorError> {
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| SupervisorError::NoRuntime)?;
@@ -242,24 +285,32 @@ impl Instance {
             stop_timeout: spec.run.stop_timeout,
             healthy_deadline: spec.timing.healthy_deadline,
         };
+        let (record_tx, record_rx) = watch::channel(None);
+        let recorder = spec
+            .record_dir
+            .clone()
+            .map(|dir| runtime.spawn(keep_record(dir, record_rx)));
         let driver = Driver {
             request: spec.shim_request(),
             policy: InstancePolicy::new(spec.policy, rules),
             spec,
             log: log.clone(),
             status: status_tx,
-            child: None,
+            process: None,
+            adopted,
             group: None,
             timer: None,
             generation: 0,
             probe_pid: probe_pid_tx,
-            pump: None,
+            record: record_tx,
+            boot_id: record::boot_id(),
             stop_reply: None,
+            detach_reply: None,
             stop_started: None,
         };
         let task = runtime.spawn(
             async move {
-                driver.run(command_rx, probe_rx).await;
+                driver.run(command_rx, probe_rx, recorder).await;
                 probe_task.abort();
             }
             .instrument(span),
@@ -320,6 +371,17 @@ impl Instance {
         self.task.await.map_err(SupervisorError::Task)?;
         report.ok_or(SupervisorError::Gone)
     }
+
+    /// Ends supervision without touching the process: it keeps running and
+    /// its record stays, so the next agent adopts it. Returns once the
+    /// record is durable.
+    pub async fn detach(self) -> Result<(), SupervisorError> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.commands.send(Command::Detach(tx)).is_ok();
+        let done = if sent { rx.await.ok() } else { None };
+        self.task.await.map_err(SupervisorError::Task)?;
+        done.ok_or(SupervisorError::Gone)
+    }
 }
 
 fn check_file(path: &Path) -> Result<(), SupervisorError> {
@@ -369,30 +431,87 @@ async fn probe_loop(
     }
 }
 
+/// Writes every record the driver publishes into `dir` (coalescing
+/// bursts), removing the previous process's once replaced; once the driver
+/// is gone, the last value.
+async fn keep_record(dir: PathBuf, mut records: watch::Receiver<Option<ProcessRecord>>) {
+    let mut written: Option<PathBuf> = None;
+    loop {
+        let current = records.borrow_and_update().clone();
+        let path = current.as_ref().map(|r| r.path_in(&dir));
+        let previous = std::mem::replace(&mut written, path.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            if let (Some(r), Some(p)) = (&current, &path) {
+                record::save(p, r)?;
+            }
+            match previous {
+                Some(old) if Some(&old) != path.as_ref() => record::remove(&old),
+                _ => Ok(()),
+            }
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot keep the process record"),
+            Err(e) => tracing::warn!(error = %e, "process record writer failed"),
+        }
+        // Err: the driver ended and its last value (if new) was written above.
+        if records.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 struct Driver {
     spec: InstanceSpec,
     request: ShimRequest,
     policy: InstancePolicy,
     log: LogFile,
     status: watch::Sender<InstanceStatus>,
-    child: Option<tokio::process::Child>,
+    process: Option<Process>,
+    /// Taken by the first spawn instead of starting a process.
+    adopted: Option<AdoptedProcess>,
     /// Process group of the current or just-exited process.
     group: Option<u32>,
     timer: Option<tokio::time::Instant>,
     /// Bumped per spawn so probe results for an old process are ignored.
     generation: u64,
     probe_pid: watch::Sender<Option<(u64, u32)>>,
-    pump: Option<JoinHandle<()>>,
+    /// The running process's durable record (`None`: no process).
+    record: watch::Sender<Option<ProcessRecord>>,
+    boot_id: String,
     stop_reply: Option<oneshot::Sender<StopReport>>,
+    detach_reply: Option<oneshot::Sender<()>>,
     stop_started: Option<Instant>,
 }
 
-async fn wait_child(
-    child: &mut Option<tokio::process::Child>,
-) -> std::io::Result<std::process::ExitStatus> {
-    match child {
-        Some(c) => c.wait().await,
+/// How the current process ended, once it has.
+async fn wait_process(process: &mut Option<Process>) -> ExitReason {
+    match process {
+        Some(Process::Child(c)) => exit_reason(c.wait().await),
+        Some(Process::Adopted(pidfd)) => match pidfd.readable().await {
+            // A pidfd becomes readable when its process has ended.
+            Ok(_) => ExitReason::Unobserved,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot wait on the adopted process's pidfd");
+                ExitReason::Unobserved
+            }
+        },
         None => std::future::pending().await,
+    }
+}
+
+fn exit_reason(status: std::io::Result<std::process::ExitStatus>) -> ExitReason {
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => ExitReason::Code(code),
+            (None, Some(sig)) => ExitReason::Signal(sig),
+            (None, None) => ExitReason::Code(-1),
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "waiting for the instance process failed");
+            ExitReason::Code(-1)
+        }
     }
 }
 
@@ -421,21 +540,29 @@ impl Driver {
         mut self,
         mut commands: mpsc::UnboundedReceiver<Command>,
         mut probes: mpsc::Receiver<ProbeResult>,
+        recorder: Option<JoinHandle<()>>,
     ) {
         self.handle(Event::Start);
         let mut commands_open = true;
+        let mut rotate = tokio::time::interval(ROTATE_CHECK);
+        rotate.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !self.policy.finished() {
             let event = tokio::select! {
                 biased;
-                status = wait_child(&mut self.child) => {
-                    self.child = None;
+                reason = wait_process(&mut self.process) => {
+                    self.process = None;
                     let _ = self.probe_pid.send(None);
-                    Event::Exited(self.exit_reason(status))
+                    self.record.send_replace(None);
+                    Event::Exited(reason)
                 }
                 cmd = commands.recv(), if commands_open => match cmd {
                     Some(Command::Stop(reply)) => {
                         self.stop_reply = Some(reply);
                         Event::StopRequested
+                    }
+                    Some(Command::Detach(reply)) => {
+                        self.detach_reply = Some(reply);
+                        break;
                     }
                     Some(Command::LivenessFailed(reason)) => Event::LivenessFailed(reason),
                     None => {
@@ -449,8 +576,17 @@ impl Driver {
                     self.timer = None;
                     Event::TimerFired
                 }
+                _ = rotate.tick() => {
+                    let log = self.log.clone();
+                    match tokio::task::spawn_blocking(move || log.rotate_if_over()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "cannot rotate the instance log"),
+                        Err(e) => tracing::warn!(error = %e, "log rotation failed"),
+                    }
+                    continue;
+                }
                 Some((generation, result)) = probes.recv() => {
-                    if generation != self.generation || self.child.is_none() {
+                    if generation != self.generation || self.process.is_none() {
                         continue;
                     }
                     match result {
@@ -464,12 +600,27 @@ impl Driver {
             }
             self.handle(event);
         }
+        if let Some(reply) = self.detach_reply.take() {
+            // The process keeps running; its record must be durable before
+            // the agent may exit.
+            let pid = self.group.unwrap_or_default();
+            tracing::info!(pid, "instance detached; the process keeps running");
+            self.log
+                .note(&format!("agent detached from pid {pid}; it keeps running"));
+            drop(self.record);
+            if let Some(recorder) = recorder {
+                let _ = recorder.await;
+            }
+            let _ = reply.send(());
+            return;
+        }
         if let Some(pgid) = self.group {
             wait_group_gone(pgid).await;
         }
-        if let Some(pump) = self.pump.take() {
-            // Ends at EOF: every holder of the pipe is in the group, now gone.
-            let _ = tokio::time::timeout(LOG_DRAIN_TIMEOUT, pump).await;
+        self.record.send_replace(None);
+        drop(self.record);
+        if let Some(recorder) = recorder {
+            let _ = recorder.await;
         }
         let report = StopReport {
             exit: self.policy.last_exit().map(ToString::to_string),
@@ -479,20 +630,6 @@ impl Driver {
         tracing::info!(exit = ?report.exit, killed = report.killed, took_ms = report.took.as_millis() as u64, "instance stopped");
         if let Some(reply) = self.stop_reply.take() {
             let _ = reply.send(report);
-        }
-    }
-
-    fn exit_reason(&self, status: std::io::Result<std::process::ExitStatus>) -> ExitReason {
-        match status {
-            Ok(s) => match (s.code(), s.signal()) {
-                (Some(code), _) => ExitReason::Code(code),
-                (None, Some(sig)) => ExitReason::Signal(sig),
-                (None, None) => ExitReason::Code(-1),
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "waiting for the instance process failed");
-                ExitReason::Code(-1)
-            }
         }
     }
 
@@ -539,14 +676,83 @@ impl Driver {
         }
     }
 
+    /// The record of `pid`, just started (or adopted).
+    fn record_of(&self, pid: u32, ready: bool) -> Option<ProcessRecord> {
+        let start_time = record::observe(pid)?.start_time;
+        Some(ProcessRecord {
+            service: self.spec.service.clone(),
+            slot: self.spec.slot,
+            release_digest: self.spec.release_digest.clone(),
+            pid,
+            start_time,
+            boot_id: self.boot_id.clone(),
+            ready,
+            stop_signal: self.spec.run.stop_signal as i32,
+            stop_timeout_ms: u64::try_from(self.spec.run.stop_timeout.as_millis())
+                .unwrap_or(u64::MAX),
+            sockets: self.spec.sockets.names(),
+        })
+    }
+
+    fn adopt(&mut self, adopted: AdoptedProcess) -> Event {
+        let pid = adopted.pid;
+        // `AsyncFd::new` is deprecated because a `T` that merely borrows its
+        // fd could close it while registered; an `OwnedFd` cannot (it is
+        // closed only when the AsyncFd drops it). Its replacement,
+        // `register`, is `unsafe`, which this workspace forbids.
+        #[allow(deprecated)]
+        let registered = AsyncFd::new(adopted.pidfd);
+        match registered {
+            Ok(pidfd) => {
+                self.generation += 1;
+                self.group = Some(pid);
+                self.process = Some(Process::Adopted(pidfd));
+                self.record.send_replace(self.record_of(pid, adopted.ready));
+                let _ = self.probe_pid.send(Some((self.generation, pid)));
+                let started_at = record::observe(pid)
+                    .and_then(|o| record::started_at(o.start_time))
+                    .unwrap_or_else(SystemTime::now);
+                self.status.send_modify(|s| {
+                    s.pid = Some(pid);
+                    s.started_at = Some(started_at);
+                });
+                tracing::info!(pid, "adopted the running instance process");
+                self.log
+                    .note(&format!("adopted pid {pid} (started by a previous agent)"));
+                Event::Started { pid }
+            }
+            Err(e) => {
+                // Cannot watch it: it must not run unsupervised.
+                tracing::warn!(pid, error = %e, "cannot watch the adopted process; killing it");
+                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                self.group = Some(pid);
+                Event::Exited(ExitReason::Unobserved)
+            }
+        }
+    }
+
     fn spawn(&mut self) -> Event {
-        match spawn::spawn(&self.spec.shim, &self.request, &self.spec.sockets) {
+        if let Some(adopted) = self.adopted.take() {
+            return self.adopt(adopted);
+        }
+        let output = match self.log.app_output() {
+            Ok(output) => output,
+            Err(e) => {
+                let reason = error_chain(&e);
+                tracing::warn!(error = %reason, "cannot open the instance log for the app");
+                self.group = None;
+                return Event::Exited(ExitReason::SpawnFailed(reason));
+            }
+        };
+        match spawn::spawn(&self.spec.shim, &self.request, &self.spec.sockets, output) {
             Ok(spawned) => {
                 let pid = spawned.pid;
                 self.generation += 1;
                 self.group = Some(pid);
-                self.child = Some(spawned.child);
-                self.pump = Some(tokio::spawn(self.log.clone().pump(spawned.output)));
+                self.process = Some(Process::Child(spawned.child));
+                // Written before anything else can happen: an agent killed
+                // from here on must find this process at its next start.
+                self.record.send_replace(self.record_of(pid, false));
                 let _ = self.probe_pid.send(Some((self.generation, pid)));
                 self.status.send_modify(|s| {
                     s.pid = Some(pid);
@@ -574,7 +780,7 @@ impl Driver {
         let pid = Pid::from_raw(pgid as i32);
         match killpg(pid, sig) {
             Ok(()) => tracing::debug!(pgid, signal = sig.as_str(), "signalled process group"),
-            Err(Errno::ESRCH) if self.child.is_some() => {
+            Err(Errno::ESRCH) if matches!(self.process, Some(Process::Child(_))) => {
                 // Not reaped yet, but no group: the shim has not called
                 // setsid yet. Signal the process itself (its pid cannot have
                 // been reused: we have not waited for it).
@@ -587,7 +793,7 @@ impl Driver {
                 tracing::warn!(pgid, signal = sig.as_str(), error = %e, "cannot signal process group");
             }
         }
-        if sig != Signal::SIGKILL || self.child.is_some() {
+        if sig != Signal::SIGKILL || self.process.is_some() {
             self.log
                 .note(&format!("sent {} to process group {pgid}", sig.as_str()));
         }
@@ -601,7 +807,16 @@ impl Driver {
             detail = %report.detail,
             "instance state"
         );
-        let running = self.child.is_some();
+        let running = self.process.is_some();
+        if running {
+            self.record.send_if_modified(|r| match r {
+                Some(r) if r.ready != report.ready => {
+                    r.ready = report.ready;
+                    true
+                }
+                _ => false,
+            });
+        }
         self.status.send_modify(|s| {
             s.state = report.state;
             s.ready = report.ready;

@@ -1,27 +1,38 @@
 //! Per-instance log files with size-based rotation.
 //!
-//! Owns the instance's log file: the app's stdout and stderr arrive on one
-//! pipe that an agent task copies into the file ([`LogFile::pump`]); the
-//! agent rotates by size (`NAME.log` → `NAME.log.1` → … → `NAME.log.K`,
-//! the oldest dropped) and answers `tail(n)` across the rotated files.
+//! Owns the instance's log file. The app's stdout and stderr are the file
+//! itself, opened `O_APPEND` ([`LogFile::app_output`]); the agent adds its
+//! `[lockstep]` notes the same way, rotates by size with copy + truncate
+//! (`NAME.log` copied to `NAME.log.1`, … `NAME.log.K`, the oldest dropped,
+//! then `NAME.log` truncated in place) and answers `tail(n)` across the
+//! rotated files.
 //!
 //! ```text
-//! app stdout ─┐                  ┌─▶ NAME.log (≤ max_bytes) ─rotate─▶ NAME.log.1 … .K
-//! app stderr ─┴─ pipe ─▶ pump ───┤
-//! supervisor notes ([lockstep]) ─┘
+//! app stdout ─┐   O_APPEND        ┌─▶ NAME.log ─copy+truncate (every ROTATE_CHECK)─▶ NAME.log.1 … .K
+//! app stderr ─┼───────────────────┤
+//! supervisor notes ([lockstep]) ──┘
 //! ```
 //!
-//! Must never: let the child write the file itself (it could not rotate it),
-//! block the child on a full disk for longer than one write, or keep reading
-//! after the pipe is closed.
+//! Why the app writes the file, not a pipe to an agent task: an app must
+//! keep serving while the agent restarts (ARCHITECTURE.md). A pipe's read
+//! end lives only in the agent; when the agent exits the app's next write
+//! gets EPIPE/SIGPIPE, and keeping the read end alive elsewhere (a helper
+//! process per instance, systemd's fd store) still blocks a chatty app once
+//! the pipe buffer fills while no agent reads it. A file needs no reader and
+//! nothing to hand over: the restarted agent reopens it by name. The
+//! trade-offs: rotation is copy + truncate, so a line written between the
+//! copy and the truncate (microseconds) can be lost, and the live file can
+//! pass `max_bytes` by what the app writes in one [`ROTATE_CHECK`] period.
+//!
+//! Must never: rename the live file (the app's descriptor would follow it),
+//! or block the app: it never waits on the agent to write.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-
-use tokio::io::AsyncReadExt;
-use tokio::net::unix::pipe;
+use std::time::Duration;
 
 /// Rotate past 8 MiB: a few hours of a chatty app, small enough to page
 /// through and to read the tail of quickly.
@@ -29,8 +40,9 @@ pub const LOG_MAX_BYTES: u64 = 8 * 1024 * 1024;
 /// Rotated files kept: with the live one, 32 MiB per instance at most, a
 /// bound a host with 50 instances can afford.
 pub const LOG_KEEP: u32 = 3;
-/// Read size from the pipe.
-const PUMP_CHUNK: usize = 16 * 1024;
+/// How often the supervisor checks a live file's size: the app writes it
+/// directly, so this bounds how far past `max_bytes` it can grow.
+pub const ROTATE_CHECK: Duration = Duration::from_secs(1);
 /// Read size when scanning a file backwards for `tail`.
 const TAIL_CHUNK: u64 = 64 * 1024;
 
@@ -87,10 +99,8 @@ pub enum LogError {
 
 #[derive(Debug)]
 struct Writer {
+    /// The live file, read + append: notes append, and read its last byte.
     file: File,
-    size: u64,
-    /// The last byte written ends a line (or nothing was written).
-    at_line_start: bool,
 }
 
 /// One instance's log; clones share the file.
@@ -111,21 +121,10 @@ impl LogFile {
             })?;
         }
         let file = open_append(path)?;
-        let size = file
-            .metadata()
-            .map_err(|source| LogError::Open {
-                path: path.to_owned(),
-                source,
-            })?
-            .len();
         Ok(Self {
             path: Arc::new(path.to_owned()),
             config,
-            writer: Arc::new(Mutex::new(Writer {
-                file,
-                size,
-                at_line_start: true,
-            })),
+            writer: Arc::new(Mutex::new(Writer { file })),
         })
     }
 
@@ -141,34 +140,27 @@ impl LogFile {
         PathBuf::from(s)
     }
 
-    /// Appends bytes, rotating first when they would take the file past the limit.
-    pub fn write(&self, bytes: &[u8]) -> Result<(), LogError> {
-        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        self.write_locked(&mut w, bytes)
+    /// The app's stdout and stderr: the live file, opened `O_APPEND`, so
+    /// that writes land at its end even after a truncate.
+    pub fn app_output(&self) -> Result<(File, File), LogError> {
+        let out = open_append(&self.path)?;
+        let err = out.try_clone().map_err(|source| LogError::Open {
+            path: self.path.to_path_buf(),
+            source,
+        })?;
+        Ok((out, err))
     }
 
-    fn write_locked(&self, w: &mut Writer, bytes: &[u8]) -> Result<(), LogError> {
-        // No file grows past max_bytes; a cut falls after a newline when the
-        // room holds one, so lines rarely straddle two files.
-        let mut rest = bytes;
-        while !rest.is_empty() {
-            let room = self.config.max_bytes.saturating_sub(w.size);
-            if rest.len() as u64 <= room {
-                self.append(w, rest)?;
-                break;
-            }
-            let room = usize::try_from(room).unwrap_or(usize::MAX).min(rest.len());
-            let cut = match rest[..room].iter().rposition(|&b| b == b'\n') {
-                Some(i) => i + 1,
-                // A line longer than a whole file: cut it.
-                None if w.size == 0 => room.max(1),
-                None => 0,
-            };
-            self.append(w, &rest[..cut])?;
-            rest = &rest[cut..];
-            self.rotate(w)?;
-        }
-        Ok(())
+    /// Appends bytes, rotating first when they would take the file past
+    /// the limit (the agent's own writes; the app's are checked by
+    /// [`rotate_if_over`](Self::rotate_if_over)).
+    pub fn write(&self, bytes: &[u8]) -> Result<(), LogError> {
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let incoming = bytes.len() as u64;
+        self.rotate_locked_if(&mut w, |size| {
+            size > 0 && size + incoming > self.config.max_bytes
+        })?;
+        self.append(&mut w, bytes)
     }
 
     fn append(&self, w: &mut Writer, bytes: &[u8]) -> Result<(), LogError> {
@@ -178,10 +170,7 @@ impl LogFile {
         w.file.write_all(bytes).map_err(|source| LogError::Write {
             path: self.path.to_path_buf(),
             source,
-        })?;
-        w.size += bytes.len() as u64;
-        w.at_line_start = bytes.last() == Some(&b'\n');
-        Ok(())
+        })
     }
 
     /// Appends one supervisor line, marked `[lockstep]` so it cannot be
@@ -189,55 +178,69 @@ impl LogFile {
     /// It starts on a line of its own even after a partial app line.
     pub fn note(&self, line: &str) {
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let sep = if w.at_line_start { "" } else { "\n" };
+        let sep = if ends_line(&w.file) { "" } else { "\n" };
         let text = format!("{sep}[lockstep] {line}\n");
-        if let Err(e) = self.write_locked(&mut w, text.as_bytes()) {
+        if let Err(e) = self.append(&mut w, text.as_bytes()) {
             tracing::warn!(error = %e, "cannot write supervisor note to the instance log");
         }
     }
 
-    fn rotate(&self, w: &mut Writer) -> Result<(), LogError> {
+    /// Rotates when the live file has reached `max_bytes` (the supervisor
+    /// calls this every [`ROTATE_CHECK`]; blocking: it may copy a file).
+    /// Returns whether it rotated.
+    pub fn rotate_if_over(&self) -> Result<bool, LogError> {
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.rotate_locked_if(&mut w, |size| size >= self.config.max_bytes)
+    }
+
+    /// Rotates when `due(size of the live file)`. The order matters to
+    /// `logfollow`: copy to a hidden temp file, truncate the live file,
+    /// shift `.1 … .K`, then rename the copy to `.1` — a new `.1` appears
+    /// complete and only after the truncate, which is how a follower tells
+    /// a rotation (a new `.1`) from one in progress (live file shorter, same `.1`).
+    fn rotate_locked_if(
+        &self,
+        w: &mut Writer,
+        due: impl Fn(u64) -> bool,
+    ) -> Result<bool, LogError> {
         let err = |source| LogError::Rotate {
             path: self.path.to_path_buf(),
             source,
         };
+        let size = w.file.metadata().map_err(err)?.len();
+        if !due(size) {
+            return Ok(false);
+        }
         if self.config.keep == 0 {
             w.file.set_len(0).map_err(err)?;
-            w.file.seek(SeekFrom::Start(0)).map_err(err)?;
-            w.size = 0;
-            return Ok(());
+            return Ok(true);
         }
+        // Copied, never renamed: the app's descriptor stays on the live file.
+        let copy = self.rotating_path();
+        {
+            let mut live = File::open(self.path.as_path()).map_err(err)?;
+            let mut out = File::create(&copy).map_err(err)?;
+            io::copy(&mut live, &mut out).map_err(err)?;
+        }
+        w.file.set_len(0).map_err(err)?;
         for n in (1..self.config.keep).rev() {
             let from = self.rotated_path(n);
             if from.exists() {
                 std::fs::rename(&from, self.rotated_path(n + 1)).map_err(err)?;
             }
         }
-        std::fs::rename(self.path.as_path(), self.rotated_path(1)).map_err(err)?;
-        w.file = open_append(&self.path)?;
-        w.size = 0;
-        Ok(())
+        std::fs::rename(&copy, self.rotated_path(1)).map_err(err)?;
+        Ok(true)
     }
 
-    /// Copies the pipe into the log until every writer has closed it.
-    pub async fn pump(self, mut rx: pipe::Receiver) {
-        let mut buf = vec![0u8; PUMP_CHUNK];
-        loop {
-            match rx.read(&mut buf).await {
-                Ok(0) => break,
-                Ok(n) => {
-                    if let Err(e) = self.write(&buf[..n]) {
-                        // Keep draining: a full disk must not block the app on its pipe.
-                        tracing::warn!(path = %self.path.display(), error = %e, "cannot write instance log");
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    tracing::warn!(path = %self.path.display(), error = %e, "cannot read instance output pipe");
-                    break;
-                }
-            }
-        }
+    /// `DIR/.NAME.rotating`: the copy being made (hidden from log listings).
+    fn rotating_path(&self) -> PathBuf {
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.path.with_file_name(format!(".{name}.rotating"))
     }
 
     /// The last `n` lines across the live and the rotated files, oldest first.
@@ -290,8 +293,21 @@ impl LogFile {
     }
 }
 
+/// The file is empty or its last byte is a newline.
+fn ends_line(file: &File) -> bool {
+    let Ok(len) = file.metadata().map(|m| m.len()) else {
+        return true;
+    };
+    if len == 0 {
+        return true;
+    }
+    let mut last = [0u8; 1];
+    !matches!(file.read_at(&mut last, len - 1), Ok(1) if last[0] != b'\n')
+}
+
 fn open_append(path: &Path) -> Result<File, LogError> {
     OpenOptions::new()
+        .read(true)
         .create(true)
         .append(true)
         .open(path)

@@ -4,17 +4,21 @@
 //! instance in its own session and process group with the manifest's argv,
 //! env, working dir and user/group (never through a shell), handing it the
 //! agent-held `[[listen]]` sockets by the systemd socket-activation protocol,
-//! capturing its output in size-rotated log files, restarting it with
+//! writing its output to size-rotated log files, restarting it with
 //! exponential backoff and jitter, detecting crash loops, probing readiness
-//! and liveness, and stopping it gracefully (stop signal to the group,
-//! `stop_timeout`, SIGKILL, every child reaped).
+//! and liveness, stopping it gracefully (stop signal to the group,
+//! `stop_timeout`, SIGKILL, every child reaped), and recording each running
+//! process durably so that a restarted agent can adopt it (or, on
+//! `detach`, leaving it running for that agent).
 //!
 //! ```text
 //!                 ┌──────── policy (pure: step(now, jitter, event) -> actions) ─────────┐
 //! Instance ──▶ driver task ──▶ spawn ──▶ exec shim (`agent __exec-shim`) ──▶ app (pgid = pid)
 //!   status ◀── watch          │           setsid, fds 3.., LISTEN_*, uid/gid, exec
-//!   log_tail ◀── logs ◀── pump ◀── one pipe (stdout + stderr)
-//!   ListenSockets (bound once, shared by the old and the new release)
+//!   log_tail ◀── logs ◀── the app's stdout + stderr (the file, O_APPEND)
+//!   record ──▶ DIR/SERVICE-SLOT-DIGEST12.json (pid, start time, ready)
+//!   ListenSockets (bound once, shared by the old and the new release;
+//!                  recovered from an adopted process with pidfd_getfd)
 //! ```
 //!
 //! | module | owns |
@@ -24,6 +28,7 @@
 //! | [`spawn`] / [`shim`] | starting a process without `unsafe` (the shim re-exec), the wire request |
 //! | [`sockets`] | binding and holding the `[[listen]]` sockets |
 //! | [`logs`] | per-instance log files, rotation, `tail` |
+//! | [`record`] | durable process records, "is it still the same process", the adoption verdict |
 //! | [`readiness`] | the probe interface the supervisor calls |
 //!
 //! No `unsafe` here: work that must happen between fork and exec runs in
@@ -37,14 +42,15 @@ pub mod instance;
 pub mod logs;
 pub mod policy;
 pub mod readiness;
+pub mod record;
 pub mod shim;
 pub mod sockets;
 pub mod spawn;
 
 use std::path::PathBuf;
 
-pub use instance::{Instance, InstanceSpec, InstanceStatus, StopReport};
-pub use logs::{LOG_KEEP, LOG_MAX_BYTES, LogConfig, LogError, LogFile};
+pub use instance::{AdoptedProcess, Instance, InstanceSpec, InstanceStatus, StopReport};
+pub use logs::{LOG_KEEP, LOG_MAX_BYTES, LogConfig, LogError, LogFile, ROTATE_CHECK};
 pub use policy::{InstanceState, PolicyConfig};
 pub use readiness::{AlwaysReady, ReadinessCheck};
 pub use shim::{EXEC_SHIM_ARG, SHIM_FAILURE_EXIT, run_exec_shim};

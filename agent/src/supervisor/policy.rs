@@ -139,6 +139,9 @@ pub enum ExitReason {
     Signal(i32),
     /// It never ran: the spawn itself failed (the reason is the error text).
     SpawnFailed(String),
+    /// It ended, but its status is unknown: an adopted process is not the
+    /// agent's child, so only its end is seen (a pidfd), never its status.
+    Unobserved,
 }
 
 impl ExitReason {
@@ -157,6 +160,7 @@ impl fmt::Display for ExitReason {
                 Err(_) => write!(f, "killed by signal {s}"),
             },
             Self::SpawnFailed(e) => write!(f, "could not be spawned: {e}"),
+            Self::Unobserved => write!(f, "ended (status unknown: adopted, not the agent's child)"),
         }
     }
 }

@@ -58,6 +58,8 @@ pub enum SocketError {
         #[source]
         source: std::io::Error,
     },
+    #[error("recovered fd for [[listen]] `{name}` is not it: {reason}")]
+    NotTheSocket { name: String, reason: String },
 }
 
 /// One bound, listening socket and its `[[listen]]` name.
@@ -110,6 +112,52 @@ impl ListenSockets {
             sockets = %out.iter().map(|s| format!("{}={}", s.name, s.local)).collect::<Vec<_>>().join(","),
             overlap = overlap.as_str(),
             "listening sockets bound"
+        );
+        Ok(Self {
+            inner: Arc::new(out),
+        })
+    }
+
+    /// The sockets of a running app, duplicated out of it (its fds 3..,
+    /// in `[[listen]]` order): each must be a listening TCP socket on the
+    /// address asked for (any port when it asked for port 0).
+    pub fn recover(listen: &[Listen], fds: Vec<OwnedFd>) -> Result<Self, SocketError> {
+        if fds.len() != listen.len() {
+            return Err(SocketError::NotTheSocket {
+                name: listen.first().map(|l| l.name.clone()).unwrap_or_default(),
+                reason: format!("{} fds for {} [[listen]] sockets", fds.len(), listen.len()),
+            });
+        }
+        let mut out = Vec::with_capacity(listen.len());
+        for (l, fd) in listen.iter().zip(fds) {
+            let wrong = |reason: String| SocketError::NotTheSocket {
+                name: l.name.clone(),
+                reason,
+            };
+            let listening = nix::sys::socket::getsockopt(&fd, sockopt::AcceptConn)
+                .map_err(|e| wrong(format!("not a socket ({e})")))?;
+            if !listening {
+                return Err(wrong("not listening".to_owned()));
+            }
+            let listener = TcpListener::from(fd);
+            let local = listener
+                .local_addr()
+                .map_err(|e| wrong(format!("not a TCP socket ({e})")))?;
+            let same_ip = l.address.ip() == local.ip();
+            let same_port = l.address.port() == 0 || l.address.port() == local.port();
+            if !same_ip || !same_port {
+                return Err(wrong(format!("bound to {local}, expected {}", l.address)));
+            }
+            out.push(ListenSocket {
+                name: l.name.clone(),
+                requested: l.address,
+                local,
+                listener,
+            });
+        }
+        tracing::info!(
+            sockets = %out.iter().map(|s| format!("{}={}", s.name, s.local)).collect::<Vec<_>>().join(","),
+            "listening sockets recovered from a running instance"
         );
         Ok(Self {
             inner: Arc::new(out),

@@ -3,26 +3,23 @@
 //! Owns turning an instance's run spec into a [`ShimRequest`] (absolute
 //! program inside the release root, argv as written, the exact environment,
 //! working dir, user/group, socket names) and starting the shim with the
-//! control socket as its stdin and one log pipe as its stdout and stderr.
+//! control socket as its stdin and the instance log (`O_APPEND`) as its
+//! stdout and stderr.
 //!
 //! ```text
 //! socketpair(SEQPACKET) ── sendmsg(request JSON + SCM_RIGHTS sockets) ──▶ queued
-//! pipe ── write end ──▶ shim stdout + stderr;  read end ──▶ LogFile::pump
+//! LogFile::app_output ──▶ shim stdout + stderr (no reader needed: see logs)
 //! spawn(shim __exec-shim, env cleared, stdin = control socket) ──▶ pid (= app pid after exec)
 //! ```
 //!
-//! Must never: use a shell, fork and run code in the child (no `pre_exec`),
-//! or keep the pipe's write end open in the agent (the log pump would never
-//! see EOF).
+//! Must never: use a shell, or fork and run code in the child (no `pre_exec`).
 
 use std::collections::BTreeMap;
-use std::os::fd::OwnedFd;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use nix::fcntl::OFlag;
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
-use tokio::net::unix::pipe;
 
 use super::shim::{EXEC_SHIM_ARG, SendError, ShimRequest, send_request};
 use super::sockets::ListenSockets;
@@ -35,10 +32,6 @@ pub const DEFAULT_SHIM: &str = "/proc/self/exe";
 pub enum SpawnError {
     #[error("cannot create the shim control socket")]
     Socketpair(#[source] nix::Error),
-    #[error("cannot create the output pipe")]
-    Pipe(#[source] nix::Error),
-    #[error("cannot duplicate the output pipe")]
-    DupPipe(#[source] std::io::Error),
     #[error("cannot pass the spawn request to the shim")]
     Send(#[source] SendError),
     #[error("cannot spawn the exec shim {shim}")]
@@ -49,18 +42,13 @@ pub enum SpawnError {
     },
     #[error("exec shim {shim} exited before its pid was known")]
     NoPid { shim: PathBuf },
-    #[error("cannot register the output pipe with the runtime")]
-    Register(#[source] std::io::Error),
 }
 
-/// A spawned process: its (reapable) child handle, pid and output pipe.
+/// A spawned process: its (reapable) child handle and pid.
 #[derive(Debug)]
 pub struct Spawned {
     pub child: tokio::process::Child,
     pub pid: u32,
-    /// stdout + stderr of the app (and the shim's failure line), until every
-    /// process holding the write end is gone.
-    pub output: pipe::Receiver,
 }
 
 /// The environment an app gets: the manifest's env, then the agent's
@@ -75,12 +63,14 @@ pub fn app_env(
     env
 }
 
-/// Spawns `req` through the shim at `shim`, handing it `sockets` (fds 3..).
-/// Must run inside a tokio runtime (the child and the pipe register with it).
+/// Spawns `req` through the shim at `shim`, handing it `sockets` (fds 3..)
+/// and `output` (stdout, stderr). Must run inside a tokio runtime (the
+/// child registers with it).
 pub fn spawn(
     shim: &Path,
     req: &ShimRequest,
     sockets: &ListenSockets,
+    output: (File, File),
 ) -> Result<Spawned, SpawnError> {
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
@@ -93,17 +83,16 @@ pub fn spawn(
     send_request(&ours, req, &sockets.raw_fds()).map_err(SpawnError::Send)?;
     drop(ours);
 
-    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
-    let write2: OwnedFd = write.try_clone().map_err(SpawnError::DupPipe)?;
+    let (stdout, stderr) = output;
     let child = {
-        // The Command (and with it the agent's copies of the write end and of
-        // the shim's control socket) is dropped at the end of this block.
+        // The Command (and with it the agent's copies of the output files and
+        // of the shim's control socket) is dropped at the end of this block.
         let mut cmd = tokio::process::Command::new(shim);
         cmd.arg(EXEC_SHIM_ARG)
             .env_clear()
             .stdin(Stdio::from(theirs))
-            .stdout(Stdio::from(write))
-            .stderr(Stdio::from(write2))
+            .stdout(Stdio::from(stdout))
+            .stderr(Stdio::from(stderr))
             .kill_on_drop(false);
         cmd.spawn().map_err(|source| SpawnError::Spawn {
             shim: shim.to_owned(),
@@ -113,6 +102,5 @@ pub fn spawn(
     let pid = child.id().ok_or_else(|| SpawnError::NoPid {
         shim: shim.to_owned(),
     })?;
-    let output = pipe::Receiver::from_owned_fd(read).map_err(SpawnError::Register)?;
-    Ok(Spawned { child, pid, output })
+    Ok(Spawned { child, pid })
 }

@@ -23,15 +23,19 @@ async fn stderr_and_stdout_reach_the_log_which_rotates_and_tails() {
     })
     .await;
     assert_eq!(inst.log_path(), path.as_path());
-    let tail = inst.log_tail(3);
-    assert_eq!(tail, vec!["err line 498", "err line 499", "out-done"]);
-    assert!(std::fs::metadata(&path).unwrap().len() <= 2048);
     let rotated = |n: u32| {
         let mut p = path.clone().into_os_string();
         p.push(format!(".{n}"));
         std::path::PathBuf::from(p)
     };
-    assert!(rotated(1).exists() && rotated(2).exists());
+    // The app writes the file itself; the supervisor rotates it (copy +
+    // truncate) at its next size check.
+    wait_for(DEADLINE, "the rotation", || {
+        rotated(1).exists() && std::fs::metadata(&path).is_ok_and(|m| m.len() <= 2048)
+    })
+    .await;
+    let tail = inst.log_tail(3);
+    assert_eq!(tail, vec!["err line 498", "err line 499", "out-done"]);
     assert!(!rotated(3).exists(), "only `keep` rotated files are kept");
     // The tail spans the rotation boundary.
     let many = inst.log_tail(60);

@@ -192,6 +192,7 @@ async fn a_restarted_agent_runs_every_service_on_its_current_release() {
     agent.install(&v1).await.unwrap();
     agent.install(&v2).await.unwrap();
 
+    let pid = ready_pid(&agent).await;
     agent.restart().await.unwrap();
     let version = wait_for("the service to serve again", DEADLINE, || {
         served_version(port)
@@ -199,6 +200,8 @@ async fn a_restarted_agent_runs_every_service_on_its_current_release() {
     .await
     .unwrap();
     assert_eq!(version, "2.0.0");
+    // Its app kept running across the restart and was adopted.
+    assert_eq!(ready_pid(&agent).await, pid);
     let releases = agent.agentctl_json(&["releases", "demo"]).await.unwrap();
     assert_eq!(releases["previous"][0]["version"], "1.0.0");
 }
@@ -249,4 +252,240 @@ async fn a_malformed_agent_config_is_refused_naming_the_key() {
             "{args:?}: {stderr}"
         );
     }
+}
+
+/// The app process `pid` has ended (a zombie counts: nobody here reaps
+/// an orphan, but it no longer serves).
+fn process_gone(pid: i64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_ascii_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+        Err(_) => true,
+    }
+}
+
+/// The single demo instance's pid once it is ready.
+async fn ready_pid(agent: &AgentFixture) -> i64 {
+    wait_for("the instance to be ready", DEADLINE, || async {
+        let status = agent
+            .agentctl_json(&["status", "demo"])
+            .await
+            .map_err(|e| e.to_string())?;
+        let i = instance(&status, 0);
+        match (i["ready"] == true, i["pid"].as_i64()) {
+            (true, Some(pid)) => Ok(pid),
+            _ => Err(format!("instance is {i}")),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until the poller has had `more` further answers.
+async fn answers_grow(poller: &Poller, more: u64, what: &str) {
+    let from = poller.snapshot().await.succeeded;
+    wait_for(what, DEADLINE, || async {
+        let now = poller.snapshot().await.succeeded;
+        if now >= from + more {
+            Ok(())
+        } else {
+            Err(format!("{} answers so far", now - from))
+        }
+    })
+    .await
+    .unwrap();
+}
+
+/// Installs v1 and starts a poller on it; returns (v2 bundle, port, poller, pid).
+async fn serving_v1(agent: &AgentFixture) -> (std::path::PathBuf, u16, Poller, i64) {
+    let port = free_loopback_port().unwrap();
+    let v1 = DemoRelease::new("1.0.0", port).build(agent.dir()).unwrap();
+    let v2 = DemoRelease::new("2.0.0", port).build(agent.dir()).unwrap();
+    agent.install(&v1).await.unwrap();
+    let pid = ready_pid(agent).await;
+    let poller = Poller::start(addr(port));
+    answers_grow(&poller, 1, "the poller's first answer").await;
+    (v2, port, poller, pid)
+}
+
+#[tokio::test]
+async fn a_sigtermed_agent_leaves_its_app_serving_and_the_next_agent_adopts_it() {
+    let mut agent = AgentFixture::start("host-7", "eu-1").await.unwrap();
+    let (v2, port, poller, pid) = serving_v1(&agent).await;
+
+    agent.stop().await.unwrap();
+    assert!(!process_gone(pid), "the app must outlive the agent");
+    answers_grow(&poller, 20, "answers while the agent is down").await;
+
+    agent.start_again().await.unwrap();
+    assert_eq!(ready_pid(&agent).await, pid, "the same process, adopted");
+    let status = agent.agentctl_json(&["status", "demo"]).await.unwrap();
+    assert_eq!(instance(&status, 0)["state"], "ready", "{status}");
+    assert_eq!(instance(&status, 0)["restarts"], 0, "{status}");
+    answers_grow(&poller, 20, "answers after the adoption").await;
+    let logs = agent.agentctl(&["logs", "demo"]).await.unwrap();
+    let logs = String::from_utf8_lossy(&logs.stdout);
+    assert!(logs.contains(&format!("adopted pid {pid}")), "{logs}");
+
+    // Start-before-stop on the recovered socket: no request fails.
+    agent.install(&v2).await.unwrap();
+    assert_eq!(served_version(port).await.unwrap(), "2.0.0");
+    wait_for("the adopted v1 process to be gone", DEADLINE, || async {
+        if process_gone(pid) {
+            Ok(())
+        } else {
+            Err("still running")
+        }
+    })
+    .await
+    .unwrap();
+    answers_grow(&poller, 20, "answers from v2").await;
+    let report = poller.stop().await;
+    assert_eq!(report.failed, 0, "failed requests: {:?}", report.failures);
+    assert_eq!(report.versions, vec!["1.0.0", "2.0.0"], "{report:?}");
+}
+
+#[tokio::test]
+async fn a_killed_agent_leaves_its_app_serving_and_the_next_agent_adopts_it() {
+    let mut agent = AgentFixture::start("host-8", "eu-1").await.unwrap();
+    let (v2, port, poller, pid) = serving_v1(&agent).await;
+
+    agent.kill().await.unwrap();
+    assert!(!process_gone(pid), "the app must outlive the agent");
+    answers_grow(&poller, 20, "answers while the agent is down").await;
+
+    agent.start_again().await.unwrap();
+    assert_eq!(ready_pid(&agent).await, pid, "the same process, adopted");
+    agent.install(&v2).await.unwrap();
+    assert_eq!(served_version(port).await.unwrap(), "2.0.0");
+    answers_grow(&poller, 20, "answers from v2").await;
+    let report = poller.stop().await;
+    assert_eq!(report.failed, 0, "failed requests: {:?}", report.failures);
+}
+
+#[tokio::test]
+async fn an_adopted_app_that_dies_is_restarted() {
+    let mut agent = AgentFixture::start("host-9", "eu-1").await.unwrap();
+    let port = free_loopback_port().unwrap();
+    let v1 = DemoRelease::new("1.0.0", port).build(agent.dir()).unwrap();
+    agent.install(&v1).await.unwrap();
+    let pid = ready_pid(&agent).await;
+    agent.restart().await.unwrap();
+    assert_eq!(ready_pid(&agent).await, pid, "the same process, adopted");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let fresh = wait_for("a fresh instance to replace it", DEADLINE, || async {
+        let status = agent
+            .agentctl_json(&["status", "demo"])
+            .await
+            .map_err(|e| e.to_string())?;
+        let i = instance(&status, 0).clone();
+        if i["pid"].as_i64().is_some_and(|p| p != pid) && i["ready"] == true {
+            Ok(i)
+        } else {
+            Err(format!("instance is {i}"))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(fresh["restarts"], 1, "{fresh}");
+    assert_eq!(served_version(port).await.unwrap(), "1.0.0");
+}
+
+#[tokio::test]
+async fn with_apps_on_agent_stop_stop_the_agent_stops_its_apps() {
+    let mut agent =
+        AgentFixture::start_configured("host-10", "eu-1", "apps_on_agent_stop = \"stop\"", "")
+            .await
+            .unwrap();
+    let port = free_loopback_port().unwrap();
+    let v1 = DemoRelease::new("1.0.0", port).build(agent.dir()).unwrap();
+    agent.install(&v1).await.unwrap();
+    let pid = ready_pid(&agent).await;
+    agent.stop().await.unwrap();
+    assert!(
+        process_gone(pid),
+        "the agent stopped its app before exiting"
+    );
+    agent.start_again().await.unwrap();
+    let fresh = ready_pid(&agent).await;
+    assert_ne!(fresh, pid, "a fresh process, nothing to adopt");
+    assert_eq!(served_version(port).await.unwrap(), "1.0.0");
+}
+
+#[tokio::test]
+async fn a_slot_whose_app_died_while_the_agent_was_down_is_started_beside_the_adopted_one() {
+    let mut agent = AgentFixture::start("host-11", "eu-1").await.unwrap();
+    let port = free_loopback_port().unwrap();
+    let mut release = DemoRelease::new("1.0.0", port);
+    release.instances = 2;
+    let v1 = release.build(agent.dir()).unwrap();
+    agent.install(&v1).await.unwrap();
+    let status = agent.agentctl_json(&["status", "demo"]).await.unwrap();
+    let pids: Vec<i64> = (0..2)
+        .map(|slot| instance(&status, slot)["pid"].as_i64().unwrap())
+        .collect();
+
+    agent.stop().await.unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pids[1]).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    agent.start_again().await.unwrap();
+
+    let status = wait_for("both slots ready", DEADLINE, || async {
+        let status = agent
+            .agentctl_json(&["status", "demo"])
+            .await
+            .map_err(|e| e.to_string())?;
+        if (0..2).all(|slot| instance(&status, slot)["ready"] == true) {
+            Ok(status)
+        } else {
+            Err(format!("{status}"))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        instance(&status, 0)["pid"].as_i64(),
+        Some(pids[0]),
+        "adopted"
+    );
+    let fresh = instance(&status, 1)["pid"].as_i64().unwrap();
+    assert_ne!(fresh, pids[1], "started fresh");
+    assert_eq!(served_version(port).await.unwrap(), "1.0.0");
+}
+
+#[tokio::test]
+async fn a_left_over_app_of_a_release_that_is_not_current_is_stopped_and_the_current_one_starts() {
+    let mut agent = AgentFixture::start("host-12", "eu-1").await.unwrap();
+    let port = free_loopback_port().unwrap();
+    let v1 = DemoRelease::new("1.0.0", port).build(agent.dir()).unwrap();
+    let v2 = DemoRelease::new("2.0.0", port).build(agent.dir()).unwrap();
+    agent.install(&v1).await.unwrap();
+    agent.install(&v2).await.unwrap();
+    let v2_pid = ready_pid(&agent).await;
+
+    // As if the agent died after starting v2 but before v2 was durable:
+    // state.json says v1 is current, a v2 process runs.
+    agent.kill().await.unwrap();
+    let state_file = agent.dir().join("data/state.json");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+    let demo = &mut state["services"]["demo"];
+    let v1_record = demo["previous"][0].clone();
+    demo["current"] = v1_record;
+    std::fs::write(&state_file, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+
+    agent.start_again().await.unwrap();
+    let pid = ready_pid(&agent).await;
+    assert_ne!(pid, v2_pid);
+    assert!(process_gone(v2_pid), "the v2 left-over was stopped");
+    assert_eq!(served_version(port).await.unwrap(), "1.0.0");
 }

@@ -2,11 +2,13 @@
 //!
 //! ```text
 //! start: config -> state + release store -> every service runs its current
-//!        release -> control socket + AgentService -> report streams to the
+//!        release (adopting the instances a previous agent left running)
+//!        -> control socket + AgentService -> report streams to the
 //!        coordinators -> READY=1, watchdog
 //! SIGTERM/SIGINT: STOPPING=1 -> stop serving APIs -> finish switches in
-//!        flight -> stop every instance gracefully -> end the report
-//!        streams -> exit 0
+//!        flight -> leave every instance running, recorded for the next
+//!        agent (apps_on_agent_stop = "keep", the default) or stop each
+//!        gracefully ("stop") -> end the report streams -> exit 0
 //! ```
 //!
 //! `lockstep-agent __exec-shim` is the process-start shim (see
@@ -19,7 +21,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use agent::config::AgentConfig;
+use agent::config::{AgentConfig, AppsOnAgentStop};
 use agent::control::{self, Access};
 use agent::grpc::AgentGrpc;
 use agent::host::Host;
@@ -208,9 +210,11 @@ async fn serve(config: AgentConfig) -> Result<()> {
     notify(&manager, ServiceManager::notify_stopping);
     let _ = stop_tx.send(true);
     grpc.drain().await;
-    // The app processes stop with the agent for now: a restarted agent
-    // cannot yet adopt processes it did not start (see ARCHITECTURE.md).
-    host.stop_all().await;
+    match config.apps_on_agent_stop {
+        // The apps keep serving; the next agent adopts them.
+        AppsOnAgentStop::Keep => host.detach_all().await,
+        AppsOnAgentStop::Stop => host.stop_all().await,
+    }
     // Only now: the coordinators saw the switches in flight end and the
     // instances stop.
     drop(uplink);
