@@ -218,22 +218,44 @@ async fn serve(config: AgentConfig) -> Result<()> {
     // Only now: the coordinators saw the switches in flight end and the
     // instances stop.
     drop(uplink);
-    for (name, task) in [
-        ("control socket", control.await),
-        (
-            "AgentService",
-            grpc_server.await.map(|r| r.map_err(Into::into)),
-        ),
+    // A graceful server shutdown waits for every open connection to close;
+    // a client that never answers must not keep the agent from exiting.
+    for (name, ended) in [
+        ("control socket", drained(control).await),
+        ("AgentService", drained(grpc_server).await),
     ] {
-        match task {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => {
+        match ended {
+            Some(Ok(())) => {}
+            Some(Err(err)) => {
                 tracing::error!(server = name, error = %err, "server ended with an error")
             }
-            Err(err) => tracing::error!(server = name, error = %err, "server task failed"),
+            None => tracing::warn!(
+                server = name,
+                after = ?SERVER_DRAIN,
+                "a client kept its connection open; exiting without waiting for it"
+            ),
         }
     }
     Ok(())
+}
+
+/// How long the APIs' servers get to close their connections at shutdown.
+const SERVER_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A server task's outcome, or `None` (and the task aborted) when it did
+/// not end within [`SERVER_DRAIN`].
+async fn drained<E: Into<anyhow::Error>>(
+    task: tokio::task::JoinHandle<Result<(), E>>,
+) -> Option<Result<()>> {
+    let abort = task.abort_handle();
+    match tokio::time::timeout(SERVER_DRAIN, task).await {
+        Ok(Ok(result)) => Some(result.map_err(Into::into)),
+        Ok(Err(err)) => Some(Err(anyhow::Error::from(err).context("server task failed"))),
+        Err(_) => {
+            abort.abort();
+            None
+        }
+    }
 }
 
 fn notify(
