@@ -292,7 +292,9 @@ pub fn history(entries: &[HistoryEntry], service: &str) -> String {
                     .map_or_else(|| "-".to_owned(), |a| format!("{}@{}", a.user, a.host)),
                 utc(d.created_unix_ms),
                 utc(d.finished_unix_ms),
-                or_dash(&d.reason),
+                // One row per deployment: a failure's log lines are in
+                // `lockstep status ID` and `--output json`.
+                or_dash(d.reason.lines().next().unwrap_or_default()),
             ]
         })
         .collect();
