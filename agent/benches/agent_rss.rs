@@ -180,7 +180,7 @@ impl Agent {
         std::fs::write(
             &config,
             format!(
-                "id = \"bench-{id}\"\ncluster = \"bench\"\ndata_dir = \"{data}\"\n\n[control]\nsocket = \"{socket}\"\n\n[grpc]\nlisten = \"127.0.0.1:{port}\"\n",
+                "id = \"bench-{id}\"\ncluster = \"bench\"\ndata_dir = \"{data}\"\napps_on_agent_stop = \"stop\"\n\n[control]\nsocket = \"{socket}\"\n\n[grpc]\nlisten = \"127.0.0.1:{port}\"\n",
                 data = dir.path().join("data").display(),
                 socket = socket.display(),
             ),
