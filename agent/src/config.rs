@@ -485,25 +485,16 @@ impl AgentConfig {
             );
         }
         let tls = raw.tls.and_then(|t| {
-            let mut file = |key: &str, value: Option<PathBuf>, what: &str| {
-                // Every unreadable file is named at once; their contents
-                // are checked together below.
-                let path = value
-                    .ok_or_else(|| format!("required: the {what} (PEM)"))
-                    .and_then(|p| absolute(&p))
-                    .and_then(|p| match std::fs::File::open(&p) {
-                        Ok(_) => Ok(p),
-                        Err(e) => Err(format!("cannot read {}: {e}", p.display())),
-                    });
-                check(
-                    &format!("tls.{key}"),
-                    path.as_ref().map(drop).map_err(Clone::clone),
-                );
-                path.ok()
-            };
-            let ca = file("ca", t.ca, "CA that signs the coordinators' certificates");
-            let cert = file("cert", t.cert, "certificate of this agent");
-            let key = file("key", t.key, "private key of this agent's certificate");
+            let paths = tls::TlsPaths::from_config(
+                tls::TlsFileKeys {
+                    ca: t.ca,
+                    cert: t.cert,
+                    key: t.key,
+                },
+                "this agent",
+                "the coordinators'",
+                |key, message| check(key, Err(message)),
+            );
             let trusted = match t.trusted_coordinators {
                 Some(list) if !list.get_ref().is_empty() => {
                     check("tls.trusted_coordinators", unique(list.get_ref(), text));
@@ -524,8 +515,8 @@ impl AgentConfig {
                     None
                 }
             };
-            let (ca, cert, key, trusted) = (ca?, cert?, key?, trusted?);
-            let material = tls::TlsMaterial::load(&tls::TlsPaths { ca, cert, key })
+            let (paths, trusted) = (paths?, trusted?);
+            let material = tls::TlsMaterial::load(&paths)
                 .map_err(|e| check("tls", Err(e.to_string())))
                 .ok()?;
             Some(AgentTls {

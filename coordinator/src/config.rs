@@ -221,38 +221,16 @@ impl CoordinatorConfig {
             );
         }
         let tls = raw.tls.and_then(|t| {
-            let mut file = |key: &str, value: Option<PathBuf>, what: &str| {
-                // Every unreadable file is named at once; their contents
-                // are checked together below.
-                let path = value
-                    .ok_or_else(|| format!("required: the {what} (PEM)"))
-                    .and_then(|p| absolute(&p))
-                    .and_then(|p| match std::fs::File::open(&p) {
-                        Ok(_) => Ok(p),
-                        Err(e) => Err(format!("cannot read {}: {e}", p.display())),
-                    });
-                check(
-                    &format!("tls.{key}"),
-                    path.as_ref().map(drop).map_err(Clone::clone),
-                );
-                path.ok()
-            };
-            let ca = file(
-                "ca",
-                t.ca,
-                "CA that signs agents', operators' and coordinators' certificates",
-            );
-            let cert = file("cert", t.cert, "certificate of this coordinator");
-            let key = file(
-                "key",
-                t.key,
-                "private key of this coordinator's certificate",
-            );
-            let paths = tls::TlsPaths {
-                ca: ca?,
-                cert: cert?,
-                key: key?,
-            };
+            let paths = tls::TlsPaths::from_config(
+                tls::TlsFileKeys {
+                    ca: t.ca,
+                    cert: t.cert,
+                    key: t.key,
+                },
+                "this coordinator",
+                "agents', operators' and coordinators'",
+                |key, message| check(key, Err(message)),
+            )?;
             tls::TlsMaterial::load(&paths)
                 .map_err(|e| check("tls", Err(e.to_string())))
                 .ok()

@@ -3,9 +3,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
+use crate::daemon::Daemon;
 use crate::{HarnessError, free_loopback_port, workspace_bin};
 
 /// An agent that does not answer within this long did not start.
@@ -13,7 +14,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// A graceful agent stop may stop every app too (`apps_on_agent_stop =
 /// "stop"`); each has its stop timeout.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
-const POLL: Duration = Duration::from_millis(50);
 
 /// A running agent. Dropping it stops the agent and kills anything still
 /// running from its directory: by default the apps outlive the agent (a
@@ -24,8 +24,7 @@ pub struct AgentFixture {
     config: PathBuf,
     socket: PathBuf,
     grpc: SocketAddr,
-    log: PathBuf,
-    child: Option<Child>,
+    daemon: Daemon,
 }
 
 impl AgentFixture {
@@ -62,80 +61,36 @@ impl AgentFixture {
             socket = socket.display(),
         ) + extra;
         std::fs::write(&config, text).map_err(HarnessError::TempDir)?;
-        let log = dir.path().join("agent.log");
+        let daemon = Daemon::new(
+            "lockstep-agent",
+            vec!["--config".into(), config.clone().into()],
+            dir.path().join("agent.log"),
+        );
         let mut fixture = Self {
             dir,
             config,
             socket,
             grpc,
-            log,
-            child: None,
+            daemon,
         };
         fixture.spawn().await?;
         Ok(fixture)
     }
 
+    /// Starts the agent; returns once `agentctl status` answers.
     async fn spawn(&mut self) -> Result<(), HarnessError> {
-        let program = workspace_bin("lockstep-agent")?;
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .map_err(HarnessError::TempDir)?;
-        let log_err = log.try_clone().map_err(HarnessError::TempDir)?;
-        let child = Command::new("setpriv")
-            .args(["--pdeathsig", "KILL"])
-            .arg(&program)
-            .arg("--config")
-            .arg(&self.config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .spawn()
-            .map_err(|source| HarnessError::Spawn {
-                program: program.display().to_string(),
-                source,
-            })?;
-        self.child = Some(child);
-        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    self.child = None;
-                    return Err(HarnessError::Fixture(format!(
-                        "lockstep-agent exited at start ({status}):\n{}",
-                        self.log_text()
-                    )));
-                }
-            }
-            if self.agentctl(&["status"]).await?.status.success() {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(HarnessError::Fixture(format!(
-                    "lockstep-agent did not answer within {START_TIMEOUT:?}:\n{}",
-                    self.log_text()
-                )));
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        let socket = self.socket.clone();
+        self.daemon
+            .start(START_TIMEOUT, || {
+                let socket = socket.clone();
+                async move { Ok(agentctl_at(&socket, &["status"]).await?.status.success()) }
+            })
+            .await
     }
 
     /// Runs `agentctl --socket <ours> ARGS`.
     pub async fn agentctl(&self, args: &[&str]) -> Result<Output, HarnessError> {
-        let program = workspace_bin("agentctl")?;
-        tokio::process::Command::new(&program)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .map_err(|source| HarnessError::Spawn {
-                program: program.display().to_string(),
-                source,
-            })
+        agentctl_at(&self.socket, args).await
     }
 
     /// `agentctl install BUNDLE`; fails unless the agent switched to it.
@@ -177,19 +132,14 @@ impl AgentFixture {
 
     /// SIGKILL the agent (its apps keep running) and reap it.
     pub async fn kill(&mut self) -> Result<(), HarnessError> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        child
-            .kill()
-            .and_then(|()| child.wait().map(|_| ()))
-            .map_err(|e| HarnessError::Fixture(format!("kill agent: {e}")))
+        self.daemon.kill();
+        Ok(())
     }
 
     /// Starts the agent after `stop` or `kill`, on the same config, data
     /// and socket; returns once `agentctl status` answers.
     pub async fn start_again(&mut self) -> Result<(), HarnessError> {
-        if self.child.is_some() {
+        if self.daemon.running() {
             return Err(HarnessError::Fixture(
                 "start_again: the agent is still running".to_owned(),
             ));
@@ -200,10 +150,7 @@ impl AgentFixture {
     /// SIGTERM, then wait for the agent (and the apps it stops, if it is
     /// configured to) to exit.
     pub async fn stop(&mut self) -> Result<(), HarnessError> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        terminate(&mut child).map_err(|e| HarnessError::Fixture(format!("stop agent: {e}")))
+        self.daemon.terminate(STOP_TIMEOUT)
     }
 
     /// Starts the agent again on the same config, data and socket.
@@ -229,28 +176,24 @@ impl AgentFixture {
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.daemon.log_text()
     }
 }
 
-/// SIGTERM, wait up to [`STOP_TIMEOUT`], then SIGKILL; always reaped.
-fn terminate(child: &mut Child) -> Result<(), String> {
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).map_err(|e| e.to_string())?);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let deadline = std::time::Instant::now() + STOP_TIMEOUT;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => return Ok(()),
-            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(POLL),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "agent pid {pid} ignored SIGTERM for {STOP_TIMEOUT:?}; killed"
-                ));
-            }
-        }
-    }
+/// Runs `agentctl --socket SOCKET ARGS`.
+async fn agentctl_at(socket: &Path, args: &[&str]) -> Result<Output, HarnessError> {
+    let program = workspace_bin("agentctl")?;
+    tokio::process::Command::new(&program)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|source| HarnessError::Spawn {
+            program: program.display().to_string(),
+            source,
+        })
 }
 
 /// Kills every process whose working directory is inside `dir`: apps
@@ -280,10 +223,8 @@ fn kill_strays(dir: &Path) {
 
 impl Drop for AgentFixture {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if let Err(err) = terminate(&mut child) {
-                tracing::error!(error = %err, "agent fixture stop");
-            }
+        if let Err(err) = self.daemon.terminate(STOP_TIMEOUT) {
+            tracing::error!(error = %err, "agent fixture stop");
         }
         kill_strays(self.dir.path());
     }

@@ -2,25 +2,25 @@
 //! directory (plain text, or mTLS with `start_tls`), and the `lockstep` CLI
 //! pointed at it.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
+
+use crate::daemon::Daemon;
 use crate::{HarnessError, TlsFiles, free_loopback_port, workspace_bin};
 
 /// A coordinator whose port does not open within this long did not start.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
-const POLL: Duration = Duration::from_millis(50);
 
 /// A running coordinator. Dropping it kills it.
 #[derive(Debug)]
 pub struct CoordinatorFixture {
     dir: tempfile::TempDir,
-    config: PathBuf,
     port: u16,
-    log: PathBuf,
-    child: Option<Child>,
+    daemon: Daemon,
     /// Its `[tls]` files; `None`: plain text.
     tls: Option<TlsFiles>,
 }
@@ -67,67 +67,31 @@ impl CoordinatorFixture {
             text.push_str(&tls.toml_lines());
         }
         std::fs::write(&config, text).map_err(HarnessError::TempDir)?;
-        let log = dir.path().join("coordinator.log");
+        let daemon = Daemon::new(
+            "lockstep-coordinator",
+            vec!["--config".into(), config.into()],
+            dir.path().join("coordinator.log"),
+        );
         let mut fixture = Self {
             dir,
-            config,
             port,
-            log,
-            child: None,
+            daemon,
             tls: tls.cloned(),
         };
         fixture.spawn().await?;
         Ok(fixture)
     }
 
+    /// Starts the coordinator; returns once its port accepts connections.
     async fn spawn(&mut self) -> Result<(), HarnessError> {
-        let program = workspace_bin("lockstep-coordinator")?;
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .map_err(HarnessError::TempDir)?;
-        let log_err = log.try_clone().map_err(HarnessError::TempDir)?;
-        let child = Command::new("setpriv")
-            .args(["--pdeathsig", "KILL"])
-            .arg(&program)
-            .arg("--config")
-            .arg(&self.config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .spawn()
-            .map_err(|source| HarnessError::Spawn {
-                program: program.display().to_string(),
-                source,
-            })?;
-        self.child = Some(child);
-        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    self.child = None;
-                    return Err(HarnessError::Fixture(format!(
-                        "lockstep-coordinator exited at start ({status}):\n{}",
-                        self.log_text()
-                    )));
-                }
-            }
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(HarnessError::Fixture(format!(
-                    "lockstep-coordinator did not listen within {START_TIMEOUT:?}:\n{}",
-                    self.log_text()
-                )));
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        let port = self.port;
+        self.daemon
+            .start(START_TIMEOUT, || async move {
+                Ok(tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok())
+            })
+            .await
     }
 
     /// `http://127.0.0.1:<port>`, or `https://` with TLS.
@@ -143,10 +107,7 @@ impl CoordinatorFixture {
 
     /// SIGKILL: the coordinator dies without resigning or releasing.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.daemon.kill();
     }
 
     /// Starts the coordinator again on the same config, port and release
@@ -158,54 +119,16 @@ impl CoordinatorFixture {
 
     /// SIGSTOP / SIGCONT: a coordinator that freezes, then wakes up.
     pub fn pause(&self) -> Result<(), HarnessError> {
-        self.signal(nix::sys::signal::Signal::SIGSTOP)
+        self.daemon.signal(Signal::SIGSTOP)
     }
 
     pub fn resume(&self) -> Result<(), HarnessError> {
-        self.signal(nix::sys::signal::Signal::SIGCONT)
-    }
-
-    fn signal(&self, signal: nix::sys::signal::Signal) -> Result<(), HarnessError> {
-        let child = self
-            .child
-            .as_ref()
-            .ok_or_else(|| HarnessError::Fixture("the coordinator is not running".into()))?;
-        let pid =
-            i32::try_from(child.id()).map_err(|e| HarnessError::Fixture(format!("pid: {e}")))?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).map_err(|e| {
-            HarnessError::Fixture(format!("cannot send {signal} to the coordinator: {e}"))
-        })
+        self.daemon.signal(Signal::SIGCONT)
     }
 
     /// SIGTERM and wait: the coordinator resigns and exits.
     pub fn stop(&mut self) -> Result<(), HarnessError> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        let pid =
-            i32::try_from(child.id()).map_err(|e| HarnessError::Fixture(format!("pid: {e}")))?;
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGCONT,
-        );
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = std::time::Instant::now() + STOP_TIMEOUT;
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => return Ok(()),
-                Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(POLL),
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(HarnessError::Fixture(format!(
-                        "coordinator ignored SIGTERM for {STOP_TIMEOUT:?}; killed"
-                    )));
-                }
-            }
-        }
+        self.daemon.terminate(STOP_TIMEOUT)
     }
 
     pub fn dir(&self) -> &Path {
@@ -213,7 +136,7 @@ impl CoordinatorFixture {
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.daemon.log_text()
     }
 }
 
@@ -261,9 +184,6 @@ async fn lockstep_command(
 
 impl Drop for CoordinatorFixture {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.daemon.kill();
     }
 }

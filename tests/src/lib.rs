@@ -17,6 +17,7 @@
 mod agent;
 mod bins;
 mod coordinator;
+mod daemon;
 mod demo;
 mod error;
 mod etcd;

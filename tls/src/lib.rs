@@ -78,6 +78,61 @@ pub struct TlsPaths {
     pub key: PathBuf,
 }
 
+/// The `[tls]` file keys of an agent's or coordinator's config, as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFileKeys {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl TlsPaths {
+    /// Checks a config's `[tls]` file keys: each given, absolute and
+    /// readable. Every problem is handed to `problem(key, message)` (key as
+    /// `tls.ca`), all of them, not just the first; `node` says whose
+    /// certificate it is ("this agent") and `ca_signs` whose the CA signs.
+    pub fn from_config(
+        keys: TlsFileKeys,
+        node: &str,
+        ca_signs: &str,
+        mut problem: impl FnMut(&str, String),
+    ) -> Option<TlsPaths> {
+        let mut file = |key: &str, value: Option<PathBuf>, what: String| {
+            let path = value
+                .ok_or_else(|| format!("required: the {what} (PEM)"))
+                .and_then(|p| {
+                    if p.is_absolute() {
+                        Ok(p)
+                    } else {
+                        Err(format!("`{}` must be an absolute path", p.display()))
+                    }
+                })
+                .and_then(|p| match std::fs::File::open(&p) {
+                    Ok(_) => Ok(p),
+                    Err(e) => Err(format!("cannot read {}: {e}", p.display())),
+                });
+            path.map_err(|message| problem(&format!("tls.{key}"), message))
+                .ok()
+        };
+        let ca = file(
+            "ca",
+            keys.ca,
+            format!("CA that signs {ca_signs} certificates"),
+        );
+        let cert = file("cert", keys.cert, format!("certificate of {node}"));
+        let key = file(
+            "key",
+            keys.key,
+            format!("private key of {node}'s certificate"),
+        );
+        Some(TlsPaths {
+            ca: ca?,
+            cert: cert?,
+            key: key?,
+        })
+    }
+}
+
 /// A node's TLS material, read and checked: the CA parses, the
 /// certificate parses and is valid now, the key parses and belongs to the
 /// certificate.

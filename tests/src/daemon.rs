@@ -1,0 +1,157 @@
+//! `Daemon`: one of the workspace's daemons as a child of the test process,
+//! the part every fixture of a daemon shares: started under `setpriv
+//! --pdeathsig KILL` with its output appended to a log file, waited for
+//! until the fixture's own check says it serves, stopped with SIGTERM (then
+//! SIGKILL) or killed, and always reaped.
+//!
+//! Must never: leave a child unreaped, or wait without a deadline.
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::{HarnessError, workspace_bin};
+
+const POLL: Duration = Duration::from_millis(50);
+
+#[derive(Debug)]
+pub(crate) struct Daemon {
+    /// The workspace binary, e.g. `lockstep-agent`.
+    name: &'static str,
+    args: Vec<OsString>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    pub(crate) fn new(name: &'static str, args: Vec<OsString>, log: PathBuf) -> Self {
+        Self {
+            name,
+            args,
+            log,
+            child: None,
+        }
+    }
+
+    /// Starts the daemon and waits until `serving` says yes, failing with
+    /// its log when it exits first or `start_timeout` runs out.
+    pub(crate) async fn start<F, Fut>(
+        &mut self,
+        start_timeout: Duration,
+        mut serving: F,
+    ) -> Result<(), HarnessError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<bool, HarnessError>>,
+    {
+        let program = workspace_bin(self.name)?;
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(HarnessError::TempDir)?;
+        let log_err = log.try_clone().map_err(HarnessError::TempDir)?;
+        let child = Command::new("setpriv")
+            .args(["--pdeathsig", "KILL"])
+            .arg(&program)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|source| HarnessError::Spawn {
+                program: program.display().to_string(),
+                source,
+            })?;
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + start_timeout;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return Err(HarnessError::Fixture(format!(
+                        "{} exited at start ({status}):\n{}",
+                        self.name,
+                        self.log_text()
+                    )));
+                }
+            }
+            if serving().await? {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(HarnessError::Fixture(format!(
+                    "{} did not serve within {start_timeout:?}:\n{}",
+                    self.name,
+                    self.log_text()
+                )));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    pub(crate) fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// SIGKILL and reap (no-op when not running).
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends `signal` to the running daemon.
+    pub(crate) fn signal(&self, signal: Signal) -> Result<(), HarnessError> {
+        let child = self
+            .child
+            .as_ref()
+            .ok_or_else(|| HarnessError::Fixture(format!("{} is not running", self.name)))?;
+        kill(pid_of(child)?, signal).map_err(|e| {
+            HarnessError::Fixture(format!("cannot send {signal} to {}: {e}", self.name))
+        })
+    }
+
+    /// SIGCONT (a paused daemon must see it) and SIGTERM, then wait up to
+    /// `stop_timeout` for it to exit; SIGKILL after that, which is an error.
+    pub(crate) fn terminate(&mut self, stop_timeout: Duration) -> Result<(), HarnessError> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let pid = pid_of(&child)?;
+        let _ = kill(pid, Signal::SIGCONT);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + stop_timeout;
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(POLL),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(HarnessError::Fixture(format!(
+                        "{} pid {pid} ignored SIGTERM for {stop_timeout:?}; killed",
+                        self.name
+                    )));
+                }
+            }
+        }
+    }
+
+    pub(crate) fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn pid_of(child: &Child) -> Result<Pid, HarnessError> {
+    i32::try_from(child.id())
+        .map(Pid::from_raw)
+        .map_err(|e| HarnessError::Fixture(format!("pid: {e}")))
+}
