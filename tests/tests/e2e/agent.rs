@@ -126,25 +126,7 @@ async fn a_killed_app_is_restarted_and_rollback_returns_to_the_previous_release(
 
     let status = agent.agentctl_json(&["status", "demo"]).await.unwrap();
     let pid = instance(&status, 0)["pid"].as_i64().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let restarted = wait_for("the killed app to be replaced", DEADLINE, || async {
-        let status = agent
-            .agentctl_json(&["status", "demo"])
-            .await
-            .map_err(|e| e.to_string())?;
-        let i = instance(&status, 0).clone();
-        if i["pid"].as_i64().is_some_and(|p| p != pid) && i["ready"] == true {
-            Ok(i)
-        } else {
-            Err(format!("instance is {i}"))
-        }
-    })
-    .await
-    .unwrap();
+    let restarted = kill_and_await_replacement(&agent, pid).await;
     assert_eq!(restarted["restarts"], 1);
     assert_eq!(served_version(port).await.unwrap(), "2.0.0");
 
@@ -375,25 +357,7 @@ async fn an_adopted_app_that_dies_is_restarted() {
     agent.restart().await.unwrap();
     assert_eq!(ready_pid(&agent).await, pid, "the same process, adopted");
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let fresh = wait_for("a fresh instance to replace it", DEADLINE, || async {
-        let status = agent
-            .agentctl_json(&["status", "demo"])
-            .await
-            .map_err(|e| e.to_string())?;
-        let i = instance(&status, 0).clone();
-        if i["pid"].as_i64().is_some_and(|p| p != pid) && i["ready"] == true {
-            Ok(i)
-        } else {
-            Err(format!("instance is {i}"))
-        }
-    })
-    .await
-    .unwrap();
+    let fresh = kill_and_await_replacement(&agent, pid).await;
     assert_eq!(fresh["restarts"], 1, "{fresh}");
     assert_eq!(served_version(port).await.unwrap(), "1.0.0");
 }
@@ -488,4 +452,27 @@ async fn a_left_over_app_of_a_release_that_is_not_current_is_stopped_and_the_cur
     assert_ne!(pid, v2_pid);
     assert!(process_gone(v2_pid), "the v2 left-over was stopped");
     assert_eq!(served_version(port).await.unwrap(), "1.0.0");
+}
+
+/// kill -9 of slot 0's app (`pid`); its ready replacement's status.
+async fn kill_and_await_replacement(agent: &AgentFixture, pid: i64) -> Value {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_for("the killed app to be replaced", DEADLINE, || async {
+        let status = agent
+            .agentctl_json(&["status", "demo"])
+            .await
+            .map_err(|e| e.to_string())?;
+        let i = instance(&status, 0).clone();
+        if i["pid"].as_i64().is_some_and(|p| p != pid) && i["ready"] == true {
+            Ok(i)
+        } else {
+            Err(format!("instance is {i}"))
+        }
+    })
+    .await
+    .unwrap()
 }
