@@ -235,6 +235,8 @@ impl FleetView {
                     Some(Cluster {
                         name: ClusterName::new(name).ok()?,
                         instances,
+                        // The leader reads the hosts' budget from etcd.
+                        max_disruptions: None,
                     })
                 })
                 .collect(),

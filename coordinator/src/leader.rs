@@ -335,7 +335,14 @@ impl Coordinator {
                 Err(errors) => return Ok(Err(errors.0.iter().map(ToString::to_string).collect())),
             }
         };
-        let hosts = self.fleet.service_fleet(service, &target);
+        let mut hosts = self.fleet.service_fleet(service, &target);
+        for cluster in &mut hosts.fleet.clusters {
+            let policy = leases::DisruptionBudget::new(cluster.name.as_str())
+                .policy(&self.client)
+                .await
+                .map_err(|e| NotServed::Internal(e.to_string()))?;
+            cluster.max_disruptions = usize::try_from(policy.max_disruptions).ok();
+        }
         if !hosts.unreachable.is_empty() {
             return Ok(Err(vec![format!(
                 "agent(s) {} host {service} but are unreachable: a deployment would leave them behind; bring them back or remove {service} from their `services`",

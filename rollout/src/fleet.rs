@@ -253,6 +253,12 @@ pub struct Cluster {
     pub name: ClusterName,
     /// Its instances of the service.
     pub instances: Vec<Instance>,
+    /// How many of its hosts may be disrupted at once, as the hosts
+    /// themselves enforce it (the cluster's disruption budget policy);
+    /// `None`: no such limit. A batch never exceeds it: a larger one would
+    /// be serialised by the hosts, and the plan would not say what happens.
+    #[serde(default)]
+    pub max_disruptions: Option<usize>,
 }
 
 /// The service's instances across all clusters.

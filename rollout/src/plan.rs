@@ -92,6 +92,14 @@ pub enum PlanError {
         /// The resolved floor.
         floor: usize,
     },
+    /// The hosts' own disruption budget allows no switch at all.
+    #[error(
+        "cluster {cluster}'s disruption budget allows no host to be disrupted (max_disruptions 0 in /lockstep/v1/clusters/{cluster}/policy), so it can never be updated; raise it"
+    )]
+    NoDisruptionBudget {
+        /// The cluster.
+        cluster: ClusterName,
+    },
     /// More canaries than the clusters' budgets allow in one batch.
     #[error(
         "strategy.canary = {canary} but at most {room} instance(s) can switch at once across the clusters' budgets; lower canary"
@@ -322,6 +330,16 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanErrors> {
                 });
             }
             b
+        };
+        let budget = match c.max_disruptions {
+            Some(0) => {
+                errs.push(PlanError::NoDisruptionBudget {
+                    cluster: c.name.clone(),
+                });
+                0
+            }
+            Some(hosts_allow) => budget.min(hosts_allow),
+            None => budget,
         };
         let mut m = Vec::with_capacity(size);
         for i in &c.instances {

@@ -197,6 +197,7 @@ impl Scenario {
             fleet.clusters.push(Cluster {
                 name: cluster_name(format!("c{c}")),
                 instances,
+                max_disruptions: None,
             });
         }
 
@@ -294,6 +295,7 @@ impl Scenario {
                         release: previous.clone(),
                     })
                     .collect(),
+                max_disruptions: None,
             });
         }
         let strategy = Strategy {

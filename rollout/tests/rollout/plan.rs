@@ -58,6 +58,39 @@ fn one_instance_cluster_with_floor_one_and_no_overlap_is_impossible() {
 }
 
 #[test]
+fn batches_never_exceed_the_hosts_own_disruption_budget() {
+    let s = Strategy {
+        capacity: rollout::Capacity {
+            max_unavailable: Quantity::Count(4),
+            min_healthy: Quantity::Count(0),
+        },
+        ..strategy()
+    };
+    let mut f = fleet(&[("big", 8)]);
+    let batch_sizes = |p: &rollout::Plan| -> Vec<usize> {
+        p.waves
+            .iter()
+            .filter(|w| matches!(w.kind, WaveKind::Cluster(_)))
+            .flat_map(|w| w.batches.iter().map(Vec::len))
+            .collect()
+    };
+    let unlimited = try_plan(&f, &s, Overlap::SocketHandover).unwrap();
+    assert!(batch_sizes(&unlimited).contains(&4));
+    f.clusters[0].max_disruptions = Some(2);
+    let capped = try_plan(&f, &s, Overlap::SocketHandover).unwrap();
+    assert!(batch_sizes(&capped).iter().all(|&n| n <= 2));
+    assert_eq!(capped.clusters[0].budget, 2);
+    f.clusters[0].max_disruptions = Some(0);
+    let err = try_plan(&f, &s, Overlap::SocketHandover).unwrap_err();
+    assert!(
+        err.0.contains(&PlanError::NoDisruptionBudget {
+            cluster: ClusterName::new("big").unwrap()
+        }),
+        "{err}"
+    );
+}
+
+#[test]
 fn every_problem_is_reported_at_once() {
     let s = Strategy {
         canary: 1,

@@ -39,6 +39,7 @@ pub fn fleet(clusters: &[(&str, usize)]) -> Fleet {
                         release: previous(),
                     })
                     .collect(),
+                max_disruptions: None,
             })
             .collect(),
     }
