@@ -53,7 +53,7 @@ pub use tcp::TcpProbe;
 pub enum ProbeError {
     #[error("readiness probe is `notify` but the instance has no notify socket")]
     NotifyWithoutSocket,
-    #[error("cannot remove stale notify socket {path}")]
+    #[error("cannot remove stale notify socket {path}: {source}")]
     RemoveStale {
         path: PathBuf,
         #[source]

@@ -253,13 +253,18 @@ impl NotifySocket {
     /// runtime dir that never wait on a disk or a peer, as `bind` does.
     pub fn bind(path: &Path) -> Result<NotifySocket, ProbeError> {
         match std::fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_socket() => {
-                std::fs::remove_file(path).map_err(|source| ProbeError::RemoveStale {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                tracing::debug!(path = %path.display(), "removed stale notify socket");
-            }
+            Ok(m) if m.file_type().is_socket() => match std::fs::remove_file(path) {
+                Ok(()) => tracing::debug!(path = %path.display(), "removed stale notify socket"),
+                // Its owner (the instance this one replaces) removed it
+                // meanwhile: what we wanted.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(ProbeError::RemoveStale {
+                        path: path.to_owned(),
+                        source,
+                    });
+                }
+            },
             Ok(_) => {
                 return Err(ProbeError::NotASocket {
                     path: path.to_owned(),
