@@ -1260,18 +1260,21 @@ impl Host {
             .unwrap_or_default())
     }
 
+    /// Every service's entry, as it stands now.
+    fn entries(&self) -> Vec<Arc<ServiceEntry>> {
+        self.services
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// Leaves every instance running, its record durable, for the next
     /// agent to adopt (agent shutdown with `apps_on_agent_stop = "keep"`).
     /// A switch in flight holds its service's runtime: this waits for it.
     pub async fn detach_all(&self) {
-        let runtimes: Vec<Arc<ServiceEntry>> = {
-            let services = self
-                .services
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            services.values().cloned().collect()
-        };
-        for runtime in runtimes {
+        for runtime in self.entries() {
             // The command lock too: old instances of a finished switch drain
             // while it is held, and they must be gone before we leave.
             let _command = runtime.command.lock().await;
@@ -1286,14 +1289,9 @@ impl Host {
 
     /// Stops every instance (agent shutdown with `apps_on_agent_stop = "stop"`).
     pub async fn stop_all(&self) {
-        let runtimes: Vec<Arc<ServiceEntry>> = {
-            let services = self
-                .services
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            services.values().cloned().collect()
-        };
-        for runtime in runtimes {
+        for runtime in self.entries() {
+            // As in `detach_all`: a finished switch's old instances first.
+            let _command = runtime.command.lock().await;
             let mut rt = runtime.runtime.lock().await;
             if let Some(running) = rt.running.take() {
                 stop_all(running.instances).await;
