@@ -21,20 +21,20 @@ as_root() {
     fi
 }
 
-# command -> Debian package that provides it
-ensure_system_packages() {
-    local -A provider=(
-        [protoc]=protobuf-compiler      # tonic/prost code generation
-        [etcd]=etcd-server              # the real etcd every integration test runs
-        [etcdctl]=etcd-client           # benchmarks compare against `etcdctl lock`
-        [setpriv]=util-linux            # harness children die with the test process
-        [systemd-socket-activate]=systemd # LISTEN_FDS tests; systemd-analyze verify
-        [curl]=curl                     # the demo checks what each host serves
-        [python3]=python3               # the demo's client (standard library only)
-    )
-    local missing=()
-    for cmd in "${!provider[@]}"; do
-        command -v "$cmd" >/dev/null || missing+=("${provider[$cmd]}")
+# Installs the Debian packages whose witness (a command on PATH, or an
+# absolute path to a file the build reads) is missing. Arguments are
+# WITNESS=PACKAGE pairs, so each caller names only what it uses.
+ensure_debian_packages() {
+    local missing=() pair witness package
+    for pair in "$@"; do
+        witness=${pair%%=*}
+        package=${pair#*=}
+        if [[ $witness == /* ]]; then
+            [ -e "$witness" ] && continue
+        else
+            command -v "$witness" >/dev/null && continue
+        fi
+        missing+=("$package")
     done
     if [ ${#missing[@]} -gt 0 ]; then
         echo "==> installing Debian packages: ${missing[*]}"
@@ -44,11 +44,42 @@ ensure_system_packages() {
     fi
 }
 
-ensure_rust_tools() {
+# What `cargo build` needs: a C toolchain (rustup installs none); tonic/prost code generation runs `protoc`, and
+# etcd-client's protos import the well-known types, which Debian ships in
+# libprotobuf-dev, not with the compiler (a fresh machine has protoc
+# without them and the build fails on google/protobuf/descriptor.proto).
+BUILD_PACKAGES=(
+    cc=gcc                          # rustc links through cc; ring and zstd build C
+    /usr/include/stdio.h=libc6-dev
+    protoc=protobuf-compiler
+    /usr/include/google/protobuf/descriptor.proto=libprotobuf-dev
+)
+
+# What the demo runs besides the workspace's own binaries.
+DEMO_PACKAGES=(
+    etcd=etcd-server                # the fleet's etcd
+    setpriv=util-linux              # daemons die with the demo script
+    curl=curl                       # the demo checks what each host serves
+    python3=python3                 # the demo's client (standard library only)
+)
+
+# What the test command runs besides the demo's packages.
+TEST_PACKAGES=(
+    etcdctl=etcd-client             # benchmarks compare against `etcdctl lock`
+    systemd-socket-activate=systemd # LISTEN_FDS tests; systemd-analyze verify
+)
+
+ensure_cargo() {
     command -v cargo >/dev/null || {
         echo "error: cargo not found; install the Rust toolchain (https://rustup.rs)" >&2
         return 1
     }
+}
+
+# rustfmt, clippy and cargo-nextest: the test command's tools, which the
+# demo never runs (nextest alone is minutes of compiling on a fresh machine).
+ensure_test_tools() {
+    ensure_cargo
     for component in rustfmt clippy; do
         if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
             rustup component add "$component"
