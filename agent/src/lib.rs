@@ -22,7 +22,6 @@ pub mod logfollow;
 pub mod probe;
 pub mod state;
 pub mod supervisor;
-pub mod systemd;
 pub mod task;
 pub mod uplink;
 pub mod wire;

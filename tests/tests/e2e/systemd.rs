@@ -143,9 +143,15 @@ impl NotifySocket {
         }
     }
 
+    /// One datagram may carry several newline-separated assignments, as
+    /// sd_notify(3) allows; each is recorded on its own.
     fn push(&mut self, message: &[u8]) {
-        self.seen
-            .push(String::from_utf8_lossy(message).into_owned());
+        self.seen.extend(
+            String::from_utf8_lossy(message)
+                .lines()
+                .filter(|line| !line.is_empty())
+                .map(str::to_owned),
+        );
     }
 
     fn position(&self, message: &str) -> Option<usize> {

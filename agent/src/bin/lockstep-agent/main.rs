@@ -25,10 +25,10 @@ use agent::config::{AgentConfig, AppsOnAgentStop};
 use agent::control::{self, Access};
 use agent::grpc::AgentGrpc;
 use agent::host::Host;
-use agent::systemd::ServiceManager;
 use agent::uplink::Uplink;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use daemon::ServiceManager;
 use proto::v1::agent_service_server::AgentServiceServer;
 use tokio::sync::watch;
 
@@ -62,13 +62,7 @@ fn main() -> ExitCode {
         return agent::supervisor::run_exec_shim();
     }
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    daemon::logging::init("info");
     match cli.command {
         Some(Command::CheckConfig { file }) => match AgentConfig::load(&file) {
             Ok(config) => {
@@ -130,8 +124,8 @@ fn run(config_path: &std::path::Path) -> Result<()> {
 }
 
 async fn serve(config: AgentConfig) -> Result<()> {
-    let manager = ServiceManager::from_env().context("bad systemd notify environment")?;
-    notify(&manager, |m| m.notify_status("starting"));
+    let manager = ServiceManager::from_env();
+    notify(&manager, |m| m.status("starting"));
     let access = Access::new(config.control_group.as_deref())?;
     let grpc_listener = tokio::net::TcpListener::bind(config.grpc_listen)
         .await
@@ -201,13 +195,13 @@ async fn serve(config: AgentConfig) -> Result<()> {
         .map(|c| Uplink::start(host.clone(), &c.urls));
     let grpc_addr: SocketAddr = config.grpc_listen;
     tracing::info!(agent = %config.id, cluster = %config.cluster, grpc = %grpc_addr, control = %config.control_socket.display(), "agent serving");
-    notify(&manager, ServiceManager::notify_ready);
-    notify(&manager, |m| m.notify_status("serving"));
+    notify(&manager, ServiceManager::ready);
+    notify(&manager, |m| m.status("serving"));
     let _watchdog = manager.spawn_watchdog();
 
     let reason = shutdown_signal().await?;
     tracing::info!(signal = reason, "shutting down");
-    notify(&manager, ServiceManager::notify_stopping);
+    notify(&manager, ServiceManager::stopping);
     let _ = stop_tx.send(true);
     grpc.drain().await;
     match config.apps_on_agent_stop {
@@ -260,7 +254,7 @@ async fn drained<E: Into<anyhow::Error>>(
 
 fn notify(
     manager: &ServiceManager,
-    send: impl FnOnce(&ServiceManager) -> Result<(), agent::systemd::SystemdError>,
+    send: impl FnOnce(&ServiceManager) -> Result<(), daemon::NotifyError>,
 ) {
     if let Err(err) = send(manager) {
         tracing::warn!(error = %err, "cannot notify the service manager");

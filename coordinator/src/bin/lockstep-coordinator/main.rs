@@ -24,8 +24,6 @@ use coordinator::service::CoordinatorGrpc;
 use proto::v1::coordinator_service_server::CoordinatorServiceServer;
 use tokio::sync::watch;
 
-mod notify;
-
 /// How long start-up waits for etcd before giving up with a clear error.
 const ETCD_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -52,13 +50,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    daemon::logging::init("info");
     let result = match cli.command {
         Some(Command::CheckConfig { file }) => CoordinatorConfig::load(&file)
             .map(|c| {
@@ -171,13 +163,13 @@ async fn serve(config: CoordinatorConfig) -> Result<()> {
         stop_rx.clone(),
     ));
     tracing::info!(listen = %config.listen, advertise = config.advertise_url, "coordinator serving");
-    let manager = notify::Notifier::from_env();
-    manager.send("READY=1\nSTATUS=serving");
+    let manager = daemon::ServiceManager::from_env();
+    notify(manager.ready().and_then(|()| manager.status("serving")));
     let _watchdog = manager.spawn_watchdog();
 
     let signal = shutdown_signal().await?;
     tracing::info!(signal, "shutting down");
-    manager.send("STOPPING=1");
+    notify(manager.stopping());
     let _ = stop_tx.send(true);
     if let Err(err) = leadership.await {
         tracing::error!(error = %err, "leadership task failed");
@@ -189,6 +181,13 @@ async fn serve(config: CoordinatorConfig) -> Result<()> {
         Ok(Ok(())) => Ok(()),
         Ok(Err(err)) => Err(err).context("gRPC server failed"),
         Err(err) => Err(err).context("gRPC server task failed"),
+    }
+}
+
+/// A message systemd did not get is worth a warning, never an exit.
+fn notify(sent: Result<(), daemon::NotifyError>) {
+    if let Err(err) = sent {
+        tracing::warn!(error = %err, "cannot notify the service manager");
     }
 }
 
