@@ -90,3 +90,11 @@ ensure_test_tools() {
         cargo install --locked cargo-nextest
     fi
 }
+
+# cargo-deb, for scripts/package.
+ensure_cargo_deb() {
+    if ! cargo deb --version >/dev/null 2>&1; then
+        echo "==> installing cargo-deb"
+        cargo install --locked cargo-deb
+    fi
+}

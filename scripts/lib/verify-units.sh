@@ -98,39 +98,45 @@ for unit in "$scratch"/units/*.service; do
 done
 
 # sysusers.d and tmpfiles.d read their files by name from the root they
-# operate on; lay them out as a package would install them.
+# operate on; lay them out as the packages install them.
 root=$scratch/root
 mkdir -p "$root/etc" "$root/usr/lib/sysusers.d" "$root/usr/lib/tmpfiles.d"
-cp "$units_dir/sysusers.d/lockstep.conf" "$root/usr/lib/sysusers.d/"
-cp "$units_dir/tmpfiles.d/lockstep.conf" "$root/usr/lib/tmpfiles.d/"
+cp "$units_dir"/sysusers.d/*.conf "$root/usr/lib/sysusers.d/"
+cp "$units_dir"/tmpfiles.d/*.conf "$root/usr/lib/tmpfiles.d/"
 
-echo "sysusers.d/lockstep.conf:"
-output=$(systemd-sysusers --root="$root" lockstep.conf 2>&1) && [ -z "$output" ] || {
-    echo "$output" | sed "s|$root/usr/lib/|$units_dir/|g" >&2
-    fail "systemd-sysusers refused $units_dir/sysusers.d/lockstep.conf"
-}
+for conf in "$units_dir"/sysusers.d/*.conf; do
+    conf=${conf##*/}
+    echo "sysusers.d/$conf:"
+    output=$(systemd-sysusers --root="$root" "$conf" 2>&1) && [ -z "$output" ] || {
+        echo "$output" | sed "s|$root/usr/lib/|$units_dir/|g" >&2
+        fail "systemd-sysusers refused $units_dir/sysusers.d/$conf"
+    }
+done
 awk -F: '{ print "  group " $1 " (gid " $3 "): created" }' "$root/etc/group"
 awk -F: '{ print "  user " $1 " (uid " $3 ", home " $6 "): created" }' "$root/etc/passwd"
 
-echo "tmpfiles.d/lockstep.conf:"
-# The scratch root holds only the accounts sysusers.d made (and root), so an
-# entry naming any other account fails to resolve. Without root, creating
-# works but giving the directories their owners cannot: that error alone is
-# expected then.
-status=0
-output=$(systemd-tmpfiles --root="$root" --create lockstep.conf 2>&1) || status=$?
-if [ "$(id -u)" -ne 0 ]; then
-    output=$(grep -v "fchownat() of .* failed: Operation not permitted" <<<"$output" || true)
-    [ -n "$output" ] || status=0
-    echo "  (not root: owners not applied)"
-fi
-if [ "$status" -ne 0 ] || [ -n "$output" ]; then
-    echo "$output" | sed "s|$root/usr/lib/|$units_dir/|g" >&2
-    fail "systemd-tmpfiles refused $units_dir/tmpfiles.d/lockstep.conf"
-fi
-while read -r type path mode user group _; do
-    case $type in '' | \#*) continue ;; esac
-    actual=$(stat -c %a "$root$path")
-    [ "$actual" = "${mode#0}" ] || fail "$path: mode $actual, tmpfiles.d says $mode"
-    echo "  $type $path $mode $user:$group: created"
-done <"$units_dir/tmpfiles.d/lockstep.conf"
+for conf in "$units_dir"/tmpfiles.d/*.conf; do
+    conf=${conf##*/}
+    echo "tmpfiles.d/$conf:"
+    # The scratch root holds only the accounts sysusers.d made (and root), so
+    # an entry naming any other account fails to resolve. Without root,
+    # creating works but giving the directories their owners cannot: that
+    # error alone is expected then.
+    status=0
+    output=$(systemd-tmpfiles --root="$root" --create "$conf" 2>&1) || status=$?
+    if [ "$(id -u)" -ne 0 ]; then
+        output=$(grep -v "fchownat() of .* failed: Operation not permitted" <<<"$output" || true)
+        [ -n "$output" ] || status=0
+        echo "  (not root: owners not applied)"
+    fi
+    if [ "$status" -ne 0 ] || [ -n "$output" ]; then
+        echo "$output" | sed "s|$root/usr/lib/|$units_dir/|g" >&2
+        fail "systemd-tmpfiles refused $units_dir/tmpfiles.d/$conf"
+    fi
+    while read -r type path mode user group _; do
+        case $type in '' | \#*) continue ;; esac
+        actual=$(stat -c %a "$root$path")
+        [ "$actual" = "${mode#0}" ] || fail "$path: mode $actual, tmpfiles.d says $mode"
+        echo "  $type $path $mode $user:$group: created"
+    done <"$units_dir/tmpfiles.d/$conf"
+done

@@ -392,8 +392,8 @@ fn unit_setting(unit: &str, key: &str) -> String {
 #[test]
 fn units_tmpfiles_sysusers_and_example_agree_with_the_agent_on_paths() {
     let unit = read(&repo_file("systemd/lockstep-agent.service"));
-    let tmpfiles = read(&repo_file("systemd/tmpfiles.d/lockstep.conf"));
-    let sysusers = read(&repo_file("systemd/sysusers.d/lockstep.conf"));
+    let tmpfiles = read(&repo_file("systemd/tmpfiles.d/lockstep-agent.conf"));
+    let sysusers = read(&repo_file("systemd/sysusers.d/lockstep-agent.conf"));
     let example = toml_keys(&uncommented(&read(&repo_file(
         "systemd/agent.toml.example",
     ))));

@@ -21,7 +21,7 @@ mod view;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::connect::Failure;
 
@@ -68,6 +68,9 @@ enum Command {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    if let Some(code) = clidocs::generate_if_asked(Cli::command) {
+        return code;
+    }
     let cli = Cli::parse();
     let result = async {
         let client = connect::control_client(&cli.socket).await?;

@@ -27,7 +27,7 @@ use agent::grpc::AgentGrpc;
 use agent::host::Host;
 use agent::uplink::Uplink;
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use daemon::ServiceManager;
 use proto::v1::agent_service_server::AgentServiceServer;
 use tokio::sync::watch;
@@ -60,6 +60,9 @@ enum Command {
 fn main() -> ExitCode {
     if std::env::args_os().nth(1).as_deref() == Some(agent::supervisor::EXEC_SHIM_ARG.as_ref()) {
         return agent::supervisor::run_exec_shim();
+    }
+    if let Some(code) = clidocs::generate_if_asked(Cli::command) {
+        return code;
     }
     let cli = Cli::parse();
     daemon::logging::init("info");

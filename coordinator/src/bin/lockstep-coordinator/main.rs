@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use coordinator::config::CoordinatorConfig;
 use coordinator::depot::ReleaseDepot;
 use coordinator::leader::Coordinator;
@@ -49,6 +49,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = clidocs::generate_if_asked(Cli::command) {
+        return code;
+    }
     let cli = Cli::parse();
     daemon::logging::init("info");
     let result = match cli.command {
