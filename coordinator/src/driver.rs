@@ -418,12 +418,16 @@ impl Driver {
                 .any(|w| &w.instance == instance && w.apply == b.apply)
         });
         for w in watched {
-            let status = self.ctx.fleet.service(w.instance.as_str(), service);
+            // No report yet (a resumed driver, an agent reconnecting):
+            // nothing to judge, and the baseline waits for one.
+            let Some(status) = self.ctx.fleet.service(w.instance.as_str(), service) else {
+                continue;
+            };
             let baseline = self
                 .baselines
                 .entry(w.instance.clone())
-                .or_insert_with(|| HealthBaseline::new(w.apply, status.as_ref(), &w.release));
-            let Some(detail) = health_change(baseline, status.as_ref(), &w.release) else {
+                .or_insert_with(|| HealthBaseline::new(w.apply, &status, &w.release));
+            let Some(detail) = health_change(baseline, Some(&status), &w.release) else {
                 continue;
             };
             tracing::warn!(deployment = self.record.id, instance = %w.instance, detail, "a switched instance is unhealthy");

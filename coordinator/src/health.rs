@@ -47,17 +47,11 @@ fn of_release<'a>(
 impl HealthBaseline {
     /// The baseline from the status that confirmed the instance ready (or,
     /// after a coordinator restart, the first one seen).
-    pub fn new(
-        apply: ApplyId,
-        status: Option<&pb::ServiceStatus>,
-        release: &ReleaseDigest,
-    ) -> Self {
+    pub fn new(apply: ApplyId, status: &pb::ServiceStatus, release: &ReleaseDigest) -> Self {
         let mut restarts = BTreeMap::new();
-        if let Some(status) = status {
-            for i in of_release(status, release) {
-                let n = restarts.entry(slot(i)).or_insert(0);
-                *n = (*n).max(i.restarts);
-            }
+        for i in of_release(status, release) {
+            let n = restarts.entry(slot(i)).or_insert(0);
+            *n = (*n).max(i.restarts);
         }
         Self { apply, restarts }
     }
@@ -81,6 +75,12 @@ pub fn health_change(
             "the host no longer runs {} (now: {})",
             short(release.as_str()),
             current.map_or("nothing", short)
+        ));
+    }
+    if baseline.restarts.is_empty() {
+        return Some(format!(
+            "no instance of {} is running",
+            short(release.as_str())
         ));
     }
     for (&slot_no, &before) in &baseline.restarts {
@@ -200,7 +200,7 @@ mod tests {
     }
 
     fn baseline(instances: Vec<pb::InstanceStatus>) -> HealthBaseline {
-        HealthBaseline::new(ApplyId(3), Some(&status(R2, instances)), &r2())
+        HealthBaseline::new(ApplyId(3), &status(R2, instances), &r2())
     }
 
     #[test]
@@ -255,6 +255,12 @@ mod tests {
             health_change(&b, Some(&gone), &r2())
                 .unwrap()
                 .contains("gone")
+        );
+        let none = baseline(vec![]);
+        assert!(
+            health_change(&none, Some(&gone), &r2())
+                .unwrap()
+                .contains("no instance")
         );
     }
 
