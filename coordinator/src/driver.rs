@@ -5,7 +5,10 @@
 //! fencing token, timers, synthetic checks). Results come back as events:
 //! apply verdicts, timer expiry, check outcomes, and the fleet view's
 //! reports, read as state ("the agent runs R and every instance is ready")
-//! so a missed or repeated report cannot confuse it.
+//! so a missed or repeated report cannot confuse it. Every instance the
+//! engine watches (each switched host, until the deployment ends) is
+//! compared with its `HealthBaseline` on every report; an exit, restart or
+//! lost readiness goes to the engine as `InstanceUnhealthy`.
 //!
 //! Must never: act before the step that asked for it is persisted, or act
 //! at all once a write was fenced off or an agent reported a newer token.
@@ -26,6 +29,7 @@ use tokio::task::JoinSet;
 
 use crate::effects::{AgentDialer, CheckContext, run_check};
 use crate::fleet::{FleetView, NOT_INSTALLED};
+use crate::health::{HealthBaseline, health_change};
 use crate::journal::{Journal, JournalError, Write};
 use crate::record::{DeploymentRecord, EventKind, EventRecord, Happening, short};
 
@@ -100,8 +104,10 @@ pub struct Driver {
     record: DeploymentRecord,
     lock: Option<MutexGuard>,
     pending: BTreeMap<InstanceId, Pending>,
-    /// Instances confirmed ready: a later crash loop still fails the batch.
-    settled: BTreeMap<InstanceId, (ApplyId, ReleaseDigest)>,
+    /// Instances the engine watches, as they were when it began to: a
+    /// later exit, restart or lost readiness fails the deployment. Rebuilt
+    /// from the engine after a restart, so a resumed driver watches too.
+    baselines: BTreeMap<InstanceId, HealthBaseline>,
     timers: JoinSet<TimerId>,
     checks: JoinSet<(CheckRunId, Result<(), String>)>,
     applies: JoinSet<(InstanceId, ApplyId, ApplyResult)>,
@@ -132,7 +138,7 @@ impl Driver {
             record,
             lock: Some(lock),
             pending: BTreeMap::new(),
-            settled: BTreeMap::new(),
+            baselines: BTreeMap::new(),
             timers: JoinSet::new(),
             checks: JoinSet::new(),
             applies: JoinSet::new(),
@@ -368,8 +374,6 @@ impl Driver {
                 Judgement::Waiting => None,
                 Judgement::Ready => {
                     self.pending.remove(&instance);
-                    self.settled
-                        .insert(instance.clone(), (apply, release.clone()));
                     let on_target = release.as_str() == self.record.target_digest;
                     self.record
                         .note_instance(instance.as_str(), on_target, false);
@@ -401,19 +405,47 @@ impl Driver {
                 return exit;
             }
         }
-        let settled: Vec<(InstanceId, ApplyId, ReleaseDigest)> = self
-            .settled
-            .iter()
-            .map(|(i, (a, r))| (i.clone(), *a, r.clone()))
-            .collect();
-        for (instance, apply, release) in settled {
-            let status = self.ctx.fleet.service(instance.as_str(), &service);
-            if crash_looping(status.as_ref(), &release) {
-                self.settled.remove(&instance);
-                if let Some(exit) = self.crash_looping(instance, apply, release).await {
-                    return Some(exit);
-                }
-            }
+        self.watch_health(&service).await
+    }
+
+    /// Compares every instance the engine watches with its baseline (taken
+    /// the first time it is seen watched) and reports the first change.
+    async fn watch_health(&mut self, service: &str) -> Option<DriverExit> {
+        let watched = self.record.engine.watched();
+        self.baselines.retain(|instance, b| {
+            watched
+                .iter()
+                .any(|w| &w.instance == instance && w.apply == b.apply)
+        });
+        for w in watched {
+            // No report yet (a resumed driver, an agent reconnecting):
+            // nothing to judge, and the baseline waits for one.
+            let Some(status) = self.ctx.fleet.service(w.instance.as_str(), service) else {
+                continue;
+            };
+            let baseline = self
+                .baselines
+                .entry(w.instance.clone())
+                .or_insert_with(|| HealthBaseline::new(w.apply, &status, &w.release));
+            let Some(detail) = health_change(baseline, Some(&status), &w.release) else {
+                continue;
+            };
+            tracing::warn!(deployment = self.record.id, instance = %w.instance, detail, "a switched instance is unhealthy");
+            self.baselines.remove(&w.instance);
+            // The engine's InstanceFailed notice is the event.
+            self.record.note_instance(w.instance.as_str(), false, true);
+            // One at a time: the engine's answer changes what is watched.
+            return self
+                .step(
+                    Event::InstanceUnhealthy {
+                        instance: w.instance,
+                        apply: w.apply,
+                        release: w.release,
+                        detail,
+                    },
+                    Vec::new(),
+                )
+                .await;
         }
         None
     }
@@ -528,7 +560,7 @@ impl Driver {
                     apply,
                     ..
                 } => {
-                    self.settled.remove(&instance);
+                    self.baselines.remove(&instance);
                     self.pending.insert(
                         instance.clone(),
                         Pending {

@@ -14,6 +14,7 @@ pub mod depot;
 pub mod driver;
 pub mod effects;
 pub mod fleet;
+pub mod health;
 pub mod journal;
 pub mod leader;
 pub mod mirror;

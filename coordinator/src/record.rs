@@ -34,7 +34,8 @@ impl DeploymentState {
                 awaiting_approval: true,
                 ..
             } => Self::AwaitingApproval,
-            Status::Running { .. } => Self::Running,
+            // Baking is still going forward: watched, not yet succeeded.
+            Status::Running { .. } | Status::Baking { .. } => Self::Running,
             Status::RollingBack { .. } => Self::RollingBack,
             Status::Finished(Outcome::Succeeded) => Self::Succeeded,
             Status::Finished(Outcome::RolledBack { .. }) => Self::RolledBack,
@@ -228,6 +229,7 @@ pub enum EventKind {
     Resumed,
     RollbackStarted,
     Finished,
+    Baking,
 }
 
 impl EventKind {
@@ -247,6 +249,7 @@ impl EventKind {
             Self::Resumed => K::Resumed,
             Self::RollbackStarted => K::RollbackStarted,
             Self::Finished => K::Finished,
+            Self::Baking => K::Baking,
         }
     }
 }
@@ -349,6 +352,16 @@ impl Happening {
                 EventKind::WaveDone,
                 "",
                 format!("wave {} batch {} passed its gates", wave + 1, batch + 1),
+            ),
+            Notice::BakeStarted {
+                bake_time,
+                instances,
+            } => Self::new(
+                EventKind::Baking,
+                "",
+                format!(
+                    "baking: every batch passed; watching all {instances} switched instance(s) for {bake_time} (bake_time) before succeeding"
+                ),
             ),
             Notice::AwaitingApproval { cluster, .. } => Self::new(
                 EventKind::AwaitingApproval,

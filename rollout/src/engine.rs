@@ -94,6 +94,19 @@ pub enum Event {
         /// The release that crash-loops.
         release: ReleaseDigest,
     },
+    /// An instance confirmed ready on `release` for `apply` exited, was
+    /// restarted or stopped being ready since: the driver watches every
+    /// switched instance until the deployment ends and reports this once.
+    InstanceUnhealthy {
+        /// Which instance.
+        instance: InstanceId,
+        /// The command it was confirmed ready for.
+        apply: ApplyId,
+        /// The release it runs.
+        release: ReleaseDigest,
+        /// What the agent reported ("restarted 1 time(s)", "not ready: ...").
+        detail: String,
+    },
     /// The driver lost contact with the instance's agent.
     InstanceUnreachable {
         /// Which instance.
@@ -318,6 +331,14 @@ pub enum Notice {
         /// Which pass.
         step: Step,
     },
+    /// Every batch passed; every switched instance stays watched for
+    /// `bake_time` before the deployment succeeds.
+    BakeStarted {
+        /// How long.
+        bake_time: DurationMs,
+        /// Instances watched.
+        instances: usize,
+    },
     /// Waiting for `lockstep approve` before the next wave.
     AwaitingApproval {
         /// The wave that will start.
@@ -422,6 +443,17 @@ pub enum Action {
     },
 }
 
+/// A switched instance the driver must watch (see `Engine::watched`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watched {
+    /// Which instance.
+    pub instance: InstanceId,
+    /// The command it was confirmed ready for: echoed in `InstanceUnhealthy`.
+    pub apply: ApplyId,
+    /// What it runs.
+    pub release: ReleaseDigest,
+}
+
 /// A read-only summary for `lockstep watch`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status<'a> {
@@ -439,6 +471,11 @@ pub enum Status<'a> {
         paused: bool,
         /// Waiting for approval.
         awaiting_approval: bool,
+    },
+    /// Every batch passed; watching every switched instance before succeeding.
+    Baking {
+        /// The whole bake.
+        bake_time: DurationMs,
     },
     /// Stopped after a failure, waiting for an operator.
     Halted(&'a Reason),
@@ -522,6 +559,10 @@ struct Rollback {
 enum Phase {
     Created,
     Running(Cursor),
+    /// After the last batch: waits for the bake timer, watching everything.
+    Baking {
+        timer: TimerId,
+    },
     Halted(Reason),
     RollingBack(Rollback),
     Finished(Outcome),
@@ -535,6 +576,7 @@ enum Purpose {
     Stable,
     Check(CheckRunId),
     Rollback(usize),
+    Bake,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -656,6 +698,9 @@ impl Engine {
                 paused: self.paused,
                 awaiting_approval: self.awaiting_approval,
             },
+            Phase::Baking { .. } => Status::Baking {
+                bake_time: self.plan.gates.bake_time,
+            },
             Phase::Halted(r) => Status::Halted(r),
             Phase::RollingBack(rb) => Status::RollingBack {
                 reason: &rb.reason,
@@ -664,6 +709,28 @@ impl Engine {
             Phase::Finished(o) => Status::Finished(o),
             Phase::Superseded => Status::Superseded,
         }
+    }
+
+    /// The instances the driver must watch now: every switched instance
+    /// confirmed ready for its current command, while the deployment goes
+    /// forward or bakes. An exit, restart or lost readiness of one of them
+    /// is reported as `Event::InstanceUnhealthy`.
+    pub fn watched(&self) -> Vec<Watched> {
+        if !matches!(self.phase, Phase::Running(_) | Phase::Baking { .. }) {
+            return Vec::new();
+        }
+        self.touched
+            .iter()
+            .filter_map(|&ix| {
+                let i = &self.insts[ix];
+                let apply = i.apply.filter(|_| i.ready && !i.failed)?;
+                Some(Watched {
+                    instance: self.plan.instances[ix].id.clone(),
+                    apply,
+                    release: self.release(ix, i.sel).clone(),
+                })
+            })
+            .collect()
     }
 
     /// Feeds one event at time `now`; returns what the driver must do.
@@ -712,18 +779,25 @@ impl Engine {
                 apply,
                 release,
                 detail,
-            } => self.on_failed(&instance, apply, &release, detail, &mut out),
+            } => self.on_failed(now, &instance, apply, &release, detail, &mut out),
             Event::InstanceCrashLooping {
                 instance,
                 apply,
                 release,
             } => self.on_failed(
+                now,
                 &instance,
                 apply,
                 &release,
                 "crash-looping".to_owned(),
                 &mut out,
             ),
+            Event::InstanceUnhealthy {
+                instance,
+                apply,
+                release,
+                detail,
+            } => self.on_failed(now, &instance, apply, &release, detail, &mut out),
             Event::InstanceUnreachable { instance } => {
                 if let Some(&ix) = self.index.get(&instance) {
                     // It blocks its batch until it reports ready again; its
@@ -749,6 +823,7 @@ impl Engine {
                     let check = c.checks.get(ci).map(|c| c.name.clone()).unwrap_or_default();
                     let cluster = c.name.clone();
                     self.fail(
+                        now,
                         Reason::CheckFailed {
                             check,
                             cluster,
@@ -964,7 +1039,7 @@ impl Engine {
                     if !self.checks.is_empty() {
                         return;
                     }
-                    self.batch_passed(&cur, out);
+                    self.batch_passed(now, &cur, out);
                 }
             }
         }
@@ -1011,7 +1086,7 @@ impl Engine {
         self.set_gate(Gate::Checking);
     }
 
-    fn batch_passed(&mut self, cur: &Cursor, out: &mut Vec<Action>) {
+    fn batch_passed(&mut self, now: Millis, cur: &Cursor, out: &mut Vec<Action>) {
         out.push(Action::Emit(Notice::BatchPassed {
             wave: cur.wave,
             batch: cur.batch,
@@ -1058,10 +1133,29 @@ impl Engine {
                 gate: Gate::Pending,
             }
         } else {
-            self.finish(Outcome::Succeeded, out);
+            self.begin_bake(now, out);
             return;
         };
         self.phase = Phase::Running(next);
+    }
+
+    /// After the last batch: keep watching every switched instance for
+    /// `bake_time`, then succeed. The progress deadline bounds the rollout,
+    /// not the bake (which bounds itself), so its timer goes.
+    fn begin_bake(&mut self, now: Millis, out: &mut Vec<Action>) {
+        let bake_time = self.plan.gates.bake_time;
+        if bake_time.0 == 0 {
+            self.finish(Outcome::Succeeded, out);
+            return;
+        }
+        self.timers
+            .retain(|_, t| !matches!(t.purpose, Purpose::Progress));
+        let timer = self.arm(now, bake_time, Purpose::Bake, out);
+        out.push(Action::Emit(Notice::BakeStarted {
+            bake_time,
+            instances: self.touched.len(),
+        }));
+        self.phase = Phase::Baking { timer };
     }
 
     fn on_ready(
@@ -1096,6 +1190,7 @@ impl Engine {
 
     fn on_failed(
         &mut self,
+        now: Millis,
         instance: &InstanceId,
         apply: ApplyId,
         release: &ReleaseDigest,
@@ -1125,7 +1220,8 @@ impl Engine {
             detail: detail.clone(),
         }));
         match &self.phase {
-            Phase::Running(_) => self.fail(
+            Phase::Running(_) | Phase::Baking { .. } => self.fail(
+                now,
                 Reason::InstanceFailed {
                     instance: instance.clone(),
                     release: release.clone(),
@@ -1167,7 +1263,9 @@ impl Engine {
                     deadline: self.plan.gates.progress_deadline,
                 };
                 match &self.phase {
-                    Phase::Running(_) if self.plan.gates.auto_rollback => self.fail(reason, out),
+                    Phase::Running(_) if self.plan.gates.auto_rollback => {
+                        self.fail(now, reason, out)
+                    }
                     // Without auto_rollback nobody may be there to decide:
                     // stop where we are rather than wait for ever.
                     Phase::Running(_) => self.abort(reason, out),
@@ -1197,7 +1295,7 @@ impl Engine {
                         instances,
                         unreachable,
                     };
-                    self.fail(reason, out);
+                    self.fail(now, reason, out);
                 }
             }
             Purpose::Stable => {
@@ -1225,7 +1323,12 @@ impl Engine {
                                 .unwrap_or_default()
                         ),
                     };
-                    self.fail(reason, out);
+                    self.fail(now, reason, out);
+                }
+            }
+            Purpose::Bake => {
+                if matches!(self.phase, Phase::Baking { timer } if timer == id) {
+                    self.finish(Outcome::Succeeded, out);
                 }
             }
             Purpose::Rollback(ix) => {
@@ -1252,6 +1355,9 @@ impl Engine {
                 self.paused = true;
                 None
             }
+            Command::Pause if matches!(self.phase, Phase::Baking { .. }) => {
+                Some("baking: no batch is left to hold back; abort or rollback instead")
+            }
             Command::Pause => Some("only a running deployment that is not paused can be paused"),
             Command::Resume if self.paused => {
                 self.paused = false;
@@ -1264,7 +1370,10 @@ impl Engine {
             }
             Command::Approve => Some("not waiting for approval"),
             Command::Abort => match &self.phase {
-                Phase::Running(_) | Phase::RollingBack(_) | Phase::Created => {
+                Phase::Running(_)
+                | Phase::Baking { .. }
+                | Phase::RollingBack(_)
+                | Phase::Created => {
                     out.push(Action::Emit(Notice::Operator(cmd)));
                     self.abort(Reason::Operator, out);
                     return;
@@ -1277,7 +1386,7 @@ impl Engine {
                 _ => Some("already over"),
             },
             Command::Rollback => match &self.phase {
-                Phase::Running(_) | Phase::Halted(_) => {
+                Phase::Running(_) | Phase::Baking { .. } | Phase::Halted(_) => {
                     out.push(Action::Emit(Notice::Operator(cmd)));
                     self.frozen = true;
                     self.begin_rollback(Reason::Operator, out);
@@ -1296,8 +1405,8 @@ impl Engine {
         }));
     }
 
-    fn fail(&mut self, reason: Reason, out: &mut Vec<Action>) {
-        if !matches!(self.phase, Phase::Running(_)) {
+    fn fail(&mut self, now: Millis, reason: Reason, out: &mut Vec<Action>) {
+        if !matches!(self.phase, Phase::Running(_) | Phase::Baking { .. }) {
             return;
         }
         // Stop every further apply of the target, at once.
@@ -1310,6 +1419,20 @@ impl Engine {
         if self.plan.gates.auto_rollback {
             self.begin_rollback(reason, out);
         } else {
+            // The bake dropped the progress timer; a halt still must end
+            // without a human, so it gets a deadline of its own.
+            if !self
+                .timers
+                .values()
+                .any(|t| matches!(t.purpose, Purpose::Progress))
+            {
+                self.arm(
+                    now,
+                    self.plan.gates.progress_deadline,
+                    Purpose::Progress,
+                    out,
+                );
+            }
             out.push(Action::Emit(Notice::Halted {
                 reason: reason.clone(),
             }));

@@ -23,14 +23,20 @@
 //!                 │        Halted ── progress deadline / Abort ──► aborted
 //!                 │  operator Rollback ─────────────────────────────────► RollingBack
 //!                 │  operator Abort ──────────────────────────────────────► aborted
-//!                 ▼
-//!            succeeded          RollingBack ──► rolled_back (every revert confirmed)
-//!                                           └─► failed      (names the instances)
+//!                 ▼ last batch passed
+//!              Baking ── bake_time passed ──► succeeded
+//!                 └── unhealthy, Rollback ──► RollingBack; Abort ──► aborted
+//!
+//!            RollingBack ──► rolled_back (every revert confirmed)
+//!                        └─► failed      (names the instances)
 //! ```
 //!
 //! A batch advances only when every instance reported ready on the release
 //! its pass wants, stayed ready for `min_healthy_time`, and the cluster's
-//! checks passed. The first failure freezes the target (no further apply of
+//! checks passed. Every instance confirmed ready stays watched until the
+//! deployment ends (`Engine::watched`): its exit, restart or lost readiness
+//! (`Event::InstanceUnhealthy`) fails the deployment like a failure in the
+//! current batch, also during the bake after the last batch. The first failure freezes the target (no further apply of
 //! it, ever) and, with `auto_rollback`, reverts every touched instance to the
 //! release *it* ran before, most recently touched first, within each
 //! cluster's disruption budget.
@@ -44,7 +50,7 @@ pub mod plan;
 pub mod sim;
 pub mod strategy;
 
-pub use engine::{Action, Command, Engine, Event, Notice, Outcome, Reason, Status, Step};
+pub use engine::{Action, Command, Engine, Event, Notice, Outcome, Reason, Status, Step, Watched};
 pub use fleet::Fleet;
 pub use fleet::{
     ApplyId, CheckRunId, Cluster, ClusterName, DeploymentId, DurationMs, FencingToken, IdError,

@@ -139,8 +139,13 @@ pub struct Gates {
     pub healthy_deadline: DurationMs,
     /// ... and stay ready this long before checks run.
     pub min_healthy_time: DurationMs,
-    /// Bound on the whole forward rollout.
+    /// Bound on the whole forward rollout (the bake is not part of it).
     pub progress_deadline: DurationMs,
+    /// After the last batch, watch every switched instance this long before
+    /// succeeding. Zero (also in records written before the key existed):
+    /// succeed at once.
+    #[serde(default)]
+    pub bake_time: DurationMs,
     /// Wait for approval before each wave after the first.
     pub pause_between_clusters: bool,
     /// Canary goes target -> previous -> target.
@@ -413,6 +418,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanErrors> {
             healthy_deadline: strategy.healthy_deadline,
             min_healthy_time: strategy.min_healthy_time,
             progress_deadline: strategy.progress_deadline,
+            bake_time: strategy.bake_time,
             pause_between_clusters: strategy.pause_between_clusters,
             rehearse_rollback: strategy.rehearse_rollback,
             auto_rollback: strategy.auto_rollback,
@@ -473,6 +479,10 @@ impl Plan {
         )?;
         writeln!(
             s,
+            "watched until the end: every switched instance; an exit, restart or lost readiness fails the deployment"
+        )?;
+        writeln!(
+            s,
             "on failure: {}",
             if g.auto_rollback {
                 "stop, and roll every touched instance back in reverse order"
@@ -529,6 +539,19 @@ impl Plan {
                 }
                 writeln!(s)?;
             }
+        }
+        if g.bake_time.0 > 0 {
+            writeln!(
+                s,
+                "bake: watch all {} instance(s) for {} (bake_time), then succeed",
+                self.instances.len(),
+                g.bake_time
+            )?;
+        } else {
+            writeln!(
+                s,
+                "bake: none (bake_time = 0s); succeed after the last batch"
+            )?;
         }
         Ok(())
     }

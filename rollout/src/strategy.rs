@@ -25,6 +25,13 @@ pub const DEFAULT_HEALTHY_DEADLINE: DurationMs = DurationMs::mins(5);
 /// A process that stays ready for 10 s has survived its first requests and
 /// any immediate crash loop (Nomad uses the same default).
 pub const DEFAULT_MIN_HEALTHY_TIME: DurationMs = DurationMs::secs(10);
+/// `bake_time` defaults to this many `min_healthy_time`s. A batch proves a
+/// release survives its first seconds; faults that need traffic or time to
+/// build up (a leak, a periodic job, a crash a few seconds after ready, as
+/// in issue #12) show later. Three stable periods watch the whole fleet
+/// several times as long as any one batch was watched, while costing a
+/// deployment only a small constant delay at its end.
+pub const BAKE_TIME_FACTOR: u64 = 3;
 /// Bounds the whole deployment so it ends without a human; long fleets set more.
 pub const DEFAULT_PROGRESS_DEADLINE: DurationMs = DurationMs::mins(60);
 /// A synthetic check that takes longer than this is treated as failed.
@@ -218,6 +225,11 @@ pub struct Strategy {
     pub min_healthy_time: DurationMs,
     /// Bound on the whole deployment, from start to the last batch.
     pub progress_deadline: DurationMs,
+    /// After the last batch, every switched host stays watched this long
+    /// before the deployment succeeds; a crash or unready instance in that
+    /// time rolls the whole deployment back. Zero: succeed at once.
+    #[serde(default)]
+    pub bake_time: DurationMs,
     /// Wait for an operator's approval before each wave after the first.
     pub pause_between_clusters: bool,
     /// Canary goes target, previous, target before anything else proceeds.
@@ -242,6 +254,7 @@ impl Default for Strategy {
             healthy_deadline: DEFAULT_HEALTHY_DEADLINE,
             min_healthy_time: DEFAULT_MIN_HEALTHY_TIME,
             progress_deadline: DEFAULT_PROGRESS_DEADLINE,
+            bake_time: default_bake_time(DEFAULT_MIN_HEALTHY_TIME),
             pause_between_clusters: false,
             rehearse_rollback: DEFAULT_REHEARSE_ROLLBACK,
             auto_rollback: DEFAULT_AUTO_ROLLBACK,
@@ -249,6 +262,11 @@ impl Default for Strategy {
             clusters: BTreeMap::new(),
         }
     }
+}
+
+/// The bake time a strategy gets when it does not set one.
+pub const fn default_bake_time(min_healthy_time: DurationMs) -> DurationMs {
+    DurationMs(min_healthy_time.0.saturating_mul(BAKE_TIME_FACTOR))
 }
 
 impl Strategy {
@@ -339,6 +357,7 @@ struct RawStrategy {
     healthy_deadline: Option<RawDuration>,
     min_healthy_time: Option<RawDuration>,
     progress_deadline: Option<RawDuration>,
+    bake_time: Option<RawDuration>,
     pause_between_clusters: Option<bool>,
     rehearse_rollback: Option<bool>,
     auto_rollback: Option<bool>,
@@ -542,6 +561,13 @@ impl RawStrategy {
             Zero::Refused,
             &mut errs,
         );
+        let bake_time = duration(
+            "bake_time",
+            self.bake_time.as_ref(),
+            default_bake_time(min_healthy_time),
+            Zero::Allowed,
+            &mut errs,
+        );
         let needed = DurationMs(healthy_deadline.0 + min_healthy_time.0);
         if progress_deadline < needed {
             errs.push(StrategyError::DeadlineTooShort {
@@ -594,6 +620,7 @@ impl RawStrategy {
             healthy_deadline,
             min_healthy_time,
             progress_deadline,
+            bake_time,
             pause_between_clusters: self
                 .pause_between_clusters
                 .unwrap_or(d.pause_between_clusters),

@@ -1,5 +1,5 @@
 //! The simulator: drives the engine against a simulated fleet in virtual
-//! time with seeded faults, and checks DESIGN.md's invariants 1, 2, 4, 5 and 6
+//! time with seeded faults, and checks DESIGN.md's invariants 1, 2, 4, 5, 6 and 8
 //! after every step.
 //!
 //! Owns scenario generation (`scenario`), the world and driver (`world`),

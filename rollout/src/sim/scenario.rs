@@ -10,7 +10,7 @@ use crate::fleet::{
 };
 use crate::plan::{Plan, PlanInput, plan};
 use crate::sim::rng::Rng;
-use crate::strategy::{Capacity, Check, ClusterOrder, Quantity, Strategy};
+use crate::strategy::{Capacity, Check, ClusterOrder, Quantity, Strategy, default_bake_time};
 
 /// One kind of fault; a failing seed is shrunk by turning kinds off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -19,6 +19,9 @@ pub enum FaultClass {
     BrokenTarget,
     /// The target becomes ready, then crash-loops.
     Flapping,
+    /// The target becomes ready, then exits once and is restarted (the
+    /// demo app's `crash_after_ms`): the coordinator sees it unhealthy.
+    CrashAfterReady,
     /// An instance's previous release fails to start too (rollback fails).
     BrokenPrevious,
     /// Agents become unreachable for a while.
@@ -43,9 +46,10 @@ pub enum FaultClass {
 
 impl FaultClass {
     /// Every class, for shrinking.
-    pub const ALL: [FaultClass; 12] = [
+    pub const ALL: [FaultClass; 13] = [
         FaultClass::BrokenTarget,
         FaultClass::Flapping,
+        FaultClass::CrashAfterReady,
         FaultClass::BrokenPrevious,
         FaultClass::Unreachable,
         FaultClass::SlowStart,
@@ -80,6 +84,8 @@ pub struct Faults {
     pub broken_target: HashSet<InstanceId>,
     /// Target becomes ready, then crash-loops here.
     pub flapping: HashSet<InstanceId>,
+    /// Target becomes ready, then exits once and restarts here.
+    pub crash_after_ready: HashSet<InstanceId>,
     /// The instance's previous release fails to start here.
     pub broken_previous: HashSet<InstanceId>,
     /// (instance, from, to): the agent is cut off in that window.
@@ -105,6 +111,7 @@ impl Faults {
         match class {
             FaultClass::BrokenTarget => f.broken_target.clear(),
             FaultClass::Flapping => f.flapping.clear(),
+            FaultClass::CrashAfterReady => f.crash_after_ready.clear(),
             FaultClass::BrokenPrevious => f.broken_previous.clear(),
             FaultClass::Unreachable => f.unreachable.clear(),
             FaultClass::SlowStart => f.slow_start_permille = 0,
@@ -124,6 +131,7 @@ impl Faults {
         match class {
             FaultClass::BrokenTarget => !self.broken_target.is_empty(),
             FaultClass::Flapping => !self.flapping.is_empty(),
+            FaultClass::CrashAfterReady => !self.crash_after_ready.is_empty(),
             FaultClass::BrokenPrevious => !self.broken_previous.is_empty(),
             FaultClass::Unreachable => !self.unreachable.is_empty(),
             FaultClass::SlowStart => self.slow_start_permille > 0,
@@ -379,6 +387,16 @@ fn random_strategy(rng: &mut Rng, fleet: &Fleet, relaxed: bool) -> Strategy {
     } else {
         Vec::new()
     };
+    let min_healthy_time = if rng.chance(200) {
+        DurationMs(0)
+    } else {
+        DurationMs(rng.range(1, 15) * 1000)
+    };
+    let bake_time = match rng.below(10) {
+        0 => DurationMs(0),
+        1 | 2 => DurationMs(rng.range(1, 120) * 1000),
+        _ => default_bake_time(min_healthy_time),
+    };
     Strategy {
         canary,
         order,
@@ -387,12 +405,9 @@ fn random_strategy(rng: &mut Rng, fleet: &Fleet, relaxed: bool) -> Strategy {
             min_healthy,
         },
         healthy_deadline: DurationMs(rng.range(5, 60) * 1000),
-        min_healthy_time: if rng.chance(200) {
-            DurationMs(0)
-        } else {
-            DurationMs(rng.range(1, 15) * 1000)
-        },
+        min_healthy_time,
         progress_deadline: DurationMs::mins(60),
+        bake_time,
         pause_between_clusters: rng.chance(200),
         rehearse_rollback: canary > 0 && rng.chance(700),
         auto_rollback: rng.chance(850),
@@ -421,6 +436,9 @@ fn random_faults(rng: &mut Rng, plan: &Plan, strategy: &Strategy) -> Faults {
     }
     if rng.chance(150) {
         f.flapping = pick(rng, plan, 250);
+    }
+    if rng.chance(150) {
+        f.crash_after_ready = pick(rng, plan, 250);
     }
     if rng.chance(60) {
         f.broken_previous = pick(rng, plan, 300);

@@ -17,7 +17,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 use crate::engine::{Action, Command, Engine, Event, Outcome, Status};
 use crate::fleet::{ApplyId, DeploymentId, FencingToken, InstanceId, Millis, ReleaseDigest};
-use crate::sim::invariants::{Checkers, Violation, terminal};
+use crate::sim::invariants::{Checkers, Violation, outcome_matches, terminal};
 use crate::sim::rng::Rng;
 use crate::sim::scenario::Scenario;
 
@@ -81,6 +81,11 @@ enum Ev {
         switch_no: u64,
     },
     Flap {
+        ix: usize,
+        switch_no: u64,
+    },
+    /// The target's process exits once after ready; the supervisor restarts it.
+    Crash {
         ix: usize,
         switch_no: u64,
     },
@@ -340,6 +345,7 @@ impl<'a> World<'a> {
                         );
                     }
                 }
+                Ev::Crash { ix, switch_no } => self.crash(ix, switch_no),
                 Ev::Cut { ix } => {
                     let a = &mut self.agents[ix];
                     a.cut += 1;
@@ -407,6 +413,7 @@ impl<'a> World<'a> {
         self.engine_steps += 1;
         self.note(|| format!("-> {event:?}"));
         self.checkers.canary.observe(&self.sc.plan.target, &event);
+        self.checkers.healthy.observe(&self.sc.plan.target, &event);
         let was_done = self.engine.is_done();
         let actions = self.engine.step(Millis(self.now), event);
         self.check_actions(was_done, &actions)?;
@@ -464,8 +471,24 @@ impl<'a> World<'a> {
                     .atomic
                     .check(plan, |id| index.get(id).copied(), actions)
             })
-            .and_then(|()| self.checkers.canary.check(&plan.target, actions));
+            .and_then(|()| self.checkers.canary.check(&plan.target, actions))
+            .and_then(|()| self.checkers.healthy.check(actions))
+            .and_then(|()| self.outcome_matches(actions));
         r.map_err(|v| self.fail(v))
+    }
+
+    /// Invariant 8 at the instant of finishing: the outcome against what
+    /// every agent runs right now.
+    fn outcome_matches(&self, actions: &[Action]) -> Result<(), Violation> {
+        let Some(outcome) = actions.iter().find_map(|a| match a {
+            Action::Finish(o) => Some(o),
+            _ => None,
+        }) else {
+            return Ok(());
+        };
+        let running: Vec<&ReleaseDigest> = self.agents.iter().map(|a| &a.running).collect();
+        let initial: Vec<&ReleaseDigest> = self.initial.iter().collect();
+        outcome_matches::check(&self.sc.plan, outcome, &running, &initial)
     }
 
     fn restart(&mut self) -> Result<(), RunFailure> {
@@ -730,7 +753,8 @@ impl<'a> World<'a> {
         }
         a.running = release.clone();
         a.serving = true;
-        let flaps = release == plan.target && f.flapping.contains(&inst.id);
+        let release_is_target = release == plan.target;
+        let flaps = release_is_target && f.flapping.contains(&inst.id);
         self.set_switch_down(ix, false)?;
         self.report(
             ix,
@@ -744,6 +768,32 @@ impl<'a> World<'a> {
             let d = self.rng.range(500, 30_000);
             self.at(d, Ev::Flap { ix, switch_no });
         }
+        if release_is_target && f.crash_after_ready.contains(&inst.id) {
+            let d = self.rng.range(500, 40_000);
+            self.at(d, Ev::Crash { ix, switch_no });
+        }
         Ok(())
+    }
+
+    /// The target exited after it was ready and was restarted at once: the
+    /// coordinator's watch reports it unhealthy for the apply it was ready for.
+    fn crash(&mut self, ix: usize, switch_no: u64) {
+        let target = self.sc.plan.target.clone();
+        let a = &self.agents[ix];
+        if a.switch_no != switch_no || !a.serving || a.running != target {
+            return;
+        }
+        let apply = a.last.map(|l| l.1).unwrap_or(ApplyId(0));
+        self.note(|| format!("agent {ix} exits after ready and restarts"));
+        let instance = self.sc.plan.instances[ix].id.clone();
+        self.report(
+            ix,
+            Event::InstanceUnhealthy {
+                instance,
+                apply,
+                release: target,
+                detail: "exited with code 70 and was restarted".to_owned(),
+            },
+        );
     }
 }

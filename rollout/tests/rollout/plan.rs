@@ -149,6 +149,7 @@ fn render_shows_waves_batches_and_gates() {
 deploy sha256:000000000000 to 4 instance(s) in 2 cluster(s), overlap socket-handover
 rollback target: each instance's own previous release (default sha256:000000000000)
 gates per batch: ready within 1m, stable for 10s, then checks; whole rollout within 1h
+watched until the end: every switched instance; an exit, restart or lost readiness fails the deployment
 on failure: stop, and roll every touched instance back in reverse order
 wave 1: canary (rehearse rollback: target -> previous -> target)
   batch 1: small-0 (small)
@@ -157,6 +158,7 @@ wave 2: cluster big (3 instance(s), floor 0, max_unavailable 1, 1 at a time)
   batch 1: big-0
   batch 2: big-1
   batch 3: big-2
+bake: watch all 4 instance(s) for 30s (bake_time), then succeed
 ";
     assert_eq!(text, expected);
 }

@@ -109,3 +109,16 @@ fn zero_budget_and_short_deadline_are_refused() {
         "{msg}"
     );
 }
+
+#[test]
+fn bake_time_defaults_to_a_multiple_of_min_healthy_time_and_zero_disables_it() {
+    use rollout::strategy::BAKE_TIME_FACTOR;
+    let s = Strategy::from_toml("[strategy]\nmin_healthy_time = \"4s\"\n").unwrap();
+    assert_eq!(s.bake_time, DurationMs::secs(4 * BAKE_TIME_FACTOR));
+    let s = Strategy::from_toml("[strategy]\nbake_time = \"2m\"\n").unwrap();
+    assert_eq!(s.bake_time, DurationMs::mins(2));
+    let s = Strategy::from_toml("[strategy]\nbake_time = \"0s\"\n").unwrap();
+    assert_eq!(s.bake_time, DurationMs(0));
+    let err = Strategy::from_toml("[strategy]\nbake_time = 30\n").unwrap_err();
+    assert!(err.to_string().contains("bake_time"), "{err}");
+}

@@ -7,6 +7,7 @@
 mod agent;
 mod coordinator;
 mod etcd_harness;
+mod health;
 mod incident;
 mod logs;
 mod systemd;

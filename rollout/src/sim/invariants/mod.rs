@@ -7,6 +7,8 @@
 pub mod atomic_release;
 pub mod canary_freeze;
 pub mod floor;
+pub mod healthy_on_success;
+pub mod outcome_matches;
 pub mod single_deployment;
 pub mod terminal;
 
@@ -38,4 +40,6 @@ pub struct Checkers {
     pub atomic: atomic_release::AtomicRelease,
     /// Invariant 6.
     pub canary: canary_freeze::CanaryFreeze,
+    /// Invariant 8, health half.
+    pub healthy: healthy_on_success::HealthyOnSuccess,
 }

@@ -6,16 +6,14 @@
 //! virtual time that needs no operator, and each instance's final release
 //! agrees with the outcome.
 
-use std::collections::HashSet;
-
 use crate::engine::Outcome;
-use crate::fleet::{InstanceId, ReleaseDigest};
+use crate::fleet::ReleaseDigest;
 use crate::plan::Plan;
 
 use super::Violation;
 
 /// The latest virtual time by which a deployment must have ended: the
-/// progress deadline, then one healthy deadline per revert, plus slack for
+/// progress deadline, the bake (and a halt after it), then one healthy deadline per revert, plus slack for
 /// in-flight checks and reports.
 pub fn bound_ms(plan: &Plan) -> u64 {
     let g = &plan.gates;
@@ -25,7 +23,16 @@ pub fn bound_ms(plan: &Plan) -> u64 {
         .flat_map(|c| c.checks.iter().map(|k| k.timeout.0))
         .max()
         .unwrap_or(0);
+    // A failure in the bake without auto_rollback halts with a progress
+    // deadline of its own.
+    let halt_after_bake = if g.bake_time.0 > 0 && !g.auto_rollback {
+        g.progress_deadline.0
+    } else {
+        0
+    };
     g.progress_deadline.0
+        + g.bake_time.0
+        + halt_after_bake
         + (plan.instances.len() as u64 + 1) * g.healthy_deadline.0
         + checks
         + 60_000
@@ -61,46 +68,5 @@ pub fn check(
             )));
         }
     }
-    let set = |v: &[InstanceId]| v.iter().cloned().collect::<HashSet<_>>();
-    let (may_be_target, must_be_original): (HashSet<InstanceId>, bool) = match outcome {
-        Outcome::Succeeded => (HashSet::new(), false),
-        Outcome::RolledBack { .. } => (HashSet::new(), true),
-        Outcome::Aborted {
-            on_target,
-            unsettled,
-            ..
-        } => {
-            let mut s = set(on_target);
-            s.extend(unsettled.iter().cloned());
-            (s, true)
-        }
-        Outcome::Failed { instances, .. } => (set(instances), true),
-    };
-    for (ix, inst) in plan.instances.iter().enumerate() {
-        let r = running[ix];
-        let on_target = r == &plan.target;
-        if !on_target && r != &inst.original {
-            return Err(bad(format!(
-                "{} runs {r}, neither the target nor its previous release {}",
-                inst.id, inst.original
-            )));
-        }
-        match outcome {
-            Outcome::Succeeded if !on_target => {
-                return Err(bad(format!("outcome succeeded but {} runs {r}", inst.id)));
-            }
-            _ if must_be_original
-                && r != &inst.original
-                && r != initial[ix]
-                && !may_be_target.contains(&inst.id) =>
-            {
-                return Err(bad(format!(
-                    "outcome {outcome} but {} runs the target and is not named in it",
-                    inst.id
-                )));
-            }
-            _ => {}
-        }
-    }
-    Ok(())
+    super::outcome_matches::check(plan, outcome, running, initial)
 }

@@ -9,6 +9,7 @@ use rollout::{
 pub const HEALTHY: DurationMs = DurationMs::secs(60);
 pub const STABLE: DurationMs = DurationMs::secs(10);
 pub const PROGRESS: DurationMs = DurationMs::mins(60);
+pub const BAKE: DurationMs = DurationMs::secs(30);
 
 pub fn digest(n: u64) -> ReleaseDigest {
     ReleaseDigest::parse(&format!("sha256:{n:064x}")).unwrap()
@@ -57,6 +58,7 @@ pub fn strategy() -> Strategy {
         healthy_deadline: HEALTHY,
         min_healthy_time: STABLE,
         progress_deadline: PROGRESS,
+        bake_time: BAKE,
         ..Strategy::default()
     }
 }
