@@ -16,7 +16,7 @@ use etcd_client::{EventType, GetOptions, WatchOptions};
 use leases::{FencedMutex, Holder, keys};
 use proto::v1 as pb;
 use proto::v1::coordinator_service_server::CoordinatorService;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -31,12 +31,30 @@ const CHUNK: usize = 256 * 1024;
 #[derive(Debug, Clone)]
 pub struct CoordinatorGrpc {
     coordinator: Arc<Coordinator>,
+    /// Turns true at shutdown: long-lived streams (Report, WatchDeployment)
+    /// end then, so the server's graceful stop does not wait on them and
+    /// their clients move to another coordinator.
+    stopping: watch::Receiver<bool>,
 }
 
 impl CoordinatorGrpc {
-    pub fn new(coordinator: Arc<Coordinator>) -> Self {
-        Self { coordinator }
+    pub fn new(coordinator: Arc<Coordinator>, stopping: watch::Receiver<bool>) -> Self {
+        Self {
+            coordinator,
+            stopping,
+        }
     }
+}
+
+/// What a stream's client hears when this coordinator stops: UNAVAILABLE,
+/// which agents and `lockstep watch` take as "go to another coordinator".
+fn shutting_down() -> Status {
+    Status::unavailable("this coordinator is shutting down; use another coordinator")
+}
+
+/// Resolves once `stopping` turns true (or its sender is gone).
+async fn stopped(mut stopping: watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|s| *s).await;
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -107,11 +125,23 @@ impl CoordinatorService for CoordinatorGrpc {
         let interval_ms =
             u64::try_from(self.coordinator.config.status_interval.as_millis()).unwrap_or(u64::MAX);
         let (tx, rx) = mpsc::channel(16);
+        let stopping = self.stopping.clone();
         // The stream's lifetime is the agent's connection: the task ends
-        // when the agent goes away or the response stream is dropped.
+        // when the agent goes away, the response stream is dropped, or this
+        // coordinator stops (the agent then reports to the others).
         tokio::spawn(async move {
             let mut agent: Option<String> = None;
-            while let Some(message) = inbound.next().await {
+            let stop = stopped(stopping);
+            tokio::pin!(stop);
+            loop {
+                let message = tokio::select! {
+                    message = inbound.next() => message,
+                    () = &mut stop => {
+                        let _ = tx.send(Err(shutting_down())).await;
+                        break;
+                    }
+                };
+                let Some(message) = message else { break };
                 let report = match message {
                     Ok(report) => report,
                     Err(err) => {
@@ -377,66 +407,18 @@ impl CoordinatorService for CoordinatorGrpc {
         let (tx, rx) = mpsc::channel(64);
         let id = r.deployment_id.clone();
         let service = record.service.clone();
+        let stopping = self.stopping.clone();
         // Events come from etcd, not from a driver: a watch survives a
-        // change of leader and can be served by any coordinator.
+        // change of leader and can be served by any coordinator; when this
+        // one stops, the watcher resumes on another from its last seq.
         tokio::spawn(async move {
-            let send = |event: &EventRecord| tx.send(Ok(event.wire(&id, &service)));
-            let (events, revision) = match journal.events(&id, r.from_seq.max(1)).await {
-                Ok(x) => x,
-                Err(e) => {
-                    let _ = tx.send(Err(internal(e))).await;
-                    return;
-                }
-            };
-            for event in &events {
-                if send(event).await.is_err() {
-                    return;
-                }
-                if event.kind == crate::record::EventKind::Finished {
-                    return;
+            let shutdown = tx.clone();
+            tokio::select! {
+                () = forward_events(journal, id, service, r.from_seq, tx) => {}
+                () = stopped(stopping) => {
+                    let _ = shutdown.send(Err(shutting_down())).await;
                 }
             }
-            let mut client = journal.client().clone();
-            let prefix = keys::deployment_events(&id);
-            let watch = client
-                .watch(
-                    prefix.as_str(),
-                    Some(
-                        WatchOptions::new()
-                            .with_prefix()
-                            .with_start_revision(revision + 1),
-                    ),
-                )
-                .await;
-            let mut stream = match watch {
-                Ok(w) => w,
-                Err(e) => {
-                    let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
-                    return;
-                }
-            };
-            while let Ok(Some(response)) = stream.message().await {
-                for ev in response.events() {
-                    if ev.event_type() != EventType::Put {
-                        continue;
-                    }
-                    let Some(kv) = ev.kv() else { continue };
-                    let Ok(event) = serde_json::from_slice::<EventRecord>(kv.value()) else {
-                        continue;
-                    };
-                    if send(&event).await.is_err() {
-                        return;
-                    }
-                    if event.kind == crate::record::EventKind::Finished {
-                        return;
-                    }
-                }
-            }
-            let _ = tx
-                .send(Err(Status::unavailable(
-                    "the event stream from etcd ended; watch again from the last seq",
-                )))
-                .await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -599,6 +581,74 @@ impl CoordinatorService for CoordinatorGrpc {
                 .collect(),
         }))
     }
+}
+
+/// Sends a deployment's events from `from_seq` on, first those in etcd,
+/// then new ones as etcd sees them; ends after `Finished`.
+async fn forward_events(
+    journal: crate::journal::Journal,
+    id: String,
+    service: String,
+    from_seq: u64,
+    tx: mpsc::Sender<Result<pb::DeploymentEvent, Status>>,
+) {
+    let send = |event: &EventRecord| tx.send(Ok(event.wire(&id, &service)));
+    let (events, revision) = match journal.events(&id, from_seq.max(1)).await {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = tx.send(Err(internal(e))).await;
+            return;
+        }
+    };
+    for event in &events {
+        if send(event).await.is_err() {
+            return;
+        }
+        if event.kind == crate::record::EventKind::Finished {
+            return;
+        }
+    }
+    let mut client = journal.client().clone();
+    let prefix = keys::deployment_events(&id);
+    let watch = client
+        .watch(
+            prefix.as_str(),
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(revision + 1),
+            ),
+        )
+        .await;
+    let mut stream = match watch {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
+            return;
+        }
+    };
+    while let Ok(Some(response)) = stream.message().await {
+        for ev in response.events() {
+            if ev.event_type() != EventType::Put {
+                continue;
+            }
+            let Some(kv) = ev.kv() else { continue };
+            let Ok(event) = serde_json::from_slice::<EventRecord>(kv.value()) else {
+                continue;
+            };
+            if send(&event).await.is_err() {
+                return;
+            }
+            if event.kind == crate::record::EventKind::Finished {
+                return;
+            }
+        }
+    }
+    let _ = tx
+        .send(Err(Status::unavailable(
+            "the event stream from etcd ended; watch again from the last seq",
+        )))
+        .await;
 }
 
 impl CoordinatorGrpc {

@@ -9,5 +9,6 @@ mod coordinator;
 mod etcd_harness;
 mod incident;
 mod logs;
+mod operator_paths;
 mod systemd;
 mod tls;

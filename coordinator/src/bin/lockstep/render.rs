@@ -176,6 +176,14 @@ pub fn finished_line(d: &Deployment) -> String {
     }
 }
 
+/// The last line of `watch` when only the terminal state is known.
+pub fn finished_state_line(id: &str, state: i32) -> String {
+    format!(
+        "deployment {id} {}",
+        json::deployment_state(state).replace('_', " ")
+    )
+}
+
 /// Ready instances / all instances of one service on one agent.
 fn ready_of(s: &proto::v1::ServiceStatus) -> (usize, usize) {
     (

@@ -82,7 +82,7 @@ pub async fn run(c: &mut Coordinators, id: &str, output: Output) -> Result<(), F
                             view.event(&event)?;
                             let finished = event.kind == DeploymentEventKind::Finished as i32;
                             if finished && render::exit_code_for(event.state).is_some() {
-                                return finish(c, &mut view, id).await;
+                                return finish(c, &mut view, id, event.state).await;
                             }
                             if view.wants_refresh(&mut last_refresh) {
                                 // A failed refresh only leaves the bars stale.
@@ -95,11 +95,11 @@ pub async fn run(c: &mut Coordinators, id: &str, output: Output) -> Result<(), F
                             // The server ends the stream when the deployment
                             // ends; anything else is a break.
                             if render::exit_code_for(last_state).is_some() {
-                                return finish(c, &mut view, id).await;
+                                return finish(c, &mut view, id, last_state).await;
                             }
                             match get(c, id).await {
                                 Ok(d) if render::exit_code_for(d.state).is_some() => {
-                                    return finish(c, &mut view, id).await;
+                                    return finish(c, &mut view, id, d.state).await;
                                 }
                                 _ => break "the event stream ended early".to_owned(),
                             }
@@ -154,25 +154,60 @@ async fn get(c: &mut Coordinators, id: &str) -> Result<Deployment, Failure> {
     .await
 }
 
-/// The end: final progress, the outcome line, the exit code.
-async fn finish(c: &mut Coordinators, view: &mut View, id: &str) -> Result<(), Failure> {
-    let d = get(c, id).await.map_err(|f| {
-        Failure::Unavailable {
-            url: "the coordinator".to_owned(),
-            detail: format!(
-                "deployment {id} ended but its outcome could not be read ({f}); see `lockstep status {id}`"
-            ),
+/// The end: final progress, the outcome line, the exit code. The record
+/// is read through the failover (the coordinator that streamed the end may
+/// be the one stopping); if no coordinator gives it, `seen_state` — the
+/// terminal state the coordinator streamed, read from etcd — decides, and
+/// a note says the details could not be read.
+async fn finish(
+    c: &mut Coordinators,
+    view: &mut View,
+    id: &str,
+    seen_state: i32,
+) -> Result<(), Failure> {
+    let (line, code) = match get_with_failover(c, id).await {
+        Ok(d) => {
+            view.progress(&d);
+            (
+                render::finished_line(&d),
+                render::exit_code_or_failed(d.state),
+            )
         }
-    })?;
-    view.progress(&d);
-    let line = render::finished_line(&d);
+        Err(failure) => {
+            view.note(&format!(
+                "deployment {id} ended, but no coordinator gave its final record ({failure}); see `lockstep status {id}`"
+            ));
+            (
+                render::finished_state_line(id, seen_state),
+                render::exit_code_or_failed(seen_state),
+            )
+        }
+    };
     view.done(&line);
-    match render::exit_code_or_failed(d.state) {
+    match code {
         0 => Ok(()),
         code => Err(Failure::Outcome {
             code,
             message: line,
         }),
+    }
+}
+
+/// `GetDeployment`, moving on to the next coordinator while the failure is
+/// transient, for up to [`RECONNECT_FOR`].
+async fn get_with_failover(c: &mut Coordinators, id: &str) -> Result<Deployment, Failure> {
+    let started = Instant::now();
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        match get(c, id).await {
+            Ok(d) => return Ok(d),
+            Err(failure) if failure.is_transient() && started.elapsed() < RECONNECT_FOR => {
+                c.forget();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(failure) => return Err(failure),
+        }
     }
 }
 

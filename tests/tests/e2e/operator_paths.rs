@@ -1,0 +1,106 @@
+//! The operator's paths through the coordinator (#12 items 2, 7, 8, 9 and
+//! the coordinator side of 10), with real etcd, coordinators, agents and
+//! demo apps: stopping a leader, deadlines on every call, what history
+//! keeps, and what `rollback` goes back to.
+
+use std::time::Duration;
+
+use lockstep_tests::operator::{
+    active_deployment, agents_known, deploy, every_host_serves, finished, leader_url, on_target,
+    push, record, start_deploy, strategy, text,
+};
+use lockstep_tests::{CoordinatorFixture, DemoRelease, EtcdCluster, FleetFixture, wait_for};
+use tokio::time::Instant;
+
+const DEADLINE: Duration = Duration::from_secs(120);
+const TTL_SECS: u64 = 3;
+const LAYOUT: &[(&str, &str)] = &[("s-1", "s"), ("s-2", "s"), ("t-1", "t")];
+
+/// Reproduces #12 item 7: the leading coordinator never exited on SIGTERM
+/// while agents held Report streams (it kept the port open and stopped
+/// answering), and a `deploy --wait` running at that moment printed
+/// `finished (succeeded)`, then exited 69. Now the leader exits within the
+/// 5 s the issue asks for, and `deploy --wait` follows the deployment to
+/// the standby and ends with its real outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_mid_deploy_exits_promptly_and_deploy_wait_follows_the_standby() {
+    let etcd = EtcdCluster::single().await.unwrap();
+    let mut first = CoordinatorFixture::start(&etcd.endpoints(), TTL_SECS)
+        .await
+        .unwrap();
+    wait_for("the first coordinator to lead", DEADLINE, || async {
+        leader_url(&etcd)
+            .await
+            .filter(|u| *u == first.url())
+            .ok_or("no leader yet")
+    })
+    .await
+    .unwrap();
+    let second = CoordinatorFixture::start(&etcd.endpoints(), TTL_SECS)
+        .await
+        .unwrap();
+    let urls = vec![first.url(), second.url()];
+    let fleet = FleetFixture::start(LAYOUT, &etcd.endpoints(), &urls)
+        .await
+        .unwrap();
+    // Every agent holds a Report stream to each coordinator.
+    agents_known(&[first.url()], LAYOUT.len()).await.unwrap();
+    agents_known(&[second.url()], LAYOUT.len()).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let v1 = DemoRelease::new("1.0.0", 1).build(work.path()).unwrap();
+    let v2 = DemoRelease::new("2.0.0", 1).build(work.path()).unwrap();
+    let fast = strategy(work.path(), "fast", "200ms").unwrap();
+    let d1 = push(&urls, &v1).await.unwrap();
+    let id = start_deploy(&urls, &d1, &fast).await.unwrap();
+    assert_eq!(finished(&etcd, &id).await.unwrap()["state"], "succeeded");
+
+    // Each batch stays under observation for a while: the leader is
+    // stopped mid-rollout, with the operator's `deploy --wait` attached.
+    let d2 = push(&urls, &v2).await.unwrap();
+    let slow = strategy(work.path(), "slow", "3s").unwrap();
+    let waiting = tokio::spawn({
+        let urls = urls.clone();
+        async move { deploy(&urls, &d2, &slow, &["--wait"]).await }
+    });
+    let id = wait_for("the deployment to be under way", DEADLINE, || async {
+        let id = active_deployment(&etcd)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("no active deployment yet")?;
+        let r = record(&etcd, &id).await.map_err(|e| e.to_string())?;
+        if r["state"] == "running" && on_target(&r) >= 1 {
+            Ok(id)
+        } else {
+            Err(format!("{r}"))
+        }
+    })
+    .await
+    .unwrap();
+    let stopped_at = Instant::now();
+    first.begin_stop().unwrap();
+
+    let output = tokio::time::timeout(DEADLINE, waiting)
+        .await
+        .expect("deploy --wait ended")
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert!(
+        stdout.contains(&format!("deployment {id} succeeded")),
+        "{}",
+        text(&output)
+    );
+    // The issue asks for 5 s; 5 more for a loaded 2-core machine to
+    // schedule the exit (the coordinator's own budget is under 5 s).
+    let bound = Duration::from_secs(10);
+    let left = bound.saturating_sub(stopped_at.elapsed());
+    let exit = first.wait_exit(left).await;
+    assert!(
+        exit.is_ok(),
+        "the leader did not exit within {bound:?} of SIGTERM: {exit:?}\n{}",
+        first.log_text()
+    );
+    assert_eq!(finished(&etcd, &id).await.unwrap()["state"], "succeeded");
+    every_host_serves(&fleet, "2.0.0").await.unwrap();
+}
