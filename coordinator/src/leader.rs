@@ -401,70 +401,13 @@ impl Coordinator {
             Ok(planned) => planned,
             Err(problems) => return Ok(Deployed::Invalid(problems)),
         };
-        let now = crate::now_unix_ms();
-        let id = format!("{}-{}", request.service, now);
-        let lock = match FencedMutex::deployment(&request.service)
-            .try_lock(&leading.session, &id)
+        // From the lock on, the start runs to its end even if the caller
+        // stops waiting (a hung etcd): a lock taken and then dropped would
+        // stay held for as long as this leader's session lives.
+        let request = request.clone();
+        tokio::spawn(async move { start(leading, request, plan, entry).await })
             .await
-        {
-            Ok(lock) => lock,
-            Err(LockError::Held(info)) => return Ok(Deployed::Locked(info)),
-            Err(err) => return Err(NotServed::Internal(err.to_string())),
-        };
-        let token = lock.token().0;
-        let actor = request.actor.clone().unwrap_or_default();
-        let clusters_of = plan
-            .instances
-            .iter()
-            .filter_map(|i| {
-                plan.clusters
-                    .get(i.cluster)
-                    .map(|c| (i.id.to_string(), c.name.to_string()))
-            })
-            .collect();
-        let record = DeploymentRecord {
-            id: id.clone(),
-            service: request.service.clone(),
-            target_digest: entry.digest.clone(),
-            target_version: entry.version.clone(),
-            actor_user: actor.user,
-            actor_host: actor.host,
-            reason: request.reason.clone(),
-            created_unix_ms: now,
-            finished_unix_ms: 0,
-            state: DeploymentState::Running,
-            outcome: String::new(),
-            token,
-            next_seq: 1,
-            clusters_of,
-            progress: Default::default(),
-            operator_said: String::new(),
-            engine: Engine::new(DeploymentId(id.clone()), plan, FencingToken(token)),
-        };
-        let mut driver = Driver::new(leading.ctx.clone(), record, lock);
-        if let Err(err) = driver.create().await {
-            return Err(NotServed::Refused(err.to_string()));
-        }
-        let (tx, rx) = mpsc::channel(16);
-        leading
-            .calls
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id.clone(), tx);
-        let job_id = id.clone();
-        let job: DriverJob =
-            Box::pin(async move { (job_id, driver.run(vec![Event::Start], rx).await) });
-        if leading.jobs.send(job).is_err() {
-            return Err(NotServed::NotLeader { leader: None });
-        }
-        tracing::info!(
-            deployment = id,
-            service = request.service,
-            release = request.release_digest,
-            token,
-            "deployment started"
-        );
-        Ok(Deployed::Started { id, token })
+            .map_err(|e| NotServed::Internal(format!("the deployment start failed: {e}")))?
     }
 
     /// `lockstep rollback SERVICE`: deploys what the hosts ran before.
@@ -551,6 +494,80 @@ impl Coordinator {
             .map_err(|e| NotServed::Internal(e.to_string()))?
             .ok_or_else(|| NotServed::NotFound(format!("no deployment {id}")))
     }
+}
+
+/// Takes the service's lock, writes the deployment record and hands the
+/// driver to the leadership loop.
+async fn start(
+    leading: Arc<Leading>,
+    request: pb::DeployRequest,
+    plan: rollout::Plan,
+    entry: crate::depot::ReleaseEntry,
+) -> Result<Deployed, NotServed> {
+    let now = crate::now_unix_ms();
+    let id = format!("{}-{}", request.service, now);
+    let lock = match FencedMutex::deployment(&request.service)
+        .try_lock(&leading.session, &id)
+        .await
+    {
+        Ok(lock) => lock,
+        Err(LockError::Held(info)) => return Ok(Deployed::Locked(info)),
+        Err(err) => return Err(NotServed::Internal(err.to_string())),
+    };
+    let token = lock.token().0;
+    let actor = request.actor.clone().unwrap_or_default();
+    let clusters_of = plan
+        .instances
+        .iter()
+        .filter_map(|i| {
+            plan.clusters
+                .get(i.cluster)
+                .map(|c| (i.id.to_string(), c.name.to_string()))
+        })
+        .collect();
+    let record = DeploymentRecord {
+        id: id.clone(),
+        service: request.service.clone(),
+        target_digest: entry.digest.clone(),
+        target_version: entry.version.clone(),
+        actor_user: actor.user,
+        actor_host: actor.host,
+        reason: request.reason.clone(),
+        created_unix_ms: now,
+        finished_unix_ms: 0,
+        state: DeploymentState::Running,
+        outcome: String::new(),
+        token,
+        next_seq: 1,
+        clusters_of,
+        progress: Default::default(),
+        operator_said: String::new(),
+        engine: Engine::new(DeploymentId(id.clone()), plan, FencingToken(token)),
+    };
+    let mut driver = Driver::new(leading.ctx.clone(), record, lock);
+    if let Err(err) = driver.create().await {
+        return Err(NotServed::Refused(err.to_string()));
+    }
+    let (tx, rx) = mpsc::channel(16);
+    leading
+        .calls
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(id.clone(), tx);
+    let job_id = id.clone();
+    let job: DriverJob =
+        Box::pin(async move { (job_id, driver.run(vec![Event::Start], rx).await) });
+    if leading.jobs.send(job).is_err() {
+        return Err(NotServed::NotLeader { leader: None });
+    }
+    tracing::info!(
+        deployment = id,
+        service = request.service,
+        release = request.release_digest,
+        token,
+        "deployment started"
+    );
+    Ok(Deployed::Started { id, token })
 }
 
 fn waiting_cluster(engine: &Engine) -> Option<ClusterName> {

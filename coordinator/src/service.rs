@@ -8,9 +8,11 @@
 //!
 //! Must never: change a deployment without being the leader.
 
+use std::future::Future;
 use std::io::{Read, Seek, SeekFrom};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use etcd_client::{EventType, GetOptions, WatchOptions};
 use leases::{FencedMutex, Holder, keys};
@@ -42,6 +44,52 @@ impl CoordinatorGrpc {
         Self {
             coordinator,
             stopping,
+        }
+    }
+}
+
+/// How long an operator call may wait on etcd before the coordinator
+/// answers UNAVAILABLE: under the CLI's default `--timeout` (5 s), so the
+/// operator reads why rather than a bare timeout.
+pub const ETCD_ANSWER_DEADLINE: Duration = Duration::from_secs(3);
+
+/// What an operator call that ran out of time may have left behind, for
+/// its message.
+#[derive(Debug, Clone, Copy)]
+enum Waits {
+    /// Nothing: it only reads.
+    Read,
+    /// The command was handed to the deployment's driver, which applies it
+    /// once etcd answers.
+    Command,
+    /// From taking the lock on, a deployment start runs to its end (a lock
+    /// dropped half-way would stay held): it may still start.
+    Deploy,
+}
+
+/// `call`'s answer, or UNAVAILABLE after [`ETCD_ANSWER_DEADLINE`]: every
+/// operator call reads or writes etcd, and a hung etcd must not hang them.
+async fn bounded<T>(
+    waits: Waits,
+    what: &str,
+    call: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    match tokio::time::timeout(ETCD_ANSWER_DEADLINE, call).await {
+        Ok(answer) => answer,
+        Err(_) => {
+            let after = match waits {
+                Waits::Read => "",
+                Waits::Command => {
+                    "; the command may still take effect once etcd answers: check `lockstep status ID`"
+                }
+                Waits::Deploy => {
+                    "; the deployment may still start once etcd answers: check `lockstep status` before deploying again"
+                }
+            };
+            tracing::warn!(what, deadline = ?ETCD_ANSWER_DEADLINE, "etcd did not answer an operator call in time");
+            Err(Status::unavailable(format!(
+                "{what}: etcd did not answer within {ETCD_ANSWER_DEADLINE:?}{after}; check etcd (`etcdctl endpoint health`) and retry"
+            )))
         }
     }
 }
@@ -303,14 +351,13 @@ impl CoordinatorService for CoordinatorGrpc {
                     .map_err(|e| Status::invalid_argument(e.to_string()))?,
             )
         };
-        let (entry, already_present) =
-            depot
-                .commit(incoming, expected)
-                .await
-                .map_err(|e| match e {
-                    crate::depot::DepotError::Refused(m) => Status::invalid_argument(m),
-                    other => internal(other),
-                })?;
+        let (entry, already_present) = bounded(Waits::Read, "indexing the release", async {
+            depot.commit(incoming, expected).await.map_err(|e| match e {
+                crate::depot::DepotError::Refused(m) => Status::invalid_argument(m),
+                other => internal(other),
+            })
+        })
+        .await?;
         tracing::info!(
             service = entry.service,
             version = entry.version,
@@ -333,62 +380,74 @@ impl CoordinatorService for CoordinatorGrpc {
         &self,
         request: Request<pb::ListReleasesRequest>,
     ) -> Result<Response<pb::ListReleasesResponse>, Status> {
-        let entries = self
-            .coordinator
-            .depot
-            .list(&request.get_ref().service)
-            .await
-            .map_err(internal)?;
-        Ok(Response::new(pb::ListReleasesResponse {
-            releases: entries
-                .into_iter()
-                .map(|e| pb::ReleaseSummary {
-                    release: Some(pb::ReleaseRef {
-                        service: e.service,
-                        digest: e.digest,
-                        version: e.version,
-                    }),
-                    size: e.size,
-                    pushed_unix_ms: e.pushed_unix_ms,
-                    signed: e.signed,
-                    holders: e.holders,
-                })
-                .collect(),
-        }))
+        bounded(Waits::Read, "listing releases", async move {
+            let entries = self
+                .coordinator
+                .depot
+                .list(&request.get_ref().service)
+                .await
+                .map_err(internal)?;
+            Ok(Response::new(pb::ListReleasesResponse {
+                releases: entries
+                    .into_iter()
+                    .map(|e| pb::ReleaseSummary {
+                        release: Some(pb::ReleaseRef {
+                            service: e.service,
+                            digest: e.digest,
+                            version: e.version,
+                        }),
+                        size: e.size,
+                        pushed_unix_ms: e.pushed_unix_ms,
+                        signed: e.signed,
+                        holders: e.holders,
+                    })
+                    .collect(),
+            }))
+        })
+        .await
     }
 
     async fn plan(
         &self,
         request: Request<pb::PlanRequest>,
     ) -> Result<Response<pb::PlanResponse>, Status> {
-        let r = request.into_inner();
-        self.coordinator
-            .plan(&r.service, &r.release_digest, &r.strategy_toml)
-            .await
-            .map(Response::new)
-            .map_err(status)
+        bounded(Waits::Read, "planning", async move {
+            let r = request.into_inner();
+            self.coordinator
+                .plan(&r.service, &r.release_digest, &r.strategy_toml)
+                .await
+                .map(Response::new)
+                .map_err(status)
+        })
+        .await
     }
 
     async fn deploy(
         &self,
         request: Request<pb::DeployRequest>,
     ) -> Result<Response<pb::DeployResponse>, Status> {
-        self.coordinator
-            .deploy(request.get_ref())
-            .await
-            .map(|d| Response::new(deploy_response(d)))
-            .map_err(status)
+        bounded(Waits::Deploy, "starting the deployment", async move {
+            self.coordinator
+                .deploy(request.get_ref())
+                .await
+                .map(|d| Response::new(deploy_response(d)))
+                .map_err(status)
+        })
+        .await
     }
 
     async fn get_deployment(
         &self,
         request: Request<pb::GetDeploymentRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
-        self.coordinator
-            .record(&request.get_ref().deployment_id)
-            .await
-            .map(|r| Response::new(r.wire()))
-            .map_err(status)
+        bounded(Waits::Read, "reading the deployment", async move {
+            self.coordinator
+                .record(&request.get_ref().deployment_id)
+                .await
+                .map(|r| Response::new(r.wire()))
+                .map_err(status)
+        })
+        .await
     }
 
     type WatchDeploymentStream = BoxStream<pb::DeploymentEvent>;
@@ -398,11 +457,13 @@ impl CoordinatorService for CoordinatorGrpc {
         request: Request<pb::WatchDeploymentRequest>,
     ) -> Result<Response<Self::WatchDeploymentStream>, Status> {
         let r = request.into_inner();
-        let record = self
-            .coordinator
-            .record(&r.deployment_id)
-            .await
-            .map_err(status)?;
+        let record = bounded(Waits::Read, "reading the deployment", async {
+            self.coordinator
+                .record(&r.deployment_id)
+                .await
+                .map_err(status)
+        })
+        .await?;
         let journal = self.coordinator.journal.clone();
         let (tx, rx) = mpsc::channel(64);
         let id = r.deployment_id.clone();
@@ -427,34 +488,43 @@ impl CoordinatorService for CoordinatorGrpc {
         &self,
         request: Request<pb::PauseRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
-        let r = request.get_ref();
-        let said = said(r.actor.as_ref(), &r.reason);
-        self.command(&r.deployment_id, rollout::Command::Pause, None, said)
-            .await
+        bounded(Waits::Command, "pausing", async move {
+            let r = request.get_ref();
+            let said = said(r.actor.as_ref(), &r.reason);
+            self.command(&r.deployment_id, rollout::Command::Pause, None, said)
+                .await
+        })
+        .await
     }
 
     async fn resume(
         &self,
         request: Request<pb::ResumeRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
-        let r = request.get_ref();
-        let said = said(r.actor.as_ref(), "");
-        self.command(&r.deployment_id, rollout::Command::Resume, None, said)
-            .await
+        bounded(Waits::Command, "resuming", async move {
+            let r = request.get_ref();
+            let said = said(r.actor.as_ref(), "");
+            self.command(&r.deployment_id, rollout::Command::Resume, None, said)
+                .await
+        })
+        .await
     }
 
     async fn approve(
         &self,
         request: Request<pb::ApproveRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
-        let r = request.get_ref();
-        let said = said(r.actor.as_ref(), "");
-        self.command(
-            &r.deployment_id,
-            rollout::Command::Approve,
-            Some(&r.cluster),
-            said,
-        )
+        bounded(Waits::Command, "approving", async move {
+            let r = request.get_ref();
+            let said = said(r.actor.as_ref(), "");
+            self.command(
+                &r.deployment_id,
+                rollout::Command::Approve,
+                Some(&r.cluster),
+                said,
+            )
+            .await
+        })
         .await
     }
 
@@ -462,21 +532,27 @@ impl CoordinatorService for CoordinatorGrpc {
         &self,
         request: Request<pb::AbortRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
-        let r = request.get_ref();
-        let said = said(r.actor.as_ref(), &r.reason);
-        self.command(&r.deployment_id, rollout::Command::Abort, None, said)
-            .await
+        bounded(Waits::Command, "aborting", async move {
+            let r = request.get_ref();
+            let said = said(r.actor.as_ref(), &r.reason);
+            self.command(&r.deployment_id, rollout::Command::Abort, None, said)
+                .await
+        })
+        .await
     }
 
     async fn rollback(
         &self,
         request: Request<pb::RollbackServiceRequest>,
     ) -> Result<Response<pb::DeployResponse>, Status> {
-        self.coordinator
-            .rollback(request.get_ref())
-            .await
-            .map(|d| Response::new(deploy_response(d)))
-            .map_err(status)
+        bounded(Waits::Deploy, "starting the rollback", async move {
+            self.coordinator
+                .rollback(request.get_ref())
+                .await
+                .map(|d| Response::new(deploy_response(d)))
+                .map_err(status)
+        })
+        .await
     }
 
     async fn list_agents(
@@ -492,44 +568,48 @@ impl CoordinatorService for CoordinatorGrpc {
         &self,
         request: Request<pb::ListLocksRequest>,
     ) -> Result<Response<pb::ListLocksResponse>, Status> {
-        let cluster = &request.get_ref().cluster;
-        let client = self.coordinator.client.clone();
-        let mut lock_keys = Vec::new();
-        for prefix in [keys::LOCKS, keys::LEADER, "/lockstep/v1/clusters/"] {
-            let response = client
-                .clone()
-                .get(
-                    prefix,
-                    Some(GetOptions::new().with_prefix().with_keys_only()),
-                )
-                .await
-                .map_err(internal)?;
-            for kv in response.kvs() {
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                let is_slot = key.contains("/budget/");
-                if prefix.ends_with("clusters/") && !is_slot {
-                    continue;
+        bounded(Waits::Read, "listing locks", async move {
+            let cluster = &request.get_ref().cluster;
+            let client = self.coordinator.client.clone();
+            let mut lock_keys = Vec::new();
+            for prefix in [keys::LOCKS, keys::LEADER, "/lockstep/v1/clusters/"] {
+                let response = client
+                    .clone()
+                    .get(
+                        prefix,
+                        Some(GetOptions::new().with_prefix().with_keys_only()),
+                    )
+                    .await
+                    .map_err(internal)?;
+                for kv in response.kvs() {
+                    let key = String::from_utf8_lossy(kv.key()).into_owned();
+                    let is_slot = key.contains("/budget/");
+                    if prefix.ends_with("clusters/") && !is_slot {
+                        continue;
+                    }
+                    let in_cluster = is_slot && key.contains(&format!("/clusters/{cluster}/"));
+                    if !cluster.is_empty() && !in_cluster {
+                        continue;
+                    }
+                    lock_keys.push(key);
                 }
-                let in_cluster = is_slot && key.contains(&format!("/clusters/{cluster}/"));
-                if !cluster.is_empty() && !in_cluster {
-                    continue;
+            }
+            let mut locks = Vec::new();
+            for key in lock_keys {
+                if let Ok(Some(info)) = FencedMutex::at(key.clone()).inspect(&client).await {
+                    locks.push(crate::wire::lock(&info, crate::wire::lock_kind(&key)));
                 }
-                lock_keys.push(key);
             }
-        }
-        let mut locks = Vec::new();
-        for key in lock_keys {
-            if let Ok(Some(info)) = FencedMutex::at(key.clone()).inspect(&client).await {
-                locks.push(crate::wire::lock(&info, crate::wire::lock_kind(&key)));
-            }
-        }
-        Ok(Response::new(pb::ListLocksResponse { locks }))
+            Ok(Response::new(pb::ListLocksResponse { locks }))
+        })
+        .await
     }
 
     async fn break_lock(
         &self,
         request: Request<pb::BreakLockRequest>,
     ) -> Result<Response<pb::BreakLockResponse>, Status> {
+        bounded(Waits::Read, "breaking the lock", async move {
         let r = request.into_inner();
         if r.reason.trim().is_empty() {
             return Err(Status::invalid_argument(
@@ -557,29 +637,34 @@ impl CoordinatorService for CoordinatorGrpc {
                 }))
             }
         }
+            })
+        .await
     }
 
     async fn history(
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
-        let r = request.into_inner();
-        let limit = if r.limit == 0 { 20 } else { r.limit as usize };
-        let entries = self
-            .coordinator
-            .journal
-            .history(&r.service, limit)
-            .await
-            .map_err(internal)?;
-        Ok(Response::new(pb::HistoryResponse {
-            entries: entries
-                .into_iter()
-                .map(|(seq, record)| pb::HistoryEntry {
-                    seq,
-                    deployment: Some(record.wire()),
-                })
-                .collect(),
-        }))
+        bounded(Waits::Read, "reading history", async move {
+            let r = request.into_inner();
+            let limit = if r.limit == 0 { 20 } else { r.limit as usize };
+            let entries = self
+                .coordinator
+                .journal
+                .history(&r.service, limit)
+                .await
+                .map_err(internal)?;
+            Ok(Response::new(pb::HistoryResponse {
+                entries: entries
+                    .into_iter()
+                    .map(|(seq, record)| pb::HistoryEntry {
+                        seq,
+                        deployment: Some(record.wire()),
+                    })
+                    .collect(),
+            }))
+        })
+        .await
     }
 }
 

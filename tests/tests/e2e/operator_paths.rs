@@ -9,7 +9,9 @@ use lockstep_tests::operator::{
     active_deployment, agents_known, deploy, every_host_serves, finished, leader_url, on_target,
     push, record, start_deploy, strategy, text,
 };
-use lockstep_tests::{CoordinatorFixture, DemoRelease, EtcdCluster, FleetFixture, wait_for};
+use lockstep_tests::{
+    CoordinatorFixture, DemoRelease, EtcdCluster, FleetFixture, lockstep, wait_for,
+};
 use tokio::time::Instant;
 
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -103,4 +105,79 @@ async fn a_leader_stopped_mid_deploy_exits_promptly_and_deploy_wait_follows_the_
     );
     assert_eq!(finished(&etcd, &id).await.unwrap()["state"], "succeeded");
     every_host_serves(&fleet, "2.0.0").await.unwrap();
+}
+
+/// How long a CLI call may take against a hung etcd or coordinator: its
+/// default `--timeout` is 5 s (connect, then request); the rest is margin
+/// for a loaded 2-core machine. Without deadlines the calls never return.
+const HUNG_BOUND: Duration = Duration::from_secs(30);
+
+/// Runs `lockstep ARGS` against `urls` and fails unless it exits 69 within
+/// [`HUNG_BOUND`], saying `why` on stderr.
+async fn exits_unavailable(urls: &[String], args: &[&str], what: &str, why: &str) {
+    let output = tokio::time::timeout(HUNG_BOUND, lockstep(urls, args))
+        .await
+        .unwrap_or_else(|_| panic!("`lockstep {}` hung with {what}", args.join(" ")))
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(69),
+        "`lockstep {}` with {what}: {}",
+        args.join(" "),
+        text(&output)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains(why),
+        "`lockstep {}` with {what} does not say {why:?}: {}",
+        args.join(" "),
+        text(&output)
+    );
+}
+
+/// Reproduces #12 item 8: with etcd hung (SIGSTOP), `lockstep status` and
+/// `lockstep deploy` never returned, though the guide promises exit 69; a
+/// hung coordinator hung them the same way. Every operator call now has a
+/// deadline, and the coordinator answers UNAVAILABLE when etcd does not.
+#[tokio::test]
+async fn a_hung_etcd_or_coordinator_gets_exit_69_instead_of_a_hang() {
+    let mut etcd = EtcdCluster::single().await.unwrap();
+    let coordinator = CoordinatorFixture::start(&etcd.endpoints(), TTL_SECS)
+        .await
+        .unwrap();
+    let urls = vec![coordinator.url()];
+    wait_for("the coordinator to lead", DEADLINE, || async {
+        leader_url(&etcd)
+            .await
+            .filter(|u| *u == coordinator.url())
+            .ok_or("no leader yet")
+    })
+    .await
+    .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let v1 = DemoRelease::new("1.0.0", 1).build(work.path()).unwrap();
+    let digest = push(&urls, &v1).await.unwrap();
+    let fast = strategy(work.path(), "fast", "200ms").unwrap();
+    let fast = fast.display().to_string();
+    let deploy_args = [
+        "deploy",
+        "--service",
+        "demo",
+        "--release",
+        digest.as_str(),
+        "--strategy",
+        fast.as_str(),
+    ];
+
+    etcd.pause(0).unwrap();
+    // The coordinator itself answers, naming etcd.
+    let etcd_hung = "etcd did not answer";
+    exits_unavailable(&urls, &["status"], "etcd stopped", etcd_hung).await;
+    exits_unavailable(&urls, &deploy_args, "etcd stopped", etcd_hung).await;
+    etcd.resume(0).unwrap();
+
+    coordinator.pause().unwrap();
+    let no_answer = "no answer within";
+    exits_unavailable(&urls, &["status"], "the coordinator stopped", no_answer).await;
+    exits_unavailable(&urls, &deploy_args, "the coordinator stopped", no_answer).await;
+    coordinator.resume().unwrap();
 }

@@ -63,6 +63,18 @@ struct Cli {
     /// The private key (PEM) of `--cert`.
     #[arg(long, global = true, value_name = "FILE", env = "LOCKSTEP_KEY")]
     key: Option<PathBuf>,
+    /// How long to wait for a coordinator to connect, and for each answer
+    /// (`500ms`, `5s`, `1m`); then exit 69. A `watch` stream is bounded
+    /// while it opens and while it is silent, not for its length.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DURATION",
+        env = "LOCKSTEP_TIMEOUT",
+        default_value = client::DEFAULT_TIMEOUT,
+        value_parser = client::parse_timeout
+    )]
+    timeout: std::time::Duration,
     /// Output format: text for people, json for scripts (`watch`: one event
     /// object per line).
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
@@ -110,7 +122,7 @@ enum Command {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     let urls = client::parse_urls(&cli.coordinators).map_err(Failure::Local)?;
-    let mut c = Coordinators::new(urls).with_tls(client::TlsFlags {
+    let mut c = Coordinators::new(urls, cli.timeout).with_tls(client::TlsFlags {
         ca: cli.ca,
         cert: cli.cert,
         key: cli.key,

@@ -30,6 +30,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Bars refresh at most this often: a replay of thousands of events must
 /// not become thousands of `GetDeployment` calls.
 const REFRESH_EVERY: Duration = Duration::from_millis(250);
+/// A stream with no event for this long is asked whether it is alive: a
+/// batch under observation is quiet for `min_healthy_time`, so silence
+/// alone is not a failure.
+const STREAM_IDLE: Duration = Duration::from_secs(15);
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -70,7 +74,17 @@ pub async fn run(c: &mut Coordinators, id: &str, output: Output) -> Result<(), F
             Ok(mut stream) => {
                 opened_once = true;
                 loop {
-                    match stream.message().await {
+                    let Ok(message) = tokio::time::timeout(STREAM_IDLE, stream.message()).await
+                    else {
+                        match get(c, id).await {
+                            Ok(d) if render::exit_code_for(d.state).is_some() => {
+                                return finish(c, &mut view, id, d.state).await;
+                            }
+                            Ok(_) => continue,
+                            Err(failure) => break failure.to_string(),
+                        }
+                    };
+                    match message {
                         Ok(Some(event)) => {
                             broken_since = None;
                             backoff = FIRST_BACKOFF;
