@@ -176,11 +176,8 @@ impl DeploymentRecord {
                 version: self.target_version.clone(),
             }),
             state: self.state.wire().into(),
-            reason: if self.outcome.is_empty() {
-                self.reason.clone()
-            } else {
-                self.outcome.clone()
-            },
+            reason: self.reason.clone(),
+            outcome: self.outcome.clone(),
             fencing_token: self.token,
             actor: Some(pb::Actor {
                 user: self.actor_user.clone(),

@@ -6,8 +6,9 @@
 use std::time::Duration;
 
 use lockstep_tests::operator::{
-    active_deployment, agents_known, deploy, every_host_serves, finished, leader_url, on_target,
-    push, record, start_deploy, strategy, text,
+    active_deployment, agents_known, deploy, deployment_id, every_host_serves, finished,
+    history_entry, leader_url, lockstep_json, on_target, push, record, start_deploy, strategy,
+    text,
 };
 use lockstep_tests::{
     CoordinatorFixture, DemoRelease, EtcdCluster, FleetFixture, lockstep, wait_for,
@@ -180,4 +181,52 @@ async fn a_hung_etcd_or_coordinator_gets_exit_69_instead_of_a_hang() {
     exits_unavailable(&urls, &["status"], "the coordinator stopped", no_answer).await;
     exits_unavailable(&urls, &deploy_args, "the coordinator stopped", no_answer).await;
     coordinator.resume().unwrap();
+}
+
+/// etcd, one coordinator that leads, and a fleet reporting to it.
+async fn stage(layout: &[(&str, &str)]) -> (EtcdCluster, CoordinatorFixture, FleetFixture) {
+    let etcd = EtcdCluster::single().await.unwrap();
+    let coordinator = CoordinatorFixture::start(&etcd.endpoints(), TTL_SECS)
+        .await
+        .unwrap();
+    let urls = vec![coordinator.url()];
+    let fleet = FleetFixture::start(layout, &etcd.endpoints(), &urls)
+        .await
+        .unwrap();
+    agents_known(&urls, layout.len()).await.unwrap();
+    (etcd, coordinator, fleet)
+}
+
+/// Reproduces #12 item 9: after `deploy --reason JIRA-123`, `history`
+/// showed `"reason":"succeeded"`: the outcome overwrote the operator's
+/// reason. Both are kept now, as separate fields, in `history` and
+/// `status ID`.
+#[tokio::test]
+async fn the_operators_reason_is_kept_to_the_end_beside_the_outcome() {
+    let (_etcd, coordinator, fleet) = stage(&[("r-1", "r")]).await;
+    let urls = vec![coordinator.url()];
+    let work = tempfile::tempdir().unwrap();
+    let v1 = DemoRelease::new("1.0.0", 1).build(work.path()).unwrap();
+    let digest = push(&urls, &v1).await.unwrap();
+    let fast = strategy(work.path(), "fast", "200ms").unwrap();
+    let output = deploy(&urls, &digest, &fast, &["--reason", "JIRA-123", "--wait"])
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let id = deployment_id(&output).unwrap();
+
+    let entry = history_entry(&urls, &id).await.unwrap();
+    assert_eq!(entry["reason"], "JIRA-123", "{entry}");
+    assert_eq!(entry["state"], "succeeded", "{entry}");
+    assert_eq!(entry["outcome"], "succeeded", "{entry}");
+    let shown = lockstep_json(&urls, &["status", &id]).await.unwrap();
+    assert_eq!(shown["reason"], "JIRA-123", "{shown}");
+    assert_eq!(shown["outcome"], "succeeded", "{shown}");
+    let history = lockstep(&urls, &["history", "demo"]).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&history.stdout).contains("JIRA-123"),
+        "{}",
+        text(&history)
+    );
+    drop(fleet);
 }

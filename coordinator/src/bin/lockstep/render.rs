@@ -112,6 +112,9 @@ pub fn deployment(d: &Deployment, now: i64) -> String {
     if !d.reason.is_empty() {
         out.push_str(&format!("  reason:   {}\n", d.reason));
     }
+    if !d.outcome.is_empty() {
+        out.push_str(&format!("  outcome:  {}\n", d.outcome));
+    }
     out.push_str(&format!("  actor:    {actor}\n"));
     out.push_str(&format!(
         "  created:  {} ({})\n",
@@ -169,10 +172,12 @@ pub fn event_line(e: &DeploymentEvent) -> String {
 /// The last line of `watch`: how the deployment ended.
 pub fn finished_line(d: &Deployment) -> String {
     let state = json::deployment_state(d.state).replace('_', " ");
-    if d.reason.is_empty() {
+    // The outcome repeats the state when there is nothing more to say.
+    let outcome = d.outcome.replace('_', " ");
+    if outcome.is_empty() || outcome == state {
         format!("deployment {} {state}", d.id)
     } else {
-        format!("deployment {} {state}: {}", d.id, d.reason)
+        format!("deployment {} {state}: {}", d.id, d.outcome)
     }
 }
 
@@ -300,15 +305,16 @@ pub fn history(entries: &[HistoryEntry], service: &str) -> String {
                     .map_or_else(|| "-".to_owned(), |a| format!("{}@{}", a.user, a.host)),
                 utc(d.created_unix_ms),
                 utc(d.finished_unix_ms),
+                or_dash(&d.reason),
                 // One row per deployment: a failure's log lines are in
                 // `lockstep status ID` and `--output json`.
-                or_dash(d.reason.lines().next().unwrap_or_default()),
+                or_dash(d.outcome.lines().next().unwrap_or_default()),
             ]
         })
         .collect();
     table(
         &[
-            "ID", "STATE", "TARGET", "ACTOR", "STARTED", "FINISHED", "REASON",
+            "ID", "STATE", "TARGET", "ACTOR", "STARTED", "FINISHED", "REASON", "OUTCOME",
         ],
         &rows,
     )
@@ -650,7 +656,8 @@ mod tests {
                 version: "1.4.3".to_owned(),
             }),
             state: DeploymentState::RolledBack as i32,
-            reason: "canary check failed".to_owned(),
+            reason: "JIRA-7".to_owned(),
+            outcome: "canary check failed".to_owned(),
             fencing_token: 18,
             actor: Some(Actor {
                 user: "bob".to_owned(),
@@ -667,7 +674,8 @@ mod tests {
         };
         let text = deployment(&d, NOW);
         assert!(text.contains("state:    rolled_back"), "{text}");
-        assert!(text.contains("reason:   canary check failed"), "{text}");
+        assert!(text.contains("reason:   JIRA-7"), "{text}");
+        assert!(text.contains("outcome:  canary check failed"), "{text}");
         assert!(text.contains("took 1m00s"), "{text}");
         assert!(text.contains("  eu-1     0/4        1"), "{text}");
         assert_eq!(
