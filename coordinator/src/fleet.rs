@@ -258,8 +258,25 @@ impl FleetView {
         }
     }
 
+    /// The release every host of `service` runs now, when they all run the
+    /// same one (`None`: mixed, or no host reports it).
+    pub fn uniform_current(&self, service: &str) -> Option<String> {
+        let mut seen = std::collections::BTreeSet::new();
+        self.with_agents(|agents| {
+            for entry in agents.values() {
+                if let Some(s) = entry.services.get(service) {
+                    seen.insert(s.current.as_ref().map(|r| r.digest.clone()));
+                }
+            }
+        });
+        match seen.into_iter().collect::<Vec<_>>().as_slice() {
+            [Some(only)] => Some(only.clone()),
+            _ => None,
+        }
+    }
+
     /// What hosts of `service` ran before their current release, most
-    /// common first: the target of `lockstep rollback`.
+    /// common first.
     pub fn previous_release(&self, service: &str) -> Option<pb::ReleaseRef> {
         let mut counts: BTreeMap<String, (usize, pb::ReleaseRef)> = BTreeMap::new();
         self.with_agents(|agents| {

@@ -36,6 +36,7 @@ use crate::effects::AgentDialer;
 use crate::fleet::{FleetView, NOT_INSTALLED};
 use crate::journal::{Journal, JournalError};
 use crate::record::{DeploymentRecord, DeploymentState};
+use crate::release_choice::{Finished, NamedRelease, rollback_target};
 
 type DriverJob = Pin<Box<dyn Future<Output = (String, DriverExit)> + Send>>;
 
@@ -62,6 +63,17 @@ pub enum NotServed {
     #[error("{0}")]
     Internal(String),
 }
+
+/// Why a deployment is planned: a rollback never rehearses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Deploy,
+    Rollback,
+}
+
+/// How many of a service's latest deployments a rollback looks through
+/// for one that succeeded.
+const ROLLBACK_HISTORY: usize = 50;
 
 /// The outcome of a Deploy request.
 #[derive(Debug)]
@@ -309,12 +321,14 @@ impl Coordinator {
         (id, driver.run(first, rx).await)
     }
 
-    /// Builds the plan of deploying `digest` to `service` with `strategy_toml`.
+    /// Builds the plan of deploying `digest` to `service` with `strategy_toml`;
+    /// a rollback (`purpose`) never rehearses.
     async fn planned(
         &self,
         service: &str,
         digest: &str,
         strategy_toml: &str,
+        purpose: Purpose,
     ) -> Result<Result<(rollout::Plan, crate::depot::ReleaseEntry), Vec<String>>, NotServed> {
         let target = ReleaseDigest::parse(digest).map_err(|e| NotServed::Invalid(e.to_string()))?;
         let entry = self
@@ -358,6 +372,11 @@ impl Coordinator {
             // A first install has nothing to rehearse a rollback to.
             strategy.rehearse_rollback = false;
         }
+        if purpose == Purpose::Rollback {
+            // Going back in an emergency must not re-apply what it leaves
+            // (the rehearsal's "previous" is the release being left).
+            strategy.rehearse_rollback = false;
+        }
         let input = PlanInput {
             fleet: &hosts.fleet,
             strategy: &strategy,
@@ -378,23 +397,37 @@ impl Coordinator {
         digest: &str,
         strategy_toml: &str,
     ) -> Result<pb::PlanResponse, NotServed> {
-        Ok(match self.planned(service, digest, strategy_toml).await? {
-            Ok((plan, _)) => crate::wire::plan(&plan),
-            Err(problems) => pb::PlanResponse {
-                problems,
-                ..Default::default()
+        Ok(
+            match self
+                .planned(service, digest, strategy_toml, Purpose::Deploy)
+                .await?
+            {
+                Ok((plan, _)) => crate::wire::plan(&plan),
+                Err(problems) => pb::PlanResponse {
+                    problems,
+                    ..Default::default()
+                },
             },
-        })
+        )
     }
 
     /// `lockstep deploy`: refuses at once when the service's lock is held.
     pub async fn deploy(&self, request: &pb::DeployRequest) -> Result<Deployed, NotServed> {
+        self.deploy_for(request, Purpose::Deploy).await
+    }
+
+    async fn deploy_for(
+        &self,
+        request: &pb::DeployRequest,
+        purpose: Purpose,
+    ) -> Result<Deployed, NotServed> {
         let leading = self.require_leader().await?;
         let (plan, entry) = match self
             .planned(
                 &request.service,
                 &request.release_digest,
                 &request.strategy_toml,
+                purpose,
             )
             .await?
         {
@@ -410,23 +443,17 @@ impl Coordinator {
             .map_err(|e| NotServed::Internal(format!("the deployment start failed: {e}")))?
     }
 
-    /// `lockstep rollback SERVICE`: deploys what the hosts ran before.
+    /// `lockstep rollback SERVICE`: deploys the release `rollback_target`
+    /// chooses, without a rehearsal.
     pub async fn rollback(
         &self,
         request: &pb::RollbackServiceRequest,
     ) -> Result<Deployed, NotServed> {
-        let previous = self
-            .fleet
-            .previous_release(&request.service)
-            .ok_or_else(|| {
-                NotServed::NotFound(format!(
-                    "no host of {} reports a previous release to roll back to",
-                    request.service
-                ))
-            })?;
-        self.deploy(&pb::DeployRequest {
+        let target = self.rollback_target(request).await?;
+        let digest = target.release.map(|r| r.digest).unwrap_or_default();
+        let request = pb::DeployRequest {
             service: request.service.clone(),
-            release_digest: previous.digest,
+            release_digest: digest,
             strategy_toml: request.strategy_toml.clone(),
             actor: request.actor.clone(),
             reason: if request.reason.is_empty() {
@@ -434,8 +461,71 @@ impl Coordinator {
             } else {
                 format!("rollback: {}", request.reason)
             },
+        };
+        self.deploy_for(&request, Purpose::Rollback).await
+    }
+
+    /// The release a rollback goes to: the one named (`release_digest`), or
+    /// the last release that succeeded on the service, other than the one
+    /// every host already runs (history, newest first).
+    pub async fn rollback_target(
+        &self,
+        request: &pb::RollbackServiceRequest,
+    ) -> Result<pb::RollbackTargetResponse, NotServed> {
+        let service = &request.service;
+        if !request.release_digest.is_empty() {
+            let entry = self
+                .depot
+                .entry(service, &request.release_digest)
+                .await
+                .map_err(|e| NotServed::Internal(e.to_string()))?
+                .ok_or_else(|| {
+                    NotServed::NotFound(format!(
+                        "release {} of {service} is not known (see `lockstep release list --service {service}`)",
+                        request.release_digest
+                    ))
+                })?;
+            return Ok(pb::RollbackTargetResponse {
+                release: Some(pb::ReleaseRef {
+                    service: service.clone(),
+                    digest: entry.digest,
+                    version: entry.version,
+                }),
+                why: "the release named with --to".to_owned(),
+            });
+        }
+        let history: Vec<Finished> = self
+            .journal
+            .history(service, ROLLBACK_HISTORY)
+            .await
+            .map_err(|e| NotServed::Internal(e.to_string()))?
+            .into_iter()
+            .map(|(_, r)| Finished {
+                deployment: r.id,
+                succeeded: r.state == DeploymentState::Succeeded,
+                release: NamedRelease {
+                    digest: r.target_digest,
+                    version: r.target_version,
+                },
+            })
+            .collect();
+        let fleet_on = self.fleet.uniform_current(service);
+        let chosen = rollback_target(&history, fleet_on.as_deref()).ok_or_else(|| {
+            NotServed::NotFound(format!(
+                "no earlier release of {service} succeeded in its last {ROLLBACK_HISTORY} deployments: name one with `lockstep rollback {service} --to VERSION|DIGEST`"
+            ))
+        })?;
+        Ok(pb::RollbackTargetResponse {
+            release: Some(pb::ReleaseRef {
+                service: service.clone(),
+                digest: chosen.release.digest.clone(),
+                version: chosen.release.version.clone(),
+            }),
+            why: format!(
+                "the last release that succeeded on {service} (deployment {})",
+                chosen.deployment
+            ),
         })
-        .await
     }
 
     /// Pause, resume, approve, abort, rollback of a running deployment.

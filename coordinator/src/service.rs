@@ -555,6 +555,20 @@ impl CoordinatorService for CoordinatorGrpc {
         .await
     }
 
+    async fn rollback_target(
+        &self,
+        request: Request<pb::RollbackServiceRequest>,
+    ) -> Result<Response<pb::RollbackTargetResponse>, Status> {
+        bounded(Waits::Read, "choosing the rollback target", async move {
+            self.coordinator
+                .rollback_target(request.get_ref())
+                .await
+                .map(Response::new)
+                .map_err(status)
+        })
+        .await
+    }
+
     async fn list_agents(
         &self,
         request: Request<pb::ListAgentsRequest>,

@@ -230,3 +230,79 @@ async fn the_operators_reason_is_kept_to_the_end_beside_the_outcome() {
     );
     drop(fleet);
 }
+
+/// Reproduces #12 item 2: `lockstep rollback SERVICE` took "the release
+/// before the current one" (the most common previous release on the
+/// hosts), not the last good one, and with `rehearse_rollback` on by
+/// default re-applied the release it was leaving to the canary as a
+/// "rehearsal". Here an abort leaves the fleet half on 3.0.0: the rollback
+/// says it goes to 2.0.0, the last release that succeeded, and goes there
+/// without a rehearsal. `--to VERSION` and digest prefixes name releases.
+#[tokio::test]
+async fn rollback_goes_to_the_last_release_that_succeeded_without_a_rehearsal() {
+    let (etcd, coordinator, fleet) = stage(&[("b-1", "b"), ("b-2", "b"), ("b-3", "b")]).await;
+    let urls = vec![coordinator.url()];
+    let work = tempfile::tempdir().unwrap();
+    let fast = strategy(work.path(), "fast", "200ms").unwrap();
+    let mut digests = Vec::new();
+    for version in ["1.0.0", "2.0.0", "3.0.0"] {
+        let bundle = DemoRelease::new(version, 1).build(work.path()).unwrap();
+        digests.push(push(&urls, &bundle).await.unwrap());
+    }
+    for digest in &digests[..2] {
+        let id = start_deploy(&urls, digest, &fast).await.unwrap();
+        assert_eq!(finished(&etcd, &id).await.unwrap()["state"], "succeeded");
+    }
+    // 3.0.0 reaches its canary; the operator aborts it there.
+    let slow = strategy(work.path(), "slow", "60s").unwrap();
+    let id3 = start_deploy(&urls, &digests[2], &slow).await.unwrap();
+    wait_for("the canary to be on 3.0.0", DEADLINE, || async {
+        let r = record(&etcd, &id3).await.map_err(|e| e.to_string())?;
+        if on_target(&r) >= 1 {
+            Ok(())
+        } else {
+            Err(format!("{r}"))
+        }
+    })
+    .await
+    .unwrap();
+    lockstep_json(&urls, &["abort", &id3, "--reason", "bad canary"])
+        .await
+        .unwrap();
+    assert_eq!(finished(&etcd, &id3).await.unwrap()["state"], "aborted");
+
+    let fast_arg = fast.display().to_string();
+    let rollback = ["rollback", "demo", "--wait", "--strategy", fast_arg.as_str()];
+    let output = lockstep(&urls, &rollback).await.unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("rolling back demo to 2.0.0 ({})", digests[1])),
+        "the target is named before it acts: {}",
+        text(&output)
+    );
+    assert!(
+        !String::from_utf8_lossy(&output.stdout).contains("rehearsing"),
+        "a rollback does not rehearse: {}",
+        text(&output)
+    );
+    every_host_serves(&fleet, "2.0.0").await.unwrap();
+
+    // --to chooses, by version; a deploy takes a unique digest prefix.
+    let to_v1 = [
+        "rollback",
+        "demo",
+        "--to",
+        "1.0.0",
+        "--wait",
+        "--strategy",
+        fast_arg.as_str(),
+    ];
+    let output = lockstep(&urls, &to_v1).await.unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    every_host_serves(&fleet, "1.0.0").await.unwrap();
+    let prefix = &digests[1]["sha256:".len().."sha256:".len() + 12];
+    let output = deploy(&urls, prefix, &fast, &["--wait"]).await.unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    every_host_serves(&fleet, "2.0.0").await.unwrap();
+}

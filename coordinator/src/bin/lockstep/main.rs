@@ -27,6 +27,7 @@ mod json;
 mod locks;
 mod plan;
 mod release_cmd;
+mod release_name;
 mod render;
 mod rollback;
 mod status;
@@ -110,7 +111,7 @@ enum Command {
     Approve(control::ApproveArgs),
     /// Stop a deployment for good (--reason required).
     Abort(control::AbortArgs),
-    /// Deploy the release a service ran before its current one.
+    /// Deploy the last release that succeeded on a service (or `--to` one), without a rehearsal.
     Rollback(rollback::Args),
     /// Agents: reachability, last report, services with release and readiness.
     Agents(agents::Args),
@@ -219,7 +220,7 @@ mod tests {
     }
 
     #[test]
-    fn deploy_requires_service_and_a_valid_digest() {
+    fn deploy_requires_service_and_a_release_name() {
         let cli = parse(&[
             "deploy",
             "--service",
@@ -237,8 +238,11 @@ mod tests {
         assert!(d.wait);
         assert_eq!(d.reason, "fix");
         assert!(parse(&["deploy", "--service", "web"]).is_err());
-        let bad = parse(&["deploy", "--service", "web", "--release", "abc"]).unwrap_err();
-        assert!(bad.to_string().contains("sha256:"), "{bad}");
+        // A version or a digest prefix is resolved against the index later.
+        let cli = parse(&["deploy", "--service", "web", "--release", "1.4.2"]).unwrap();
+        assert!(matches!(cli.command, Command::Deploy(d) if d.release == "1.4.2"));
+        let cli = parse(&["rollback", "web", "--to", "abcd"]).unwrap();
+        assert!(matches!(cli.command, Command::Rollback(r) if r.to.as_deref() == Some("abcd")));
     }
 
     #[test]
