@@ -354,7 +354,15 @@ impl Coordinator {
             let policy = leases::DisruptionBudget::new(cluster.name.as_str())
                 .policy(&self.client)
                 .await
-                .map_err(|e| NotServed::Internal(e.to_string()))?;
+                .map_err(|e| match e {
+                    // The operator's own key: say which and what is wrong,
+                    // not that the coordinator is unavailable.
+                    leases::SemaphoreError::BadValue { key, source } => NotServed::Refused(format!(
+                        "cluster {}'s budget policy {key} is malformed ({source}); write it as `etcdctl put {key} '{{\"max_disruptions\": N}}'`, or delete it for the default",
+                        cluster.name
+                    )),
+                    other => NotServed::Internal(other.to_string()),
+                })?;
             cluster.max_disruptions = usize::try_from(policy.max_disruptions).ok();
         }
         if !hosts.unreachable.is_empty() {

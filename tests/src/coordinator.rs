@@ -167,7 +167,7 @@ pub async fn lockstep(urls: &[String], args: &[&str]) -> Result<Output, HarnessE
     lockstep_command(urls, &[], args).await
 }
 
-/// Runs `lockstep --ca … --cert … --key … --coordinator URL... ARGS`: the
+/// Runs `lockstep --ca … --cert … --tls-key … --coordinator URL... ARGS`: the
 /// CLI as the operator whose certificate `operator` holds.
 pub async fn lockstep_tls(
     urls: &[String],
@@ -192,6 +192,8 @@ async fn lockstep_command(
         .env_remove("LOCKSTEP_CA")
         .env_remove("LOCKSTEP_CERT")
         .env_remove("LOCKSTEP_KEY")
+        .env_remove("LOCKSTEP_TLS_KEY")
+        .env_remove("LOCKSTEP_TIMEOUT")
         .args(global)
         .args(args)
         .stdin(Stdio::null())

@@ -272,7 +272,13 @@ async fn rollback_goes_to_the_last_release_that_succeeded_without_a_rehearsal() 
     assert_eq!(finished(&etcd, &id3).await.unwrap()["state"], "aborted");
 
     let fast_arg = fast.display().to_string();
-    let rollback = ["rollback", "demo", "--wait", "--strategy", fast_arg.as_str()];
+    let rollback = [
+        "rollback",
+        "demo",
+        "--wait",
+        "--strategy",
+        fast_arg.as_str(),
+    ];
     let output = lockstep(&urls, &rollback).await.unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -305,4 +311,91 @@ async fn rollback_goes_to_the_last_release_that_succeeded_without_a_rehearsal() 
     let output = deploy(&urls, prefix, &fast, &["--wait"]).await.unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     every_host_serves(&fleet, "2.0.0").await.unwrap();
+}
+
+/// Reproduces #12 item 10, the coordinator and CLI side: `lockstep status`
+/// had no STATE column (a paused deployment, or one awaiting approval,
+/// looked like any other); `deploy --wait` printed a failure's reason, with
+/// the app's log lines, five times; a malformed budget policy in etcd made
+/// `lockstep plan` say the coordinator was unavailable.
+#[tokio::test]
+async fn status_shows_state_a_failure_is_told_once_and_a_bad_policy_is_named() {
+    let (etcd, coordinator, fleet) = stage(&[("q-1", "q"), ("q-2", "q")]).await;
+    let urls = vec![coordinator.url()];
+    let work = tempfile::tempdir().unwrap();
+    let fast = strategy(work.path(), "fast", "200ms").unwrap();
+    let v1 = DemoRelease::new("1.0.0", 1).build(work.path()).unwrap();
+    let bad = DemoRelease::new("2.0.0", 1)
+        .with_unknown_config_key()
+        .build(work.path())
+        .unwrap();
+    let v3 = DemoRelease::new("3.0.0", 1).build(work.path()).unwrap();
+    let d1 = push(&urls, &v1).await.unwrap();
+    let d2 = push(&urls, &bad).await.unwrap();
+    let d3 = push(&urls, &v3).await.unwrap();
+    let output = deploy(&urls, &d1, &fast, &["--wait"]).await.unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+
+    // The app's refusal names the key on one log line; the operator reads
+    // that line once, not once per place the reason travels.
+    let output = deploy(&urls, &d2, &fast, &["--wait"]).await.unwrap();
+    assert_eq!(output.status.code(), Some(3), "{}", text(&output));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let told = all
+        .lines()
+        .filter(|l| l.contains("metrics_endpoint"))
+        .count();
+    assert_eq!(told, 1, "the failure is told once:\n{all}");
+
+    // A paused deployment says so in `status`.
+    let slow = strategy(work.path(), "slow", "60s").unwrap();
+    let id = start_deploy(&urls, &d3, &slow).await.unwrap();
+    lockstep_json(&urls, &["pause", &id, "--reason", "looking"])
+        .await
+        .unwrap();
+    let shown = lockstep(&urls, &["status"]).await.unwrap();
+    let stdout = String::from_utf8_lossy(&shown.stdout);
+    assert!(stdout.contains("STATE"), "{}", text(&shown));
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains(&id) && l.contains("paused")),
+        "{}",
+        text(&shown)
+    );
+    let json = lockstep_json(&urls, &["status"]).await.unwrap();
+    assert_eq!(json["deployments"][0]["id"], id, "{json}");
+    assert_eq!(json["deployments"][0]["state"], "paused", "{json}");
+    lockstep_json(&urls, &["abort", &id, "--reason", "done looking"])
+        .await
+        .unwrap();
+    finished(&etcd, &id).await.unwrap();
+
+    // A malformed policy is named, with its key and the problem.
+    let key = "/lockstep/v1/clusters/q/policy";
+    let mut client = etcd.client().await.unwrap();
+    client
+        .put(key, "{\"max_disruptions\": \"two\"}", None)
+        .await
+        .unwrap();
+    let output = lockstep(
+        &urls,
+        &["plan", "--service", "demo", "--release", d3.as_str()],
+    )
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        stderr.contains(key)
+            && stderr.contains("max_disruptions")
+            && !stderr.contains("unavailable"),
+        "{}",
+        text(&output)
+    );
+    drop(fleet);
 }

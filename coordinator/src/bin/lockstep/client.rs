@@ -8,7 +8,7 @@
 //! from RPC errors to exit codes. Every verb calls the coordinator through
 //! [`Coordinators::call`]. An `https://` coordinator (given, or named by a
 //! redirect) is dialled over mTLS with the operator's `--ca`, `--cert` and
-//! `--key`, read on first use.
+//! `--tls-key`, read on first use.
 //!
 //! Every call has a deadline (`--timeout`): connecting, and the answer. A
 //! coordinator that does not answer in time — hung, or waiting on a hung
@@ -75,7 +75,7 @@ pub enum Failure {
     NotAllowed(String),
     /// The TLS handshake failed: a certificate was refused.
     #[error(
-        "{url} refused the TLS connection ({detail}): it accepts only client certificates chained to its tls.ca; check --cert and --key (LOCKSTEP_CERT, LOCKSTEP_KEY), and --ca for its own certificate"
+        "{url} refused the TLS connection ({detail}): it accepts only client certificates chained to its tls.ca; check --cert and --tls-key (LOCKSTEP_CERT, LOCKSTEP_TLS_KEY), and --ca for its own certificate"
     )]
     Tls { url: String, detail: String },
     /// The coordinator refused the call; its message says what to do next.
@@ -86,9 +86,14 @@ pub enum Failure {
     Locked(String),
     #[error("{0}")]
     Local(String),
-    /// A watched deployment ended other than succeeded.
+    /// A watched deployment ended other than succeeded. `shown`: its line
+    /// is already on stdout, so it is not repeated on stderr.
     #[error("{message}")]
-    Outcome { code: u8, message: String },
+    Outcome {
+        code: u8,
+        message: String,
+        shown: bool,
+    },
 }
 
 impl Failure {
@@ -107,6 +112,12 @@ impl Failure {
             Self::Refused(_) | Self::Local(_) => EXIT_FAILED,
             Self::Outcome { code, .. } => *code,
         }
+    }
+
+    /// Whether the failure's text is already on stdout (the last line of
+    /// `watch`): printing it again on stderr would only repeat it.
+    pub fn already_shown(&self) -> bool {
+        matches!(self, Self::Outcome { shown: true, .. })
     }
 
     /// Whether waiting and calling again may help (used by `watch` to ride
@@ -212,7 +223,7 @@ fn is_not_leader(status: &tonic::Status) -> bool {
 /// Splits and normalises `--coordinator` values: commas separate URLs
 /// (clap splits them too; an env value may hold several), a bare
 /// `host:port` means `http://host:port`; `https://` needs `--ca`, `--cert`
-/// and `--key` (checked when it is dialled).
+/// and `--tls-key` (checked when it is dialled).
 pub fn parse_urls(values: &[String]) -> Result<Vec<String>, String> {
     let mut out: Vec<String> = Vec::new();
     for raw in values.iter().flat_map(|v| v.split(',')) {
@@ -243,7 +254,7 @@ pub fn parse_urls(values: &[String]) -> Result<Vec<String>, String> {
 }
 
 /// What the operator tells a TLS coordinator about themselves: `--ca`,
-/// `--cert`, `--key` (or `LOCKSTEP_CA`, `LOCKSTEP_CERT`, `LOCKSTEP_KEY`).
+/// `--cert`, `--tls-key` (or `LOCKSTEP_CA`, `LOCKSTEP_CERT`, `LOCKSTEP_TLS_KEY`).
 #[derive(Debug, Clone, Default)]
 pub struct TlsFlags {
     pub ca: Option<PathBuf>,
@@ -252,7 +263,7 @@ pub struct TlsFlags {
 }
 
 /// Appended to a transport failure on an `https://` coordinator.
-const TLS_REFUSAL_HINT: &str = "if the coordinator is up, it may have refused this TLS client certificate: it accepts only certificates chained to its tls.ca; check --cert and --key";
+const TLS_REFUSAL_HINT: &str = "if the coordinator is up, it may have refused this TLS client certificate: it accepts only certificates chained to its tls.ca; check --cert and --tls-key";
 
 /// Appended to a failure to reach an `https://` coordinator.
 const TLS_HINT: &str = "TLS: the coordinator must trust the CA that signed --cert, and its own certificate must chain to --ca and name the host in the URL";
@@ -350,13 +361,13 @@ impl Coordinators {
         }
         let TlsFlags { ca, cert, key } = self.tls_flags.clone();
         let (Some(ca), Some(cert), Some(key)) = (ca.clone(), cert.clone(), key.clone()) else {
-            let missing: Vec<&str> = [("--ca", &ca), ("--cert", &cert), ("--key", &key)]
+            let missing: Vec<&str> = [("--ca", &ca), ("--cert", &cert), ("--tls-key", &key)]
                 .into_iter()
                 .filter(|(_, v)| v.is_none())
                 .map(|(flag, _)| flag)
                 .collect();
             return Err(Failure::Local(format!(
-                "{url} is a TLS coordinator: it requires a client certificate, but {} {} not given; pass --ca CA.pem --cert CERT.pem --key KEY.pem (or set LOCKSTEP_CA, LOCKSTEP_CERT and LOCKSTEP_KEY)",
+                "{url} is a TLS coordinator: it requires a client certificate, but {} {} not given; pass --ca CA.pem --cert CERT.pem --tls-key KEY.pem (or set LOCKSTEP_CA, LOCKSTEP_CERT and LOCKSTEP_TLS_KEY)",
                 missing.join(", "),
                 if missing.len() == 1 { "is" } else { "are" },
             )));
@@ -365,7 +376,7 @@ impl Coordinators {
         let material = tokio::task::spawn_blocking(move || tls::TlsMaterial::load(&paths))
             .await
             .map_err(|e| Failure::Local(format!("reading the TLS files failed: {e}")))?
-            .map_err(|e| Failure::Local(format!("--ca/--cert/--key: {e}")))?;
+            .map_err(|e| Failure::Local(format!("--ca/--cert/--tls-key: {e}")))?;
         self.tls = Some(material.clone());
         Ok(Some(material))
     }

@@ -61,9 +61,16 @@ struct Cli {
     /// The operator's client certificate (PEM) for `https://` coordinators.
     #[arg(long, global = true, value_name = "FILE", env = "LOCKSTEP_CERT")]
     cert: Option<PathBuf>,
-    /// The private key (PEM) of `--cert`.
-    #[arg(long, global = true, value_name = "FILE", env = "LOCKSTEP_KEY")]
-    key: Option<PathBuf>,
+    /// The private key (PEM) of `--cert`. Not `--key`: that is a release's
+    /// public key (`release verify --key`), and one name for both keys once
+    /// made the TLS key be read as a release key.
+    #[arg(
+        long = "tls-key",
+        global = true,
+        value_name = "FILE",
+        env = "LOCKSTEP_TLS_KEY"
+    )]
+    tls_key: Option<PathBuf>,
     /// How long to wait for a coordinator to connect, and for each answer
     /// (`500ms`, `5s`, `1m`); then exit 69. A `watch` stream is bounded
     /// while it opens and while it is silent, not for its length.
@@ -126,7 +133,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let mut c = Coordinators::new(urls, cli.timeout).with_tls(client::TlsFlags {
         ca: cli.ca,
         cert: cli.cert,
-        key: cli.key,
+        key: cli.tls_key,
     });
     let output = cli.output;
     match cli.command {
@@ -146,13 +153,25 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
+/// The environment variable that once named both the TLS key and a release
+/// key; refused so that neither is ever read in place of the other.
+const RETIRED_KEY_VARIABLE: &str = "LOCKSTEP_KEY";
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    if std::env::var_os(RETIRED_KEY_VARIABLE).is_some() {
+        eprintln!(
+            "lockstep: {RETIRED_KEY_VARIABLE} is no longer read (it named both the TLS key and a release key): set LOCKSTEP_TLS_KEY (or --tls-key) for the TLS client key, pass a release's public key with `release verify --key`, and unset {RETIRED_KEY_VARIABLE}"
+        );
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("lockstep: {failure}");
+            if !failure.already_shown() {
+                eprintln!("lockstep: {failure}");
+            }
             failure.exit_code()
         }
     }

@@ -197,12 +197,13 @@ async fn finish(
             )
         }
     };
-    view.done(&line);
+    let shown = view.done(&line);
     match code {
         0 => Ok(()),
         code => Err(Failure::Outcome {
             code,
             message: line,
+            shown,
         }),
     }
 }
@@ -309,10 +310,14 @@ impl View {
         }
     }
 
-    fn done(&mut self, line: &str) {
+    /// Prints the outcome line; whether it did (JSON leaves it to stderr).
+    fn done(&mut self, line: &str) -> bool {
         match self {
-            Self::Json => {}
-            Self::Plain => println!("{line}"),
+            Self::Json => false,
+            Self::Plain => {
+                println!("{line}");
+                true
+            }
             Self::Bars { bars, .. } => {
                 for bar in bars.values() {
                     bar.finish();
@@ -320,6 +325,7 @@ impl View {
                 // Finished bars are no longer redrawn: the outcome goes
                 // below them, as the last line.
                 println!("{line}");
+                true
             }
         }
     }
