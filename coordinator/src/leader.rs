@@ -35,7 +35,7 @@ use crate::driver::{Driver, DriverContext, DriverExit, OperatorCall};
 use crate::effects::AgentDialer;
 use crate::fleet::{FleetView, NOT_INSTALLED};
 use crate::journal::{Journal, JournalError};
-use crate::record::{DeploymentRecord, DeploymentState};
+use crate::record::{DeploymentKind, DeploymentRecord, DeploymentState};
 use crate::release_choice::{Finished, NamedRelease, rollback_target};
 
 type DriverJob = Pin<Box<dyn Future<Output = (String, DriverExit)> + Send>>;
@@ -64,11 +64,24 @@ pub enum NotServed {
     Internal(String),
 }
 
-/// Why a deployment is planned: a rollback never rehearses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a deployment is planned: a rollback never rehearses; a restart
+/// never rehearses either, may be limited to one cluster, and its undo is
+/// the release it restarts.
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Purpose {
     Deploy,
     Rollback,
+    Restart { cluster: Option<String> },
+}
+
+impl Purpose {
+    fn kind(&self) -> DeploymentKind {
+        match self {
+            Self::Deploy => DeploymentKind::Deploy,
+            Self::Rollback => DeploymentKind::Rollback,
+            Self::Restart { .. } => DeploymentKind::Restart,
+        }
+    }
 }
 
 /// How many of a service's latest deployments a rollback looks through
@@ -328,7 +341,7 @@ impl Coordinator {
         service: &str,
         digest: &str,
         strategy_toml: &str,
-        purpose: Purpose,
+        purpose: &Purpose,
     ) -> Result<Result<(rollout::Plan, crate::depot::ReleaseEntry), Vec<String>>, NotServed> {
         let target = ReleaseDigest::parse(digest).map_err(|e| NotServed::Invalid(e.to_string()))?;
         let entry = self
@@ -350,6 +363,17 @@ impl Coordinator {
             }
         };
         let mut hosts = self.fleet.service_fleet(service, &target);
+        if let Purpose::Restart {
+            cluster: Some(only),
+        } = purpose
+        {
+            hosts.fleet.clusters.retain(|c| c.name.as_str() == only);
+            if hosts.fleet.clusters.is_empty() {
+                return Ok(Err(vec![format!(
+                    "no host of {service} is in cluster {only} (`lockstep agents` lists the clusters)"
+                )]));
+            }
+        }
         for cluster in &mut hosts.fleet.clusters {
             let policy = leases::DisruptionBudget::new(cluster.name.as_str())
                 .policy(&self.client)
@@ -380,9 +404,10 @@ impl Coordinator {
             // A first install has nothing to rehearse a rollback to.
             strategy.rehearse_rollback = false;
         }
-        if purpose == Purpose::Rollback {
+        if *purpose != Purpose::Deploy {
             // Going back in an emergency must not re-apply what it leaves
-            // (the rehearsal's "previous" is the release being left).
+            // (the rehearsal's "previous" is the release being left); a
+            // restart has nothing to rehearse.
             strategy.rehearse_rollback = false;
         }
         let input = PlanInput {
@@ -393,7 +418,17 @@ impl Coordinator {
             overlap: entry.overlap,
         };
         Ok(match rollout::plan(&input) {
-            Ok(plan) => Ok((plan, entry)),
+            Ok(mut plan) => {
+                if let Purpose::Restart { .. } = purpose {
+                    // Undoing a restart is being on the release it
+                    // restarted (the plan refuses previous == target).
+                    plan.previous = target.clone();
+                    for instance in &mut plan.instances {
+                        instance.original = target.clone();
+                    }
+                }
+                Ok((plan, entry))
+            }
             Err(errors) => Err(errors.0.iter().map(ToString::to_string).collect()),
         })
     }
@@ -407,7 +442,7 @@ impl Coordinator {
     ) -> Result<pb::PlanResponse, NotServed> {
         Ok(
             match self
-                .planned(service, digest, strategy_toml, Purpose::Deploy)
+                .planned(service, digest, strategy_toml, &Purpose::Deploy)
                 .await?
             {
                 Ok((plan, _)) => crate::wire::plan(&plan),
@@ -421,13 +456,13 @@ impl Coordinator {
 
     /// `lockstep deploy`: refuses at once when the service's lock is held.
     pub async fn deploy(&self, request: &pb::DeployRequest) -> Result<Deployed, NotServed> {
-        self.deploy_for(request, Purpose::Deploy).await
+        self.deploy_for(request, &Purpose::Deploy).await
     }
 
     async fn deploy_for(
         &self,
         request: &pb::DeployRequest,
-        purpose: Purpose,
+        purpose: &Purpose,
     ) -> Result<Deployed, NotServed> {
         let leading = self.require_leader().await?;
         let (plan, entry) = match self
@@ -446,7 +481,8 @@ impl Coordinator {
         // stops waiting (a hung etcd): a lock taken and then dropped would
         // stay held for as long as this leader's session lives.
         let request = request.clone();
-        tokio::spawn(async move { start(leading, request, plan, entry).await })
+        let kind = purpose.kind();
+        tokio::spawn(async move { start(leading, request, kind, plan, entry).await })
             .await
             .map_err(|e| NotServed::Internal(format!("the deployment start failed: {e}")))?
     }
@@ -470,7 +506,49 @@ impl Coordinator {
                 format!("rollback: {}", request.reason)
             },
         };
-        self.deploy_for(&request, Purpose::Rollback).await
+        self.deploy_for(&request, &Purpose::Rollback).await
+    }
+
+    /// `lockstep restart SERVICE [--cluster C]`: a deployment of the release
+    /// the hosts run, whose forward steps restart them.
+    pub async fn restart(
+        &self,
+        request: &pb::RestartServiceRequest,
+    ) -> Result<Deployed, NotServed> {
+        let service = &request.service;
+        let cluster = Some(request.cluster.as_str()).filter(|c| !c.is_empty());
+        let current = match self.fleet.current_releases(service, cluster).as_slice() {
+            [Some(only)] => only.clone(),
+            [] => {
+                return Err(NotServed::NotFound(format!(
+                    "no host{} reports running {service}",
+                    cluster
+                        .map(|c| format!(" in cluster {c}"))
+                        .unwrap_or_default()
+                )));
+            }
+            several => {
+                return Err(NotServed::Refused(format!(
+                    "hosts of {service} run {} different releases (or none): a restart keeps each on its release, so deploy one release first",
+                    several.len()
+                )));
+            }
+        };
+        let deploy = pb::DeployRequest {
+            service: service.clone(),
+            release_digest: current,
+            strategy_toml: request.strategy_toml.clone(),
+            actor: request.actor.clone(),
+            reason: if request.reason.is_empty() {
+                "restart".to_owned()
+            } else {
+                format!("restart: {}", request.reason)
+            },
+        };
+        let purpose = Purpose::Restart {
+            cluster: cluster.map(str::to_owned),
+        };
+        self.deploy_for(&deploy, &purpose).await
     }
 
     /// The release a rollback goes to: the one named (`release_digest`), or
@@ -599,6 +677,7 @@ impl Coordinator {
 async fn start(
     leading: Arc<Leading>,
     request: pb::DeployRequest,
+    kind: DeploymentKind,
     plan: rollout::Plan,
     entry: crate::depot::ReleaseEntry,
 ) -> Result<Deployed, NotServed> {
@@ -631,6 +710,7 @@ async fn start(
         actor_user: actor.user,
         actor_host: actor.host,
         reason: request.reason.clone(),
+        kind,
         created_unix_ms: now,
         finished_unix_ms: 0,
         state: DeploymentState::Running,

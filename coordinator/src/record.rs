@@ -64,6 +64,19 @@ impl DeploymentState {
     }
 }
 
+/// What a deployment does: switch to a release, go back to one, or
+/// restart the release the hosts run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentKind {
+    #[default]
+    Deploy,
+    Rollback,
+    /// Forward steps restart the instances (Agent.Restart) instead of
+    /// switching them; undoing one is an Apply of the release they run.
+    Restart,
+}
+
 /// Per-cluster progress for watchers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterProgress {
@@ -83,6 +96,9 @@ pub struct DeploymentRecord {
     pub actor_user: String,
     pub actor_host: String,
     pub reason: String,
+    /// Records written before kinds existed are deployments.
+    #[serde(default)]
+    pub kind: DeploymentKind,
     pub created_unix_ms: i64,
     pub finished_unix_ms: i64,
     pub state: DeploymentState,

@@ -555,6 +555,20 @@ impl CoordinatorService for CoordinatorGrpc {
         .await
     }
 
+    async fn restart(
+        &self,
+        request: Request<pb::RestartServiceRequest>,
+    ) -> Result<Response<pb::DeployResponse>, Status> {
+        bounded(Waits::Deploy, "starting the restart", async move {
+            self.coordinator
+                .restart(request.get_ref())
+                .await
+                .map(|d| Response::new(deploy_response(d)))
+                .map_err(status)
+        })
+        .await
+    }
+
     async fn rollback_target(
         &self,
         request: Request<pb::RollbackServiceRequest>,

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use lockstep_tests::operator::{
     active_deployment, agents_known, deploy, deployment_id, every_host_serves, finished,
-    history_entry, leader_url, lockstep_json, on_target, push, record, start_deploy, strategy,
-    text,
+    history_entry, leader_url, lockstep_json, on_target, push, record, served, start_deploy,
+    strategy, text,
 };
 use lockstep_tests::{
     CoordinatorFixture, DemoRelease, EtcdCluster, FleetFixture, lockstep, wait_for,
@@ -398,4 +398,54 @@ async fn status_shows_state_a_failure_is_told_once_and_a_bad_policy_is_named() {
         text(&output)
     );
     drop(fleet);
+}
+
+/// Deliver 4 of #12: `lockstep restart SERVICE [--cluster C]`, a rolling
+/// restart of the current release through the coordinator (waves, gates,
+/// budget, history), so nobody restarts hosts by hand. Only the named
+/// cluster's processes are replaced; the deployment is in history.
+#[tokio::test]
+async fn restart_replaces_a_clusters_processes_as_a_deployment() {
+    let layout = [("x-1", "x"), ("x-2", "x"), ("y-1", "y")];
+    let (etcd, coordinator, fleet) = stage(&layout).await;
+    let urls = vec![coordinator.url()];
+    let work = tempfile::tempdir().unwrap();
+    let fast = strategy(work.path(), "fast", "200ms").unwrap();
+    let v1 = DemoRelease::new("1.0.0", 1).build(work.path()).unwrap();
+    let d1 = push(&urls, &v1).await.unwrap();
+    let output = deploy(&urls, &d1, &fast, &["--wait"]).await.unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let mut before = Vec::new();
+    for host in &fleet.hosts {
+        before.push(served(host.addr()).await.unwrap().pid);
+    }
+
+    let fast_arg = fast.display().to_string();
+    let args = [
+        "restart",
+        "demo",
+        "--cluster",
+        "x",
+        "--reason",
+        "leaking memory",
+        "--strategy",
+        fast_arg.as_str(),
+        "--wait",
+    ];
+    let output = lockstep(&urls, &args).await.unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let id = deployment_id(&output).unwrap();
+    for (host, pid) in fleet.hosts.iter().zip(before) {
+        let now = served(host.addr()).await.unwrap();
+        assert_eq!(now.version, "1.0.0", "{}", host.id);
+        if host.cluster == "x" {
+            assert_ne!(now.pid, pid, "{} was restarted", host.id);
+        } else {
+            assert_eq!(now.pid, pid, "{} is in another cluster", host.id);
+        }
+    }
+    assert_eq!(finished(&etcd, &id).await.unwrap()["state"], "succeeded");
+    let entry = history_entry(&urls, &id).await.unwrap();
+    assert_eq!(entry["state"], "succeeded", "{entry}");
+    assert_eq!(entry["reason"], "restart: leaking memory", "{entry}");
 }

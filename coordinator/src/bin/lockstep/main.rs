@@ -29,6 +29,7 @@ mod plan;
 mod release_cmd;
 mod release_name;
 mod render;
+mod restart;
 mod rollback;
 mod status;
 mod strategy;
@@ -120,6 +121,8 @@ enum Command {
     Abort(control::AbortArgs),
     /// Deploy the last release that succeeded on a service (or `--to` one), without a rehearsal.
     Rollback(rollback::Args),
+    /// Restart a service's processes on every host (or one cluster's), rolling, as a deployment.
+    Restart(restart::Args),
     /// Agents: reachability, last report, services with release and readiness.
     Agents(agents::Args),
     /// Locks: who holds what, why, since when; `locks break` to break one.
@@ -147,6 +150,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Approve(args) => control::approve(&mut c, args, output).await,
         Command::Abort(args) => control::abort(&mut c, args, output).await,
         Command::Rollback(args) => rollback::run(&mut c, args, output).await,
+        Command::Restart(args) => restart::run(&mut c, args, output).await,
         Command::Agents(args) => agents::run(&mut c, args, output).await,
         Command::Locks(args) => locks::run(&mut c, args, output).await,
         Command::History(args) => history::run(&mut c, args, output).await,
@@ -298,6 +302,10 @@ mod tests {
         assert!(parse(&["release", "build", "app", "-o", "a.lsr"]).is_ok());
         assert!(parse(&["release", "inspect", "a.lsr", "--output", "json"]).is_ok());
         assert!(parse(&["rollback", "web", "--wait"]).is_ok());
+        let cli = parse(&["restart", "web", "--cluster", "eu-1", "--wait"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Restart(r) if r.cluster.as_deref() == Some("eu-1") && r.wait)
+        );
         assert!(parse(&["status"]).is_ok());
         assert!(parse(&["status", "d-1"]).is_ok());
         assert!(parse(&["watch"]).is_err());
