@@ -4,7 +4,8 @@
 //! Exit codes: 0 done (a watched deployment succeeded); 1 refused or failed
 //! (the message says what to do next), or a plan with problems; 2 bad
 //! usage; 3 the watched deployment rolled back; 4 it was aborted; 5 its
-//! rollback failed; 69 no coordinator (or no leader) reachable; 75 the
+//! rollback failed; 69 no coordinator (or no leader) reachable, or no
+//! answer within `--timeout` (a hung coordinator or etcd); 75 the
 //! service is locked by another deployment; 77 not allowed.
 //!
 //! Must never: hold business logic (it belongs in the library crates), or
