@@ -31,7 +31,7 @@ use crate::effects::{AgentDialer, CheckContext, run_check};
 use crate::fleet::{FleetView, NOT_INSTALLED};
 use crate::health::{HealthBaseline, health_change};
 use crate::journal::{Journal, JournalError, Write};
-use crate::record::{DeploymentRecord, EventKind, EventRecord, Happening, short};
+use crate::record::{DeploymentKind, DeploymentRecord, EventKind, EventRecord, Happening, short};
 
 /// An agent that cannot be reached this long is reported unreachable.
 const UNREACHABLE_AFTER: Duration = Duration::from_secs(10);
@@ -361,6 +361,11 @@ impl Driver {
             let Some(p) = self.pending.get(&instance) else {
                 continue;
             };
+            if self.restarts(&p.release) && !p.accepted {
+                // Already on the release: only the agent's answer says
+                // the restart happened.
+                continue;
+            }
             let status = self.ctx.fleet.service(instance.as_str(), &service);
             let verdict = judge(
                 status.as_ref(),
@@ -672,7 +677,22 @@ impl Driver {
         }
     }
 
+    /// Whether an apply of `release` is carried out as a restart: a
+    /// restart deployment's forward steps (its undo is an Apply).
+    fn restarts(&self, release: &ReleaseDigest) -> bool {
+        self.record.kind == DeploymentKind::Restart
+            && release.as_str() == self.record.target_digest
+            && !matches!(
+                self.record.engine.status(),
+                rollout::Status::RollingBack { .. }
+            )
+    }
+
     fn send_apply(&mut self, instance: InstanceId, apply: ApplyId, release: ReleaseDigest) {
+        if self.restarts(&release) {
+            self.send_restart(instance, apply);
+            return;
+        }
         if release.as_str() == NOT_INSTALLED {
             // Nothing to send: "not installed" is confirmed from the fleet
             // view (the failed first install left nothing running).
@@ -698,6 +718,42 @@ impl Driver {
                     let mut request = tonic::Request::new(request);
                     request.set_timeout(APPLY_TIMEOUT);
                     match client.apply(request).await {
+                        Ok(response) => match response.into_inner().verdict {
+                            Some(v) => ApplyResult::Verdict(v),
+                            None => ApplyResult::Transport("agent sent no verdict".into()),
+                        },
+                        Err(status) => ApplyResult::Transport(status.message().to_owned()),
+                    }
+                }
+            };
+            (instance, apply, result)
+        });
+    }
+}
+
+impl Driver {
+    /// Agent.Restart of every instance of the service on `instance`'s host,
+    /// slot by slot through its budget; it answers when done, so its
+    /// verdict is the step's (accepted: then judged from state as usual).
+    fn send_restart(&mut self, instance: InstanceId, apply: ApplyId) {
+        let request = pb::RestartRequest {
+            service: self.record.service.clone(),
+            slot: None,
+            fencing_token: self.record.engine.token().0,
+            deployment_id: self.record.id.clone(),
+            reason: self.record.reason.clone(),
+        };
+        let address = self.ctx.fleet.address(instance.as_str());
+        let client = address
+            .ok_or_else(|| format!("agent {instance} has not reported its address"))
+            .and_then(|a| self.ctx.agents.client(&a));
+        self.applies.spawn(async move {
+            let result = match client {
+                Err(e) => ApplyResult::Transport(e),
+                Ok(mut client) => {
+                    let mut request = tonic::Request::new(request);
+                    request.set_timeout(APPLY_TIMEOUT);
+                    match client.restart(request).await {
                         Ok(response) => match response.into_inner().verdict {
                             Some(v) => ApplyResult::Verdict(v),
                             None => ApplyResult::Transport("agent sent no verdict".into()),

@@ -258,8 +258,34 @@ impl FleetView {
         }
     }
 
+    /// The release every host of `service` runs now, when they all run the
+    /// same one (`None`: mixed, or no host reports it).
+    pub fn uniform_current(&self, service: &str) -> Option<String> {
+        match self.current_releases(service, None).as_slice() {
+            [Some(only)] => Some(only.clone()),
+            _ => None,
+        }
+    }
+
+    /// The releases hosts of `service` (in `cluster`, if given) run now,
+    /// each once (`None`: a host that runs none of it).
+    pub fn current_releases(&self, service: &str, cluster: Option<&str>) -> Vec<Option<String>> {
+        let mut seen = std::collections::BTreeSet::new();
+        self.with_agents(|agents| {
+            for entry in agents.values() {
+                if cluster.is_some_and(|c| c != entry.identity.cluster) {
+                    continue;
+                }
+                if let Some(s) = entry.services.get(service) {
+                    seen.insert(s.current.as_ref().map(|r| r.digest.clone()));
+                }
+            }
+        });
+        seen.into_iter().collect()
+    }
+
     /// What hosts of `service` ran before their current release, most
-    /// common first: the target of `lockstep rollback`.
+    /// common first.
     pub fn previous_release(&self, service: &str) -> Option<pb::ReleaseRef> {
         let mut counts: BTreeMap<String, (usize, pb::ReleaseRef)> = BTreeMap::new();
         self.with_agents(|agents| {

@@ -35,7 +35,8 @@ use crate::driver::{Driver, DriverContext, DriverExit, OperatorCall};
 use crate::effects::AgentDialer;
 use crate::fleet::{FleetView, NOT_INSTALLED};
 use crate::journal::{Journal, JournalError};
-use crate::record::{DeploymentRecord, DeploymentState};
+use crate::record::{DeploymentKind, DeploymentRecord, DeploymentState};
+use crate::release_choice::{Finished, NamedRelease, rollback_target};
 
 type DriverJob = Pin<Box<dyn Future<Output = (String, DriverExit)> + Send>>;
 
@@ -62,6 +63,30 @@ pub enum NotServed {
     #[error("{0}")]
     Internal(String),
 }
+
+/// Why a deployment is planned: a rollback never rehearses; a restart
+/// never rehearses either, may be limited to one cluster, and its undo is
+/// the release it restarts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Purpose {
+    Deploy,
+    Rollback,
+    Restart { cluster: Option<String> },
+}
+
+impl Purpose {
+    fn kind(&self) -> DeploymentKind {
+        match self {
+            Self::Deploy => DeploymentKind::Deploy,
+            Self::Rollback => DeploymentKind::Rollback,
+            Self::Restart { .. } => DeploymentKind::Restart,
+        }
+    }
+}
+
+/// How many of a service's latest deployments a rollback looks through
+/// for one that succeeded.
+const ROLLBACK_HISTORY: usize = 50;
 
 /// The outcome of a Deploy request.
 #[derive(Debug)]
@@ -309,12 +334,14 @@ impl Coordinator {
         (id, driver.run(first, rx).await)
     }
 
-    /// Builds the plan of deploying `digest` to `service` with `strategy_toml`.
+    /// Builds the plan of deploying `digest` to `service` with `strategy_toml`;
+    /// a rollback (`purpose`) never rehearses.
     async fn planned(
         &self,
         service: &str,
         digest: &str,
         strategy_toml: &str,
+        purpose: &Purpose,
     ) -> Result<Result<(rollout::Plan, crate::depot::ReleaseEntry), Vec<String>>, NotServed> {
         let target = ReleaseDigest::parse(digest).map_err(|e| NotServed::Invalid(e.to_string()))?;
         let entry = self
@@ -336,11 +363,30 @@ impl Coordinator {
             }
         };
         let mut hosts = self.fleet.service_fleet(service, &target);
+        if let Purpose::Restart {
+            cluster: Some(only),
+        } = purpose
+        {
+            hosts.fleet.clusters.retain(|c| c.name.as_str() == only);
+            if hosts.fleet.clusters.is_empty() {
+                return Ok(Err(vec![format!(
+                    "no host of {service} is in cluster {only} (`lockstep agents` lists the clusters)"
+                )]));
+            }
+        }
         for cluster in &mut hosts.fleet.clusters {
             let policy = leases::DisruptionBudget::new(cluster.name.as_str())
                 .policy(&self.client)
                 .await
-                .map_err(|e| NotServed::Internal(e.to_string()))?;
+                .map_err(|e| match e {
+                    // The operator's own key: say which and what is wrong,
+                    // not that the coordinator is unavailable.
+                    leases::SemaphoreError::BadValue { key, source } => NotServed::Refused(format!(
+                        "cluster {}'s budget policy {key} is malformed ({source}); write it as `etcdctl put {key} '{{\"max_disruptions\": N}}'`, or delete it for the default",
+                        cluster.name
+                    )),
+                    other => NotServed::Internal(other.to_string()),
+                })?;
             cluster.max_disruptions = usize::try_from(policy.max_disruptions).ok();
         }
         if !hosts.unreachable.is_empty() {
@@ -358,6 +404,12 @@ impl Coordinator {
             // A first install has nothing to rehearse a rollback to.
             strategy.rehearse_rollback = false;
         }
+        if *purpose != Purpose::Deploy {
+            // Going back in an emergency must not re-apply what it leaves
+            // (the rehearsal's "previous" is the release being left); a
+            // restart has nothing to rehearse.
+            strategy.rehearse_rollback = false;
+        }
         let input = PlanInput {
             fleet: &hosts.fleet,
             strategy: &strategy,
@@ -366,7 +418,17 @@ impl Coordinator {
             overlap: entry.overlap,
         };
         Ok(match rollout::plan(&input) {
-            Ok(plan) => Ok((plan, entry)),
+            Ok(mut plan) => {
+                if let Purpose::Restart { .. } = purpose {
+                    // Undoing a restart is being on the release it
+                    // restarted (the plan refuses previous == target).
+                    plan.previous = target.clone();
+                    for instance in &mut plan.instances {
+                        instance.original = target.clone();
+                    }
+                }
+                Ok((plan, entry))
+            }
             Err(errors) => Err(errors.0.iter().map(ToString::to_string).collect()),
         })
     }
@@ -378,112 +440,64 @@ impl Coordinator {
         digest: &str,
         strategy_toml: &str,
     ) -> Result<pb::PlanResponse, NotServed> {
-        Ok(match self.planned(service, digest, strategy_toml).await? {
-            Ok((plan, _)) => crate::wire::plan(&plan),
-            Err(problems) => pb::PlanResponse {
-                problems,
-                ..Default::default()
+        Ok(
+            match self
+                .planned(service, digest, strategy_toml, &Purpose::Deploy)
+                .await?
+            {
+                Ok((plan, _)) => crate::wire::plan(&plan),
+                Err(problems) => pb::PlanResponse {
+                    problems,
+                    ..Default::default()
+                },
             },
-        })
+        )
     }
 
     /// `lockstep deploy`: refuses at once when the service's lock is held.
     pub async fn deploy(&self, request: &pb::DeployRequest) -> Result<Deployed, NotServed> {
+        self.deploy_for(request, &Purpose::Deploy).await
+    }
+
+    async fn deploy_for(
+        &self,
+        request: &pb::DeployRequest,
+        purpose: &Purpose,
+    ) -> Result<Deployed, NotServed> {
         let leading = self.require_leader().await?;
         let (plan, entry) = match self
             .planned(
                 &request.service,
                 &request.release_digest,
                 &request.strategy_toml,
+                purpose,
             )
             .await?
         {
             Ok(planned) => planned,
             Err(problems) => return Ok(Deployed::Invalid(problems)),
         };
-        let now = crate::now_unix_ms();
-        let id = format!("{}-{}", request.service, now);
-        let lock = match FencedMutex::deployment(&request.service)
-            .try_lock(&leading.session, &id)
+        // From the lock on, the start runs to its end even if the caller
+        // stops waiting (a hung etcd): a lock taken and then dropped would
+        // stay held for as long as this leader's session lives.
+        let request = request.clone();
+        let kind = purpose.kind();
+        tokio::spawn(async move { start(leading, request, kind, plan, entry).await })
             .await
-        {
-            Ok(lock) => lock,
-            Err(LockError::Held(info)) => return Ok(Deployed::Locked(info)),
-            Err(err) => return Err(NotServed::Internal(err.to_string())),
-        };
-        let token = lock.token().0;
-        let actor = request.actor.clone().unwrap_or_default();
-        let clusters_of = plan
-            .instances
-            .iter()
-            .filter_map(|i| {
-                plan.clusters
-                    .get(i.cluster)
-                    .map(|c| (i.id.to_string(), c.name.to_string()))
-            })
-            .collect();
-        let record = DeploymentRecord {
-            id: id.clone(),
-            service: request.service.clone(),
-            target_digest: entry.digest.clone(),
-            target_version: entry.version.clone(),
-            actor_user: actor.user,
-            actor_host: actor.host,
-            reason: request.reason.clone(),
-            created_unix_ms: now,
-            finished_unix_ms: 0,
-            state: DeploymentState::Running,
-            outcome: String::new(),
-            token,
-            next_seq: 1,
-            clusters_of,
-            progress: Default::default(),
-            operator_said: String::new(),
-            engine: Engine::new(DeploymentId(id.clone()), plan, FencingToken(token)),
-        };
-        let mut driver = Driver::new(leading.ctx.clone(), record, lock);
-        if let Err(err) = driver.create().await {
-            return Err(NotServed::Refused(err.to_string()));
-        }
-        let (tx, rx) = mpsc::channel(16);
-        leading
-            .calls
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id.clone(), tx);
-        let job_id = id.clone();
-        let job: DriverJob =
-            Box::pin(async move { (job_id, driver.run(vec![Event::Start], rx).await) });
-        if leading.jobs.send(job).is_err() {
-            return Err(NotServed::NotLeader { leader: None });
-        }
-        tracing::info!(
-            deployment = id,
-            service = request.service,
-            release = request.release_digest,
-            token,
-            "deployment started"
-        );
-        Ok(Deployed::Started { id, token })
+            .map_err(|e| NotServed::Internal(format!("the deployment start failed: {e}")))?
     }
 
-    /// `lockstep rollback SERVICE`: deploys what the hosts ran before.
+    /// `lockstep rollback SERVICE`: deploys the release `rollback_target`
+    /// chooses, without a rehearsal.
     pub async fn rollback(
         &self,
         request: &pb::RollbackServiceRequest,
     ) -> Result<Deployed, NotServed> {
-        let previous = self
-            .fleet
-            .previous_release(&request.service)
-            .ok_or_else(|| {
-                NotServed::NotFound(format!(
-                    "no host of {} reports a previous release to roll back to",
-                    request.service
-                ))
-            })?;
-        self.deploy(&pb::DeployRequest {
+        let target = self.rollback_target(request).await?;
+        let digest = target.release.map(|r| r.digest).unwrap_or_default();
+        let request = pb::DeployRequest {
             service: request.service.clone(),
-            release_digest: previous.digest,
+            release_digest: digest,
             strategy_toml: request.strategy_toml.clone(),
             actor: request.actor.clone(),
             reason: if request.reason.is_empty() {
@@ -491,8 +505,113 @@ impl Coordinator {
             } else {
                 format!("rollback: {}", request.reason)
             },
+        };
+        self.deploy_for(&request, &Purpose::Rollback).await
+    }
+
+    /// `lockstep restart SERVICE [--cluster C]`: a deployment of the release
+    /// the hosts run, whose forward steps restart them.
+    pub async fn restart(
+        &self,
+        request: &pb::RestartServiceRequest,
+    ) -> Result<Deployed, NotServed> {
+        let service = &request.service;
+        let cluster = Some(request.cluster.as_str()).filter(|c| !c.is_empty());
+        let current = match self.fleet.current_releases(service, cluster).as_slice() {
+            [Some(only)] => only.clone(),
+            [] => {
+                return Err(NotServed::NotFound(format!(
+                    "no host{} reports running {service}",
+                    cluster
+                        .map(|c| format!(" in cluster {c}"))
+                        .unwrap_or_default()
+                )));
+            }
+            several => {
+                return Err(NotServed::Refused(format!(
+                    "hosts of {service} run {} different releases (or none): a restart keeps each on its release, so deploy one release first",
+                    several.len()
+                )));
+            }
+        };
+        let deploy = pb::DeployRequest {
+            service: service.clone(),
+            release_digest: current,
+            strategy_toml: request.strategy_toml.clone(),
+            actor: request.actor.clone(),
+            reason: if request.reason.is_empty() {
+                "restart".to_owned()
+            } else {
+                format!("restart: {}", request.reason)
+            },
+        };
+        let purpose = Purpose::Restart {
+            cluster: cluster.map(str::to_owned),
+        };
+        self.deploy_for(&deploy, &purpose).await
+    }
+
+    /// The release a rollback goes to: the one named (`release_digest`), or
+    /// the last release that succeeded on the service, other than the one
+    /// every host already runs (history, newest first).
+    pub async fn rollback_target(
+        &self,
+        request: &pb::RollbackServiceRequest,
+    ) -> Result<pb::RollbackTargetResponse, NotServed> {
+        let service = &request.service;
+        if !request.release_digest.is_empty() {
+            let entry = self
+                .depot
+                .entry(service, &request.release_digest)
+                .await
+                .map_err(|e| NotServed::Internal(e.to_string()))?
+                .ok_or_else(|| {
+                    NotServed::NotFound(format!(
+                        "release {} of {service} is not known (see `lockstep release list --service {service}`)",
+                        request.release_digest
+                    ))
+                })?;
+            return Ok(pb::RollbackTargetResponse {
+                release: Some(pb::ReleaseRef {
+                    service: service.clone(),
+                    digest: entry.digest,
+                    version: entry.version,
+                }),
+                why: "the release named with --to".to_owned(),
+            });
+        }
+        let history: Vec<Finished> = self
+            .journal
+            .history(service, ROLLBACK_HISTORY)
+            .await
+            .map_err(|e| NotServed::Internal(e.to_string()))?
+            .into_iter()
+            .map(|(_, r)| Finished {
+                deployment: r.id,
+                succeeded: r.state == DeploymentState::Succeeded,
+                release: NamedRelease {
+                    digest: r.target_digest,
+                    version: r.target_version,
+                },
+            })
+            .collect();
+        let fleet_on = self.fleet.uniform_current(service);
+        let chosen = rollback_target(&history, fleet_on.as_deref()).ok_or_else(|| {
+            NotServed::NotFound(format!(
+                "no earlier release of {service} succeeded in its last {ROLLBACK_HISTORY} deployments: name one with `lockstep rollback {service} --to VERSION|DIGEST`"
+            ))
+        })?;
+        Ok(pb::RollbackTargetResponse {
+            release: Some(pb::ReleaseRef {
+                service: service.clone(),
+                digest: chosen.release.digest.clone(),
+                version: chosen.release.version.clone(),
+            }),
+            why: format!(
+                "the last release that succeeded on {service} (deployment {})",
+                chosen.deployment
+            ),
         })
-        .await
     }
 
     /// Pause, resume, approve, abort, rollback of a running deployment.
@@ -551,6 +670,82 @@ impl Coordinator {
             .map_err(|e| NotServed::Internal(e.to_string()))?
             .ok_or_else(|| NotServed::NotFound(format!("no deployment {id}")))
     }
+}
+
+/// Takes the service's lock, writes the deployment record and hands the
+/// driver to the leadership loop.
+async fn start(
+    leading: Arc<Leading>,
+    request: pb::DeployRequest,
+    kind: DeploymentKind,
+    plan: rollout::Plan,
+    entry: crate::depot::ReleaseEntry,
+) -> Result<Deployed, NotServed> {
+    let now = crate::now_unix_ms();
+    let id = format!("{}-{}", request.service, now);
+    let lock = match FencedMutex::deployment(&request.service)
+        .try_lock(&leading.session, &id)
+        .await
+    {
+        Ok(lock) => lock,
+        Err(LockError::Held(info)) => return Ok(Deployed::Locked(info)),
+        Err(err) => return Err(NotServed::Internal(err.to_string())),
+    };
+    let token = lock.token().0;
+    let actor = request.actor.clone().unwrap_or_default();
+    let clusters_of = plan
+        .instances
+        .iter()
+        .filter_map(|i| {
+            plan.clusters
+                .get(i.cluster)
+                .map(|c| (i.id.to_string(), c.name.to_string()))
+        })
+        .collect();
+    let record = DeploymentRecord {
+        id: id.clone(),
+        service: request.service.clone(),
+        target_digest: entry.digest.clone(),
+        target_version: entry.version.clone(),
+        actor_user: actor.user,
+        actor_host: actor.host,
+        reason: request.reason.clone(),
+        kind,
+        created_unix_ms: now,
+        finished_unix_ms: 0,
+        state: DeploymentState::Running,
+        outcome: String::new(),
+        token,
+        next_seq: 1,
+        clusters_of,
+        progress: Default::default(),
+        operator_said: String::new(),
+        engine: Engine::new(DeploymentId(id.clone()), plan, FencingToken(token)),
+    };
+    let mut driver = Driver::new(leading.ctx.clone(), record, lock);
+    if let Err(err) = driver.create().await {
+        return Err(NotServed::Refused(err.to_string()));
+    }
+    let (tx, rx) = mpsc::channel(16);
+    leading
+        .calls
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(id.clone(), tx);
+    let job_id = id.clone();
+    let job: DriverJob =
+        Box::pin(async move { (job_id, driver.run(vec![Event::Start], rx).await) });
+    if leading.jobs.send(job).is_err() {
+        return Err(NotServed::NotLeader { leader: None });
+    }
+    tracing::info!(
+        deployment = id,
+        service = request.service,
+        release = request.release_digest,
+        token,
+        "deployment started"
+    );
+    Ok(Deployed::Started { id, token })
 }
 
 fn waiting_cluster(engine: &Engine) -> Option<ClusterName> {

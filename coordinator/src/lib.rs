@@ -19,6 +19,7 @@ pub mod journal;
 pub mod leader;
 pub mod mirror;
 pub mod record;
+pub mod release_choice;
 pub mod service;
 pub mod wire;
 

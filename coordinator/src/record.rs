@@ -65,6 +65,19 @@ impl DeploymentState {
     }
 }
 
+/// What a deployment does: switch to a release, go back to one, or
+/// restart the release the hosts run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentKind {
+    #[default]
+    Deploy,
+    Rollback,
+    /// Forward steps restart the instances (Agent.Restart) instead of
+    /// switching them; undoing one is an Apply of the release they run.
+    Restart,
+}
+
 /// Per-cluster progress for watchers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterProgress {
@@ -84,6 +97,9 @@ pub struct DeploymentRecord {
     pub actor_user: String,
     pub actor_host: String,
     pub reason: String,
+    /// Records written before kinds existed are deployments.
+    #[serde(default)]
+    pub kind: DeploymentKind,
     pub created_unix_ms: i64,
     pub finished_unix_ms: i64,
     pub state: DeploymentState,
@@ -177,11 +193,8 @@ impl DeploymentRecord {
                 version: self.target_version.clone(),
             }),
             state: self.state.wire().into(),
-            reason: if self.outcome.is_empty() {
-                self.reason.clone()
-            } else {
-                self.outcome.clone()
-            },
+            reason: self.reason.clone(),
+            outcome: self.outcome.clone(),
             fencing_token: self.token,
             actor: Some(pb::Actor {
                 user: self.actor_user.clone(),

@@ -8,15 +8,17 @@
 //!
 //! Must never: change a deployment without being the leader.
 
+use std::future::Future;
 use std::io::{Read, Seek, SeekFrom};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use etcd_client::{EventType, GetOptions, WatchOptions};
 use leases::{FencedMutex, Holder, keys};
 use proto::v1 as pb;
 use proto::v1::coordinator_service_server::CoordinatorService;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -31,12 +33,76 @@ const CHUNK: usize = 256 * 1024;
 #[derive(Debug, Clone)]
 pub struct CoordinatorGrpc {
     coordinator: Arc<Coordinator>,
+    /// Turns true at shutdown: long-lived streams (Report, WatchDeployment)
+    /// end then, so the server's graceful stop does not wait on them and
+    /// their clients move to another coordinator.
+    stopping: watch::Receiver<bool>,
 }
 
 impl CoordinatorGrpc {
-    pub fn new(coordinator: Arc<Coordinator>) -> Self {
-        Self { coordinator }
+    pub fn new(coordinator: Arc<Coordinator>, stopping: watch::Receiver<bool>) -> Self {
+        Self {
+            coordinator,
+            stopping,
+        }
     }
+}
+
+/// How long an operator call may wait on etcd before the coordinator
+/// answers UNAVAILABLE: under the CLI's default `--timeout` (5 s), so the
+/// operator reads why rather than a bare timeout.
+pub const ETCD_ANSWER_DEADLINE: Duration = Duration::from_secs(3);
+
+/// What an operator call that ran out of time may have left behind, for
+/// its message.
+#[derive(Debug, Clone, Copy)]
+enum Waits {
+    /// Nothing: it only reads.
+    Read,
+    /// The command was handed to the deployment's driver, which applies it
+    /// once etcd answers.
+    Command,
+    /// From taking the lock on, a deployment start runs to its end (a lock
+    /// dropped half-way would stay held): it may still start.
+    Deploy,
+}
+
+/// `call`'s answer, or UNAVAILABLE after [`ETCD_ANSWER_DEADLINE`]: every
+/// operator call reads or writes etcd, and a hung etcd must not hang them.
+async fn bounded<T>(
+    waits: Waits,
+    what: &str,
+    call: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    match tokio::time::timeout(ETCD_ANSWER_DEADLINE, call).await {
+        Ok(answer) => answer,
+        Err(_) => {
+            let after = match waits {
+                Waits::Read => "",
+                Waits::Command => {
+                    "; the command may still take effect once etcd answers: check `lockstep status ID`"
+                }
+                Waits::Deploy => {
+                    "; the deployment may still start once etcd answers: check `lockstep status` before deploying again"
+                }
+            };
+            tracing::warn!(what, deadline = ?ETCD_ANSWER_DEADLINE, "etcd did not answer an operator call in time");
+            Err(Status::unavailable(format!(
+                "{what}: etcd did not answer within {ETCD_ANSWER_DEADLINE:?}{after}; check etcd (`etcdctl endpoint health`) and retry"
+            )))
+        }
+    }
+}
+
+/// What a stream's client hears when this coordinator stops: UNAVAILABLE,
+/// which agents and `lockstep watch` take as "go to another coordinator".
+fn shutting_down() -> Status {
+    Status::unavailable("this coordinator is shutting down; use another coordinator")
+}
+
+/// Resolves once `stopping` turns true (or its sender is gone).
+async fn stopped(mut stopping: watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|s| *s).await;
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -107,11 +173,23 @@ impl CoordinatorService for CoordinatorGrpc {
         let interval_ms =
             u64::try_from(self.coordinator.config.status_interval.as_millis()).unwrap_or(u64::MAX);
         let (tx, rx) = mpsc::channel(16);
+        let stopping = self.stopping.clone();
         // The stream's lifetime is the agent's connection: the task ends
-        // when the agent goes away or the response stream is dropped.
+        // when the agent goes away, the response stream is dropped, or this
+        // coordinator stops (the agent then reports to the others).
         tokio::spawn(async move {
             let mut agent: Option<String> = None;
-            while let Some(message) = inbound.next().await {
+            let stop = stopped(stopping);
+            tokio::pin!(stop);
+            loop {
+                let message = tokio::select! {
+                    message = inbound.next() => message,
+                    () = &mut stop => {
+                        let _ = tx.send(Err(shutting_down())).await;
+                        break;
+                    }
+                };
+                let Some(message) = message else { break };
                 let report = match message {
                     Ok(report) => report,
                     Err(err) => {
@@ -273,14 +351,13 @@ impl CoordinatorService for CoordinatorGrpc {
                     .map_err(|e| Status::invalid_argument(e.to_string()))?,
             )
         };
-        let (entry, already_present) =
-            depot
-                .commit(incoming, expected)
-                .await
-                .map_err(|e| match e {
-                    crate::depot::DepotError::Refused(m) => Status::invalid_argument(m),
-                    other => internal(other),
-                })?;
+        let (entry, already_present) = bounded(Waits::Read, "indexing the release", async {
+            depot.commit(incoming, expected).await.map_err(|e| match e {
+                crate::depot::DepotError::Refused(m) => Status::invalid_argument(m),
+                other => internal(other),
+            })
+        })
+        .await?;
         tracing::info!(
             service = entry.service,
             version = entry.version,
@@ -303,62 +380,74 @@ impl CoordinatorService for CoordinatorGrpc {
         &self,
         request: Request<pb::ListReleasesRequest>,
     ) -> Result<Response<pb::ListReleasesResponse>, Status> {
-        let entries = self
-            .coordinator
-            .depot
-            .list(&request.get_ref().service)
-            .await
-            .map_err(internal)?;
-        Ok(Response::new(pb::ListReleasesResponse {
-            releases: entries
-                .into_iter()
-                .map(|e| pb::ReleaseSummary {
-                    release: Some(pb::ReleaseRef {
-                        service: e.service,
-                        digest: e.digest,
-                        version: e.version,
-                    }),
-                    size: e.size,
-                    pushed_unix_ms: e.pushed_unix_ms,
-                    signed: e.signed,
-                    holders: e.holders,
-                })
-                .collect(),
-        }))
+        bounded(Waits::Read, "listing releases", async move {
+            let entries = self
+                .coordinator
+                .depot
+                .list(&request.get_ref().service)
+                .await
+                .map_err(internal)?;
+            Ok(Response::new(pb::ListReleasesResponse {
+                releases: entries
+                    .into_iter()
+                    .map(|e| pb::ReleaseSummary {
+                        release: Some(pb::ReleaseRef {
+                            service: e.service,
+                            digest: e.digest,
+                            version: e.version,
+                        }),
+                        size: e.size,
+                        pushed_unix_ms: e.pushed_unix_ms,
+                        signed: e.signed,
+                        holders: e.holders,
+                    })
+                    .collect(),
+            }))
+        })
+        .await
     }
 
     async fn plan(
         &self,
         request: Request<pb::PlanRequest>,
     ) -> Result<Response<pb::PlanResponse>, Status> {
-        let r = request.into_inner();
-        self.coordinator
-            .plan(&r.service, &r.release_digest, &r.strategy_toml)
-            .await
-            .map(Response::new)
-            .map_err(status)
+        bounded(Waits::Read, "planning", async move {
+            let r = request.into_inner();
+            self.coordinator
+                .plan(&r.service, &r.release_digest, &r.strategy_toml)
+                .await
+                .map(Response::new)
+                .map_err(status)
+        })
+        .await
     }
 
     async fn deploy(
         &self,
         request: Request<pb::DeployRequest>,
     ) -> Result<Response<pb::DeployResponse>, Status> {
-        self.coordinator
-            .deploy(request.get_ref())
-            .await
-            .map(|d| Response::new(deploy_response(d)))
-            .map_err(status)
+        bounded(Waits::Deploy, "starting the deployment", async move {
+            self.coordinator
+                .deploy(request.get_ref())
+                .await
+                .map(|d| Response::new(deploy_response(d)))
+                .map_err(status)
+        })
+        .await
     }
 
     async fn get_deployment(
         &self,
         request: Request<pb::GetDeploymentRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
-        self.coordinator
-            .record(&request.get_ref().deployment_id)
-            .await
-            .map(|r| Response::new(r.wire()))
-            .map_err(status)
+        bounded(Waits::Read, "reading the deployment", async move {
+            self.coordinator
+                .record(&request.get_ref().deployment_id)
+                .await
+                .map(|r| Response::new(r.wire()))
+                .map_err(status)
+        })
+        .await
     }
 
     type WatchDeploymentStream = BoxStream<pb::DeploymentEvent>;
@@ -368,75 +457,29 @@ impl CoordinatorService for CoordinatorGrpc {
         request: Request<pb::WatchDeploymentRequest>,
     ) -> Result<Response<Self::WatchDeploymentStream>, Status> {
         let r = request.into_inner();
-        let record = self
-            .coordinator
-            .record(&r.deployment_id)
-            .await
-            .map_err(status)?;
+        let record = bounded(Waits::Read, "reading the deployment", async {
+            self.coordinator
+                .record(&r.deployment_id)
+                .await
+                .map_err(status)
+        })
+        .await?;
         let journal = self.coordinator.journal.clone();
         let (tx, rx) = mpsc::channel(64);
         let id = r.deployment_id.clone();
         let service = record.service.clone();
+        let stopping = self.stopping.clone();
         // Events come from etcd, not from a driver: a watch survives a
-        // change of leader and can be served by any coordinator.
+        // change of leader and can be served by any coordinator; when this
+        // one stops, the watcher resumes on another from its last seq.
         tokio::spawn(async move {
-            let send = |event: &EventRecord| tx.send(Ok(event.wire(&id, &service)));
-            let (events, revision) = match journal.events(&id, r.from_seq.max(1)).await {
-                Ok(x) => x,
-                Err(e) => {
-                    let _ = tx.send(Err(internal(e))).await;
-                    return;
-                }
-            };
-            for event in &events {
-                if send(event).await.is_err() {
-                    return;
-                }
-                if event.kind == crate::record::EventKind::Finished {
-                    return;
+            let shutdown = tx.clone();
+            tokio::select! {
+                () = forward_events(journal, id, service, r.from_seq, tx) => {}
+                () = stopped(stopping) => {
+                    let _ = shutdown.send(Err(shutting_down())).await;
                 }
             }
-            let mut client = journal.client().clone();
-            let prefix = keys::deployment_events(&id);
-            let watch = client
-                .watch(
-                    prefix.as_str(),
-                    Some(
-                        WatchOptions::new()
-                            .with_prefix()
-                            .with_start_revision(revision + 1),
-                    ),
-                )
-                .await;
-            let mut stream = match watch {
-                Ok(w) => w,
-                Err(e) => {
-                    let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
-                    return;
-                }
-            };
-            while let Ok(Some(response)) = stream.message().await {
-                for ev in response.events() {
-                    if ev.event_type() != EventType::Put {
-                        continue;
-                    }
-                    let Some(kv) = ev.kv() else { continue };
-                    let Ok(event) = serde_json::from_slice::<EventRecord>(kv.value()) else {
-                        continue;
-                    };
-                    if send(&event).await.is_err() {
-                        return;
-                    }
-                    if event.kind == crate::record::EventKind::Finished {
-                        return;
-                    }
-                }
-            }
-            let _ = tx
-                .send(Err(Status::unavailable(
-                    "the event stream from etcd ended; watch again from the last seq",
-                )))
-                .await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -445,34 +488,43 @@ impl CoordinatorService for CoordinatorGrpc {
         &self,
         request: Request<pb::PauseRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
-        let r = request.get_ref();
-        let said = said(r.actor.as_ref(), &r.reason);
-        self.command(&r.deployment_id, rollout::Command::Pause, None, said)
-            .await
+        bounded(Waits::Command, "pausing", async move {
+            let r = request.get_ref();
+            let said = said(r.actor.as_ref(), &r.reason);
+            self.command(&r.deployment_id, rollout::Command::Pause, None, said)
+                .await
+        })
+        .await
     }
 
     async fn resume(
         &self,
         request: Request<pb::ResumeRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
-        let r = request.get_ref();
-        let said = said(r.actor.as_ref(), "");
-        self.command(&r.deployment_id, rollout::Command::Resume, None, said)
-            .await
+        bounded(Waits::Command, "resuming", async move {
+            let r = request.get_ref();
+            let said = said(r.actor.as_ref(), "");
+            self.command(&r.deployment_id, rollout::Command::Resume, None, said)
+                .await
+        })
+        .await
     }
 
     async fn approve(
         &self,
         request: Request<pb::ApproveRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
-        let r = request.get_ref();
-        let said = said(r.actor.as_ref(), "");
-        self.command(
-            &r.deployment_id,
-            rollout::Command::Approve,
-            Some(&r.cluster),
-            said,
-        )
+        bounded(Waits::Command, "approving", async move {
+            let r = request.get_ref();
+            let said = said(r.actor.as_ref(), "");
+            self.command(
+                &r.deployment_id,
+                rollout::Command::Approve,
+                Some(&r.cluster),
+                said,
+            )
+            .await
+        })
         .await
     }
 
@@ -480,21 +532,55 @@ impl CoordinatorService for CoordinatorGrpc {
         &self,
         request: Request<pb::AbortRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
-        let r = request.get_ref();
-        let said = said(r.actor.as_ref(), &r.reason);
-        self.command(&r.deployment_id, rollout::Command::Abort, None, said)
-            .await
+        bounded(Waits::Command, "aborting", async move {
+            let r = request.get_ref();
+            let said = said(r.actor.as_ref(), &r.reason);
+            self.command(&r.deployment_id, rollout::Command::Abort, None, said)
+                .await
+        })
+        .await
     }
 
     async fn rollback(
         &self,
         request: Request<pb::RollbackServiceRequest>,
     ) -> Result<Response<pb::DeployResponse>, Status> {
-        self.coordinator
-            .rollback(request.get_ref())
-            .await
-            .map(|d| Response::new(deploy_response(d)))
-            .map_err(status)
+        bounded(Waits::Deploy, "starting the rollback", async move {
+            self.coordinator
+                .rollback(request.get_ref())
+                .await
+                .map(|d| Response::new(deploy_response(d)))
+                .map_err(status)
+        })
+        .await
+    }
+
+    async fn restart(
+        &self,
+        request: Request<pb::RestartServiceRequest>,
+    ) -> Result<Response<pb::DeployResponse>, Status> {
+        bounded(Waits::Deploy, "starting the restart", async move {
+            self.coordinator
+                .restart(request.get_ref())
+                .await
+                .map(|d| Response::new(deploy_response(d)))
+                .map_err(status)
+        })
+        .await
+    }
+
+    async fn rollback_target(
+        &self,
+        request: Request<pb::RollbackServiceRequest>,
+    ) -> Result<Response<pb::RollbackTargetResponse>, Status> {
+        bounded(Waits::Read, "choosing the rollback target", async move {
+            self.coordinator
+                .rollback_target(request.get_ref())
+                .await
+                .map(Response::new)
+                .map_err(status)
+        })
+        .await
     }
 
     async fn list_agents(
@@ -510,44 +596,48 @@ impl CoordinatorService for CoordinatorGrpc {
         &self,
         request: Request<pb::ListLocksRequest>,
     ) -> Result<Response<pb::ListLocksResponse>, Status> {
-        let cluster = &request.get_ref().cluster;
-        let client = self.coordinator.client.clone();
-        let mut lock_keys = Vec::new();
-        for prefix in [keys::LOCKS, keys::LEADER, "/lockstep/v1/clusters/"] {
-            let response = client
-                .clone()
-                .get(
-                    prefix,
-                    Some(GetOptions::new().with_prefix().with_keys_only()),
-                )
-                .await
-                .map_err(internal)?;
-            for kv in response.kvs() {
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                let is_slot = key.contains("/budget/");
-                if prefix.ends_with("clusters/") && !is_slot {
-                    continue;
+        bounded(Waits::Read, "listing locks", async move {
+            let cluster = &request.get_ref().cluster;
+            let client = self.coordinator.client.clone();
+            let mut lock_keys = Vec::new();
+            for prefix in [keys::LOCKS, keys::LEADER, "/lockstep/v1/clusters/"] {
+                let response = client
+                    .clone()
+                    .get(
+                        prefix,
+                        Some(GetOptions::new().with_prefix().with_keys_only()),
+                    )
+                    .await
+                    .map_err(internal)?;
+                for kv in response.kvs() {
+                    let key = String::from_utf8_lossy(kv.key()).into_owned();
+                    let is_slot = key.contains("/budget/");
+                    if prefix.ends_with("clusters/") && !is_slot {
+                        continue;
+                    }
+                    let in_cluster = is_slot && key.contains(&format!("/clusters/{cluster}/"));
+                    if !cluster.is_empty() && !in_cluster {
+                        continue;
+                    }
+                    lock_keys.push(key);
                 }
-                let in_cluster = is_slot && key.contains(&format!("/clusters/{cluster}/"));
-                if !cluster.is_empty() && !in_cluster {
-                    continue;
+            }
+            let mut locks = Vec::new();
+            for key in lock_keys {
+                if let Ok(Some(info)) = FencedMutex::at(key.clone()).inspect(&client).await {
+                    locks.push(crate::wire::lock(&info, crate::wire::lock_kind(&key)));
                 }
-                lock_keys.push(key);
             }
-        }
-        let mut locks = Vec::new();
-        for key in lock_keys {
-            if let Ok(Some(info)) = FencedMutex::at(key.clone()).inspect(&client).await {
-                locks.push(crate::wire::lock(&info, crate::wire::lock_kind(&key)));
-            }
-        }
-        Ok(Response::new(pb::ListLocksResponse { locks }))
+            Ok(Response::new(pb::ListLocksResponse { locks }))
+        })
+        .await
     }
 
     async fn break_lock(
         &self,
         request: Request<pb::BreakLockRequest>,
     ) -> Result<Response<pb::BreakLockResponse>, Status> {
+        bounded(Waits::Read, "breaking the lock", async move {
         let r = request.into_inner();
         if r.reason.trim().is_empty() {
             return Err(Status::invalid_argument(
@@ -575,30 +665,103 @@ impl CoordinatorService for CoordinatorGrpc {
                 }))
             }
         }
+            })
+        .await
     }
 
     async fn history(
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
-        let r = request.into_inner();
-        let limit = if r.limit == 0 { 20 } else { r.limit as usize };
-        let entries = self
-            .coordinator
-            .journal
-            .history(&r.service, limit)
-            .await
-            .map_err(internal)?;
-        Ok(Response::new(pb::HistoryResponse {
-            entries: entries
-                .into_iter()
-                .map(|(seq, record)| pb::HistoryEntry {
-                    seq,
-                    deployment: Some(record.wire()),
-                })
-                .collect(),
-        }))
+        bounded(Waits::Read, "reading history", async move {
+            let r = request.into_inner();
+            let limit = if r.limit == 0 { 20 } else { r.limit as usize };
+            let entries = self
+                .coordinator
+                .journal
+                .history(&r.service, limit)
+                .await
+                .map_err(internal)?;
+            Ok(Response::new(pb::HistoryResponse {
+                entries: entries
+                    .into_iter()
+                    .map(|(seq, record)| pb::HistoryEntry {
+                        seq,
+                        deployment: Some(record.wire()),
+                    })
+                    .collect(),
+            }))
+        })
+        .await
     }
+}
+
+/// Sends a deployment's events from `from_seq` on, first those in etcd,
+/// then new ones as etcd sees them; ends after `Finished`.
+async fn forward_events(
+    journal: crate::journal::Journal,
+    id: String,
+    service: String,
+    from_seq: u64,
+    tx: mpsc::Sender<Result<pb::DeploymentEvent, Status>>,
+) {
+    let send = |event: &EventRecord| tx.send(Ok(event.wire(&id, &service)));
+    let (events, revision) = match journal.events(&id, from_seq.max(1)).await {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = tx.send(Err(internal(e))).await;
+            return;
+        }
+    };
+    for event in &events {
+        if send(event).await.is_err() {
+            return;
+        }
+        if event.kind == crate::record::EventKind::Finished {
+            return;
+        }
+    }
+    let mut client = journal.client().clone();
+    let prefix = keys::deployment_events(&id);
+    let watch = client
+        .watch(
+            prefix.as_str(),
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(revision + 1),
+            ),
+        )
+        .await;
+    let mut stream = match watch {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
+            return;
+        }
+    };
+    while let Ok(Some(response)) = stream.message().await {
+        for ev in response.events() {
+            if ev.event_type() != EventType::Put {
+                continue;
+            }
+            let Some(kv) = ev.kv() else { continue };
+            let Ok(event) = serde_json::from_slice::<EventRecord>(kv.value()) else {
+                continue;
+            };
+            if send(&event).await.is_err() {
+                return;
+            }
+            if event.kind == crate::record::EventKind::Finished {
+                return;
+            }
+        }
+    }
+    let _ = tx
+        .send(Err(Status::unavailable(
+            "the event stream from etcd ended; watch again from the last seq",
+        )))
+        .await;
 }
 
 impl CoordinatorGrpc {

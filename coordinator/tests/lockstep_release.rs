@@ -185,3 +185,34 @@ fn unknown_flag_is_a_clap_error() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--frobnicate"));
 }
+
+/// Reproduces #12 item 10: `LOCKSTEP_KEY` was read both as the TLS client
+/// key and as the release public key, so with it set for TLS, `release
+/// verify` without `--key` tried to load the TLS key as a release key. The
+/// TLS key is `--tls-key` / `LOCKSTEP_TLS_KEY` now; a left-over
+/// `LOCKSTEP_KEY` is refused, naming what to set instead.
+#[test]
+fn the_tls_key_and_the_release_key_never_share_a_name() {
+    let t = tempfile::tempdir().unwrap();
+    app(&t.path().join("app"));
+    let built = lockstep(&["release", "build", "app", "-o", "u.lsr"], t.path());
+    assert!(built.status.success());
+    fs::write(t.path().join("tls.key"), "-----BEGIN PRIVATE KEY-----\n").unwrap();
+    let verify = |var: &str| {
+        Command::new(env!("CARGO_BIN_EXE_lockstep"))
+            .args(["release", "verify", "u.lsr"])
+            .current_dir(t.path())
+            .env_remove("LOCKSTEP_KEY")
+            .env_remove("LOCKSTEP_TLS_KEY")
+            .env(var, "tls.key")
+            .output()
+            .unwrap()
+    };
+    let v = verify("LOCKSTEP_TLS_KEY");
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    let v = verify("LOCKSTEP_KEY");
+    let err = String::from_utf8_lossy(&v.stderr);
+    assert!(!v.status.success(), "{err}");
+    assert!(!err.contains("cannot load --key"), "{err}");
+    assert!(err.contains("LOCKSTEP_TLS_KEY"), "{err}");
+}

@@ -131,6 +131,27 @@ impl CoordinatorFixture {
         self.daemon.terminate(STOP_TIMEOUT)
     }
 
+    /// SIGTERM, then wait up to `limit` for the coordinator to exit;
+    /// how long it took, or an error (and a SIGKILL) past `limit`.
+    pub async fn stop_within(&mut self, limit: Duration) -> Result<Duration, HarnessError> {
+        self.daemon.terminate_within(limit).await
+    }
+
+    /// SIGTERM without waiting (see `wait_exit`): a test can watch what
+    /// the fleet and the CLI do while the coordinator stops.
+    pub fn begin_stop(&self) -> Result<(), HarnessError> {
+        self.daemon.begin_terminate()
+    }
+
+    /// Waits up to `timeout` for the coordinator to exit; an error when it
+    /// still runs then (it is killed on drop).
+    pub async fn wait_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<std::process::ExitStatus, HarnessError> {
+        self.daemon.wait_exit(timeout).await
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
@@ -146,7 +167,7 @@ pub async fn lockstep(urls: &[String], args: &[&str]) -> Result<Output, HarnessE
     lockstep_command(urls, &[], args).await
 }
 
-/// Runs `lockstep --ca … --cert … --key … --coordinator URL... ARGS`: the
+/// Runs `lockstep --ca … --cert … --tls-key … --coordinator URL... ARGS`: the
 /// CLI as the operator whose certificate `operator` holds.
 pub async fn lockstep_tls(
     urls: &[String],
@@ -171,6 +192,8 @@ async fn lockstep_command(
         .env_remove("LOCKSTEP_CA")
         .env_remove("LOCKSTEP_CERT")
         .env_remove("LOCKSTEP_KEY")
+        .env_remove("LOCKSTEP_TLS_KEY")
+        .env_remove("LOCKSTEP_TIMEOUT")
         .args(global)
         .args(args)
         .stdin(Stdio::null())

@@ -145,6 +145,81 @@ impl Daemon {
         }
     }
 
+    /// SIGTERM (after SIGCONT), then wait up to `limit` for the daemon to
+    /// exit, without blocking the runtime; returns how long it took. Past
+    /// `limit` it is killed and that is an error: for a daemon that
+    /// promises to exit in time.
+    pub(crate) async fn terminate_within(
+        &mut self,
+        limit: Duration,
+    ) -> Result<Duration, HarnessError> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(Duration::ZERO);
+        };
+        let pid = pid_of(&child)?;
+        let _ = kill(pid, Signal::SIGCONT);
+        let started = tokio::time::Instant::now();
+        let _ = kill(pid, Signal::SIGTERM);
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => return Ok(started.elapsed()),
+                Ok(None) if started.elapsed() < limit => tokio::time::sleep(POLL).await,
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(HarnessError::Fixture(format!(
+                        "{} pid {pid} did not exit within {limit:?} of SIGTERM; killed:\n{}",
+                        self.name,
+                        self.log_text()
+                    )));
+                }
+            }
+        }
+    }
+
+    /// SIGCONT and SIGTERM, without waiting: for a test that watches what
+    /// happens while the daemon stops ([`Self::wait_exit`] reaps it).
+    pub(crate) fn begin_terminate(&self) -> Result<(), HarnessError> {
+        let _ = self.signal(Signal::SIGCONT);
+        self.signal(Signal::SIGTERM)
+    }
+
+    /// Waits up to `timeout` for the daemon to exit and reaps it; an error
+    /// (the daemon left running) when it has not exited by then.
+    pub(crate) async fn wait_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<std::process::ExitStatus, HarnessError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let child = self
+                .child
+                .as_mut()
+                .ok_or_else(|| HarnessError::Fixture(format!("{} is not running", self.name)))?;
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    self.child = None;
+                    return Ok(status);
+                }
+                Ok(None) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(POLL).await;
+                }
+                Ok(None) => {
+                    return Err(HarnessError::Fixture(format!(
+                        "{} still runs {timeout:?} later",
+                        self.name
+                    )));
+                }
+                Err(e) => {
+                    return Err(HarnessError::Fixture(format!(
+                        "cannot wait for {}: {e}",
+                        self.name
+                    )));
+                }
+            }
+        }
+    }
+
     pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

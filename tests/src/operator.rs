@@ -332,3 +332,30 @@ pub async fn history_entry(urls: &[String], id: &str) -> Result<serde_json::Valu
             )
         })
 }
+
+/// The id of the demo service's active deployment (its marker in etcd),
+/// or `None` when none is active.
+pub async fn active_deployment(etcd: &EtcdCluster) -> Result<Option<String>, OperatorError> {
+    let mut client = etcd.client().await?;
+    let key = format!("/lockstep/v1/active/{DEMO_SERVICE}");
+    let response = client
+        .get(key.as_str(), None)
+        .await
+        .map_err(|e| unexpected(&format!("get {key}"), e))?;
+    Ok(response
+        .kvs()
+        .first()
+        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+}
+
+/// Instances the deployment's record counts as on its target.
+pub fn on_target(record: &serde_json::Value) -> usize {
+    record["progress"]
+        .as_object()
+        .map(|p| {
+            p.values()
+                .map(|c| c["on_target"].as_array().map_or(0, Vec::len))
+                .sum()
+        })
+        .unwrap_or(0)
+}

@@ -28,12 +28,12 @@ impl TlsFiles {
         )
     }
 
-    /// `--ca FILE --cert FILE --key FILE` for the `lockstep` CLI.
+    /// `--ca FILE --cert FILE --tls-key FILE` for the `lockstep` CLI.
     pub fn cli_args(&self) -> Vec<String> {
         [
             ("--ca", &self.ca),
             ("--cert", &self.cert),
-            ("--key", &self.key),
+            ("--tls-key", &self.key),
         ]
         .into_iter()
         .flat_map(|(flag, path)| [flag.to_owned(), path.display().to_string()])

@@ -325,6 +325,20 @@ impl CoordinatorService for Fake {
         Err(Status::unimplemented("not in the fake"))
     }
 
+    async fn rollback_target(
+        &self,
+        _: Request<pb::RollbackServiceRequest>,
+    ) -> Result<Response<pb::RollbackTargetResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn restart(
+        &self,
+        _: Request<pb::RestartServiceRequest>,
+    ) -> Result<Response<pb::DeployResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
     async fn get_deployment(
         &self,
         _: Request<pb::GetDeploymentRequest>,

@@ -264,14 +264,14 @@ async fn a_refused_config_is_rolled_back_with_its_code_and_no_client_request_fai
     no_deploy_lock(etcd, urls).await;
     let entry = history_entry(urls, &id3).await.unwrap();
     assert_eq!(entry["state"], "rolled_back", "{entry}");
-    let reason = entry["reason"].as_str().unwrap();
+    let outcome = entry["outcome"].as_str().unwrap();
     assert!(
-        reason.contains(REFUSED_KEY),
-        "the reason names the refused key: {reason}"
+        outcome.contains(REFUSED_KEY),
+        "the outcome names the refused key: {outcome}"
     );
     assert!(
-        reason.contains(&format!("instance {canary} failed")),
-        "the reason names the canary: {reason}"
+        outcome.contains(&format!("instance {canary} failed")),
+        "the outcome names the canary: {outcome}"
     );
     assert_eq!(record(etcd, &id3).await.unwrap()["state"], "rolled_back");
 }
@@ -333,7 +333,7 @@ async fn a_single_host_cluster_keeps_serving_through_a_good_and_a_bad_deploy() {
     let entry = history_entry(urls, &id3).await.unwrap();
     assert_eq!(entry["state"], "rolled_back", "{entry}");
     assert!(
-        entry["reason"]
+        entry["outcome"]
             .as_str()
             .unwrap()
             .contains("instance solo-1 failed"),

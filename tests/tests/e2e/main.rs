@@ -10,5 +10,6 @@ mod etcd_harness;
 mod health;
 mod incident;
 mod logs;
+mod operator_paths;
 mod systemd;
 mod tls;

@@ -5,7 +5,9 @@
 //! start: config -> etcd -> release depot -> bind listen -> serve gRPC
 //!        -> READY=1 -> leadership loop (campaign, lead, repeat)
 //! SIGTERM/SIGINT: STOPPING=1 -> resign (a standby takes over at once)
-//!        -> stop serving -> exit 0
+//!        and end every Report and WatchDeployment stream (agents and
+//!        watchers move to another coordinator) -> stop serving -> exit 0,
+//!        all within SHUTDOWN_GRACE whatever clients or etcd do
 //! ```
 
 #![forbid(unsafe_code)]
@@ -26,6 +28,12 @@ use tokio::sync::watch;
 
 /// How long start-up waits for etcd before giving up with a clear error.
 const ETCD_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// From SIGTERM to exit, at most: under the 5 s operators are promised,
+/// whatever streams are open or however slow etcd is to take the
+/// resignation (a lease that is not revoked expires by itself).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+/// What the runtime gives blocking tasks (a FetchRelease read) at exit.
+const RUNTIME_EXIT_GRACE: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -87,7 +95,9 @@ fn run(config_path: &Path) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config))
+    let result = runtime.block_on(serve(config));
+    runtime.shutdown_timeout(RUNTIME_EXIT_GRACE);
+    result
 }
 
 async fn serve(config: CoordinatorConfig) -> Result<()> {
@@ -144,7 +154,7 @@ async fn serve(config: CoordinatorConfig) -> Result<()> {
     let coordinator = Arc::new(Coordinator::new(config.clone(), client, depot));
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn({
-        let grpc = CoordinatorGrpc::new(coordinator.clone());
+        let grpc = CoordinatorGrpc::new(coordinator.clone(), stop_rx.clone());
         let mut stop = stop_rx.clone();
         async move {
             server_builder
@@ -174,16 +184,47 @@ async fn serve(config: CoordinatorConfig) -> Result<()> {
     tracing::info!(signal, "shutting down");
     notify(manager.stopping());
     let _ = stop_tx.send(true);
-    if let Err(err) = leadership.await {
-        tracing::error!(error = %err, "leadership task failed");
+    // Resigning, the mirror and the server's drain run at once, under one
+    // deadline: a task still running then is abandoned (the process exits).
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    let (leadership, mirror, server) = tokio::join!(
+        within(deadline, leadership),
+        within(deadline, mirror),
+        within(deadline, server),
+    );
+    for (task, ended) in [("leadership", leadership), ("release mirror", mirror)] {
+        match ended {
+            Some(Ok(())) => {}
+            Some(Err(err)) => tracing::error!(task, error = %err, "task failed"),
+            None => {
+                tracing::warn!(task, after = ?SHUTDOWN_GRACE, "task did not end in time; exiting without it")
+            }
+        }
     }
-    if let Err(err) = mirror.await {
-        tracing::error!(error = %err, "release mirror task failed");
+    match server {
+        Some(Ok(Ok(()))) => Ok(()),
+        Some(Ok(Err(err))) => Err(err).context("gRPC server failed"),
+        Some(Err(err)) => Err(err).context("gRPC server task failed"),
+        None => {
+            tracing::warn!(after = ?SHUTDOWN_GRACE, "a client kept its connection open; exiting without waiting for it");
+            Ok(())
+        }
     }
-    match server.await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(err)) => Err(err).context("gRPC server failed"),
-        Err(err) => Err(err).context("gRPC server task failed"),
+}
+
+/// A task's outcome, or `None` (and the task aborted) when it did not end
+/// by `deadline`.
+async fn within<T>(
+    deadline: tokio::time::Instant,
+    task: tokio::task::JoinHandle<T>,
+) -> Option<Result<T, tokio::task::JoinError>> {
+    let abort = task.abort_handle();
+    match tokio::time::timeout_at(deadline, task).await {
+        Ok(ended) => Some(ended),
+        Err(_) => {
+            abort.abort();
+            None
+        }
     }
 }
 

@@ -8,7 +8,13 @@
 //! from RPC errors to exit codes. Every verb calls the coordinator through
 //! [`Coordinators::call`]. An `https://` coordinator (given, or named by a
 //! redirect) is dialled over mTLS with the operator's `--ca`, `--cert` and
-//! `--key`, read on first use.
+//! `--tls-key`, read on first use.
+//!
+//! Every call has a deadline (`--timeout`): connecting, and the answer. A
+//! coordinator that does not answer in time — hung, or waiting on a hung
+//! etcd — is `Unavailable` (exit 69) and is tried last from then on.
+//! Streams (`watch`) are bounded while they open; `watch` bounds their
+//! silence itself.
 //!
 //! Must never: retry a call more than once after a redirect (a mutating call
 //! must not run twice because leadership moves), or print anything.
@@ -39,8 +45,12 @@ pub const EXIT_LOCKED: u8 = 75;
 /// EX_NOPERM from sysexits.h.
 pub const EXIT_NOT_ALLOWED: u8 = 77;
 
-/// A dead address must not stall the failover to the next one.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// `--timeout` unless given: a healthy coordinator answers in milliseconds,
+/// and one that waits on etcd gives up after 3 s and says so.
+pub const DEFAULT_TIMEOUT: &str = "5s";
+/// A push may take as long as its bytes take at this rate, on top of the
+/// timeout: a big bundle on a slow link is not a hung coordinator.
+const PUSH_MIN_BYTES_PER_SEC: u64 = 1 << 20;
 /// Keep-alives let `watch` notice a vanished coordinator instead of waiting
 /// forever on a half-open connection.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -65,7 +75,7 @@ pub enum Failure {
     NotAllowed(String),
     /// The TLS handshake failed: a certificate was refused.
     #[error(
-        "{url} refused the TLS connection ({detail}): it accepts only client certificates chained to its tls.ca; check --cert and --key (LOCKSTEP_CERT, LOCKSTEP_KEY), and --ca for its own certificate"
+        "{url} refused the TLS connection ({detail}): it accepts only client certificates chained to its tls.ca; check --cert and --tls-key (LOCKSTEP_CERT, LOCKSTEP_TLS_KEY), and --ca for its own certificate"
     )]
     Tls { url: String, detail: String },
     /// The coordinator refused the call; its message says what to do next.
@@ -76,9 +86,14 @@ pub enum Failure {
     Locked(String),
     #[error("{0}")]
     Local(String),
-    /// A watched deployment ended other than succeeded.
+    /// A watched deployment ended other than succeeded. `shown`: its line
+    /// is already on stdout, so it is not repeated on stderr.
     #[error("{message}")]
-    Outcome { code: u8, message: String },
+    Outcome {
+        code: u8,
+        message: String,
+        shown: bool,
+    },
 }
 
 impl Failure {
@@ -97,6 +112,12 @@ impl Failure {
             Self::Refused(_) | Self::Local(_) => EXIT_FAILED,
             Self::Outcome { code, .. } => *code,
         }
+    }
+
+    /// Whether the failure's text is already on stdout (the last line of
+    /// `watch`): printing it again on stderr would only repeat it.
+    pub fn already_shown(&self) -> bool {
+        matches!(self, Self::Outcome { shown: true, .. })
     }
 
     /// Whether waiting and calling again may help (used by `watch` to ride
@@ -202,7 +223,7 @@ fn is_not_leader(status: &tonic::Status) -> bool {
 /// Splits and normalises `--coordinator` values: commas separate URLs
 /// (clap splits them too; an env value may hold several), a bare
 /// `host:port` means `http://host:port`; `https://` needs `--ca`, `--cert`
-/// and `--key` (checked when it is dialled).
+/// and `--tls-key` (checked when it is dialled).
 pub fn parse_urls(values: &[String]) -> Result<Vec<String>, String> {
     let mut out: Vec<String> = Vec::new();
     for raw in values.iter().flat_map(|v| v.split(',')) {
@@ -233,7 +254,7 @@ pub fn parse_urls(values: &[String]) -> Result<Vec<String>, String> {
 }
 
 /// What the operator tells a TLS coordinator about themselves: `--ca`,
-/// `--cert`, `--key` (or `LOCKSTEP_CA`, `LOCKSTEP_CERT`, `LOCKSTEP_KEY`).
+/// `--cert`, `--tls-key` (or `LOCKSTEP_CA`, `LOCKSTEP_CERT`, `LOCKSTEP_TLS_KEY`).
 #[derive(Debug, Clone, Default)]
 pub struct TlsFlags {
     pub ca: Option<PathBuf>,
@@ -242,15 +263,34 @@ pub struct TlsFlags {
 }
 
 /// Appended to a transport failure on an `https://` coordinator.
-const TLS_REFUSAL_HINT: &str = "if the coordinator is up, it may have refused this TLS client certificate: it accepts only certificates chained to its tls.ca; check --cert and --key";
+const TLS_REFUSAL_HINT: &str = "if the coordinator is up, it may have refused this TLS client certificate: it accepts only certificates chained to its tls.ca; check --cert and --tls-key";
 
 /// Appended to a failure to reach an `https://` coordinator.
 const TLS_HINT: &str = "TLS: the coordinator must trust the CA that signed --cert, and its own certificate must chain to --ca and name the host in the URL";
 
-async fn connect(url: &str, tls: Option<&tls::TlsMaterial>) -> Result<Client, String> {
+/// `--timeout`: `500ms`, `5s`, `1m`; never zero (a call that may not
+/// wait at all cannot succeed).
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match release::manifest::parse_duration(text)? {
+        d if d.is_zero() => Err("the timeout must be more than 0".to_owned()),
+        d => Ok(d),
+    }
+}
+
+/// The deadline of pushing `bytes`: the timeout plus the bytes at
+/// [`PUSH_MIN_BYTES_PER_SEC`].
+pub fn push_deadline(timeout: Duration, bytes: u64) -> Duration {
+    timeout + Duration::from_secs(bytes / PUSH_MIN_BYTES_PER_SEC)
+}
+
+async fn connect(
+    url: &str,
+    tls: Option<&tls::TlsMaterial>,
+    timeout: Duration,
+) -> Result<Client, String> {
     let mut endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|e| error_chain(&e))?
-        .connect_timeout(CONNECT_TIMEOUT)
+        .connect_timeout(timeout)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true);
@@ -259,7 +299,11 @@ async fn connect(url: &str, tls: Option<&tls::TlsMaterial>) -> Result<Client, St
             .tls_config(tls.client_config())
             .map_err(|e| error_chain(&e))?;
     }
-    let channel = endpoint.connect().await.map_err(|e| {
+    // connect_timeout bounds TCP; the TLS handshake is bounded here.
+    let connected = tokio::time::timeout(timeout, endpoint.connect())
+        .await
+        .map_err(|_| format!("no connection within {timeout:?} (--timeout)"))?;
+    let channel = connected.map_err(|e| {
         let mut detail = error_chain(&e);
         if tls.is_some() {
             detail.push_str(" (");
@@ -279,16 +323,24 @@ pub struct Coordinators {
     tls_flags: TlsFlags,
     /// Read from `tls_flags` when an `https://` URL is first dialled.
     tls: Option<tls::TlsMaterial>,
+    /// `--timeout`: for connecting, and for each answer.
+    timeout: Duration,
 }
 
 impl Coordinators {
-    pub fn new(urls: Vec<String>) -> Self {
+    pub fn new(urls: Vec<String>, timeout: Duration) -> Self {
         Self {
             urls,
             current: None,
             tls_flags: TlsFlags::default(),
             tls: None,
+            timeout,
         }
+    }
+
+    /// `--timeout`.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Dials `https://` coordinators with the operator's certificate.
@@ -309,13 +361,13 @@ impl Coordinators {
         }
         let TlsFlags { ca, cert, key } = self.tls_flags.clone();
         let (Some(ca), Some(cert), Some(key)) = (ca.clone(), cert.clone(), key.clone()) else {
-            let missing: Vec<&str> = [("--ca", &ca), ("--cert", &cert), ("--key", &key)]
+            let missing: Vec<&str> = [("--ca", &ca), ("--cert", &cert), ("--tls-key", &key)]
                 .into_iter()
                 .filter(|(_, v)| v.is_none())
                 .map(|(flag, _)| flag)
                 .collect();
             return Err(Failure::Local(format!(
-                "{url} is a TLS coordinator: it requires a client certificate, but {} {} not given; pass --ca CA.pem --cert CERT.pem --key KEY.pem (or set LOCKSTEP_CA, LOCKSTEP_CERT and LOCKSTEP_KEY)",
+                "{url} is a TLS coordinator: it requires a client certificate, but {} {} not given; pass --ca CA.pem --cert CERT.pem --tls-key KEY.pem (or set LOCKSTEP_CA, LOCKSTEP_CERT and LOCKSTEP_TLS_KEY)",
                 missing.join(", "),
                 if missing.len() == 1 { "is" } else { "are" },
             )));
@@ -324,15 +376,21 @@ impl Coordinators {
         let material = tokio::task::spawn_blocking(move || tls::TlsMaterial::load(&paths))
             .await
             .map_err(|e| Failure::Local(format!("reading the TLS files failed: {e}")))?
-            .map_err(|e| Failure::Local(format!("--ca/--cert/--key: {e}")))?;
+            .map_err(|e| Failure::Local(format!("--ca/--cert/--tls-key: {e}")))?;
         self.tls = Some(material.clone());
         Ok(Some(material))
     }
 
-    /// Drops the remembered connection so the next call starts again from
-    /// the first URL (after a broken stream the leader may have moved).
+    /// Drops the remembered connection, and tries its URL last from now on:
+    /// after a broken stream or a call that got no answer the leader may
+    /// have moved, and a hung coordinator must not be asked first again.
     pub fn forget(&mut self) {
-        self.current = None;
+        if let Some((url, _)) = self.current.take() {
+            if let Some(at) = self.urls.iter().position(|u| *u == url) {
+                let url = self.urls.remove(at);
+                self.urls.push(url);
+            }
+        }
     }
 
     async fn client(&mut self) -> Result<(String, Client), Failure> {
@@ -342,7 +400,7 @@ impl Coordinators {
         let mut tried = Vec::new();
         for url in self.urls.clone() {
             let tls = self.tls_for(&url).await?;
-            match connect(&url, tls.as_ref()).await {
+            match connect(&url, tls.as_ref(), self.timeout).await {
                 Ok(client) => {
                     self.current = Some((url.clone(), client.clone()));
                     return Ok((url.clone(), client));
@@ -359,14 +417,28 @@ impl Coordinators {
     /// Runs one RPC: on the first coordinator that accepts a connection,
     /// then, if it is a follower naming the leader, once more on the leader.
     /// `call` builds a fresh request each time (a streamed upload is
-    /// re-read from its start).
-    pub async fn call<T, F, Fut>(&mut self, mut call: F) -> Result<T, Failure>
+    /// re-read from its start). Each attempt gets `--timeout`.
+    pub async fn call<T, F, Fut>(&mut self, call: F) -> Result<T, Failure>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_within(self.timeout, call).await
+    }
+
+    /// [`Self::call`] with a deadline of its own for each attempt (a push
+    /// takes as long as its bytes do).
+    pub async fn call_within<T, F, Fut>(
+        &mut self,
+        deadline: Duration,
+        mut call: F,
+    ) -> Result<T, Failure>
     where
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let (url, client) = self.client().await?;
-        let status = match call(client).await {
+        let status = match self.answer(&url, deadline, call(client)).await? {
             Ok(response) => return Ok(response.into_inner()),
             Err(status) => status,
         };
@@ -374,17 +446,16 @@ impl Coordinators {
             return Err(Failure::from_status(&url, &status));
         };
         let tls = self.tls_for(&leader).await?;
-        let client =
-            connect(&leader, tls.as_ref())
-                .await
-                .map_err(|detail| Failure::Unreachable {
-                    urls: leader.clone(),
-                    tried: format!(
-                        "{url} named {leader} as the leader, which did not answer: {detail}"
-                    ),
-                })?;
+        let client = connect(&leader, tls.as_ref(), self.timeout)
+            .await
+            .map_err(|detail| Failure::Unreachable {
+                urls: leader.clone(),
+                tried: format!(
+                    "{url} named {leader} as the leader, which did not answer: {detail}"
+                ),
+            })?;
         self.current = Some((leader.clone(), client.clone()));
-        match call(client).await {
+        match self.answer(&leader, deadline, call(client)).await? {
             Ok(response) => Ok(response.into_inner()),
             Err(status) if leader_redirect(&status).is_some() || is_not_leader(&status) => {
                 self.forget();
@@ -397,6 +468,28 @@ impl Coordinators {
                 })
             }
             Err(status) => Err(Failure::from_status(&leader, &status)),
+        }
+    }
+
+    /// `call`'s answer, or `Unavailable` (and `url` tried last from now on)
+    /// when there is none within `deadline`.
+    async fn answer<T>(
+        &mut self,
+        url: &str,
+        deadline: Duration,
+        call: impl Future<Output = Result<T, tonic::Status>>,
+    ) -> Result<Result<T, tonic::Status>, Failure> {
+        match tokio::time::timeout(deadline, call).await {
+            Ok(answer) => Ok(answer),
+            Err(_) => {
+                self.forget();
+                Err(Failure::Unavailable {
+                    url: url.to_owned(),
+                    detail: format!(
+                        "no answer within {deadline:?} (--timeout); the coordinator, or the etcd it waits on, may be hung"
+                    ),
+                })
+            }
         }
     }
 }
@@ -517,6 +610,36 @@ mod tests {
         let text = f.to_string();
         assert!(text.starts_with("no coordinator reachable at http://a:1, http://b:2: is lockstep-coordinator running? (tried"));
         assert_eq!(f.code(), 69);
+    }
+
+    #[test]
+    fn timeouts_parse_and_zero_is_refused() {
+        assert_eq!(parse_timeout("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_timeout("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_timeout("0s").is_err());
+        assert!(parse_timeout("five").is_err());
+    }
+
+    #[test]
+    fn a_push_may_take_as_long_as_its_bytes() {
+        let t = Duration::from_secs(5);
+        assert_eq!(push_deadline(t, 0), t);
+        assert_eq!(push_deadline(t, 100 << 20), Duration::from_secs(105));
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_coordinator_is_tried_last() {
+        let mut c = Coordinators::new(
+            strings(&["http://a:1", "http://b:2", "http://c:3"]),
+            Duration::from_secs(1),
+        );
+        c.forget();
+        assert_eq!(c.urls, ["http://a:1", "http://b:2", "http://c:3"]);
+        let channel = Endpoint::from_static("http://a:1").connect_lazy();
+        c.current = Some(("http://a:1".to_owned(), Client::new(channel)));
+        c.forget();
+        assert_eq!(c.urls, ["http://b:2", "http://c:3", "http://a:1"]);
+        assert!(c.current.is_none());
     }
 
     #[test]

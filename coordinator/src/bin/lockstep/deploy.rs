@@ -1,4 +1,4 @@
-//! `lockstep deploy --service S --release DIGEST [--strategy FILE]
+//! `lockstep deploy --service S --release VERSION|DIGEST [--strategy FILE]
 //! [--reason TEXT] [--wait]`: starts a deployment and prints its id last.
 //! Also owns what `deploy` and `rollback` print for a `DeployResponse`.
 //!
@@ -11,15 +11,18 @@ use std::path::PathBuf;
 use proto::v1::{DeployOutcome, DeployRequest, DeployResponse};
 
 use crate::client::{self, Coordinators, Failure};
-use crate::{Output, fmt, json, print_json, print_json_line, render, strategy, watch};
+use crate::{
+    Output, fmt, json, print_json, print_json_line, release_name, render, strategy, watch,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The service to deploy.
     #[arg(long)]
     pub service: String,
-    /// The release's full digest (sha256:...), as `lockstep release push` printed it.
-    #[arg(long, value_name = "DIGEST", value_parser = strategy::parse_digest)]
+    /// The release: its version, its digest (sha256:...), or a unique prefix
+    /// of the digest (`lockstep release list` shows them).
+    #[arg(long, value_name = "VERSION|DIGEST")]
     pub release: String,
     /// A TOML file with a [strategy] table; default: the built-in strategy (`lockstep plan` shows it).
     #[arg(long, value_name = "FILE")]
@@ -33,9 +36,10 @@ pub struct Args {
 }
 
 pub async fn run(c: &mut Coordinators, args: Args, output: Output) -> Result<(), Failure> {
+    let release_digest = release_name::resolve(c, &args.service, &args.release).await?;
     let request = DeployRequest {
         service: args.service.clone(),
-        release_digest: args.release,
+        release_digest,
         strategy_toml: strategy::load(args.strategy.as_deref())?,
         actor: Some(client::actor()),
         reason: args.reason,

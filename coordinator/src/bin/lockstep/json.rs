@@ -90,6 +90,7 @@ pub fn deployment(d: &Deployment) -> Value {
         "target": opt(d.target.as_ref(), release_ref),
         "state": deployment_state(d.state),
         "reason": d.reason,
+        "outcome": d.outcome,
         "fencing_token": d.fencing_token,
         "actor": opt(d.actor.as_ref(), actor),
         "created_unix_ms": d.created_unix_ms,
@@ -273,7 +274,8 @@ mod tests {
                 version: "1.0".to_owned(),
             }),
             state: DeploymentState::Paused as i32,
-            reason: String::new(),
+            reason: "JIRA-9".to_owned(),
+            outcome: "halted: canary failed".to_owned(),
             fencing_token: 7,
             actor: None,
             created_unix_ms: 5,
@@ -287,10 +289,12 @@ mod tests {
         };
         let v = deployment(&d);
         assert_eq!(v["state"], "paused");
+        assert_eq!(v["reason"], "JIRA-9");
+        assert_eq!(v["outcome"], "halted: canary failed");
         assert_eq!(v["target"]["version"], "1.0");
         assert_eq!(v["actor"], Value::Null);
         assert_eq!(v["clusters"][0]["on_target"], 1);
         assert_eq!(v["fencing_token"], 7);
-        assert_eq!(v.as_object().map(|o| o.len()), Some(10));
+        assert_eq!(v.as_object().map(|o| o.len()), Some(11));
     }
 }

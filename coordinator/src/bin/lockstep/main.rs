@@ -4,7 +4,8 @@
 //! Exit codes: 0 done (a watched deployment succeeded); 1 refused or failed
 //! (the message says what to do next), or a plan with problems; 2 bad
 //! usage; 3 the watched deployment rolled back; 4 it was aborted; 5 its
-//! rollback failed; 69 no coordinator (or no leader) reachable; 75 the
+//! rollback failed; 69 no coordinator (or no leader) reachable, or no
+//! answer within `--timeout` (a hung coordinator or etcd); 75 the
 //! service is locked by another deployment; 77 not allowed.
 //!
 //! Must never: hold business logic (it belongs in the library crates), or
@@ -27,7 +28,9 @@ mod json;
 mod locks;
 mod plan;
 mod release_cmd;
+mod release_name;
 mod render;
+mod restart;
 mod rollback;
 mod status;
 mod strategy;
@@ -60,9 +63,28 @@ struct Cli {
     /// The operator's client certificate (PEM) for `https://` coordinators.
     #[arg(long, global = true, value_name = "FILE", env = "LOCKSTEP_CERT")]
     cert: Option<PathBuf>,
-    /// The private key (PEM) of `--cert`.
-    #[arg(long, global = true, value_name = "FILE", env = "LOCKSTEP_KEY")]
-    key: Option<PathBuf>,
+    /// The private key (PEM) of `--cert`. Not `--key`: that is a release's
+    /// public key (`release verify --key`), and one name for both keys once
+    /// made the TLS key be read as a release key.
+    #[arg(
+        long = "tls-key",
+        global = true,
+        value_name = "FILE",
+        env = "LOCKSTEP_TLS_KEY"
+    )]
+    tls_key: Option<PathBuf>,
+    /// How long to wait for a coordinator to connect, and for each answer
+    /// (`500ms`, `5s`, `1m`); then exit 69. A `watch` stream is bounded
+    /// while it opens and while it is silent, not for its length.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DURATION",
+        env = "LOCKSTEP_TIMEOUT",
+        default_value = client::DEFAULT_TIMEOUT,
+        value_parser = client::parse_timeout
+    )]
+    timeout: std::time::Duration,
     /// Output format: text for people, json for scripts (`watch`: one event
     /// object per line).
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
@@ -98,8 +120,10 @@ enum Command {
     Approve(control::ApproveArgs),
     /// Stop a deployment for good (--reason required).
     Abort(control::AbortArgs),
-    /// Deploy the release a service ran before its current one.
+    /// Deploy the last release that succeeded on a service (or `--to` one), without a rehearsal.
     Rollback(rollback::Args),
+    /// Restart a service's processes on every host (or one cluster's), rolling, as a deployment.
+    Restart(restart::Args),
     /// Agents: reachability, last report, services with release and readiness.
     Agents(agents::Args),
     /// Locks: who holds what, why, since when; `locks break` to break one.
@@ -110,10 +134,10 @@ enum Command {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     let urls = client::parse_urls(&cli.coordinators).map_err(Failure::Local)?;
-    let mut c = Coordinators::new(urls).with_tls(client::TlsFlags {
+    let mut c = Coordinators::new(urls, cli.timeout).with_tls(client::TlsFlags {
         ca: cli.ca,
         cert: cli.cert,
-        key: cli.key,
+        key: cli.tls_key,
     });
     let output = cli.output;
     match cli.command {
@@ -127,22 +151,35 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Approve(args) => control::approve(&mut c, args, output).await,
         Command::Abort(args) => control::abort(&mut c, args, output).await,
         Command::Rollback(args) => rollback::run(&mut c, args, output).await,
+        Command::Restart(args) => restart::run(&mut c, args, output).await,
         Command::Agents(args) => agents::run(&mut c, args, output).await,
         Command::Locks(args) => locks::run(&mut c, args, output).await,
         Command::History(args) => history::run(&mut c, args, output).await,
     }
 }
 
+/// The environment variable that once named both the TLS key and a release
+/// key; refused so that neither is ever read in place of the other.
+const RETIRED_KEY_VARIABLE: &str = "LOCKSTEP_KEY";
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     if let Some(code) = clidocs::generate_if_asked(Cli::command) {
         return code;
     }
+    if std::env::var_os(RETIRED_KEY_VARIABLE).is_some() {
+        eprintln!(
+            "lockstep: {RETIRED_KEY_VARIABLE} is no longer read (it named both the TLS key and a release key): set LOCKSTEP_TLS_KEY (or --tls-key) for the TLS client key, pass a release's public key with `release verify --key`, and unset {RETIRED_KEY_VARIABLE}"
+        );
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("lockstep: {failure}");
+            if !failure.already_shown() {
+                eprintln!("lockstep: {failure}");
+            }
             failure.exit_code()
         }
     }
@@ -210,7 +247,7 @@ mod tests {
     }
 
     #[test]
-    fn deploy_requires_service_and_a_valid_digest() {
+    fn deploy_requires_service_and_a_release_name() {
         let cli = parse(&[
             "deploy",
             "--service",
@@ -228,8 +265,11 @@ mod tests {
         assert!(d.wait);
         assert_eq!(d.reason, "fix");
         assert!(parse(&["deploy", "--service", "web"]).is_err());
-        let bad = parse(&["deploy", "--service", "web", "--release", "abc"]).unwrap_err();
-        assert!(bad.to_string().contains("sha256:"), "{bad}");
+        // A version or a digest prefix is resolved against the index later.
+        let cli = parse(&["deploy", "--service", "web", "--release", "1.4.2"]).unwrap();
+        assert!(matches!(cli.command, Command::Deploy(d) if d.release == "1.4.2"));
+        let cli = parse(&["rollback", "web", "--to", "abcd"]).unwrap();
+        assert!(matches!(cli.command, Command::Rollback(r) if r.to.as_deref() == Some("abcd")));
     }
 
     #[test]
@@ -266,6 +306,10 @@ mod tests {
         assert!(parse(&["release", "build", "app", "-o", "a.lsr"]).is_ok());
         assert!(parse(&["release", "inspect", "a.lsr", "--output", "json"]).is_ok());
         assert!(parse(&["rollback", "web", "--wait"]).is_ok());
+        let cli = parse(&["restart", "web", "--cluster", "eu-1", "--wait"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Restart(r) if r.cluster.as_deref() == Some("eu-1") && r.wait)
+        );
         assert!(parse(&["status"]).is_ok());
         assert!(parse(&["status", "d-1"]).is_ok());
         assert!(parse(&["watch"]).is_err());

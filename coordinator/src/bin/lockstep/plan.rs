@@ -1,4 +1,4 @@
-//! `lockstep plan --service S --release DIGEST [--strategy FILE]`: how a
+//! `lockstep plan --service S --release VERSION|DIGEST [--strategy FILE]`: how a
 //! deployment would roll out, without starting it. Exit 1 when the plan has
 //! problems (each says how to fix it).
 //!
@@ -9,15 +9,16 @@ use std::path::PathBuf;
 use proto::v1::PlanRequest;
 
 use crate::client::{Coordinators, Failure};
-use crate::{Output, json, print_json, strategy};
+use crate::{Output, json, print_json, release_name, strategy};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The service to deploy.
     #[arg(long)]
     pub service: String,
-    /// The release's full digest (sha256:...), as `lockstep release push` printed it.
-    #[arg(long, value_name = "DIGEST", value_parser = strategy::parse_digest)]
+    /// The release: its version, its digest (sha256:...), or a unique prefix
+    /// of the digest (`lockstep release list` shows them).
+    #[arg(long, value_name = "VERSION|DIGEST")]
     pub release: String,
     /// A TOML file with a [strategy] table; default: the built-in strategy (`lockstep plan` shows it).
     #[arg(long, value_name = "FILE")]
@@ -25,9 +26,10 @@ pub struct Args {
 }
 
 pub async fn run(c: &mut Coordinators, args: Args, output: Output) -> Result<(), Failure> {
+    let release_digest = release_name::resolve(c, &args.service, &args.release).await?;
     let request = PlanRequest {
         service: args.service.clone(),
-        release_digest: args.release,
+        release_digest,
         strategy_toml: strategy::load(args.strategy.as_deref())?,
     };
     let plan = c

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use proto::v1::{
-    AgentSummary, Deployment, DeploymentEvent, DeploymentState, HistoryEntry, LockHolder, LockInfo,
-    LockKind, ReleaseSummary,
+    AgentSummary, Deployment, DeploymentEvent, DeploymentEventKind, DeploymentState, HistoryEntry,
+    LockHolder, LockInfo, LockKind, ReleaseSummary,
 };
 
 use crate::client::EXIT_FAILED;
@@ -112,6 +112,9 @@ pub fn deployment(d: &Deployment, now: i64) -> String {
     if !d.reason.is_empty() {
         out.push_str(&format!("  reason:   {}\n", d.reason));
     }
+    if !d.outcome.is_empty() {
+        out.push_str(&format!("  outcome:  {}\n", d.outcome));
+    }
     out.push_str(&format!("  actor:    {actor}\n"));
     out.push_str(&format!(
         "  created:  {} ({})\n",
@@ -159,9 +162,17 @@ pub fn event_line(e: &DeploymentEvent) -> String {
         out.push_str(&format!(" {}/{}#{}", i.agent_id, i.service, i.slot));
     }
     out.push_str(&format!(" ({})", json::deployment_state(e.state)));
-    if !e.message.is_empty() {
+    // A failure's detail (with the app's log lines) is shown whole once, on
+    // the instance_failed event; the events that carry it on (rollback
+    // started, finished) show its first line.
+    let message = if e.kind == DeploymentEventKind::InstanceFailed as i32 {
+        e.message.as_str()
+    } else {
+        e.message.lines().next().unwrap_or_default()
+    };
+    if !message.is_empty() {
         out.push_str(": ");
-        out.push_str(&e.message);
+        out.push_str(message);
     }
     out
 }
@@ -169,11 +180,25 @@ pub fn event_line(e: &DeploymentEvent) -> String {
 /// The last line of `watch`: how the deployment ended.
 pub fn finished_line(d: &Deployment) -> String {
     let state = json::deployment_state(d.state).replace('_', " ");
-    if d.reason.is_empty() {
+    // The outcome starts with the state ("rolled_back: …"), and its log
+    // lines were shown with the failure: its first line, without the state.
+    let first = d.outcome.lines().next().unwrap_or_default();
+    let outcome = first
+        .strip_prefix(json::deployment_state(d.state).as_str())
+        .map_or(first, |rest| rest.trim_start_matches(':').trim_start());
+    if outcome.is_empty() {
         format!("deployment {} {state}", d.id)
     } else {
-        format!("deployment {} {state}: {}", d.id, d.reason)
+        format!("deployment {} {state}: {outcome}", d.id)
     }
+}
+
+/// The last line of `watch` when only the terminal state is known.
+pub fn finished_state_line(id: &str, state: i32) -> String {
+    format!(
+        "deployment {id} {}",
+        json::deployment_state(state).replace('_', " ")
+    )
 }
 
 /// Ready instances / all instances of one service on one agent.
@@ -292,15 +317,16 @@ pub fn history(entries: &[HistoryEntry], service: &str) -> String {
                     .map_or_else(|| "-".to_owned(), |a| format!("{}@{}", a.user, a.host)),
                 utc(d.created_unix_ms),
                 utc(d.finished_unix_ms),
+                or_dash(&d.reason),
                 // One row per deployment: a failure's log lines are in
                 // `lockstep status ID` and `--output json`.
-                or_dash(d.reason.lines().next().unwrap_or_default()),
+                or_dash(d.outcome.lines().next().unwrap_or_default()),
             ]
         })
         .collect();
     table(
         &[
-            "ID", "STATE", "TARGET", "ACTOR", "STARTED", "FINISHED", "REASON",
+            "ID", "STATE", "TARGET", "ACTOR", "STARTED", "FINISHED", "REASON", "OUTCOME",
         ],
         &rows,
     )
@@ -413,7 +439,15 @@ pub fn rollup(list: &[AgentSummary]) -> Vec<ClusterRollup> {
 }
 
 /// `lockstep status`: the fleet per cluster, then who deploys what.
-pub fn status(list: &[AgentSummary], locks: &[LockInfo], now: i64) -> String {
+/// `lockstep status`: the fleet per cluster, then the deployments in
+/// progress with their `states` (deployment id -> state, e.g. `paused`;
+/// `?` when it could not be read).
+pub fn status(
+    list: &[AgentSummary],
+    locks: &[LockInfo],
+    states: &BTreeMap<String, String>,
+    now: i64,
+) -> String {
     let mut out = String::new();
     let clusters = rollup(list);
     if clusters.is_empty() {
@@ -470,6 +504,10 @@ pub fn status(list: &[AgentSummary], locks: &[LockInfo], now: i64) -> String {
                 vec![
                     key_name(&l.key).to_owned(),
                     or_dash(&l.purpose),
+                    states
+                        .get(&l.purpose)
+                        .cloned()
+                        .unwrap_or_else(|| "?".to_owned()),
                     holder(l.holder.as_ref()),
                     age(l.since_unix_ms, now),
                     ttl_left(l.ttl_left_ms),
@@ -477,7 +515,14 @@ pub fn status(list: &[AgentSummary], locks: &[LockInfo], now: i64) -> String {
             })
             .collect();
         out.push_str(&table(
-            &["SERVICE", "DEPLOYMENT", "HOLDER", "SINCE", "TTL LEFT"],
+            &[
+                "SERVICE",
+                "DEPLOYMENT",
+                "STATE",
+                "HOLDER",
+                "SINCE",
+                "TTL LEFT",
+            ],
             &rows,
         ));
     }
@@ -622,13 +667,18 @@ mod tests {
         assert_eq!(web.releases.get("1.4.2/abababababab"), Some(&2));
         let api = r[0].services.iter().find(|s| s.service == "api").unwrap();
         assert!(api.releases.is_empty());
-        let text = status(&list, &[lock()], NOW);
+        let states = BTreeMap::from([("d-41".to_owned(), "awaiting_approval".to_owned())]);
+        let text = status(&list, &[lock()], &states, NOW);
         assert!(
             text.contains("eu-1     2/2        web      3/4    1.4.2/abababababab x2"),
             "{text}"
         );
         assert!(text.contains("not installed"), "{text}");
-        assert!(text.contains("web      d-41"), "{text}");
+        assert!(
+            text.contains("web      d-41        awaiting_approval"),
+            "{text}"
+        );
+        assert!(text.contains("STATE"), "{text}");
     }
 
     #[test]
@@ -642,7 +692,8 @@ mod tests {
                 version: "1.4.3".to_owned(),
             }),
             state: DeploymentState::RolledBack as i32,
-            reason: "canary check failed".to_owned(),
+            reason: "JIRA-7".to_owned(),
+            outcome: "canary check failed".to_owned(),
             fencing_token: 18,
             actor: Some(Actor {
                 user: "bob".to_owned(),
@@ -659,7 +710,8 @@ mod tests {
         };
         let text = deployment(&d, NOW);
         assert!(text.contains("state:    rolled_back"), "{text}");
-        assert!(text.contains("reason:   canary check failed"), "{text}");
+        assert!(text.contains("reason:   JIRA-7"), "{text}");
+        assert!(text.contains("outcome:  canary check failed"), "{text}");
         assert!(text.contains("took 1m00s"), "{text}");
         assert!(text.contains("  eu-1     0/4        1"), "{text}");
         assert_eq!(
@@ -676,6 +728,37 @@ mod tests {
         assert!(
             h.contains("d-42  rolled_back  1.4.3/abababababab  bob@laptop"),
             "{h}"
+        );
+    }
+
+    #[test]
+    fn a_failures_log_lines_are_shown_once() {
+        let event = |kind: DeploymentEventKind| DeploymentEvent {
+            seq: 4,
+            at_unix_ms: NOW,
+            deployment_id: "d-1".to_owned(),
+            kind: kind as i32,
+            state: DeploymentState::RollingBack as i32,
+            cluster: String::new(),
+            instance: None,
+            message: "instance a failed: exited 78\nlast log lines:\nunknown key".to_owned(),
+        };
+        let failed = event_line(&event(DeploymentEventKind::InstanceFailed));
+        assert!(failed.contains("unknown key"), "{failed}");
+        let rollback = event_line(&event(DeploymentEventKind::RollbackStarted));
+        assert!(
+            rollback.ends_with("instance a failed: exited 78"),
+            "{rollback}"
+        );
+        let d = Deployment {
+            id: "d-1".to_owned(),
+            state: DeploymentState::RolledBack as i32,
+            outcome: "rolled_back: instance a failed: exited 78\nunknown key".to_owned(),
+            ..Default::default()
+        };
+        assert_eq!(
+            finished_line(&d),
+            "deployment d-1 rolled back: instance a failed: exited 78"
         );
     }
 

@@ -4,7 +4,9 @@
 //!
 //! Must never: change anything.
 
-use proto::v1::{GetDeploymentRequest, ListAgentsRequest, ListLocksRequest};
+use std::collections::BTreeMap;
+
+use proto::v1::{GetDeploymentRequest, ListAgentsRequest, ListLocksRequest, LockKind};
 
 use crate::client::{Coordinators, Failure};
 use crate::{Output, fmt, json, print_json, render};
@@ -60,16 +62,47 @@ async fn fleet(c: &mut Coordinators, output: Output) -> Result<(), Failure> {
         })
         .await?
         .locks;
+    // A deployment lock names its deployment: its state (paused, awaiting
+    // approval, rolling back) is what the operator needs to see.
+    let mut deployments = Vec::new();
+    for lock in locks
+        .iter()
+        .filter(|l| l.kind == LockKind::Deployment as i32 && !l.purpose.is_empty())
+    {
+        let request = GetDeploymentRequest {
+            deployment_id: lock.purpose.clone(),
+        };
+        let d = c
+            .call(|mut client| {
+                let request = request.clone();
+                async move { client.get_deployment(request).await }
+            })
+            .await?;
+        deployments.push(d);
+    }
+    let states: BTreeMap<String, String> = deployments
+        .iter()
+        .map(|d| (d.id.clone(), json::deployment_state(d.state)))
+        .collect();
     match output {
         Output::Json => {
             let doc = serde_json::json!({
                 "clusters": render::rollup(&agents),
+                "deployments": deployments.iter().map(|d| serde_json::json!({
+                    "id": d.id,
+                    "service": d.service,
+                    "state": json::deployment_state(d.state),
+                    "outcome": d.outcome,
+                })).collect::<Vec<_>>(),
                 "locks": locks.iter().map(json::lock).collect::<Vec<_>>(),
             });
             print_json(&doc)
         }
         Output::Text => {
-            print!("{}", render::status(&agents, &locks, fmt::now_unix_ms()));
+            print!(
+                "{}",
+                render::status(&agents, &locks, &states, fmt::now_unix_ms())
+            );
             Ok(())
         }
     }

@@ -1,5 +1,5 @@
-//! `--strategy FILE` and `--release DIGEST`: read and checked locally so a
-//! typo fails before anything is sent.
+//! `--strategy FILE`: read and checked locally so a typo fails before
+//! anything is sent.
 //!
 //! Must never: interpret the strategy (the coordinator and the `rollout`
 //! crate own its meaning); only check that the file is TOML with a
@@ -35,15 +35,6 @@ pub fn check(text: &str) -> Result<(), String> {
     }
 }
 
-/// clap value parser for `--release`: a full `sha256:<64 hex>` digest.
-pub fn parse_digest(s: &str) -> Result<String, String> {
-    s.parse::<release::ReleaseDigest>()
-        .map(|d| d.to_string())
-        .map_err(|e| {
-            format!("{e}; use the digest `lockstep release push` or `lockstep release list` prints")
-        })
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -56,14 +47,6 @@ mod tests {
         assert!(check("batch = 2\n").unwrap_err().contains("[strategy]"));
         assert!(check("strategy = 3\n").unwrap_err().contains("table"));
         assert!(check("[strategy\n").unwrap_err().contains("TOML"));
-    }
-
-    #[test]
-    fn digests_are_checked() {
-        let d = format!("sha256:{}", "0f".repeat(32));
-        assert_eq!(parse_digest(&d).unwrap(), d);
-        assert!(parse_digest("sha256:XYZ").is_err());
-        assert!(parse_digest("0f0f").unwrap_err().contains("release list"));
     }
 
     #[test]

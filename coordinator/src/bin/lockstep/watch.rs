@@ -30,6 +30,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Bars refresh at most this often: a replay of thousands of events must
 /// not become thousands of `GetDeployment` calls.
 const REFRESH_EVERY: Duration = Duration::from_millis(250);
+/// A stream with no event for this long is asked whether it is alive: a
+/// batch under observation is quiet for `min_healthy_time`, so silence
+/// alone is not a failure.
+const STREAM_IDLE: Duration = Duration::from_secs(15);
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -70,7 +74,17 @@ pub async fn run(c: &mut Coordinators, id: &str, output: Output) -> Result<(), F
             Ok(mut stream) => {
                 opened_once = true;
                 loop {
-                    match stream.message().await {
+                    let Ok(message) = tokio::time::timeout(STREAM_IDLE, stream.message()).await
+                    else {
+                        match get(c, id).await {
+                            Ok(d) if render::exit_code_for(d.state).is_some() => {
+                                return finish(c, &mut view, id, d.state).await;
+                            }
+                            Ok(_) => continue,
+                            Err(failure) => break failure.to_string(),
+                        }
+                    };
+                    match message {
                         Ok(Some(event)) => {
                             broken_since = None;
                             backoff = FIRST_BACKOFF;
@@ -82,7 +96,7 @@ pub async fn run(c: &mut Coordinators, id: &str, output: Output) -> Result<(), F
                             view.event(&event)?;
                             let finished = event.kind == DeploymentEventKind::Finished as i32;
                             if finished && render::exit_code_for(event.state).is_some() {
-                                return finish(c, &mut view, id).await;
+                                return finish(c, &mut view, id, event.state).await;
                             }
                             if view.wants_refresh(&mut last_refresh) {
                                 // A failed refresh only leaves the bars stale.
@@ -95,11 +109,11 @@ pub async fn run(c: &mut Coordinators, id: &str, output: Output) -> Result<(), F
                             // The server ends the stream when the deployment
                             // ends; anything else is a break.
                             if render::exit_code_for(last_state).is_some() {
-                                return finish(c, &mut view, id).await;
+                                return finish(c, &mut view, id, last_state).await;
                             }
                             match get(c, id).await {
                                 Ok(d) if render::exit_code_for(d.state).is_some() => {
-                                    return finish(c, &mut view, id).await;
+                                    return finish(c, &mut view, id, d.state).await;
                                 }
                                 _ => break "the event stream ended early".to_owned(),
                             }
@@ -154,25 +168,61 @@ async fn get(c: &mut Coordinators, id: &str) -> Result<Deployment, Failure> {
     .await
 }
 
-/// The end: final progress, the outcome line, the exit code.
-async fn finish(c: &mut Coordinators, view: &mut View, id: &str) -> Result<(), Failure> {
-    let d = get(c, id).await.map_err(|f| {
-        Failure::Unavailable {
-            url: "the coordinator".to_owned(),
-            detail: format!(
-                "deployment {id} ended but its outcome could not be read ({f}); see `lockstep status {id}`"
-            ),
+/// The end: final progress, the outcome line, the exit code. The record
+/// is read through the failover (the coordinator that streamed the end may
+/// be the one stopping); if no coordinator gives it, `seen_state` — the
+/// terminal state the coordinator streamed, read from etcd — decides, and
+/// a note says the details could not be read.
+async fn finish(
+    c: &mut Coordinators,
+    view: &mut View,
+    id: &str,
+    seen_state: i32,
+) -> Result<(), Failure> {
+    let (line, code) = match get_with_failover(c, id).await {
+        Ok(d) => {
+            view.progress(&d);
+            (
+                render::finished_line(&d),
+                render::exit_code_or_failed(d.state),
+            )
         }
-    })?;
-    view.progress(&d);
-    let line = render::finished_line(&d);
-    view.done(&line);
-    match render::exit_code_or_failed(d.state) {
+        Err(failure) => {
+            view.note(&format!(
+                "deployment {id} ended, but no coordinator gave its final record ({failure}); see `lockstep status {id}`"
+            ));
+            (
+                render::finished_state_line(id, seen_state),
+                render::exit_code_or_failed(seen_state),
+            )
+        }
+    };
+    let shown = view.done(&line);
+    match code {
         0 => Ok(()),
         code => Err(Failure::Outcome {
             code,
             message: line,
+            shown,
         }),
+    }
+}
+
+/// `GetDeployment`, moving on to the next coordinator while the failure is
+/// transient, for up to [`RECONNECT_FOR`].
+async fn get_with_failover(c: &mut Coordinators, id: &str) -> Result<Deployment, Failure> {
+    let started = Instant::now();
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        match get(c, id).await {
+            Ok(d) => return Ok(d),
+            Err(failure) if failure.is_transient() && started.elapsed() < RECONNECT_FOR => {
+                c.forget();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(failure) => return Err(failure),
+        }
     }
 }
 
@@ -260,10 +310,14 @@ impl View {
         }
     }
 
-    fn done(&mut self, line: &str) {
+    /// Prints the outcome line; whether it did (JSON leaves it to stderr).
+    fn done(&mut self, line: &str) -> bool {
         match self {
-            Self::Json => {}
-            Self::Plain => println!("{line}"),
+            Self::Json => false,
+            Self::Plain => {
+                println!("{line}");
+                true
+            }
             Self::Bars { bars, .. } => {
                 for bar in bars.values() {
                     bar.finish();
@@ -271,6 +325,7 @@ impl View {
                 // Finished bars are no longer redrawn: the outcome goes
                 // below them, as the last line.
                 println!("{line}");
+                true
             }
         }
     }

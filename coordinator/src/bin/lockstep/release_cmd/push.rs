@@ -14,7 +14,7 @@ use release::BundleFile;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
-use crate::client::{Coordinators, Failure};
+use crate::client::{self, Coordinators, Failure};
 use crate::{Output, json, print_json};
 
 /// Well under gRPC's default 4 MiB message limit, big enough to stream fast.
@@ -37,8 +37,9 @@ pub async fn run(c: &mut Coordinators, file: &Path, output: Output) -> Result<()
         expected_digest: bundle.digest.to_string(),
     };
     let bar = progress_bar(output, bundle.file_len);
+    let deadline = client::push_deadline(c.timeout(), bundle.file_len);
     let response = c
-        .call(|mut client| {
+        .call_within(deadline, |mut client| {
             let header = header.clone();
             let file = file.to_owned();
             let bar = bar.clone();
