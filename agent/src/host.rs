@@ -211,16 +211,34 @@ fn take_slots(from: &mut BTreeMap<u32, HostedInstance>, slots: &[u32]) -> Vec<Ho
 /// apart means a reader can never make a command look busy.
 #[derive(Debug, Default)]
 struct ServiceEntry {
-    command: Mutex<()>,
+    command: Arc<Mutex<()>>,
     runtime: Mutex<ServiceRuntime>,
 }
 
+/// The service's command lock, held by the one command under way; owned,
+/// so an accepted Apply carries it into the task that carries it out.
+type CommandLock = tokio::sync::OwnedMutexGuard<()>;
+
 impl ServiceEntry {
-    fn begin(&self, service: &str) -> Result<tokio::sync::MutexGuard<'_, ()>, HostError> {
-        self.command.try_lock().map_err(|_| HostError::Busy {
-            service: service.to_owned(),
-        })
+    fn begin(&self, service: &str) -> Result<CommandLock, HostError> {
+        self.command
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| HostError::Busy {
+                service: service.to_owned(),
+            })
     }
+}
+
+/// An Apply the host has taken: fenced, its release stored, the service's
+/// command lock held. Only `Host::apply` consumes it, so an Apply answered
+/// Accepted cannot then find the service busy.
+#[derive(Debug)]
+pub struct AcceptedApply {
+    service: String,
+    release: StoredRelease,
+    trigger: Trigger,
+    _command: CommandLock,
 }
 
 #[derive(Debug, Default)]
@@ -587,54 +605,46 @@ impl Host {
         }
     }
 
-    /// The coordinator's Apply: fenced, then a switch.
-    pub async fn apply(
+    /// Carries out an Apply `accept_apply` took: the switch.
+    pub async fn apply(&self, accepted: AcceptedApply) -> Result<String, HostError> {
+        let AcceptedApply {
+            service,
+            release,
+            trigger,
+            _command: command,
+        } = accepted;
+        self.switch_taken(&service, release, Some(trigger), command)
+            .await
+    }
+
+    /// Takes an Apply or refuses it: token (its high-water mark raised and
+    /// made durable here), release present (fetched from the coordinators
+    /// first if it is not), of this service, and the service's command lock
+    /// taken — held by the returned `AcceptedApply` until `apply` is done.
+    pub async fn accept_apply(
         &self,
         service: &str,
         digest: &str,
         token: u64,
         deployment: &str,
-    ) -> Result<String, HostError> {
+    ) -> Result<AcceptedApply, HostError> {
         self.admit(service, token).await?;
+        let runtime = self.runtime(service);
+        // Refuse a busy service before a fetch makes the caller wait; the
+        // lock is taken after it, so a fetch blocks no other command.
+        drop(runtime.begin(service)?);
         let release = self.stored_or_fetched(digest).await?;
         of_service(&release, service)?;
-        let trigger = Trigger::Apply {
-            deployment: deployment.to_owned(),
-            token,
-        };
-        self.switch(service, release, Some(trigger)).await
-    }
-
-    /// Checks an Apply without acting: token, release present (fetched from
-    /// the coordinators first if it is not), of this service, not busy.
-    /// The token's high-water mark is raised (and made durable) here.
-    pub async fn prepare_apply(
-        &self,
-        service: &str,
-        digest: &str,
-        token: u64,
-    ) -> Result<(), HostError> {
-        self.admit(service, token).await?;
-        let busy = || {
-            self.runtime(service)
-                .command
-                .try_lock()
-                .is_err()
-                .then(|| HostError::Busy {
-                    service: service.to_owned(),
-                })
-        };
-        // Refuse a busy service before a fetch makes the caller wait, and
-        // again after it: a switch may have begun meanwhile.
-        if let Some(err) = busy() {
-            return Err(err);
-        }
-        let release = self.stored_or_fetched(digest).await?;
-        of_service(&release, service)?;
-        match busy() {
-            Some(err) => Err(err),
-            None => Ok(()),
-        }
+        let command = runtime.begin(service)?;
+        Ok(AcceptedApply {
+            service: service.to_owned(),
+            release,
+            trigger: Trigger::Apply {
+                deployment: deployment.to_owned(),
+                token,
+            },
+            _command: command,
+        })
     }
 
     /// The coordinator's Stage: fenced, then the release is fetched (unless
@@ -796,8 +806,20 @@ impl Host {
         target: StoredRelease,
         trigger: Option<Trigger>,
     ) -> Result<String, HostError> {
+        let command = self.runtime(service).begin(service)?;
+        self.switch_taken(service, target, trigger, command).await
+    }
+
+    /// `switch` with the service's command lock already taken; it is
+    /// released when the switch is over (old instances drained).
+    async fn switch_taken(
+        &self,
+        service: &str,
+        target: StoredRelease,
+        trigger: Option<Trigger>,
+        _command: CommandLock,
+    ) -> Result<String, HostError> {
         let runtime = self.runtime(service);
-        let _command = runtime.begin(service)?;
         let mut rt = runtime.runtime.lock().await;
         if let Some(running) = &rt.running {
             if running.release.digest == target.digest {

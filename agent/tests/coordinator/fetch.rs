@@ -1,4 +1,4 @@
-//! `ReleaseFetcher` and `Host::prepare_apply` against the fake coordinator.
+//! `ReleaseFetcher` and `Host::accept_apply` against the fake coordinator.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -141,16 +141,24 @@ async fn concurrent_applies_of_one_release_fetch_it_once() {
     let digest = bundle.digest.to_string();
 
     let (a, b) = tokio::join!(
-        host.prepare_apply("demo", &digest, 1),
-        host.prepare_apply("demo", &digest, 1)
+        host.accept_apply("demo", &digest, 1, "d1"),
+        host.accept_apply("demo", &digest, 1, "d2")
     );
 
-    a.unwrap();
-    b.unwrap();
+    // One is taken; the other finds the service's command lock held.
+    let refused: Vec<_> = [&a, &b]
+        .into_iter()
+        .filter_map(|r| r.as_ref().err())
+        .collect();
+    assert_eq!(refused.len(), 1, "{a:?} {b:?}");
+    assert!(matches!(refused[0], HostError::Busy { .. }), "{refused:?}");
     assert_eq!(coordinator.fake.offsets(), [0], "fetched more than once");
     assert!(helper::files_under(&data.join("incoming")).is_empty());
     // The release is of `demo`: applying it to another service is refused.
-    let err = host.prepare_apply("billing", &digest, 1).await.unwrap_err();
+    let err = host
+        .accept_apply("billing", &digest, 1, "d3")
+        .await
+        .unwrap_err();
     assert!(matches!(err, HostError::ReleaseUnavailable { .. }), "{err}");
     assert!(err.to_string().contains("not of `billing`"), "{err}");
 }
@@ -166,7 +174,7 @@ async fn a_failed_fetch_refuses_the_apply_with_the_reason() {
         .unwrap();
 
     let err = host
-        .prepare_apply("demo", &bundle.digest.to_string(), 1)
+        .accept_apply("demo", &bundle.digest.to_string(), 1, "d1")
         .await
         .unwrap_err();
 

@@ -26,6 +26,17 @@ fn instances(status: &Value) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// The process `pid` has ended (a zombie counts: it no longer serves).
+fn process_gone(pid: i64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_ascii_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+        Err(_) => true,
+    }
+}
+
 fn text(output: &std::process::Output) -> String {
     format!(
         "{}{}",
@@ -84,4 +95,114 @@ async fn a_failed_restart_with_overlap_none_brings_the_instance_back() {
     assert_eq!(version, "1.0.0");
     let releases = agent.agentctl_json(&["releases", "demo"]).await.unwrap();
     assert_eq!(releases["current"]["version"], "1.0.0", "{releases}");
+}
+
+/// `agentctl install` of `version` on `port`; its digest.
+async fn installed(agent: &AgentFixture, version: &str, port: u16) -> String {
+    let bundle = DemoRelease::new(version, port).build(agent.dir()).unwrap();
+    agent.install(&bundle).await.unwrap();
+    let releases = agent.agentctl_json(&["releases", "demo"]).await.unwrap();
+    releases["current"]["digest"].as_str().unwrap().to_owned()
+}
+
+/// The switch the agent recorded for `deployment`, if any.
+async fn recorded_switch(agent: &AgentFixture, deployment: &str) -> Result<Value, String> {
+    let releases = agent
+        .agentctl_json(&["releases", "demo"])
+        .await
+        .map_err(|e| e.to_string())?;
+    let needle = format!("apply {deployment} ");
+    releases["history"]
+        .as_array()
+        .and_then(|h| {
+            h.iter().find(|s| {
+                s["trigger"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with(&needle))
+            })
+        })
+        .cloned()
+        .ok_or_else(|| format!("no switch recorded for {deployment}"))
+}
+
+/// Reproduces #12 item 5: Apply answered Accepted after `prepare_apply`,
+/// then the switch it spawned found the service busy and only logged it;
+/// the coordinator waited out `healthy_deadline` for a command the agent
+/// had dropped. Two Applies racing for one service: each one answered
+/// Accepted must be carried out (a switch recorded for its deployment);
+/// the one that cannot be taken must be answered Busy.
+#[tokio::test]
+async fn an_apply_answered_accepted_is_carried_out() {
+    let agent = AgentFixture::start("host-22", "eu-1").await.unwrap();
+    let port = free_loopback_port().unwrap();
+    let mut digests = Vec::new();
+    for version in ["1.0.0", "2.0.0", "3.0.0"] {
+        digests.push(installed(&agent, version, port).await);
+    }
+    let client = proto::v1::agent_service_client::AgentServiceClient::connect(format!(
+        "http://{}",
+        agent.grpc_addr()
+    ))
+    .await
+    .unwrap();
+    let apply = |digest: &str, deployment: String| proto::v1::ApplyRequest {
+        service: "demo".into(),
+        release_digest: digest.to_owned(),
+        fencing_token: 7,
+        deployment_id: deployment,
+    };
+    let mut current = 2;
+    // Rounds where an apply was taken (the previous switch's old instance
+    // may still drain, and then both are busy).
+    let mut raced = 0;
+    for round in 0..30 {
+        if raced == 6 {
+            break;
+        }
+        let status = agent.agentctl_json(&["status", "demo"]).await.unwrap();
+        let old_pid = instances(&status)[0]["pid"].as_i64().unwrap();
+        let (a, b) = ((current + 1) % 3, (current + 2) % 3);
+        let (da, db) = (format!("race-{round}-a"), format!("race-{round}-b"));
+        let (mut ca, mut cb) = (client.clone(), client.clone());
+        let (ra, rb) = tokio::join!(
+            ca.apply(apply(&digests[a], da.clone())),
+            cb.apply(apply(&digests[b], db.clone()))
+        );
+        let verdicts = [(ra, da, a), (rb, db, b)];
+        let mut accepted = false;
+        for (answer, deployment, release) in verdicts {
+            let verdict = answer.unwrap().into_inner().verdict.unwrap();
+            if verdict.outcome() == proto::v1::CommandOutcome::Accepted {
+                let switch = wait_for("the accepted apply's switch", DEADLINE, || {
+                    recorded_switch(&agent, &deployment)
+                })
+                .await
+                .unwrap_or_else(|e| panic!("accepted {verdict:?}, then dropped: {e}"));
+                assert_eq!(switch["succeeded"], true, "{switch}");
+                current = release;
+                accepted = true;
+            } else {
+                assert_eq!(
+                    verdict.refusal(),
+                    proto::v1::RefusalReason::Busy,
+                    "{verdict:?}"
+                );
+            }
+        }
+        raced += usize::from(accepted);
+        if accepted {
+            // The next round starts once the replaced instance drained
+            // (until then the switch holds the service).
+            wait_for("the replaced instance to exit", DEADLINE, || async {
+                if process_gone(old_pid) {
+                    Ok(())
+                } else {
+                    Err(format!("pid {old_pid} still runs"))
+                }
+            })
+            .await
+            .unwrap();
+        }
+    }
+    assert!(raced >= 6, "only {raced} rounds had an accepted apply");
 }
