@@ -206,3 +206,45 @@ async fn an_apply_answered_accepted_is_carried_out() {
     }
     assert!(raced >= 6, "only {raced} rounds had an accepted apply");
 }
+
+/// Reproduces #12 item 4: an app that exits 0 by itself was not restarted
+/// (the default was `restart = "on-failure"`, undocumented): the host
+/// showed no instance running while the agent still held its socket. A
+/// service runs like a daemon under a supervisor: restarted on any exit.
+#[tokio::test]
+async fn an_app_that_exits_0_is_restarted_by_default() {
+    let agent = AgentFixture::start("host-23", "eu-1").await.unwrap();
+    let port = free_loopback_port().unwrap();
+    let v1 = DemoRelease::new("1.0.0", port)
+        .with_config("[faults]\ncrash_after_ms = 1500\ncrash_exit_code = 0\n")
+        .build(agent.dir())
+        .unwrap();
+    agent.install(&v1).await.unwrap();
+    let status = agent.agentctl_json(&["status", "demo"]).await.unwrap();
+    let first = instances(&status)[0]["pid"].as_i64().unwrap();
+
+    let restarted = wait_for("the app to be restarted after exit 0", DEADLINE, || async {
+        let status = agent
+            .agentctl_json(&["status", "demo"])
+            .await
+            .map_err(|e| e.to_string())?;
+        let i = instances(&status).first().cloned().unwrap_or_default();
+        let again = i["pid"].as_i64().is_some_and(|p| p != 0 && p != first);
+        if again && i["restarts"].as_u64() >= Some(1) {
+            Ok(i)
+        } else {
+            Err(format!("instance is {i}"))
+        }
+    })
+    .await
+    .unwrap();
+    assert_ne!(restarted["state"], "failed", "{restarted}");
+    assert_eq!(
+        wait_for("the restarted app to serve", DEADLINE, || served_version(
+            port
+        ))
+        .await
+        .unwrap(),
+        "1.0.0"
+    );
+}
