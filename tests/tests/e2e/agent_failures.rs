@@ -248,3 +248,58 @@ async fn an_app_that_exits_0_is_restarted_by_default() {
         "1.0.0"
     );
 }
+
+/// Reproduces #12 item 3 (agent side): `agentctl status` said
+/// `crash_looping ready=true` and the coordinators counted the instance
+/// READY. An instance is ready only while it is up, its probe passes and it
+/// is not crash-looping: in agentctl and in what the agent reports
+/// (`AgentService.Status`, built like the Report stream's snapshots).
+#[tokio::test]
+async fn a_crash_looping_instance_is_never_reported_ready() {
+    let agent = AgentFixture::start("host-24", "eu-1").await.unwrap();
+    let port = free_loopback_port().unwrap();
+    // Ready at once, then exits 70 two seconds later, again and again.
+    let flaky = DemoRelease::new("1.0.0", port)
+        .with_config("[faults]\ncrash_after_ms = 2000\n")
+        .build(agent.dir())
+        .unwrap();
+    agent.install(&flaky).await.unwrap();
+
+    // Crash-looping, and up (and answering its probe) for a while.
+    let looping = wait_for("a crash-looping instance that is up", DEADLINE, || async {
+        let status = agent
+            .agentctl_json(&["status", "demo"])
+            .await
+            .map_err(|e| e.to_string())?;
+        let i = instances(&status).first().cloned().unwrap_or_default();
+        let up = i["pid"].as_i64().is_some() && i["uptime_secs"].as_u64() >= Some(1);
+        if i["state"] == "crash_looping" && up {
+            Ok(i)
+        } else {
+            Err(format!("instance is {i}"))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(looping["ready"], false, "{looping}");
+    assert_eq!(served_version(port).await.unwrap(), "1.0.0", "it serves");
+
+    let mut client = proto::v1::agent_service_client::AgentServiceClient::connect(format!(
+        "http://{}",
+        agent.grpc_addr()
+    ))
+    .await
+    .unwrap();
+    let reported = client
+        .status(proto::v1::StatusRequest {
+            service: "demo".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for instance in &reported.services[0].instances {
+        if instance.state() == proto::v1::InstanceState::CrashLooping {
+            assert!(!instance.ready, "{instance:?}");
+        }
+    }
+}
