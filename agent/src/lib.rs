@@ -20,6 +20,7 @@ pub mod host;
 pub mod instance;
 pub mod logfollow;
 pub mod plan;
+pub mod preflight;
 pub mod probe;
 pub mod state;
 pub mod supervisor;

@@ -303,3 +303,88 @@ async fn a_crash_looping_instance_is_never_reported_ready() {
         }
     }
 }
+
+/// Reproduces #12 item 10 (check-config): `lockstep-agent check-config`
+/// said valid, then the agent refused to start (`control group 'lockstep'
+/// does not exist`). check-config must run the checks the agent runs at
+/// start: here a missing control group and an unreadable trusted key.
+#[tokio::test]
+async fn check_config_runs_the_checks_the_agent_runs_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    let missing_key = dir.path().join("missing-release.pub");
+    std::fs::write(
+        &config,
+        format!(
+            "id = \"host-25\"\ncluster = \"eu-1\"\ndata_dir = \"{data}\"\n\n[control]\nsocket = \"{socket}\"\ngroup = \"lockstep-no-such-group\"\n\n[grpc]\nlisten = \"127.0.0.1:{port}\"\n\n[releases]\ntrusted_keys = [\"{key}\"]\n",
+            data = dir.path().join("data").display(),
+            socket = dir.path().join("agent.sock").display(),
+            port = free_loopback_port().unwrap(),
+            key = missing_key.display(),
+        ),
+    )
+    .unwrap();
+    let agent = lockstep_tests::workspace_bin("lockstep-agent").unwrap();
+    let file = config.to_str().unwrap();
+    for args in [vec!["check-config", file], vec!["--config", file]] {
+        let output = tokio::process::Command::new(&agent)
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        let said = text(&output);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {said}");
+        assert!(said.contains("lockstep-no-such-group"), "{args:?}: {said}");
+        assert!(
+            said.contains(&missing_key.display().to_string()),
+            "{args:?}: {said}"
+        );
+    }
+}
+
+/// Reproduces #12 item 10 (agentctl locks): a malformed budget policy in
+/// etcd made `agentctl locks` say "etcd unavailable" and exit 0. It must
+/// name the malformed key and the problem, and exit non-zero.
+#[tokio::test]
+async fn agentctl_locks_names_a_malformed_budget_policy_and_fails() {
+    const CLUSTER: &str = "eu-9";
+    let etcd = lockstep_tests::EtcdCluster::single().await.unwrap();
+    let mut client = etcd.client().await.unwrap();
+    let policy = leases::keys::cluster_policy(CLUSTER);
+    client
+        .put(policy.as_str(), "{\"max_disruptions\": \"two\"}", None)
+        .await
+        .unwrap();
+    let endpoints: Vec<String> = etcd
+        .endpoints()
+        .iter()
+        .map(|e| format!("\"{e}\""))
+        .collect();
+    let table = format!(
+        "\n[etcd]\nendpoints = [{}]\nlease_ttl = \"5s\"\nbudget_wait = \"5s\"\n",
+        endpoints.join(", ")
+    );
+    let agent = AgentFixture::start_with("host-26", CLUSTER, &table)
+        .await
+        .unwrap();
+
+    let output = wait_for("agentctl locks to reach etcd", DEADLINE, || async {
+        let output = agent
+            .agentctl(&["locks"])
+            .await
+            .map_err(|e| e.to_string())?;
+        if text(&output).contains("unreachable") {
+            Err(text(&output))
+        } else {
+            Ok(output)
+        }
+    })
+    .await
+    .unwrap();
+    let said = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    assert!(said.contains(&policy), "names the key: {said}");
+    assert!(said.contains("max_disruptions"), "says the problem: {said}");
+    assert!(!said.contains("etcd unavailable"), "{said}");
+}
