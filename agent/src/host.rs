@@ -1302,13 +1302,20 @@ impl Host {
             return Ok(release);
         }
         let parsed = parse_digest(digest)?;
-        fetcher
-            .fetch(&parsed)
-            .await
-            .map_err(|err| HostError::ReleaseUnavailable {
-                digest: digest.to_owned(),
-                reason: crate::dial::chain(&err),
-            })?;
+        let mut fetched = fetcher.fetch(&parsed).await;
+        if let Err(crate::fetch::FetchError::NoSpace { .. }) = &fetched {
+            // Space is short: drop the releases no service needs, once.
+            tracing::warn!(
+                digest,
+                "not enough free space for a release; collecting unused releases and trying again"
+            );
+            self.collect_garbage().await;
+            fetched = fetcher.fetch(&parsed).await;
+        }
+        fetched.map_err(|err| HostError::ReleaseUnavailable {
+            digest: digest.to_owned(),
+            reason: crate::dial::chain(&err),
+        })?;
         self.stored(digest).await
     }
 
