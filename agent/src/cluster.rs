@@ -59,6 +59,35 @@ pub enum ClusterError {
     },
 }
 
+/// Why the cluster's budget could not be shown.
+#[derive(Debug, thiserror::Error)]
+pub enum BudgetReadError {
+    #[error("etcd ({endpoints}) is unreachable")]
+    Unreachable { endpoints: String },
+    #[error("etcd ({endpoints}) did not answer within {REQUEST_TIMEOUT:?}")]
+    TimedOut { endpoints: String },
+    #[error("cannot read cluster {cluster}'s disruption budget: {source}")]
+    Read {
+        cluster: String,
+        #[source]
+        source: SemaphoreError,
+    },
+}
+
+impl BudgetReadError {
+    /// The key whose record is not valid, when etcd answered with one:
+    /// someone must fix the data, waiting will not help.
+    pub fn malformed_key(&self) -> Option<&str> {
+        match self {
+            Self::Read {
+                source: SemaphoreError::BadValue { key, .. },
+                ..
+            } => Some(key),
+            _ => None,
+        }
+    }
+}
+
 /// What `agentctl locks` shows.
 #[derive(Debug, Clone, Default)]
 pub struct BudgetView {
@@ -214,21 +243,29 @@ impl ClusterLink {
     }
 
     /// The cluster's budget as etcd sees it now.
-    pub async fn budget(&self) -> Result<BudgetView, String> {
-        let session = self.session().ok_or_else(|| {
-            format!(
-                "etcd ({}) is unreachable",
-                self.inner.settings.endpoints.join(",")
-            )
+    pub async fn budget(&self) -> Result<BudgetView, BudgetReadError> {
+        let endpoints = || self.inner.settings.endpoints.join(",");
+        let session = self.session().ok_or_else(|| BudgetReadError::Unreachable {
+            endpoints: endpoints(),
         })?;
         let client = session.client();
         let budget = &self.inner.budget;
-        let policy = budget.policy(client).await.map_err(|e| e.to_string())?;
-        Ok(BudgetView {
-            max_disruptions: policy.max_disruptions,
-            holders: budget.holders(client).await.map_err(|e| e.to_string())?,
-            waiters: budget.waiters(client).await.map_err(|e| e.to_string())?,
-        })
+        let read = async {
+            Ok::<_, SemaphoreError>(BudgetView {
+                max_disruptions: budget.policy(client).await?.max_disruptions,
+                holders: budget.holders(client).await?,
+                waiters: budget.waiters(client).await?,
+            })
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, read)
+            .await
+            .map_err(|_| BudgetReadError::TimedOut {
+                endpoints: endpoints(),
+            })?
+            .map_err(|source| BudgetReadError::Read {
+                cluster: budget.cluster().to_owned(),
+                source,
+            })
     }
 
     pub fn cluster(&self) -> &str {

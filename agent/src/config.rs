@@ -206,6 +206,12 @@ pub enum ConfigError {
         path: PathBuf,
         problems: Vec<String>,
     },
+    /// Valid, but the agent could not start with it on this host.
+    #[error("agent config {path} cannot be used on this host:\n{}", .problems.join("\n"))]
+    NotUsableHere {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -283,14 +289,25 @@ struct RawReleases {
 }
 
 impl AgentConfig {
-    /// Reads and validates `path`. Blocking: call from `spawn_blocking` in
+    /// Reads and validates `path`, then checks it against this host as the
+    /// agent's start would (`preflight`): the daemon and `check-config`
+    /// both load through here. Blocking: call from `spawn_blocking` in
     /// async code.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, path)
+        let config = Self::parse(&text, path)?;
+        let problems = crate::preflight::host_problems(&config);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::NotUsableHere {
+                path: path.to_owned(),
+                problems,
+            })
+        }
     }
 
     /// Validates `text`; `path` is only used in messages.

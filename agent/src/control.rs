@@ -444,9 +444,23 @@ impl AgentControl for ControlService {
                 waiters: view.waiters.iter().map(slot_info).collect(),
                 unavailable: String::new(),
             },
-            Err(reason) => pb::ControlLocksResponse {
+            // Bad data in etcd is not an outage: name it and fail, so
+            // that nobody mistakes it for "etcd is down, wait".
+            Err(err) if err.malformed_key().is_some() => {
+                let policy = leases::keys::cluster_policy(&cluster);
+                let hint = if err.malformed_key() == Some(policy.as_str()) {
+                    format!("; fix it, e.g. etcdctl put {policy} '{{\"max_disruptions\": 1}}'")
+                } else {
+                    String::new()
+                };
+                return Err(Status::failed_precondition(format!(
+                    "{}{hint}",
+                    crate::dial::chain(&err)
+                )));
+            }
+            Err(err) => pb::ControlLocksResponse {
                 cluster,
-                unavailable: reason,
+                unavailable: crate::dial::chain(&err),
                 ..Default::default()
             },
         };

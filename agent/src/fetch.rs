@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! fetch(digest): lock(digest) -> already stored? done
+//!   remove other releases' .partial files (unless their fetch runs)
+//!   first chunk announces the size: not enough free space -> fail, unwritten
 //!   append chunks to data_dir/incoming/<hex>.partial, each chunk's offset
 //!   = bytes written so far; stream broke -> resume from the file's length
 //!   on the next coordinator (capped backoff when no progress), until
@@ -11,8 +13,10 @@
 //! ```
 //!
 //! A partial file outlives a failed fetch (timeout, coordinators down) so
-//! the next attempt resumes it; it is removed once stored, and whenever the
-//! store refuses its content (wrong digest, bad signature).
+//! the next attempt of that release resumes it; it is removed once stored,
+//! whenever the store refuses its content (wrong digest, bad signature),
+//! and when a fetch of another release starts (a failed release must not
+//! keep the disk full for the next one).
 //!
 //! Must never: put anything into the store but the requested digest, or
 //! let two fetches of one digest write the same partial file.
@@ -77,6 +81,21 @@ pub enum FetchError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error(
+        "release {digest} needs {needed} more bytes in {dir} but only {available} are free; free space under data_dir (the release store keeps `releases.keep` old releases)"
+    )]
+    NoSpace {
+        digest: ReleaseDigest,
+        dir: PathBuf,
+        needed: u64,
+        available: u64,
+    },
+    #[error("cannot tell the free space in {dir}: {source}")]
+    FreeSpace {
+        dir: PathBuf,
+        #[source]
+        source: nix::Error,
     },
     #[error("the agent's blocking worker failed: {0}")]
     Worker(#[from] tokio::task::JoinError),
@@ -155,6 +174,7 @@ impl ReleaseFetcher {
             remove_partial(partial_path(&self.incoming, digest)).await;
             return Ok(());
         }
+        self.remove_other_partials(digest).await;
         let started = Instant::now();
         let mut partial = Partial::open(&self.incoming, digest, held).await?;
         self.download(digest, &mut partial, started + self.fetch_timeout)
@@ -169,6 +189,32 @@ impl ReleaseFetcher {
             "release fetched and stored"
         );
         Ok(())
+    }
+
+    /// Removes the `.partial` files of releases other than `digest` whose
+    /// fetch is not running (their fetch lock is free, and held here while
+    /// the file goes).
+    async fn remove_other_partials(&self, digest: &ReleaseDigest) {
+        let dir = self.incoming.clone();
+        let listed = tokio::task::spawn_blocking(move || partials_in(&dir)).await;
+        let found = match listed {
+            Ok(found) => found,
+            Err(err) => {
+                tracing::warn!(error = %err, "listing partial release files failed");
+                return;
+            }
+        };
+        for (other, path) in found {
+            if other == *digest {
+                continue;
+            }
+            let Ok(held) = self.lock_for(&other).try_lock_owned() else {
+                continue;
+            };
+            tracing::info!(digest = %other, path = %path.display(), "removing the partial download of a release no fetch wants now");
+            remove_partial(path).await;
+            drop(held);
+        }
     }
 
     fn lock_for(&self, digest: &ReleaseDigest) -> Arc<tokio::sync::Mutex<()>> {
@@ -363,6 +409,14 @@ async fn attempt(
                     partial.total.unwrap_or_default()
                 )));
             }
+            if partial.total.is_none() {
+                // Before the first byte of this fetch lands: a release that
+                // cannot fit must not fill the disk on its way to failing.
+                partial
+                    .check_space(digest, chunk.total_size)
+                    .await
+                    .map_err(AttemptError::Local)?;
+            }
             partial.total = Some(chunk.total_size);
         }
         let len = u64::try_from(chunk.data.len()).unwrap_or(u64::MAX);
@@ -438,6 +492,36 @@ impl Partial {
         })
     }
 
+    /// Fails unless the file system holding the file has room for the
+    /// `total` bytes the release has, less those already written.
+    async fn check_space(&self, digest: &ReleaseDigest, total: u64) -> Result<(), FetchError> {
+        let needed = total.saturating_sub(self.written);
+        let dir = self
+            .path
+            .parent()
+            .map_or_else(|| self.path.clone(), Path::to_path_buf);
+        let at = dir.clone();
+        let available = tokio::task::spawn_blocking(move || {
+            nix::sys::statvfs::statvfs(&at)
+                .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
+        })
+        .await?
+        .map_err(|source| FetchError::FreeSpace {
+            dir: dir.clone(),
+            source,
+        })?;
+        if fits(needed, available) {
+            Ok(())
+        } else {
+            Err(FetchError::NoSpace {
+                digest: *digest,
+                dir,
+                needed,
+                available,
+            })
+        }
+    }
+
     async fn append(&mut self, data: Vec<u8>) -> Result<(), FetchError> {
         let file = self.file.clone();
         let path = self.path.clone();
@@ -471,6 +555,27 @@ impl Partial {
     }
 }
 
+/// Whether `needed` bytes fit in `available`.
+fn fits(needed: u64, available: u64) -> bool {
+    needed <= available
+}
+
+/// The `<hex>.partial` files in `dir` with the digest each is of.
+fn partials_in(dir: &Path) -> Vec<(ReleaseDigest, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name();
+            let hex = name.to_str()?.strip_suffix(".partial")?;
+            let digest = ReleaseDigest::from_hex(hex).ok()?;
+            Some((digest, entry.path()))
+        })
+        .collect()
+}
+
 fn partial_path(incoming: &Path, digest: &ReleaseDigest) -> PathBuf {
     incoming.join(format!("{}.partial", digest.hex()))
 }
@@ -488,5 +593,34 @@ async fn remove_partial(path: PathBuf) {
         Err(err) => {
             tracing::warn!(path = %path.display(), error = %err, "partial file removal panicked")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_release_fits_only_in_as_many_free_bytes() {
+        assert!(fits(0, 0));
+        assert!(fits(10, 10));
+        assert!(!fits(11, 10));
+        assert!(!fits(1 << 60, u64::MAX >> 8));
+    }
+
+    #[test]
+    fn only_files_named_after_a_digest_are_partials() {
+        let dir = tempfile::tempdir().unwrap();
+        let digest = ReleaseDigest::of_bytes(b"x");
+        for name in [
+            format!("{}.partial", digest.hex()),
+            "notes.partial".to_owned(),
+            format!("{}.bundle", digest.hex()),
+        ] {
+            std::fs::write(dir.path().join(name), "").unwrap();
+        }
+        let found = partials_in(dir.path());
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, digest);
     }
 }

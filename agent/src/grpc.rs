@@ -1,7 +1,8 @@
 //! `AgentService`: what the coordinator calls on every agent.
 //!
 //! `Apply` answers as soon as the command is accepted or refused (stale
-//! token, release unavailable, busy) — after fetching the release from the
+//! token, release unavailable, busy); accepted means taken: the service's
+//! command lock is held from the answer until the switch is done — after fetching the release from the
 //! coordinators when this host lacks it, so the coordinator calls it with a
 //! deadline longer than `fetch_timeout`; the switch itself runs in the
 //! background and its progress arrives on `WatchStatus` (and the report
@@ -121,27 +122,36 @@ impl AgentService for AgentGrpc {
     ) -> Result<Response<pb::ApplyResponse>, Status> {
         self.authorize(&request, "Apply")?;
         let r = request.into_inner();
+        // Accepted means taken: the service's command lock is held from
+        // here until the switch is done, so nothing can make it busy.
         let accepted = self
             .host
-            .prepare_apply(&r.service, &r.release_digest, r.fencing_token)
+            .accept_apply(
+                &r.service,
+                &r.release_digest,
+                r.fencing_token,
+                &r.deployment_id,
+            )
             .await;
-        if let Err(err) = accepted {
-            return Ok(Response::new(pb::ApplyResponse {
-                verdict: Some(verdict(Err(err))),
-            }));
-        }
+        let accepted = match accepted {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                return Ok(Response::new(pb::ApplyResponse {
+                    verdict: Some(verdict(Err(err))),
+                }));
+            }
+        };
         let host = self.host.clone();
         let (service, digest, deployment) = (
             r.service.clone(),
             r.release_digest.clone(),
             r.deployment_id.clone(),
         );
-        let token = r.fencing_token;
         self.switches
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .spawn(async move {
-                let result = host.apply(&service, &digest, token, &deployment).await;
+                let result = host.apply(accepted).await;
                 if let Err(err) = &result {
                     tracing::warn!(service, digest, deployment, error = %err, "apply failed");
                 }

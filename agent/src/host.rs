@@ -10,8 +10,13 @@
 //!   ok   → target is current (durable, reported) ok   → target is current
 //!          then the old ones stop
 //!   fail → stop the new ones, old keeps serving  fail → stop it, start the old
-//!                                                       release again by itself
+//!                                                       release again (supervised)
 //! ```
+//!
+//! The steps, and what a failure leaves, come from the pure planner in
+//! `plan` (shared with restarts, which go slot by slot): a slot whose old
+//! instance was stopped first is started again and kept supervised, ready
+//! in time or not.
 //!
 //! One switch per service at a time (a second is refused as busy, never
 //! queued). Every outcome is written to the durable state before the reply.
@@ -36,7 +41,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::Duration;
 
-use release::manifest::Overlap;
 use release::{ReleaseDigest, Store, StoreError, StoredRelease, TrustedKeys};
 use tokio::sync::{Mutex, broadcast, watch};
 use tokio::time::Instant;
@@ -45,6 +49,7 @@ use crate::cluster::{AgentRecord, ClusterError, ClusterLink, Slot};
 use crate::config::AgentConfig;
 use crate::fetch::ReleaseFetcher;
 use crate::instance::{HostedInstance, InstanceError, InstanceSite};
+use crate::plan;
 use crate::state::{AgentState, ReleaseRecord, StaleToken, StateError, SwitchOutcome, Trigger};
 use crate::supervisor::record::{self, ProcessRecord, Verdict};
 use crate::supervisor::{
@@ -169,22 +174,71 @@ struct Running {
     instances: Vec<HostedInstance>,
 }
 
+/// What carrying out a plan left.
+enum Executed {
+    /// The target runs (the caller makes it durable); the old instances
+    /// still to stop (they drain after the target is durable).
+    Committed {
+        running: Running,
+        retiring: Vec<HostedInstance>,
+    },
+    /// A step failed and the service was brought back: what runs now.
+    Failed {
+        running: Option<Running>,
+        error: HostError,
+    },
+}
+
+/// The instances a failed plan leaves, by slot.
+struct Bench {
+    /// What ran before, with its sockets.
+    old_release: Option<(StoredRelease, ListenSockets)>,
+    old_slots: BTreeMap<u32, HostedInstance>,
+    new_slots: BTreeMap<u32, HostedInstance>,
+}
+
+fn by_slot(instances: Vec<HostedInstance>) -> BTreeMap<u32, HostedInstance> {
+    instances.into_iter().map(|i| (i.slot(), i)).collect()
+}
+
+fn take_slots(from: &mut BTreeMap<u32, HostedInstance>, slots: &[u32]) -> Vec<HostedInstance> {
+    slots.iter().filter_map(|s| from.remove(s)).collect()
+}
+
 /// A service's runtime behind two locks: `command` says a switch or
 /// restart is under way (a second one is refused as busy); `runtime` guards
 /// the data, which readers (status, logs) take only briefly. Keeping them
 /// apart means a reader can never make a command look busy.
 #[derive(Debug, Default)]
 struct ServiceEntry {
-    command: Mutex<()>,
+    command: Arc<Mutex<()>>,
     runtime: Mutex<ServiceRuntime>,
 }
 
+/// The service's command lock, held by the one command under way; owned,
+/// so an accepted Apply carries it into the task that carries it out.
+type CommandLock = tokio::sync::OwnedMutexGuard<()>;
+
 impl ServiceEntry {
-    fn begin(&self, service: &str) -> Result<tokio::sync::MutexGuard<'_, ()>, HostError> {
-        self.command.try_lock().map_err(|_| HostError::Busy {
-            service: service.to_owned(),
-        })
+    fn begin(&self, service: &str) -> Result<CommandLock, HostError> {
+        self.command
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| HostError::Busy {
+                service: service.to_owned(),
+            })
     }
+}
+
+/// An Apply the host has taken: fenced, its release stored, the service's
+/// command lock held. Only `Host::apply` consumes it, so an Apply answered
+/// Accepted cannot then find the service busy.
+#[derive(Debug)]
+pub struct AcceptedApply {
+    service: String,
+    release: StoredRelease,
+    trigger: Trigger,
+    _command: CommandLock,
 }
 
 #[derive(Debug, Default)]
@@ -551,54 +605,46 @@ impl Host {
         }
     }
 
-    /// The coordinator's Apply: fenced, then a switch.
-    pub async fn apply(
+    /// Carries out an Apply `accept_apply` took: the switch.
+    pub async fn apply(&self, accepted: AcceptedApply) -> Result<String, HostError> {
+        let AcceptedApply {
+            service,
+            release,
+            trigger,
+            _command: command,
+        } = accepted;
+        self.switch_taken(&service, release, Some(trigger), command)
+            .await
+    }
+
+    /// Takes an Apply or refuses it: token (its high-water mark raised and
+    /// made durable here), release present (fetched from the coordinators
+    /// first if it is not), of this service, and the service's command lock
+    /// taken — held by the returned `AcceptedApply` until `apply` is done.
+    pub async fn accept_apply(
         &self,
         service: &str,
         digest: &str,
         token: u64,
         deployment: &str,
-    ) -> Result<String, HostError> {
+    ) -> Result<AcceptedApply, HostError> {
         self.admit(service, token).await?;
+        let runtime = self.runtime(service);
+        // Refuse a busy service before a fetch makes the caller wait; the
+        // lock is taken after it, so a fetch blocks no other command.
+        drop(runtime.begin(service)?);
         let release = self.stored_or_fetched(digest).await?;
         of_service(&release, service)?;
-        let trigger = Trigger::Apply {
-            deployment: deployment.to_owned(),
-            token,
-        };
-        self.switch(service, release, Some(trigger)).await
-    }
-
-    /// Checks an Apply without acting: token, release present (fetched from
-    /// the coordinators first if it is not), of this service, not busy.
-    /// The token's high-water mark is raised (and made durable) here.
-    pub async fn prepare_apply(
-        &self,
-        service: &str,
-        digest: &str,
-        token: u64,
-    ) -> Result<(), HostError> {
-        self.admit(service, token).await?;
-        let busy = || {
-            self.runtime(service)
-                .command
-                .try_lock()
-                .is_err()
-                .then(|| HostError::Busy {
-                    service: service.to_owned(),
-                })
-        };
-        // Refuse a busy service before a fetch makes the caller wait, and
-        // again after it: a switch may have begun meanwhile.
-        if let Some(err) = busy() {
-            return Err(err);
-        }
-        let release = self.stored_or_fetched(digest).await?;
-        of_service(&release, service)?;
-        match busy() {
-            Some(err) => Err(err),
-            None => Ok(()),
-        }
+        let command = runtime.begin(service)?;
+        Ok(AcceptedApply {
+            service: service.to_owned(),
+            release,
+            trigger: Trigger::Apply {
+                deployment: deployment.to_owned(),
+                token,
+            },
+            _command: command,
+        })
     }
 
     /// The coordinator's Stage: fenced, then the release is fetched (unless
@@ -668,26 +714,38 @@ impl Host {
             self.take_slot(service, &format!("restart {service}: {}", order.reason))
                 .await?
         };
-        let Some(running) = rt.running.as_mut() else {
+        let Some(running) = rt.running.take() else {
             disruption.release().await;
             return Err(HostError::UnknownService {
                 service: service.to_owned(),
             });
         };
         let release = running.release.clone();
-        let overlap = release.manifest.overlap();
+        let sockets = running.sockets.clone();
         let trigger = Trigger::Restart {
             forced: order.forced,
             reason: order.reason.clone(),
         };
-        let mut outcome = Ok(());
-        for slot in 0..running.instances.len() {
-            let result = self.replace_slot(service, running, slot, overlap).await;
-            if let Err(err) = result {
-                outcome = Err(err);
-                break;
+        let executed = self
+            .execute(
+                service,
+                plan::Command::Restart,
+                Some(running),
+                &release,
+                sockets,
+            )
+            .await;
+        let outcome = match executed {
+            Executed::Committed { running, retiring } => {
+                rt.running = Some(running);
+                stop_all(retiring).await;
+                Ok(())
             }
-        }
+            Executed::Failed { running, error } => {
+                rt.running = running;
+                Err(error)
+            }
+        };
         disruption.release().await;
         let record = record_of(&release);
         match outcome {
@@ -740,37 +798,6 @@ impl Host {
         self.cluster.as_ref()
     }
 
-    /// Replaces one slot's instance with a fresh one of the same release.
-    async fn replace_slot(
-        &self,
-        service: &str,
-        running: &mut Running,
-        slot: usize,
-        overlap: Overlap,
-    ) -> Result<(), HostError> {
-        let slot_u32 = u32::try_from(slot).unwrap_or(u32::MAX);
-        if overlap == Overlap::None {
-            let old = running.instances.remove(slot);
-            old.stop().await;
-            let fresh = self.start_instance(&running.release, &running.sockets, slot_u32)?;
-            let fresh = self
-                .wait_ready(service, &running.release, vec![fresh])
-                .await?;
-            running.instances.splice(slot..slot, fresh);
-            return Ok(());
-        }
-        let fresh = self.start_instance(&running.release, &running.sockets, slot_u32)?;
-        let mut fresh = self
-            .wait_ready(service, &running.release, vec![fresh])
-            .await?;
-        let Some(fresh) = fresh.pop() else {
-            return Ok(());
-        };
-        let old = std::mem::replace(&mut running.instances[slot], fresh);
-        old.stop().await;
-        Ok(())
-    }
-
     /// The core: switch `service` to `target` (see the module doc).
     /// `trigger` is `None` when reconciling at start (nothing to record).
     async fn switch(
@@ -779,8 +806,20 @@ impl Host {
         target: StoredRelease,
         trigger: Option<Trigger>,
     ) -> Result<String, HostError> {
+        let command = self.runtime(service).begin(service)?;
+        self.switch_taken(service, target, trigger, command).await
+    }
+
+    /// `switch` with the service's command lock already taken; it is
+    /// released when the switch is over (old instances drained).
+    async fn switch_taken(
+        &self,
+        service: &str,
+        target: StoredRelease,
+        trigger: Option<Trigger>,
+        _command: CommandLock,
+    ) -> Result<String, HostError> {
         let runtime = self.runtime(service);
-        let _command = runtime.begin(service)?;
         let mut rt = runtime.runtime.lock().await;
         if let Some(running) = &rt.running {
             if running.release.digest == target.digest {
@@ -870,72 +909,201 @@ impl Host {
             Some(o) if self.listen(service, &o.release) == self.listen(service, target) => {
                 o.sockets.clone()
             }
-            _ => self.bind(service, target)?,
-        };
-        let overlap = target.manifest.overlap();
-        if overlap != Overlap::None || old.is_none() {
-            match self.start_all(service, target, &sockets).await {
-                Ok(instances) => {
-                    rt.running = Some(Running {
-                        release: target.clone(),
-                        sockets,
-                        instances,
-                    });
-                    Ok(old.map(|o| o.instances).unwrap_or_default())
-                }
+            _ => match self.bind(service, target) {
+                Ok(sockets) => sockets,
                 Err(err) => {
                     rt.running = old;
-                    Err(with_kept(err, "the old release keeps serving"))
+                    return Err(err);
                 }
+            },
+        };
+        match self
+            .execute(service, plan::Command::Switch, old, target, sockets)
+            .await
+        {
+            Executed::Committed { running, retiring } => {
+                rt.running = Some(running);
+                Ok(retiring)
             }
-        } else {
-            let Some(old) = old else {
-                return Ok(Vec::new());
-            };
-            let old_release = old.release.clone();
-            let old_sockets = old.sockets.clone();
-            stop_all(old.instances).await;
-            match self.start_all(service, target, &sockets).await {
-                Ok(instances) => {
-                    rt.running = Some(Running {
-                        release: target.clone(),
-                        sockets,
-                        instances,
-                    });
-                    Ok(Vec::new())
-                }
-                Err(err) => {
-                    // Overlap none: the old release was stopped; bring it back.
-                    let restored = self.start_all(service, &old_release, &old_sockets).await;
-                    let kept = match restored {
-                        Ok(instances) => {
-                            rt.running = Some(Running {
-                                release: old_release,
-                                sockets: old_sockets,
-                                instances,
-                            });
-                            "the old release was started again and serves".to_owned()
-                        }
-                        Err(restore_err) => {
-                            format!("restarting the old release failed too: {restore_err}")
-                        }
-                    };
-                    Err(with_kept(err, &kept))
-                }
+            Executed::Failed { running, error } => {
+                rt.running = running;
+                Err(error)
             }
         }
     }
 
-    /// Starts every instance of `release` and waits until all are ready.
-    async fn start_all(
+    /// Carries out `command` (see `plan`): `old` is what runs, `target`
+    /// the release to run on `sockets` (a restart: the same release).
+    async fn execute(
+        &self,
+        service: &str,
+        command: plan::Command,
+        old: Option<Running>,
+        target: &StoredRelease,
+        sockets: ListenSockets,
+    ) -> Executed {
+        let (old_release, mut old_slots) = match old {
+            Some(r) => (Some((r.release, r.sockets)), by_slot(r.instances)),
+            None => (None, BTreeMap::new()),
+        };
+        let running = u32::try_from(old_slots.len()).unwrap_or(u32::MAX);
+        let view = plan::View {
+            running,
+            target: match command {
+                plan::Command::Switch => target.manifest.run().instances,
+                plan::Command::Restart => running,
+            },
+            overlap: target.manifest.overlap(),
+        };
+        let mut new_slots = BTreeMap::new();
+        let mut committed = false;
+        let mut retiring = Vec::new();
+        for step in plan::plan(command, view) {
+            match step {
+                plan::Step::StartNew(slots) => {
+                    match self.start_slots(service, target, &sockets, &slots).await {
+                        Ok(started) => new_slots.extend(by_slot(started)),
+                        Err(error) => {
+                            let occupancy = plan::Occupancy {
+                                old: old_slots.keys().copied().collect(),
+                                new: new_slots.keys().copied().collect(),
+                            };
+                            let steps = plan::recover(command, view, &occupancy);
+                            let bench = Bench {
+                                old_release,
+                                old_slots,
+                                new_slots,
+                            };
+                            let (running, kept) =
+                                self.recover(service, command, steps, bench).await;
+                            return Executed::Failed {
+                                running,
+                                error: with_kept(error, &kept),
+                            };
+                        }
+                    }
+                }
+                plan::Step::StopOld(slots) if committed => {
+                    retiring.extend(take_slots(&mut old_slots, &slots));
+                }
+                plan::Step::StopOld(slots) => stop_all(take_slots(&mut old_slots, &slots)).await,
+                plan::Step::Commit => committed = true,
+                // Recovery steps: `plan` never returns them.
+                plan::Step::StopNew(_) | plan::Step::StartOld(_) => {}
+            }
+        }
+        retiring.extend(old_slots.into_values());
+        Executed::Committed {
+            running: Running {
+                release: target.clone(),
+                sockets,
+                instances: new_slots.into_values().collect(),
+            },
+            retiring,
+        }
+    }
+
+    /// Brings the service back after a failed step (`plan::recover`);
+    /// returns what runs now and what to tell about it.
+    async fn recover(
+        &self,
+        service: &str,
+        command: plan::Command,
+        steps: Vec<plan::Step>,
+        bench: Bench,
+    ) -> (Option<Running>, String) {
+        let Bench {
+            old_release,
+            mut old_slots,
+            mut new_slots,
+        } = bench;
+        let what = match command {
+            plan::Command::Switch => "the old release",
+            plan::Command::Restart => "the old instance",
+        };
+        let mut kept = match old_release {
+            Some(_) => format!("{what} keeps serving"),
+            None => String::new(),
+        };
+        for step in steps {
+            match step {
+                plan::Step::StopNew(slots) => stop_all(take_slots(&mut new_slots, &slots)).await,
+                plan::Step::StartOld(slots) => {
+                    let Some((release, sockets)) = &old_release else {
+                        continue;
+                    };
+                    let (started, verdict) =
+                        self.restore_slots(service, release, sockets, &slots).await;
+                    old_slots.extend(by_slot(started));
+                    kept = match verdict {
+                        Ok(()) => format!("{what} was started again and serves"),
+                        Err(reason) => format!(
+                            "{what} was started again but is not ready ({reason}); its supervisor keeps restarting it"
+                        ),
+                    };
+                }
+                plan::Step::StartNew(_) | plan::Step::StopOld(_) | plan::Step::Commit => {}
+            }
+        }
+        let Some((release, sockets)) = old_release else {
+            stop_all(new_slots.into_values().collect()).await;
+            return (None, kept);
+        };
+        // A restart's already restarted slots run the same release.
+        old_slots.extend(new_slots);
+        let running = Running {
+            release,
+            sockets,
+            instances: old_slots.into_values().collect(),
+        };
+        (Some(running), kept)
+    }
+
+    /// Starts `release` again in `slots` and keeps every instance that
+    /// started, ready in time or not: its supervisor restarts it with
+    /// backoff, so a slot never stays empty. The verdict says whether all
+    /// became ready.
+    async fn restore_slots(
         &self,
         service: &str,
         release: &StoredRelease,
         sockets: &ListenSockets,
-    ) -> Result<Vec<HostedInstance>, HostError> {
-        let count = release.manifest.run().instances;
+        slots: &[u32],
+    ) -> (Vec<HostedInstance>, Result<(), String>) {
         let mut started = Vec::new();
-        for slot in 0..count {
+        let mut verdict = Ok(());
+        for &slot in slots {
+            match self.start_instance(release, sockets, slot) {
+                Ok(instance) => started.push(instance),
+                Err(err) => {
+                    tracing::error!(service, slot, error = %err, "cannot start the old instance again");
+                    verdict = Err(crate::dial::chain(&err));
+                }
+            }
+        }
+        let deadline =
+            Instant::now() + release.manifest.readiness().timing.healthy_deadline + READY_GRACE;
+        for instance in &started {
+            if let Err(reason) = wait_instance_ready(instance.subscribe(), deadline).await {
+                if verdict.is_ok() {
+                    verdict = Err(reason);
+                }
+            }
+        }
+        (started, verdict)
+    }
+
+    /// Starts `release` in `slots` and waits until all are ready; on
+    /// failure every one of them is stopped.
+    async fn start_slots(
+        &self,
+        service: &str,
+        release: &StoredRelease,
+        sockets: &ListenSockets,
+        slots: &[u32],
+    ) -> Result<Vec<HostedInstance>, HostError> {
+        let mut started = Vec::new();
+        for &slot in slots {
             match self.start_instance(release, sockets, slot) {
                 Ok(instance) => started.push(instance),
                 Err(err) => {
@@ -1134,13 +1302,20 @@ impl Host {
             return Ok(release);
         }
         let parsed = parse_digest(digest)?;
-        fetcher
-            .fetch(&parsed)
-            .await
-            .map_err(|err| HostError::ReleaseUnavailable {
-                digest: digest.to_owned(),
-                reason: crate::dial::chain(&err),
-            })?;
+        let mut fetched = fetcher.fetch(&parsed).await;
+        if let Err(crate::fetch::FetchError::NoSpace { .. }) = &fetched {
+            // Space is short: drop the releases no service needs, once.
+            tracing::warn!(
+                digest,
+                "not enough free space for a release; collecting unused releases and trying again"
+            );
+            self.collect_garbage().await;
+            fetched = fetcher.fetch(&parsed).await;
+        }
+        fetched.map_err(|err| HostError::ReleaseUnavailable {
+            digest: digest.to_owned(),
+            reason: crate::dial::chain(&err),
+        })?;
         self.stored(digest).await
     }
 

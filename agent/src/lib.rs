@@ -19,6 +19,8 @@ pub mod grpc;
 pub mod host;
 pub mod instance;
 pub mod logfollow;
+pub mod plan;
+pub mod preflight;
 pub mod probe;
 pub mod state;
 pub mod supervisor;

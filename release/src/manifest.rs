@@ -35,8 +35,10 @@ pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_INSTANCES: u32 = 1;
 /// Upper bound on processes per host, to catch typos like `instances = 1000`.
 pub const MAX_INSTANCES: u32 = 256;
-/// Restart a process that failed, but let one that exited 0 on purpose stay down.
-pub const DEFAULT_RESTART: RestartPolicy = RestartPolicy::OnFailure;
+/// Restart on any exit, like a daemon supervisor: a service is meant to
+/// run, and one that ends "successfully" is as down as one that crashed
+/// (the agent would hold its socket with nobody serving it).
+pub const DEFAULT_RESTART: RestartPolicy = RestartPolicy::Always;
 /// SIGTERM is what servers conventionally handle as "drain and exit".
 pub const DEFAULT_STOP_SIGNAL: Signal = Signal::SIGTERM;
 /// Time to drain before SIGKILL: long enough for in-flight requests, short
@@ -1083,6 +1085,8 @@ mode = "socket-handover"
         .unwrap();
         assert_eq!(m.run().instances, DEFAULT_INSTANCES);
         assert_eq!(m.run().restart, DEFAULT_RESTART);
+        // #12 item 4: a service that exits 0 is restarted unless it says not to.
+        assert_eq!(DEFAULT_RESTART, RestartPolicy::Always);
         assert_eq!(m.run().stop_signal, DEFAULT_STOP_SIGNAL);
         assert_eq!(m.run().stop_timeout, DEFAULT_STOP_TIMEOUT);
         assert!(m.run().working_dir.is_root());

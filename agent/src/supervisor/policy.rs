@@ -206,6 +206,7 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
     pub state: InstanceState,
+    /// Up, probe passed, and not crash-looping.
     pub ready: bool,
     pub restarts: u32,
     pub last_exit: Option<ExitReason>,
@@ -617,8 +618,10 @@ impl InstancePolicy {
         }
     }
 
+    /// Ready as reported: up, its probe passed, and not crash-looping — an
+    /// instance that keeps dying is not counted on, even between crashes.
     fn ready(&self) -> bool {
-        matches!(self.phase, Phase::Running { ready: true, .. })
+        matches!(self.phase, Phase::Running { ready: true, .. }) && !self.crash_looping
     }
 
     fn set_state(&mut self, state: InstanceState, detail: String) {
@@ -814,17 +817,22 @@ mod tests {
         }
         assert!(seen.contains(&InstanceState::CrashLooping), "{seen:?}");
         assert_eq!(p.state(), InstanceState::CrashLooping);
-        // Ready while looping: still reported as crash-looping, ready = true.
+        // Its probe passes while looping: still crash-looping, and not
+        // ready (#12 item 3: `crash_looping ready=true` was counted READY).
         let a = p.step(t, 0.0, Event::ProbePassed);
-        let Some(Action::Report(r)) = a.iter().find(|a| matches!(a, Action::Report(_))) else {
-            panic!("no report {a:?}");
-        };
-        assert!(r.ready);
-        assert_eq!(r.state, InstanceState::CrashLooping);
-        // Up for a whole window: recovered.
+        assert!(
+            !a.iter().any(|a| matches!(a, Action::Report(r) if r.ready)),
+            "{a:?}"
+        );
+        assert_eq!(p.state(), InstanceState::CrashLooping);
+        // Up for a whole window: recovered, and ready again.
         t += CRASH_LOOP_WINDOW;
         let a = p.step(t, 0.0, Event::TimerFired);
         assert_eq!(states(&a), vec![InstanceState::Ready]);
+        assert!(
+            a.iter().any(|a| matches!(a, Action::Report(r) if r.ready)),
+            "{a:?}"
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `ReleaseFetcher` and `Host::prepare_apply` against the fake coordinator.
+//! `ReleaseFetcher` and `Host::accept_apply` against the fake coordinator.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -141,16 +141,24 @@ async fn concurrent_applies_of_one_release_fetch_it_once() {
     let digest = bundle.digest.to_string();
 
     let (a, b) = tokio::join!(
-        host.prepare_apply("demo", &digest, 1),
-        host.prepare_apply("demo", &digest, 1)
+        host.accept_apply("demo", &digest, 1, "d1"),
+        host.accept_apply("demo", &digest, 1, "d2")
     );
 
-    a.unwrap();
-    b.unwrap();
+    // One is taken; the other finds the service's command lock held.
+    let refused: Vec<_> = [&a, &b]
+        .into_iter()
+        .filter_map(|r| r.as_ref().err())
+        .collect();
+    assert_eq!(refused.len(), 1, "{a:?} {b:?}");
+    assert!(matches!(refused[0], HostError::Busy { .. }), "{refused:?}");
     assert_eq!(coordinator.fake.offsets(), [0], "fetched more than once");
     assert!(helper::files_under(&data.join("incoming")).is_empty());
     // The release is of `demo`: applying it to another service is refused.
-    let err = host.prepare_apply("billing", &digest, 1).await.unwrap_err();
+    let err = host
+        .accept_apply("billing", &digest, 1, "d3")
+        .await
+        .unwrap_err();
     assert!(matches!(err, HostError::ReleaseUnavailable { .. }), "{err}");
     assert!(err.to_string().contains("not of `billing`"), "{err}");
 }
@@ -166,10 +174,62 @@ async fn a_failed_fetch_refuses_the_apply_with_the_reason() {
         .unwrap();
 
     let err = host
-        .prepare_apply("demo", &bundle.digest.to_string(), 1)
+        .accept_apply("demo", &bundle.digest.to_string(), 1, "d1")
         .await
         .unwrap_err();
 
     assert_eq!(err.refusal(), proto::v1::RefusalReason::ReleaseUnavailable);
     assert!(err.to_string().contains("lockstep release push"), "{err}");
+}
+
+fn bytes_under(dir: &std::path::Path) -> u64 {
+    helper::files_under(dir)
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .filter(std::fs::Metadata::is_file)
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Reproduces #18 item 4 (free space): a release that did not fit was
+/// downloaded until the disk was full, and its `.partial` stayed. A fetch
+/// checks free space against the size the coordinator announces and fails
+/// with a clear error before writing a byte.
+#[tokio::test]
+async fn a_release_that_does_not_fit_fails_before_anything_is_written() {
+    let setup = Setup::new();
+    let bundle = setup.bundle();
+    let coordinator = helper::serve(Fake::new(&bundle, Serve::Oversized)).await;
+    let fetcher = setup.fetcher(&[&coordinator.url]);
+
+    let err = fetcher.fetch(&bundle.digest).await.unwrap_err();
+
+    let said = err.to_string();
+    assert!(said.contains("free"), "{said}");
+    assert!(
+        said.contains(&setup.incoming().display().to_string()),
+        "{said}"
+    );
+    assert_eq!(bytes_under(&setup.incoming()), 0, "nothing written");
+}
+
+/// Reproduces #18 item 4 (partials): the `.partial` of a release that
+/// failed to download stayed in `incoming/` (only the same release's
+/// partial was ever removed) and the next release failed for want of
+/// space. Partials of other releases go before a new fetch starts.
+#[tokio::test]
+async fn partial_downloads_of_other_releases_are_removed_before_a_new_fetch() {
+    let setup = Setup::new();
+    std::fs::create_dir_all(setup.incoming()).unwrap();
+    let other = release::ReleaseDigest::of_bytes(b"a release that never finished");
+    let stale = setup.incoming().join(format!("{}.partial", other.hex()));
+    std::fs::write(&stale, vec![0u8; 64 * 1024]).unwrap();
+    let bundle = setup.bundle();
+    let coordinator = helper::serve(Fake::new(&bundle, Serve::Whole)).await;
+    let fetcher = setup.fetcher(&[&coordinator.url]);
+
+    fetcher.fetch(&bundle.digest).await.unwrap();
+
+    assert!(!stale.exists(), "the other release's partial is gone");
+    assert_eq!(bytes_under(&setup.incoming()), 0);
 }

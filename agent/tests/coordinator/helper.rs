@@ -73,6 +73,8 @@ pub enum Serve {
     /// Every byte in place but one flipped.
     Corrupt,
     NotFound,
+    /// Announces a size no disk has (an exbibyte), then sends the bundle.
+    Oversized,
 }
 
 #[derive(Debug)]
@@ -280,7 +282,11 @@ impl CoordinatorService for Fake {
             let middle = bytes.len() / 2;
             bytes[middle] ^= 0xff;
         }
-        let total = bytes.len() as u64;
+        let total = if self.serve == Serve::Oversized {
+            1 << 60
+        } else {
+            bytes.len() as u64
+        };
         let mut items = Vec::new();
         for start in (request.offset as usize..bytes.len()).step_by(CHUNK) {
             let end = (start + CHUNK).min(bytes.len());

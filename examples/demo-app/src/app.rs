@@ -3,21 +3,23 @@
 //!
 //! ```text
 //! load config ──err──▶ exit 78
-//!   │ fail_at_start ─▶ exit 1
+//!   │ fail_at_start (or fail_at_start_while_exists and the file exists) ─▶ exit 1
 //! take/bind socket ─err─▶ exit 71
 //!   │
 //! serve ──┬─ after ready_after ───────▶ READY=1
 //!         ├─ after unhealthy_after ───▶ STATUS=unhealthy (healthz 503)
-//!         ├─ after crash_after ───────▶ exit 70
+//!         ├─ after crash_after ───────▶ exit crash_exit_code (70)
 //!         └─ SIGTERM/SIGINT ──▶ STOPPING=1, wait shutdown_delay,
 //!                               stop accepting, finish in-flight ─▶ exit 0
 //! ```
 //!
 //! Exit codes: 0 graceful stop; 1 `fail_at_start` or an unexpected runtime
-//! error; 2 bad command line (clap); 70 `crash_after_ms`; 71 no listening
-//! socket (bind failed, or a LISTEN_FDS socket is unusable); 78 config error.
+//! error; 2 bad command line (clap); 70 `crash_after_ms` (or its
+//! `crash_exit_code`); 71 no listening socket (bind failed, or a LISTEN_FDS
+//! socket is unusable); 78 config error.
 //!
-//! Must never: parse config keys itself, or exit 0 on any failure.
+//! Must never: parse config keys itself, or exit 0 on any failure (an
+//! injected `crash_exit_code = 0` is the one asked-for exception).
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -41,8 +43,6 @@ pub const VERSION_ENV: &str = "LOCKSTEP_RELEASE_VERSION";
 
 pub const EXIT_FAIL_AT_START: u8 = 1;
 pub const EXIT_RUNTIME: u8 = 1;
-/// EX_SOFTWARE: the injected crash.
-pub const EXIT_CRASH: i32 = 70;
 /// EX_OSERR: no listening socket.
 pub const EXIT_LISTENER: u8 = 71;
 /// EX_CONFIG.
@@ -73,6 +73,12 @@ fn init_logging() {
 fn apply_overrides(config: &mut Config, cli: &Cli) {
     let f = &mut config.faults;
     f.fail_at_start |= cli.fail_at_start;
+    if let Some(path) = &cli.fail_at_start_while_exists {
+        f.fail_at_start_while_exists = Some(path.clone());
+    }
+    if let Some(code) = cli.crash_exit_code {
+        f.crash_exit_code = code;
+    }
     if let Some(ms) = cli.ready_after_ms {
         f.ready_after = Duration::from_millis(ms);
     }
@@ -109,6 +115,15 @@ pub fn run(cli: Cli) -> ExitCode {
             config.path.display()
         );
         return ExitCode::from(EXIT_FAIL_AT_START);
+    }
+    if let Some(path) = &config.faults.fail_at_start_while_exists {
+        if path.exists() {
+            eprintln!(
+                "demo-app: fail_at_start_while_exists fault: {} exists: refusing to start",
+                path.display()
+            );
+            return ExitCode::from(EXIT_FAIL_AT_START);
+        }
     }
 
     // Before the runtime exists: taking LISTEN_FDS edits the environment.
@@ -172,12 +187,12 @@ async fn serve(
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
 
-    let faults = config.faults;
+    let faults = config.faults.clone();
     let state = Arc::new(AppState::new(
         config.version.clone(),
         config.digest.clone(),
         config.message_prefix.clone(),
-        faults,
+        faults.clone(),
         Instant::now(),
     ));
     let notifier = Arc::new(notifier);
@@ -230,14 +245,15 @@ async fn serve(
         });
     }
     if let Some(after) = faults.crash_after {
+        let code = faults.crash_exit_code;
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
             tracing::error!(
                 crash_after_ms = after.as_millis() as u64,
-                code = EXIT_CRASH,
+                code,
                 "crash_after fault: exiting"
             );
-            std::process::exit(EXIT_CRASH);
+            std::process::exit(i32::from(code));
         });
     }
 

@@ -43,13 +43,18 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::ne
 /// the release version.
 pub const UNKNOWN_VERSION: &str = "unknown";
 
+/// `crash_exit_code` unless the config says otherwise: EX_SOFTWARE.
+pub const DEFAULT_CRASH_EXIT_CODE: u8 = 70;
+
 /// Keys allowed at the top level of the file.
 const TOP_LEVEL_KEYS: &[&str] = &["version", "message_prefix", "listen", "faults"];
 /// Keys allowed in the `[faults]` table.
 const FAULT_KEYS: &[&str] = &[
     "fail_at_start",
+    "fail_at_start_while_exists",
     "ready_after_ms",
     "crash_after_ms",
+    "crash_exit_code",
     "unhealthy_after_ms",
     "shutdown_delay_ms",
 ];
@@ -70,27 +75,49 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawFaults {
     fail_at_start: Option<bool>,
+    fail_at_start_while_exists: Option<PathBuf>,
     ready_after_ms: Option<u64>,
     crash_after_ms: Option<u64>,
+    crash_exit_code: Option<u8>,
     unhealthy_after_ms: Option<u64>,
     shutdown_delay_ms: Option<u64>,
 }
 
 /// Faults a test can inject, from the `[faults]` table or the mirroring CLI
 /// flags. Every duration counts from the moment the app starts serving.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Faults {
     /// Exit 1 right after the config is loaded, before taking the socket.
     pub fail_at_start: bool,
+    /// Like `fail_at_start`, while this file exists: a cause that goes
+    /// away (a dependency down) for tests of what a failed start leaves.
+    pub fail_at_start_while_exists: Option<PathBuf>,
     /// `/healthz` answers 503 until this much time has passed; READY=1 is
     /// sent to NOTIFY_SOCKET when it has.
     pub ready_after: Duration,
-    /// The process exits by itself with code 70 after this long.
+    /// The process exits by itself with `crash_exit_code` after this long.
     pub crash_after: Option<Duration>,
+    /// The exit code of `crash_after` (default 70, EX_SOFTWARE; 0 is an
+    /// app that ends "successfully" by itself).
+    pub crash_exit_code: u8,
     /// `/healthz` and `/publish` answer 503 from this moment on.
     pub unhealthy_after: Option<Duration>,
     /// After SIGTERM/SIGINT, keep serving this long before the graceful stop.
     pub shutdown_delay: Duration,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            fail_at_start: false,
+            fail_at_start_while_exists: None,
+            ready_after: Duration::ZERO,
+            crash_after: None,
+            crash_exit_code: DEFAULT_CRASH_EXIT_CODE,
+            unhealthy_after: None,
+            shutdown_delay: Duration::ZERO,
+        }
+    }
 }
 
 /// A configuration that passed every check.
@@ -324,8 +351,10 @@ pub fn parse(path: &Path, bytes: &[u8], env_version: Option<&str>) -> Result<Con
         listen,
         faults: Faults {
             fail_at_start: f.fail_at_start.unwrap_or(false),
+            fail_at_start_while_exists: f.fail_at_start_while_exists,
             ready_after: Duration::from_millis(f.ready_after_ms.unwrap_or(0)),
             crash_after: f.crash_after_ms.map(Duration::from_millis),
+            crash_exit_code: f.crash_exit_code.unwrap_or(DEFAULT_CRASH_EXIT_CODE),
             unhealthy_after: f.unhealthy_after_ms.map(Duration::from_millis),
             shutdown_delay: Duration::from_millis(f.shutdown_delay_ms.unwrap_or(0)),
         },
@@ -359,8 +388,10 @@ listen = "127.0.0.1:9000"
 
 [faults]
 fail_at_start = true
+fail_at_start_while_exists = "/run/demo/down"
 ready_after_ms = 100
 crash_after_ms = 200
+crash_exit_code = 0
 unhealthy_after_ms = 300
 shutdown_delay_ms = 400
 "#;
@@ -372,8 +403,10 @@ shutdown_delay_ms = 400
             c.faults,
             Faults {
                 fail_at_start: true,
+                fail_at_start_while_exists: Some(PathBuf::from("/run/demo/down")),
                 ready_after: Duration::from_millis(100),
                 crash_after: Some(Duration::from_millis(200)),
+                crash_exit_code: 0,
                 unhealthy_after: Some(Duration::from_millis(300)),
                 shutdown_delay: Duration::from_millis(400),
             }

@@ -32,12 +32,18 @@ pub struct Cli {
     /// Exit 1 right after loading the config.
     #[arg(long)]
     pub fail_at_start: bool,
+    /// Exit 1 right after loading the config while this file exists.
+    #[arg(long, value_name = "PATH")]
+    pub fail_at_start_while_exists: Option<PathBuf>,
     /// Answer 503 on /healthz (and delay READY=1) for this long.
     #[arg(long, value_name = "MS")]
     pub ready_after_ms: Option<u64>,
-    /// Exit with code 70 after this long.
+    /// Exit by itself after this long (with --crash-exit-code, default 70).
     #[arg(long, value_name = "MS")]
     pub crash_after_ms: Option<u64>,
+    /// The exit code of --crash-after-ms (0: the app ends as if done).
+    #[arg(long, value_name = "CODE")]
+    pub crash_exit_code: Option<u8>,
     /// Answer 503 on /healthz and /publish from this moment on.
     #[arg(long, value_name = "MS")]
     pub unhealthy_after_ms: Option<u64>,

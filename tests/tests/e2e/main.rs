@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod agent;
+mod agent_failures;
 mod coordinator;
 mod etcd_harness;
 mod health;

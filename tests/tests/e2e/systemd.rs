@@ -309,14 +309,39 @@ fn uncommented(example: &str) -> String {
 fn the_example_config_passes_check_config_as_shipped_and_with_every_key_set() {
     // As shipped: id is left to the host name, which must be a valid agent
     // id on the machine running this (it is on Debian and in CI).
+    // check-config runs the agent's start checks against this host too:
+    // without the `lockstep` group sysusers.d creates, it says so.
     let example = repo_file("systemd/agent.toml.example");
-    assert_valid(&example);
+    if nix::unistd::Group::from_name("lockstep")
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        assert_valid(&example);
+    } else {
+        let output = check_config(&example);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("control.group") && stderr.contains("`lockstep` does not exist"),
+            "{stderr}"
+        );
+        assert_eq!(
+            stderr.matches("\n  ").count(),
+            1,
+            "one problem only: {stderr}"
+        );
+    }
 
     let dir = tempfile::tempdir().unwrap();
+    let shipped = dir.path().join("shipped.toml");
+    std::fs::write(&shipped, on_this_host(&read(&example), dir.path())).unwrap();
+    assert_valid(&shipped);
     let full = dir.path().join("agent.toml");
     let text = uncommented(&read(&example));
     let pki = lockstep_tests::TestPki::new("example CA").unwrap();
-    std::fs::write(&full, with_test_tls(&text, &pki)).unwrap();
+    let here = on_this_host(&with_test_tls(&text, &pki), dir.path());
+    std::fs::write(&full, here).unwrap();
     assert_valid(&full);
 
     // check-config refuses unknown keys, so none is invented; and none is
@@ -338,6 +363,24 @@ fn the_example_config_passes_check_config_as_shipped_and_with_every_key_set() {
     ] {
         assert_eq!(keys[key], value.to_string(), "{key}");
     }
+}
+
+/// The example as a host set up by systemd/README.md has it: its control
+/// group one that exists here (the test's own), its trusted release key a
+/// key file written into `dir` (check-config loads both, as the agent's
+/// start does).
+fn on_this_host(text: &str, dir: &Path) -> String {
+    let gid = nix::unistd::getgid();
+    let group = nix::unistd::Group::from_gid(gid).unwrap().unwrap().name;
+    assert!(
+        text.contains("group = \"lockstep\""),
+        "the example names no group"
+    );
+    let key = dir.join("release.pub");
+    let public = release::SecretKey::generate().unwrap().public();
+    std::fs::write(&key, public.to_file_text()).unwrap();
+    text.replace("group = \"lockstep\"", &format!("group = \"{group}\""))
+        .replace("/etc/lockstep/release.pub", &key.display().to_string())
 }
 
 /// The uncommented example, its `[tls]` files replaced by ones generated

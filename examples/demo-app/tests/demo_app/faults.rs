@@ -72,3 +72,19 @@ fn crash_after_exits_70_by_itself() {
         app.stderr()
     );
 }
+
+#[test]
+fn crash_exit_code_sets_the_code_of_the_crash() {
+    let mut app = AppBuilder::new()
+        .config("[faults]\ncrash_after_ms = 300\ncrash_exit_code = 0\n")
+        .spawn();
+    let status = app.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(0), "stderr: {}", app.stderr());
+    let mut flagged = AppBuilder::new()
+        .arg("--crash-after-ms")
+        .arg("300")
+        .arg("--crash-exit-code")
+        .arg("3")
+        .spawn();
+    assert_eq!(flagged.wait_exit(DEADLINE).code(), Some(3));
+}

@@ -89,3 +89,22 @@ fn port_in_use_exits_71_naming_the_address() {
         "{stderr}"
     );
 }
+
+#[test]
+fn fail_at_start_while_exists_refuses_only_while_the_file_is_there() {
+    let marker = tempfile::NamedTempFile::new().unwrap();
+    let path = marker.path().display().to_string();
+    let (status, stderr) = AppBuilder::new()
+        .arg("--fail-at-start-while-exists")
+        .arg(&path)
+        .run_to_exit();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("fail_at_start_while_exists"), "{stderr}");
+    drop(marker);
+    let app = AppBuilder::new()
+        .config(&format!(
+            "[faults]\nfail_at_start_while_exists = {path:?}\n"
+        ))
+        .spawn();
+    app.wait_healthy();
+}
