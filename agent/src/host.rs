@@ -504,8 +504,18 @@ impl Host {
             Some(first) if first.record.sockets == names => {
                 record::take_sockets(&first.record, &first.pidfd)
                     .map_err(|e| {
+                        // EPERM: a seccomp filter refuses pidfd_getfd (a
+                        // container's default one, e.g. systemd-nspawn's)
+                        // or the agent lacks CAP_SYS_PTRACE over the app.
+                        let hint =
+                            if e.raw_os_error() == Some(rustix::io::Errno::PERM.raw_os_error()) {
+                                "; the agent needs the pidfd_getfd system call and CAP_SYS_PTRACE \
+                             (in a container, allow them: see the operator guide)"
+                            } else {
+                                ""
+                            };
                         adopt_err(format!(
-                            "cannot duplicate the sockets of pid {}: {e}",
+                            "cannot duplicate the sockets of pid {}: {e}{hint}",
                             first.record.pid
                         ))
                     })

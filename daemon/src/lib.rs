@@ -3,9 +3,9 @@
 //!
 //! - [`ServiceManager`]: `Type=notify` (READY, STATUS, STOPPING) and the
 //!   watchdog, through the `sd-notify` crate.
-//! - [`logging::init`]: logs that fit where they go — journald natively
-//!   (with priorities, so `journalctl -p warning` works) when stderr is the
-//!   journal, colour only on a terminal, plain lines in a file.
+//! - [`logging::init`]: logs that fit where they go — syslog priority
+//!   prefixes when stderr is the journal (so `journalctl -p warning` works),
+//!   colour only on a terminal, plain lines in a file.
 //!
 //! Must never: decide anything about the fleet, or block the runtime.
 

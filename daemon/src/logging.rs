@@ -1,26 +1,35 @@
 //! Logs that fit where they go.
 //!
 //! - stderr is the journal (`JOURNAL_STREAM` names stderr's device and
-//!   inode, as systemd sets it): log to journald natively, each event with
-//!   its priority (error 3, warn 4, info 5, debug 6, trace 7) and its fields,
-//!   so `journalctl -p warning` shows exactly the warnings and errors.
+//!   inode, as systemd sets it): each line starts with its syslog priority
+//!   (`<3>` error, `<4>` warn, `<6>` info, `<7>` debug and trace), which
+//!   journald turns into the entry's priority, so `journalctl -p warning`
+//!   shows exactly the warnings and errors. The line keeps its fields
+//!   (`error=…`, `service=…`) in the message, where `journalctl` shows them
+//!   by default; no timestamp, the journal has its own.
 //! - otherwise plain lines on stderr, coloured only when stderr is a
 //!   terminal and `NO_COLOR` is unset: a log file never gets escape codes.
 //!
 //! The filter is `RUST_LOG`, or the caller's default.
 
+use std::fmt;
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
 
+use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 
 /// Where [`init`] sent the logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogTarget {
-    Journald,
-    Stderr { ansi: bool },
+    /// stderr is the journal: lines carry syslog priority prefixes.
+    Journal,
+    Stderr {
+        ansi: bool,
+    },
 }
 
 /// Installs the global subscriber; `default_filter` applies when `RUST_LOG`
@@ -28,27 +37,52 @@ pub enum LogTarget {
 pub fn init(default_filter: &str) -> LogTarget {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if stderr_is_journal(std::env::var("JOURNAL_STREAM").ok().as_deref()) {
-        match tracing_journald::layer() {
-            Ok(journald) => {
-                tracing_subscriber::registry()
-                    .with(filter)
-                    .with(journald)
-                    .init();
-                return LogTarget::Journald;
-            }
-            // No journald socket (a container without it): stderr still
-            // reaches the journal, as plain lines.
-            Err(err) => eprintln!("cannot log to journald natively, logging to stderr: {err}"),
-        }
+        let format = tracing_subscriber::fmt::format()
+            .without_time()
+            .with_ansi(false);
+        builder
+            .with_ansi(false)
+            .event_format(SyslogPriority(format))
+            .init();
+        return LogTarget::Journal;
     }
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+    builder.with_ansi(ansi).init();
     LogTarget::Stderr { ansi }
+}
+
+/// sd-daemon(3)'s priority prefix for a level.
+fn syslog_priority(level: Level) -> u8 {
+    match level {
+        Level::ERROR => 3,
+        Level::WARN => 4,
+        Level::INFO => 6,
+        Level::DEBUG | Level::TRACE => 7,
+    }
+}
+
+/// An event format that puts `<N>` (the level's syslog priority) first.
+struct SyslogPriority<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for SyslogPriority<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        write!(writer, "<{}>", syslog_priority(*event.metadata().level()))?;
+        self.0.format_event(ctx, writer, event)
+    }
 }
 
 /// True when `journal_stream` ("DEVICE:INODE") is stderr's own: a child that
@@ -84,5 +118,14 @@ mod tests {
         assert!(!stderr_is_journal(None));
         assert!(!stderr_is_journal(Some("0:0")));
         assert!(!stderr_is_journal(Some("garbage")));
+    }
+
+    #[test]
+    fn warnings_and_errors_are_what_journalctl_p_warning_shows() {
+        // journalctl -p warning: priorities 0..=4.
+        assert!(syslog_priority(Level::ERROR) <= 4);
+        assert!(syslog_priority(Level::WARN) <= 4);
+        assert!(syslog_priority(Level::INFO) > 4);
+        assert!(syslog_priority(Level::DEBUG) > 4);
     }
 }

@@ -67,6 +67,8 @@ DEMO_PACKAGES=(
 TEST_PACKAGES=(
     etcdctl=etcd-client             # benchmarks compare against `etcdctl lock`
     systemd-socket-activate=systemd # LISTEN_FDS tests; systemd-analyze verify
+    debootstrap=debootstrap         # the packages' test: a Debian 12 root …
+    systemd-nspawn=systemd-container # … booted with systemd as PID 1
 )
 
 ensure_cargo() {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 /// The cached root's name: change it when the package list changes, so an
 /// old cache is never used for a new list.
-const ROOT_NAME: &str = "bookworm-systemd-v1";
+const ROOT_NAME: &str = "bookworm-systemd-v2";
 /// What the machine has besides `minbase`: an init, a bus for systemctl,
 /// and python3 for the test's HTTP client (scripts/lib/demo-client.py).
 const PACKAGES: &str = "systemd,systemd-sysv,dbus,python3,procps";
@@ -91,6 +91,14 @@ impl DebianRoot {
             &mut download,
             DEBOOTSTRAP_DEADLINE,
         )?;
+        // debootstrap copies the host's /etc/hosts; the machine has no
+        // network but its own loopback, and etcd listens on `localhost`.
+        let hosts = partial.join("etc/hosts");
+        std::fs::write(
+            &hosts,
+            "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n",
+        )
+        .map_err(|e| format!("cannot write {}: {e}", hosts.display()))?;
         std::fs::rename(&partial, &path).map_err(|e| {
             format!(
                 "cannot move {} to {}: {e}",
@@ -180,6 +188,10 @@ impl Machine {
                 "--keep-unit",
                 "--register=no",
                 "--console=pipe",
+                // nspawn's seccomp filter refuses pidfd_getfd, which the
+                // agent uses to adopt its apps' sockets after a restart
+                // (the operator guide says the same for containers).
+                "--system-call-filter=pidfd_getfd",
             ])
             .arg("--directory")
             .arg(&root.path);

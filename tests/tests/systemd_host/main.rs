@@ -157,10 +157,9 @@ impl Host<'_> {
         let text = self.sh(&format!("cat {stats}"))?;
         let json: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| format!("{stats}: {e}: {text}"))?;
-        json["targets"]
-            .as_array()
+        json.as_array()
             .map(|targets| targets.iter().filter_map(|t| t["ok"].as_u64()).sum())
-            .ok_or_else(|| format!("{stats} has no targets: {text}"))
+            .ok_or_else(|| format!("{stats} is not a list of targets: {text}"))
     }
 
     /// Lets the client run `more` requests beyond `since`, stops it, and
@@ -187,7 +186,7 @@ fn at_least(n: u64) -> impl Fn(u64) -> Result<u64, String> {
 }
 
 fn install(host: &Host) -> Result<String, String> {
-    host.sh("apt-get install -y -qq --no-download /work/debs/*.deb etcd-server")?;
+    host.sh("apt-get install -y -qq --no-download etcd-server && dpkg -i /work/debs/*.deb")?;
     let enabled = host.sh("systemctl is-enabled lockstep-agent lockstep-coordinator")?;
     if enabled.split_whitespace().collect::<Vec<_>>() != ["enabled", "enabled"] {
         return Err(format!("units not enabled on install: {enabled}"));
