@@ -69,6 +69,15 @@ pub fn health_change(
     if release.as_str() == NOT_INSTALLED {
         return None;
     }
+    // An agent busy with a command on the service reports it as switching,
+    // with the instances it cannot read meanwhile left out: nothing to
+    // judge until the next report.
+    if matches!(
+        status.switch_state(),
+        pb::SwitchState::Switching | pb::SwitchState::RollingBack
+    ) {
+        return None;
+    }
     let current = status.current.as_ref().map(|c| c.digest.as_str());
     if current != Some(release.as_str()) {
         return Some(format!(
@@ -201,6 +210,28 @@ mod tests {
 
     fn baseline(instances: Vec<pb::InstanceStatus>) -> HealthBaseline {
         HealthBaseline::new(ApplyId(3), &status(R2, instances), &r2())
+    }
+
+    /// Reproduces a good deployment rolled back in `scripts/test`
+    /// (tls::a_rollout_runs_end_to_end_over_mutual_tls, under load): during
+    /// the bake, a report taken while the agent held the service's lock said
+    /// "switching" with no instances, judged "instance #0 is gone".
+    #[test]
+    fn a_report_of_a_busy_service_is_not_judged() {
+        let b = baseline(vec![ready(0, 0)]);
+        let busy = pb::ServiceStatus {
+            switch_state: pb::SwitchState::Switching.into(),
+            ..status(R2, vec![])
+        };
+        assert_eq!(health_change(&b, Some(&busy), &r2()), None);
+        let idle = pb::ServiceStatus {
+            switch_state: pb::SwitchState::Idle.into(),
+            ..status(R2, vec![])
+        };
+        assert!(
+            health_change(&b, Some(&idle), &r2()).is_some(),
+            "an idle service without its instance has lost it"
+        );
     }
 
     #[test]
