@@ -707,23 +707,14 @@ impl Driver {
             fencing_token: self.record.engine.token().0,
             deployment_id: self.record.id.clone(),
         };
-        let address = self.ctx.fleet.address(instance.as_str());
-        let client = address
-            .ok_or_else(|| format!("agent {instance} has not reported its address"))
-            .and_then(|a| self.ctx.agents.client(&a));
+        let client = self.agent_client(&instance);
         self.applies.spawn(async move {
             let result = match client {
                 Err(e) => ApplyResult::Transport(e),
                 Ok(mut client) => {
                     let mut request = tonic::Request::new(request);
                     request.set_timeout(APPLY_TIMEOUT);
-                    match client.apply(request).await {
-                        Ok(response) => match response.into_inner().verdict {
-                            Some(v) => ApplyResult::Verdict(v),
-                            None => ApplyResult::Transport("agent sent no verdict".into()),
-                        },
-                        Err(status) => ApplyResult::Transport(status.message().to_owned()),
-                    }
+                    command_result(client.apply(request).await.map(|r| r.into_inner().verdict))
                 }
             };
             (instance, apply, result)
@@ -743,27 +734,45 @@ impl Driver {
             deployment_id: self.record.id.clone(),
             reason: self.record.reason.clone(),
         };
-        let address = self.ctx.fleet.address(instance.as_str());
-        let client = address
-            .ok_or_else(|| format!("agent {instance} has not reported its address"))
-            .and_then(|a| self.ctx.agents.client(&a));
+        let client = self.agent_client(&instance);
         self.applies.spawn(async move {
             let result = match client {
                 Err(e) => ApplyResult::Transport(e),
                 Ok(mut client) => {
                     let mut request = tonic::Request::new(request);
                     request.set_timeout(APPLY_TIMEOUT);
-                    match client.restart(request).await {
-                        Ok(response) => match response.into_inner().verdict {
-                            Some(v) => ApplyResult::Verdict(v),
-                            None => ApplyResult::Transport("agent sent no verdict".into()),
-                        },
-                        Err(status) => ApplyResult::Transport(status.message().to_owned()),
-                    }
+                    command_result(
+                        client
+                            .restart(request)
+                            .await
+                            .map(|r| r.into_inner().verdict),
+                    )
                 }
             };
             (instance, apply, result)
         });
+    }
+
+    /// A client of the agent behind `instance`, at the address it reported.
+    fn agent_client(
+        &self,
+        instance: &InstanceId,
+    ) -> Result<pb::agent_service_client::AgentServiceClient<tonic::transport::Channel>, String>
+    {
+        self.ctx
+            .fleet
+            .address(instance.as_str())
+            .ok_or_else(|| format!("agent {instance} has not reported its address"))
+            .and_then(|a| self.ctx.agents.client(&a))
+    }
+}
+
+/// An agent's answer to a command (Apply, Restart) as the step's result.
+fn command_result(answer: Result<Option<pb::CommandVerdict>, tonic::Status>) -> ApplyResult {
+    match answer {
+        Ok(Some(verdict)) => ApplyResult::Verdict(verdict),
+        Ok(None) => ApplyResult::Transport("agent sent no verdict".into()),
+        Err(status) => ApplyResult::Transport(status.message().to_owned()),
     }
 }
 

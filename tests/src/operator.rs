@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use crate::http::{json_field, request};
 use crate::{
-    DEMO_SERVICE, EtcdCluster, FleetFixture, HarnessError, WaitTimeout, lockstep, wait_for,
+    CoordinatorFixture, DEMO_SERVICE, EtcdCluster, FleetFixture, HarnessError, WaitTimeout,
+    lockstep, wait_for,
 };
 
 /// How long a deployment may take to end, or agents to report: generous,
@@ -285,6 +286,25 @@ pub fn strategy_with(
     )
     .map_err(|e| HarnessError::Fixture(format!("write {}: {e}", path.display())))?;
     Ok(path)
+}
+
+/// Two coordinators on `etcd`: the first leads (awaited before the second
+/// starts), the second stands by.
+pub async fn leader_and_standby(
+    etcd: &EtcdCluster,
+    lease_ttl_secs: u64,
+) -> Result<(CoordinatorFixture, CoordinatorFixture), HarnessError> {
+    let leader = CoordinatorFixture::start(&etcd.endpoints(), lease_ttl_secs).await?;
+    wait_for("the first coordinator to lead", DEADLINE, || async {
+        leader_url(etcd)
+            .await
+            .filter(|u| *u == leader.url())
+            .ok_or("no leader yet")
+    })
+    .await
+    .map_err(|e| HarnessError::Fixture(e.to_string()))?;
+    let standby = CoordinatorFixture::start(&etcd.endpoints(), lease_ttl_secs).await?;
+    Ok((leader, standby))
 }
 
 /// The URL of the coordinator that leads now, from its election key.

@@ -23,8 +23,8 @@ use leases::{AuditLog, BudgetPolicy, DisruptionBudget};
 use lockstep_tests::http::{PollReport, Poller, request};
 use lockstep_tests::operator::{
     Served, agents_known, deploy, deploy_lock, deployment_id, every_host_serves, finished,
-    history_entry, leader_url, lockstep_json, published, push, record, served, start_deploy,
-    strategy, strategy_with, text,
+    history_entry, leader_and_standby, leader_url, lockstep_json, published, push, record, served,
+    start_deploy, strategy, strategy_with, text,
 };
 use lockstep_tests::{
     AgentFixture, CoordinatorFixture, DEMO_SERVICE, DemoRelease, EtcdCluster, FleetFixture,
@@ -353,20 +353,7 @@ async fn a_single_host_cluster_keeps_serving_through_a_good_and_a_bad_deploy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_finishes_the_rollout_of_a_killed_leader_and_the_old_token_is_refused() {
     let etcd = EtcdCluster::single().await.unwrap();
-    let mut first = CoordinatorFixture::start(&etcd.endpoints(), TTL_SECS)
-        .await
-        .unwrap();
-    wait_for("the first coordinator to lead", DEADLINE, || async {
-        leader_url(&etcd)
-            .await
-            .filter(|u| *u == first.url())
-            .ok_or("no leader yet")
-    })
-    .await
-    .unwrap();
-    let second = CoordinatorFixture::start(&etcd.endpoints(), TTL_SECS)
-        .await
-        .unwrap();
+    let (mut first, second) = leader_and_standby(&etcd, TTL_SECS).await.unwrap();
     let urls = vec![first.url(), second.url()];
     let fleet = FleetFixture::start(TWO_CLUSTERS, &etcd.endpoints(), &urls)
         .await

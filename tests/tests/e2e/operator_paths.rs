@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use lockstep_tests::operator::{
     active_deployment, agents_known, deploy, deployment_id, every_host_serves, finished,
-    history_entry, leader_url, lockstep_json, on_target, push, record, served, start_deploy,
-    strategy, text,
+    history_entry, leader_and_standby, leader_url, lockstep_json, on_target, push, record, served,
+    start_deploy, strategy, text,
 };
 use lockstep_tests::{
     CoordinatorFixture, DemoRelease, EtcdCluster, FleetFixture, lockstep, wait_for,
@@ -28,20 +28,7 @@ const LAYOUT: &[(&str, &str)] = &[("s-1", "s"), ("s-2", "s"), ("t-1", "t")];
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_stopped_mid_deploy_exits_promptly_and_deploy_wait_follows_the_standby() {
     let etcd = EtcdCluster::single().await.unwrap();
-    let mut first = CoordinatorFixture::start(&etcd.endpoints(), TTL_SECS)
-        .await
-        .unwrap();
-    wait_for("the first coordinator to lead", DEADLINE, || async {
-        leader_url(&etcd)
-            .await
-            .filter(|u| *u == first.url())
-            .ok_or("no leader yet")
-    })
-    .await
-    .unwrap();
-    let second = CoordinatorFixture::start(&etcd.endpoints(), TTL_SECS)
-        .await
-        .unwrap();
+    let (mut first, second) = leader_and_standby(&etcd, TTL_SECS).await.unwrap();
     let urls = vec![first.url(), second.url()];
     let fleet = FleetFixture::start(LAYOUT, &etcd.endpoints(), &urls)
         .await
