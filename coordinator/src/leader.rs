@@ -118,7 +118,7 @@ impl Coordinator {
     pub fn new(config: CoordinatorConfig, client: Client, depot: ReleaseDepot) -> Self {
         let fleet = Arc::new(FleetView::new(config.status_interval));
         Self {
-            journal: Journal::new(client.clone()),
+            journal: Journal::new(client.clone()).with_write_deadline(config.journal_deadline),
             config,
             client,
             depot,
