@@ -630,7 +630,9 @@ impl Driver {
         }
         if finish {
             // The finishing write deleted the lock's key.
-            self.lock = None;
+            if let Some(lock) = self.lock.take() {
+                lock.deleted_by_holder();
+            }
             tracing::info!(
                 deployment = self.record.id,
                 outcome = self.record.outcome,

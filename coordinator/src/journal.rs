@@ -44,6 +44,8 @@ pub enum JournalError {
         waited: Duration,
         attempts: u32,
     },
+    #[error("etcd did not answer a read of {what} within {waited:?}")]
+    ReadTimedOut { what: String, waited: Duration },
     #[error("{key} holds invalid data: {source}")]
     Bad {
         key: String,
@@ -148,11 +150,6 @@ impl Journal {
     pub fn with_write_deadline(mut self, deadline: Duration) -> Self {
         self.write_deadline = deadline;
         self
-    }
-
-    fn etcd(what: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> JournalError {
-        let what = what.into();
-        move |source| JournalError::Etcd { what, source }
     }
 
     /// Writes `record` and `events` in one transaction, if `fences` hold.
@@ -301,12 +298,8 @@ impl Journal {
     /// The deployment record `id`.
     pub async fn load(&self, id: &str) -> Result<Option<DeploymentRecord>, JournalError> {
         let key = keys::deployment(id);
-        let response = self
-            .client
-            .clone()
-            .get(key.as_str(), None)
-            .await
-            .map_err(Self::etcd(&key))?;
+        let mut client = self.client.clone();
+        let response = read(&key, client.get(key.as_str(), None)).await?;
         response
             .kvs()
             .first()
@@ -317,12 +310,8 @@ impl Journal {
     /// The id of `service`'s active deployment.
     pub async fn active_of(&self, service: &str) -> Result<Option<String>, JournalError> {
         let key = keys::active(service);
-        let response = self
-            .client
-            .clone()
-            .get(key.as_str(), None)
-            .await
-            .map_err(Self::etcd(&key))?;
+        let mut client = self.client.clone();
+        let response = read(&key, client.get(key.as_str(), None)).await?;
         Ok(response
             .kvs()
             .first()
@@ -331,12 +320,12 @@ impl Journal {
 
     /// Every active deployment id.
     pub async fn active(&self) -> Result<Vec<String>, JournalError> {
-        let response = self
-            .client
-            .clone()
-            .get(keys::ACTIVE, Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(Self::etcd(keys::ACTIVE))?;
+        let mut client = self.client.clone();
+        let response = read(
+            keys::ACTIVE,
+            client.get(keys::ACTIVE, Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
         Ok(response
             .kvs()
             .iter()
@@ -354,15 +343,15 @@ impl Journal {
         let prefix = keys::deployment_events(id);
         let start = keys::deployment_event(id, from_seq);
         let end = format!("{prefix}\u{10ffff}");
-        let response = self
-            .client
-            .clone()
-            .get(
+        let mut client = self.client.clone();
+        let response = read(
+            &prefix,
+            client.get(
                 start.as_str(),
                 Some(GetOptions::new().with_range(end.as_str())),
-            )
-            .await
-            .map_err(Self::etcd(&prefix))?;
+            ),
+        )
+        .await?;
         let revision = response.header().map_or(0, |h| h.revision());
         let events = response
             .kvs()
@@ -380,10 +369,10 @@ impl Journal {
         limit: usize,
     ) -> Result<Vec<(u64, DeploymentRecord)>, JournalError> {
         let prefix = keys::history_of(service);
-        let response = self
-            .client
-            .clone()
-            .get(
+        let mut client = self.client.clone();
+        let response = read(
+            &prefix,
+            client.get(
                 prefix.as_str(),
                 Some(
                     GetOptions::new()
@@ -391,9 +380,9 @@ impl Journal {
                         .with_sort(SortTarget::Key, SortOrder::Descend)
                         .with_limit(i64::try_from(limit).unwrap_or(i64::MAX)),
                 ),
-            )
-            .await
-            .map_err(Self::etcd(&prefix))?;
+            ),
+        )
+        .await?;
         let mut out = Vec::new();
         for kv in response.kvs() {
             let id = String::from_utf8_lossy(kv.value()).into_owned();
@@ -406,6 +395,28 @@ impl Journal {
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+}
+
+/// Bound on one read: a hung member must not hold a reader (a resuming
+/// leader, an operator's call) forever; callers retry or report it.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One read of `what`, bounded by [`READ_TIMEOUT`].
+async fn read<T>(
+    what: impl std::fmt::Display,
+    request: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, JournalError> {
+    match tokio::time::timeout(READ_TIMEOUT, request).await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(source)) => Err(JournalError::Etcd {
+            what: what.to_string(),
+            source,
+        }),
+        Err(_) => Err(JournalError::ReadTimedOut {
+            what: what.to_string(),
+            waited: READ_TIMEOUT,
+        }),
     }
 }
 

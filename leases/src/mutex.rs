@@ -88,6 +88,8 @@ pub enum LockError {
     Held(Box<LockInfo>),
     #[error("timed out after {waited:?} waiting for lock {key}")]
     TimedOut { key: String, waited: Duration },
+    #[error("etcd did not answer the release of lock {key} within {waited:?}")]
+    ReleaseTimedOut { key: String, waited: Duration },
     #[error("lost the etcd session while waiting for lock {key}")]
     SessionLost { key: String },
     #[error("etcd request for lock {key} failed: {source}")]
@@ -409,6 +411,15 @@ impl MutexGuard {
     }
 }
 
+impl MutexGuard {
+    /// Gives the guard up without a delete, for a key the holder deleted
+    /// itself in a transaction of its own (fenced by [`Self::fence`]), so
+    /// its drop does not try again.
+    pub fn deleted_by_holder(mut self) {
+        self.released = true;
+    }
+}
+
 /// Whether a lock key found on `key_lease` is an orphan of `session`: its
 /// own lease, but no live guard of it holds the key.
 fn is_orphan(key_lease: i64, own_lease: i64, key: &str, session: &Session) -> bool {
@@ -432,7 +443,7 @@ async fn release_once(mut client: Client, key: &str, token: FencingToken) -> Res
             key: key.to_owned(),
             source,
         }),
-        Err(_) => Err(LockError::TimedOut {
+        Err(_) => Err(LockError::ReleaseTimedOut {
             key: key.to_owned(),
             waited: RELEASE_ATTEMPT_TIMEOUT,
         }),
