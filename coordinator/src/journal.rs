@@ -173,6 +173,17 @@ impl Journal {
             ops.push(TxnOp::put(key.as_str(), json(&key, event)?, None));
         }
         let mut when = fences.to_vec();
+        // Event keys are written once: a retried write whose first attempt
+        // landed is then refused instead of putting them again (a watcher
+        // would see the events twice). Sequence numbers come from the
+        // record's `next_seq`, so no other write ever made these keys.
+        if let Some(first) = events.first() {
+            when.push(Compare::create_revision(
+                keys::deployment_event(&record.id, first.seq),
+                CompareOp::Equal,
+                0,
+            ));
+        }
         if let Some(lock) = release {
             when.push(lock.fence());
             ops.push(TxnOp::delete(lock.key(), None));
@@ -224,21 +235,16 @@ impl Journal {
             let failure = match attempt {
                 Ok(Ok(response)) if response.succeeded() => return Ok(()),
                 Ok(Ok(response)) => {
-                    // Retrying after an unknown outcome: an Update's fences
-                    // (leader key, lock key, active marker = id) are not
-                    // changed by the Update itself, so a duplicate of a
-                    // landed Update passes them and puts the same bytes
-                    // again, which is harmless. A landed Create (active
-                    // marker now exists) or Finish (lock and marker gone)
-                    // makes its own duplicate fail the compare: then the
-                    // stored record being byte-for-byte ours (timestamps,
-                    // token, next seq) says the first attempt landed.
-                    if landed_before(
-                        outcome_unknown,
-                        kind,
-                        stored(&response).as_deref(),
-                        &written,
-                    ) {
+                    // Retrying after an unknown outcome: a landed Create
+                    // (active marker now exists), Finish (lock and marker
+                    // gone) or write with events (its first event key now
+                    // exists) makes its own duplicate fail the compare:
+                    // then the stored record being byte-for-byte ours
+                    // (timestamps, token, next seq) says the first attempt
+                    // landed. An Update without events changes none of its
+                    // compares, so its duplicate passes them and puts the
+                    // same record bytes again: harmless.
+                    if landed_before(outcome_unknown, stored(&response).as_deref(), &written) {
                         tracing::info!(
                             deployment = record.id,
                             attempts,
@@ -421,14 +427,10 @@ async fn read<T>(
 }
 
 /// Whether a refused attempt is the duplicate of an earlier attempt of the
-/// same write that landed (see `write`).
-fn landed_before(
-    outcome_unknown: bool,
-    kind: Write,
-    stored: Option<&[u8]>,
-    written: &[u8],
-) -> bool {
-    outcome_unknown && kind != Write::Update && stored == Some(written)
+/// same write that landed (see `write`). Another leader's record differs
+/// at least in its token and timestamps.
+fn landed_before(outcome_unknown: bool, stored: Option<&[u8]>, written: &[u8]) -> bool {
+    outcome_unknown && stored == Some(written)
 }
 
 /// The record a refused write read back in its `or_else`.
@@ -531,22 +533,18 @@ mod tests {
         }
     }
 
-    /// Reproduces the hazard of retrying after an unknown outcome: a
-    /// Create or Finish that landed makes its own duplicate fail the
+    /// The hazard of retrying after an unknown outcome: a Create, Finish
+    /// or write with events that landed makes its own duplicate fail the
     /// compare; the record read back being exactly ours says it landed.
     /// Anything else (no earlier unknown outcome, another leader's record,
-    /// none at all) is a real refusal; an Update never needs this (its
-    /// duplicate passes the unchanged fences and rewrites the same bytes).
+    /// none at all) is a real refusal.
     #[test]
     fn a_refused_duplicate_counts_as_landed_only_when_the_record_is_ours() {
-        let ours: &[u8] = b"{\"id\":\"d-1\",\"next_seq\":7}";
-        let theirs: &[u8] = b"{\"id\":\"d-1\",\"next_seq\":8}";
-        for kind in [Write::Create, Write::Finish] {
-            assert!(landed_before(true, kind, Some(ours), ours));
-            assert!(!landed_before(false, kind, Some(ours), ours));
-            assert!(!landed_before(true, kind, Some(theirs), ours));
-            assert!(!landed_before(true, kind, None, ours));
-        }
-        assert!(!landed_before(true, Write::Update, Some(ours), ours));
+        let ours: &[u8] = b"{\"id\":\"d-1\",\"token\":7,\"next_seq\":7}";
+        let theirs: &[u8] = b"{\"id\":\"d-1\",\"token\":9,\"next_seq\":7}";
+        assert!(landed_before(true, Some(ours), ours));
+        assert!(!landed_before(false, Some(ours), ours));
+        assert!(!landed_before(true, Some(theirs), ours));
+        assert!(!landed_before(true, None, ours));
     }
 }

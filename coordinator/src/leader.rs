@@ -317,6 +317,28 @@ impl Coordinator {
                 );
             }
         };
+        // Read the record again under the new lock: a write of an earlier
+        // driver whose answer was lost either landed before the old lock
+        // went (and is read now) or can never land (its lock fence names
+        // the old key), so the engine resumed is the last one persisted.
+        let record = match self.journal.load(&id).await {
+            Ok(Some(record)) if !record.state.is_terminal() => record,
+            Ok(Some(_)) => {
+                let _ = lock.release().await;
+                return (id, DriverExit::Finished);
+            }
+            Ok(None) => {
+                let _ = lock.release().await;
+                return (
+                    id.clone(),
+                    DriverExit::Interrupted(JournalError::Fenced { id }),
+                );
+            }
+            Err(err) => {
+                let _ = lock.release().await;
+                return (id, DriverExit::Interrupted(err));
+            }
+        };
         let token = FencingToken(lock.token().0);
         tracing::info!(deployment = id, token = token.0, "resuming deployment");
         let started = !matches!(record.engine.status(), rollout::Status::NotStarted);
