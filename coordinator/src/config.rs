@@ -11,6 +11,7 @@
 //! [etcd]
 //! endpoints = ["http://127.0.0.1:2379"]
 //! lease_ttl = "10s"                          # leadership and deployment locks die with it
+//! journal_deadline = "30s"                   # a deployment's journal write is retried this long
 //!
 //! [releases]
 //! trusted_keys = ["/etc/lockstep/release.pub"]   # empty: unsigned bundles accepted
@@ -57,6 +58,9 @@ pub struct CoordinatorConfig {
     pub check_timeout: Duration,
     pub etcd_endpoints: Vec<String>,
     pub lease_ttl: leases::Ttl,
+    /// How long a failed journal write is retried before the driver stops
+    /// and the deployment is resumed from the journal.
+    pub journal_deadline: Duration,
     pub trusted_keys: Vec<PathBuf>,
     /// Mutual TLS, read and checked at load; `None`: plain text.
     pub tls: Option<tls::TlsMaterial>,
@@ -106,6 +110,7 @@ struct RawTls {
 struct RawEtcd {
     endpoints: Vec<String>,
     lease_ttl: Option<String>,
+    journal_deadline: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -183,6 +188,7 @@ impl CoordinatorConfig {
             "check_timeout",
             check_timeout.as_ref().map(drop).map_err(Clone::clone),
         );
+        let mut journal_deadline = Ok(crate::journal::DEFAULT_WRITE_DEADLINE);
         let (etcd_endpoints, lease_ttl) = match raw.etcd {
             None => {
                 check(
@@ -210,6 +216,14 @@ impl CoordinatorConfig {
                 check(
                     "etcd.lease_ttl",
                     ttl.as_ref().map(drop).map_err(Clone::clone),
+                );
+                journal_deadline = duration(
+                    etcd.journal_deadline.as_deref(),
+                    crate::journal::DEFAULT_WRITE_DEADLINE,
+                );
+                check(
+                    "etcd.journal_deadline",
+                    journal_deadline.as_ref().map(drop).map_err(Clone::clone),
                 );
                 (etcd.endpoints, ttl)
             }
@@ -242,6 +256,7 @@ impl CoordinatorConfig {
             status_interval,
             check_timeout,
             lease_ttl,
+            journal_deadline,
         ) {
             (
                 Ok(listen),
@@ -250,6 +265,7 @@ impl CoordinatorConfig {
                 Ok(status_interval),
                 Ok(check_timeout),
                 Ok(lease_ttl),
+                Ok(journal_deadline),
             ) if problems.is_empty() => Ok(Self {
                 listen,
                 advertise_url,
@@ -258,6 +274,7 @@ impl CoordinatorConfig {
                 check_timeout,
                 etcd_endpoints,
                 lease_ttl,
+                journal_deadline,
                 trusted_keys: raw.releases.trusted_keys,
                 tls,
             }),
@@ -314,6 +331,10 @@ mod tests {
         assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(config.advertise_url, "http://127.0.0.1:7400");
         assert_eq!(config.lease_ttl.as_duration(), DEFAULT_LEASE_TTL);
+        assert_eq!(
+            config.journal_deadline,
+            crate::journal::DEFAULT_WRITE_DEADLINE
+        );
         assert_eq!(config.status_interval, DEFAULT_STATUS_INTERVAL);
     }
 

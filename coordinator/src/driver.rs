@@ -167,8 +167,32 @@ impl Driver {
 
     /// Runs until the deployment ends or this coordinator loses it.
     /// `first` is `Start` for a new deployment, `Recovered` for a resumed one.
+    /// Whatever the exit, the deployment lock is released before it returns
+    /// (the finishing write deletes it; otherwise a fenced delete here, and
+    /// if that fails the guard's drop retries in the background), so a
+    /// leader resuming the deployment never finds its own lock held.
     pub async fn run(
         mut self,
+        first: Vec<Event>,
+        calls: mpsc::Receiver<OperatorCall>,
+    ) -> DriverExit {
+        let exit = self.drive(first, calls).await;
+        if let Some(lock) = self.lock.take() {
+            let token = lock.token().0;
+            match lock.release().await {
+                Ok(()) => {
+                    tracing::info!(deployment = self.record.id, token, exit = ?exit, "driver stopped; deployment lock released");
+                }
+                Err(err) => {
+                    tracing::warn!(deployment = self.record.id, token, exit = ?exit, error = %err, "driver stopped; deployment lock released in the background");
+                }
+            }
+        }
+        exit
+    }
+
+    async fn drive(
+        &mut self,
         first: Vec<Event>,
         mut calls: mpsc::Receiver<OperatorCall>,
     ) -> DriverExit {
@@ -606,7 +630,9 @@ impl Driver {
         }
         if finish {
             // The finishing write deleted the lock's key.
-            self.lock = None;
+            if let Some(lock) = self.lock.take() {
+                lock.deleted_by_holder();
+            }
             tracing::info!(
                 deployment = self.record.id,
                 outcome = self.record.outcome,

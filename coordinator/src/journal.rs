@@ -5,10 +5,19 @@
 //! leadership key and the deployment lock, both by create revision), so a
 //! deposed coordinator's write fails instead of landing.
 //!
+//! A write that fails for a transient reason (etcd unavailable, no leader,
+//! an attempt timed out) is retried with backoff until it lands, is fenced
+//! (a compare failed: another leader or the lock is gone), or the journal's
+//! write deadline passes; `next_after` decides which (pure).
+//!
 //! Must never: write without fences, or split one step's record and events
 //! over two transactions.
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Client, Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+};
 use leases::keys;
 
 use crate::record::{DeploymentRecord, EventRecord};
@@ -27,6 +36,16 @@ pub enum JournalError {
     Fenced { id: String },
     #[error("a deployment of {service} is already active: {id}")]
     AlreadyActive { service: String, id: String },
+    #[error(
+        "write of deployment {id} did not land within {waited:?} ({attempts} attempts, each bounded by {ATTEMPT_TIMEOUT:?})"
+    )]
+    TimedOut {
+        id: String,
+        waited: Duration,
+        attempts: u32,
+    },
+    #[error("etcd did not answer a read of {what} within {waited:?}")]
+    ReadTimedOut { what: String, waited: Duration },
     #[error("{key} holds invalid data: {source}")]
     Bad {
         key: String,
@@ -35,10 +54,78 @@ pub enum JournalError {
     },
 }
 
+/// How long a write is retried by default: longer than an etcd leader
+/// election or a member's restart, so only a real outage interrupts.
+pub const DEFAULT_WRITE_DEADLINE: Duration = Duration::from_secs(30);
+/// Bound on one attempt: a hung member must not hold a write forever.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Backoff between attempts: first, and most.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
+
 /// Reads and fenced writes of deployments.
 #[derive(Clone)]
 pub struct Journal {
     client: Client,
+    write_deadline: Duration,
+}
+
+/// Why one attempt of a write did not land.
+#[derive(Debug)]
+pub(crate) enum AttemptFailure {
+    /// etcd answered: a compare was false.
+    CompareFailed,
+    /// No answer within [`ATTEMPT_TIMEOUT`]; the write may have landed.
+    TimedOut,
+    /// etcd or the transport failed; the write may have landed.
+    Etcd(etcd_client::Error),
+}
+
+/// What to do after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    Retry,
+    /// Definitively refused: this coordinator lost leadership or the lock.
+    Fenced,
+    /// Not worth retrying (the request itself is wrong) or out of time.
+    GiveUp,
+}
+
+/// The retry decision. `elapsed` includes the backoff the retry would wait
+/// first, so a retry is never started past the deadline.
+pub(crate) fn next_after(failure: &AttemptFailure, elapsed: Duration, deadline: Duration) -> Next {
+    let retryable = match failure {
+        AttemptFailure::CompareFailed => return Next::Fenced,
+        AttemptFailure::TimedOut => true,
+        AttemptFailure::Etcd(err) => transient(err),
+    };
+    if retryable && elapsed < deadline {
+        Next::Retry
+    } else {
+        Next::GiveUp
+    }
+}
+
+/// Whether etcd or the transport may answer differently next time. etcd
+/// says "no leader", "leader changed", "request timed out" and "too many
+/// requests" as UNAVAILABLE / RESOURCE_EXHAUSTED; a broken connection comes
+/// as a transport or IO error, or UNKNOWN/INTERNAL from h2. Refusals of the
+/// request itself (bad argument, permission, auth) never change.
+fn transient(err: &etcd_client::Error) -> bool {
+    use tonic::Code;
+    match err {
+        etcd_client::Error::GRpcStatus(status) => matches!(
+            status.code(),
+            Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::Aborted
+                | Code::ResourceExhausted
+                | Code::Cancelled
+                | Code::Unknown
+                | Code::Internal
+        ),
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
+    }
 }
 
 /// How a write ends a step.
@@ -53,12 +140,16 @@ pub enum Write {
 
 impl Journal {
     pub fn new(client: Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            write_deadline: DEFAULT_WRITE_DEADLINE,
+        }
     }
 
-    fn etcd(what: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> JournalError {
-        let what = what.into();
-        move |source| JournalError::Etcd { what, source }
+    /// How long a write is retried before the caller hears it failed.
+    pub fn with_write_deadline(mut self, deadline: Duration) -> Self {
+        self.write_deadline = deadline;
+        self
     }
 
     /// Writes `record` and `events` in one transaction, if `fences` hold.
@@ -75,16 +166,24 @@ impl Journal {
     ) -> Result<(), JournalError> {
         let record_key = keys::deployment(&record.id);
         let active_key = keys::active(&record.service);
-        let mut ops = vec![TxnOp::put(
-            record_key.as_str(),
-            json(&record_key, record)?,
-            None,
-        )];
+        let written = json(&record_key, record)?;
+        let mut ops = vec![TxnOp::put(record_key.as_str(), written.clone(), None)];
         for event in events {
             let key = keys::deployment_event(&record.id, event.seq);
             ops.push(TxnOp::put(key.as_str(), json(&key, event)?, None));
         }
         let mut when = fences.to_vec();
+        // Event keys are written once: a retried write whose first attempt
+        // landed is then refused instead of putting them again (a watcher
+        // would see the events twice). Sequence numbers come from the
+        // record's `next_seq`, so no other write ever made these keys.
+        if let Some(first) = events.first() {
+            when.push(Compare::create_revision(
+                keys::deployment_event(&record.id, first.seq),
+                CompareOp::Equal,
+                0,
+            ));
+        }
         if let Some(lock) = release {
             when.push(lock.fence());
             ops.push(TxnOp::delete(lock.key(), None));
@@ -119,14 +218,75 @@ impl Journal {
                 ));
             }
         }
-        let response = self
-            .client
-            .clone()
-            .txn(Txn::new().when(when).and_then(ops))
-            .await
-            .map_err(Self::etcd(format!("deployment {}", record.id)))?;
-        if response.succeeded() {
-            return Ok(());
+        // On a refusal, read the record back: it tells whether an earlier
+        // attempt of this very write landed (see below).
+        let txn = Txn::new()
+            .when(when)
+            .and_then(ops)
+            .or_else([TxnOp::get(record_key.as_str(), None)]);
+        let started = Instant::now();
+        let mut backoff = BACKOFF.0;
+        let mut attempts = 0u32;
+        let mut outcome_unknown = false;
+        loop {
+            attempts += 1;
+            let attempt =
+                tokio::time::timeout(ATTEMPT_TIMEOUT, self.client.clone().txn(txn.clone())).await;
+            let failure = match attempt {
+                Ok(Ok(response)) if response.succeeded() => return Ok(()),
+                Ok(Ok(response)) => {
+                    // Retrying after an unknown outcome: a landed Create
+                    // (active marker now exists), Finish (lock and marker
+                    // gone) or write with events (its first event key now
+                    // exists) makes its own duplicate fail the compare:
+                    // then the stored record being byte-for-byte ours
+                    // (timestamps, token, next seq) says the first attempt
+                    // landed. An Update without events changes none of its
+                    // compares, so its duplicate passes them and puts the
+                    // same record bytes again: harmless.
+                    if landed_before(outcome_unknown, stored(&response).as_deref(), &written) {
+                        tracing::info!(
+                            deployment = record.id,
+                            attempts,
+                            "journal write had landed before its answer was lost"
+                        );
+                        return Ok(());
+                    }
+                    AttemptFailure::CompareFailed
+                }
+                Ok(Err(err)) => AttemptFailure::Etcd(err),
+                Err(_) => AttemptFailure::TimedOut,
+            };
+            outcome_unknown |= !matches!(failure, AttemptFailure::CompareFailed);
+            match next_after(&failure, started.elapsed() + backoff, self.write_deadline) {
+                Next::Retry => {
+                    tracing::warn!(
+                        deployment = record.id,
+                        attempts,
+                        retry_in_ms = backoff.as_millis(),
+                        failure = ?failure,
+                        "journal write failed; retrying"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF.1);
+                }
+                Next::Fenced => break,
+                Next::GiveUp => {
+                    return Err(match failure {
+                        AttemptFailure::Etcd(source) => JournalError::Etcd {
+                            what: format!("deployment {} (attempt {attempts})", record.id),
+                            source,
+                        },
+                        AttemptFailure::TimedOut | AttemptFailure::CompareFailed => {
+                            JournalError::TimedOut {
+                                id: record.id.clone(),
+                                waited: started.elapsed(),
+                                attempts,
+                            }
+                        }
+                    });
+                }
+            }
         }
         if kind == Write::Create {
             if let Some(id) = self.active_of(&record.service).await? {
@@ -144,12 +304,8 @@ impl Journal {
     /// The deployment record `id`.
     pub async fn load(&self, id: &str) -> Result<Option<DeploymentRecord>, JournalError> {
         let key = keys::deployment(id);
-        let response = self
-            .client
-            .clone()
-            .get(key.as_str(), None)
-            .await
-            .map_err(Self::etcd(&key))?;
+        let mut client = self.client.clone();
+        let response = read(&key, client.get(key.as_str(), None)).await?;
         response
             .kvs()
             .first()
@@ -160,12 +316,8 @@ impl Journal {
     /// The id of `service`'s active deployment.
     pub async fn active_of(&self, service: &str) -> Result<Option<String>, JournalError> {
         let key = keys::active(service);
-        let response = self
-            .client
-            .clone()
-            .get(key.as_str(), None)
-            .await
-            .map_err(Self::etcd(&key))?;
+        let mut client = self.client.clone();
+        let response = read(&key, client.get(key.as_str(), None)).await?;
         Ok(response
             .kvs()
             .first()
@@ -174,12 +326,12 @@ impl Journal {
 
     /// Every active deployment id.
     pub async fn active(&self) -> Result<Vec<String>, JournalError> {
-        let response = self
-            .client
-            .clone()
-            .get(keys::ACTIVE, Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(Self::etcd(keys::ACTIVE))?;
+        let mut client = self.client.clone();
+        let response = read(
+            keys::ACTIVE,
+            client.get(keys::ACTIVE, Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
         Ok(response
             .kvs()
             .iter()
@@ -197,15 +349,15 @@ impl Journal {
         let prefix = keys::deployment_events(id);
         let start = keys::deployment_event(id, from_seq);
         let end = format!("{prefix}\u{10ffff}");
-        let response = self
-            .client
-            .clone()
-            .get(
+        let mut client = self.client.clone();
+        let response = read(
+            &prefix,
+            client.get(
                 start.as_str(),
                 Some(GetOptions::new().with_range(end.as_str())),
-            )
-            .await
-            .map_err(Self::etcd(&prefix))?;
+            ),
+        )
+        .await?;
         let revision = response.header().map_or(0, |h| h.revision());
         let events = response
             .kvs()
@@ -223,10 +375,10 @@ impl Journal {
         limit: usize,
     ) -> Result<Vec<(u64, DeploymentRecord)>, JournalError> {
         let prefix = keys::history_of(service);
-        let response = self
-            .client
-            .clone()
-            .get(
+        let mut client = self.client.clone();
+        let response = read(
+            &prefix,
+            client.get(
                 prefix.as_str(),
                 Some(
                     GetOptions::new()
@@ -234,9 +386,9 @@ impl Journal {
                         .with_sort(SortTarget::Key, SortOrder::Descend)
                         .with_limit(i64::try_from(limit).unwrap_or(i64::MAX)),
                 ),
-            )
-            .await
-            .map_err(Self::etcd(&prefix))?;
+            ),
+        )
+        .await?;
         let mut out = Vec::new();
         for kv in response.kvs() {
             let id = String::from_utf8_lossy(kv.value()).into_owned();
@@ -250,6 +402,43 @@ impl Journal {
     pub fn client(&self) -> &Client {
         &self.client
     }
+}
+
+/// Bound on one read: a hung member must not hold a reader (a resuming
+/// leader, an operator's call) forever; callers retry or report it.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One read of `what`, bounded by [`READ_TIMEOUT`].
+async fn read<T>(
+    what: impl std::fmt::Display,
+    request: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, JournalError> {
+    match tokio::time::timeout(READ_TIMEOUT, request).await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(source)) => Err(JournalError::Etcd {
+            what: what.to_string(),
+            source,
+        }),
+        Err(_) => Err(JournalError::ReadTimedOut {
+            what: what.to_string(),
+            waited: READ_TIMEOUT,
+        }),
+    }
+}
+
+/// Whether a refused attempt is the duplicate of an earlier attempt of the
+/// same write that landed (see `write`). Another leader's record differs
+/// at least in its token and timestamps.
+fn landed_before(outcome_unknown: bool, stored: Option<&[u8]>, written: &[u8]) -> bool {
+    outcome_unknown && stored == Some(written)
+}
+
+/// The record a refused write read back in its `or_else`.
+fn stored(response: &etcd_client::TxnResponse) -> Option<Vec<u8>> {
+    response.op_responses().into_iter().find_map(|op| match op {
+        TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
+        _ => None,
+    })
 }
 
 fn json<T: serde::Serialize>(key: &str, value: &T) -> Result<Vec<u8>, JournalError> {
@@ -269,5 +458,93 @@ fn parse<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, J
 impl std::fmt::Debug for Journal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Journal").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEADLINE: Duration = Duration::from_secs(30);
+    const EARLY: Duration = Duration::from_secs(1);
+
+    fn status(code: tonic::Code) -> AttemptFailure {
+        AttemptFailure::Etcd(etcd_client::Error::GRpcStatus(tonic::Status::new(
+            code,
+            "etcd says",
+        )))
+    }
+
+    /// #18 item 3: one transient etcd error must not interrupt a deployment.
+    #[test]
+    fn transient_failures_are_retried_until_the_deadline() {
+        for failure in [
+            AttemptFailure::TimedOut,
+            status(tonic::Code::Unavailable),
+            status(tonic::Code::DeadlineExceeded),
+            status(tonic::Code::ResourceExhausted),
+            status(tonic::Code::Unknown),
+            AttemptFailure::Etcd(etcd_client::Error::IoError(std::io::Error::from(
+                std::io::ErrorKind::ConnectionRefused,
+            ))),
+        ] {
+            assert_eq!(
+                next_after(&failure, EARLY, DEADLINE),
+                Next::Retry,
+                "{failure:?}"
+            );
+            assert_eq!(
+                next_after(&failure, DEADLINE, DEADLINE),
+                Next::GiveUp,
+                "{failure:?}"
+            );
+        }
+    }
+
+    /// A false compare is another leader or a lost lock: never retried,
+    /// however early.
+    #[test]
+    fn a_failed_compare_is_fenced_at_once() {
+        assert_eq!(
+            next_after(&AttemptFailure::CompareFailed, Duration::ZERO, DEADLINE),
+            Next::Fenced
+        );
+        assert_eq!(
+            next_after(&AttemptFailure::CompareFailed, DEADLINE * 2, DEADLINE),
+            Next::Fenced
+        );
+    }
+
+    /// A request etcd refuses as such is refused the same way next time.
+    #[test]
+    fn refusals_of_the_request_itself_give_up_at_once() {
+        for failure in [
+            status(tonic::Code::InvalidArgument),
+            status(tonic::Code::PermissionDenied),
+            status(tonic::Code::Unauthenticated),
+            status(tonic::Code::FailedPrecondition),
+            AttemptFailure::Etcd(etcd_client::Error::InvalidArgs("bad".to_owned())),
+        ] {
+            assert_eq!(
+                next_after(&failure, EARLY, DEADLINE),
+                Next::GiveUp,
+                "{failure:?}"
+            );
+        }
+    }
+
+    /// The hazard of retrying after an unknown outcome: a Create, Finish
+    /// or write with events that landed makes its own duplicate fail the
+    /// compare; the record read back being exactly ours says it landed.
+    /// Anything else (no earlier unknown outcome, another leader's record,
+    /// none at all) is a real refusal.
+    #[test]
+    fn a_refused_duplicate_counts_as_landed_only_when_the_record_is_ours() {
+        let ours: &[u8] = b"{\"id\":\"d-1\",\"token\":7,\"next_seq\":7}";
+        let theirs: &[u8] = b"{\"id\":\"d-1\",\"token\":9,\"next_seq\":7}";
+        assert!(landed_before(true, Some(ours), ours));
+        assert!(!landed_before(false, Some(ours), ours));
+        assert!(!landed_before(true, Some(theirs), ours));
+        assert!(!landed_before(true, None, ours));
     }
 }

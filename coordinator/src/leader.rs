@@ -118,7 +118,7 @@ impl Coordinator {
     pub fn new(config: CoordinatorConfig, client: Client, depot: ReleaseDepot) -> Self {
         let fleet = Arc::new(FleetView::new(config.status_interval));
         Self {
-            journal: Journal::new(client.clone()),
+            journal: Journal::new(client.clone()).with_write_deadline(config.journal_deadline),
             config,
             client,
             depot,
@@ -315,6 +315,28 @@ impl Coordinator {
                     id.clone(),
                     DriverExit::Interrupted(JournalError::Fenced { id }),
                 );
+            }
+        };
+        // Read the record again under the new lock: a write of an earlier
+        // driver whose answer was lost either landed before the old lock
+        // went (and is read now) or can never land (its lock fence names
+        // the old key), so the engine resumed is the last one persisted.
+        let record = match self.journal.load(&id).await {
+            Ok(Some(record)) if !record.state.is_terminal() => record,
+            Ok(Some(_)) => {
+                let _ = lock.release().await;
+                return (id, DriverExit::Finished);
+            }
+            Ok(None) => {
+                let _ = lock.release().await;
+                return (
+                    id.clone(),
+                    DriverExit::Interrupted(JournalError::Fenced { id }),
+                );
+            }
+            Err(err) => {
+                let _ = lock.release().await;
+                return (id, DriverExit::Interrupted(err));
             }
         };
         let token = FencingToken(lock.token().0);

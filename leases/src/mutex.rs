@@ -6,6 +6,11 @@
 //! command carrying an older token than one already seen comes from a
 //! holder that has since lost the lock.
 //!
+//! A guard dropped without `release` is released in the background (retried
+//! until done or until its lease is gone), and a session that finds its own
+//! lease on a lock no live guard of it holds deletes that orphan and takes
+//! the lock anew: nobody ever waits on a lock its own session holds.
+//!
 //! Must never: create the key without the holder's lease, or delete a key
 //! that a newer holder created (release compares the create revision).
 
@@ -16,10 +21,16 @@ use etcd_client::{
     WatchOptions,
 };
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::audit::{AuditError, AuditLog, AuditRecord};
 use crate::holder::{Holder, now_unix_ms};
-use crate::session::Session;
+use crate::session::{LiveLocks, LossReason, Session};
+
+/// Bound on one release request: etcd may hang (a paused member).
+const RELEASE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Backoff between background release attempts: first, and most.
+const RELEASE_BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
 
 /// A lock's create revision. Commands carry it; receivers refuse one older
 /// than the highest they have seen.
@@ -77,6 +88,8 @@ pub enum LockError {
     Held(Box<LockInfo>),
     #[error("timed out after {waited:?} waiting for lock {key}")]
     TimedOut { key: String, waited: Duration },
+    #[error("etcd did not answer the release of lock {key} within {waited:?}")]
+    ReleaseTimedOut { key: String, waited: Duration },
     #[error("lost the etcd session while waiting for lock {key}")]
     SessionLost { key: String },
     #[error("etcd request for lock {key} failed: {source}")]
@@ -106,11 +119,17 @@ pub struct FencedMutex {
 }
 
 /// Proof of holding a [`FencedMutex`]. Release it with `release`; if it is
-/// dropped instead, the key goes when the session's lease does.
+/// dropped instead (or `release` failed), a background task deletes the key
+/// (fenced, retried with backoff) until done or until the session is lost,
+/// when the key goes with the lease.
 pub struct MutexGuard {
     key: String,
     token: FencingToken,
     client: Client,
+    lease: i64,
+    loss: watch::Receiver<Option<LossReason>>,
+    live: LiveLocks,
+    released: bool,
 }
 
 enum Attempt {
@@ -197,16 +216,50 @@ impl FencedMutex {
         let response = client.txn(txn).await.map_err(|source| self.etcd(source))?;
         let revision = response.header().map_or(0, |h| h.revision());
         if response.succeeded() {
+            session.live_locks().insert(&self.key);
             return Ok(Attempt::Acquired(Box::new(MutexGuard {
                 key: self.key.clone(),
                 token: FencingToken(u64::try_from(revision).unwrap_or(0)),
                 client,
+                lease: session.lease_id(),
+                loss: session.loss_signal(),
+                live: session.live_locks().clone(),
+                released: false,
             })));
         }
         let kv = response.op_responses().into_iter().find_map(|op| match op {
             TxnOpResponse::Get(get) => get.kvs().first().cloned(),
             _ => None,
         });
+        if let Some(orphan) = kv
+            .as_ref()
+            .filter(|kv| is_orphan(kv.lease(), session.lease_id(), &self.key, session))
+        {
+            // Our own lease holds it but no live guard of ours does: a guard
+            // dropped before its release reached etcd. Waiting would wait
+            // for our own lease, i.e. forever. Delete it (fenced by its
+            // create revision) and take it anew rather than adopting it: the
+            // new key has a higher token, so the dropped guard's background
+            // release, fenced by the old one, can never delete it.
+            tracing::warn!(
+                key = self.key,
+                token = orphan.create_revision(),
+                lease = format_args!("{:x}", orphan.lease()),
+                "lock held by this session's own lease with no live guard; deleting the orphan"
+            );
+            let delete = Txn::new()
+                .when([Compare::create_revision(
+                    self.key.as_str(),
+                    CompareOp::Equal,
+                    orphan.create_revision(),
+                )])
+                .and_then([TxnOp::delete(self.key.as_str(), None)]);
+            client
+                .txn(delete)
+                .await
+                .map_err(|source| self.etcd(source))?;
+            return Box::pin(self.attempt(session, purpose)).await;
+        }
         match kv {
             Some(kv) => Ok(Attempt::Held {
                 info: self.info(&mut client, &kv).await?,
@@ -349,19 +402,123 @@ impl MutexGuard {
     }
 
     /// Deletes the key if it is still ours; a newer holder's key is left
-    /// alone.
+    /// alone. On failure the guard is dropped, which retries in the
+    /// background.
     pub async fn release(mut self) -> Result<(), LockError> {
-        let txn = Txn::new()
-            .when([self.fence()])
-            .and_then([TxnOp::delete(self.key.as_str(), None)]);
-        self.client
-            .txn(txn)
-            .await
-            .map(drop)
-            .map_err(|source| LockError::Etcd {
-                key: self.key.clone(),
-                source,
-            })
+        let result = release_once(self.client.clone(), &self.key, self.token).await;
+        self.released = result.is_ok();
+        result
+    }
+}
+
+impl MutexGuard {
+    /// Gives the guard up without a delete, for a key the holder deleted
+    /// itself in a transaction of its own (fenced by [`Self::fence`]), so
+    /// its drop does not try again.
+    pub fn deleted_by_holder(mut self) {
+        self.released = true;
+    }
+}
+
+/// Whether a lock key found on `key_lease` is an orphan of `session`: its
+/// own lease, but no live guard of it holds the key.
+fn is_orphan(key_lease: i64, own_lease: i64, key: &str, session: &Session) -> bool {
+    key_lease == own_lease && !session.live_locks().contains(key)
+}
+
+/// One fenced delete of `key` (only if its create revision is `token`),
+/// bounded in time.
+async fn release_once(mut client: Client, key: &str, token: FencingToken) -> Result<(), LockError> {
+    let fence = Compare::create_revision(
+        key,
+        CompareOp::Equal,
+        i64::try_from(token.0).unwrap_or(i64::MAX),
+    );
+    let txn = Txn::new()
+        .when([fence])
+        .and_then([TxnOp::delete(key, None)]);
+    match tokio::time::timeout(RELEASE_ATTEMPT_TIMEOUT, client.txn(txn)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(source)) => Err(LockError::Etcd {
+            key: key.to_owned(),
+            source,
+        }),
+        Err(_) => Err(LockError::ReleaseTimedOut {
+            key: key.to_owned(),
+            waited: RELEASE_ATTEMPT_TIMEOUT,
+        }),
+    }
+}
+
+/// Retries the release of a dropped guard's key with backoff until it is
+/// done or the session is lost (then the key goes with the lease, and a
+/// delete could only race a newer holder's fenced key, which it would not
+/// touch anyway).
+async fn release_in_background(
+    client: Client,
+    key: String,
+    token: FencingToken,
+    lease: i64,
+    mut loss: watch::Receiver<Option<LossReason>>,
+) {
+    let mut backoff = RELEASE_BACKOFF.0;
+    let mut attempts = 0u32;
+    loop {
+        if let Some(reason) = *loss.borrow() {
+            tracing::info!(key, token = token.0, lease = format_args!("{lease:x}"), reason = %reason, "dropped lock goes with its lease");
+            return;
+        }
+        attempts += 1;
+        match release_once(client.clone(), &key, token).await {
+            Ok(()) => {
+                tracing::info!(key, token = token.0, attempts, "dropped lock released");
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(key, token = token.0, attempts, retry_in_ms = backoff.as_millis(), error = %err, "cannot release a dropped lock yet; retrying");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            // A lost session, or one dropped (its keeper gone): the lease
+            // is ending either way.
+            changed = loss.changed() => if changed.is_err() {
+                tracing::info!(key, token = token.0, lease = format_args!("{lease:x}"), "session dropped; the dropped lock goes with its lease");
+                return;
+            }
+        }
+        backoff = (backoff * 2).min(RELEASE_BACKOFF.1);
+    }
+}
+
+impl Drop for MutexGuard {
+    fn drop(&mut self) {
+        self.live.remove(&self.key);
+        if self.released {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                key = self.key,
+                token = self.token.0,
+                "lock dropped outside a runtime; it goes with its lease"
+            );
+            return;
+        };
+        tracing::info!(
+            key = self.key,
+            token = self.token.0,
+            "lock dropped without release; releasing in the background"
+        );
+        // Detached, but bounded: it ends once the key is deleted or the
+        // session (whose loss signal it watches) is lost or dropped.
+        drop(runtime.spawn(release_in_background(
+            self.client.clone(),
+            self.key.clone(),
+            self.token,
+            self.lease,
+            self.loss.clone(),
+        )));
     }
 }
 

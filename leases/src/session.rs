@@ -10,7 +10,8 @@
 //! Must never: report a session as live once its deadline has passed, or
 //! keep a lease alive for a holder that dropped its `Session`.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::Client;
@@ -97,6 +98,37 @@ pub struct Session {
     ttl: Ttl,
     lost: watch::Receiver<Option<LossReason>>,
     keeper: OwnedTask,
+    /// Keys of this session's live `MutexGuard`s: a lock key on this lease
+    /// that is not here belongs to a guard that is gone (an orphan).
+    live_locks: LiveLocks,
+}
+
+/// The lock keys a session's live guards hold (shared with the guards,
+/// which remove their key when released or dropped).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LiveLocks(Arc<Mutex<HashSet<String>>>);
+
+impl LiveLocks {
+    pub(crate) fn insert(&self, key: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key.to_owned());
+    }
+
+    pub(crate) fn remove(&self, key: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key);
+    }
+
+    pub(crate) fn contains(&self, key: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(key)
+    }
 }
 
 impl std::fmt::Debug for Session {
@@ -135,6 +167,7 @@ impl Session {
             ttl,
             lost,
             keeper,
+            live_locks: LiveLocks::default(),
         })
     }
 
@@ -173,6 +206,10 @@ impl Session {
     /// A receiver that sees the loss: for tasks that outlive a borrow.
     pub fn loss_signal(&self) -> watch::Receiver<Option<LossReason>> {
         self.lost.clone()
+    }
+
+    pub(crate) fn live_locks(&self) -> &LiveLocks {
+        &self.live_locks
     }
 
     /// Stops keeping the lease alive and revokes it: every key bound to it

@@ -29,7 +29,17 @@ impl CoordinatorFixture {
     /// Starts a coordinator on `endpoints` with an etcd lease of
     /// `lease_ttl_secs`; returns once its gRPC port accepts connections.
     pub async fn start(endpoints: &[String], lease_ttl_secs: u64) -> Result<Self, HarnessError> {
-        Self::start_configured(endpoints, lease_ttl_secs, None).await
+        Self::start_configured(endpoints, lease_ttl_secs, None, "").await
+    }
+
+    /// Like `start`, with `etcd_lines` added to its `[etcd]` table (e.g.
+    /// `journal_deadline = "1s"`).
+    pub async fn start_with_etcd(
+        endpoints: &[String],
+        lease_ttl_secs: u64,
+        etcd_lines: &str,
+    ) -> Result<Self, HarnessError> {
+        Self::start_configured(endpoints, lease_ttl_secs, None, etcd_lines).await
     }
 
     /// Like `start`, with a `[tls]` table naming `tls`: its URL is
@@ -39,13 +49,14 @@ impl CoordinatorFixture {
         lease_ttl_secs: u64,
         tls: &TlsFiles,
     ) -> Result<Self, HarnessError> {
-        Self::start_configured(endpoints, lease_ttl_secs, Some(tls)).await
+        Self::start_configured(endpoints, lease_ttl_secs, Some(tls), "").await
     }
 
     async fn start_configured(
         endpoints: &[String],
         lease_ttl_secs: u64,
         tls: Option<&TlsFiles>,
+        etcd_lines: &str,
     ) -> Result<Self, HarnessError> {
         let dir = tempfile::Builder::new()
             .prefix("lockstep-coordinator-")
@@ -59,7 +70,7 @@ impl CoordinatorFixture {
             .collect::<Vec<_>>()
             .join(", ");
         let mut text = format!(
-            "listen = \"127.0.0.1:{port}\"\nstore_dir = \"{store}\"\nstatus_interval = \"1s\"\n\n[etcd]\nendpoints = [{endpoints}]\nlease_ttl = \"{lease_ttl_secs}s\"\n",
+            "listen = \"127.0.0.1:{port}\"\nstore_dir = \"{store}\"\nstatus_interval = \"1s\"\n\n[etcd]\nendpoints = [{endpoints}]\nlease_ttl = \"{lease_ttl_secs}s\"\n{etcd_lines}\n",
             store = dir.path().join("releases").display(),
         );
         if let Some(tls) = tls {

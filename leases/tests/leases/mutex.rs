@@ -135,3 +135,82 @@ async fn breaking_a_lock_frees_it_and_leaves_an_audit_record() {
     );
     assert_eq!(AuditLog::recent(&client, 10).await.unwrap().len(), 1);
 }
+
+/// Reproduces #18 item 2: a `MutexGuard` dropped without `release` left its
+/// key behind for as long as the session lived (here 60 s), so the holder's
+/// own lock said "deployment in progress" with nothing in progress.
+#[tokio::test]
+async fn a_guard_dropped_without_release_is_released_in_the_background() {
+    let etcd = EtcdCluster::single().await.unwrap();
+    let holder = session(&etcd, 60).await;
+    let lock = FencedMutex::named("test/dropped");
+    let guard = lock.try_lock(&holder, "dropped").await.unwrap();
+    drop(guard);
+
+    let client = etcd.client().await.unwrap();
+    lockstep_tests::wait_for("the dropped guard's key to go", DEADLINE, || {
+        let lock = lock.clone();
+        let client = client.clone();
+        async move {
+            match lock.inspect(&client).await {
+                Ok(None) => Ok(()),
+                Ok(Some(info)) => Err(format!("still held: {info}")),
+                Err(err) => Err(err.to_string()),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    // The session is untouched: only the lock went.
+    assert!(!holder.is_lost());
+}
+
+/// Reproduces #18 item 2: a lock key left on a session's own lease by a
+/// guard that is gone (here written directly, as a dropped guard whose
+/// release could not reach etcd leaves it) made `lock` on that same session
+/// wait for its own lease, which never expires while the session lives.
+#[tokio::test]
+async fn a_session_never_waits_on_an_orphaned_lock_of_its_own_lease() {
+    let etcd = EtcdCluster::single().await.unwrap();
+    let leader = session(&etcd, 60).await;
+    let lock = FencedMutex::deployment("orphaned");
+    let value = serde_json::json!({
+        "holder": Holder::current(),
+        "purpose": "a driver that is gone",
+        "since_unix_ms": 0,
+    });
+    let mut client = etcd.client().await.unwrap();
+    let put = client
+        .put(
+            lock.key(),
+            value.to_string(),
+            Some(etcd_client::PutOptions::new().with_lease(leader.lease_id())),
+        )
+        .await
+        .unwrap();
+    let orphan_revision = put.header().unwrap().revision();
+
+    let guard = lock
+        .lock(&leader, "resumed", Duration::from_secs(5))
+        .await
+        .unwrap();
+    // A new key: a late background release of the orphan (fenced by the
+    // orphan's create revision) cannot delete it.
+    assert!(guard.token().0 > u64::try_from(orphan_revision).unwrap());
+    let info = lock.inspect(&client).await.unwrap().unwrap();
+    assert_eq!(info.purpose, "resumed");
+}
+
+/// A live guard of the same session is not an orphan: a second taker on
+/// that session is refused, as any other would be.
+#[tokio::test]
+async fn a_live_guard_of_the_same_session_still_excludes() {
+    let etcd = EtcdCluster::single().await.unwrap();
+    let leader = session(&etcd, 60).await;
+    let lock = FencedMutex::deployment("live");
+    let guard = lock.try_lock(&leader, "d-1").await.unwrap();
+    let err = lock.try_lock(&leader, "d-2").await.unwrap_err();
+    assert!(matches!(err, LockError::Held(_)), "{err}");
+    guard.release().await.unwrap();
+    lock.try_lock(&leader, "d-2").await.unwrap();
+}

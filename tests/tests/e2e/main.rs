@@ -7,6 +7,7 @@
 mod agent;
 mod agent_failures;
 mod coordinator;
+mod etcd_faults;
 mod etcd_harness;
 mod health;
 mod incident;
