@@ -22,12 +22,13 @@ use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
 use leases::{
-    AuditLog, AuditRecord, DisruptionBudget, Holder, Registration, SemaphoreError, Session,
+    AuditLog, AuditRecord, Claim, DisruptionBudget, Holder, Registration, SemaphoreError, Session,
     SlotGuard, Ttl,
 };
 use tokio::sync::watch;
 
 use crate::config::{AgentConfig, EtcdSettings};
+use crate::identity::{self, HolderVerdict};
 use crate::task::OwnedTask;
 
 /// Pause before the first retry to reach etcd: quick to recover…
@@ -49,6 +50,8 @@ pub enum ClusterError {
         cluster: String,
         waited: Duration,
     },
+    #[error("{0}")]
+    DuplicateId(String),
     #[error("{0}; try again later, or --force --reason TEXT (audited) if it cannot wait")]
     Budget(#[source] SemaphoreError),
     #[error("cannot record the break-glass action in {path}: {source}")]
@@ -96,14 +99,19 @@ pub struct BudgetView {
     pub waiters: Vec<leases::SlotInfo>,
 }
 
-/// The registration record other components read.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct AgentRecord {
-    pub agent: String,
-    pub cluster: String,
-    pub grpc_address: String,
-    pub hostname: String,
-    pub agent_version: String,
+pub use crate::identity::AgentRecord;
+
+/// What the keeper's first registration attempt found: the agent's start
+/// waits for it (bounded), so a duplicate id stops the agent before it
+/// touches any app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FirstRegistration {
+    Pending,
+    Registered,
+    /// etcd did not answer: the agent starts anyway (fail static).
+    Unreachable(String),
+    /// Another live agent holds this id.
+    Refused(String),
 }
 
 /// The agent's link to etcd; cheap to share.
@@ -119,6 +127,7 @@ struct Inner {
     budget: DisruptionBudget,
     audit_file: PathBuf,
     session: watch::Receiver<Option<Arc<Session>>>,
+    first: watch::Receiver<FirstRegistration>,
     _keeper: OwnedTask,
 }
 
@@ -147,12 +156,14 @@ impl ClusterLink {
     /// Starts keeping a session in the background; never waits for etcd.
     pub fn start(config: &AgentConfig, settings: EtcdSettings, record: AgentRecord) -> Self {
         let (tx, session) = watch::channel(None);
+        let (first_tx, first) = watch::channel(FirstRegistration::Pending);
         let keeper = OwnedTask::spawn(keep_session(
             settings.clone(),
             config.id.to_string(),
             record,
             config.local_audit_file(),
             tx,
+            first_tx,
         ));
         Self {
             inner: Arc::new(Inner {
@@ -161,8 +172,34 @@ impl ClusterLink {
                 audit_file: config.local_audit_file(),
                 settings,
                 session,
+                first,
                 _keeper: keeper,
             }),
+        }
+    }
+
+    /// Waits up to `wait` for the first registration attempt: `Err` with
+    /// the holder when another live agent has this id. An etcd that does
+    /// not answer in time is no reason not to start (fail static).
+    pub async fn registered_at_start(&self, wait: Duration) -> Result<(), ClusterError> {
+        let mut first = self.inner.first.clone();
+        let outcome =
+            tokio::time::timeout(wait, first.wait_for(|f| *f != FirstRegistration::Pending))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|f| f.clone());
+        match outcome {
+            Some(FirstRegistration::Refused(holder)) => Err(ClusterError::DuplicateId(holder)),
+            Some(FirstRegistration::Registered) => Ok(()),
+            Some(FirstRegistration::Unreachable(error)) => {
+                tracing::warn!(agent = %self.inner.agent, error, "etcd unreachable at start: starting without a checked registration; registering when etcd is back");
+                Ok(())
+            }
+            Some(FirstRegistration::Pending) | None => {
+                tracing::warn!(agent = %self.inner.agent, waited = ?wait, "etcd did not answer at start: starting without a checked registration; registering when etcd is back");
+                Ok(())
+            }
         }
     }
 
@@ -333,12 +370,67 @@ async fn upload_local_audit(client: &Client, path: &Path) -> Result<usize, Strin
     Ok(uploaded)
 }
 
+/// Why one attempt to join etcd failed.
+enum JoinError {
+    Unreachable(String),
+    /// Another live agent holds this id.
+    Refused(String),
+}
+
+/// Claims the agent's registration; a holder that is this agent's own
+/// predecessor (see `identity`) is evicted first.
+async fn register(
+    session: &Session,
+    agent: &str,
+    record: &AgentRecord,
+) -> Result<Registration, JoinError> {
+    let failed = |e: leases::RegistrationError| JoinError::Unreachable(e.to_string());
+    // One eviction, then one more claim: a holder that comes back after
+    // its eviction is somebody else.
+    for _ in 0..2 {
+        match Registration::claim(session, agent, record)
+            .await
+            .map_err(failed)?
+        {
+            Claim::Registered(registration) => return Ok(*registration),
+            Claim::Held(held) => {
+                let observed = crate::supervisor::record::observe(held.record.pid);
+                match identity::judge(record, &held.record, observed) {
+                    HolderVerdict::Predecessor => {
+                        tracing::info!(
+                            agent,
+                            key = held.key,
+                            lease = format_args!("{:x}", held.lease),
+                            pid = held.record.pid,
+                            "the registration is held by this agent's dead predecessor; revoking its lease (and the slots it held)"
+                        );
+                        Registration::evict(session.client(), &held.key, held.lease)
+                            .await
+                            .map_err(failed)?;
+                    }
+                    HolderVerdict::Other => {
+                        return Err(JoinError::Refused(identity::describe_holder(
+                            agent,
+                            &held.record,
+                            crate::wire::now_unix_ms(),
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    Err(JoinError::Unreachable(format!(
+        "the registration of {agent} was taken again right after its holder was evicted"
+    )))
+}
+
 async fn keep_session(
     settings: EtcdSettings,
     agent: String,
     record: AgentRecord,
     audit_file: PathBuf,
     publish: watch::Sender<Option<Arc<Session>>>,
+    first: watch::Sender<FirstRegistration>,
 ) {
     let ttl = Ttl::from_secs(settings.lease_ttl.as_secs()).ok();
     let mut pause = RECONNECT_PAUSE;
@@ -354,12 +446,33 @@ async fn keep_session(
             let session = Session::grant(client, ttl)
                 .await
                 .map_err(|e| e.to_string())?;
-            let registration = Registration::register(&session, &agent, &record)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>((session, registration))
+            Ok::<_, String>(session)
         };
-        match attempt.await {
+        let joined = match attempt.await {
+            Ok(session) => match register(&session, &agent, &record).await {
+                Ok(registration) => Ok((session, registration)),
+                Err(err) => {
+                    // An unused lease: let it go now rather than in a TTL.
+                    if let Err(close) = session.close().await {
+                        tracing::debug!(error = %close, "cannot revoke an unused lease; it expires by itself");
+                    }
+                    Err(err)
+                }
+            },
+            Err(err) => Err(JoinError::Unreachable(err)),
+        };
+        first.send_if_modified(|f| {
+            let pending = *f == FirstRegistration::Pending;
+            if pending {
+                *f = match &joined {
+                    Ok(_) => FirstRegistration::Registered,
+                    Err(JoinError::Unreachable(e)) => FirstRegistration::Unreachable(e.clone()),
+                    Err(JoinError::Refused(e)) => FirstRegistration::Refused(e.clone()),
+                };
+            }
+            pending
+        });
+        match joined {
             Ok((session, _registration)) => {
                 tracing::info!(
                     agent,
@@ -383,8 +496,15 @@ async fn keep_session(
                 publish.send_replace(None);
                 tracing::warn!(agent, reason = %reason, "etcd session lost; apps keep running, planned disruptions wait");
             }
-            Err(err) => {
+            Err(JoinError::Unreachable(err)) => {
                 tracing::warn!(agent, error = %err, "etcd unreachable; apps keep running, planned disruptions wait")
+            }
+            // Found after a start without etcd, or after this agent's lease
+            // expired: stay unregistered (no slots, so no planned
+            // disruption) and keep the apps running; an operator must fix
+            // the id.
+            Err(JoinError::Refused(err)) => {
+                tracing::error!(agent, error = %err, "cannot register: apps keep running, planned disruptions wait")
             }
         }
         tokio::time::sleep(pause).await;

@@ -12,5 +12,6 @@ mod health;
 mod incident;
 mod logs;
 mod operator_paths;
+mod registration;
 mod systemd;
 mod tls;
