@@ -15,15 +15,16 @@
 //! Must never: let a planned disruption proceed without a slot, or lose a
 //! break-glass record.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
 use leases::{
-    AuditLog, AuditRecord, Claim, DisruptionBudget, Holder, Registration, SemaphoreError, Session,
-    SlotGuard, Ttl,
+    AuditLog, AuditRecord, Claim, DisruptionBudget, Holder, LossReason, Registration,
+    SemaphoreError, Session, SlotGuard, Ttl,
 };
 use tokio::sync::watch;
 
@@ -37,6 +38,10 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 const RECONNECT_PAUSE_MAX: Duration = Duration::from_secs(10);
 /// Pause before asking etcd again after a failed request during a wait.
 const SLOT_RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// First pause before retrying a failed slot release…
+const RELEASE_RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// …doubling up to this.
+const RELEASE_RETRY_PAUSE_MAX: Duration = Duration::from_secs(5);
 /// Per-request budget for the agent's etcd calls.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -128,12 +133,35 @@ struct Inner {
     audit_file: PathBuf,
     session: watch::Receiver<Option<Arc<Session>>>,
     first: watch::Receiver<FirstRegistration>,
+    pending: PendingReleases,
     _keeper: OwnedTask,
 }
 
-/// A held slot; release it when the disruption is over.
+/// Background releases of slots whose release failed, by slot name
+/// (`<agent>/<service>`); owned by the link, so none outlives the agent.
+type PendingReleases = Arc<SyncMutex<HashMap<String, PendingRelease>>>;
+
 #[derive(Debug)]
-pub struct Slot(Option<SlotGuard>);
+struct PendingRelease {
+    /// Turns true once the slot is released or its lease is gone.
+    done: watch::Receiver<bool>,
+    _task: OwnedTask,
+}
+
+/// A held slot; release it when the disruption is over. A release that
+/// fails, or a slot dropped without one, is retried in the background
+/// until it is done or the session's lease is gone: a live session would
+/// otherwise keep the slot held for good.
+#[derive(Debug)]
+pub struct Slot(Option<Held>);
+
+#[derive(Debug)]
+struct Held {
+    guard: SlotGuard,
+    name: String,
+    loss: watch::Receiver<Option<LossReason>>,
+    pending: PendingReleases,
+}
 
 impl Slot {
     /// No slot was taken (no etcd configured, or a forced action).
@@ -141,15 +169,90 @@ impl Slot {
         Self(None)
     }
 
-    pub async fn release(self) {
-        if let Some(guard) = self.0 {
-            let key = guard.key().to_owned();
-            if let Err(err) = guard.release().await {
-                // The slot still goes when the session's lease does.
-                tracing::warn!(key, error = %err, "cannot release a disruption slot");
+    pub async fn release(mut self) {
+        let Some(held) = self.0.take() else {
+            return;
+        };
+        let key = held.guard.key().to_owned();
+        match tokio::time::timeout(REQUEST_TIMEOUT, held.guard.try_release()).await {
+            Ok(Ok(())) => return,
+            Ok(Err(err)) => {
+                tracing::warn!(key, error = %err, "cannot release a disruption slot; retrying in the background");
+            }
+            Err(_) => {
+                tracing::warn!(key, timeout = ?REQUEST_TIMEOUT, "etcd did not answer a slot release; retrying in the background");
             }
         }
+        held.release_in_background();
     }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(held) = self.0.take() {
+            tracing::warn!(
+                key = held.guard.key(),
+                "a disruption slot was dropped without release; releasing it in the background"
+            );
+            held.release_in_background();
+        }
+    }
+}
+
+impl Held {
+    fn release_in_background(self) {
+        // Without a runtime (the agent is exiting) the slot goes with the
+        // lease, which nothing keeps alive any more.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let (done_tx, done) = watch::channel(false);
+        let task = OwnedTask::spawn(release_until_done(self.guard, self.loss, done_tx));
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.insert(self.name, PendingRelease { done, _task: task });
+        }
+    }
+}
+
+/// Retries a failed slot release with backoff until it succeeds or the
+/// session is lost (its lease, and the slot with it, then expires or is
+/// revoked by the next registration).
+async fn release_until_done(
+    guard: SlotGuard,
+    mut loss: watch::Receiver<Option<LossReason>>,
+    done: watch::Sender<bool>,
+) {
+    let key = guard.key().to_owned();
+    let mut pause = RELEASE_RETRY_PAUSE;
+    let mut attempts: u32 = 1;
+    loop {
+        tokio::select! {
+            _ = loss.wait_for(Option::is_some) => {
+                tracing::info!(key, attempts, "the session is gone: the slot goes with its lease");
+                break;
+            }
+            () = tokio::time::sleep(pause) => {}
+        }
+        attempts += 1;
+        match tokio::time::timeout(REQUEST_TIMEOUT, guard.try_release()).await {
+            Ok(Ok(())) => {
+                tracing::info!(
+                    key,
+                    attempts,
+                    "released a disruption slot after a failed attempt"
+                );
+                break;
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(key, attempts, error = %err, "slot release failed again; retrying");
+            }
+            Err(_) => {
+                tracing::warn!(key, attempts, timeout = ?REQUEST_TIMEOUT, "etcd did not answer a slot release; retrying");
+            }
+        }
+        pause = (pause * 2).min(RELEASE_RETRY_PAUSE_MAX);
+    }
+    done.send_replace(true);
 }
 
 impl ClusterLink {
@@ -173,6 +276,7 @@ impl ClusterLink {
                 settings,
                 session,
                 first,
+                pending: PendingReleases::default(),
                 _keeper: keeper,
             }),
         }
@@ -214,6 +318,7 @@ impl ClusterLink {
         let wait = self.inner.settings.budget_wait;
         let deadline = tokio::time::Instant::now() + wait;
         let name = format!("{}/{service}", self.inner.agent);
+        self.wait_for_pending_release(&name, deadline, wait).await?;
         let mut sessions = self.inner.session.clone();
         loop {
             let session = tokio::time::timeout_at(
@@ -237,7 +342,14 @@ impl ClusterLink {
                 .acquire(&session, &name, purpose, left)
                 .await
             {
-                Ok(guard) => return Ok(Slot(Some(guard))),
+                Ok(guard) => {
+                    return Ok(Slot(Some(Held {
+                        guard,
+                        name,
+                        loss: session.loss_signal(),
+                        pending: self.inner.pending.clone(),
+                    })));
+                }
                 // etcd went away under us: wait for the next session, within
                 // the same deadline.
                 Err(SemaphoreError::SessionLost { .. } | SemaphoreError::Etcd { .. }) => {
@@ -249,6 +361,40 @@ impl ClusterLink {
                 Err(err) => return Err(ClusterError::Budget(err)),
             }
         }
+    }
+
+    /// This host's own earlier slot for `name`, still being released in
+    /// the background, is waited for (within the same deadline) rather
+    /// than reported as "already holds a slot".
+    async fn wait_for_pending_release(
+        &self,
+        name: &str,
+        deadline: tokio::time::Instant,
+        wait: Duration,
+    ) -> Result<(), ClusterError> {
+        let pending = self
+            .inner
+            .pending
+            .lock()
+            .ok()
+            .and_then(|p| p.get(name).map(|r| r.done.clone()));
+        if let Some(mut done) = pending {
+            if !*done.borrow() {
+                tracing::info!(
+                    slot = name,
+                    "waiting for this host's earlier slot to be released"
+                );
+            }
+            tokio::time::timeout_at(deadline, done.wait_for(|d| *d))
+                .await
+                .map_err(|_| self.unreachable(wait))?
+                .map(drop)
+                .unwrap_or(());
+            if let Ok(mut pending) = self.inner.pending.lock() {
+                pending.retain(|_, r| !*r.done.borrow());
+            }
+        }
+        Ok(())
     }
 
     fn unreachable(&self, waited: Duration) -> ClusterError {

@@ -6,6 +6,7 @@
 
 mod agent;
 mod agent_failures;
+mod budget;
 mod coordinator;
 mod etcd_harness;
 mod health;
