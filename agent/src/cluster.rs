@@ -3,17 +3,22 @@
 //! break-glass actions.
 //!
 //! ```text
-//! keeper task: connect -> session (lease) -> register -> upload pending
+//! keeper task: connect -> session (lease) -> claim the registration
+//!              (held by our dead predecessor: revoke its lease, claim
+//!              again; held by another live agent: refuse — at start the
+//!              agent exits, later it stays unregistered) -> upload pending
 //!              local audit records -> publish the session -> wait: lost
 //!              -> publish none -> retry after a pause
+//! slot release: one attempt; failed -> owned background task retrying
+//!              with backoff until released or the session is lost
 //! ```
 //!
 //! etcd being unreachable never touches the apps (fail static): only
 //! planned disruptions wait for it, and `--force` goes on without it,
 //! recorded in a local audit file that is uploaded once etcd is back.
 //!
-//! Must never: let a planned disruption proceed without a slot, or lose a
-//! break-glass record.
+//! Must never: let a planned disruption proceed without a slot, keep a
+//! slot it is done with, or lose a break-glass record.
 
 use std::collections::HashMap;
 use std::io::Write;
