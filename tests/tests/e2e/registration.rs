@@ -113,3 +113,31 @@ async fn a_killed_agent_starts_again_before_its_old_lease_expires() {
     let old = client.lease_time_to_live(old_lease, None).await.unwrap();
     assert_eq!(old.ttl(), -1, "the predecessor's lease was revoked");
 }
+
+/// #18 item 5, `systemctl restart`: a stopped agent leaves its lease to
+/// expire by itself; the next one on the same install must not take that
+/// registration for another agent's.
+#[tokio::test]
+async fn a_restarted_agent_is_not_refused_by_its_own_registration() {
+    let etcd = EtcdCluster::single().await.unwrap();
+    let mut agent = AgentFixture::start_with("again-2", "eu", &etcd_table(&etcd))
+        .await
+        .unwrap();
+    let (_, old_lease) = registered(&etcd, "again-2").await;
+    agent.restart().await.unwrap();
+    let key = leases::keys::agent("again-2");
+    wait_for("the restarted agent's registration", DEADLINE, || async {
+        let mut client = etcd.client().await.map_err(|e| e.to_string())?;
+        let response = client
+            .get(key.as_str(), None)
+            .await
+            .map_err(|e| e.to_string())?;
+        match response.kvs().first() {
+            Some(kv) if kv.lease() != old_lease => Ok(()),
+            Some(_) => Err("still the stopped agent's lease".to_owned()),
+            None => Err("not registered".to_owned()),
+        }
+    })
+    .await
+    .unwrap();
+}
