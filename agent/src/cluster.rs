@@ -3,31 +3,38 @@
 //! break-glass actions.
 //!
 //! ```text
-//! keeper task: connect -> session (lease) -> register -> upload pending
+//! keeper task: connect -> session (lease) -> claim the registration
+//!              (held by our dead predecessor: revoke its lease, claim
+//!              again; held by another live agent: refuse — at start the
+//!              agent exits, later it stays unregistered) -> upload pending
 //!              local audit records -> publish the session -> wait: lost
 //!              -> publish none -> retry after a pause
+//! slot release: one attempt; failed -> owned background task retrying
+//!              with backoff until released or the session is lost
 //! ```
 //!
 //! etcd being unreachable never touches the apps (fail static): only
 //! planned disruptions wait for it, and `--force` goes on without it,
 //! recorded in a local audit file that is uploaded once etcd is back.
 //!
-//! Must never: let a planned disruption proceed without a slot, or lose a
-//! break-glass record.
+//! Must never: let a planned disruption proceed without a slot, keep a
+//! slot it is done with, or lose a break-glass record.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
 use leases::{
-    AuditLog, AuditRecord, DisruptionBudget, Holder, Registration, SemaphoreError, Session,
-    SlotGuard, Ttl,
+    AuditLog, AuditRecord, Claim, DisruptionBudget, Holder, LossReason, Registration,
+    SemaphoreError, Session, SlotGuard, Ttl,
 };
 use tokio::sync::watch;
 
 use crate::config::{AgentConfig, EtcdSettings};
+use crate::identity::{self, HolderVerdict};
 use crate::task::OwnedTask;
 
 /// Pause before the first retry to reach etcd: quick to recover…
@@ -36,6 +43,10 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 const RECONNECT_PAUSE_MAX: Duration = Duration::from_secs(10);
 /// Pause before asking etcd again after a failed request during a wait.
 const SLOT_RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// First pause before retrying a failed slot release…
+const RELEASE_RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// …doubling up to this.
+const RELEASE_RETRY_PAUSE_MAX: Duration = Duration::from_secs(5);
 /// Per-request budget for the agent's etcd calls.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -49,6 +60,8 @@ pub enum ClusterError {
         cluster: String,
         waited: Duration,
     },
+    #[error("{0}")]
+    DuplicateId(String),
     #[error("{0}; try again later, or --force --reason TEXT (audited) if it cannot wait")]
     Budget(#[source] SemaphoreError),
     #[error("cannot record the break-glass action in {path}: {source}")]
@@ -96,14 +109,19 @@ pub struct BudgetView {
     pub waiters: Vec<leases::SlotInfo>,
 }
 
-/// The registration record other components read.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct AgentRecord {
-    pub agent: String,
-    pub cluster: String,
-    pub grpc_address: String,
-    pub hostname: String,
-    pub agent_version: String,
+pub use crate::identity::AgentRecord;
+
+/// What the keeper's first registration attempt found: the agent's start
+/// waits for it (bounded), so a duplicate id stops the agent before it
+/// touches any app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FirstRegistration {
+    Pending,
+    Registered,
+    /// etcd did not answer: the agent starts anyway (fail static).
+    Unreachable(String),
+    /// Another live agent holds this id.
+    Refused(String),
 }
 
 /// The agent's link to etcd; cheap to share.
@@ -119,12 +137,36 @@ struct Inner {
     budget: DisruptionBudget,
     audit_file: PathBuf,
     session: watch::Receiver<Option<Arc<Session>>>,
+    first: watch::Receiver<FirstRegistration>,
+    pending: PendingReleases,
     _keeper: OwnedTask,
 }
 
-/// A held slot; release it when the disruption is over.
+/// Background releases of slots whose release failed, by slot name
+/// (`<agent>/<service>`); owned by the link, so none outlives the agent.
+type PendingReleases = Arc<SyncMutex<HashMap<String, PendingRelease>>>;
+
 #[derive(Debug)]
-pub struct Slot(Option<SlotGuard>);
+struct PendingRelease {
+    /// Turns true once the slot is released or its lease is gone.
+    done: watch::Receiver<bool>,
+    _task: OwnedTask,
+}
+
+/// A held slot; release it when the disruption is over. A release that
+/// fails, or a slot dropped without one, is retried in the background
+/// until it is done or the session's lease is gone: a live session would
+/// otherwise keep the slot held for good.
+#[derive(Debug)]
+pub struct Slot(Option<Held>);
+
+#[derive(Debug)]
+struct Held {
+    guard: SlotGuard,
+    name: String,
+    loss: watch::Receiver<Option<LossReason>>,
+    pending: PendingReleases,
+}
 
 impl Slot {
     /// No slot was taken (no etcd configured, or a forced action).
@@ -132,27 +174,104 @@ impl Slot {
         Self(None)
     }
 
-    pub async fn release(self) {
-        if let Some(guard) = self.0 {
-            let key = guard.key().to_owned();
-            if let Err(err) = guard.release().await {
-                // The slot still goes when the session's lease does.
-                tracing::warn!(key, error = %err, "cannot release a disruption slot");
+    pub async fn release(mut self) {
+        let Some(held) = self.0.take() else {
+            return;
+        };
+        let key = held.guard.key().to_owned();
+        match tokio::time::timeout(REQUEST_TIMEOUT, held.guard.try_release()).await {
+            Ok(Ok(())) => return,
+            Ok(Err(err)) => {
+                tracing::warn!(key, error = %err, "cannot release a disruption slot; retrying in the background");
+            }
+            Err(_) => {
+                tracing::warn!(key, timeout = ?REQUEST_TIMEOUT, "etcd did not answer a slot release; retrying in the background");
             }
         }
+        held.release_in_background();
     }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(held) = self.0.take() {
+            tracing::warn!(
+                key = held.guard.key(),
+                "a disruption slot was dropped without release; releasing it in the background"
+            );
+            held.release_in_background();
+        }
+    }
+}
+
+impl Held {
+    fn release_in_background(self) {
+        // Without a runtime (the agent is exiting) the slot goes with the
+        // lease, which nothing keeps alive any more.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let (done_tx, done) = watch::channel(false);
+        let task = OwnedTask::spawn(release_until_done(self.guard, self.loss, done_tx));
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.insert(self.name, PendingRelease { done, _task: task });
+        }
+    }
+}
+
+/// Retries a failed slot release with backoff until it succeeds or the
+/// session is lost (its lease, and the slot with it, then expires or is
+/// revoked by the next registration).
+async fn release_until_done(
+    guard: SlotGuard,
+    mut loss: watch::Receiver<Option<LossReason>>,
+    done: watch::Sender<bool>,
+) {
+    let key = guard.key().to_owned();
+    let mut pause = RELEASE_RETRY_PAUSE;
+    let mut attempts: u32 = 1;
+    loop {
+        tokio::select! {
+            _ = loss.wait_for(Option::is_some) => {
+                tracing::info!(key, attempts, "the session is gone: the slot goes with its lease");
+                break;
+            }
+            () = tokio::time::sleep(pause) => {}
+        }
+        attempts += 1;
+        match tokio::time::timeout(REQUEST_TIMEOUT, guard.try_release()).await {
+            Ok(Ok(())) => {
+                tracing::info!(
+                    key,
+                    attempts,
+                    "released a disruption slot after a failed attempt"
+                );
+                break;
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(key, attempts, error = %err, "slot release failed again; retrying");
+            }
+            Err(_) => {
+                tracing::warn!(key, attempts, timeout = ?REQUEST_TIMEOUT, "etcd did not answer a slot release; retrying");
+            }
+        }
+        pause = (pause * 2).min(RELEASE_RETRY_PAUSE_MAX);
+    }
+    done.send_replace(true);
 }
 
 impl ClusterLink {
     /// Starts keeping a session in the background; never waits for etcd.
     pub fn start(config: &AgentConfig, settings: EtcdSettings, record: AgentRecord) -> Self {
         let (tx, session) = watch::channel(None);
+        let (first_tx, first) = watch::channel(FirstRegistration::Pending);
         let keeper = OwnedTask::spawn(keep_session(
             settings.clone(),
             config.id.to_string(),
             record,
             config.local_audit_file(),
             tx,
+            first_tx,
         ));
         Self {
             inner: Arc::new(Inner {
@@ -161,8 +280,35 @@ impl ClusterLink {
                 audit_file: config.local_audit_file(),
                 settings,
                 session,
+                first,
+                pending: PendingReleases::default(),
                 _keeper: keeper,
             }),
+        }
+    }
+
+    /// Waits up to `wait` for the first registration attempt: `Err` with
+    /// the holder when another live agent has this id. An etcd that does
+    /// not answer in time is no reason not to start (fail static).
+    pub async fn registered_at_start(&self, wait: Duration) -> Result<(), ClusterError> {
+        let mut first = self.inner.first.clone();
+        let outcome =
+            tokio::time::timeout(wait, first.wait_for(|f| *f != FirstRegistration::Pending))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|f| f.clone());
+        match outcome {
+            Some(FirstRegistration::Refused(holder)) => Err(ClusterError::DuplicateId(holder)),
+            Some(FirstRegistration::Registered) => Ok(()),
+            Some(FirstRegistration::Unreachable(error)) => {
+                tracing::warn!(agent = %self.inner.agent, error, "etcd unreachable at start: starting without a checked registration; registering when etcd is back");
+                Ok(())
+            }
+            Some(FirstRegistration::Pending) | None => {
+                tracing::warn!(agent = %self.inner.agent, waited = ?wait, "etcd did not answer at start: starting without a checked registration; registering when etcd is back");
+                Ok(())
+            }
         }
     }
 
@@ -177,6 +323,7 @@ impl ClusterLink {
         let wait = self.inner.settings.budget_wait;
         let deadline = tokio::time::Instant::now() + wait;
         let name = format!("{}/{service}", self.inner.agent);
+        self.wait_for_pending_release(&name, deadline, wait).await?;
         let mut sessions = self.inner.session.clone();
         loop {
             let session = tokio::time::timeout_at(
@@ -200,7 +347,14 @@ impl ClusterLink {
                 .acquire(&session, &name, purpose, left)
                 .await
             {
-                Ok(guard) => return Ok(Slot(Some(guard))),
+                Ok(guard) => {
+                    return Ok(Slot(Some(Held {
+                        guard,
+                        name,
+                        loss: session.loss_signal(),
+                        pending: self.inner.pending.clone(),
+                    })));
+                }
                 // etcd went away under us: wait for the next session, within
                 // the same deadline.
                 Err(SemaphoreError::SessionLost { .. } | SemaphoreError::Etcd { .. }) => {
@@ -212,6 +366,40 @@ impl ClusterLink {
                 Err(err) => return Err(ClusterError::Budget(err)),
             }
         }
+    }
+
+    /// This host's own earlier slot for `name`, still being released in
+    /// the background, is waited for (within the same deadline) rather
+    /// than reported as "already holds a slot".
+    async fn wait_for_pending_release(
+        &self,
+        name: &str,
+        deadline: tokio::time::Instant,
+        wait: Duration,
+    ) -> Result<(), ClusterError> {
+        let pending = self
+            .inner
+            .pending
+            .lock()
+            .ok()
+            .and_then(|p| p.get(name).map(|r| r.done.clone()));
+        if let Some(mut done) = pending {
+            if !*done.borrow() {
+                tracing::info!(
+                    slot = name,
+                    "waiting for this host's earlier slot to be released"
+                );
+            }
+            tokio::time::timeout_at(deadline, done.wait_for(|d| *d))
+                .await
+                .map_err(|_| self.unreachable(wait))?
+                .map(drop)
+                .unwrap_or(());
+            if let Ok(mut pending) = self.inner.pending.lock() {
+                pending.retain(|_, r| !*r.done.borrow());
+            }
+        }
+        Ok(())
     }
 
     fn unreachable(&self, waited: Duration) -> ClusterError {
@@ -333,12 +521,67 @@ async fn upload_local_audit(client: &Client, path: &Path) -> Result<usize, Strin
     Ok(uploaded)
 }
 
+/// Why one attempt to join etcd failed.
+enum JoinError {
+    Unreachable(String),
+    /// Another live agent holds this id.
+    Refused(String),
+}
+
+/// Claims the agent's registration; a holder that is this agent's own
+/// predecessor (see `identity`) is evicted first.
+async fn register(
+    session: &Session,
+    agent: &str,
+    record: &AgentRecord,
+) -> Result<Registration, JoinError> {
+    let failed = |e: leases::RegistrationError| JoinError::Unreachable(e.to_string());
+    // One eviction, then one more claim: a holder that comes back after
+    // its eviction is somebody else.
+    for _ in 0..2 {
+        match Registration::claim(session, agent, record)
+            .await
+            .map_err(failed)?
+        {
+            Claim::Registered(registration) => return Ok(*registration),
+            Claim::Held(held) => {
+                let observed = crate::supervisor::record::observe(held.record.pid);
+                match identity::judge(record, &held.record, observed) {
+                    HolderVerdict::Predecessor => {
+                        tracing::info!(
+                            agent,
+                            key = held.key,
+                            lease = format_args!("{:x}", held.lease),
+                            pid = held.record.pid,
+                            "the registration is held by this agent's dead predecessor; revoking its lease (and the slots it held)"
+                        );
+                        Registration::evict(session.client(), &held.key, held.lease)
+                            .await
+                            .map_err(failed)?;
+                    }
+                    HolderVerdict::Other => {
+                        return Err(JoinError::Refused(identity::describe_holder(
+                            agent,
+                            &held.record,
+                            crate::wire::now_unix_ms(),
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    Err(JoinError::Unreachable(format!(
+        "the registration of {agent} was taken again right after its holder was evicted"
+    )))
+}
+
 async fn keep_session(
     settings: EtcdSettings,
     agent: String,
     record: AgentRecord,
     audit_file: PathBuf,
     publish: watch::Sender<Option<Arc<Session>>>,
+    first: watch::Sender<FirstRegistration>,
 ) {
     let ttl = Ttl::from_secs(settings.lease_ttl.as_secs()).ok();
     let mut pause = RECONNECT_PAUSE;
@@ -354,12 +597,33 @@ async fn keep_session(
             let session = Session::grant(client, ttl)
                 .await
                 .map_err(|e| e.to_string())?;
-            let registration = Registration::register(&session, &agent, &record)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>((session, registration))
+            Ok::<_, String>(session)
         };
-        match attempt.await {
+        let joined = match attempt.await {
+            Ok(session) => match register(&session, &agent, &record).await {
+                Ok(registration) => Ok((session, registration)),
+                Err(err) => {
+                    // An unused lease: let it go now rather than in a TTL.
+                    if let Err(close) = session.close().await {
+                        tracing::debug!(error = %close, "cannot revoke an unused lease; it expires by itself");
+                    }
+                    Err(err)
+                }
+            },
+            Err(err) => Err(JoinError::Unreachable(err)),
+        };
+        first.send_if_modified(|f| {
+            let pending = *f == FirstRegistration::Pending;
+            if pending {
+                *f = match &joined {
+                    Ok(_) => FirstRegistration::Registered,
+                    Err(JoinError::Unreachable(e)) => FirstRegistration::Unreachable(e.clone()),
+                    Err(JoinError::Refused(e)) => FirstRegistration::Refused(e.clone()),
+                };
+            }
+            pending
+        });
+        match joined {
             Ok((session, _registration)) => {
                 tracing::info!(
                     agent,
@@ -383,8 +647,15 @@ async fn keep_session(
                 publish.send_replace(None);
                 tracing::warn!(agent, reason = %reason, "etcd session lost; apps keep running, planned disruptions wait");
             }
-            Err(err) => {
+            Err(JoinError::Unreachable(err)) => {
                 tracing::warn!(agent, error = %err, "etcd unreachable; apps keep running, planned disruptions wait")
+            }
+            // Found after a start without etcd, or after this agent's lease
+            // expired: stay unregistered (no slots, so no planned
+            // disruption) and keep the apps running; an operator must fix
+            // the id.
+            Err(JoinError::Refused(err)) => {
+                tracing::error!(agent, error = %err, "cannot register: apps keep running, planned disruptions wait")
             }
         }
         tokio::time::sleep(pause).await;

@@ -298,15 +298,12 @@ impl Host {
         .await??;
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let cluster = config.etcd.clone().map(|settings| {
-            let record = AgentRecord {
-                agent: config.id.to_string(),
-                cluster: config.cluster.to_string(),
-                grpc_address: config.grpc_advertise.clone(),
-                hostname: nix::unistd::gethostname()
-                    .map(|h| h.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            };
+            let record = AgentRecord::current(
+                config.id.as_str(),
+                config.cluster.as_str(),
+                &config.grpc_advertise,
+                &config.data_dir,
+            );
             ClusterLink::start(&config, settings, record)
         });
         let fetcher = config.coordinator.as_ref().map(|c| {

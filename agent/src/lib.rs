@@ -17,6 +17,7 @@ pub mod dial;
 pub mod fetch;
 pub mod grpc;
 pub mod host;
+pub mod identity;
 pub mod instance;
 pub mod logfollow;
 pub mod plan;

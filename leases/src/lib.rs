@@ -30,6 +30,6 @@ pub use audit::{AuditError, AuditLog, AuditRecord};
 pub use election::{Election, ElectionError, Leadership};
 pub use holder::Holder;
 pub use mutex::{FencedMutex, FencingToken, LockError, LockInfo, MutexGuard};
-pub use registration::{Registration, RegistrationError};
+pub use registration::{Claim, HeldBy, Registration, RegistrationError};
 pub use semaphore::{BudgetPolicy, DisruptionBudget, SemaphoreError, SlotGuard, SlotInfo};
 pub use session::{LossReason, Session, SessionError, Ttl};

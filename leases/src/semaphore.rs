@@ -471,7 +471,14 @@ impl SlotGuard {
     }
 
     /// Frees the slot if it is still ours.
-    pub async fn release(mut self) -> Result<(), etcd_client::Error> {
+    pub async fn release(self) -> Result<(), etcd_client::Error> {
+        self.try_release().await
+    }
+
+    /// Frees the slot if it is still ours, keeping the guard: a failed
+    /// attempt can be repeated (it is idempotent: the compare on the
+    /// create revision never deletes a later holder's key).
+    pub async fn try_release(&self) -> Result<(), etcd_client::Error> {
         let txn = Txn::new()
             .when([Compare::create_revision(
                 self.key.as_str(),
@@ -479,7 +486,7 @@ impl SlotGuard {
                 self.create_revision,
             )])
             .and_then([TxnOp::delete(self.key.as_str(), None)]);
-        self.client.txn(txn).await.map(drop)
+        self.client.clone().txn(txn).await.map(drop)
     }
 }
 

@@ -7,6 +7,7 @@
 mod budget;
 mod election;
 mod mutex;
+mod registration;
 mod session;
 
 use std::time::Duration;

@@ -6,6 +6,7 @@
 
 mod agent;
 mod agent_failures;
+mod budget;
 mod coordinator;
 mod etcd_faults;
 mod etcd_harness;
@@ -13,5 +14,6 @@ mod health;
 mod incident;
 mod logs;
 mod operator_paths;
+mod registration;
 mod systemd;
 mod tls;

@@ -32,6 +32,11 @@ use daemon::ServiceManager;
 use proto::v1::agent_service_server::AgentServiceServer;
 use tokio::sync::watch;
 
+/// How long the start waits for etcd to confirm the registration: enough
+/// for a connect, a lease and a claim with their own deadlines; beyond it
+/// the agent starts unchecked (fail static).
+const REGISTRATION_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Two workers: the agent's work is mostly waiting; more threads only cost
 /// memory on every host.
 const WORKER_THREADS: usize = 2;
@@ -140,6 +145,11 @@ async fn serve(config: AgentConfig) -> Result<()> {
         })?;
     let shim = PathBuf::from(agent::supervisor::DEFAULT_SHIM);
     let host = Host::open(config.clone(), shim).await?;
+    // Before any app is touched: an agent configured with a live agent's
+    // id must not adopt, start or stop anything.
+    if let Some(cluster) = host.cluster() {
+        cluster.registered_at_start(REGISTRATION_WAIT).await?;
+    }
 
     for (service, err) in host.reconcile().await {
         tracing::error!(service, error = %err, "service not running after start; fix the release and install again");
