@@ -403,7 +403,7 @@ fn init_below(ancestor: u32) -> Option<u32> {
 /// Runs a host command to completion within `deadline`; its stdout, or an
 /// error naming `what` with everything it printed. Output goes to files, not
 /// pipes: a chatty command (debootstrap) must never block on a full pipe.
-pub fn run(what: &str, command: &mut Command, deadline: Duration) -> Result<String, String> {
+fn run(what: &str, command: &mut Command, deadline: Duration) -> Result<String, String> {
     let capture = |name: &str| {
         tempfile::tempfile()
             .map_err(|e| format!("{what}: cannot create a file for its {name}: {e}"))

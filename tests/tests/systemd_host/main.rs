@@ -40,6 +40,11 @@ const PORT_B: u16 = 8082;
 
 #[test]
 fn the_packages_install_run_and_remove_under_a_real_systemd() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test boots a Debian 12 machine (debootstrap, systemd-nspawn) and needs root: \
+         run scripts/test as root"
+    );
     let target = target_dir();
     let work = tempfile::tempdir().unwrap_or_else(|e| panic!("cannot make a work dir: {e}"));
     stage_work_dir(&target, work.path());
