@@ -250,6 +250,20 @@ impl EtcdCluster {
         self.members.iter().map(Member::client_url).collect()
     }
 
+    /// An agent.toml `[etcd]` table naming every member, for agents started
+    /// without a coordinator.
+    pub fn agent_table(&self, lease_ttl: &str, budget_wait: &str) -> String {
+        let endpoints: Vec<String> = self
+            .endpoints()
+            .iter()
+            .map(|e| format!("\"{e}\""))
+            .collect();
+        format!(
+            "\n[etcd]\nendpoints = [{}]\nlease_ttl = \"{lease_ttl}\"\nbudget_wait = \"{budget_wait}\"\n",
+            endpoints.join(", ")
+        )
+    }
+
     /// Client URL of one member.
     pub fn endpoint(&self, index: usize) -> Result<String, HarnessError> {
         Ok(self.member(index)?.client_url())

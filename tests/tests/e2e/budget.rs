@@ -8,18 +8,10 @@ use lockstep_tests::{AgentFixture, DemoRelease, EtcdCluster, free_loopback_port,
 const DEADLINE: Duration = Duration::from_secs(60);
 const CLUSTER: &str = "s3";
 
+/// A TTL long enough that the pause below never costs the session: the
+/// slot can then only go by being released.
 fn etcd_table(etcd: &EtcdCluster) -> String {
-    let endpoints: Vec<String> = etcd
-        .endpoints()
-        .iter()
-        .map(|e| format!("\"{e}\""))
-        .collect();
-    // A TTL long enough that the pause below never costs the session: the
-    // slot can then only go by being released.
-    format!(
-        "\n[etcd]\nendpoints = [{}]\nlease_ttl = \"40s\"\nbudget_wait = \"20s\"\n",
-        endpoints.join(", ")
-    )
+    etcd.agent_table("40s", "20s")
 }
 
 fn text(output: &std::process::Output) -> String {

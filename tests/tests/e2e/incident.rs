@@ -522,15 +522,7 @@ async fn a_killed_deployers_lock_expires_with_its_lease_and_the_next_deploy_need
 
 /// An `[etcd]` table for agents started without a coordinator.
 fn etcd_table(etcd: &EtcdCluster, budget_wait: &str) -> String {
-    let endpoints: Vec<String> = etcd
-        .endpoints()
-        .iter()
-        .map(|e| format!("\"{e}\""))
-        .collect();
-    format!(
-        "\n[etcd]\nendpoints = [{}]\nlease_ttl = \"5s\"\nbudget_wait = \"{budget_wait}\"\n",
-        endpoints.join(", ")
-    )
+    etcd.agent_table("5s", budget_wait)
 }
 
 fn addr(port: u16) -> SocketAddr {

@@ -10,15 +10,7 @@ const DEADLINE: Duration = Duration::from_secs(60);
 const LONG_TTL: &str = "60s";
 
 fn etcd_table(etcd: &EtcdCluster) -> String {
-    let endpoints: Vec<String> = etcd
-        .endpoints()
-        .iter()
-        .map(|e| format!("\"{e}\""))
-        .collect();
-    format!(
-        "\n[etcd]\nendpoints = [{}]\nlease_ttl = \"{LONG_TTL}\"\nbudget_wait = \"10s\"\n",
-        endpoints.join(", ")
-    )
+    etcd.agent_table(LONG_TTL, "10s")
 }
 
 /// The agent's registration: its record and lease, once it exists.
