@@ -124,7 +124,21 @@ async fn a_killed_app_is_restarted_and_rollback_returns_to_the_previous_release(
     agent.install(&v1).await.unwrap();
     agent.install(&v2).await.unwrap();
 
-    let status = agent.agentctl_json(&["status", "demo"]).await.unwrap();
+    // The install returns once v2 is ready; v1's instance drains after it
+    // and may still be listed first (a fresh-machine run killed it instead).
+    let status = wait_for("v1's instance to drain", DEADLINE, || async {
+        let status = agent
+            .agentctl_json(&["status", "demo"])
+            .await
+            .map_err(|e| e.to_string())?;
+        let instances = status["services"][0]["instances"].as_array().cloned();
+        match instances.as_deref() {
+            Some([only]) if only["release_version"] == "2.0.0" => Ok(status),
+            other => Err(format!("instances: {other:?}")),
+        }
+    })
+    .await
+    .unwrap();
     let pid = instance(&status, 0)["pid"].as_i64().unwrap();
     let restarted = kill_and_await_replacement(&agent, pid).await;
     assert_eq!(restarted["restarts"], 1);
