@@ -367,7 +367,8 @@ async fn a_standby_finishes_the_rollout_of_a_killed_leader_and_the_old_token_is_
     let fast = strategy(work.path(), "fast", "500ms").unwrap();
     let d1 = push(&urls, &v1).await.unwrap();
     let id = start_deploy(&urls, &d1, &fast).await.unwrap();
-    assert_eq!(finished(&etcd, &id).await.unwrap()["state"], "succeeded");
+    let first_install = finished(&etcd, &id).await.unwrap();
+    assert_eq!(first_install["state"], "succeeded", "{first_install}");
 
     // Each batch stays under observation for a while: time to kill the
     // leader between batches.
