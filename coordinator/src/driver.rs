@@ -79,6 +79,9 @@ struct Pending {
     apply: ApplyId,
     release: ReleaseDigest,
     accepted: bool,
+    /// The agent's report stream when the apply was sent: a later one
+    /// means the agent came back and may not know of it (`apply_lost`).
+    sent_epoch: Option<u64>,
     unreachable_since: Option<Instant>,
     reported_unreachable: bool,
 }
@@ -399,7 +402,16 @@ impl Driver {
                 self.record.engine.token(),
             );
             let (apply, release) = (p.apply, p.release.clone());
+            let lost = p.accepted
+                && !self.restarts(&release)
+                && apply_lost(
+                    p.sent_epoch,
+                    self.ctx.fleet.stream_epoch(instance.as_str()),
+                    status.as_ref(),
+                    &release,
+                );
             let exit = match verdict {
+                Judgement::Waiting if lost => self.send_again(instance, apply, release).await,
                 Judgement::Waiting => None,
                 Judgement::Ready => {
                     self.pending.remove(&instance);
@@ -596,6 +608,7 @@ impl Driver {
                             apply,
                             release: release.clone(),
                             accepted: false,
+                            sent_epoch: None,
                             unreachable_since: None,
                             reported_unreachable: false,
                         },
@@ -714,7 +727,37 @@ impl Driver {
             )
     }
 
+    /// The agent came back without the apply it had accepted: sends it
+    /// again (same token) and records that in the deployment's events.
+    async fn send_again(
+        &mut self,
+        instance: InstanceId,
+        apply: ApplyId,
+        release: ReleaseDigest,
+    ) -> Option<DriverExit> {
+        if let Some(p) = self.pending.get_mut(&instance) {
+            p.accepted = false;
+        }
+        tracing::info!(deployment = self.record.id, instance = %instance, release = %release, "the agent came back without the apply in progress; sending it again");
+        let note = Happening::new(
+            EventKind::InstanceApplying,
+            instance.as_str(),
+            format!(
+                "the agent came back without the switch to {} in progress: apply sent again",
+                short(release.as_str())
+            ),
+        );
+        let exit = self.carry_out(Vec::new(), vec![note]).await;
+        if exit.is_none() {
+            self.send_apply(instance, apply, release);
+        }
+        exit
+    }
+
     fn send_apply(&mut self, instance: InstanceId, apply: ApplyId, release: ReleaseDigest) {
+        if let Some(p) = self.pending.get_mut(&instance) {
+            p.sent_epoch = self.ctx.fleet.stream_epoch(instance.as_str());
+        }
         if self.restarts(&release) {
             self.send_restart(instance, apply);
             return;
@@ -865,6 +908,25 @@ pub fn judge(
     Judgement::Waiting
 }
 
+/// Whether an accepted apply was lost with the agent that took it: the
+/// agent opened a new report stream since the apply was sent (it restarted
+/// or reconnected), and its state shows the switch neither in progress nor
+/// done. A failed attempt is the agent's record (`judge`), never lost.
+pub fn apply_lost(
+    sent_epoch: Option<u64>,
+    epoch_now: Option<u64>,
+    status: Option<&pb::ServiceStatus>,
+    release: &ReleaseDigest,
+) -> bool {
+    let (Some(sent), Some(now), Some(status)) = (sent_epoch, epoch_now, status) else {
+        return false;
+    };
+    now != sent
+        && release.as_str() != NOT_INSTALLED
+        && status.switch_state() == pb::SwitchState::Idle
+        && status.current.as_ref().map(|c| c.digest.as_str()) != Some(release.as_str())
+}
+
 fn crash_looping(status: Option<&pb::ServiceStatus>, release: &ReleaseDigest) -> bool {
     status.is_some_and(|s| {
         s.instances.iter().any(|i| {
@@ -986,6 +1048,35 @@ mod tests {
         assert!(matches!(
             judge(Some(&status(R1, true, None)), &none, true, "d", t),
             Judgement::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn an_apply_is_lost_only_when_a_new_stream_shows_it_neither_running_nor_done() {
+        let r2 = digest(R2);
+        let back_on_r1 = status(R1, true, None);
+        assert!(apply_lost(Some(3), Some(4), Some(&back_on_r1), &r2));
+        // The same stream: the agent still has it, or will report it.
+        assert!(!apply_lost(Some(4), Some(4), Some(&back_on_r1), &r2));
+        // A new stream, but the switch runs, or is done.
+        let mut switching = back_on_r1.clone();
+        switching.switch_state = pb::SwitchState::Switching.into();
+        assert!(!apply_lost(Some(3), Some(4), Some(&switching), &r2));
+        assert!(!apply_lost(
+            Some(3),
+            Some(4),
+            Some(&status(R2, false, None)),
+            &r2
+        ));
+        // Nothing to judge: no report, or never sent on a known stream.
+        assert!(!apply_lost(Some(3), Some(4), None, &r2));
+        assert!(!apply_lost(None, Some(4), Some(&back_on_r1), &r2));
+        // "Not installed" is never sent, so never lost.
+        assert!(!apply_lost(
+            Some(3),
+            Some(4),
+            Some(&back_on_r1),
+            &digest(NOT_INSTALLED)
         ));
     }
 }

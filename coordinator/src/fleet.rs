@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use proto::v1 as pb;
@@ -29,6 +30,10 @@ pub struct AgentEntry {
     pub last_report: Instant,
     pub last_report_unix_ms: i64,
     pub open_streams: usize,
+    /// Which report stream opening this is, across all agents: a new
+    /// value means the agent (re)connected, perhaps as a new process that
+    /// knows nothing of the commands its predecessor took.
+    pub stream_epoch: u64,
 }
 
 /// Every agent that has reported to this coordinator.
@@ -37,6 +42,7 @@ pub struct FleetView {
     agents: Mutex<HashMap<String, AgentEntry>>,
     changed: watch::Sender<u64>,
     stale_after: Duration,
+    streams_opened: AtomicU64,
 }
 
 /// A service's fleet, ready for `rollout::plan`.
@@ -56,6 +62,7 @@ impl FleetView {
             agents: Mutex::new(HashMap::new()),
             changed: watch::Sender::new(0),
             stale_after: status_interval * 3,
+            streams_opened: AtomicU64::new(0),
         }
     }
 
@@ -78,6 +85,7 @@ impl FleetView {
 
     /// A report stream opened with this registration.
     pub fn stream_opened(&self, identity: pb::AgentIdentity) {
+        let epoch = self.streams_opened.fetch_add(1, Ordering::Relaxed) + 1;
         self.with_agents(|agents| {
             let entry = agents
                 .entry(identity.agent_id.clone())
@@ -87,9 +95,11 @@ impl FleetView {
                     last_report: Instant::now(),
                     last_report_unix_ms: crate::now_unix_ms(),
                     open_streams: 0,
+                    stream_epoch: epoch,
                 });
             entry.identity = identity;
             entry.open_streams += 1;
+            entry.stream_epoch = epoch;
             entry.last_report = Instant::now();
             entry.last_report_unix_ms = crate::now_unix_ms();
         });
@@ -149,6 +159,12 @@ impl FleetView {
     /// The last reported status of `service` on `agent`.
     pub fn service(&self, agent: &str, service: &str) -> Option<pb::ServiceStatus> {
         self.with_agents(|agents| agents.get(agent)?.services.get(service).cloned())
+    }
+
+    /// The epoch of the agent's newest report stream (see
+    /// `AgentEntry::stream_epoch`).
+    pub fn stream_epoch(&self, agent: &str) -> Option<u64> {
+        self.with_agents(|agents| agents.get(agent).map(|e| e.stream_epoch))
     }
 
     /// The gRPC address of an agent's AgentService.
