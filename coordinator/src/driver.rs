@@ -534,11 +534,14 @@ impl Driver {
                 }
                 Action::Apply {
                     instance, release, ..
-                } => notes.push(Happening::new(
-                    EventKind::InstanceApplying,
-                    instance.as_str(),
-                    format!("applying {}", short(release.as_str())),
-                )),
+                } => {
+                    self.record.note_applying(instance.as_str());
+                    notes.push(Happening::new(
+                        EventKind::InstanceApplying,
+                        instance.as_str(),
+                        format!("applying {}", short(release.as_str())),
+                    ));
+                }
                 Action::Finish(outcome) => {
                     finish = true;
                     notes.push(Happening::new(

@@ -169,6 +169,16 @@ impl DeploymentRecord {
         self.clusters_of.get(instance).cloned().unwrap_or_default()
     }
 
+    /// An apply to the instance is under way: it is on no release until
+    /// the apply is confirmed (a rehearsal's switch back is not "on
+    /// target"). A failed mark stays until a later outcome replaces it.
+    pub fn note_applying(&mut self, instance: &str) {
+        let cluster = self.cluster_of(instance);
+        if let Some(progress) = self.progress.get_mut(&cluster) {
+            progress.on_target.retain(|i| i != instance);
+        }
+    }
+
     /// Records where an instance stands after an engine event.
     pub fn note_instance(&mut self, instance: &str, on_target: bool, failed: bool) {
         let cluster = self.cluster_of(instance);

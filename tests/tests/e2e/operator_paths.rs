@@ -436,3 +436,63 @@ async fn restart_replaces_a_clusters_processes_as_a_deployment() {
     assert_eq!(entry["state"], "succeeded", "{entry}");
     assert_eq!(entry["reason"], "restart: leaking memory", "{entry}");
 }
+
+/// Reproduces #12 item 10 (first report): the watch bar showed
+/// `ap [====] 1/1 on target` during a rehearsal while the host was being
+/// switched back to the old release. A host whose apply is in flight is
+/// not on target until it is confirmed ready on the target again. The old
+/// release takes 3 s to become ready, so the rehearsal's switch back to it
+/// is long enough to look at.
+#[tokio::test]
+async fn a_host_in_a_rehearsal_is_not_shown_on_target() {
+    let layout = [("r-1", "r")];
+    let etcd = EtcdCluster::single().await.unwrap();
+    let coordinator = CoordinatorFixture::start(&etcd.endpoints(), TTL_SECS)
+        .await
+        .unwrap();
+    let urls = vec![coordinator.url()];
+    let fleet = FleetFixture::start(&layout, &etcd.endpoints(), &urls)
+        .await
+        .unwrap();
+    agents_known(&urls, layout.len()).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let slow_v1 = DemoRelease::new("1.0.0", 1)
+        .with_config("[faults]\nready_after_ms = 3000\n")
+        .build(work.path())
+        .unwrap();
+    let v2 = DemoRelease::new("2.0.0", 1).build(work.path()).unwrap();
+    let rehearsing = strategy(work.path(), "rehearsing", "200ms").unwrap();
+    let d1 = push(&urls, &slow_v1).await.unwrap();
+    let id = start_deploy(&urls, &d1, &rehearsing).await.unwrap();
+    assert_eq!(finished(&etcd, &id).await.unwrap()["state"], "succeeded");
+
+    let d2 = push(&urls, &v2).await.unwrap();
+    let id = start_deploy(&urls, &d2, &rehearsing).await.unwrap();
+    let host = &fleet.hosts[0];
+    // 2.0.0 serves while the agent switches: the rehearsal's way back.
+    wait_for("the rehearsal's switch back to 1.0.0", DEADLINE, || async {
+        let status = host
+            .agent
+            .agentctl_json(&["status", "demo"])
+            .await
+            .map_err(|e| e.to_string())?;
+        let switching = status["services"][0]["switch"] == "switching";
+        let serving = served(host.addr()).await?.version;
+        if switching && serving == "2.0.0" {
+            Ok(())
+        } else {
+            Err(format!("switching {switching}, serving {serving}"))
+        }
+    })
+    .await
+    .unwrap();
+    let r = record(&etcd, &id).await.unwrap();
+    assert_eq!(
+        on_target(&r),
+        0,
+        "a host switching back is not on target: {r}"
+    );
+    let r = finished(&etcd, &id).await.unwrap();
+    assert_eq!(r["state"], "succeeded", "{r}");
+    assert_eq!(on_target(&r), 1, "{r}");
+}
