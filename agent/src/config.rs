@@ -35,6 +35,7 @@
 //! max_entry_bytes = 4294967296     # defaults: release::unpack::UnpackLimits
 //! max_total_bytes = 17179869184
 //! max_entries = 1000000
+//! max_expansion_ratio = 100        # content <= 100x the bundle (at least 64 MiB)
 //!
 //! [tls]                            # optional: mTLS on AgentService, reports and fetches
 //! ca = "/etc/lockstep/tls/ca.pem"  # signs coordinators' (and operators') certificates
@@ -286,6 +287,7 @@ struct RawReleases {
     max_entry_bytes: Option<u64>,
     max_total_bytes: Option<u64>,
     max_entries: Option<u64>,
+    max_expansion_ratio: Option<u64>,
 }
 
 impl AgentConfig {
@@ -606,11 +608,16 @@ impl AgentConfig {
                 .max_total_bytes
                 .unwrap_or(defaults.max_total_bytes),
             max_entries: raw.releases.max_entries.unwrap_or(defaults.max_entries),
+            max_expansion_ratio: raw
+                .releases
+                .max_expansion_ratio
+                .unwrap_or(defaults.max_expansion_ratio),
         };
         for (key, value) in [
             ("releases.max_entry_bytes", limits.max_entry_bytes),
             ("releases.max_total_bytes", limits.max_total_bytes),
             ("releases.max_entries", limits.max_entries),
+            ("releases.max_expansion_ratio", limits.max_expansion_ratio),
         ] {
             check(
                 key,

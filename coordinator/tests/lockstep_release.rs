@@ -216,3 +216,20 @@ fn the_tls_key_and_the_release_key_never_share_a_name() {
     assert!(!err.contains("cannot load --key"), "{err}");
     assert!(err.contains("LOCKSTEP_TLS_KEY"), "{err}");
 }
+
+/// Reproduces #14 Seen 8: "`release inspect` prints raw escape characters
+/// from entry names": an entry named with a terminal escape sequence could
+/// rewrite the operator's screen. Control characters are shown escaped.
+#[test]
+fn inspect_shows_control_characters_in_entry_names_escaped() {
+    let t = tempfile::tempdir().unwrap();
+    app(&t.path().join("app"));
+    fs::write(t.path().join("app/config/\x1b[2Jcleared"), "x").unwrap();
+    let b = lockstep(&["release", "build", "app", "-o", "a.lsr"], t.path());
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    let o = lockstep(&["release", "inspect", "a.lsr"], t.path());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let shown = stdout(&o);
+    assert!(!shown.contains('\x1b'), "a raw escape reached the terminal");
+    assert!(shown.contains("config/\\u{1b}[2Jcleared"), "{shown}");
+}

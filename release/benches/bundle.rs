@@ -153,7 +153,8 @@ fn main() {
         fs::create_dir(&raw_dir).unwrap();
         let t = Instant::now();
         let f = fs::File::open(&ours).unwrap();
-        unpack_into(f, &raw_dir, &UnpackLimits::default()).unwrap();
+        let bundle_len = f.metadata().unwrap().len();
+        unpack_into(f, &raw_dir, &UnpackLimits::default(), bundle_len).unwrap();
         t.elapsed()
     });
     let tar_dir = w.join("tar-x");

@@ -71,6 +71,8 @@ pub enum ManifestError {
         #[source]
         source: std::io::Error,
     },
+    #[error("manifest {path} is over the {limit}-byte limit for a manifest")]
+    TooLarge { path: PathBuf, limit: u64 },
     #[error("release.toml line {line}: {message}")]
     Syntax { line: usize, message: String },
     #[error("release.toml is invalid: {}", join_problems(.0))]
@@ -81,7 +83,7 @@ impl ManifestError {
     /// Every problem found (a syntax error is one problem).
     pub fn problems(&self) -> Vec<Problem> {
         match self {
-            Self::Read { .. } => Vec::new(),
+            Self::Read { .. } | Self::TooLarge { .. } => Vec::new(),
             Self::Syntax { line, message } => vec![Problem {
                 key: String::new(),
                 line: Some(*line),
@@ -488,11 +490,24 @@ impl Manifest {
     }
 
     /// Reads and parses a manifest file.
+    /// Refuses a file over `MAX_MANIFEST_BYTES` without reading it.
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+        use std::io::Read as _;
+        let read_err = |source| ManifestError::Read {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        let file = std::fs::File::open(path).map_err(read_err)?;
+        let mut text = String::new();
+        file.take(MAX_MANIFEST_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(read_err)?;
+        if text.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(ManifestError::TooLarge {
+                path: path.to_owned(),
+                limit: MAX_MANIFEST_BYTES,
+            });
+        }
         Self::parse(&text)
     }
 

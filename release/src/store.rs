@@ -135,12 +135,13 @@ pub fn verify_bundle(
         .prefix("lockstep-verify-")
         .tempdir()
         .map_err(io_err(&std::env::temp_dir()))?;
-    let unpacked = unpack_into(file.stream()?, scratch.path(), limits).map_err(|source| {
-        StoreError::Unpack {
-            digest: file.digest,
-            source,
-        }
-    })?;
+    let unpacked =
+        unpack_into(file.stream()?, scratch.path(), limits, file.stream_len).map_err(|source| {
+            StoreError::Unpack {
+                digest: file.digest,
+                source,
+            }
+        })?;
     Ok(Verified {
         digest: file.digest,
         manifest: unpacked.manifest,
@@ -224,7 +225,7 @@ impl Store {
             .tempdir_in(&self.root)
             .map_err(io_err(&self.root))?;
         // Dropping `tmp` on an error below removes the partial tree (still writable).
-        unpack_into(file.stream()?, tmp.path(), &self.limits)
+        unpack_into(file.stream()?, tmp.path(), &self.limits, file.stream_len)
             .map_err(|source| StoreError::Unpack { digest, source })?;
         let tmp_path = tmp.keep();
         match self.publish(&tmp_path, &dest) {

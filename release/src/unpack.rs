@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
-use crate::manifest::{MANIFEST_FILE, Manifest, ManifestError};
+use crate::manifest::{MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest, ManifestError};
 use crate::paths::{PathError, RelativePath, ResolveError, resolve_within};
 
 /// One entry may hold at most 4 GiB: larger than any binary or config a
@@ -37,6 +37,13 @@ pub const DEFAULT_MAX_TOTAL_BYTES: u64 = 16 << 30;
 /// At most 1 million entries: far above real trees (node_modules included),
 /// bounded so a flood of empty entries cannot exhaust inodes.
 pub const DEFAULT_MAX_ENTRIES: u64 = 1_000_000;
+/// A bundle may unpack to at most this many times its own size: real
+/// releases (binaries, configs, assets) compress 2-10x; a bomb of zeros
+/// compresses thousands of times.
+pub const DEFAULT_MAX_EXPANSION_RATIO: u64 = 100;
+/// Whatever its ratio, a bundle may always unpack to this much, so a tiny
+/// release with a few compressible files is never refused.
+pub const EXPANSION_FLOOR_BYTES: u64 = 64 << 20;
 /// Bytes of tar framing allowed per entry on top of content (header, a GNU
 /// long-name record, padding).
 const FRAMING_PER_ENTRY: u64 = 4 * 1024;
@@ -49,6 +56,20 @@ pub struct UnpackLimits {
     pub max_entry_bytes: u64,
     pub max_total_bytes: u64,
     pub max_entries: u64,
+    /// Content may be at most this many times the bundle's compressed
+    /// size (or `EXPANSION_FLOOR_BYTES`, whichever is more).
+    pub max_expansion_ratio: u64,
+}
+
+impl UnpackLimits {
+    /// How much content a bundle of `bundle_bytes` may unpack to before
+    /// `max_total_bytes` applies: its size times the ratio, at least the
+    /// floor.
+    pub fn expansion_allowance(&self, bundle_bytes: u64) -> u64 {
+        bundle_bytes
+            .saturating_mul(self.max_expansion_ratio)
+            .max(EXPANSION_FLOOR_BYTES)
+    }
 }
 
 impl Default for UnpackLimits {
@@ -57,6 +78,7 @@ impl Default for UnpackLimits {
             max_entry_bytes: DEFAULT_MAX_ENTRY_BYTES,
             max_total_bytes: DEFAULT_MAX_TOTAL_BYTES,
             max_entries: DEFAULT_MAX_ENTRIES,
+            max_expansion_ratio: DEFAULT_MAX_EXPANSION_RATIO,
         }
     }
 }
@@ -99,6 +121,17 @@ pub enum UnpackError {
     EntryTooLarge { path: String, size: u64, limit: u64 },
     #[error("bundle unpacks to more than the {limit}-byte total limit (at entry `{path}`)")]
     TotalTooLarge { path: String, limit: u64 },
+    #[error(
+        "entry `{path}` takes the content past {limit} bytes, {ratio}x the bundle's {bundle_bytes} bytes (limits.max_expansion_ratio): refused as a decompression bomb"
+    )]
+    ExpandsTooFar {
+        path: String,
+        limit: u64,
+        bundle_bytes: u64,
+        ratio: u64,
+    },
+    #[error("{MANIFEST_FILE} is {size} bytes, over the {limit}-byte limit for a manifest")]
+    ManifestTooLarge { size: u64, limit: u64 },
     #[error("bundle has more than {limit} entries")]
     TooManyEntries { limit: u64 },
     #[error("bundle decompresses to more than {limit} bytes")]
@@ -121,15 +154,20 @@ pub struct Unpacked {
     pub content_bytes: u64,
 }
 
-/// Unpacks a tar.zst stream into `dest`, which must exist and be empty.
-/// Files are created 0644/0755 (writable: the store removes write bits when
-/// it publishes). On error `dest` may hold partial output: the caller removes it.
+/// Unpacks a tar.zst stream of `bundle_bytes` into `dest`, which must
+/// exist and be empty. Files are created 0644/0755 (writable: the store
+/// removes write bits when it publishes). On error `dest` may hold partial
+/// output: the caller removes it.
 pub fn unpack_into(
     stream: impl Read + Send + 'static,
     dest: &Path,
     limits: &UnpackLimits,
+    bundle_bytes: u64,
 ) -> Result<Unpacked, UnpackError> {
-    let cap = limits.max_total_bytes.saturating_add(
+    let content = limits
+        .max_total_bytes
+        .min(limits.expansion_allowance(bundle_bytes));
+    let cap = content.saturating_add(
         limits
             .max_entries
             .saturating_add(2)
@@ -137,7 +175,7 @@ pub fn unpack_into(
     );
     let exceeded = Arc::new(AtomicBool::new(false));
     let reader = spawn_decoder(stream, cap, exceeded.clone());
-    let result = unpack_entries(reader, dest, limits);
+    let result = unpack_entries(reader, dest, limits, bundle_bytes);
     if exceeded.load(Ordering::SeqCst) {
         return Err(UnpackError::DecompressedTooLarge { limit: cap });
     }
@@ -244,7 +282,9 @@ fn unpack_entries(
     reader: impl Read,
     dest: &Path,
     limits: &UnpackLimits,
+    bundle_bytes: u64,
 ) -> Result<Unpacked, UnpackError> {
+    let allowance = limits.expansion_allowance(bundle_bytes);
     let mut archive = tar::Archive::new(reader);
     let mut count = 0u64;
     let mut total = 0u64;
@@ -316,6 +356,20 @@ fn unpack_entries(
                 return Err(UnpackError::TotalTooLarge {
                     path: shown,
                     limit: limits.max_total_bytes,
+                });
+            }
+            if total > allowance {
+                return Err(UnpackError::ExpandsTooFar {
+                    path: shown,
+                    limit: allowance,
+                    bundle_bytes,
+                    ratio: limits.max_expansion_ratio,
+                });
+            }
+            if rel.as_path() == Path::new(MANIFEST_FILE) && size > MAX_MANIFEST_BYTES {
+                return Err(UnpackError::ManifestTooLarge {
+                    size,
+                    limit: MAX_MANIFEST_BYTES,
                 });
             }
         }

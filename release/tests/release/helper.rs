@@ -1,7 +1,7 @@
 //! Fixtures: release trees on disk and hand-crafted (malicious) bundles.
 
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -176,5 +176,33 @@ pub fn craft_file(sb: &Sandbox, name: &str, entries: &[RawEntry]) -> PathBuf {
     let path = sb.path(&format!("{name}.lsr"));
     let mut f = fs::File::create(&path).unwrap();
     f.write_all(&craft_bytes(entries)).unwrap();
+    path
+}
+
+/// A bundle of the valid manifest and program plus one file `name` of
+/// `size` zero bytes, streamed (never held in memory): a few KB on disk
+/// that expand to `size`.
+pub fn craft_zeros_file(sb: &Sandbox, name: &str, size: u64) -> PathBuf {
+    let path = sb.path(&format!("{name}.lsr"));
+    let out = fs::File::create(&path).unwrap();
+    let encoder = zstd::stream::write::Encoder::new(out, 3).unwrap();
+    let mut tar = tar::Builder::new(encoder);
+    for e in with_valid_release(Vec::new()) {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(String::from_utf8(e.name).unwrap()).unwrap();
+        h.set_entry_type(e.kind);
+        h.set_mode(e.mode);
+        h.set_size(e.data.len() as u64);
+        h.set_cksum();
+        tar.append(&h, e.data.as_slice()).unwrap();
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_path(name).unwrap();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_size(size);
+    h.set_cksum();
+    tar.append(&h, std::io::repeat(0).take(size)).unwrap();
+    tar.into_inner().unwrap().finish().unwrap();
     path
 }

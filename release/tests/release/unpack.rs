@@ -1,13 +1,17 @@
 //! Every unpack refusal, each with a crafted tar: its own error, and
 //! nothing left behind in the store or outside it.
 
+use std::error::Error as _;
+
 use release::signing::SigningError;
 use release::store::StoreError;
 use release::unpack::UnpackError;
 use release::{ReleaseDigest, SecretKey, TrustedKeys, UnpackLimits};
 use tar::EntryType;
 
-use crate::helper::{RawEntry, Sandbox, craft_bytes, craft_file, with_valid_release};
+use crate::helper::{
+    MANIFEST, RawEntry, Sandbox, craft_bytes, craft_file, craft_zeros_file, with_valid_release,
+};
 
 /// Puts a crafted bundle and returns the unpack error.
 fn refused(sb: &Sandbox, evil: Vec<RawEntry>) -> UnpackError {
@@ -136,6 +140,7 @@ fn rejects_entry_and_total_over_limits() {
         max_entry_bytes: 1000,
         max_total_bytes: 2500,
         max_entries: 10,
+        ..UnpackLimits::default()
     };
     let sb = Sandbox::new(limits, TrustedKeys::none());
     let err = refused(&sb, vec![RawEntry::file("big", &[0; 1001])]);
@@ -286,4 +291,67 @@ fn signature_policy_with_trusted_keys() {
     )
     .unwrap();
     assert_eq!(sb.store.put(&signed).unwrap(), digest);
+}
+
+/// Reproduces #14 Seen 5: "a 328 KB bundle makes the coordinator write
+/// 10.2 GB to its temp dir before refusing it". A bundle may unpack to at
+/// most `max_expansion_ratio` times its own size (with a floor for small
+/// releases): a few KB that claim 300 MiB are refused at the entry's
+/// header, before anything of it is written.
+#[test]
+fn a_small_bundle_that_expands_far_past_its_size_is_refused_before_writing() {
+    let sb = Sandbox::plain();
+    let path = craft_zeros_file(&sb, "bomb", 300 << 20);
+    let bundle_bytes = std::fs::metadata(&path).unwrap().len();
+    assert!(bundle_bytes < 64 << 10, "the bomb is small: {bundle_bytes}");
+    match sb.store.put(&path) {
+        Err(StoreError::Unpack {
+            source: UnpackError::ExpandsTooFar { path, limit, .. },
+            ..
+        }) => {
+            assert_eq!(path, "bomb");
+            assert_eq!(limit, release::unpack::EXPANSION_FLOOR_BYTES);
+        }
+        other => panic!("expected ExpandsTooFar, got {other:?}"),
+    }
+    sb.assert_nothing_left();
+
+    // The same release with a modest file is fine: the floor is generous.
+    let modest = craft_zeros_file(&sb, "modest", 1 << 20);
+    sb.store.put(&modest).unwrap();
+}
+
+/// Reproduces #14 Seen 5: "a 16 KB bundle with a 512 MiB release.toml
+/// makes verify, the agent and the coordinator read it whole". A manifest
+/// over `MAX_MANIFEST_BYTES` is refused from its header, never read.
+#[test]
+fn a_manifest_over_its_size_limit_is_refused_without_reading_it() {
+    let sb = Sandbox::plain();
+    let mut huge = MANIFEST.as_bytes().to_vec();
+    huge.extend(std::iter::repeat_n(b'#', 2 << 20));
+    let path = craft_file(
+        &sb,
+        "hugemanifest",
+        &[
+            RawEntry::file("release.toml", &huge),
+            RawEntry::file("bin/app", b"x"),
+        ],
+    );
+    let err = sb.store.put(&path).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Unpack {
+                source: UnpackError::ManifestTooLarge { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.source()
+            .is_some_and(|s| s.to_string().contains("1048576")),
+        "the error names the limit: {err:?}"
+    );
+    sb.assert_nothing_left();
 }

@@ -41,18 +41,39 @@ pub fn run(file: &Path, format: Output) -> anyhow::Result<()> {
                 info.content_bytes,
                 info.entries.len()
             );
-            println!("command:   {}", m.run().command.argv().join(" "));
+            println!(
+                "command:   {}",
+                printable(&m.run().command.argv().join(" "))
+            );
             println!("files:");
             for e in &info.entries {
+                let path = printable(&e.path);
                 match &e.link_target {
                     Some(t) => println!(
-                        "  {:>12} {} {:<8} {} -> {t}",
-                        e.size, e.mode, e.kind, e.path
+                        "  {:>12} {} {:<8} {path} -> {}",
+                        e.size,
+                        e.mode,
+                        e.kind,
+                        printable(t)
                     ),
-                    None => println!("  {:>12} {} {:<8} {}", e.size, e.mode, e.kind, e.path),
+                    None => println!("  {:>12} {} {:<8} {path}", e.size, e.mode, e.kind),
                 }
             }
         }
     }
     Ok(())
+}
+
+/// A name from the bundle as it may reach a terminal: control characters
+/// (an escape sequence could rewrite the operator's screen) are escaped.
+fn printable(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
