@@ -172,10 +172,8 @@ impl Agent {
             .tempdir()
             .unwrap_or_else(|e| panic!("tempdir: {e}"));
         let socket = dir.path().join("agent.sock");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap_or_else(|e| panic!("free port: {e}"));
+        let port =
+            lockstep_tests::free_loopback_port().unwrap_or_else(|e| panic!("free port: {e}"));
         let config = dir.path().join("agent.toml");
         std::fs::write(
             &config,

@@ -190,8 +190,8 @@ pub async fn endless_server() -> (SocketAddr, JoinHandle<()>) {
     (addr, task)
 }
 
-/// A port on 127.0.0.1 that nothing listens on (bound, then released).
+/// A port on 127.0.0.1 that nothing listens on, outside the ephemeral
+/// range so no outgoing connection takes it meanwhile.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    lockstep_tests::free_loopback_port().unwrap()
 }
