@@ -57,6 +57,7 @@ const FAULT_KEYS: &[&str] = &[
     "crash_exit_code",
     "unhealthy_after_ms",
     "shutdown_delay_ms",
+    "error_percent",
 ];
 
 /// The file as written. `deny_unknown_fields` is a second guard behind the
@@ -81,6 +82,7 @@ struct RawFaults {
     crash_exit_code: Option<u8>,
     unhealthy_after_ms: Option<u64>,
     shutdown_delay_ms: Option<u64>,
+    error_percent: Option<u8>,
 }
 
 /// Faults a test can inject, from the `[faults]` table or the mirroring CLI
@@ -104,6 +106,9 @@ pub struct Faults {
     pub unhealthy_after: Option<Duration>,
     /// After SIGTERM/SIGINT, keep serving this long before the graceful stop.
     pub shutdown_delay: Duration,
+    /// This percentage of `/publish` requests is answered 500, spread
+    /// evenly: a release that starts and is ready but serves errors.
+    pub error_percent: u8,
 }
 
 impl Default for Faults {
@@ -116,6 +121,7 @@ impl Default for Faults {
             crash_exit_code: DEFAULT_CRASH_EXIT_CODE,
             unhealthy_after: None,
             shutdown_delay: Duration::ZERO,
+            error_percent: 0,
         }
     }
 }
@@ -338,6 +344,15 @@ pub fn parse(path: &Path, bytes: &[u8], env_version: Option<&str>) -> Result<Con
         },
     };
 
+    if raw.faults.error_percent.is_some_and(|p| p > 100) {
+        problems.push(Problem::BadValue {
+            key: "faults.error_percent",
+            value: format!("{:?}", raw.faults.error_percent),
+            line: value_line(Some("faults"), "error_percent"),
+            reason: "must be a percentage from 0 to 100",
+        });
+    }
+
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -357,6 +372,7 @@ pub fn parse(path: &Path, bytes: &[u8], env_version: Option<&str>) -> Result<Con
             crash_exit_code: f.crash_exit_code.unwrap_or(DEFAULT_CRASH_EXIT_CODE),
             unhealthy_after: f.unhealthy_after_ms.map(Duration::from_millis),
             shutdown_delay: Duration::from_millis(f.shutdown_delay_ms.unwrap_or(0)),
+            error_percent: f.error_percent.unwrap_or(0),
         },
     })
 }
@@ -394,6 +410,7 @@ crash_after_ms = 200
 crash_exit_code = 0
 unhealthy_after_ms = 300
 shutdown_delay_ms = 400
+error_percent = 20
 "#;
         let c = p(text).unwrap();
         assert_eq!(c.version, "1.4.2");
@@ -409,7 +426,24 @@ shutdown_delay_ms = 400
                 crash_exit_code: 0,
                 unhealthy_after: Some(Duration::from_millis(300)),
                 shutdown_delay: Duration::from_millis(400),
+                error_percent: 20,
             }
+        );
+    }
+
+    #[test]
+    fn an_error_percent_over_100_is_refused() {
+        let err = p("[faults]\nerror_percent = 101\n").unwrap_err();
+        assert!(
+            matches!(
+                err.as_slice(),
+                [Problem::BadValue {
+                    key: "faults.error_percent",
+                    line: Some(2),
+                    ..
+                }]
+            ),
+            "{err:?}"
         );
     }
 

@@ -8,6 +8,7 @@
 mod app;
 mod config;
 mod listener;
+mod metrics;
 mod notify;
 mod server;
 

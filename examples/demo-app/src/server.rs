@@ -1,20 +1,22 @@
 //! The HTTP routes and the health state they report.
 //!
-//! Owns: `/healthz`, `/version`, `/publish`, and [`Health`], which is computed
+//! Owns: `/healthz`, `/version`, `/publish`, `/metrics` (see `metrics`),
+//! and [`Health`], which is computed
 //! from the time since serving began plus the stopping flag (so it needs no
 //! timers and is testable with any instant).
 //!
 //! ```text
 //! GET  /healthz   200 "ok\n" | 503 "<reason>\n"
 //! GET  /version   200 {"version","config_digest","pid"}
-//! POST /publish   200 {"published","by_pid","version"} | 400 | 503 {"error"}
+//! POST /publish   200 {"published","by_pid","version"} | 400 | 500 | 503 {"error"}
+//! GET  /metrics   200 OpenMetrics text
 //! ```
 //!
 //! Must never: exit the process, read the config file, or touch sockets
 //! other than through the router it returns.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Json;
@@ -29,6 +31,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::config::Faults;
+use crate::metrics::{self, AppMetrics};
 
 /// Longest artificial delay `/publish?delay_ms=` accepts; enough to hold a
 /// request in flight across a stop, short enough to not wedge a test.
@@ -71,6 +74,8 @@ pub struct AppState {
     /// When serving began; the fault durations count from here.
     pub started: Instant,
     stopping: AtomicBool,
+    /// `/publish` requests so far: `faults.error_percent` picks from it.
+    published: AtomicU64,
 }
 
 impl AppState {
@@ -89,7 +94,17 @@ impl AppState {
             faults,
             started,
             stopping: AtomicBool::new(false),
+            published: AtomicU64::new(0),
         }
+    }
+
+    /// Whether the next `/publish` is one `faults.error_percent` fails:
+    /// request k fails when k × percent / 100 passes a whole number, so
+    /// the failures are spread evenly (20 % fails every fifth).
+    fn next_publish_fails(&self) -> bool {
+        let k = self.published.fetch_add(1, Ordering::Relaxed) + 1;
+        let p = u64::from(self.faults.error_percent);
+        k * p / 100 != (k - 1) * p / 100
     }
 
     pub fn set_stopping(&self) {
@@ -121,11 +136,21 @@ impl AppState {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let metrics = Arc::new(AppMetrics::default());
+    let routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/version", get(version))
         .route("/publish", post(publish))
-        .with_state(state)
+        .with_state(state);
+    let exposition = Router::new()
+        .route("/metrics", get(metrics::exposition))
+        .with_state(metrics.clone());
+    routes
+        .merge(exposition)
+        .route_layer(axum::middleware::from_fn_with_state(
+            metrics,
+            metrics::track,
+        ))
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
@@ -170,6 +195,15 @@ async fn publish(
 ) -> Response {
     if let health @ Health::Unhealthy { .. } = state.health() {
         return error(StatusCode::SERVICE_UNAVAILABLE, health.reason());
+    }
+    if state.next_publish_fails() {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "injected error (faults.error_percent = {})",
+                state.faults.error_percent
+            ),
+        );
     }
     let message = if body.is_empty() {
         match query.message {
@@ -258,6 +292,26 @@ mod tests {
             s.health_at(t0 + Duration::from_millis(300)),
             Health::Stopping
         );
+    }
+
+    #[test]
+    fn error_percent_fails_that_share_of_publishes_evenly() {
+        let s = state(
+            Faults {
+                error_percent: 20,
+                ..Faults::default()
+            },
+            Instant::now(),
+        );
+        let fails: Vec<bool> = (0..10).map(|_| s.next_publish_fails()).collect();
+        assert_eq!(
+            fails,
+            [
+                false, false, false, false, true, false, false, false, false, true
+            ]
+        );
+        let none = state(Faults::default(), Instant::now());
+        assert!((0..100).all(|_| !none.next_publish_fails()));
     }
 
     #[test]

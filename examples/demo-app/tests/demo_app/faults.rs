@@ -88,3 +88,28 @@ fn crash_exit_code_sets_the_code_of_the_crash() {
         .spawn();
     assert_eq!(flagged.wait_exit(DEADLINE).code(), Some(3));
 }
+
+/// #16: a release that starts and becomes ready but answers a share of its
+/// requests with 500 (what an analysis gate must catch where readiness
+/// cannot). `/metrics` counts every answer by route and code.
+#[test]
+fn error_percent_answers_that_share_with_500_and_metrics_count_it() {
+    let app = AppBuilder::new()
+        .config("[faults]\nerror_percent = 20\n")
+        .spawn();
+    app.wait_healthy();
+    let codes: Vec<u16> = (0..10)
+        .map(|i| app.post("/publish", &format!("m{i}")).unwrap().status)
+        .collect();
+    assert_eq!(codes.iter().filter(|c| **c == 500).count(), 2, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 200).count(), 8, "{codes:?}");
+    let metrics = app.get("/metrics").unwrap();
+    assert_eq!(metrics.status, 200);
+    for line in [
+        r#"demo_http_requests_total{route="/publish",code="200"} 8"#,
+        r#"demo_http_requests_total{route="/publish",code="500"} 2"#,
+        r#"demo_http_request_duration_seconds_count{route="/publish"} 10"#,
+    ] {
+        assert!(metrics.body.contains(line), "{line} in {}", metrics.body);
+    }
+}
