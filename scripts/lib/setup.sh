@@ -69,6 +69,7 @@ TEST_PACKAGES=(
     systemd-socket-activate=systemd # LISTEN_FDS tests; systemd-analyze verify
     debootstrap=debootstrap         # the packages' test: a Debian 12 root …
     systemd-nspawn=systemd-container # … booted with systemd as PID 1
+    prometheus=prometheus           # metrics tests: a real Prometheus, and promtool
 )
 
 ensure_cargo() {

@@ -1,4 +1,5 @@
-//! `Daemon`: one of the workspace's daemons as a child of the test process,
+//! `Daemon`: one of the workspace's daemons (or a system one, such as
+//! Prometheus) as a child of the test process,
 //! the part every fixture of a daemon shares: started under `setpriv
 //! --pdeathsig KILL` with its output appended to a log file, waited for
 //! until the fixture's own check says it serves, stopped with SIGTERM (then
@@ -21,8 +22,11 @@ const POLL: Duration = Duration::from_millis(50);
 
 #[derive(Debug)]
 pub(crate) struct Daemon {
-    /// The workspace binary, e.g. `lockstep-agent`.
+    /// The workspace binary, e.g. `lockstep-agent`, or the system program's
+    /// name.
     name: &'static str,
+    /// The system program to run; `None`: the workspace binary `name`.
+    program: Option<PathBuf>,
     args: Vec<OsString>,
     log: PathBuf,
     child: Option<Child>,
@@ -32,9 +36,23 @@ impl Daemon {
     pub(crate) fn new(name: &'static str, args: Vec<OsString>, log: PathBuf) -> Self {
         Self {
             name,
+            program: None,
             args,
             log,
             child: None,
+        }
+    }
+
+    /// A program installed on the system (not built by the workspace).
+    pub(crate) fn system(
+        name: &'static str,
+        program: PathBuf,
+        args: Vec<OsString>,
+        log: PathBuf,
+    ) -> Self {
+        Self {
+            program: Some(program),
+            ..Self::new(name, args, log)
         }
     }
 
@@ -49,7 +67,10 @@ impl Daemon {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<bool, HarnessError>>,
     {
-        let program = workspace_bin(self.name)?;
+        let program = match &self.program {
+            Some(program) => program.clone(),
+            None => workspace_bin(self.name)?,
+        };
         let log = std::fs::File::options()
             .create(true)
             .append(true)

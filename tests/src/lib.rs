@@ -27,6 +27,7 @@ pub mod http;
 pub mod operator;
 mod pki;
 mod ports;
+mod prometheus;
 mod wait;
 
 pub use agent::AgentFixture;
@@ -38,4 +39,5 @@ pub use etcd::{EtcdCluster, MemberState};
 pub use fleet::{DEMO_SERVICE, FleetFixture, FleetHost};
 pub use pki::{TestPki, TlsFiles};
 pub use ports::free_loopback_port;
+pub use prometheus::{PrometheusFixture, ScrapeJob, promtool_check_metrics};
 pub use wait::{WaitTimeout, wait_for};

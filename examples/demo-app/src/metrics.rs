@@ -1,4 +1,5 @@
-//! The app's own Prometheus metrics, on `GET /metrics` of its listener:
+//! The app's own Prometheus metrics, on `GET /metrics` of its listener
+//! (OpenMetrics or the Prometheus text format, as the scraper asks):
 //! requests by route and status code, and their latency. This is what an
 //! analysis gate queries to tell a release that serves errors from one
 //! that is merely up.
@@ -15,19 +16,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use exposition::Format;
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
-
-/// The OpenMetrics text format, which Prometheus scrapes natively.
-const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -93,11 +91,9 @@ impl AppMetrics {
             .observe(took.as_secs_f64());
     }
 
-    /// The exposition text.
-    pub fn encode(&self) -> Result<String, std::fmt::Error> {
-        let mut text = String::new();
-        encode(&mut text, &self.registry)?;
-        Ok(text)
+    /// The exposition text in `format`.
+    pub fn encode(&self, format: Format) -> Result<String, std::fmt::Error> {
+        exposition::encode(&self.registry, format)
     }
 }
 
@@ -114,10 +110,12 @@ pub async fn track(
     response
 }
 
-/// `GET /metrics`.
-pub async fn exposition(State(metrics): State<Arc<AppMetrics>>) -> Response {
-    match metrics.encode() {
-        Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
+/// `GET /metrics`, in the format the scraper asks for.
+pub async fn exposition(State(metrics): State<Arc<AppMetrics>>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok());
+    let format = Format::negotiate(accept);
+    match metrics.encode(format) {
+        Ok(text) => ([(header::CONTENT_TYPE, format.content_type())], text).into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot encode metrics: {e}\n"),
@@ -140,7 +138,7 @@ mod tests {
             StatusCode::INTERNAL_SERVER_ERROR,
             Duration::ZERO,
         );
-        let text = m.encode().unwrap();
+        let text = m.encode(Format::PrometheusText).unwrap();
         assert!(
             text.contains(r#"demo_http_requests_total{route="/publish",code="200"} 2"#),
             "{text}"

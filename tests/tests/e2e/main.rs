@@ -15,6 +15,7 @@ mod health;
 mod incident;
 mod logs;
 mod operator_paths;
+mod prometheus;
 mod registration;
 mod systemd;
 mod tls;
