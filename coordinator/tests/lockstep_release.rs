@@ -233,3 +233,36 @@ fn inspect_shows_control_characters_in_entry_names_escaped() {
     assert!(!shown.contains('\x1b'), "a raw escape reached the terminal");
     assert!(shown.contains("config/\\u{1b}[2Jcleared"), "{shown}");
 }
+
+/// Reproduces #14 Seen 8: "`agentctl status | head` panics on a broken
+/// pipe" — `lockstep` did the same. A reader that goes away ends the CLI
+/// the way it ends any Unix tool (SIGPIPE), never with a panic.
+#[test]
+fn a_reader_that_goes_away_is_not_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let t = tempfile::tempdir().unwrap();
+    app(&t.path().join("app"));
+    assert!(
+        lockstep(&["release", "build", "app", "-o", "a.lsr"], t.path())
+            .status
+            .success()
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args(["release", "inspect", "a.lsr"])
+        .current_dir(t.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        output.status.signal(),
+        Some(13),
+        "{:?}: {stderr}",
+        output.status
+    );
+}

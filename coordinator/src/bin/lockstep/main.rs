@@ -164,6 +164,9 @@ const RETIRED_KEY_VARIABLE: &str = "LOCKSTEP_KEY";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    // A reader that goes away (`| head`) ends us like any Unix tool, not
+    // with a panic in println!.
+    sigpipe::reset();
     if let Some(code) = clidocs::generate_if_asked(Cli::command) {
         return code;
     }
