@@ -70,6 +70,8 @@ TEST_PACKAGES=(
     debootstrap=debootstrap         # the packages' test: a Debian 12 root …
     systemd-nspawn=systemd-container # … booted with systemd as PID 1
     prometheus=prometheus           # metrics tests: a real Prometheus, and promtool
+    ip=iproute2                     # fault tests: nodes in network namespaces …
+    nft=nftables                    # … partitioned by dropping their packets
 )
 
 ensure_cargo() {
