@@ -318,10 +318,25 @@ impl EtcdCluster {
             })
     }
 
-    /// SIGSTOP: the member keeps its sockets but answers nothing.
+    /// SIGSTOP: the member keeps its sockets but answers nothing. Returns
+    /// once every thread of it has stopped (kill(2) returns before a
+    /// thread running on another core takes the stop, and that thread
+    /// could still answer one request).
     pub fn pause(&mut self, index: usize) -> Result<(), HarnessError> {
         self.signal(index, Signal::SIGSTOP)?;
         self.member_mut(index)?.state = MemberState::Paused;
+        let pid = self
+            .pid(index)?
+            .ok_or(HarnessError::MemberNotRunning { member: index })?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !all_threads_stopped(pid) {
+            if std::time::Instant::now() >= deadline {
+                return Err(HarnessError::Fixture(format!(
+                    "etcd member {index} (pid {pid}) did not stop within 10 s of SIGSTOP"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         Ok(())
     }
 
@@ -453,4 +468,20 @@ fn log_tail(path: &Path) -> String {
         }
         Err(err) => format!("(cannot read the log: {err})"),
     }
+}
+
+/// Whether every thread of `pid` is in the stopped state (`T` in
+/// `/proc/PID/task/TID/stat`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the parenthesised command name.
+            stat.rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next())
+                .is_some_and(|state| state == 'T' || state == 't')
+        })
+    })
 }
