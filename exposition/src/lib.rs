@@ -9,9 +9,15 @@
 //! OpenMetrics to a scraper whose `Accept` asks for it, the text format to
 //! everyone else, converted from the same encoding by a pure function.
 //!
+//! `serve` is a daemon's metrics endpoint: `/metrics`, `/healthz` (the
+//! process answers) and `/readyz` (it can do its job, else 503 and why).
+//!
 //! Must never: change a sample's name, labels or value in conversion; only
 //! the comment lines and the terminator differ between the two formats.
 
+mod endpoint;
+
+pub use endpoint::{Readiness, serve};
 use prometheus_client::registry::Registry;
 
 /// The two exposition formats.
