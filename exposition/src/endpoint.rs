@@ -30,36 +30,49 @@ pub enum Readiness {
     NotReady(String),
 }
 
+/// Brings gauges that are read, not counted (agents reachable now), up to
+/// date just before a scrape encodes them.
+pub type BeforeScrape = Arc<dyn Fn() + Send + Sync>;
+
+/// What an endpoint serves.
 #[derive(Clone)]
-struct Shared {
-    registry: Arc<Registry>,
-    readiness: watch::Receiver<Readiness>,
+pub struct Endpoint {
+    pub registry: Arc<Registry>,
+    pub readiness: watch::Receiver<Readiness>,
+    pub before_scrape: Option<BeforeScrape>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("readiness", &*self.readiness.borrow())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Serves the three paths on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    registry: Arc<Registry>,
-    readiness: watch::Receiver<Readiness>,
+    endpoint: Endpoint,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let router = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(Shared {
-            registry,
-            readiness,
-        });
+        .with_state(endpoint);
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
 }
 
-async fn metrics(State(shared): State<Shared>, headers: HeaderMap) -> Response {
+async fn metrics(State(endpoint): State<Endpoint>, headers: HeaderMap) -> Response {
+    if let Some(refresh) = &endpoint.before_scrape {
+        refresh();
+    }
     let accept = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok());
     let format = Format::negotiate(accept);
-    match encode(&shared.registry, format) {
+    match encode(&endpoint.registry, format) {
         Ok(text) => ([(header::CONTENT_TYPE, format.content_type())], text).into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -69,8 +82,8 @@ async fn metrics(State(shared): State<Shared>, headers: HeaderMap) -> Response {
     }
 }
 
-async fn readyz(State(shared): State<Shared>) -> Response {
-    match &*shared.readiness.borrow() {
+async fn readyz(State(endpoint): State<Endpoint>) -> Response {
+    match &*endpoint.readiness.borrow() {
         Readiness::Ready => (StatusCode::OK, "ready\n".to_owned()).into_response(),
         Readiness::NotReady(why) => {
             (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response()
@@ -112,7 +125,16 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, Arc::new(registry), readiness, async {
+        let scrapes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = scrapes.clone();
+        let endpoint = Endpoint {
+            registry: Arc::new(registry),
+            readiness,
+            before_scrape: Some(Arc::new(move || {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            })),
+        };
+        let server = tokio::spawn(serve(listener, endpoint, async {
             let _ = stopped.await;
         }));
 
@@ -123,6 +145,7 @@ mod tests {
         let (_, kind, body) = get(addr, "/metrics", "application/openmetrics-text").await;
         assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
         assert!(body.ends_with("# EOF\n"), "{body}");
+        assert_eq!(scrapes.load(std::sync::atomic::Ordering::Relaxed), 2);
         assert_eq!(get(addr, "/healthz", "*/*").await.0, 200);
         let (code, _, body) = get(addr, "/readyz", "*/*").await;
         assert_eq!((code, body.as_str()), (503, "no etcd session\n"));

@@ -17,7 +17,7 @@
 
 mod endpoint;
 
-pub use endpoint::{Readiness, serve};
+pub use endpoint::{BeforeScrape, Endpoint, Readiness, serve};
 use prometheus_client::registry::Registry;
 
 /// The two exposition formats.
