@@ -21,6 +21,7 @@ pub mod mirror;
 pub mod record;
 pub mod release_choice;
 pub mod service;
+pub mod telemetry;
 pub mod wire;
 
 /// Milliseconds since the Unix epoch (0 before 1970).
