@@ -520,7 +520,7 @@ impl Plan {
                                 ", checks: {}",
                                 c.checks
                                     .iter()
-                                    .map(|c| c.name.as_str())
+                                    .map(ToString::to_string)
                                     .collect::<Vec<_>>()
                                     .join(", ")
                             )

@@ -15,6 +15,11 @@ use crate::{HarnessError, TlsFiles, free_loopback_port, workspace_bin};
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The roles of a `start_tls` coordinator: `operator.lockstep` operates,
+/// `viewer.lockstep` reads, agents (`<id>.agents.lockstep`) and
+/// coordinators (`coordinator.lockstep`, mirroring releases) fetch.
+pub const TEST_ROLES: &str = "\n[[roles]]\nidentities = [\"operator.lockstep\"]\nrole = \"operator\"\n\n[[roles]]\nidentities = [\"viewer.lockstep\"]\nrole = \"viewer\"\n\n[[roles]]\nidentities = [\"*.agents.lockstep\", \"coordinator.lockstep\"]\nrole = \"agent\"\n";
+
 /// A running coordinator. Dropping it kills it.
 #[derive(Debug)]
 pub struct CoordinatorFixture {
@@ -43,13 +48,26 @@ impl CoordinatorFixture {
     }
 
     /// Like `start`, with a `[tls]` table naming `tls`: its URL is
-    /// `https://`, and every caller needs a certificate from the same CA.
+    /// `https://`, and every caller needs a certificate from the same CA;
+    /// roles are [`TEST_ROLES`].
     pub async fn start_tls(
         endpoints: &[String],
         lease_ttl_secs: u64,
         tls: &TlsFiles,
     ) -> Result<Self, HarnessError> {
         Self::start_configured(endpoints, lease_ttl_secs, Some(tls), "").await
+    }
+
+    /// Like `start` (or `start_tls` when `tls` is given), with `tables`
+    /// appended to its coordinator.toml (e.g. `[[checks]]` tables, or
+    /// `[[roles]]` replacing [`TEST_ROLES`]).
+    pub async fn start_with_tables(
+        endpoints: &[String],
+        lease_ttl_secs: u64,
+        tls: Option<&TlsFiles>,
+        tables: &str,
+    ) -> Result<Self, HarnessError> {
+        Self::start_configured(endpoints, lease_ttl_secs, tls, &format!("\n{tables}")).await
     }
 
     async fn start_configured(
@@ -76,6 +94,9 @@ impl CoordinatorFixture {
         if let Some(tls) = tls {
             text.push_str("\n[tls]\n");
             text.push_str(&tls.toml_lines());
+            if !etcd_lines.contains("[[roles]]") {
+                text.push_str(TEST_ROLES);
+            }
         }
         std::fs::write(&config, text).map_err(HarnessError::TempDir)?;
         let daemon = Daemon::new(
