@@ -91,6 +91,15 @@ impl CheckCatalog {
         self.checks.get(name)
     }
 
+    /// How many checks are defined.
+    pub fn len(&self) -> usize {
+        self.checks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.checks.is_empty()
+    }
+
     /// Checks every check `strategy` refers to against the catalog and
     /// sets its timeout from it; every problem at once.
     pub fn resolve(&self, strategy: &mut Strategy) -> Result<(), Vec<String>> {

@@ -717,41 +717,9 @@ impl ReportStream {
                     break;
                 }
             };
-            match (report.body, &agent) {
-                (Some(pb::agent_report::Body::Registration(claimed)), None) => {
-                    match self.bind(&claimed).await {
-                        Ok(identity) => {
-                            tracing::info!(
-                                agent = identity.agent_id,
-                                cluster = identity.cluster,
-                                address = identity.grpc_address,
-                                "agent connected"
-                            );
-                            agent = Some(identity.agent_id.clone());
-                            fleet.stream_opened(identity);
-                        }
-                        Err(status) => {
-                            let _ = tx.send(Err(status)).await;
-                            break;
-                        }
-                    }
-                }
-                (Some(pb::agent_report::Body::Registration(_)), Some(_)) => {}
-                (Some(pb::agent_report::Body::Status(status)), Some(id)) => {
-                    fleet.status(id, status);
-                }
-                (Some(pb::agent_report::Body::Event(event)), Some(id)) => {
-                    fleet.event(id, event);
-                }
-                (_, None) => {
-                    let _ = tx
-                        .send(Err(Status::failed_precondition(
-                            "the first report on a stream must be the agent's registration",
-                        )))
-                        .await;
-                    break;
-                }
-                (None, Some(_)) => {}
+            if let Err(status) = self.receive(report.body, &mut agent).await {
+                let _ = tx.send(Err(status)).await;
+                break;
             }
             let ack = pb::ReportAck {
                 seq: report.seq,
@@ -771,6 +739,38 @@ impl ReportStream {
                 status_interval * 3,
             ));
         }
+    }
+
+    /// Records one report; the first must register the agent (`agent`
+    /// names it from then on). `Err`: the stream ends with it.
+    async fn receive(
+        &self,
+        body: Option<pb::agent_report::Body>,
+        agent: &mut Option<String>,
+    ) -> Result<(), Status> {
+        let fleet = &self.coordinator.fleet;
+        match (body, agent.as_deref()) {
+            (Some(pb::agent_report::Body::Registration(claimed)), None) => {
+                let identity = self.bind(&claimed).await?;
+                tracing::info!(
+                    agent = identity.agent_id,
+                    cluster = identity.cluster,
+                    address = identity.grpc_address,
+                    "agent connected"
+                );
+                *agent = Some(identity.agent_id.clone());
+                fleet.stream_opened(identity);
+            }
+            (Some(pb::agent_report::Body::Registration(_)), Some(_)) | (None, Some(_)) => {}
+            (Some(pb::agent_report::Body::Status(status)), Some(id)) => fleet.status(id, status),
+            (Some(pb::agent_report::Body::Event(event)), Some(id)) => fleet.event(id, event),
+            (_, None) => {
+                return Err(Status::failed_precondition(
+                    "the first report on a stream must be the agent's registration",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The identity this stream may register for `claimed`: bound to the
