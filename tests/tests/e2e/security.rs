@@ -528,3 +528,55 @@ async fn a_strategy_runs_only_named_checks_with_declared_parameters() {
     assert_eq!(record["state"], "succeeded", "{record}");
     assert_eq!(std::fs::read_to_string(&said).unwrap(), word);
 }
+
+/// An IPv4 address of this machine other than loopback: a caller from it
+/// is not local.
+fn non_loopback_ipv4() -> Option<std::net::IpAddr> {
+    nix::ifaddrs::getifaddrs()
+        .ok()?
+        .filter_map(|interface| interface.address?.as_sockaddr_in().map(|a| a.ip()))
+        .find(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        .map(std::net::IpAddr::V4)
+}
+
+fn break_lock_request() -> pb::BreakLockRequest {
+    pb::BreakLockRequest {
+        service: "demo".to_owned(),
+        actor: None,
+        reason: "security test".to_owned(),
+    }
+}
+
+/// Without TLS there is no identity: reads are answered from anywhere,
+/// operator calls only from loopback unless `insecure_operators = true`.
+#[tokio::test]
+async fn without_tls_operator_calls_come_only_from_loopback_unless_insecure_operators() {
+    let ip = non_loopback_ipv4().expect("this test needs a non-loopback IPv4 address");
+    let etcd = EtcdCluster::single().await.unwrap();
+    let strict = CoordinatorFixture::start_on(&etcd.endpoints(), TTL_SECS, ip, "")
+        .await
+        .unwrap();
+    let mut remote = client(&strict.url(), None).await;
+    remote
+        .list_agents(pb::ListAgentsRequest::default())
+        .await
+        .unwrap();
+    let denied = remote.break_lock(break_lock_request()).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    assert!(
+        denied.message().contains(&ip.to_string())
+            && denied.message().contains("insecure_operators = true"),
+        "{denied:?}"
+    );
+    let insecure =
+        CoordinatorFixture::start_on(&etcd.endpoints(), TTL_SECS, ip, "insecure_operators = true")
+            .await
+            .unwrap();
+    let answered = client(&insecure.url(), None)
+        .await
+        .break_lock(break_lock_request())
+        .await
+        .unwrap_err();
+    // Let through: there is simply no lock to break.
+    assert_eq!(answered.code(), tonic::Code::NotFound, "{answered:?}");
+}
