@@ -511,13 +511,27 @@ async fn a_strategy_runs_only_named_checks_with_declared_parameters() {
     assert!(!said.exists());
 
     let word = "hello; touch /tmp/pwned $(id)";
+    // No canary: the plan lists a cluster wave's checks.
+    let strategy = format!(
+        "{FAST}canary = 0\nrehearse_rollback = false\n[[strategy.checks]]\nname = \"record\"\nparams = {{ word = \"{word}\" }}\n"
+    );
+    let plan = grpc
+        .plan(pb::PlanRequest {
+            service: "demo".to_owned(),
+            release_digest: digest.clone(),
+            strategy_toml: strategy.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        plan.rendered
+            .contains(&format!("checks: record(word={word}) within 20s")),
+        "{}",
+        plan.rendered
+    );
     let started = grpc
-        .deploy(deploy_request(
-            &digest,
-            &format!(
-                "{FAST}[[strategy.checks]]\nname = \"record\"\nparams = {{ word = \"{word}\" }}\n"
-            ),
-        ))
+        .deploy(deploy_request(&digest, &strategy))
         .await
         .unwrap()
         .into_inner();
