@@ -206,9 +206,12 @@ pub enum Refusal {
         "{method} is an operator call and this coordinator runs without [tls]: it takes operator calls only from loopback, and this one came from {from}; configure [tls] and [[roles]], or set insecure_operators = true in coordinator.toml to trust every plain-text caller"
     )]
     NotLoopback { method: &'static str, from: String },
-    #[error("{method} needs a client certificate this coordinator can read: {reason}")]
+    #[error(
+        "{method} needs the {needed} role, from a client certificate this coordinator can read: {reason}"
+    )]
     Uncertified {
         method: &'static str,
+        needed: Role,
         reason: String,
     },
 }
@@ -227,7 +230,7 @@ impl Refusal {
         match self {
             Refusal::MissingRole { needed, .. } => *needed,
             Refusal::NotLoopback { .. } => Role::Operator,
-            Refusal::Uncertified { .. } => Role::Viewer,
+            Refusal::Uncertified { needed, .. } => *needed,
         }
     }
 }
@@ -239,6 +242,7 @@ impl AccessPolicy {
             Caller::Certified(identity) => self.authorize_certified(identity, method),
             Caller::Uncertified { reason } => Err(Refusal::Uncertified {
                 method: method.name(),
+                needed: method.needs(),
                 reason: reason.clone(),
             }),
             Caller::PlainText { from } => {
