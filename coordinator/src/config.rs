@@ -377,39 +377,7 @@ fn named_checks(
                 );
             }
         }
-        let mut argv = Vec::new();
-        let mut used = BTreeSet::new();
-        for (j, element) in entry.argv.iter().enumerate() {
-            match crate::checks::placeholder(element) {
-                Ok(Some(param)) if j == 0 => check(
-                    &key("argv"),
-                    Err(format!("the program cannot be a parameter ({{{param}}})")),
-                ),
-                Ok(Some(param)) if params.contains(param) => {
-                    used.insert(param.to_owned());
-                    argv.push(ArgvElement::Param(param.to_owned()));
-                }
-                Ok(Some(param)) => check(
-                    &format!("checks[{i}].argv[{j}]"),
-                    Err(format!("{{{param}}} is not in params: declare it there")),
-                ),
-                Ok(None) => argv.push(ArgvElement::Literal(element.clone())),
-                Err(why) => check(&format!("checks[{i}].argv[{j}]"), Err(why)),
-            }
-        }
-        match entry.argv.first() {
-            None => check(
-                &key("argv"),
-                Err(
-                    "must name a program, e.g. [\"/usr/bin/curl\", \"-fsS\", \"{url}\"]".to_owned(),
-                ),
-            ),
-            Some(program) if !Path::new(program).is_absolute() => check(
-                &key("argv"),
-                Err(format!("the program {program:?} must be an absolute path")),
-            ),
-            Some(_) => {}
-        }
+        let (argv, used) = check_argv(i, &entry.argv, &params, check);
         for unused in params.difference(&used) {
             check(
                 &key("params"),
@@ -432,6 +400,49 @@ fn named_checks(
         });
     }
     CheckCatalog::new(checks)
+}
+
+/// A `[[checks]]` entry's argv: an absolute program, then literals and
+/// `{param}` elements naming declared params; also the params it uses.
+fn check_argv(
+    i: usize,
+    raw: &[String],
+    params: &BTreeSet<String>,
+    check: &mut impl FnMut(&str, Result<(), String>),
+) -> (Vec<ArgvElement>, BTreeSet<String>) {
+    let key = format!("checks[{i}].argv");
+    let mut argv = Vec::new();
+    let mut used = BTreeSet::new();
+    for (j, element) in raw.iter().enumerate() {
+        match crate::checks::placeholder(element) {
+            Ok(Some(param)) if j == 0 => check(
+                &key,
+                Err(format!("the program cannot be a parameter ({{{param}}})")),
+            ),
+            Ok(Some(param)) if params.contains(param) => {
+                used.insert(param.to_owned());
+                argv.push(ArgvElement::Param(param.to_owned()));
+            }
+            Ok(Some(param)) => check(
+                &format!("{key}[{j}]"),
+                Err(format!("{{{param}}} is not in params: declare it there")),
+            ),
+            Ok(None) => argv.push(ArgvElement::Literal(element.clone())),
+            Err(why) => check(&format!("{key}[{j}]"), Err(why)),
+        }
+    }
+    match raw.first() {
+        None => check(
+            &key,
+            Err("must name a program, e.g. [\"/usr/bin/curl\", \"-fsS\", \"{url}\"]".to_owned()),
+        ),
+        Some(program) if !Path::new(program).is_absolute() => check(
+            &key,
+            Err(format!("the program {program:?} must be an absolute path")),
+        ),
+        Some(_) => {}
+    }
+    (argv, used)
 }
 
 /// `[[roles]]`, checked: every role known, every pattern valid, and roles
@@ -664,6 +675,40 @@ mod tests {
             err.contains("roles[1].identities: must name at least one"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn named_checks_are_parsed_with_their_params_and_the_default_timeout() {
+        let config = parse(&format!(
+            "check_timeout = \"9s\"\n{MINIMAL}[[checks]]\nname = \"http-smoke\"\nargv = [\"/usr/bin/curl\", \"-fsS\", \"{{url}}\"]\nparams = [\"url\"]\nenv = {{ NO_PROXY = \"*\" }}\n"
+        ))
+        .unwrap();
+        let check = config.checks.get("http-smoke").unwrap();
+        assert_eq!(check.timeout, Duration::from_secs(9));
+        assert_eq!(check.argv[2], ArgvElement::Param("url".to_owned()));
+        assert_eq!(check.env["NO_PROXY"], "*");
+    }
+
+    #[test]
+    fn every_problem_of_a_named_check_is_named() {
+        let err = parse(&format!(
+            "{MINIMAL}[[checks]]\nname = \"a b\"\nargv = [\"curl\", \"--url={{url}}\", \"{{host}}\"]\nparams = [\"url\", \"port\"]\ntimeout = \"0s\"\n[[checks]]\nname = \"x\"\nargv = []\n[[checks]]\nname = \"x\"\nargv = [\"{{p}}\"]\nparams = [\"p\"]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "checks[0].name: \"a b\"",
+            "checks[0].argv: the program \"curl\" must be an absolute path",
+            "checks[0].argv[1]: \"--url={url}\": a parameter must be a whole argv element",
+            "checks[0].argv[2]: {host} is not in params",
+            "checks[0].params: \"port\" is declared but argv has no {port} element",
+            "checks[0].timeout: must be more than zero",
+            "checks[1].argv: must name a program",
+            "checks[2].name: \"x\" is defined twice",
+            "checks[2].argv: the program cannot be a parameter ({p})",
+        ] {
+            assert!(err.contains(expected), "{expected} missing from: {err}");
+        }
     }
 
     #[test]
