@@ -42,6 +42,7 @@
 //! cert = "/etc/lockstep/tls/agent.pem"   # this agent's certificate (SANs: the name
 //! key = "/etc/lockstep/tls/agent.key"    # or IP coordinators dial it by) and key
 //! trusted_coordinators = ["coordinator.lockstep"]   # DNS SANs allowed to command it
+//! viewers = ["ops-*"]              # besides those, who may read Status/WatchStatus (`*` globs)
 //! ```
 //!
 //! Without `[tls]` AgentService is plain text and obeys anyone who reaches
@@ -127,6 +128,9 @@ pub struct AgentTls {
     /// Identities (DNS SANs, or CN) of the coordinators whose Apply,
     /// Restart and Rollback this agent obeys; never empty.
     pub trusted_coordinators: Vec<String>,
+    /// Names or patterns that may read Status and WatchStatus besides the
+    /// trusted coordinators (`tls.viewers`; default none).
+    pub viewers: Vec<tls::NamePattern>,
 }
 
 /// How the agent reaches the coordinators.
@@ -244,6 +248,8 @@ struct RawTls {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     trusted_coordinators: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    viewers: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -534,6 +540,13 @@ impl AgentConfig {
                     None
                 }
             };
+            let mut viewers = Vec::new();
+            for (i, text) in t.viewers.iter().enumerate() {
+                match tls::NamePattern::parse(text) {
+                    Ok(pattern) => viewers.push(pattern),
+                    Err(e) => check(&format!("tls.viewers[{i}]"), Err(e.to_string())),
+                }
+            }
             let (paths, trusted) = (paths?, trusted?);
             let material = tls::TlsMaterial::load(&paths)
                 .map_err(|e| check("tls", Err(e.to_string())))
@@ -544,6 +557,7 @@ impl AgentConfig {
                     .into_iter()
                     .map(|n| n.into_inner().to_ascii_lowercase())
                     .collect(),
+                viewers,
             })
         });
         if let (Some(_), Some(coordinator)) = (&tls, &coordinator) {
@@ -1011,6 +1025,35 @@ mod tests {
         let tls = config.tls.unwrap();
         assert_eq!(tls.trusted_coordinators, ["coordinator.lockstep"]);
         assert_eq!(tls.material.identity().names(), ["web-1.lockstep"]);
+        assert!(tls.viewers.is_empty());
+    }
+
+    #[test]
+    fn tls_viewers_are_name_patterns() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = tls_files(dir.path());
+        let config = parse(&format!(
+            "{BASE}[coordinator]\nurls = [\"https://127.0.0.1:7400\"]\n{}",
+            tls_table(
+                &files,
+                "trusted_coordinators = [\"c.lockstep\"]\nviewers = [\"ops-*\"]"
+            )
+        ))
+        .unwrap();
+        assert!(config.tls.unwrap().viewers[0].matches("ops-7"));
+        let err = parse(&format!(
+            "{BASE}{}",
+            tls_table(
+                &files,
+                "trusted_coordinators = [\"c.lockstep\"]\nviewers = [\"ops team\"]"
+            )
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("tls.viewers[0]: name pattern \"ops team\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -12,10 +12,13 @@
 //! caller whose client certificate names one of `tls.trusted_coordinators`;
 //! anyone else gets PERMISSION_DENIED naming the identity it presented. The
 //! TLS layer already refused callers without a certificate chained to the
-//! CA. Status and WatchStatus only read, and answer any such caller.
+//! CA. Status and WatchStatus only read, and answer the trusted
+//! coordinators and the names `tls.viewers` matches (the coordinator's
+//! viewer role, on this side).
 //!
 //! Must never: act on a command whose fencing token is below the
-//! service's high-water mark, or from an untrusted caller when `[tls]` is set.
+//! service's high-water mark, or from an untrusted caller when `[tls]` is
+//! set; or answer a read to a certificate with no role here.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -36,19 +39,39 @@ pub struct AgentGrpc {
     switches: Mutex<JoinSet<()>>,
     /// `tls.trusted_coordinators`; `None`: plain text, commands from anyone.
     trusted: Option<Vec<String>>,
+    /// `tls.viewers`: who else may read Status and WatchStatus.
+    viewers: Vec<tls::NamePattern>,
 }
 
 impl AgentGrpc {
     pub fn new(host: Arc<Host>) -> Self {
-        let trusted = host
-            .config()
-            .tls
-            .as_ref()
-            .map(|t| t.trusted_coordinators.clone());
+        let tls = host.config().tls.as_ref();
+        let trusted = tls.map(|t| t.trusted_coordinators.clone());
+        let viewers = tls.map(|t| t.viewers.clone()).unwrap_or_default();
         Self {
             host,
             switches: Mutex::new(JoinSet::new()),
             trusted,
+            viewers,
+        }
+    }
+
+    /// Lets a read (Status, WatchStatus) through for a trusted coordinator
+    /// or a name `tls.viewers` matches (or when the agent runs without TLS).
+    fn authorize_read<T>(&self, request: &Request<T>, call: &str) -> Result<(), Status> {
+        if self.trusted.is_none() {
+            return Ok(());
+        }
+        match tls::PeerIdentity::of_request(request) {
+            Some(Ok(peer)) if peer.matches_any(&self.viewers) => Ok(()),
+            Some(Ok(peer)) => self.authorize(request, call).map_err(|_| {
+                let agent = self.host.config().id.as_str();
+                tracing::warn!(agent, call, peer = %peer, "refused a read from an identity without a role here");
+                Status::permission_denied(format!(
+                    "agent {agent} refuses {call} from `{peer}`: it needs to be a coordinator in tls.trusted_coordinators or a viewer in tls.viewers of its agent.toml"
+                ))
+            }),
+            _ => self.authorize(request, call),
         }
     }
 
@@ -169,6 +192,7 @@ impl AgentService for AgentGrpc {
         &self,
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        self.authorize_read(&request, "Status")?;
         let services = self
             .host
             .status(&request.get_ref().service)
@@ -186,6 +210,7 @@ impl AgentService for AgentGrpc {
         &self,
         request: Request<pb::WatchStatusRequest>,
     ) -> Result<Response<StatusStream>, Status> {
+        self.authorize_read(&request, "WatchStatus")?;
         let only = request.into_inner().service;
         let mut events = self.host.subscribe();
         let snapshot = self

@@ -20,22 +20,40 @@
 //! ca = "/etc/lockstep/tls/ca.pem"            # signs agents', operators' and coordinators' certs
 //! cert = "/etc/lockstep/tls/coordinator.pem" # this coordinator: server and client identity
 //! key = "/etc/lockstep/tls/coordinator.key"
+//!
+//! [[checks]]                                 # the commands strategies may run, by name
+//! name = "http-smoke"
+//! argv = ["/usr/bin/curl", "-fsS", "{url}"]   # no shell; "{param}" is a whole element
+//! params = ["url"]                           # a strategy must give each, nothing else
+//! timeout = "30s"                            # default check_timeout
+//! env = { NO_PROXY = "*" }                   # besides PATH and LOCKSTEP_*
+//!
+//! [[roles]]                                  # with [tls]: who may do what (required then)
+//! identities = ["ops-*", "alice"]            # certificate names (DNS SANs, else CN); `*` globs
+//! role = "operator"                          # operator | viewer | agent
+//!
+//! insecure_operators = false                 # without [tls]: operator calls from any address, not only loopback
 //! ```
 //!
 //! With `[tls]` the gRPC server requires a client certificate chained to
 //! `ca` (agents' reports and fetches, operator calls), agents are dialled
 //! over https with `cert`, and `advertise_url` is `https://`. Without it
 //! the coordinator speaks plain-text gRPC and says so in its log at start:
-//! fine for a demo on one host, not for a fleet.
+//! fine for a demo on one host, not for a fleet; operator calls are then
+//! answered only from loopback unless `insecure_operators = true`.
 //!
 //! Must never: accept a key it does not know, or report only the first of
 //! several problems.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::checks::{ArgvElement, CheckCatalog, NamedCheck};
+use crate::roles::{AccessPolicy, Role, RoleRule};
 
 /// Default gRPC address: loopback, so exposing it is an explicit choice.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
@@ -64,6 +82,10 @@ pub struct CoordinatorConfig {
     pub trusted_keys: Vec<PathBuf>,
     /// Mutual TLS, read and checked at load; `None`: plain text.
     pub tls: Option<tls::TlsMaterial>,
+    /// `[[roles]]` and `insecure_operators`: who may call what.
+    pub access: AccessPolicy,
+    /// `[[checks]]`: the only commands a strategy can have run.
+    pub checks: CheckCatalog,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +117,30 @@ struct RawConfig {
     #[serde(default)]
     releases: RawReleases,
     tls: Option<RawTls>,
+    insecure_operators: Option<bool>,
+    #[serde(default)]
+    roles: Vec<RawRole>,
+    #[serde(default)]
+    checks: Vec<RawNamedCheck>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNamedCheck {
+    name: String,
+    argv: Vec<String>,
+    #[serde(default)]
+    params: Vec<String>,
+    timeout: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRole {
+    identities: Vec<String>,
+    role: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -234,6 +280,13 @@ impl CoordinatorConfig {
                 absolute(key).map(drop),
             );
         }
+        let default_timeout = check_timeout.as_ref().map_or(DEFAULT_CHECK_TIMEOUT, |t| *t);
+        let checks = named_checks(&raw.checks, default_timeout, &mut check);
+        let has_tls = raw.tls.is_some();
+        let access = AccessPolicy {
+            rules: role_rules(&raw.roles, has_tls, &mut check),
+            insecure_operators: raw.insecure_operators.unwrap_or(false),
+        };
         let tls = raw.tls.and_then(|t| {
             let paths = tls::TlsPaths::from_config(
                 tls::TlsFileKeys {
@@ -277,6 +330,8 @@ impl CoordinatorConfig {
                 journal_deadline,
                 trusted_keys: raw.releases.trusted_keys,
                 tls,
+                access,
+                checks,
             }),
             _ => Err(ConfigError::Invalid {
                 path: path.to_owned(),
@@ -284,6 +339,162 @@ impl CoordinatorConfig {
             }),
         }
     }
+}
+
+/// `[[checks]]`, checked: unique names, an absolute program, placeholders
+/// only for declared params and every declared param used.
+fn named_checks(
+    raw: &[RawNamedCheck],
+    default_timeout: Duration,
+    check: &mut impl FnMut(&str, Result<(), String>),
+) -> CheckCatalog {
+    let mut seen = BTreeSet::new();
+    let mut checks = Vec::new();
+    for (i, entry) in raw.iter().enumerate() {
+        let key = |k: &str| format!("checks[{i}].{k}");
+        if !crate::checks::is_valid_name(&entry.name) {
+            check(
+                &key("name"),
+                Err(format!(
+                    "{:?}: use 1 to 64 letters, digits, '-' or '_'",
+                    entry.name
+                )),
+            );
+        } else if !seen.insert(entry.name.clone()) {
+            check(
+                &key("name"),
+                Err(format!("{:?} is defined twice", entry.name)),
+            );
+        }
+        let mut params = BTreeSet::new();
+        for (j, param) in entry.params.iter().enumerate() {
+            if !crate::checks::is_valid_name(param) || !params.insert(param.clone()) {
+                check(
+                    &format!("checks[{i}].params[{j}]"),
+                    Err(format!(
+                        "{param:?}: a parameter name is 1 to 64 letters, digits, '-' or '_', declared once"
+                    )),
+                );
+            }
+        }
+        let (argv, used) = check_argv(i, &entry.argv, &params, check);
+        for unused in params.difference(&used) {
+            check(
+                &key("params"),
+                Err(format!(
+                    "{unused:?} is declared but argv has no {{{unused}}} element"
+                )),
+            );
+        }
+        let timeout = duration(entry.timeout.as_deref(), default_timeout);
+        check(
+            &key("timeout"),
+            timeout.as_ref().map(drop).map_err(Clone::clone),
+        );
+        checks.push(NamedCheck {
+            name: entry.name.clone(),
+            argv,
+            timeout: timeout.unwrap_or(default_timeout),
+            env: entry.env.clone(),
+            params,
+        });
+    }
+    CheckCatalog::new(checks)
+}
+
+/// A `[[checks]]` entry's argv: an absolute program, then literals and
+/// `{param}` elements naming declared params; also the params it uses.
+fn check_argv(
+    i: usize,
+    raw: &[String],
+    params: &BTreeSet<String>,
+    check: &mut impl FnMut(&str, Result<(), String>),
+) -> (Vec<ArgvElement>, BTreeSet<String>) {
+    let key = format!("checks[{i}].argv");
+    let mut argv = Vec::new();
+    let mut used = BTreeSet::new();
+    for (j, element) in raw.iter().enumerate() {
+        match crate::checks::placeholder(element) {
+            Ok(Some(param)) if j == 0 => check(
+                &key,
+                Err(format!("the program cannot be a parameter ({{{param}}})")),
+            ),
+            Ok(Some(param)) if params.contains(param) => {
+                used.insert(param.to_owned());
+                argv.push(ArgvElement::Param(param.to_owned()));
+            }
+            Ok(Some(param)) => check(
+                &format!("{key}[{j}]"),
+                Err(format!("{{{param}}} is not in params: declare it there")),
+            ),
+            Ok(None) => argv.push(ArgvElement::Literal(element.clone())),
+            Err(why) => check(&format!("{key}[{j}]"), Err(why)),
+        }
+    }
+    match raw.first() {
+        None => check(
+            &key,
+            Err("must name a program, e.g. [\"/usr/bin/curl\", \"-fsS\", \"{url}\"]".to_owned()),
+        ),
+        Some(program) if !Path::new(program).is_absolute() => check(
+            &key,
+            Err(format!("the program {program:?} must be an absolute path")),
+        ),
+        Some(_) => {}
+    }
+    (argv, used)
+}
+
+/// `[[roles]]`, checked: every role known, every pattern valid, and roles
+/// given exactly when there is a `[tls]` table (identities come from
+/// certificates).
+fn role_rules(
+    raw: &[RawRole],
+    has_tls: bool,
+    check: &mut impl FnMut(&str, Result<(), String>),
+) -> Vec<RoleRule> {
+    if has_tls && raw.is_empty() {
+        check(
+            "roles",
+            Err("required with [tls]: map certificate names to roles, e.g. [[roles]] identities = [\"ops-*\"] role = \"operator\" (also viewer, agent; coordinators mirroring releases need agent)".to_owned()),
+        );
+    }
+    if !has_tls && !raw.is_empty() {
+        check(
+            "roles",
+            Err("roles name certificate identities, and there is no [tls] table: add [tls], or remove [[roles]] (without TLS, operator calls come from loopback, or anywhere with insecure_operators = true)".to_owned()),
+        );
+    }
+    let mut rules = Vec::new();
+    for (i, rule) in raw.iter().enumerate() {
+        let role = Role::parse(&rule.role);
+        if role.is_none() {
+            check(
+                &format!("roles[{i}].role"),
+                Err(format!(
+                    "{:?} is not a role: use \"operator\", \"viewer\" or \"agent\"",
+                    rule.role
+                )),
+            );
+        }
+        if rule.identities.is_empty() {
+            check(
+                &format!("roles[{i}].identities"),
+                Err("must name at least one identity or pattern".to_owned()),
+            );
+        }
+        let mut identities = Vec::new();
+        for (j, text) in rule.identities.iter().enumerate() {
+            match tls::NamePattern::parse(text) {
+                Ok(pattern) => identities.push(pattern),
+                Err(e) => check(&format!("roles[{i}].identities[{j}]"), Err(e.to_string())),
+            }
+        }
+        if let Some(role) = role {
+            rules.push(RoleRule { identities, role });
+        }
+    }
+    rules
 }
 
 fn http_url(url: &str) -> Result<(), String> {
@@ -375,7 +586,7 @@ mod tests {
     fn tls_loads_and_makes_the_default_advertise_url_https() {
         let dir = tempfile::tempdir().unwrap();
         let config = parse(&format!(
-            "{MINIMAL}{}",
+            "{MINIMAL}{}{ROLES}",
             tls_table(dir.path(), "coordinator.pem")
         ))
         .unwrap();
@@ -415,6 +626,89 @@ mod tests {
             err.contains("is https, but there is no [tls] table"),
             "{err}"
         );
+    }
+
+    const ROLES: &str = "[[roles]]\nidentities = [\"ops-*\", \"alice\"]\nrole = \"operator\"\n[[roles]]\nidentities = [\"*.agents.lockstep\"]\nrole = \"agent\"\n";
+
+    #[test]
+    fn roles_map_certificate_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = parse(&format!(
+            "insecure_operators = true\n{MINIMAL}{}{ROLES}",
+            tls_table(dir.path(), "coordinator.pem")
+        ))
+        .unwrap();
+        assert!(config.access.insecure_operators);
+        assert_eq!(config.access.rules.len(), 2);
+        assert_eq!(config.access.rules[0].role, Role::Operator);
+        assert!(config.access.rules[0].identities[0].matches("ops-1"));
+        assert!(!parse(MINIMAL).unwrap().access.insecure_operators);
+    }
+
+    #[test]
+    fn roles_and_tls_go_together_and_bad_roles_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = parse(&format!(
+            "{MINIMAL}{}",
+            tls_table(dir.path(), "coordinator.pem")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("roles: required with [tls]"), "{err}");
+        let err = parse(&format!("{MINIMAL}{ROLES}")).unwrap_err().to_string();
+        assert!(err.contains("there is no [tls] table"), "{err}");
+        let err = parse(&format!(
+            "{MINIMAL}{}[[roles]]\nidentities = [\"a b\"]\nrole = \"admin\"\n[[roles]]\nidentities = []\nrole = \"viewer\"\n",
+            tls_table(dir.path(), "coordinator.pem")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("roles[0].role: \"admin\" is not a role"),
+            "{err}"
+        );
+        assert!(
+            err.contains("roles[0].identities[0]: name pattern \"a b\""),
+            "{err}"
+        );
+        assert!(
+            err.contains("roles[1].identities: must name at least one"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn named_checks_are_parsed_with_their_params_and_the_default_timeout() {
+        let config = parse(&format!(
+            "check_timeout = \"9s\"\n{MINIMAL}[[checks]]\nname = \"http-smoke\"\nargv = [\"/usr/bin/curl\", \"-fsS\", \"{{url}}\"]\nparams = [\"url\"]\nenv = {{ NO_PROXY = \"*\" }}\n"
+        ))
+        .unwrap();
+        let check = config.checks.get("http-smoke").unwrap();
+        assert_eq!(check.timeout, Duration::from_secs(9));
+        assert_eq!(check.argv[2], ArgvElement::Param("url".to_owned()));
+        assert_eq!(check.env["NO_PROXY"], "*");
+    }
+
+    #[test]
+    fn every_problem_of_a_named_check_is_named() {
+        let err = parse(&format!(
+            "{MINIMAL}[[checks]]\nname = \"a b\"\nargv = [\"curl\", \"--url={{url}}\", \"{{host}}\"]\nparams = [\"url\", \"port\"]\ntimeout = \"0s\"\n[[checks]]\nname = \"x\"\nargv = []\n[[checks]]\nname = \"x\"\nargv = [\"{{p}}\"]\nparams = [\"p\"]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "checks[0].name: \"a b\"",
+            "checks[0].argv: the program \"curl\" must be an absolute path",
+            "checks[0].argv[1]: \"--url={url}\": a parameter must be a whole argv element",
+            "checks[0].argv[2]: {host} is not in params",
+            "checks[0].params: \"port\" is declared but argv has no {port} element",
+            "checks[0].timeout: must be more than zero",
+            "checks[1].argv: must name a program",
+            "checks[2].name: \"x\" is defined twice",
+            "checks[2].argv: the program cannot be a parameter ({p})",
+        ] {
+            assert!(err.contains(expected), "{expected} missing from: {err}");
+        }
     }
 
     #[test]

@@ -27,6 +27,7 @@ use rollout::{
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
+use crate::checks::CheckCatalog;
 use crate::effects::{AgentDialer, CheckContext, run_check};
 use crate::fleet::{FleetView, NOT_INSTALLED};
 use crate::health::{HealthBaseline, health_change};
@@ -51,6 +52,8 @@ pub struct DriverContext {
     pub agents: AgentDialer,
     /// The leadership fence, checked by every write.
     pub leader_fence: Compare,
+    /// `[[checks]]` of coordinator.toml: what a strategy's check runs.
+    pub checks: CheckCatalog,
 }
 
 /// An operator's command with where to send the answer.
@@ -635,9 +638,14 @@ impl Driver {
                         release: self.record.target_digest.clone(),
                         deployment: self.record.id.clone(),
                     };
+                    // Resolved again from this coordinator's own config: a
+                    // record (from etcd) names a check, never a command.
+                    let command = self.ctx.checks.command(&check);
                     self.checks.spawn(async move {
-                        let timeout = Duration::from_millis(check.timeout.0);
-                        let result = run_check(&check.name, &check.argv, timeout, &context).await;
+                        let result = match command {
+                            Ok(command) => run_check(&check.name, &command, &context).await,
+                            Err(why) => Err(format!("check {}: {why}", check.name)),
+                        };
                         (run, result)
                     });
                 }

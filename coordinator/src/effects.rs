@@ -1,8 +1,9 @@
 //! The coordinator's hands: `AgentDialer` (one lazily connected gRPC channel
 //! per agent address; with `[tls]` over https, presenting the coordinator's
 //! certificate and accepting only agents whose certificate chains to
-//! `tls.ca` and names the address dialled) and `run_check` (a synthetic
-//! check as a child process with a timeout).
+//! `tls.ca` and names the address dialled) and `run_check` (a named check
+//! from coordinator.toml as a child process with a timeout, in a clean
+//! environment: `PATH`, the check's `env` and `LOCKSTEP_*`).
 //!
 //! Must never: decide anything: callers feed every result back to the
 //! engine as an event.
@@ -15,6 +16,8 @@ use std::time::Duration;
 use proto::v1::agent_service_client::AgentServiceClient;
 use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::checks::CheckCommand;
 
 /// How long a connection attempt to an agent may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -69,19 +72,27 @@ pub struct CheckContext {
     pub deployment: String,
 }
 
-/// Runs `argv` (no shell) with a timeout; `Err` carries why it failed and
-/// the tail of its output.
+/// The `PATH` a check runs with; its `env` may set another.
+const CHECK_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// Runs `command` (no shell) with its timeout, in an environment holding
+/// only `PATH`, the check's own `env` and the `LOCKSTEP_*` context (the
+/// coordinator's own environment is not passed on); `Err` carries why it
+/// failed and the tail of its output.
 pub async fn run_check(
     name: &str,
-    argv: &[String],
-    timeout: Duration,
+    command: &CheckCommand,
     context: &CheckContext,
 ) -> Result<(), String> {
-    let Some((program, args)) = argv.split_first() else {
+    let timeout = command.timeout;
+    let Some((program, args)) = command.argv.split_first() else {
         return Err(format!("check {name} has an empty argv"));
     };
     let mut child = tokio::process::Command::new(program)
         .args(args)
+        .env_clear()
+        .env("PATH", CHECK_PATH)
+        .envs(&command.env)
         .env("LOCKSTEP_CLUSTER", &context.cluster)
         .env("LOCKSTEP_SERVICE", &context.service)
         .env("LOCKSTEP_RELEASE", &context.release)
@@ -150,14 +161,22 @@ mod tests {
         vec!["/bin/sh".into(), "-c".into(), script.into()]
     }
 
+    fn command(script: &str, timeout: Duration) -> CheckCommand {
+        CheckCommand {
+            argv: argv(script),
+            env: [("GREETING".to_owned(), "hi".to_owned())].into(),
+            timeout,
+        }
+    }
+
     #[tokio::test]
     async fn a_check_sees_its_context_and_passes_on_exit_zero() {
         let result = run_check(
             "env",
-            &argv(
-                "test \"$LOCKSTEP_CLUSTER/$LOCKSTEP_SERVICE/$LOCKSTEP_RELEASE\" = eu/web/sha256:x",
+            &command(
+                "test \"$LOCKSTEP_CLUSTER/$LOCKSTEP_SERVICE/$LOCKSTEP_RELEASE/$GREETING\" = eu/web/sha256:x/hi && test -z \"$HOME\"",
+                Duration::from_secs(30),
             ),
-            Duration::from_secs(30),
             &context(),
         )
         .await;
@@ -168,8 +187,7 @@ mod tests {
     async fn a_failing_check_reports_status_and_output() {
         let err = run_check(
             "bad",
-            &argv("echo upstream 503; exit 3"),
-            Duration::from_secs(30),
+            &command("echo upstream 503; exit 3", Duration::from_secs(30)),
             &context(),
         )
         .await
@@ -181,8 +199,7 @@ mod tests {
     async fn a_slow_check_times_out() {
         let err = run_check(
             "slow",
-            &argv("sleep 30"),
-            Duration::from_millis(200),
+            &command("sleep 30", Duration::from_millis(200)),
             &context(),
         )
         .await

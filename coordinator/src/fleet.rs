@@ -3,7 +3,8 @@
 //! `rollout::Fleet` of a service built from it.
 //!
 //! An agent is reachable while one of its report streams is open, or its
-//! last report is younger than three status intervals.
+//! last report is younger than three status intervals. It leaves the view
+//! once no stream is open and its etcd registration is gone.
 //!
 //! Must never: invent state an agent did not report, or block on IO while
 //! holding its lock.
@@ -113,6 +114,28 @@ impl FleetView {
             }
         });
         self.touch();
+    }
+
+    /// How many report streams of `agent` are open now.
+    pub fn open_streams(&self, agent: &str) -> usize {
+        self.with_agents(|agents| agents.get(agent).map_or(0, |e| e.open_streams))
+    }
+
+    /// Removes `agent` when none of its streams is open (its registration
+    /// is gone: see `agent_binding::expire_when_unregistered`); whether it
+    /// was removed.
+    pub fn forget_if_closed(&self, agent: &str) -> bool {
+        let removed = self.with_agents(|agents| {
+            if agents.get(agent).is_some_and(|e| e.open_streams == 0) {
+                agents.remove(agent).is_some()
+            } else {
+                false
+            }
+        });
+        if removed {
+            self.touch();
+        }
+        removed
     }
 
     /// A full snapshot of an agent's services.

@@ -204,6 +204,7 @@ impl Coordinator {
                     fleet: self.fleet.clone(),
                     agents: AgentDialer::new(self.config.tls.clone()),
                     leader_fence: leadership.fence(),
+                    checks: self.config.checks.clone(),
                 }),
                 calls: Mutex::new(HashMap::new()),
                 jobs: jobs_tx,
@@ -384,6 +385,9 @@ impl Coordinator {
                 Err(errors) => return Ok(Err(errors.0.iter().map(ToString::to_string).collect())),
             }
         };
+        if let Err(problems) = self.config.checks.resolve(&mut strategy) {
+            return Ok(Err(problems));
+        }
         let mut hosts = self.fleet.service_fleet(service, &target);
         if let Purpose::Restart {
             cluster: Some(only),

@@ -9,6 +9,9 @@
 //! this crate does), or write to etcd or command an agent without holding
 //! leadership and the deployment's fencing token.
 
+pub mod admission;
+pub mod agent_binding;
+pub mod checks;
 pub mod config;
 pub mod depot;
 pub mod driver;
@@ -20,6 +23,7 @@ pub mod leader;
 pub mod mirror;
 pub mod record;
 pub mod release_choice;
+pub mod roles;
 pub mod service;
 pub mod telemetry;
 pub mod wire;

@@ -23,8 +23,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::admission::{Admission, verified_actor};
+use crate::agent_binding;
 use crate::leader::{Coordinator, Deployed, NotServed};
 use crate::record::EventRecord;
+use crate::roles::{Caller, Method};
 
 /// Size of a FetchRelease chunk.
 const CHUNK: usize = 256 * 1024;
@@ -33,6 +36,8 @@ const CHUNK: usize = 256 * 1024;
 #[derive(Debug, Clone)]
 pub struct CoordinatorGrpc {
     coordinator: Arc<Coordinator>,
+    /// Who may call what: every handler asks it first.
+    admission: Arc<Admission>,
     /// Turns true at shutdown: long-lived streams (Report, WatchDeployment)
     /// end then, so the server's graceful stop does not wait on them and
     /// their clients move to another coordinator.
@@ -41,8 +46,14 @@ pub struct CoordinatorGrpc {
 
 impl CoordinatorGrpc {
     pub fn new(coordinator: Arc<Coordinator>, stopping: watch::Receiver<bool>) -> Self {
+        let admission = Arc::new(Admission::new(
+            coordinator.config.access.clone(),
+            coordinator.config.tls.is_some(),
+            coordinator.client.clone(),
+        ));
         Self {
             coordinator,
+            admission,
             stopping,
         }
     }
@@ -168,76 +179,19 @@ impl CoordinatorService for CoordinatorGrpc {
         &self,
         request: Request<Streaming<pb::AgentReport>>,
     ) -> Result<Response<Self::ReportStream>, Status> {
-        let mut inbound = request.into_inner();
-        let fleet = self.coordinator.fleet.clone();
-        let interval_ms =
-            u64::try_from(self.coordinator.config.status_interval.as_millis()).unwrap_or(u64::MAX);
+        self.admission.admit(&request, Method::Report)?;
+        let stream = ReportStream {
+            caller: self.admission.caller(&request),
+            from: request.remote_addr(),
+            admission: self.admission.clone(),
+            coordinator: self.coordinator.clone(),
+        };
+        let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
-        let stopping = self.stopping.clone();
         // The stream's lifetime is the agent's connection: the task ends
         // when the agent goes away, the response stream is dropped, or this
         // coordinator stops (the agent then reports to the others).
-        tokio::spawn(async move {
-            let mut agent: Option<String> = None;
-            let stop = stopped(stopping);
-            tokio::pin!(stop);
-            loop {
-                let message = tokio::select! {
-                    message = inbound.next() => message,
-                    () = &mut stop => {
-                        let _ = tx.send(Err(shutting_down())).await;
-                        break;
-                    }
-                };
-                let Some(message) = message else { break };
-                let report = match message {
-                    Ok(report) => report,
-                    Err(err) => {
-                        tracing::debug!(agent, error = %err, "report stream ended");
-                        break;
-                    }
-                };
-                match (report.body, &agent) {
-                    (Some(pb::agent_report::Body::Registration(identity)), None) => {
-                        tracing::info!(
-                            agent = identity.agent_id,
-                            cluster = identity.cluster,
-                            address = identity.grpc_address,
-                            "agent connected"
-                        );
-                        agent = Some(identity.agent_id.clone());
-                        fleet.stream_opened(identity);
-                    }
-                    (Some(pb::agent_report::Body::Registration(_)), Some(_)) => {}
-                    (Some(pb::agent_report::Body::Status(status)), Some(id)) => {
-                        fleet.status(id, status);
-                    }
-                    (Some(pb::agent_report::Body::Event(event)), Some(id)) => {
-                        fleet.event(id, event);
-                    }
-                    (_, None) => {
-                        let _ = tx
-                            .send(Err(Status::failed_precondition(
-                                "the first report on a stream must be the agent's registration",
-                            )))
-                            .await;
-                        break;
-                    }
-                    (None, Some(_)) => {}
-                }
-                let ack = pb::ReportAck {
-                    seq: report.seq,
-                    status_interval_ms: interval_ms,
-                };
-                if tx.send(Ok(ack)).await.is_err() {
-                    break;
-                }
-            }
-            if let Some(id) = agent {
-                tracing::info!(agent = id, "agent disconnected");
-                fleet.stream_closed(&id);
-            }
-        });
+        tokio::spawn(stream.serve(inbound, tx, self.stopping.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -247,6 +201,7 @@ impl CoordinatorService for CoordinatorGrpc {
         &self,
         request: Request<pb::FetchReleaseRequest>,
     ) -> Result<Response<Self::FetchReleaseStream>, Status> {
+        self.admission.admit(&request, Method::FetchRelease)?;
         let r = request.into_inner();
         let digest: release::ReleaseDigest = r
             .digest
@@ -305,6 +260,7 @@ impl CoordinatorService for CoordinatorGrpc {
         &self,
         request: Request<Streaming<pb::PushReleaseChunk>>,
     ) -> Result<Response<pb::PushReleaseResponse>, Status> {
+        self.admission.admit(&request, Method::PushRelease)?;
         let mut inbound = request.into_inner();
         let depot = self.coordinator.depot.clone();
         let mut incoming = depot.incoming().map_err(internal)?;
@@ -380,6 +336,7 @@ impl CoordinatorService for CoordinatorGrpc {
         &self,
         request: Request<pb::ListReleasesRequest>,
     ) -> Result<Response<pb::ListReleasesResponse>, Status> {
+        self.admission.admit(&request, Method::ListReleases)?;
         bounded(Waits::Read, "listing releases", async move {
             let entries = self
                 .coordinator
@@ -411,6 +368,7 @@ impl CoordinatorService for CoordinatorGrpc {
         &self,
         request: Request<pb::PlanRequest>,
     ) -> Result<Response<pb::PlanResponse>, Status> {
+        self.admission.admit(&request, Method::Plan)?;
         bounded(Waits::Read, "planning", async move {
             let r = request.into_inner();
             self.coordinator
@@ -426,9 +384,12 @@ impl CoordinatorService for CoordinatorGrpc {
         &self,
         request: Request<pb::DeployRequest>,
     ) -> Result<Response<pb::DeployResponse>, Status> {
+        let granted = self.admission.admit(&request, Method::Deploy)?;
+        let mut request = request.into_inner();
+        request.actor = Some(verified_actor(&granted, request.actor.as_ref()));
         bounded(Waits::Deploy, "starting the deployment", async move {
             self.coordinator
-                .deploy(request.get_ref())
+                .deploy(&request)
                 .await
                 .map(|d| Response::new(deploy_response(d)))
                 .map_err(status)
@@ -440,6 +401,7 @@ impl CoordinatorService for CoordinatorGrpc {
         &self,
         request: Request<pb::GetDeploymentRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
+        self.admission.admit(&request, Method::GetDeployment)?;
         bounded(Waits::Read, "reading the deployment", async move {
             self.coordinator
                 .record(&request.get_ref().deployment_id)
@@ -456,6 +418,7 @@ impl CoordinatorService for CoordinatorGrpc {
         &self,
         request: Request<pb::WatchDeploymentRequest>,
     ) -> Result<Response<Self::WatchDeploymentStream>, Status> {
+        self.admission.admit(&request, Method::WatchDeployment)?;
         let r = request.into_inner();
         let record = bounded(Waits::Read, "reading the deployment", async {
             self.coordinator
@@ -488,9 +451,11 @@ impl CoordinatorService for CoordinatorGrpc {
         &self,
         request: Request<pb::PauseRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
+        let granted = self.admission.admit(&request, Method::Pause)?;
         bounded(Waits::Command, "pausing", async move {
             let r = request.get_ref();
-            let said = said(r.actor.as_ref(), &r.reason);
+            let actor = verified_actor(&granted, r.actor.as_ref());
+            let said = said(Some(&actor), &r.reason);
             self.command(&r.deployment_id, rollout::Command::Pause, None, said)
                 .await
         })
@@ -501,9 +466,11 @@ impl CoordinatorService for CoordinatorGrpc {
         &self,
         request: Request<pb::ResumeRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
+        let granted = self.admission.admit(&request, Method::Resume)?;
         bounded(Waits::Command, "resuming", async move {
             let r = request.get_ref();
-            let said = said(r.actor.as_ref(), "");
+            let actor = verified_actor(&granted, r.actor.as_ref());
+            let said = said(Some(&actor), "");
             self.command(&r.deployment_id, rollout::Command::Resume, None, said)
                 .await
         })
@@ -514,9 +481,11 @@ impl CoordinatorService for CoordinatorGrpc {
         &self,
         request: Request<pb::ApproveRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
+        let granted = self.admission.admit(&request, Method::Approve)?;
         bounded(Waits::Command, "approving", async move {
             let r = request.get_ref();
-            let said = said(r.actor.as_ref(), "");
+            let actor = verified_actor(&granted, r.actor.as_ref());
+            let said = said(Some(&actor), "");
             self.command(
                 &r.deployment_id,
                 rollout::Command::Approve,
@@ -532,9 +501,11 @@ impl CoordinatorService for CoordinatorGrpc {
         &self,
         request: Request<pb::AbortRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
+        let granted = self.admission.admit(&request, Method::Abort)?;
         bounded(Waits::Command, "aborting", async move {
             let r = request.get_ref();
-            let said = said(r.actor.as_ref(), &r.reason);
+            let actor = verified_actor(&granted, r.actor.as_ref());
+            let said = said(Some(&actor), &r.reason);
             self.command(&r.deployment_id, rollout::Command::Abort, None, said)
                 .await
         })
@@ -545,9 +516,12 @@ impl CoordinatorService for CoordinatorGrpc {
         &self,
         request: Request<pb::RollbackServiceRequest>,
     ) -> Result<Response<pb::DeployResponse>, Status> {
+        let granted = self.admission.admit(&request, Method::Rollback)?;
+        let mut request = request.into_inner();
+        request.actor = Some(verified_actor(&granted, request.actor.as_ref()));
         bounded(Waits::Deploy, "starting the rollback", async move {
             self.coordinator
-                .rollback(request.get_ref())
+                .rollback(&request)
                 .await
                 .map(|d| Response::new(deploy_response(d)))
                 .map_err(status)
@@ -559,9 +533,12 @@ impl CoordinatorService for CoordinatorGrpc {
         &self,
         request: Request<pb::RestartServiceRequest>,
     ) -> Result<Response<pb::DeployResponse>, Status> {
+        let granted = self.admission.admit(&request, Method::Restart)?;
+        let mut request = request.into_inner();
+        request.actor = Some(verified_actor(&granted, request.actor.as_ref()));
         bounded(Waits::Deploy, "starting the restart", async move {
             self.coordinator
-                .restart(request.get_ref())
+                .restart(&request)
                 .await
                 .map(|d| Response::new(deploy_response(d)))
                 .map_err(status)
@@ -573,6 +550,7 @@ impl CoordinatorService for CoordinatorGrpc {
         &self,
         request: Request<pb::RollbackServiceRequest>,
     ) -> Result<Response<pb::RollbackTargetResponse>, Status> {
+        self.admission.admit(&request, Method::RollbackTarget)?;
         bounded(Waits::Read, "choosing the rollback target", async move {
             self.coordinator
                 .rollback_target(request.get_ref())
@@ -587,6 +565,7 @@ impl CoordinatorService for CoordinatorGrpc {
         &self,
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        self.admission.admit(&request, Method::ListAgents)?;
         Ok(Response::new(pb::ListAgentsResponse {
             agents: self.coordinator.fleet.agents(&request.get_ref().cluster),
         }))
@@ -596,6 +575,7 @@ impl CoordinatorService for CoordinatorGrpc {
         &self,
         request: Request<pb::ListLocksRequest>,
     ) -> Result<Response<pb::ListLocksResponse>, Status> {
+        self.admission.admit(&request, Method::ListLocks)?;
         bounded(Waits::Read, "listing locks", async move {
             let cluster = &request.get_ref().cluster;
             let client = self.coordinator.client.clone();
@@ -637,8 +617,10 @@ impl CoordinatorService for CoordinatorGrpc {
         &self,
         request: Request<pb::BreakLockRequest>,
     ) -> Result<Response<pb::BreakLockResponse>, Status> {
+        let granted = self.admission.admit(&request, Method::BreakLock)?;
         bounded(Waits::Read, "breaking the lock", async move {
         let r = request.into_inner();
+        let actor = verified_actor(&granted, r.actor.as_ref());
         if r.reason.trim().is_empty() {
             return Err(Status::invalid_argument(
                 "breaking a lock needs a reason (--reason): it goes into the audit log",
@@ -647,7 +629,7 @@ impl CoordinatorService for CoordinatorGrpc {
         let broken = FencedMutex::deployment(&r.service)
             .break_lock(
                 &self.coordinator.client,
-                actor_holder(r.actor.as_ref()),
+                actor_holder(Some(&actor)),
                 &r.reason,
             )
             .await
@@ -673,6 +655,7 @@ impl CoordinatorService for CoordinatorGrpc {
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
+        self.admission.admit(&request, Method::History)?;
         bounded(Waits::Read, "reading history", async move {
             let r = request.into_inner();
             let limit = if r.limit == 0 { 20 } else { r.limit as usize };
@@ -693,6 +676,121 @@ impl CoordinatorService for CoordinatorGrpc {
             }))
         })
         .await
+    }
+}
+
+/// One agent's Report stream: who opened it, and what it needs to bind
+/// the agent it registers and record its reports.
+struct ReportStream {
+    caller: Caller,
+    from: Option<std::net::SocketAddr>,
+    admission: Arc<Admission>,
+    coordinator: Arc<Coordinator>,
+}
+
+impl ReportStream {
+    async fn serve(
+        self,
+        mut inbound: Streaming<pb::AgentReport>,
+        tx: mpsc::Sender<Result<pb::ReportAck, Status>>,
+        stopping: watch::Receiver<bool>,
+    ) {
+        let fleet = self.coordinator.fleet.clone();
+        let status_interval = self.coordinator.config.status_interval;
+        let interval_ms = u64::try_from(status_interval.as_millis()).unwrap_or(u64::MAX);
+        let mut agent: Option<String> = None;
+        let stop = stopped(stopping);
+        tokio::pin!(stop);
+        loop {
+            let message = tokio::select! {
+                message = inbound.next() => message,
+                () = &mut stop => {
+                    let _ = tx.send(Err(shutting_down())).await;
+                    break;
+                }
+            };
+            let Some(message) = message else { break };
+            let report = match message {
+                Ok(report) => report,
+                Err(err) => {
+                    tracing::debug!(agent, error = %err, "report stream ended");
+                    break;
+                }
+            };
+            if let Err(status) = self.receive(report.body, &mut agent).await {
+                let _ = tx.send(Err(status)).await;
+                break;
+            }
+            let ack = pb::ReportAck {
+                seq: report.seq,
+                status_interval_ms: interval_ms,
+            };
+            if tx.send(Ok(ack)).await.is_err() {
+                break;
+            }
+        }
+        if let Some(id) = agent {
+            tracing::info!(agent = id, "agent disconnected");
+            fleet.stream_closed(&id);
+            tokio::spawn(agent_binding::expire_when_unregistered(
+                self.coordinator.client.clone(),
+                fleet,
+                id,
+                status_interval * 3,
+            ));
+        }
+    }
+
+    /// Records one report; the first must register the agent (`agent`
+    /// names it from then on). `Err`: the stream ends with it.
+    async fn receive(
+        &self,
+        body: Option<pb::agent_report::Body>,
+        agent: &mut Option<String>,
+    ) -> Result<(), Status> {
+        let fleet = &self.coordinator.fleet;
+        match (body, agent.as_deref()) {
+            (Some(pb::agent_report::Body::Registration(claimed)), None) => {
+                let identity = self.bind(&claimed).await?;
+                tracing::info!(
+                    agent = identity.agent_id,
+                    cluster = identity.cluster,
+                    address = identity.grpc_address,
+                    "agent connected"
+                );
+                *agent = Some(identity.agent_id.clone());
+                fleet.stream_opened(identity);
+            }
+            (Some(pb::agent_report::Body::Registration(_)), Some(_)) | (None, Some(_)) => {}
+            (Some(pb::agent_report::Body::Status(status)), Some(id)) => fleet.status(id, status),
+            (Some(pb::agent_report::Body::Event(event)), Some(id)) => fleet.event(id, event),
+            (_, None) => {
+                return Err(Status::failed_precondition(
+                    "the first report on a stream must be the agent's registration",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The identity this stream may register for `claimed`: bound to the
+    /// certificate and to the agent's etcd registration (`agent_binding`).
+    async fn bind(&self, claimed: &pb::AgentIdentity) -> Result<pb::AgentIdentity, Status> {
+        let client = &self.coordinator.client;
+        let registration = bounded(Waits::Read, "reading the agent's registration", async {
+            agent_binding::read_registration(client, &claimed.agent_id)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))
+        })
+        .await?;
+        let certificate = match &self.caller {
+            Caller::Certified(identity) => Some((self.admission.policy(), identity)),
+            _ => None,
+        };
+        agent_binding::bind(claimed, certificate, registration.as_ref()).map_err(|refusal| {
+            self.admission
+                .refuse(&self.caller, self.from, Method::Report, &refusal)
+        })
     }
 }
 

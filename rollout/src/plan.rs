@@ -501,6 +501,19 @@ impl Plan {
                     if g.rehearse_rollback {
                         write!(s, " (rehearse rollback: target -> previous -> target)")?;
                     }
+                    // A canary batch runs the checks of its hosts' clusters.
+                    let mut checks: Vec<String> = Vec::new();
+                    for &ix in w.batches.iter().flatten() {
+                        let cluster = &self.clusters[self.instances[ix].cluster];
+                        for check in cluster.checks.iter().map(ToString::to_string) {
+                            if !checks.contains(&check) {
+                                checks.push(check);
+                            }
+                        }
+                    }
+                    if !checks.is_empty() {
+                        write!(s, ", checks: {}", checks.join(", "))?;
+                    }
                     writeln!(s)?;
                 }
                 WaveKind::Cluster(ci) => {
@@ -520,7 +533,7 @@ impl Plan {
                                 ", checks: {}",
                                 c.checks
                                     .iter()
-                                    .map(|c| c.name.as_str())
+                                    .map(ToString::to_string)
                                     .collect::<Vec<_>>()
                                     .join(", ")
                             )

@@ -85,7 +85,7 @@ pub enum StrategyError {
         /// The repeated name.
         name: String,
     },
-    /// A check with no name or an empty argv.
+    /// A check with no name, or with keys only coordinator.toml may set.
     #[error("strategy check {name:?}: {why}")]
     BadCheck {
         /// The check's name (possibly empty).
@@ -179,15 +179,37 @@ pub enum ClusterOrder {
     Explicit(Vec<ClusterName>),
 }
 
-/// A synthetic check the driver runs after a batch has been stable.
+/// A synthetic check the driver runs after a batch has been stable: a
+/// check the coordinator's own config defines (`[[checks]]` in
+/// coordinator.toml), named here, with values for its declared parameters.
+/// A strategy never carries a command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Check {
-    /// Shown in history and in failure reasons.
+    /// The name of a `[[checks]]` entry of coordinator.toml; shown in
+    /// history and in failure reasons.
     pub name: String,
-    /// The program and its arguments; no shell.
-    pub argv: Vec<String>,
-    /// Longer than this counts as failed.
+    /// Values of the check's declared parameters.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// Longer than this counts as failed: the coordinator sets it from its
+    /// `[[checks]]` entry when it plans.
     pub timeout: DurationMs,
+}
+
+/// `smoke(url=http://web/health) within 30s`, as `lockstep plan` shows it.
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)?;
+        if !self.params.is_empty() {
+            let params: Vec<String> = self
+                .params
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            write!(f, "({})", params.join(", "))?;
+        }
+        write!(f, " within {}", self.timeout)
+    }
 }
 
 /// Capacity rules for one cluster.
@@ -335,8 +357,12 @@ enum RawOrder {
 #[serde(deny_unknown_fields)]
 struct RawCheck {
     name: String,
-    argv: Vec<String>,
-    timeout: Option<RawDuration>,
+    #[serde(default)]
+    params: BTreeMap<String, String>,
+    /// Refused with a message saying where commands are defined.
+    argv: Option<toml::Value>,
+    /// Refused likewise: the coordinator's `[[checks]]` entry sets it.
+    timeout: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -481,26 +507,25 @@ fn check(raw: RawCheck, errs: &mut Vec<StrategyError>) -> Check {
     if raw.name.trim().is_empty() {
         errs.push(StrategyError::BadCheck {
             name: raw.name.clone(),
-            why: "name must not be empty",
+            why: "name must not be empty: name a [[checks]] entry of coordinator.toml",
         });
     }
-    if raw.argv.first().is_none_or(|p| p.is_empty()) {
+    if raw.argv.is_some() {
         errs.push(StrategyError::BadCheck {
             name: raw.name.clone(),
-            why: "argv must name a program, for example [\"/usr/bin/curl\", \"-fsS\", \"http://localhost/health\"]",
+            why: "argv is not accepted: a strategy names a check defined in the coordinator's coordinator.toml ([[checks]] name, argv, params) and passes values for its declared params",
         });
     }
-    let timeout = duration(
-        &format!("checks.{}.timeout", raw.name),
-        raw.timeout.as_ref(),
-        DEFAULT_CHECK_TIMEOUT,
-        Zero::Refused,
-        errs,
-    );
+    if raw.timeout.is_some() {
+        errs.push(StrategyError::BadCheck {
+            name: raw.name.clone(),
+            why: "timeout is not accepted: it is set by the check's [[checks]] entry in coordinator.toml",
+        });
+    }
     Check {
         name: raw.name,
-        argv: raw.argv,
-        timeout,
+        params: raw.params,
+        timeout: DEFAULT_CHECK_TIMEOUT,
     }
 }
 

@@ -2,6 +2,7 @@
 //! directory (plain text, or mTLS with `start_tls`), and the `lockstep` CLI
 //! pointed at it.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::Duration;
@@ -15,10 +16,19 @@ use crate::{HarnessError, TlsFiles, free_loopback_port, workspace_bin};
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The roles of a `start_tls` coordinator: `operator.lockstep` operates,
+/// `viewer.lockstep` reads, agents (`<id>.agents.lockstep`) and
+/// coordinators (`coordinator.lockstep`, mirroring releases) fetch.
+pub const TEST_ROLES: &str = "\n[[roles]]\nidentities = [\"operator.lockstep\"]\nrole = \"operator\"\n\n[[roles]]\nidentities = [\"viewer.lockstep\"]\nrole = \"viewer\"\n\n[[roles]]\nidentities = [\"*.agents.lockstep\", \"coordinator.lockstep\"]\nrole = \"agent\"\n";
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
 /// A running coordinator. Dropping it kills it.
 #[derive(Debug)]
 pub struct CoordinatorFixture {
     dir: tempfile::TempDir,
+    /// The address it listens on (loopback unless `start_on`).
+    host: IpAddr,
     port: u16,
     daemon: Daemon,
     /// Its `[tls]` files; `None`: plain text.
@@ -29,7 +39,7 @@ impl CoordinatorFixture {
     /// Starts a coordinator on `endpoints` with an etcd lease of
     /// `lease_ttl_secs`; returns once its gRPC port accepts connections.
     pub async fn start(endpoints: &[String], lease_ttl_secs: u64) -> Result<Self, HarnessError> {
-        Self::start_configured(endpoints, lease_ttl_secs, None, "").await
+        Self::start_configured(endpoints, lease_ttl_secs, None, "", LOOPBACK, "").await
     }
 
     /// Like `start`, with `etcd_lines` added to its `[etcd]` table (e.g.
@@ -39,17 +49,50 @@ impl CoordinatorFixture {
         lease_ttl_secs: u64,
         etcd_lines: &str,
     ) -> Result<Self, HarnessError> {
-        Self::start_configured(endpoints, lease_ttl_secs, None, etcd_lines).await
+        Self::start_configured(endpoints, lease_ttl_secs, None, etcd_lines, LOOPBACK, "").await
     }
 
     /// Like `start`, with a `[tls]` table naming `tls`: its URL is
-    /// `https://`, and every caller needs a certificate from the same CA.
+    /// `https://`, and every caller needs a certificate from the same CA;
+    /// roles are [`TEST_ROLES`].
     pub async fn start_tls(
         endpoints: &[String],
         lease_ttl_secs: u64,
         tls: &TlsFiles,
     ) -> Result<Self, HarnessError> {
-        Self::start_configured(endpoints, lease_ttl_secs, Some(tls), "").await
+        Self::start_configured(endpoints, lease_ttl_secs, Some(tls), "", LOOPBACK, "").await
+    }
+
+    /// Like `start` (or `start_tls` when `tls` is given), with `tables`
+    /// appended to its coordinator.toml (e.g. `[[checks]]` tables, or
+    /// `[[roles]]` replacing [`TEST_ROLES`]).
+    pub async fn start_with_tables(
+        endpoints: &[String],
+        lease_ttl_secs: u64,
+        tls: Option<&TlsFiles>,
+        tables: &str,
+    ) -> Result<Self, HarnessError> {
+        Self::start_configured(
+            endpoints,
+            lease_ttl_secs,
+            tls,
+            &format!("\n{tables}"),
+            LOOPBACK,
+            "",
+        )
+        .await
+    }
+
+    /// A plain-text coordinator listening on `host` (not loopback: its
+    /// callers are not local either), with `top_lines` at the top of its
+    /// coordinator.toml (e.g. `insecure_operators = true`).
+    pub async fn start_on(
+        endpoints: &[String],
+        lease_ttl_secs: u64,
+        host: IpAddr,
+        top_lines: &str,
+    ) -> Result<Self, HarnessError> {
+        Self::start_configured(endpoints, lease_ttl_secs, None, "", host, top_lines).await
     }
 
     async fn start_configured(
@@ -57,6 +100,8 @@ impl CoordinatorFixture {
         lease_ttl_secs: u64,
         tls: Option<&TlsFiles>,
         etcd_lines: &str,
+        host: IpAddr,
+        top_lines: &str,
     ) -> Result<Self, HarnessError> {
         let dir = tempfile::Builder::new()
             .prefix("lockstep-coordinator-")
@@ -70,12 +115,15 @@ impl CoordinatorFixture {
             .collect::<Vec<_>>()
             .join(", ");
         let mut text = format!(
-            "listen = \"127.0.0.1:{port}\"\nstore_dir = \"{store}\"\nstatus_interval = \"1s\"\n\n[etcd]\nendpoints = [{endpoints}]\nlease_ttl = \"{lease_ttl_secs}s\"\n{etcd_lines}\n",
+            "{top_lines}\nlisten = \"{host}:{port}\"\nstore_dir = \"{store}\"\nstatus_interval = \"1s\"\n\n[etcd]\nendpoints = [{endpoints}]\nlease_ttl = \"{lease_ttl_secs}s\"\n{etcd_lines}\n",
             store = dir.path().join("releases").display(),
         );
         if let Some(tls) = tls {
             text.push_str("\n[tls]\n");
             text.push_str(&tls.toml_lines());
+            if !etcd_lines.contains("[[roles]]") {
+                text.push_str(TEST_ROLES);
+            }
         }
         std::fs::write(&config, text).map_err(HarnessError::TempDir)?;
         let daemon = Daemon::new(
@@ -85,6 +133,7 @@ impl CoordinatorFixture {
         );
         let mut fixture = Self {
             dir,
+            host,
             port,
             daemon,
             tls: tls.cloned(),
@@ -95,12 +144,10 @@ impl CoordinatorFixture {
 
     /// Starts the coordinator; returns once its port accepts connections.
     async fn spawn(&mut self) -> Result<(), HarnessError> {
-        let port = self.port;
+        let (host, port) = (self.host, self.port);
         self.daemon
             .start(START_TIMEOUT, || async move {
-                Ok(tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .is_ok())
+                Ok(tokio::net::TcpStream::connect((host, port)).await.is_ok())
             })
             .await
     }
@@ -108,7 +155,7 @@ impl CoordinatorFixture {
     /// `http://127.0.0.1:<port>`, or `https://` with TLS.
     pub fn url(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}", self.port)
+        format!("{scheme}://{}:{}", self.host, self.port)
     }
 
     /// Runs `lockstep --coordinator <ours> ARGS`.

@@ -33,7 +33,7 @@ mod wait;
 
 pub use agent::AgentFixture;
 pub use bins::workspace_bin;
-pub use coordinator::{CoordinatorFixture, lockstep, lockstep_tls};
+pub use coordinator::{CoordinatorFixture, TEST_ROLES, lockstep, lockstep_tls};
 pub use demo::DemoRelease;
 pub use error::HarnessError;
 pub use etcd::{EtcdCluster, MemberState};

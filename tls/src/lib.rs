@@ -21,6 +21,10 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
+mod pattern;
+
+pub use pattern::{NamePattern, PatternError};
+
 /// What is wrong with a node's TLS material; every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -283,8 +287,23 @@ impl PeerIdentity {
         Some(Self::of_certificate(leaf))
     }
 
+    /// An identity of these names (lowercased), as a certificate would
+    /// carry them: for pure decisions and their tests.
+    pub fn from_names(names: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            names: names.into_iter().map(|n| n.to_ascii_lowercase()).collect(),
+        }
+    }
+
     pub fn names(&self) -> &[String] {
         &self.names
+    }
+
+    /// Whether any of the peer's names matches one of `patterns`.
+    pub fn matches_any(&self, patterns: &[NamePattern]) -> bool {
+        self.names
+            .iter()
+            .any(|name| patterns.iter().any(|p| p.matches(name)))
     }
 
     /// Whether any of the peer's names is in `trusted` (case-insensitive,

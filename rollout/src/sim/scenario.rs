@@ -314,7 +314,7 @@ impl Scenario {
             progress_deadline: DurationMs::mins(60 * 24),
             checks: vec![Check {
                 name: "smoke".to_owned(),
-                argv: vec!["/bin/true".to_owned()],
+                params: Default::default(),
                 timeout: DurationMs::secs(5),
             }],
             ..Strategy::default()
@@ -380,7 +380,7 @@ fn random_strategy(rng: &mut Rng, fleet: &Fleet, relaxed: bool) -> Strategy {
         (0..rng.range(1, 2))
             .map(|k| Check {
                 name: format!("check-{k}"),
-                argv: vec!["/usr/bin/probe".to_owned()],
+                params: Default::default(),
                 timeout: DurationMs(rng.range(1, 10) * 1000),
             })
             .collect()

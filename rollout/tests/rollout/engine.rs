@@ -65,7 +65,7 @@ fn batch_waits_for_min_healthy_time_and_checks() {
     let s = rollout::Strategy {
         checks: vec![Check {
             name: "smoke".into(),
-            argv: vec!["/bin/true".into()],
+            params: Default::default(),
             timeout: DurationMs::secs(5),
         }],
         ..strategy()

@@ -237,3 +237,19 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn render_names_each_check_with_its_parameters_on_every_wave_that_runs_it() {
+    let s = Strategy {
+        checks: vec![rollout::Check {
+            name: "http-smoke".to_owned(),
+            params: [("url".to_owned(), "http://web/health".to_owned())].into(),
+            timeout: rollout::DurationMs::secs(30),
+        }],
+        ..strategy()
+    };
+    let text = make_plan(&fleet(&[("eu", 2)]), &s, Overlap::SocketHandover).render();
+    let shown = "checks: http-smoke(url=http://web/health) within 30s";
+    assert!(text.contains(&format!("wave 1: canary, {shown}")), "{text}");
+    assert!(text.contains(&format!("at a time), {shown}")), "{text}");
+}

@@ -24,8 +24,7 @@ fn parses_a_full_table() {
 
         [[strategy.checks]]
         name = "delivery"
-        argv = ["/usr/bin/probe", "--publish"]
-        timeout = "15s"
+        params = { topic = "orders" }
 
         [strategy.clusters.eu]
         min_healthy = "75%"
@@ -46,7 +45,8 @@ fn parses_a_full_table() {
     assert_eq!(s.min_healthy_time, DurationMs::secs(30));
     assert_eq!(s.progress_deadline, DurationMs::mins(120));
     assert!(s.pause_between_clusters && s.rehearse_rollback && !s.auto_rollback);
-    assert_eq!(s.checks[0].timeout, DurationMs::secs(15));
+    assert_eq!(s.checks[0].name, "delivery");
+    assert_eq!(s.checks[0].params["topic"], "orders");
     let eu = ClusterName::new("eu").unwrap();
     assert_eq!(s.capacity_for(&eu).min_healthy, Quantity::Percent(75));
     assert_eq!(s.capacity_for(&eu).max_unavailable, Quantity::Percent(25));
@@ -121,4 +121,21 @@ fn bake_time_defaults_to_a_multiple_of_min_healthy_time_and_zero_disables_it() {
     assert_eq!(s.bake_time, DurationMs(0));
     let err = Strategy::from_toml("[strategy]\nbake_time = 30\n").unwrap_err();
     assert!(err.to_string().contains("bake_time"), "{err}");
+}
+
+/// Reproduces #14 Seen 1 at the parser: a strategy may not carry a
+/// command (`argv`) or a timeout; checks are the coordinator's config.
+#[test]
+fn a_check_with_argv_or_a_timeout_is_refused_naming_coordinator_toml() {
+    let err = Strategy::from_toml(
+        "[strategy]\n[[strategy.checks]]\nname = \"steal\"\nargv = [\"/bin/sh\", \"-c\", \"cat /etc/shadow\"]\ntimeout = \"5s\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("strategy check \"steal\": argv is not accepted")
+            && err.contains("coordinator.toml"),
+        "{err}"
+    );
+    assert!(err.contains("timeout is not accepted"), "{err}");
 }

@@ -17,5 +17,6 @@ mod logs;
 mod operator_paths;
 mod prometheus;
 mod registration;
+mod security;
 mod systemd;
 mod tls;

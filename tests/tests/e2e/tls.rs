@@ -1,5 +1,5 @@
 //! Mutual TLS on every gRPC hop: a rollout end to end over mTLS, an agent
-//! refusing commands from identities it does not trust, and the CLI
+//! refusing commands (and reads) from identities it does not trust, and the CLI
 //! refused without a certificate the coordinator trusts. Every key and
 //! certificate comes from a `TestPki` generated at test time.
 
@@ -185,6 +185,30 @@ async fn apply_as(
         .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
 }
 
+/// Calls `Status` on the agent at `addr` as the holder of `client`.
+async fn status_as(addr: std::net::SocketAddr, client: &TlsFiles) -> Result<(), String> {
+    let material = tls::TlsMaterial::load(&tls::TlsPaths {
+        ca: client.ca.clone(),
+        cert: client.cert.clone(),
+        key: client.key.clone(),
+    })
+    .unwrap();
+    let channel = Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(material.client_config())
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e:?}"))?;
+    AgentServiceClient::new(channel)
+        .status(proto::v1::StatusRequest::default())
+        .await
+        .map(drop)
+        .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
+}
+
 #[tokio::test]
 async fn an_agent_obeys_apply_only_from_a_coordinator_it_trusts() {
     let pki = TestPki::new("lockstep test CA").unwrap();
@@ -193,7 +217,7 @@ async fn an_agent_obeys_apply_only_from_a_coordinator_it_trusts() {
         "host-tls",
         "eu-1",
         &format!(
-            "\n[tls]\n{}trusted_coordinators = [\"{COORDINATOR}\"]\n",
+            "\n[tls]\n{}trusted_coordinators = [\"{COORDINATOR}\"]\nviewers = [\"viewer.*\"]\n",
             agent_files.toml_lines()
         ),
     )
@@ -220,6 +244,20 @@ async fn an_agent_obeys_apply_only_from_a_coordinator_it_trusts() {
     assert!(refused.starts_with("PermissionDenied"), "{refused}");
     assert!(refused.contains("intruder.lockstep"), "{refused}");
     assert!(refused.contains("tls.trusted_coordinators"), "{refused}");
+
+    // Reads follow roles too: the intruder may not read Status, a viewer
+    // (tls.viewers) and the trusted coordinator may.
+    let refused = status_as(addr, &intruder).await.unwrap_err();
+    assert!(refused.starts_with("PermissionDenied"), "{refused}");
+    assert!(
+        refused.contains("intruder.lockstep") && refused.contains("tls.viewers"),
+        "{refused}"
+    );
+    let viewer = pki.issue("viewer.lockstep").unwrap();
+    status_as(addr, &viewer).await.unwrap();
+    status_as(addr, &pki.issue(COORDINATOR).unwrap())
+        .await
+        .unwrap();
 
     // No certificate at all: plain text does not get through.
     let plain = apply_as(addr, None, &v1_digest).await;

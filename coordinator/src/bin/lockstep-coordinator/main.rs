@@ -66,14 +66,16 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig { file }) => CoordinatorConfig::load(&file)
             .map(|c| {
                 println!(
-                    "{}: valid (listen {}, advertise {}, tls {})",
+                    "{}: valid (listen {}, advertise {}, tls {}, {} role rule(s), {} named check(s))",
                     file.display(),
                     c.listen,
                     c.advertise_url,
                     c.tls.as_ref().map_or_else(
                         || "off (plain text)".to_owned(),
                         |t| format!("on as {}", t.identity())
-                    )
+                    ),
+                    c.access.rules.len(),
+                    c.checks.len(),
                 )
             })
             .map_err(Into::into),
@@ -148,7 +150,8 @@ async fn serve(config: CoordinatorConfig) -> Result<()> {
         }
         None => tracing::warn!(
             listen = %config.listen,
-            "plain-text gRPC: no [tls] configured; fine for a local demo, not for a fleet"
+            insecure_operators = config.access.insecure_operators,
+            "plain-text gRPC: no [tls] configured; fine for a local demo, not for a fleet (operator calls only from loopback unless insecure_operators = true)"
         ),
     }
     let coordinator = Arc::new(Coordinator::new(config.clone(), client, depot));

@@ -1,0 +1,596 @@
+//! The control plane trusts only who it should (#14): roles from
+//! certificate identities, strategy checks that are configuration and not
+//! requests, agents bound to their certificate or etcd registration, and
+//! audit actors from the certificate. Real etcd, coordinators and agents;
+//! the attacker is a small gRPC client speaking the protocol directly.
+
+use std::path::Path;
+use std::time::Duration;
+
+use lockstep_tests::operator::{agents_known, push, text};
+use lockstep_tests::{
+    CoordinatorFixture, DemoRelease, EtcdCluster, FleetFixture, TestPki, TlsFiles, lockstep,
+    lockstep_tls, wait_for,
+};
+use proto::v1 as pb;
+use proto::v1::coordinator_service_client::CoordinatorServiceClient;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+const TTL_SECS: u64 = 3;
+const COORDINATOR: &str = "coordinator.lockstep";
+const OPERATOR: &str = "operator.lockstep";
+
+/// A `CoordinatorService` client for `url`, presenting `files` when given.
+async fn client(url: &str, files: Option<&TlsFiles>) -> CoordinatorServiceClient<Channel> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30));
+    if let Some(files) = files {
+        let material = tls::TlsMaterial::load(&tls::TlsPaths {
+            ca: files.ca.clone(),
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+        })
+        .unwrap();
+        endpoint = endpoint.tls_config(material.client_config()).unwrap();
+    }
+    CoordinatorServiceClient::new(endpoint.connect().await.unwrap())
+}
+
+/// A Deploy of `digest` to the demo service with `strategy` (TOML), as
+/// `attacker@x` claims to be.
+fn deploy_request(digest: &str, strategy: &str) -> pb::DeployRequest {
+    pb::DeployRequest {
+        service: "demo".to_owned(),
+        release_digest: digest.to_owned(),
+        strategy_toml: strategy.to_owned(),
+        actor: Some(pb::Actor {
+            user: "attacker".to_owned(),
+            host: "x".to_owned(),
+        }),
+        reason: "security test".to_owned(),
+    }
+}
+
+const FAST: &str = "[strategy]\nmin_healthy_time = \"500ms\"\nhealthy_deadline = \"30s\"\n";
+
+/// The strategy of Seen 1: a check whose argv copies `secret` to `stolen`.
+fn stealing_strategy(secret: &Path, stolen: &Path) -> String {
+    format!(
+        "{FAST}[[strategy.checks]]\nname = \"steal\"\nargv = [\"/bin/sh\", \"-c\", \"cat {} > {}\"]\n",
+        secret.display(),
+        stolen.display()
+    )
+}
+
+/// A TLS coordinator with one agent `host` reporting to it, and release
+/// 1.0.0 pushed by the operator: its digest.
+struct TlsFleet {
+    pki: TestPki,
+    etcd: EtcdCluster,
+    coordinator: CoordinatorFixture,
+    fleet: FleetFixture,
+    operator: TlsFiles,
+    digest: String,
+    _work: tempfile::TempDir,
+}
+
+async fn tls_fleet(hosts: &[(&str, &str)]) -> TlsFleet {
+    let pki = TestPki::new("lockstep test CA").unwrap();
+    let operator = pki.issue(OPERATOR).unwrap();
+    let etcd = EtcdCluster::single().await.unwrap();
+    let coordinator = CoordinatorFixture::start_tls(
+        &etcd.endpoints(),
+        TTL_SECS,
+        &pki.issue(COORDINATOR).unwrap(),
+    )
+    .await
+    .unwrap();
+    let urls = vec![coordinator.url()];
+    let fleet = FleetFixture::start_tls(hosts, &etcd.endpoints(), &urls, &pki, &[COORDINATOR])
+        .await
+        .unwrap();
+    wait_for("every agent to report over mTLS", DEADLINE, || async {
+        let output = lockstep_tls(&urls, &operator, &["--output", "json", "agents"])
+            .await
+            .map_err(|e| e.to_string())?;
+        let listed: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .map_err(|e| format!("{e}: {}", text(&output)))?;
+        let reachable = listed["agents"]
+            .as_array()
+            .map(|a| a.iter().filter(|x| x["reachable"] == true).count())
+            .unwrap_or(0);
+        if reachable == hosts.len() {
+            Ok(())
+        } else {
+            Err(format!("{reachable} reachable: {listed}"))
+        }
+    })
+    .await
+    .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let bundle = DemoRelease::new("1.0.0", 1).build(work.path()).unwrap();
+    let bundle = bundle.display().to_string();
+    let output = lockstep_tls(&urls, &operator, &["release", "push", &bundle])
+        .await
+        .unwrap();
+    assert!(output.status.success(), "push: {}", text(&output));
+    let digest = lockstep_tests::operator::last_line(&output);
+    TlsFleet {
+        pki,
+        etcd,
+        coordinator,
+        fleet,
+        operator,
+        digest,
+        _work: work,
+    }
+}
+
+/// Reproduces #14 Seen 1: "Strategy checks run the caller's commands on the
+/// coordinator. A Deploy whose strategy has [[strategy.checks]] argv =
+/// ["/bin/sh","-c", …], sent unauthenticated or with an agent's
+/// certificate, reads the coordinator's private key."
+#[tokio::test]
+async fn seen_1_a_deploy_cannot_make_the_coordinator_run_its_commands() {
+    let setup = tls_fleet(&[("s1-a", "eu")]).await;
+    let url = setup.coordinator.url();
+    let key = setup.pki.ca().with_file_name(format!("{COORDINATOR}.key"));
+    assert!(key.exists(), "{}", key.display());
+    let stolen = setup.coordinator.dir().join("stolen-key");
+    let strategy = stealing_strategy(&key, &stolen);
+    // With an agent's certificate: agents report and fetch, nothing else.
+    let agent = setup.pki.issue("s1-a.agents.lockstep").unwrap();
+    let as_agent = client(&url, Some(&agent))
+        .await
+        .deploy(deploy_request(&setup.digest, &strategy))
+        .await;
+    // As the operator: a strategy may not carry commands at all.
+    let as_operator = client(&url, Some(&setup.operator))
+        .await
+        .deploy(deploy_request(&setup.digest, &strategy))
+        .await;
+    let started = |answer: &Result<tonic::Response<pb::DeployResponse>, tonic::Status>| {
+        answer
+            .as_ref()
+            .is_ok_and(|r| r.get_ref().outcome() == pb::DeployOutcome::Started)
+    };
+    if started(&as_agent) || started(&as_operator) {
+        let copied = wait_for("the check to copy the key", DEADLINE, || async {
+            std::fs::read_to_string(&stolen).map_err(|e| e.to_string())
+        })
+        .await;
+        panic!(
+            "a Deploy carrying argv was started (as agent: {as_agent:?}; as operator: {as_operator:?}) and its check ran on the coordinator: {copied:?}"
+        );
+    }
+    let denied = as_agent.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    assert!(
+        denied.message().contains("s1-a.agents.lockstep") && denied.message().contains("operator"),
+        "{denied:?}"
+    );
+    let refused = as_operator.unwrap().into_inner();
+    assert_eq!(refused.outcome(), pb::DeployOutcome::RefusedInvalid);
+    let problems = refused.problems.join("\n");
+    assert!(
+        problems.contains("argv") && problems.contains("coordinator.toml"),
+        "{problems}"
+    );
+    assert!(!stolen.exists(), "the check ran");
+}
+
+/// Reproduces #14 Seen 2: "Agent impersonation. A Report stream registering
+/// as ag2 (with its own address; over mTLS with ag1's certificate too)
+/// receives ag2's Apply and fencing token; its fake 'ready' makes the
+/// deployment succeed while the real ag2 never switched."
+#[tokio::test]
+async fn seen_2_a_report_stream_cannot_register_as_another_agent() {
+    // Over mTLS, ag1's certificate cannot register ag2.
+    let setup = tls_fleet(&[("ag1", "eu"), ("ag2", "eu")]).await;
+    let ag1 = setup.pki.issue("ag1.agents.lockstep").unwrap();
+    let ag2_address = setup
+        .fleet
+        .host("ag2")
+        .unwrap()
+        .agent
+        .grpc_addr()
+        .to_string();
+    let refused = report_as(
+        &setup.coordinator.url(),
+        Some(&ag1),
+        identity("ag2", "eu", &ag2_address),
+    )
+    .await
+    .expect_err("the coordinator took ag1's certificate registering as ag2");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("ag1.agents.lockstep") && refused.message().contains("ag2"),
+        "{refused:?}"
+    );
+    drop(setup);
+
+    // Without TLS, an agent id is bound to its etcd registration: another
+    // address is refused, and so is an id nobody registered.
+    let etcd = EtcdCluster::single().await.unwrap();
+    let coordinator = CoordinatorFixture::start(&etcd.endpoints(), TTL_SECS)
+        .await
+        .unwrap();
+    let urls = vec![coordinator.url()];
+    let fleet = FleetFixture::start(&[("ag2", "eu")], &etcd.endpoints(), &urls)
+        .await
+        .unwrap();
+    agents_known(&urls, 1).await.unwrap();
+    let real = fleet.host("ag2").unwrap().agent.grpc_addr().to_string();
+    let elsewhere = report_as(&urls[0], None, identity("ag2", "eu", "127.0.0.1:1"))
+        .await
+        .expect_err("the coordinator took ag2's registration with the attacker's address");
+    assert_eq!(
+        elsewhere.code(),
+        tonic::Code::PermissionDenied,
+        "{elsewhere:?}"
+    );
+    assert!(
+        elsewhere.message().contains("127.0.0.1:1") && elsewhere.message().contains(&real),
+        "{elsewhere:?}"
+    );
+    let nobody = report_as(&urls[0], None, identity("ag9", "eu", "127.0.0.1:1"))
+        .await
+        .expect_err("the coordinator took a registration etcd does not know");
+    assert_eq!(nobody.code(), tonic::Code::PermissionDenied, "{nobody:?}");
+    assert!(nobody.message().contains("ag9"), "{nobody:?}");
+    // The real agent is still listed with its own address.
+    let listed = lockstep(&urls, &["--output", "json", "agents"])
+        .await
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let addresses: Vec<&str> = listed["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["identity"]["grpc_address"].as_str())
+        .collect();
+    assert_eq!(addresses, [real.as_str()], "{listed}");
+}
+
+fn identity(agent: &str, cluster: &str, address: &str) -> pb::AgentIdentity {
+    pb::AgentIdentity {
+        agent_id: agent.to_owned(),
+        cluster: cluster.to_owned(),
+        hostname: "attacker".to_owned(),
+        grpc_address: address.to_owned(),
+        agent_version: "0".to_owned(),
+        services: vec!["demo".to_owned()],
+    }
+}
+
+/// Opens a Report stream registering `identity`; the sender keeping it
+/// open once the coordinator acknowledged the registration, or its
+/// refusal.
+async fn report_as(
+    url: &str,
+    files: Option<&TlsFiles>,
+    identity: pb::AgentIdentity,
+) -> Result<mpsc::Sender<pb::AgentReport>, tonic::Status> {
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(pb::AgentReport {
+        seq: 1,
+        body: Some(pb::agent_report::Body::Registration(identity)),
+    })
+    .await
+    .unwrap();
+    let mut acks = client(url, files)
+        .await
+        .report(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    match acks.message().await? {
+        Some(_) => Ok(tx),
+        None => Err(tonic::Status::unknown("the stream ended without an ack")),
+    }
+}
+
+/// Reproduces #14 Seen 4: "Ghost registrations never expire: a Report
+/// naming services=[x] that then closes blocks every deploy of x until the
+/// coordinator restarts."
+#[tokio::test]
+async fn seen_4_a_closed_report_stream_whose_lease_is_gone_stops_blocking_deploys() {
+    let etcd = EtcdCluster::single().await.unwrap();
+    let coordinator = CoordinatorFixture::start(&etcd.endpoints(), TTL_SECS)
+        .await
+        .unwrap();
+    let urls = vec![coordinator.url()];
+    let fleet = FleetFixture::start(&[("host-a", "eu")], &etcd.endpoints(), &urls)
+        .await
+        .unwrap();
+    agents_known(&urls, 1).await.unwrap();
+    // The ghost registers in etcd as an agent would (lease-bound), reports
+    // once with services = [demo], then goes away: stream closed, lease
+    // revoked.
+    let mut client = etcd.client().await.unwrap();
+    let lease = client.lease_grant(60, None).await.unwrap().id();
+    let ghost = identity("ghost", "eu", "127.0.0.1:1");
+    let record =
+        serde_json::json!({"agent": "ghost", "cluster": "eu", "grpc_address": "127.0.0.1:1"});
+    client
+        .put(
+            leases::keys::agent("ghost"),
+            record.to_string(),
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .unwrap();
+    let stream = report_as(&urls[0], None, ghost).await.unwrap();
+    drop(stream);
+    client.lease_revoke(lease).await.unwrap();
+
+    let work = tempfile::tempdir().unwrap();
+    let bundle = DemoRelease::new("1.0.0", 1).build(work.path()).unwrap();
+    let digest = push(&urls, &bundle).await.unwrap();
+    let mut grpc = self::client(&urls[0], None).await;
+    let plan = wait_for(
+        "the ghost to stop blocking deploys of demo",
+        DEADLINE,
+        || {
+            let mut grpc = grpc.clone();
+            let digest = digest.clone();
+            async move {
+                let plan = grpc
+                    .plan(pb::PlanRequest {
+                        service: "demo".to_owned(),
+                        release_digest: digest,
+                        strategy_toml: FAST.to_owned(),
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_inner();
+                if !plan.problems.is_empty() {
+                    Err(plan.problems.join("; "))
+                } else if plan.rendered.contains("ghost") {
+                    Err(format!("the plan includes the ghost: {}", plan.rendered))
+                } else {
+                    Ok(plan)
+                }
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(plan.rendered.contains("host-a"), "{}", plan.rendered);
+    let agents = grpc
+        .list_agents(pb::ListAgentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<String> = agents
+        .agents
+        .iter()
+        .filter_map(|a| a.identity.as_ref().map(|i| i.agent_id.clone()))
+        .collect();
+    assert_eq!(ids, ["host-a"]);
+    drop(fleet);
+}
+
+/// Reproduces #14 Seen 7: "The audit actor is what the client says
+/// (attacker@x), not the certificate's identity." Also: only operators
+/// change the fleet, and a refusal is audited.
+#[tokio::test]
+async fn seen_7_the_actor_is_the_certificates_identity_and_roles_are_enforced() {
+    let setup = tls_fleet(&[("s7-a", "eu")]).await;
+    let url = setup.coordinator.url();
+    let mut as_operator = client(&url, Some(&setup.operator)).await;
+    let started = as_operator
+        .deploy(deploy_request(&setup.digest, FAST))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(started.outcome(), pb::DeployOutcome::Started, "{started:?}");
+    let deployment = as_operator
+        .get_deployment(pb::GetDeploymentRequest {
+            deployment_id: started.deployment_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let actor = deployment.actor.unwrap_or_default();
+    assert_eq!(
+        actor.user, "operator.lockstep (claims: attacker@x)",
+        "{actor:?}"
+    );
+    // A viewer reads, and may not change anything.
+    let viewer = setup.pki.issue("viewer.lockstep").unwrap();
+    let mut as_viewer = client(&url, Some(&viewer)).await;
+    assert!(
+        as_viewer
+            .list_agents(pb::ListAgentsRequest::default())
+            .await
+            .is_ok()
+    );
+    let denied = as_viewer
+        .abort(pb::AbortRequest {
+            deployment_id: started.deployment_id.clone(),
+            actor: None,
+            reason: "viewer".to_owned(),
+        })
+        .await;
+    let denied = denied.expect_err("a viewer aborted a deployment");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    assert!(
+        denied.message().contains("viewer.lockstep")
+            && denied.message().contains("needs the operator role"),
+        "{denied:?}"
+    );
+    let client = setup.etcd.client().await.unwrap();
+    let audited = wait_for("the refusal in the audit log", DEADLINE, || async {
+        let records = leases::AuditLog::recent(&client, 10)
+            .await
+            .map_err(|e| e.to_string())?;
+        records
+            .into_iter()
+            .map(|(_, r)| r)
+            .find(|r| r.action == "refused-call" && r.target == "Abort")
+            .ok_or_else(|| "no refused-call record".to_owned())
+    })
+    .await
+    .unwrap();
+    assert!(
+        audited.actor.user.contains("viewer.lockstep"),
+        "{audited:?}"
+    );
+    let log = setup.coordinator.log_text();
+    assert!(log.contains("refused a call"), "{log}");
+}
+
+/// Checks are configuration: a strategy names a `[[checks]]` entry of
+/// coordinator.toml and passes its declared parameters, each one whole
+/// argv element (no shell); an unknown name, an undeclared parameter or
+/// an argv is refused at deploy time.
+#[tokio::test]
+async fn a_strategy_runs_only_named_checks_with_declared_parameters() {
+    let etcd = EtcdCluster::single().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let said = work.path().join("said");
+    let tables = format!(
+        "[[checks]]\nname = \"record\"\nargv = [\"/bin/sh\", \"-c\", \"printf %s \\\"$1\\\" > {}\", \"record\", \"{{word}}\"]\nparams = [\"word\"]\ntimeout = \"20s\"\n",
+        said.display()
+    );
+    let coordinator =
+        CoordinatorFixture::start_with_tables(&etcd.endpoints(), TTL_SECS, None, &tables)
+            .await
+            .unwrap();
+    let urls = vec![coordinator.url()];
+    let _fleet = FleetFixture::start(&[("nc-a", "eu")], &etcd.endpoints(), &urls)
+        .await
+        .unwrap();
+    agents_known(&urls, 1).await.unwrap();
+    let bundle = DemoRelease::new("1.0.0", 1).build(work.path()).unwrap();
+    let digest = push(&urls, &bundle).await.unwrap();
+    let mut grpc = client(&urls[0], None).await;
+    let refused = |strategy: String| {
+        let mut grpc = grpc.clone();
+        let digest = digest.clone();
+        async move {
+            let answer = grpc
+                .deploy(deploy_request(&digest, &strategy))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(
+                answer.outcome(),
+                pb::DeployOutcome::RefusedInvalid,
+                "{answer:?}"
+            );
+            answer.problems.join("\n")
+        }
+    };
+    let unknown = refused(format!("{FAST}[[strategy.checks]]\nname = \"steal\"\n")).await;
+    assert!(
+        unknown.contains("\"steal\"")
+            && unknown.contains("no such check")
+            && unknown.contains("record"),
+        "{unknown}"
+    );
+    let undeclared = refused(format!(
+        "{FAST}[[strategy.checks]]\nname = \"record\"\nparams = {{ word = \"x\", file = \"/etc/passwd\" }}\n"
+    ))
+    .await;
+    assert!(
+        undeclared.contains("\"file\" is not declared"),
+        "{undeclared}"
+    );
+    let commands = refused(stealing_strategy(
+        &coordinator.dir().join("coordinator.toml"),
+        &said,
+    ))
+    .await;
+    assert!(commands.contains("argv is not accepted"), "{commands}");
+    assert!(!said.exists());
+
+    let word = "hello; touch /tmp/pwned $(id)";
+    // No canary: the plan lists a cluster wave's checks.
+    let strategy = format!(
+        "{FAST}canary = 0\nrehearse_rollback = false\n[[strategy.checks]]\nname = \"record\"\nparams = {{ word = \"{word}\" }}\n"
+    );
+    let plan = grpc
+        .plan(pb::PlanRequest {
+            service: "demo".to_owned(),
+            release_digest: digest.clone(),
+            strategy_toml: strategy.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        plan.rendered
+            .contains(&format!("checks: record(word={word}) within 20s")),
+        "{}",
+        plan.rendered
+    );
+    let started = grpc
+        .deploy(deploy_request(&digest, &strategy))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(started.outcome(), pb::DeployOutcome::Started, "{started:?}");
+    let record = lockstep_tests::operator::finished(&etcd, &started.deployment_id)
+        .await
+        .unwrap();
+    assert_eq!(record["state"], "succeeded", "{record}");
+    assert_eq!(std::fs::read_to_string(&said).unwrap(), word);
+}
+
+/// An IPv4 address of this machine other than loopback: a caller from it
+/// is not local.
+fn non_loopback_ipv4() -> Option<std::net::IpAddr> {
+    nix::ifaddrs::getifaddrs()
+        .ok()?
+        .filter_map(|interface| interface.address?.as_sockaddr_in().map(|a| a.ip()))
+        .find(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        .map(std::net::IpAddr::V4)
+}
+
+fn break_lock_request() -> pb::BreakLockRequest {
+    pb::BreakLockRequest {
+        service: "demo".to_owned(),
+        actor: None,
+        reason: "security test".to_owned(),
+    }
+}
+
+/// Without TLS there is no identity: reads are answered from anywhere,
+/// operator calls only from loopback unless `insecure_operators = true`.
+#[tokio::test]
+async fn without_tls_operator_calls_come_only_from_loopback_unless_insecure_operators() {
+    let ip = non_loopback_ipv4().expect("this test needs a non-loopback IPv4 address");
+    let etcd = EtcdCluster::single().await.unwrap();
+    let strict = CoordinatorFixture::start_on(&etcd.endpoints(), TTL_SECS, ip, "")
+        .await
+        .unwrap();
+    let mut remote = client(&strict.url(), None).await;
+    remote
+        .list_agents(pb::ListAgentsRequest::default())
+        .await
+        .unwrap();
+    let denied = remote.break_lock(break_lock_request()).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    assert!(
+        denied.message().contains(&ip.to_string())
+            && denied.message().contains("insecure_operators = true"),
+        "{denied:?}"
+    );
+    let insecure =
+        CoordinatorFixture::start_on(&etcd.endpoints(), TTL_SECS, ip, "insecure_operators = true")
+            .await
+            .unwrap();
+    let answered = client(&insecure.url(), None)
+        .await
+        .break_lock(break_lock_request())
+        .await
+        .unwrap_err();
+    // Let through: there is simply no lock to break.
+    assert_eq!(answered.code(), tonic::Code::NotFound, "{answered:?}");
+}
