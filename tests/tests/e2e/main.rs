@@ -15,5 +15,6 @@ mod incident;
 mod logs;
 mod operator_paths;
 mod registration;
+mod supersede;
 mod systemd;
 mod tls;
