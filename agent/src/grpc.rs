@@ -100,6 +100,7 @@ fn verdict(result: Result<String, HostError>) -> pb::CommandVerdict {
         Err(err) => {
             let high_water = match &err {
                 HostError::StaleToken(stale) => stale.high_water,
+                HostError::Superseded(superseded) => superseded.by_token,
                 _ => 0,
             };
             pb::CommandVerdict {

@@ -45,6 +45,7 @@ use release::{ReleaseDigest, Store, StoreError, StoredRelease, TrustedKeys};
 use tokio::sync::{Mutex, broadcast, watch};
 use tokio::time::Instant;
 
+use crate::admission::{self, Admission};
 use crate::cluster::{AgentRecord, ClusterError, ClusterLink, Slot};
 use crate::config::AgentConfig;
 use crate::fetch::ReleaseFetcher;
@@ -56,6 +57,10 @@ use crate::supervisor::{
     AdoptedProcess, InstanceState, InstanceStatus, ListenSockets, SocketError,
 };
 use crate::wire;
+
+mod claim;
+
+use claim::{Cancel, Claims, CommandLock, Ticket};
 
 /// Lines of the failed release's log quoted in a switch failure.
 const FAILURE_LOG_LINES: usize = 20;
@@ -89,6 +94,8 @@ pub enum HostError {
     Bundle(#[source] StoreError),
     #[error("{0}")]
     SwitchFailed(Box<SwitchFailure>),
+    #[error("{0}")]
+    Superseded(Box<Superseded>),
     #[error("cannot bind the sockets of `{service}`: {source}")]
     Sockets {
         service: String,
@@ -124,7 +131,7 @@ impl HostError {
         match self {
             Self::UnknownService { .. } => R::UnknownService,
             Self::NoPreviousRelease { .. } => R::NoPreviousRelease,
-            Self::StaleToken(_) => R::StaleFencingToken,
+            Self::StaleToken(_) | Self::Superseded(_) => R::StaleFencingToken,
             Self::Busy { .. } => R::Busy,
             Self::ReleaseUnavailable { .. } | Self::Bundle(_) => R::ReleaseUnavailable,
             Self::Cluster(_) => R::BudgetExhausted,
@@ -163,6 +170,33 @@ impl std::fmt::Display for SwitchFailure {
             write!(f, "; {}", self.kept)?;
         }
         write!(f, "\nlast log lines of the new release:\n{}", self.log_tail)
+    }
+}
+
+/// A command cancelled because one with a higher fencing token arrived
+/// (see `admission`), and what serves instead.
+#[derive(Debug)]
+pub struct Superseded {
+    pub service: String,
+    /// The newer command's token.
+    pub by_token: u64,
+    /// What was cancelled: "the switch to 2.0.0 (sha256:…)", "the restart".
+    pub what: String,
+    /// What serves now.
+    pub kept: String,
+}
+
+impl std::fmt::Display for Superseded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} of `{}` was superseded by a command with fencing token {}",
+            self.what, self.service, self.by_token
+        )?;
+        if !self.kept.is_empty() {
+            write!(f, "; {}", self.kept)?;
+        }
+        Ok(())
     }
 }
 
@@ -205,29 +239,15 @@ fn take_slots(from: &mut BTreeMap<u32, HostedInstance>, slots: &[u32]) -> Vec<Ho
     slots.iter().filter_map(|s| from.remove(s)).collect()
 }
 
-/// A service's runtime behind two locks: `command` says a switch or
-/// restart is under way (a second one is refused as busy); `runtime` guards
-/// the data, which readers (status, logs) take only briefly. Keeping them
-/// apart means a reader can never make a command look busy.
+/// A service's runtime behind two locks: `claims` says which command is
+/// under way and holds the command lock (a second one is refused as busy,
+/// or supersedes it: `admission`); `runtime` guards the data, which
+/// readers (status, logs) take only briefly. Keeping them apart means a
+/// reader can never make a command look busy.
 #[derive(Debug, Default)]
 struct ServiceEntry {
-    command: Arc<Mutex<()>>,
+    claims: Arc<Claims>,
     runtime: Mutex<ServiceRuntime>,
-}
-
-/// The service's command lock, held by the one command under way; owned,
-/// so an accepted Apply carries it into the task that carries it out.
-type CommandLock = tokio::sync::OwnedMutexGuard<()>;
-
-impl ServiceEntry {
-    fn begin(&self, service: &str) -> Result<CommandLock, HostError> {
-        self.command
-            .clone()
-            .try_lock_owned()
-            .map_err(|_| HostError::Busy {
-                service: service.to_owned(),
-            })
-    }
 }
 
 /// An Apply the host has taken: fenced, its release stored, the service's
@@ -489,7 +509,7 @@ impl Host {
         mut found: Vec<Recorded>,
     ) -> Result<String, HostError> {
         let runtime = self.runtime(service);
-        let _command = runtime.begin(service)?;
+        let _command = self.command(service, None).await?;
         let mut rt = runtime.runtime.lock().await;
         let listen = self.listen(service, release);
         let adopt_err = |reason: String| HostError::Adopt {
@@ -624,10 +644,13 @@ impl Host {
             .await
     }
 
-    /// Takes an Apply or refuses it: token (its high-water mark raised and
-    /// made durable here), release present (fetched from the coordinators
-    /// first if it is not), of this service, and the service's command lock
-    /// taken — held by the returned `AcceptedApply` until `apply` is done.
+    /// Takes an Apply or refuses it: admitted by the supersede rule
+    /// (`admission`: its token's high-water mark raised and made durable
+    /// here, a command with an older token in flight cancelled), release
+    /// present (fetched from the coordinators first if it is not), of this
+    /// service, and the service's command lock taken — after a superseded
+    /// command has brought the service back — and held by the returned
+    /// `AcceptedApply` until `apply` is done.
     pub async fn accept_apply(
         &self,
         service: &str,
@@ -635,14 +658,12 @@ impl Host {
         token: u64,
         deployment: &str,
     ) -> Result<AcceptedApply, HostError> {
-        self.admit(service, token).await?;
-        let runtime = self.runtime(service);
-        // Refuse a busy service before a fetch makes the caller wait; the
-        // lock is taken after it, so a fetch blocks no other command.
-        drop(runtime.begin(service)?);
+        // Claimed before the fetch: a busy service is refused before the
+        // caller waits, and the service is not taken by another meanwhile.
+        let ticket = self.claim(service, Some(token)).await?;
         let release = self.stored_or_fetched(digest).await?;
         of_service(&release, service)?;
-        let command = runtime.begin(service)?;
+        let command = ticket.take(service).await?;
         Ok(AcceptedApply {
             service: service.to_owned(),
             release,
@@ -657,7 +678,7 @@ impl Host {
     /// The coordinator's Stage: fenced, then the release is fetched (unless
     /// stored) and verified, so that its Apply needs no download.
     pub async fn stage(&self, service: &str, digest: &str, token: u64) -> Result<(), HostError> {
-        self.admit(service, token).await?;
+        self.raise_mark(service, token).await?;
         let release = self.stored_or_fetched(digest).await?;
         of_service(&release, service)
     }
@@ -675,11 +696,11 @@ impl Host {
         }
     }
 
-    /// Switches back to the release that ran before the current one.
+    /// Switches back to the release that ran before the current one (read
+    /// once the service is taken: a superseded switch is over by then).
     pub async fn rollback(&self, service: &str, token: Option<u64>) -> Result<String, HostError> {
-        if let Some(token) = token {
-            self.admit(service, token).await?;
-        }
+        self.known(service).await?;
+        let command = self.command(service, token).await?;
         let previous = {
             let state = self.state.lock().await;
             let known = state
@@ -697,17 +718,27 @@ impl Host {
                 })?
         };
         let release = self.stored(&previous).await?;
-        self.switch(service, release, Some(Trigger::Rollback)).await
+        self.switch_taken(service, release, Some(Trigger::Rollback), command)
+            .await
+    }
+
+    /// Refuses a service the durable state does not know.
+    async fn known(&self, service: &str) -> Result<(), HostError> {
+        if self.state.lock().await.services.contains_key(service) {
+            Ok(())
+        } else {
+            Err(HostError::UnknownService {
+                service: service.to_owned(),
+            })
+        }
     }
 
     /// Restarts every instance of a service one by one, each replacement
     /// ready before its predecessor stops (where the overlap mode allows).
     pub async fn restart(&self, service: &str, order: RestartOrder) -> Result<String, HostError> {
-        if let Some(token) = order.token {
-            self.admit(service, token).await?;
-        }
         let runtime = self.existing_runtime(service)?;
-        let _command = runtime.begin(service)?;
+        let command = self.command(service, order.token).await?;
+        let mut cancel = command.cancel();
         let mut rt = runtime.runtime.lock().await;
         if rt.running.is_none() {
             return Err(HostError::UnknownService {
@@ -718,8 +749,12 @@ impl Host {
             self.audit_forced(service, &order).await?;
             Slot::none()
         } else {
-            self.take_slot(service, &format!("restart {service}: {}", order.reason))
-                .await?
+            self.take_slot(
+                service,
+                &format!("restart {service}: {}", order.reason),
+                &mut cancel,
+            )
+            .await?
         };
         let Some(running) = rt.running.take() else {
             disruption.release().await;
@@ -738,8 +773,8 @@ impl Host {
                 service,
                 plan::Command::Restart,
                 Some(running),
-                &release,
-                sockets,
+                (&release, sockets),
+                cancel,
             )
             .await;
         let outcome = match executed {
@@ -776,10 +811,25 @@ impl Host {
         }
     }
 
-    async fn take_slot(&self, service: &str, purpose: &str) -> Result<Slot, HostError> {
-        match &self.cluster {
-            Some(cluster) => Ok(cluster.take_slot(service, purpose).await?),
-            None => Ok(Slot::none()),
+    /// A budget slot for a planned disruption; waiting for one ends when
+    /// a newer command supersedes this one.
+    async fn take_slot(
+        &self,
+        service: &str,
+        purpose: &str,
+        cancel: &mut Cancel,
+    ) -> Result<Slot, HostError> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(Slot::none());
+        };
+        tokio::select! {
+            slot = cluster.take_slot(service, purpose) => Ok(slot?),
+            by_token = cancel.superseded() => Err(HostError::Superseded(Box::new(Superseded {
+                service: service.to_owned(),
+                by_token,
+                what: format!("the {purpose}"),
+                kept: "it was waiting for a budget slot; nothing was touched".to_owned(),
+            }))),
         }
     }
 
@@ -813,30 +863,31 @@ impl Host {
         target: StoredRelease,
         trigger: Option<Trigger>,
     ) -> Result<String, HostError> {
-        let command = self.runtime(service).begin(service)?;
+        let command = self.command(service, None).await?;
         self.switch_taken(service, target, trigger, command).await
     }
 
     /// `switch` with the service's command lock already taken; it is
-    /// released when the switch is over (old instances drained).
+    /// released when the switch is over (old instances drained). A newer
+    /// command superseding this one cancels it while it waits for a budget
+    /// slot or for the new instances to be ready.
     async fn switch_taken(
         &self,
         service: &str,
         target: StoredRelease,
         trigger: Option<Trigger>,
-        _command: CommandLock,
+        command: CommandLock,
     ) -> Result<String, HostError> {
+        let mut cancel = command.cancel();
         let runtime = self.runtime(service);
         let mut rt = runtime.runtime.lock().await;
-        if let Some(running) = &rt.running {
-            if running.release.digest == target.digest {
-                // A re-issued command (a new coordinator resuming): nothing to do.
-                return Ok(format!(
-                    "{service} already runs {} ({})",
-                    target.manifest.version(),
-                    target.digest
-                ));
-            }
+        if rt
+            .running
+            .as_ref()
+            .is_some_and(|r| r.release.digest == target.digest)
+        {
+            drop(rt);
+            return self.already_running(service, &target, trigger).await;
         }
         // Starting a service that is not running (agent start) disrupts
         // nothing; every other switch is a planned disruption.
@@ -847,13 +898,15 @@ impl Host {
                     wire::trigger(trigger),
                     target.manifest.version()
                 );
-                self.take_slot(service, &purpose).await?
+                self.take_slot(service, &purpose, &mut cancel).await?
             }
             _ => Slot::none(),
         };
         let old = rt.running.take();
         rt.switching = Some(proto::v1::SwitchState::Switching);
-        let result = self.switch_locked(service, old, &target, &mut rt).await;
+        let result = self
+            .switch_locked(service, old, &target, &mut rt, cancel)
+            .await;
         rt.switching = None;
         let record = record_of(&target);
         let recorded = trigger.is_some();
@@ -903,12 +956,46 @@ impl Host {
         }
     }
 
+    /// The target already runs: a re-issued command (a new coordinator
+    /// resuming), or one that superseded a switch away from it. Nothing to
+    /// do but say so, durably for a command (its deployment and token are
+    /// what the coordinator reads back).
+    async fn already_running(
+        &self,
+        service: &str,
+        target: &StoredRelease,
+        trigger: Option<Trigger>,
+    ) -> Result<String, HostError> {
+        if let Some(trigger) = trigger {
+            self.runtime(service)
+                .runtime
+                .lock()
+                .await
+                .last_error
+                .clear();
+            self.persist(
+                service,
+                record_of(target),
+                trigger,
+                SwitchOutcome::Succeeded,
+            )
+            .await?;
+            self.publish_service(service).await;
+        }
+        Ok(format!(
+            "{service} already runs {} ({})",
+            target.manifest.version(),
+            target.digest
+        ))
+    }
+
     async fn switch_locked(
         &self,
         service: &str,
         old: Option<Running>,
         target: &StoredRelease,
         rt: &mut ServiceRuntime,
+        cancel: Cancel,
     ) -> Result<Vec<HostedInstance>, HostError> {
         // The agent keeps the sockets across versions when the addresses
         // stay the same: that is what lets old and new serve together.
@@ -925,7 +1012,13 @@ impl Host {
             },
         };
         match self
-            .execute(service, plan::Command::Switch, old, target, sockets)
+            .execute(
+                service,
+                plan::Command::Switch,
+                old,
+                (target, sockets),
+                cancel,
+            )
             .await
         {
             Executed::Committed { running, retiring } => {
@@ -940,14 +1033,16 @@ impl Host {
     }
 
     /// Carries out `command` (see `plan`): `old` is what runs, `target`
-    /// the release to run on `sockets` (a restart: the same release).
+    /// the release to run on its sockets (a restart: the same release).
+    /// Superseded while new instances start: they are stopped and the
+    /// service brought back like after any failed step.
     async fn execute(
         &self,
         service: &str,
         command: plan::Command,
         old: Option<Running>,
-        target: &StoredRelease,
-        sockets: ListenSockets,
+        (target, sockets): (&StoredRelease, ListenSockets),
+        mut cancel: Cancel,
     ) -> Executed {
         let (old_release, mut old_slots) = match old {
             Some(r) => (Some((r.release, r.sockets)), by_slot(r.instances)),
@@ -968,7 +1063,10 @@ impl Host {
         for step in plan::plan(command, view) {
             match step {
                 plan::Step::StartNew(slots) => {
-                    match self.start_slots(service, target, &sockets, &slots).await {
+                    let started = self
+                        .start_slots(service, target, (&sockets, &slots), &mut cancel)
+                        .await;
+                    match started {
                         Ok(started) => new_slots.extend(by_slot(started)),
                         Err(error) => {
                             let occupancy = plan::Occupancy {
@@ -1101,13 +1199,13 @@ impl Host {
     }
 
     /// Starts `release` in `slots` and waits until all are ready; on
-    /// failure every one of them is stopped.
+    /// failure, or superseded meanwhile, every one of them is stopped.
     async fn start_slots(
         &self,
         service: &str,
         release: &StoredRelease,
-        sockets: &ListenSockets,
-        slots: &[u32],
+        (sockets, slots): (&ListenSockets, &[u32]),
+        cancel: &mut Cancel,
     ) -> Result<Vec<HostedInstance>, HostError> {
         let mut started = Vec::new();
         for &slot in slots {
@@ -1119,7 +1217,24 @@ impl Host {
                 }
             }
         }
-        self.wait_ready(service, release, started).await
+        let failed = tokio::select! {
+            ready = all_ready(service, release, &started) => match ready {
+                Ok(()) => return Ok(started),
+                Err(failure) => HostError::SwitchFailed(failure),
+            },
+            by_token = cancel.superseded() => HostError::Superseded(Box::new(Superseded {
+                service: service.to_owned(),
+                by_token,
+                what: format!(
+                    "the start of {} ({})",
+                    release.manifest.version(),
+                    release.digest
+                ),
+                kept: String::new(),
+            })),
+        };
+        stop_all(started).await;
+        Err(failed)
     }
 
     fn start_instance(
@@ -1190,23 +1305,13 @@ impl Host {
         release: &StoredRelease,
         instances: Vec<HostedInstance>,
     ) -> Result<Vec<HostedInstance>, HostError> {
-        let deadline =
-            Instant::now() + release.manifest.readiness().timing.healthy_deadline + READY_GRACE;
-        for instance in &instances {
-            if let Err(reason) = wait_instance_ready(instance.subscribe(), deadline).await {
-                let log_tail = instance.log_tail(FAILURE_LOG_LINES).join("\n");
+        match all_ready(service, release, &instances).await {
+            Ok(()) => Ok(instances),
+            Err(failure) => {
                 stop_all(instances).await;
-                return Err(HostError::SwitchFailed(Box::new(SwitchFailure {
-                    service: service.to_owned(),
-                    version: release.manifest.version().to_string(),
-                    digest: release.digest.to_string(),
-                    reason,
-                    kept: String::new(),
-                    log_tail,
-                })));
+                Err(HostError::SwitchFailed(failure))
             }
         }
-        Ok(instances)
     }
 
     /// The release's `[[listen]]` sockets with this host's overrides applied.
@@ -1235,15 +1340,72 @@ impl Host {
         )
     }
 
-    async fn admit(&self, service: &str, token: u64) -> Result<(), HostError> {
+    /// Refuses a token older than the service's high-water mark, else
+    /// raises the mark (durable before the command acts).
+    async fn raise_mark(&self, service: &str, token: u64) -> Result<(), HostError> {
         let mut state = self.state.lock().await;
+        self.raise_mark_in(&mut state, service, token).await
+    }
+
+    async fn raise_mark_in(
+        &self,
+        state: &mut AgentState,
+        service: &str,
+        token: u64,
+    ) -> Result<(), HostError> {
         let before = state.service_mut(service).fencing_high_water;
         state.service_mut(service).admit(service, token)?;
         if state.service_mut(service).fencing_high_water != before {
             // The mark must survive a crash before the command acts.
-            self.save(&state).await?;
+            self.save(state).await?;
         }
         Ok(())
+    }
+
+    /// The supersede rule carried out (`admission`): refused (stale,
+    /// busy), or the service claimed — a command with an older token in
+    /// flight told to stop — with the mark raised and durable first.
+    /// `token`: `None` for agentctl and the agent's own start.
+    async fn claim(&self, service: &str, token: Option<u64>) -> Result<Ticket, HostError> {
+        let claims = self.runtime(service).claims.clone();
+        let refused = |admission| match admission {
+            Admission::Stale { high_water } => HostError::StaleToken(StaleToken {
+                service: service.to_owned(),
+                offered: token.unwrap_or_default(),
+                high_water,
+            }),
+            _ => HostError::Busy {
+                service: service.to_owned(),
+            },
+        };
+        let Some(offered) = token else {
+            return claims.claim(0, None).map_err(refused);
+        };
+        // Token commands are admitted one at a time (the state lock); the
+        // decision is taken again atomically with the claim below, as an
+        // agentctl command may claim the service meanwhile.
+        let mut state = self.state.lock().await;
+        let high_water = state.service_mut(service).fencing_high_water;
+        match admission::admit(high_water, claims.in_flight(), token) {
+            Admission::Take | Admission::Supersede { .. } => {}
+            other => return Err(refused(other)),
+        }
+        self.raise_mark_in(&mut state, service, offered).await?;
+        let ticket = claims.claim(offered, token).map_err(refused)?;
+        if let Some(in_flight) = ticket.superseding() {
+            tracing::info!(
+                service,
+                token = offered,
+                superseded = in_flight,
+                "a newer command supersedes the one in flight"
+            );
+        }
+        Ok(ticket)
+    }
+
+    /// `claim`, then the service's command lock.
+    async fn command(&self, service: &str, token: Option<u64>) -> Result<CommandLock, HostError> {
+        self.claim(service, token).await?.take(service).await
     }
 
     async fn persist(
@@ -1459,7 +1621,7 @@ impl Host {
         for runtime in self.entries() {
             // The command lock too: old instances of a finished switch drain
             // while it is held, and they must be gone before we leave.
-            let _command = runtime.command.lock().await;
+            let _command = runtime.claims.wait_idle().await;
             let mut rt = runtime.runtime.lock().await;
             if let Some(running) = rt.running.take() {
                 for instance in running.instances {
@@ -1473,7 +1635,7 @@ impl Host {
     pub async fn stop_all(&self) {
         for runtime in self.entries() {
             // As in `detach_all`: a finished switch's old instances first.
-            let _command = runtime.command.lock().await;
+            let _command = runtime.claims.wait_idle().await;
             let mut rt = runtime.runtime.lock().await;
             if let Some(running) = rt.running.take() {
                 stop_all(running.instances).await;
@@ -1551,6 +1713,10 @@ fn with_kept(err: HostError, kept: &str) -> HostError {
             kept.clone_into(&mut failure.kept);
             HostError::SwitchFailed(failure)
         }
+        HostError::Superseded(mut superseded) => {
+            kept.clone_into(&mut superseded.kept);
+            HostError::Superseded(superseded)
+        }
         other => other,
     }
 }
@@ -1594,6 +1760,31 @@ async fn stop_all(instances: Vec<HostedInstance>) {
             tracing::error!(error = %err, "an instance stop task failed");
         }
     }
+}
+
+/// Waits until every instance is ready within the release's healthy
+/// deadline; the first one that is not, and its log, otherwise. Borrows
+/// the instances: whoever owns them stops them.
+async fn all_ready(
+    service: &str,
+    release: &StoredRelease,
+    instances: &[HostedInstance],
+) -> Result<(), Box<SwitchFailure>> {
+    let deadline =
+        Instant::now() + release.manifest.readiness().timing.healthy_deadline + READY_GRACE;
+    for instance in instances {
+        if let Err(reason) = wait_instance_ready(instance.subscribe(), deadline).await {
+            return Err(Box::new(SwitchFailure {
+                service: service.to_owned(),
+                version: release.manifest.version().to_string(),
+                digest: release.digest.to_string(),
+                reason,
+                kept: String::new(),
+                log_tail: instance.log_tail(FAILURE_LOG_LINES).join("\n"),
+            }));
+        }
+    }
+    Ok(())
 }
 
 /// Ready, or why not: it exited, crash-loops, failed, or missed the deadline.

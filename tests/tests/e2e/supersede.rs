@@ -114,7 +114,6 @@ async fn stored_not_running(agent: &AgentFixture, b: &Path, gate: &Path) -> Stri
 /// becomes current. An Apply with the older token afterwards is refused
 /// (STALE) and changes nothing.
 #[tokio::test]
-#[ignore = "fails until the agent supersedes (#12 deliver 1): Refused Busy"]
 async fn a_higher_token_supersedes_the_switch_in_flight() {
     let agent = AgentFixture::start("host-31", "eu-1").await.unwrap();
     let port = free_loopback_port().unwrap();
