@@ -190,3 +190,77 @@ impl Cancel {
         *self.0.borrow()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Long enough for a task that could go on to do so; the tests assert
+    /// that it did not.
+    const SETTLE: Duration = Duration::from_millis(50);
+
+    fn claims() -> Arc<Claims> {
+        Arc::new(Claims::default())
+    }
+
+    #[tokio::test]
+    async fn a_service_held_by_agentctl_is_busy_for_everyone() {
+        let claims = claims();
+        let held = claims.claim(0, None).unwrap().take("web").await.unwrap();
+        assert_eq!(claims.claim(5, Some(5)).unwrap_err(), Admission::Busy);
+        assert_eq!(claims.claim(0, None).unwrap_err(), Admission::Busy);
+        drop(held);
+        assert!(claims.in_flight().is_none(), "the claim ends with the lock");
+        claims.claim(5, Some(5)).unwrap().take("web").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_higher_token_cancels_the_holder_and_takes_the_lock_after_it() {
+        let claims = claims();
+        let older = claims.claim(5, Some(5)).unwrap().take("web").await.unwrap();
+        let mut cancel = older.cancel();
+        let newer = claims.claim(6, Some(6)).unwrap();
+        assert_eq!(newer.superseding(), Some(5));
+        assert_eq!(cancel.superseded().await, 6);
+        let mut taking = tokio::spawn(newer.take("web"));
+        // The older command still brings the service back: no lock yet.
+        assert!(
+            tokio::time::timeout(SETTLE, &mut taking).await.is_err(),
+            "took the lock while the superseded command held it"
+        );
+        drop(older);
+        let newer = taking.await.unwrap().unwrap();
+        assert_eq!(newer.cancel().fired(), None);
+        assert_eq!(claims.in_flight(), Some(InFlight { token: Some(6) }));
+    }
+
+    #[tokio::test]
+    async fn a_claim_superseded_while_it_waits_never_takes_the_lock() {
+        let claims = claims();
+        let first = claims.claim(5, Some(5)).unwrap().take("web").await.unwrap();
+        let second = tokio::spawn(claims.claim(6, Some(6)).unwrap().take("web"));
+        let third = tokio::spawn(claims.claim(7, Some(7)).unwrap().take("web"));
+        match second.await.unwrap() {
+            Err(HostError::Superseded(s)) => assert_eq!(s.by_token, 7),
+            other => panic!("expected superseded, got {other:?}"),
+        }
+        drop(first);
+        third.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_dropped_ticket_gives_its_claim_up_but_not_a_newer_one() {
+        let claims = claims();
+        let first = claims.claim(5, Some(5)).unwrap();
+        drop(first);
+        assert!(claims.in_flight().is_none());
+        let held = claims.claim(5, Some(5)).unwrap().take("web").await.unwrap();
+        let newer = claims.claim(6, Some(6)).unwrap();
+        // The superseded holder ends: the newer claim stays.
+        drop(held);
+        assert_eq!(claims.in_flight(), Some(InFlight { token: Some(6) }));
+        newer.take("web").await.unwrap();
+    }
+}
