@@ -2,7 +2,9 @@
 //!
 //! `Apply` answers as soon as the command is accepted or refused (stale
 //! token, release unavailable, busy); accepted means taken: the service's
-//! command lock is held from the answer until the switch is done — after fetching the release from the
+//! command lock is held from the answer until the switch is done (an Apply
+//! with a higher token than the command in flight supersedes it: it is
+//! answered once the cancelled one has let go of the service) — after fetching the release from the
 //! coordinators when this host lacks it, so the coordinator calls it with a
 //! deadline longer than `fetch_timeout`; the switch itself runs in the
 //! background and its progress arrives on `WatchStatus` (and the report

@@ -18,8 +18,13 @@
 //! instance was stopped first is started again and kept supervised, ready
 //! in time or not.
 //!
-//! One switch per service at a time (a second is refused as busy, never
-//! queued). Every outcome is written to the durable state before the reply.
+//! One command per service at a time: a second is refused as busy, never
+//! queued — unless it carries a higher fencing token, and then it
+//! supersedes the one in flight (`admission` decides, `claim` carries it
+//! out): the older switch or restart is cancelled while it waits for a
+//! budget slot or for readiness, brought back like a failed one, and the
+//! newer command takes the service after it. Every outcome is written to
+//! the durable state before the reply.
 //!
 //! At agent start (`reconcile`) every service runs its current release:
 //! processes a previous agent left running (`supervisor::record`) are
@@ -33,7 +38,8 @@
 //! Must never: stop a serving release before its replacement is ready
 //! (unless the release says it cannot overlap), leave a service with half
 //! its instances on one release and half on another, or accept a fencing
-//! token older than one already accepted.
+//! token older than one already accepted, or let a superseded command
+//! finish after the one that superseded it.
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
