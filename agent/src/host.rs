@@ -18,12 +18,13 @@
 //! instance was stopped first is started again and kept supervised, ready
 //! in time or not.
 //!
-//! One command per service at a time: a second is refused as busy, never
-//! queued — unless it carries a higher fencing token, and then it
-//! supersedes the one in flight (`admission` decides, `claim` carries it
-//! out): the older switch or restart is cancelled while it waits for a
-//! budget slot or for readiness, brought back like a failed one, and the
-//! newer command takes the service after it. Every outcome is written to
+//! `Host` is a registry of service handles: each service's commands go to
+//! its actor (`actor`, the commands in `command`), which runs one at a
+//! time: a second is refused as busy, never queued — unless it carries a
+//! higher fencing token, and then it supersedes the one in flight
+//! (`admission` decides): the older switch or restart is cancelled while
+//! it waits for a budget slot or for readiness, brought back like a failed
+//! one, and the newer command runs after it. Every outcome is written to
 //! the durable state before the reply.
 //!
 //! At agent start (`reconcile`) every service runs its current release:
@@ -51,7 +52,6 @@ use release::{ReleaseDigest, Store, StoreError, StoredRelease, TrustedKeys};
 use tokio::sync::{Mutex, broadcast, watch};
 use tokio::time::Instant;
 
-use crate::admission::{self, Admission};
 use crate::cluster::{AgentRecord, ClusterError, ClusterLink, Slot};
 use crate::config::AgentConfig;
 use crate::fetch::ReleaseFetcher;
@@ -64,9 +64,11 @@ use crate::supervisor::{
 };
 use crate::wire;
 
-mod claim;
+mod actor;
+mod command;
 
-use claim::{Cancel, Claims, CommandLock, Ticket};
+use actor::{Cancel, Done, Message, Order};
+use command::{Command, ServiceExecutor};
 
 /// Lines of the failed release's log quoted in a switch failure.
 const FAILURE_LOG_LINES: usize = 20;
@@ -128,6 +130,8 @@ pub enum HostError {
     Worker(#[from] tokio::task::JoinError),
     #[error("cannot adopt the running instances of `{service}`: {reason}")]
     Adopt { service: String, reason: String },
+    #[error("{what} is gone: the agent is stopping")]
+    ActorGone { what: String },
 }
 
 impl HostError {
@@ -147,7 +151,8 @@ impl HostError {
             | Self::State(_)
             | Self::Directory { .. }
             | Self::Worker(_)
-            | Self::Adopt { .. } => R::Unspecified,
+            | Self::Adopt { .. }
+            | Self::ActorGone { .. } => R::Unspecified,
         }
     }
 }
@@ -245,26 +250,23 @@ fn take_slots(from: &mut BTreeMap<u32, HostedInstance>, slots: &[u32]) -> Vec<Ho
     slots.iter().filter_map(|s| from.remove(s)).collect()
 }
 
-/// A service's runtime behind two locks: `claims` says which command is
-/// under way and holds the command lock (a second one is refused as busy,
-/// or supersedes it: `admission`); `runtime` guards the data, which
-/// readers (status, logs) take only briefly. Keeping them apart means a
-/// reader can never make a command look busy.
-#[derive(Debug, Default)]
+/// A service's handle: its actor (`actor`), which takes every command
+/// and runs one at a time (a second is refused as busy, or supersedes the
+/// one in flight: `admission`), and its runtime, which the command running
+/// writes and readers (status, logs) take only briefly — so a reader can
+/// never make a command look busy.
+#[derive(Debug)]
 struct ServiceEntry {
-    claims: Arc<Claims>,
+    actor: tokio::sync::mpsc::Sender<Message<Command>>,
     runtime: Mutex<ServiceRuntime>,
 }
 
-/// An Apply the host has taken: fenced, its release stored, the service's
-/// command lock held. Only `Host::apply` consumes it, so an Apply answered
-/// Accepted cannot then find the service busy.
+/// An Apply the service's actor has taken: fenced (its mark durable), its
+/// release stored. It runs unless a newer command supersedes it;
+/// `Host::apply` waits for its outcome.
 #[derive(Debug)]
 pub struct AcceptedApply {
-    service: String,
-    release: StoredRelease,
-    trigger: Trigger,
-    _command: CommandLock,
+    done: Done,
 }
 
 #[derive(Debug, Default)]
@@ -274,9 +276,12 @@ struct ServiceRuntime {
     last_error: String,
 }
 
-/// Every service on this host.
+/// Every service on this host: a registry of service handles, plus what
+/// they share (state file, release store, budget, fetcher, events).
 #[derive(Debug)]
 pub struct Host {
+    /// Itself, for the service actors it spawns.
+    me: std::sync::Weak<Host>,
     config: AgentConfig,
     store: Store,
     state: Mutex<AgentState>,
@@ -336,7 +341,8 @@ impl Host {
             ReleaseFetcher::new(c, config.incoming_dir(), store.clone())
                 .with_tls(config.tls.as_ref().map(|t| t.material.clone()))
         });
-        Ok(Arc::new(Self {
+        Ok(Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             cluster,
             fetcher,
             config,
@@ -395,7 +401,11 @@ impl Host {
                 });
                 stop_unwanted(&self.config.process_dir(), unwanted).await;
                 if !adopt.is_empty() {
-                    match self.adopt(&service, &release, adopt).await {
+                    let adopting = Command::Adopt {
+                        release: release.clone(),
+                        found: adopt,
+                    };
+                    match self.carry_out(&service, None, adopting).await {
                         Ok(message) => return Ok(message),
                         Err(err) => tracing::warn!(
                             service,
@@ -404,7 +414,7 @@ impl Host {
                         ),
                     }
                 }
-                self.switch(&service, release, None).await
+                self.carry_out(&service, None, Command::Start(release)).await
             }
             .await;
             match result {
@@ -515,7 +525,6 @@ impl Host {
         mut found: Vec<Recorded>,
     ) -> Result<String, HostError> {
         let runtime = self.runtime(service);
-        let _command = self.command(service, None).await?;
         let mut rt = runtime.runtime.lock().await;
         let listen = self.listen(service, release);
         let adopt_err = |reason: String| HostError::Adopt {
@@ -613,7 +622,7 @@ impl Host {
         let release = self.stored(&digest.to_string()).await?;
         let service = release.manifest.service().to_string();
         let message = self
-            .switch(&service, release, Some(Trigger::Install))
+            .carry_out(&service, None, Command::Install(release))
             .await?;
         Ok((service, message))
     }
@@ -638,25 +647,17 @@ impl Host {
         }
     }
 
-    /// Carries out an Apply `accept_apply` took: the switch.
+    /// The outcome of an Apply `accept_apply` got taken: its switch, or
+    /// why it did not happen (failed, superseded).
     pub async fn apply(&self, accepted: AcceptedApply) -> Result<String, HostError> {
-        let AcceptedApply {
-            service,
-            release,
-            trigger,
-            _command: command,
-        } = accepted;
-        self.switch_taken(&service, release, Some(trigger), command)
-            .await
+        accepted.done.outcome().await
     }
 
-    /// Takes an Apply or refuses it: admitted by the supersede rule
-    /// (`admission`: its token's high-water mark raised and made durable
-    /// here, a command with an older token in flight cancelled), release
-    /// present (fetched from the coordinators first if it is not), of this
-    /// service, and the service's command lock taken — after a superseded
-    /// command has brought the service back — and held by the returned
-    /// `AcceptedApply` until `apply` is done.
+    /// Gets an Apply taken by its service's actor or refuses it: token not
+    /// stale, release present (fetched from the coordinators first if it
+    /// is not) and of this service, then admitted by the supersede rule
+    /// (`admission`: the mark raised and durable, a command with an older
+    /// token in flight cancelled; busy or stale refused).
     pub async fn accept_apply(
         &self,
         service: &str,
@@ -664,21 +665,59 @@ impl Host {
         token: u64,
         deployment: &str,
     ) -> Result<AcceptedApply, HostError> {
-        // Claimed before the fetch: a busy service is refused before the
-        // caller waits, and the service is not taken by another meanwhile.
-        let ticket = self.claim(service, Some(token)).await?;
+        // A stale command is refused before the caller waits for a fetch.
+        let high_water = self.high_water(service).await;
+        if token < high_water {
+            return Err(HostError::StaleToken(StaleToken {
+                service: service.to_owned(),
+                offered: token,
+                high_water,
+            }));
+        }
         let release = self.stored_or_fetched(digest).await?;
         of_service(&release, service)?;
-        let command = ticket.take(service).await?;
-        Ok(AcceptedApply {
-            service: service.to_owned(),
-            release,
-            trigger: Trigger::Apply {
-                deployment: deployment.to_owned(),
-                token,
-            },
-            _command: command,
-        })
+        let trigger = Trigger::Apply {
+            deployment: deployment.to_owned(),
+            token,
+        };
+        let done = self
+            .order(service, Some(token), Command::Apply { release, trigger })
+            .await?;
+        Ok(AcceptedApply { done })
+    }
+
+    /// Gives `command` to the service's actor: `Done` once it is taken.
+    async fn order(
+        &self,
+        service: &str,
+        token: Option<u64>,
+        command: Command,
+    ) -> Result<Done, HostError> {
+        let actor = self.runtime(service).actor.clone();
+        let gone = || HostError::ActorGone {
+            what: format!("the actor of `{service}`"),
+        };
+        let (taken, answer) = tokio::sync::oneshot::channel();
+        let order = Order {
+            token,
+            command,
+            taken,
+        };
+        actor
+            .send(Message::Order(order))
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    /// `order`, then its outcome.
+    async fn carry_out(
+        &self,
+        service: &str,
+        token: Option<u64>,
+        command: Command,
+    ) -> Result<String, HostError> {
+        self.order(service, token, command).await?.outcome().await
     }
 
     /// The coordinator's Stage: fenced, then the release is fetched (unless
@@ -702,11 +741,15 @@ impl Host {
         }
     }
 
-    /// Switches back to the release that ran before the current one (read
-    /// once the service is taken: a superseded switch is over by then).
+    /// Switches back to the release that ran before the current one.
     pub async fn rollback(&self, service: &str, token: Option<u64>) -> Result<String, HostError> {
         self.known(service).await?;
-        let command = self.command(service, token).await?;
+        self.carry_out(service, token, Command::Rollback).await
+    }
+
+    /// The rollback, as the service's actor runs it: the previous release
+    /// is read now (a superseded switch is over by then).
+    async fn rollback_now(&self, service: &str, cancel: Cancel) -> Result<String, HostError> {
         let previous = {
             let state = self.state.lock().await;
             let known = state
@@ -724,7 +767,7 @@ impl Host {
                 })?
         };
         let release = self.stored(&previous).await?;
-        self.switch_taken(service, release, Some(Trigger::Rollback), command)
+        self.switch_taken(service, release, Some(Trigger::Rollback), cancel)
             .await
     }
 
@@ -742,9 +785,20 @@ impl Host {
     /// Restarts every instance of a service one by one, each replacement
     /// ready before its predecessor stops (where the overlap mode allows).
     pub async fn restart(&self, service: &str, order: RestartOrder) -> Result<String, HostError> {
+        self.existing_runtime(service)?;
+        let token = order.token;
+        self.carry_out(service, token, Command::Restart(order))
+            .await
+    }
+
+    /// The restart, as the service's actor runs it.
+    async fn restart_now(
+        &self,
+        service: &str,
+        order: RestartOrder,
+        mut cancel: Cancel,
+    ) -> Result<String, HostError> {
         let runtime = self.existing_runtime(service)?;
-        let command = self.command(service, order.token).await?;
-        let mut cancel = command.cancel();
         let mut rt = runtime.runtime.lock().await;
         if rt.running.is_none() {
             return Err(HostError::UnknownService {
@@ -861,30 +915,18 @@ impl Host {
         self.cluster.as_ref()
     }
 
-    /// The core: switch `service` to `target` (see the module doc).
+    /// The core: switch `service` to `target` (see the module doc), as the
+    /// service's actor runs it; over when the old instances have drained.
     /// `trigger` is `None` when reconciling at start (nothing to record).
-    async fn switch(
-        &self,
-        service: &str,
-        target: StoredRelease,
-        trigger: Option<Trigger>,
-    ) -> Result<String, HostError> {
-        let command = self.command(service, None).await?;
-        self.switch_taken(service, target, trigger, command).await
-    }
-
-    /// `switch` with the service's command lock already taken; it is
-    /// released when the switch is over (old instances drained). A newer
-    /// command superseding this one cancels it while it waits for a budget
-    /// slot or for the new instances to be ready.
+    /// A newer command superseding this one cancels it while it waits for
+    /// a budget slot or for the new instances to be ready.
     async fn switch_taken(
         &self,
         service: &str,
         target: StoredRelease,
         trigger: Option<Trigger>,
-        command: CommandLock,
+        mut cancel: Cancel,
     ) -> Result<String, HostError> {
-        let mut cancel = command.cancel();
         let runtime = self.runtime(service);
         let mut rt = runtime.runtime.lock().await;
         if rt
@@ -929,7 +971,7 @@ impl Host {
                 drop(rt);
                 // The target serves and is durable: say so before the old
                 // instances drain, so a rollout need not wait for their
-                // stop. The budget slot and the command lock stay held until
+                // stop. The budget slot and the command stay held until
                 // they are gone: the disruption lasts that long.
                 if persisted.is_ok() {
                     self.publish_service(service).await;
@@ -1350,68 +1392,32 @@ impl Host {
     /// raises the mark (durable before the command acts).
     async fn raise_mark(&self, service: &str, token: u64) -> Result<(), HostError> {
         let mut state = self.state.lock().await;
-        self.raise_mark_in(&mut state, service, token).await
-    }
-
-    async fn raise_mark_in(
-        &self,
-        state: &mut AgentState,
-        service: &str,
-        token: u64,
-    ) -> Result<(), HostError> {
         let before = state.service_mut(service).fencing_high_water;
         state.service_mut(service).admit(service, token)?;
         if state.service_mut(service).fencing_high_water != before {
             // The mark must survive a crash before the command acts.
-            self.save(state).await?;
+            self.save(&state).await?;
         }
         Ok(())
     }
 
-    /// The supersede rule carried out (`admission`): refused (stale,
-    /// busy), or the service claimed — a command with an older token in
-    /// flight told to stop — with the mark raised and durable first.
-    /// `token`: `None` for agentctl and the agent's own start.
-    async fn claim(&self, service: &str, token: Option<u64>) -> Result<Ticket, HostError> {
-        let claims = self.runtime(service).claims.clone();
-        let refused = |admission| match admission {
-            Admission::Stale { high_water } => HostError::StaleToken(StaleToken {
-                service: service.to_owned(),
-                offered: token.unwrap_or_default(),
-                high_water,
-            }),
-            _ => HostError::Busy {
-                service: service.to_owned(),
-            },
-        };
-        let Some(offered) = token else {
-            return claims.claim(0, None).map_err(refused);
-        };
-        // Token commands are admitted one at a time (the state lock); the
-        // decision is taken again atomically with the claim below, as an
-        // agentctl command may claim the service meanwhile.
-        let mut state = self.state.lock().await;
-        let high_water = state.service_mut(service).fencing_high_water;
-        match admission::admit(high_water, claims.in_flight(), token) {
-            Admission::Take | Admission::Supersede { .. } => {}
-            other => return Err(refused(other)),
-        }
-        self.raise_mark_in(&mut state, service, offered).await?;
-        let ticket = claims.claim(offered, token).map_err(refused)?;
-        if let Some(in_flight) = ticket.superseding() {
-            tracing::info!(
-                service,
-                token = offered,
-                superseded = in_flight,
-                "a newer command supersedes the one in flight"
-            );
-        }
-        Ok(ticket)
+    /// The service's durable fencing high-water mark.
+    async fn high_water(&self, service: &str) -> u64 {
+        let state = self.state.lock().await;
+        state
+            .services
+            .get(service)
+            .map_or(0, |s| s.fencing_high_water)
     }
 
-    /// `claim`, then the service's command lock.
-    async fn command(&self, service: &str, token: Option<u64>) -> Result<CommandLock, HostError> {
-        self.claim(service, token).await?.take(service).await
+    /// Answers once the service's actor runs and holds no command (agent
+    /// shutdown: a finished switch's old instances have drained).
+    async fn idle(entry: &ServiceEntry) {
+        let (reply, idle) = tokio::sync::oneshot::channel();
+        if entry.actor.send(Message::Idle(reply)).await.is_ok() {
+            // Err: the actor is gone, so nothing runs.
+            let _ = idle.await;
+        }
     }
 
     async fn persist(
@@ -1506,12 +1512,28 @@ impl Host {
             })
     }
 
+    /// The service's handle; the first use spawns its actor.
     fn runtime(&self, service: &str) -> Arc<ServiceEntry> {
         let mut services = self
             .services
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        services.entry(service.to_owned()).or_default().clone()
+        services
+            .entry(service.to_owned())
+            .or_insert_with(|| {
+                let (actor, inbox) = tokio::sync::mpsc::channel(actor::INBOX);
+                let executor = ServiceExecutor {
+                    host: self.me.clone(),
+                    service: service.to_owned(),
+                };
+                // Ends when the handle (and so its sender) is dropped.
+                tokio::spawn(actor::run(executor, inbox));
+                Arc::new(ServiceEntry {
+                    actor,
+                    runtime: Mutex::default(),
+                })
+            })
+            .clone()
     }
 
     fn existing_runtime(&self, service: &str) -> Result<Arc<ServiceEntry>, HostError> {
@@ -1622,12 +1644,12 @@ impl Host {
 
     /// Leaves every instance running, its record durable, for the next
     /// agent to adopt (agent shutdown with `apps_on_agent_stop = "keep"`).
-    /// A switch in flight holds its service's runtime: this waits for it.
+    /// A command in flight holds its service: this waits for it.
     pub async fn detach_all(&self) {
         for runtime in self.entries() {
-            // The command lock too: old instances of a finished switch drain
-            // while it is held, and they must be gone before we leave.
-            let _command = runtime.claims.wait_idle().await;
+            // Old instances of a finished switch drain while its command
+            // is in flight, and they must be gone before we leave.
+            Self::idle(&runtime).await;
             let mut rt = runtime.runtime.lock().await;
             if let Some(running) = rt.running.take() {
                 for instance in running.instances {
@@ -1641,7 +1663,7 @@ impl Host {
     pub async fn stop_all(&self) {
         for runtime in self.entries() {
             // As in `detach_all`: a finished switch's old instances first.
-            let _command = runtime.claims.wait_idle().await;
+            Self::idle(&runtime).await;
             let mut rt = runtime.runtime.lock().await;
             if let Some(running) = rt.running.take() {
                 stop_all(running.instances).await;

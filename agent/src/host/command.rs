@@ -1,0 +1,92 @@
+//! The commands a service's actor takes (`actor::Order`), and how the
+//! host carries each one out (`ServiceExecutor`).
+//!
+//! Must never: decide whether a command runs (`admission` and the actor
+//! do), or run a command other than through its service's actor.
+
+use std::sync::Weak;
+
+use release::StoredRelease;
+
+use super::actor::{Cancel, Executor, Run};
+use super::{Host, HostError, Recorded, RestartOrder};
+use crate::state::Trigger;
+
+/// What a service's actor is asked to do.
+#[derive(Debug)]
+pub(super) enum Command {
+    /// The coordinator's Apply; the release is stored and verified.
+    Apply {
+        release: StoredRelease,
+        trigger: Trigger,
+    },
+    /// `agentctl install`; the bundle is stored and verified.
+    Install(StoredRelease),
+    /// Back to the release before the current one (read when it runs).
+    Rollback,
+    /// Every instance replaced by a fresh one, slot by slot.
+    Restart(RestartOrder),
+    /// Agent start: run the current release (nothing recorded).
+    Start(StoredRelease),
+    /// Agent start: take over the processes a previous agent left running.
+    Adopt {
+        release: StoredRelease,
+        found: Vec<Recorded>,
+    },
+}
+
+/// Carries out one service's commands on the host.
+#[derive(Debug)]
+pub(super) struct ServiceExecutor {
+    pub host: Weak<Host>,
+    pub service: String,
+}
+
+impl ServiceExecutor {
+    fn host(&self) -> Result<std::sync::Arc<Host>, HostError> {
+        self.host.upgrade().ok_or_else(|| HostError::ActorGone {
+            what: format!("the host of `{}`", self.service),
+        })
+    }
+}
+
+impl Executor for ServiceExecutor {
+    type Command = Command;
+
+    fn service(&self) -> &str {
+        &self.service
+    }
+
+    async fn high_water(&self) -> u64 {
+        match self.host.upgrade() {
+            Some(host) => host.high_water(&self.service).await,
+            None => 0,
+        }
+    }
+
+    async fn raise_mark(&self, token: u64) -> Result<(), HostError> {
+        self.host()?.raise_mark(&self.service, token).await
+    }
+
+    fn execute(&self, command: Command, cancel: Cancel) -> Run {
+        let host = self.host();
+        let service = self.service.clone();
+        Box::pin(async move {
+            let host = host?;
+            match command {
+                Command::Apply { release, trigger } => {
+                    host.switch_taken(&service, release, Some(trigger), cancel)
+                        .await
+                }
+                Command::Install(release) => {
+                    host.switch_taken(&service, release, Some(Trigger::Install), cancel)
+                        .await
+                }
+                Command::Start(release) => host.switch_taken(&service, release, None, cancel).await,
+                Command::Rollback => host.rollback_now(&service, cancel).await,
+                Command::Restart(order) => host.restart_now(&service, order, cancel).await,
+                Command::Adopt { release, found } => host.adopt(&service, &release, found).await,
+            }
+        })
+    }
+}
