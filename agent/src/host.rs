@@ -67,7 +67,7 @@ use crate::wire;
 mod actor;
 mod command;
 
-use actor::{Cancel, Done, Message, Order};
+use actor::{Cancel, Done, Joined, Message, Order};
 use command::{Command, ServiceExecutor};
 
 /// Lines of the failed release's log quoted in a switch failure.
@@ -749,7 +749,11 @@ impl Host {
 
     /// The rollback, as the service's actor runs it: the previous release
     /// is read now (a superseded switch is over by then).
-    async fn rollback_now(&self, service: &str, cancel: Cancel) -> Result<String, HostError> {
+    async fn rollback_now(
+        &self,
+        service: &str,
+        steer: (Cancel, Joined<Command>),
+    ) -> Result<String, HostError> {
         let previous = {
             let state = self.state.lock().await;
             let known = state
@@ -767,7 +771,7 @@ impl Host {
                 })?
         };
         let release = self.stored(&previous).await?;
-        self.switch_taken(service, release, Some(Trigger::Rollback), cancel)
+        self.switch_taken(service, release, Some(Trigger::Rollback), steer)
             .await
     }
 
@@ -919,14 +923,19 @@ impl Host {
     /// service's actor runs it; over when the old instances have drained.
     /// `trigger` is `None` when reconciling at start (nothing to record).
     /// A newer command superseding this one cancels it while it waits for
-    /// a budget slot or for the new instances to be ready.
+    /// a budget slot or for the new instances to be ready; one rolling it
+    /// forward (same target) is `joined`: the switch is recorded as its.
     async fn switch_taken(
         &self,
         service: &str,
         target: StoredRelease,
         trigger: Option<Trigger>,
-        mut cancel: Cancel,
+        (mut cancel, joined): (Cancel, Joined<Command>),
     ) -> Result<String, HostError> {
+        // Recorded as the newest command it was rolled forward to; nothing
+        // joins once the outcome is known (`close`).
+        let cause =
+            |trigger: Option<Trigger>| joined.close().and_then(Command::into_trigger).or(trigger);
         let runtime = self.runtime(service);
         let mut rt = runtime.runtime.lock().await;
         if rt
@@ -935,7 +944,7 @@ impl Host {
             .is_some_and(|r| r.release.digest == target.digest)
         {
             drop(rt);
-            return self.already_running(service, &target, trigger).await;
+            return self.already_running(service, &target, cause(trigger)).await;
         }
         // Starting a service that is not running (agent start) disrupts
         // nothing; every other switch is a planned disruption.
@@ -956,6 +965,7 @@ impl Host {
             .switch_locked(service, old, &target, &mut rt, cancel)
             .await;
         rt.switching = None;
+        let trigger = cause(trigger);
         let record = record_of(&target);
         let recorded = trigger.is_some();
         match result {

@@ -8,7 +8,7 @@ use std::sync::Weak;
 
 use release::StoredRelease;
 
-use super::actor::{Cancel, Executor, Run};
+use super::actor::{Cancel, Executor, Joined, Run};
 use super::{Host, HostError, Recorded, RestartOrder};
 use crate::state::Trigger;
 
@@ -35,6 +35,16 @@ pub(super) enum Command {
     },
 }
 
+impl Command {
+    /// What a switch rolled forward to this command records as its cause.
+    pub(super) fn into_trigger(self) -> Option<Trigger> {
+        match self {
+            Self::Apply { trigger, .. } => Some(trigger),
+            _ => None,
+        }
+    }
+}
+
 /// Carries out one service's commands on the host.
 #[derive(Debug)]
 pub(super) struct ServiceExecutor {
@@ -57,6 +67,15 @@ impl Executor for ServiceExecutor {
         &self.service
     }
 
+    fn target(command: &Command) -> Option<String> {
+        match command {
+            // Only an Apply names its release before it runs (and only a
+            // coordinator's command can roll another one forward).
+            Command::Apply { release, .. } => Some(release.digest.to_string()),
+            _ => None,
+        }
+    }
+
     async fn high_water(&self) -> u64 {
         match self.host.upgrade() {
             Some(host) => host.high_water(&self.service).await,
@@ -68,23 +87,24 @@ impl Executor for ServiceExecutor {
         self.host()?.raise_mark(&self.service, token).await
     }
 
-    fn execute(&self, command: Command, cancel: Cancel) -> Run {
+    fn execute(&self, command: Command, cancel: Cancel, joined: Joined<Command>) -> Run {
         let host = self.host();
         let service = self.service.clone();
         Box::pin(async move {
             let host = host?;
+            let steer = (cancel, joined);
             match command {
                 Command::Apply { release, trigger } => {
-                    host.switch_taken(&service, release, Some(trigger), cancel)
+                    host.switch_taken(&service, release, Some(trigger), steer)
                         .await
                 }
                 Command::Install(release) => {
-                    host.switch_taken(&service, release, Some(Trigger::Install), cancel)
+                    host.switch_taken(&service, release, Some(Trigger::Install), steer)
                         .await
                 }
-                Command::Start(release) => host.switch_taken(&service, release, None, cancel).await,
-                Command::Rollback => host.rollback_now(&service, cancel).await,
-                Command::Restart(order) => host.restart_now(&service, order, cancel).await,
+                Command::Start(release) => host.switch_taken(&service, release, None, steer).await,
+                Command::Rollback => host.rollback_now(&service, steer).await,
+                Command::Restart(order) => host.restart_now(&service, order, steer.0).await,
                 Command::Adopt { release, found } => host.adopt(&service, &release, found).await,
             }
         })

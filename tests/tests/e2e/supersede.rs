@@ -258,3 +258,94 @@ async fn a_higher_token_supersedes_the_switch_in_flight() {
     assert_eq!(status.fencing_high_water, 6);
     assert!(recorded_pids(&agent, &b_digest).is_empty(), "{status:?}");
 }
+
+/// #12 deliver 1, "rolled forward to the newest desired release": a new
+/// leader resuming a deployment re-sends, with its higher token, the Apply
+/// of the release the host is already switching to. The switch in flight
+/// goes on and ends as the newer command's (recorded with its deployment
+/// and token) instead of being cancelled and started again: B's instance
+/// is the one the older command started.
+#[tokio::test]
+async fn a_higher_token_for_the_release_in_flight_takes_the_switch_over() {
+    let agent = AgentFixture::start("host-32", "eu-1").await.unwrap();
+    let port = free_loopback_port().unwrap();
+    let a = DemoRelease::new("1.0.0", port).build(agent.dir()).unwrap();
+    agent.install(&a).await.unwrap();
+    let gate = agent.dir().join("b-cannot-start");
+    let b = DemoRelease::new("2.0.0", port)
+        .with_config(&format!(
+            "[faults]\nready_after_ms = 8000\nfail_at_start_while_exists = {:?}\n",
+            gate.display().to_string()
+        ))
+        .build(agent.dir())
+        .unwrap();
+    let b_digest = stored_not_running(&agent, &b, &gate).await;
+    let client = AgentServiceClient::connect(format!("http://{}", agent.grpc_addr()))
+        .await
+        .unwrap();
+
+    let verdict = client
+        .clone()
+        .apply(apply(&b_digest, 5, "deploy-t5"))
+        .await
+        .unwrap()
+        .into_inner()
+        .verdict
+        .unwrap();
+    assert_eq!(
+        verdict.outcome(),
+        pb::CommandOutcome::Accepted,
+        "{verdict:?}"
+    );
+    let b_pids = wait_for("B's instance to start", DEADLINE, || async {
+        let pids = recorded_pids(&agent, &b_digest);
+        if pids.is_empty() {
+            Err("no process of B yet".to_owned())
+        } else {
+            Ok(pids)
+        }
+    })
+    .await
+    .unwrap();
+
+    // The resuming leader's Apply of the same release, newer token.
+    let verdict = client
+        .clone()
+        .apply(apply(&b_digest, 6, "deploy-t6"))
+        .await
+        .unwrap()
+        .into_inner()
+        .verdict
+        .unwrap();
+    assert_eq!(
+        verdict.outcome(),
+        pb::CommandOutcome::Accepted,
+        "{verdict:?}"
+    );
+    let done = wait_for("the host to record token 6", DEADLINE, || async {
+        let status = service_status(&client).await?;
+        match &status.last_switch {
+            Some(last) if last.fencing_token == 6 => Ok(status),
+            other => Err(format!("last switch is {other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    let last = done.last_switch.clone().unwrap();
+    assert!(last.succeeded, "{last:?}");
+    assert_eq!(last.to_digest, b_digest);
+    assert_eq!(last.deployment_id, "deploy-t6");
+    assert_eq!(done.current.as_ref().unwrap().digest, b_digest);
+    let pids: Vec<u32> = done.instances.iter().map(|i| i.pid).collect();
+    assert_eq!(pids, b_pids, "B was started again: {done:?}");
+    assert_eq!(served_version(port).await.unwrap(), "2.0.0");
+    let releases = agent.agentctl_json(&["releases", "demo"]).await.unwrap();
+    let history = releases["history"].as_array().unwrap();
+    assert!(
+        !history.iter().any(|h| h["trigger"]
+            .as_str()
+            .unwrap()
+            .starts_with("apply deploy-t5 ")),
+        "one switch, recorded as the newer command's: {releases}"
+    );
+}
