@@ -102,6 +102,67 @@ async fn stored_not_running(agent: &AgentFixture, b: &Path, gate: &Path) -> Stri
     last["to"].as_str().unwrap().to_owned()
 }
 
+/// A (1.0.0, serving) installed and B (2.0.0, ready `b_ready_after_ms`
+/// after it starts) stored: `(a_digest, b_digest)`.
+async fn a_serving_b_stored(
+    agent: &AgentFixture,
+    port: u16,
+    b_ready_after_ms: u64,
+) -> (String, String) {
+    let a = DemoRelease::new("1.0.0", port).build(agent.dir()).unwrap();
+    agent.install(&a).await.unwrap();
+    let releases = agent.agentctl_json(&["releases", "demo"]).await.unwrap();
+    let a_digest = releases["current"]["digest"].as_str().unwrap().to_owned();
+    let gate = agent.dir().join("b-cannot-start");
+    let b = DemoRelease::new("2.0.0", port)
+        .with_config(&format!(
+            "[faults]\nready_after_ms = {b_ready_after_ms}\nfail_at_start_while_exists = {:?}\n",
+            gate.display().to_string()
+        ))
+        .build(agent.dir())
+        .unwrap();
+    let b_digest = stored_not_running(agent, &b, &gate).await;
+    (a_digest, b_digest)
+}
+
+async fn verdict(client: &Client, request: pb::ApplyRequest) -> pb::CommandVerdict {
+    client
+        .clone()
+        .apply(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .verdict
+        .unwrap()
+}
+
+/// Waits until the agent started an instance of `digest`: its pids.
+async fn started(agent: &AgentFixture, digest: &str) -> Vec<u32> {
+    wait_for("the release's instance to start", DEADLINE, || async {
+        let pids = recorded_pids(agent, digest);
+        if pids.is_empty() {
+            Err(format!("no process of {digest} yet"))
+        } else {
+            Ok(pids)
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until the host's last recorded switch carries `token`.
+async fn recorded(client: &Client, token: u64) -> pb::ServiceStatus {
+    wait_for("the host to record the newer token", DEADLINE, || async {
+        let status = service_status(client).await?;
+        match &status.last_switch {
+            Some(last) if last.fencing_token == token => Ok(status),
+            other => Err(format!("last switch is {other:?}")),
+        }
+    })
+    .await
+    .unwrap()
+}
+
 /// Reproduces #12 Seen 1: after `lockstep abort`, `lockstep rollback web`
 /// ended `finished (rolled_back)` while host eu1-b then finished the
 /// earlier forward apply (older token) 16 ms later and ran the bad release.
@@ -117,19 +178,7 @@ async fn stored_not_running(agent: &AgentFixture, b: &Path, gate: &Path) -> Stri
 async fn a_higher_token_supersedes_the_switch_in_flight() {
     let agent = AgentFixture::start("host-31", "eu-1").await.unwrap();
     let port = free_loopback_port().unwrap();
-    let a = DemoRelease::new("1.0.0", port).build(agent.dir()).unwrap();
-    agent.install(&a).await.unwrap();
-    let releases = agent.agentctl_json(&["releases", "demo"]).await.unwrap();
-    let a_digest = releases["current"]["digest"].as_str().unwrap().to_owned();
-    let gate = agent.dir().join("b-cannot-start");
-    let b = DemoRelease::new("2.0.0", port)
-        .with_config(&format!(
-            "[faults]\nready_after_ms = {B_READY_AFTER_MS}\nfail_at_start_while_exists = {:?}\n",
-            gate.display().to_string()
-        ))
-        .build(agent.dir())
-        .unwrap();
-    let b_digest = stored_not_running(&agent, &b, &gate).await;
+    let (a_digest, b_digest) = a_serving_b_stored(&agent, port, B_READY_AFTER_MS).await;
     let client = AgentServiceClient::connect(format!("http://{}", agent.grpc_addr()))
         .await
         .unwrap();
@@ -137,53 +186,22 @@ async fn a_higher_token_supersedes_the_switch_in_flight() {
     let a_pid = before.instances[0].pid;
 
     // The forward apply (older token) is in flight: B's instance started.
-    let verdict = client
-        .clone()
-        .apply(apply(&b_digest, 5, "forward-t5"))
-        .await
-        .unwrap()
-        .into_inner()
-        .verdict
-        .unwrap();
+    let forward = verdict(&client, apply(&b_digest, 5, "forward-t5")).await;
     assert_eq!(
-        verdict.outcome(),
+        forward.outcome(),
         pb::CommandOutcome::Accepted,
-        "{verdict:?}"
+        "{forward:?}"
     );
-    let b_pids = wait_for("B's instance to start", DEADLINE, || async {
-        let pids = recorded_pids(&agent, &b_digest);
-        if pids.is_empty() {
-            Err("no process of B yet".to_owned())
-        } else {
-            Ok(pids)
-        }
-    })
-    .await
-    .unwrap();
+    let b_pids = started(&agent, &b_digest).await;
 
     // The rollback (newer token) to A, the release that serves.
-    let verdict = client
-        .clone()
-        .apply(apply(&a_digest, 6, "rollback-t6"))
-        .await
-        .unwrap()
-        .into_inner()
-        .verdict
-        .unwrap();
+    let back = verdict(&client, apply(&a_digest, 6, "rollback-t6")).await;
     assert_eq!(
-        verdict.outcome(),
+        back.outcome(),
         pb::CommandOutcome::Accepted,
-        "the newer token must be taken while B is in flight: {verdict:?}"
+        "the newer token must be taken while B is in flight: {back:?}"
     );
-    let done = wait_for("the host to record token 6", DEADLINE, || async {
-        let status = service_status(&client).await?;
-        match &status.last_switch {
-            Some(last) if last.fencing_token == 6 => Ok(status),
-            other => Err(format!("last switch is {other:?}")),
-        }
-    })
-    .await
-    .unwrap();
+    let done = recorded(&client, 6).await;
     // Reported done only once the switch to B is over.
     for pid in &b_pids {
         assert!(
@@ -230,25 +248,14 @@ async fn a_higher_token_supersedes_the_switch_in_flight() {
     );
 
     // The older token again: refused, nothing changes.
-    let verdict = client
-        .clone()
-        .apply(apply(&b_digest, 5, "forward-t5-again"))
-        .await
-        .unwrap()
-        .into_inner()
-        .verdict
-        .unwrap();
+    let stale = verdict(&client, apply(&b_digest, 5, "forward-t5-again")).await;
+    assert_eq!(stale.outcome(), pb::CommandOutcome::Refused, "{stale:?}");
     assert_eq!(
-        verdict.outcome(),
-        pb::CommandOutcome::Refused,
-        "{verdict:?}"
-    );
-    assert_eq!(
-        verdict.refusal(),
+        stale.refusal(),
         pb::RefusalReason::StaleFencingToken,
-        "{verdict:?}"
+        "{stale:?}"
     );
-    assert_eq!(verdict.fencing_high_water, 6);
+    assert_eq!(stale.fencing_high_water, 6);
     let after: Value = agent.agentctl_json(&["releases", "demo"]).await.unwrap();
     assert_eq!(
         after, releases,
@@ -269,68 +276,23 @@ async fn a_higher_token_supersedes_the_switch_in_flight() {
 async fn a_higher_token_for_the_release_in_flight_takes_the_switch_over() {
     let agent = AgentFixture::start("host-32", "eu-1").await.unwrap();
     let port = free_loopback_port().unwrap();
-    let a = DemoRelease::new("1.0.0", port).build(agent.dir()).unwrap();
-    agent.install(&a).await.unwrap();
-    let gate = agent.dir().join("b-cannot-start");
-    let b = DemoRelease::new("2.0.0", port)
-        .with_config(&format!(
-            "[faults]\nready_after_ms = 8000\nfail_at_start_while_exists = {:?}\n",
-            gate.display().to_string()
-        ))
-        .build(agent.dir())
-        .unwrap();
-    let b_digest = stored_not_running(&agent, &b, &gate).await;
+    let (_, b_digest) = a_serving_b_stored(&agent, port, 8_000).await;
     let client = AgentServiceClient::connect(format!("http://{}", agent.grpc_addr()))
         .await
         .unwrap();
 
-    let verdict = client
-        .clone()
-        .apply(apply(&b_digest, 5, "deploy-t5"))
-        .await
-        .unwrap()
-        .into_inner()
-        .verdict
-        .unwrap();
-    assert_eq!(
-        verdict.outcome(),
-        pb::CommandOutcome::Accepted,
-        "{verdict:?}"
-    );
-    let b_pids = wait_for("B's instance to start", DEADLINE, || async {
-        let pids = recorded_pids(&agent, &b_digest);
-        if pids.is_empty() {
-            Err("no process of B yet".to_owned())
-        } else {
-            Ok(pids)
-        }
-    })
-    .await
-    .unwrap();
+    let first = verdict(&client, apply(&b_digest, 5, "deploy-t5")).await;
+    assert_eq!(first.outcome(), pb::CommandOutcome::Accepted, "{first:?}");
+    let b_pids = started(&agent, &b_digest).await;
 
     // The resuming leader's Apply of the same release, newer token.
-    let verdict = client
-        .clone()
-        .apply(apply(&b_digest, 6, "deploy-t6"))
-        .await
-        .unwrap()
-        .into_inner()
-        .verdict
-        .unwrap();
+    let resumed = verdict(&client, apply(&b_digest, 6, "deploy-t6")).await;
     assert_eq!(
-        verdict.outcome(),
+        resumed.outcome(),
         pb::CommandOutcome::Accepted,
-        "{verdict:?}"
+        "{resumed:?}"
     );
-    let done = wait_for("the host to record token 6", DEADLINE, || async {
-        let status = service_status(&client).await?;
-        match &status.last_switch {
-            Some(last) if last.fencing_token == 6 => Ok(status),
-            other => Err(format!("last switch is {other:?}")),
-        }
-    })
-    .await
-    .unwrap();
+    let done = recorded(&client, 6).await;
     let last = done.last_switch.clone().unwrap();
     assert!(last.succeeded, "{last:?}");
     assert_eq!(last.to_digest, b_digest);
