@@ -946,17 +946,13 @@ impl Host {
             drop(rt);
             return self.already_running(service, &target, cause(trigger)).await;
         }
-        // Starting a service that is not running (agent start) disrupts
-        // nothing; every other switch is a planned disruption.
-        let disruption = match &trigger {
-            Some(trigger) if rt.running.is_some() => {
-                let purpose = format!(
-                    "{} {service} to {}",
-                    wire::trigger(trigger),
-                    target.manifest.version()
-                );
-                self.take_slot(service, &purpose, &mut cancel).await?
+        let disruption = match (&trigger, rt.running.is_some()) {
+            (Some(trigger), true) => {
+                self.switch_slot(service, &target, trigger, &mut cancel)
+                    .await?
             }
+            // Starting a service that is not running (agent start)
+            // disrupts nothing.
             _ => Slot::none(),
         };
         let old = rt.running.take();
@@ -1012,6 +1008,22 @@ impl Host {
                 Err(err)
             }
         }
+    }
+
+    /// The budget slot of a switch: a planned disruption.
+    async fn switch_slot(
+        &self,
+        service: &str,
+        target: &StoredRelease,
+        trigger: &Trigger,
+        cancel: &mut Cancel,
+    ) -> Result<Slot, HostError> {
+        let purpose = format!(
+            "{} {service} to {}",
+            wire::trigger(trigger),
+            target.manifest.version()
+        );
+        self.take_slot(service, &purpose, cancel).await
     }
 
     /// The target already runs: a re-issued command (a new coordinator
