@@ -92,8 +92,11 @@ impl Executor for ServiceExecutor {
         let service = self.service.clone();
         Box::pin(async move {
             let host = host?;
+            // Closed when the command ends, whatever it recorded: no newer
+            // command joins a command that is over (it runs after it).
+            let ending = joined.clone();
             let steer = (cancel, joined);
-            match command {
+            let outcome = match command {
                 Command::Apply { release, trigger } => {
                     host.switch_taken(&service, release, Some(trigger), steer)
                         .await
@@ -106,7 +109,13 @@ impl Executor for ServiceExecutor {
                 Command::Rollback => host.rollback_now(&service, steer).await,
                 Command::Restart(order) => host.restart_now(&service, order, steer.0).await,
                 Command::Adopt { release, found } => host.adopt(&service, &release, found).await,
+            };
+            if let Some(unrecorded) = ending.close() {
+                // Joined after the switch stopped before recording (a
+                // budget slot it could not get): it ends as this one did.
+                tracing::warn!(service, trigger = ?unrecorded.into_trigger(), "a command rolled forward into a switch that ended before recording its outcome");
             }
+            outcome
         })
     }
 }
