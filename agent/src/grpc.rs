@@ -1,8 +1,10 @@
 //! `AgentService`: what the coordinator calls on every agent.
 //!
 //! `Apply` answers as soon as the command is accepted or refused (stale
-//! token, release unavailable, busy); accepted means taken: the service's
-//! command lock is held from the answer until the switch is done — after fetching the release from the
+//! token, release unavailable, busy); accepted means taken by the
+//! service's actor, which carries it out unless a command with a higher
+//! token supersedes it (as this one supersedes an older one in flight) —
+//! after fetching the release from the
 //! coordinators when this host lacks it, so the coordinator calls it with a
 //! deadline longer than `fetch_timeout`; the switch itself runs in the
 //! background and its progress arrives on `WatchStatus` (and the report
@@ -123,6 +125,7 @@ fn verdict(result: Result<String, HostError>) -> pb::CommandVerdict {
         Err(err) => {
             let high_water = match &err {
                 HostError::StaleToken(stale) => stale.high_water,
+                HostError::Superseded(superseded) => superseded.by_token,
                 _ => 0,
             };
             pb::CommandVerdict {
@@ -145,8 +148,8 @@ impl AgentService for AgentGrpc {
     ) -> Result<Response<pb::ApplyResponse>, Status> {
         self.authorize(&request, "Apply")?;
         let r = request.into_inner();
-        // Accepted means taken: the service's command lock is held from
-        // here until the switch is done, so nothing can make it busy.
+        // Accepted means taken: the service's actor has the command and
+        // carries it out (or it is superseded, and its outcome says so).
         let accepted = self
             .host
             .accept_apply(

@@ -18,8 +18,14 @@
 //! instance was stopped first is started again and kept supervised, ready
 //! in time or not.
 //!
-//! One switch per service at a time (a second is refused as busy, never
-//! queued). Every outcome is written to the durable state before the reply.
+//! `Host` is a registry of service handles: each service's commands go to
+//! its actor (`actor`, the commands in `command`), which runs one at a
+//! time: a second is refused as busy, never queued — unless it carries a
+//! higher fencing token, and then it supersedes the one in flight
+//! (`admission` decides): the older switch or restart is cancelled while
+//! it waits for a budget slot or for readiness, brought back like a failed
+//! one, and the newer command runs after it. Every outcome is written to
+//! the durable state before the reply.
 //!
 //! At agent start (`reconcile`) every service runs its current release:
 //! processes a previous agent left running (`supervisor::record`) are
@@ -33,7 +39,8 @@
 //! Must never: stop a serving release before its replacement is ready
 //! (unless the release says it cannot overlap), leave a service with half
 //! its instances on one release and half on another, or accept a fencing
-//! token older than one already accepted.
+//! token older than one already accepted, or let a superseded command
+//! finish after the one that superseded it.
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -56,6 +63,12 @@ use crate::supervisor::{
     AdoptedProcess, InstanceState, InstanceStatus, ListenSockets, SocketError,
 };
 use crate::wire;
+
+mod actor;
+mod command;
+
+use actor::{Cancel, Done, Joined, Message, Order};
+use command::{Command, ServiceExecutor};
 
 /// Lines of the failed release's log quoted in a switch failure.
 const FAILURE_LOG_LINES: usize = 20;
@@ -89,6 +102,8 @@ pub enum HostError {
     Bundle(#[source] StoreError),
     #[error("{0}")]
     SwitchFailed(Box<SwitchFailure>),
+    #[error("{0}")]
+    Superseded(Box<Superseded>),
     #[error("cannot bind the sockets of `{service}`: {source}")]
     Sockets {
         service: String,
@@ -115,6 +130,8 @@ pub enum HostError {
     Worker(#[from] tokio::task::JoinError),
     #[error("cannot adopt the running instances of `{service}`: {reason}")]
     Adopt { service: String, reason: String },
+    #[error("{what} is gone: the agent is stopping")]
+    ActorGone { what: String },
 }
 
 impl HostError {
@@ -124,7 +141,7 @@ impl HostError {
         match self {
             Self::UnknownService { .. } => R::UnknownService,
             Self::NoPreviousRelease { .. } => R::NoPreviousRelease,
-            Self::StaleToken(_) => R::StaleFencingToken,
+            Self::StaleToken(_) | Self::Superseded(_) => R::StaleFencingToken,
             Self::Busy { .. } => R::Busy,
             Self::ReleaseUnavailable { .. } | Self::Bundle(_) => R::ReleaseUnavailable,
             Self::Cluster(_) => R::BudgetExhausted,
@@ -134,7 +151,8 @@ impl HostError {
             | Self::State(_)
             | Self::Directory { .. }
             | Self::Worker(_)
-            | Self::Adopt { .. } => R::Unspecified,
+            | Self::Adopt { .. }
+            | Self::ActorGone { .. } => R::Unspecified,
         }
     }
 }
@@ -163,6 +181,33 @@ impl std::fmt::Display for SwitchFailure {
             write!(f, "; {}", self.kept)?;
         }
         write!(f, "\nlast log lines of the new release:\n{}", self.log_tail)
+    }
+}
+
+/// A command cancelled because one with a higher fencing token arrived
+/// (see `admission`), and what serves instead.
+#[derive(Debug)]
+pub struct Superseded {
+    pub service: String,
+    /// The newer command's token.
+    pub by_token: u64,
+    /// What was cancelled: "the switch to 2.0.0 (sha256:…)", "the restart".
+    pub what: String,
+    /// What serves now.
+    pub kept: String,
+}
+
+impl std::fmt::Display for Superseded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} of `{}` was superseded by a command with fencing token {}",
+            self.what, self.service, self.by_token
+        )?;
+        if !self.kept.is_empty() {
+            write!(f, "; {}", self.kept)?;
+        }
+        Ok(())
     }
 }
 
@@ -205,40 +250,23 @@ fn take_slots(from: &mut BTreeMap<u32, HostedInstance>, slots: &[u32]) -> Vec<Ho
     slots.iter().filter_map(|s| from.remove(s)).collect()
 }
 
-/// A service's runtime behind two locks: `command` says a switch or
-/// restart is under way (a second one is refused as busy); `runtime` guards
-/// the data, which readers (status, logs) take only briefly. Keeping them
-/// apart means a reader can never make a command look busy.
-#[derive(Debug, Default)]
+/// A service's handle: its actor (`actor`), which takes every command
+/// and runs one at a time (a second is refused as busy, or supersedes the
+/// one in flight: `admission`), and its runtime, which the command running
+/// writes and readers (status, logs) take only briefly — so a reader can
+/// never make a command look busy.
+#[derive(Debug)]
 struct ServiceEntry {
-    command: Arc<Mutex<()>>,
+    actor: tokio::sync::mpsc::Sender<Message<Command>>,
     runtime: Mutex<ServiceRuntime>,
 }
 
-/// The service's command lock, held by the one command under way; owned,
-/// so an accepted Apply carries it into the task that carries it out.
-type CommandLock = tokio::sync::OwnedMutexGuard<()>;
-
-impl ServiceEntry {
-    fn begin(&self, service: &str) -> Result<CommandLock, HostError> {
-        self.command
-            .clone()
-            .try_lock_owned()
-            .map_err(|_| HostError::Busy {
-                service: service.to_owned(),
-            })
-    }
-}
-
-/// An Apply the host has taken: fenced, its release stored, the service's
-/// command lock held. Only `Host::apply` consumes it, so an Apply answered
-/// Accepted cannot then find the service busy.
+/// An Apply the service's actor has taken: fenced (its mark durable), its
+/// release stored. It runs unless a newer command supersedes it;
+/// `Host::apply` waits for its outcome.
 #[derive(Debug)]
 pub struct AcceptedApply {
-    service: String,
-    release: StoredRelease,
-    trigger: Trigger,
-    _command: CommandLock,
+    done: Done,
 }
 
 #[derive(Debug, Default)]
@@ -248,9 +276,12 @@ struct ServiceRuntime {
     last_error: String,
 }
 
-/// Every service on this host.
+/// Every service on this host: a registry of service handles, plus what
+/// they share (state file, release store, budget, fetcher, events).
 #[derive(Debug)]
 pub struct Host {
+    /// Itself, for the service actors it spawns.
+    me: std::sync::Weak<Host>,
     config: AgentConfig,
     store: Store,
     state: Mutex<AgentState>,
@@ -310,7 +341,8 @@ impl Host {
             ReleaseFetcher::new(c, config.incoming_dir(), store.clone())
                 .with_tls(config.tls.as_ref().map(|t| t.material.clone()))
         });
-        Ok(Arc::new(Self {
+        Ok(Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             cluster,
             fetcher,
             config,
@@ -369,7 +401,11 @@ impl Host {
                 });
                 stop_unwanted(&self.config.process_dir(), unwanted).await;
                 if !adopt.is_empty() {
-                    match self.adopt(&service, &release, adopt).await {
+                    let adopting = Command::Adopt {
+                        release: release.clone(),
+                        found: adopt,
+                    };
+                    match self.carry_out(&service, None, adopting).await {
                         Ok(message) => return Ok(message),
                         Err(err) => tracing::warn!(
                             service,
@@ -378,7 +414,7 @@ impl Host {
                         ),
                     }
                 }
-                self.switch(&service, release, None).await
+                self.carry_out(&service, None, Command::Start(release)).await
             }
             .await;
             match result {
@@ -489,7 +525,6 @@ impl Host {
         mut found: Vec<Recorded>,
     ) -> Result<String, HostError> {
         let runtime = self.runtime(service);
-        let _command = runtime.begin(service)?;
         let mut rt = runtime.runtime.lock().await;
         let listen = self.listen(service, release);
         let adopt_err = |reason: String| HostError::Adopt {
@@ -587,7 +622,7 @@ impl Host {
         let release = self.stored(&digest.to_string()).await?;
         let service = release.manifest.service().to_string();
         let message = self
-            .switch(&service, release, Some(Trigger::Install))
+            .carry_out(&service, None, Command::Install(release))
             .await?;
         Ok((service, message))
     }
@@ -612,22 +647,17 @@ impl Host {
         }
     }
 
-    /// Carries out an Apply `accept_apply` took: the switch.
+    /// The outcome of an Apply `accept_apply` got taken: its switch, or
+    /// why it did not happen (failed, superseded).
     pub async fn apply(&self, accepted: AcceptedApply) -> Result<String, HostError> {
-        let AcceptedApply {
-            service,
-            release,
-            trigger,
-            _command: command,
-        } = accepted;
-        self.switch_taken(&service, release, Some(trigger), command)
-            .await
+        accepted.done.outcome().await
     }
 
-    /// Takes an Apply or refuses it: token (its high-water mark raised and
-    /// made durable here), release present (fetched from the coordinators
-    /// first if it is not), of this service, and the service's command lock
-    /// taken — held by the returned `AcceptedApply` until `apply` is done.
+    /// Gets an Apply taken by its service's actor or refuses it: token not
+    /// stale, release present (fetched from the coordinators first if it
+    /// is not) and of this service, then admitted by the supersede rule
+    /// (`admission`: the mark raised and durable, a command with an older
+    /// token in flight cancelled; busy or stale refused).
     pub async fn accept_apply(
         &self,
         service: &str,
@@ -635,29 +665,65 @@ impl Host {
         token: u64,
         deployment: &str,
     ) -> Result<AcceptedApply, HostError> {
-        self.admit(service, token).await?;
-        let runtime = self.runtime(service);
-        // Refuse a busy service before a fetch makes the caller wait; the
-        // lock is taken after it, so a fetch blocks no other command.
-        drop(runtime.begin(service)?);
+        // A stale command is refused before the caller waits for a fetch.
+        let high_water = self.high_water(service).await;
+        if token < high_water {
+            return Err(HostError::StaleToken(StaleToken {
+                service: service.to_owned(),
+                offered: token,
+                high_water,
+            }));
+        }
         let release = self.stored_or_fetched(digest).await?;
         of_service(&release, service)?;
-        let command = runtime.begin(service)?;
-        Ok(AcceptedApply {
-            service: service.to_owned(),
-            release,
-            trigger: Trigger::Apply {
-                deployment: deployment.to_owned(),
-                token,
-            },
-            _command: command,
-        })
+        let trigger = Trigger::Apply {
+            deployment: deployment.to_owned(),
+            token,
+        };
+        let done = self
+            .order(service, Some(token), Command::Apply { release, trigger })
+            .await?;
+        Ok(AcceptedApply { done })
+    }
+
+    /// Gives `command` to the service's actor: `Done` once it is taken.
+    async fn order(
+        &self,
+        service: &str,
+        token: Option<u64>,
+        command: Command,
+    ) -> Result<Done, HostError> {
+        let actor = self.runtime(service).actor.clone();
+        let gone = || HostError::ActorGone {
+            what: format!("the actor of `{service}`"),
+        };
+        let (taken, answer) = tokio::sync::oneshot::channel();
+        let order = Order {
+            token,
+            command,
+            taken,
+        };
+        actor
+            .send(Message::Order(order))
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    /// `order`, then its outcome.
+    async fn carry_out(
+        &self,
+        service: &str,
+        token: Option<u64>,
+        command: Command,
+    ) -> Result<String, HostError> {
+        self.order(service, token, command).await?.outcome().await
     }
 
     /// The coordinator's Stage: fenced, then the release is fetched (unless
     /// stored) and verified, so that its Apply needs no download.
     pub async fn stage(&self, service: &str, digest: &str, token: u64) -> Result<(), HostError> {
-        self.admit(service, token).await?;
+        self.raise_mark(service, token).await?;
         let release = self.stored_or_fetched(digest).await?;
         of_service(&release, service)
     }
@@ -677,9 +743,17 @@ impl Host {
 
     /// Switches back to the release that ran before the current one.
     pub async fn rollback(&self, service: &str, token: Option<u64>) -> Result<String, HostError> {
-        if let Some(token) = token {
-            self.admit(service, token).await?;
-        }
+        self.known(service).await?;
+        self.carry_out(service, token, Command::Rollback).await
+    }
+
+    /// The rollback, as the service's actor runs it: the previous release
+    /// is read now (a superseded switch is over by then).
+    async fn rollback_now(
+        &self,
+        service: &str,
+        steer: (Cancel, Joined<Command>),
+    ) -> Result<String, HostError> {
         let previous = {
             let state = self.state.lock().await;
             let known = state
@@ -697,17 +771,38 @@ impl Host {
                 })?
         };
         let release = self.stored(&previous).await?;
-        self.switch(service, release, Some(Trigger::Rollback)).await
+        self.switch_taken(service, release, Some(Trigger::Rollback), steer)
+            .await
+    }
+
+    /// Refuses a service the durable state does not know.
+    async fn known(&self, service: &str) -> Result<(), HostError> {
+        if self.state.lock().await.services.contains_key(service) {
+            Ok(())
+        } else {
+            Err(HostError::UnknownService {
+                service: service.to_owned(),
+            })
+        }
     }
 
     /// Restarts every instance of a service one by one, each replacement
     /// ready before its predecessor stops (where the overlap mode allows).
     pub async fn restart(&self, service: &str, order: RestartOrder) -> Result<String, HostError> {
-        if let Some(token) = order.token {
-            self.admit(service, token).await?;
-        }
+        self.existing_runtime(service)?;
+        let token = order.token;
+        self.carry_out(service, token, Command::Restart(order))
+            .await
+    }
+
+    /// The restart, as the service's actor runs it.
+    async fn restart_now(
+        &self,
+        service: &str,
+        order: RestartOrder,
+        mut cancel: Cancel,
+    ) -> Result<String, HostError> {
         let runtime = self.existing_runtime(service)?;
-        let _command = runtime.begin(service)?;
         let mut rt = runtime.runtime.lock().await;
         if rt.running.is_none() {
             return Err(HostError::UnknownService {
@@ -718,8 +813,12 @@ impl Host {
             self.audit_forced(service, &order).await?;
             Slot::none()
         } else {
-            self.take_slot(service, &format!("restart {service}: {}", order.reason))
-                .await?
+            self.take_slot(
+                service,
+                &format!("restart {service}: {}", order.reason),
+                &mut cancel,
+            )
+            .await?
         };
         let Some(running) = rt.running.take() else {
             disruption.release().await;
@@ -738,8 +837,8 @@ impl Host {
                 service,
                 plan::Command::Restart,
                 Some(running),
-                &release,
-                sockets,
+                (&release, sockets),
+                cancel,
             )
             .await;
         let outcome = match executed {
@@ -776,10 +875,25 @@ impl Host {
         }
     }
 
-    async fn take_slot(&self, service: &str, purpose: &str) -> Result<Slot, HostError> {
-        match &self.cluster {
-            Some(cluster) => Ok(cluster.take_slot(service, purpose).await?),
-            None => Ok(Slot::none()),
+    /// A budget slot for a planned disruption; waiting for one ends when
+    /// a newer command supersedes this one.
+    async fn take_slot(
+        &self,
+        service: &str,
+        purpose: &str,
+        cancel: &mut Cancel,
+    ) -> Result<Slot, HostError> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(Slot::none());
+        };
+        tokio::select! {
+            slot = cluster.take_slot(service, purpose) => Ok(slot?),
+            by_token = cancel.superseded() => Err(HostError::Superseded(Box::new(Superseded {
+                service: service.to_owned(),
+                by_token,
+                what: format!("the {purpose}"),
+                kept: "it was waiting for a budget slot; nothing was touched".to_owned(),
+            }))),
         }
     }
 
@@ -805,56 +919,49 @@ impl Host {
         self.cluster.as_ref()
     }
 
-    /// The core: switch `service` to `target` (see the module doc).
+    /// The core: switch `service` to `target` (see the module doc), as the
+    /// service's actor runs it; over when the old instances have drained.
     /// `trigger` is `None` when reconciling at start (nothing to record).
-    async fn switch(
-        &self,
-        service: &str,
-        target: StoredRelease,
-        trigger: Option<Trigger>,
-    ) -> Result<String, HostError> {
-        let command = self.runtime(service).begin(service)?;
-        self.switch_taken(service, target, trigger, command).await
-    }
-
-    /// `switch` with the service's command lock already taken; it is
-    /// released when the switch is over (old instances drained).
+    /// A newer command superseding this one cancels it while it waits for
+    /// a budget slot or for the new instances to be ready; one rolling it
+    /// forward (same target) is `joined`: the switch is recorded as its.
     async fn switch_taken(
         &self,
         service: &str,
         target: StoredRelease,
         trigger: Option<Trigger>,
-        _command: CommandLock,
+        (mut cancel, joined): (Cancel, Joined<Command>),
     ) -> Result<String, HostError> {
+        // Recorded as the newest command it was rolled forward to; nothing
+        // joins once the outcome is known (`close`).
+        let cause =
+            |trigger: Option<Trigger>| joined.close().and_then(Command::into_trigger).or(trigger);
         let runtime = self.runtime(service);
         let mut rt = runtime.runtime.lock().await;
-        if let Some(running) = &rt.running {
-            if running.release.digest == target.digest {
-                // A re-issued command (a new coordinator resuming): nothing to do.
-                return Ok(format!(
-                    "{service} already runs {} ({})",
-                    target.manifest.version(),
-                    target.digest
-                ));
-            }
+        if rt
+            .running
+            .as_ref()
+            .is_some_and(|r| r.release.digest == target.digest)
+        {
+            drop(rt);
+            return self.already_running(service, &target, cause(trigger)).await;
         }
-        // Starting a service that is not running (agent start) disrupts
-        // nothing; every other switch is a planned disruption.
-        let disruption = match &trigger {
-            Some(trigger) if rt.running.is_some() => {
-                let purpose = format!(
-                    "{} {service} to {}",
-                    wire::trigger(trigger),
-                    target.manifest.version()
-                );
-                self.take_slot(service, &purpose).await?
+        let disruption = match (&trigger, rt.running.is_some()) {
+            (Some(trigger), true) => {
+                self.switch_slot(service, &target, trigger, &mut cancel)
+                    .await?
             }
+            // Starting a service that is not running (agent start)
+            // disrupts nothing.
             _ => Slot::none(),
         };
         let old = rt.running.take();
         rt.switching = Some(proto::v1::SwitchState::Switching);
-        let result = self.switch_locked(service, old, &target, &mut rt).await;
+        let result = self
+            .switch_locked(service, old, &target, &mut rt, cancel)
+            .await;
         rt.switching = None;
+        let trigger = cause(trigger);
         let record = record_of(&target);
         let recorded = trigger.is_some();
         match result {
@@ -870,7 +977,7 @@ impl Host {
                 drop(rt);
                 // The target serves and is durable: say so before the old
                 // instances drain, so a rollout need not wait for their
-                // stop. The budget slot and the command lock stay held until
+                // stop. The budget slot and the command stay held until
                 // they are gone: the disruption lasts that long.
                 if persisted.is_ok() {
                     self.publish_service(service).await;
@@ -903,12 +1010,62 @@ impl Host {
         }
     }
 
+    /// The budget slot of a switch: a planned disruption.
+    async fn switch_slot(
+        &self,
+        service: &str,
+        target: &StoredRelease,
+        trigger: &Trigger,
+        cancel: &mut Cancel,
+    ) -> Result<Slot, HostError> {
+        let purpose = format!(
+            "{} {service} to {}",
+            wire::trigger(trigger),
+            target.manifest.version()
+        );
+        self.take_slot(service, &purpose, cancel).await
+    }
+
+    /// The target already runs: a re-issued command (a new coordinator
+    /// resuming), or one that superseded a switch away from it. Nothing to
+    /// do but say so, durably for a command (its deployment and token are
+    /// what the coordinator reads back).
+    async fn already_running(
+        &self,
+        service: &str,
+        target: &StoredRelease,
+        trigger: Option<Trigger>,
+    ) -> Result<String, HostError> {
+        if let Some(trigger) = trigger {
+            self.runtime(service)
+                .runtime
+                .lock()
+                .await
+                .last_error
+                .clear();
+            self.persist(
+                service,
+                record_of(target),
+                trigger,
+                SwitchOutcome::Succeeded,
+            )
+            .await?;
+            self.publish_service(service).await;
+        }
+        Ok(format!(
+            "{service} already runs {} ({})",
+            target.manifest.version(),
+            target.digest
+        ))
+    }
+
     async fn switch_locked(
         &self,
         service: &str,
         old: Option<Running>,
         target: &StoredRelease,
         rt: &mut ServiceRuntime,
+        cancel: Cancel,
     ) -> Result<Vec<HostedInstance>, HostError> {
         // The agent keeps the sockets across versions when the addresses
         // stay the same: that is what lets old and new serve together.
@@ -925,7 +1082,13 @@ impl Host {
             },
         };
         match self
-            .execute(service, plan::Command::Switch, old, target, sockets)
+            .execute(
+                service,
+                plan::Command::Switch,
+                old,
+                (target, sockets),
+                cancel,
+            )
             .await
         {
             Executed::Committed { running, retiring } => {
@@ -940,14 +1103,16 @@ impl Host {
     }
 
     /// Carries out `command` (see `plan`): `old` is what runs, `target`
-    /// the release to run on `sockets` (a restart: the same release).
+    /// the release to run on its sockets (a restart: the same release).
+    /// Superseded while new instances start: they are stopped and the
+    /// service brought back like after any failed step.
     async fn execute(
         &self,
         service: &str,
         command: plan::Command,
         old: Option<Running>,
-        target: &StoredRelease,
-        sockets: ListenSockets,
+        (target, sockets): (&StoredRelease, ListenSockets),
+        mut cancel: Cancel,
     ) -> Executed {
         let (old_release, mut old_slots) = match old {
             Some(r) => (Some((r.release, r.sockets)), by_slot(r.instances)),
@@ -968,7 +1133,10 @@ impl Host {
         for step in plan::plan(command, view) {
             match step {
                 plan::Step::StartNew(slots) => {
-                    match self.start_slots(service, target, &sockets, &slots).await {
+                    let started = self
+                        .start_slots(service, target, (&sockets, &slots), &mut cancel)
+                        .await;
+                    match started {
                         Ok(started) => new_slots.extend(by_slot(started)),
                         Err(error) => {
                             let occupancy = plan::Occupancy {
@@ -1101,13 +1269,13 @@ impl Host {
     }
 
     /// Starts `release` in `slots` and waits until all are ready; on
-    /// failure every one of them is stopped.
+    /// failure, or superseded meanwhile, every one of them is stopped.
     async fn start_slots(
         &self,
         service: &str,
         release: &StoredRelease,
-        sockets: &ListenSockets,
-        slots: &[u32],
+        (sockets, slots): (&ListenSockets, &[u32]),
+        cancel: &mut Cancel,
     ) -> Result<Vec<HostedInstance>, HostError> {
         let mut started = Vec::new();
         for &slot in slots {
@@ -1119,7 +1287,24 @@ impl Host {
                 }
             }
         }
-        self.wait_ready(service, release, started).await
+        let failed = tokio::select! {
+            ready = all_ready(service, release, &started) => match ready {
+                Ok(()) => return Ok(started),
+                Err(failure) => HostError::SwitchFailed(failure),
+            },
+            by_token = cancel.superseded() => HostError::Superseded(Box::new(Superseded {
+                service: service.to_owned(),
+                by_token,
+                what: format!(
+                    "the start of {} ({})",
+                    release.manifest.version(),
+                    release.digest
+                ),
+                kept: String::new(),
+            })),
+        };
+        stop_all(started).await;
+        Err(failed)
     }
 
     fn start_instance(
@@ -1190,23 +1375,13 @@ impl Host {
         release: &StoredRelease,
         instances: Vec<HostedInstance>,
     ) -> Result<Vec<HostedInstance>, HostError> {
-        let deadline =
-            Instant::now() + release.manifest.readiness().timing.healthy_deadline + READY_GRACE;
-        for instance in &instances {
-            if let Err(reason) = wait_instance_ready(instance.subscribe(), deadline).await {
-                let log_tail = instance.log_tail(FAILURE_LOG_LINES).join("\n");
+        match all_ready(service, release, &instances).await {
+            Ok(()) => Ok(instances),
+            Err(failure) => {
                 stop_all(instances).await;
-                return Err(HostError::SwitchFailed(Box::new(SwitchFailure {
-                    service: service.to_owned(),
-                    version: release.manifest.version().to_string(),
-                    digest: release.digest.to_string(),
-                    reason,
-                    kept: String::new(),
-                    log_tail,
-                })));
+                Err(HostError::SwitchFailed(failure))
             }
         }
-        Ok(instances)
     }
 
     /// The release's `[[listen]]` sockets with this host's overrides applied.
@@ -1235,7 +1410,9 @@ impl Host {
         )
     }
 
-    async fn admit(&self, service: &str, token: u64) -> Result<(), HostError> {
+    /// Refuses a token older than the service's high-water mark, else
+    /// raises the mark (durable before the command acts).
+    async fn raise_mark(&self, service: &str, token: u64) -> Result<(), HostError> {
         let mut state = self.state.lock().await;
         let before = state.service_mut(service).fencing_high_water;
         state.service_mut(service).admit(service, token)?;
@@ -1244,6 +1421,25 @@ impl Host {
             self.save(&state).await?;
         }
         Ok(())
+    }
+
+    /// The service's durable fencing high-water mark.
+    async fn high_water(&self, service: &str) -> u64 {
+        let state = self.state.lock().await;
+        state
+            .services
+            .get(service)
+            .map_or(0, |s| s.fencing_high_water)
+    }
+
+    /// Answers once the service's actor runs and holds no command (agent
+    /// shutdown: a finished switch's old instances have drained).
+    async fn idle(entry: &ServiceEntry) {
+        let (reply, idle) = tokio::sync::oneshot::channel();
+        if entry.actor.send(Message::Idle(reply)).await.is_ok() {
+            // Err: the actor is gone, so nothing runs.
+            let _ = idle.await;
+        }
     }
 
     async fn persist(
@@ -1338,12 +1534,28 @@ impl Host {
             })
     }
 
+    /// The service's handle; the first use spawns its actor.
     fn runtime(&self, service: &str) -> Arc<ServiceEntry> {
         let mut services = self
             .services
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        services.entry(service.to_owned()).or_default().clone()
+        services
+            .entry(service.to_owned())
+            .or_insert_with(|| {
+                let (actor, inbox) = tokio::sync::mpsc::channel(actor::INBOX);
+                let executor = ServiceExecutor {
+                    host: self.me.clone(),
+                    service: service.to_owned(),
+                };
+                // Ends when the handle (and so its sender) is dropped.
+                tokio::spawn(actor::run(executor, inbox));
+                Arc::new(ServiceEntry {
+                    actor,
+                    runtime: Mutex::default(),
+                })
+            })
+            .clone()
     }
 
     fn existing_runtime(&self, service: &str) -> Result<Arc<ServiceEntry>, HostError> {
@@ -1454,12 +1666,12 @@ impl Host {
 
     /// Leaves every instance running, its record durable, for the next
     /// agent to adopt (agent shutdown with `apps_on_agent_stop = "keep"`).
-    /// A switch in flight holds its service's runtime: this waits for it.
+    /// A command in flight holds its service: this waits for it.
     pub async fn detach_all(&self) {
         for runtime in self.entries() {
-            // The command lock too: old instances of a finished switch drain
-            // while it is held, and they must be gone before we leave.
-            let _command = runtime.command.lock().await;
+            // Old instances of a finished switch drain while its command
+            // is in flight, and they must be gone before we leave.
+            Self::idle(&runtime).await;
             let mut rt = runtime.runtime.lock().await;
             if let Some(running) = rt.running.take() {
                 for instance in running.instances {
@@ -1473,7 +1685,7 @@ impl Host {
     pub async fn stop_all(&self) {
         for runtime in self.entries() {
             // As in `detach_all`: a finished switch's old instances first.
-            let _command = runtime.command.lock().await;
+            Self::idle(&runtime).await;
             let mut rt = runtime.runtime.lock().await;
             if let Some(running) = rt.running.take() {
                 stop_all(running.instances).await;
@@ -1551,6 +1763,10 @@ fn with_kept(err: HostError, kept: &str) -> HostError {
             kept.clone_into(&mut failure.kept);
             HostError::SwitchFailed(failure)
         }
+        HostError::Superseded(mut superseded) => {
+            kept.clone_into(&mut superseded.kept);
+            HostError::Superseded(superseded)
+        }
         other => other,
     }
 }
@@ -1594,6 +1810,31 @@ async fn stop_all(instances: Vec<HostedInstance>) {
             tracing::error!(error = %err, "an instance stop task failed");
         }
     }
+}
+
+/// Waits until every instance is ready within the release's healthy
+/// deadline; the first one that is not, and its log, otherwise. Borrows
+/// the instances: whoever owns them stops them.
+async fn all_ready(
+    service: &str,
+    release: &StoredRelease,
+    instances: &[HostedInstance],
+) -> Result<(), Box<SwitchFailure>> {
+    let deadline =
+        Instant::now() + release.manifest.readiness().timing.healthy_deadline + READY_GRACE;
+    for instance in instances {
+        if let Err(reason) = wait_instance_ready(instance.subscribe(), deadline).await {
+            return Err(Box::new(SwitchFailure {
+                service: service.to_owned(),
+                version: release.manifest.version().to_string(),
+                digest: release.digest.to_string(),
+                reason,
+                kept: String::new(),
+                log_tail: instance.log_tail(FAILURE_LOG_LINES).join("\n"),
+            }));
+        }
+    }
+    Ok(())
 }
 
 /// Ready, or why not: it exited, crash-loops, failed, or missed the deadline.

@@ -10,6 +10,7 @@
 //! lost etcd or coordinator stop the apps it supervises (fail static), or
 //! obey a command whose fencing token is older than one it has accepted.
 
+pub mod admission;
 pub mod cluster;
 pub mod config;
 pub mod control;

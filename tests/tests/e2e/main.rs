@@ -18,5 +18,6 @@ mod operator_paths;
 mod prometheus;
 mod registration;
 mod security;
+mod supersede;
 mod systemd;
 mod tls;

@@ -1,0 +1,121 @@
+//! The commands a service's actor takes (`actor::Order`), and how the
+//! host carries each one out (`ServiceExecutor`).
+//!
+//! Must never: decide whether a command runs (`admission` and the actor
+//! do), or run a command other than through its service's actor.
+
+use std::sync::Weak;
+
+use release::StoredRelease;
+
+use super::actor::{Cancel, Executor, Joined, Run};
+use super::{Host, HostError, Recorded, RestartOrder};
+use crate::state::Trigger;
+
+/// What a service's actor is asked to do.
+#[derive(Debug)]
+pub(super) enum Command {
+    /// The coordinator's Apply; the release is stored and verified.
+    Apply {
+        release: StoredRelease,
+        trigger: Trigger,
+    },
+    /// `agentctl install`; the bundle is stored and verified.
+    Install(StoredRelease),
+    /// Back to the release before the current one (read when it runs).
+    Rollback,
+    /// Every instance replaced by a fresh one, slot by slot.
+    Restart(RestartOrder),
+    /// Agent start: run the current release (nothing recorded).
+    Start(StoredRelease),
+    /// Agent start: take over the processes a previous agent left running.
+    Adopt {
+        release: StoredRelease,
+        found: Vec<Recorded>,
+    },
+}
+
+impl Command {
+    /// What a switch rolled forward to this command records as its cause.
+    pub(super) fn into_trigger(self) -> Option<Trigger> {
+        match self {
+            Self::Apply { trigger, .. } => Some(trigger),
+            _ => None,
+        }
+    }
+}
+
+/// Carries out one service's commands on the host.
+#[derive(Debug)]
+pub(super) struct ServiceExecutor {
+    pub host: Weak<Host>,
+    pub service: String,
+}
+
+impl ServiceExecutor {
+    fn host(&self) -> Result<std::sync::Arc<Host>, HostError> {
+        self.host.upgrade().ok_or_else(|| HostError::ActorGone {
+            what: format!("the host of `{}`", self.service),
+        })
+    }
+}
+
+impl Executor for ServiceExecutor {
+    type Command = Command;
+
+    fn service(&self) -> &str {
+        &self.service
+    }
+
+    fn target(command: &Command) -> Option<String> {
+        match command {
+            // Only an Apply names its release before it runs (and only a
+            // coordinator's command can roll another one forward).
+            Command::Apply { release, .. } => Some(release.digest.to_string()),
+            _ => None,
+        }
+    }
+
+    async fn high_water(&self) -> u64 {
+        match self.host.upgrade() {
+            Some(host) => host.high_water(&self.service).await,
+            None => 0,
+        }
+    }
+
+    async fn raise_mark(&self, token: u64) -> Result<(), HostError> {
+        self.host()?.raise_mark(&self.service, token).await
+    }
+
+    fn execute(&self, command: Command, cancel: Cancel, joined: Joined<Command>) -> Run {
+        let host = self.host();
+        let service = self.service.clone();
+        Box::pin(async move {
+            let host = host?;
+            // Closed when the command ends, whatever it recorded: no newer
+            // command joins a command that is over (it runs after it).
+            let ending = joined.clone();
+            let steer = (cancel, joined);
+            let outcome = match command {
+                Command::Apply { release, trigger } => {
+                    host.switch_taken(&service, release, Some(trigger), steer)
+                        .await
+                }
+                Command::Install(release) => {
+                    host.switch_taken(&service, release, Some(Trigger::Install), steer)
+                        .await
+                }
+                Command::Start(release) => host.switch_taken(&service, release, None, steer).await,
+                Command::Rollback => host.rollback_now(&service, steer).await,
+                Command::Restart(order) => host.restart_now(&service, order, steer.0).await,
+                Command::Adopt { release, found } => host.adopt(&service, &release, found).await,
+            };
+            if let Some(unrecorded) = ending.close() {
+                // Joined after the switch stopped before recording (a
+                // budget slot it could not get): it ends as this one did.
+                tracing::warn!(service, trigger = ?unrecorded.into_trigger(), "a command rolled forward into a switch that ended before recording its outcome");
+            }
+            outcome
+        })
+    }
+}
