@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::Client;
+use leases::Etcd;
 use leases::{Election, FencedMutex, LockError, Session};
 use proto::v1 as pb;
 use rollout::{
@@ -99,7 +99,7 @@ pub enum Deployed {
 /// One coordinator process.
 pub struct Coordinator {
     pub config: CoordinatorConfig,
-    pub client: Client,
+    pub client: Etcd,
     pub depot: ReleaseDepot,
     pub fleet: Arc<FleetView>,
     pub journal: Journal,
@@ -115,7 +115,7 @@ impl std::fmt::Debug for Coordinator {
 }
 
 impl Coordinator {
-    pub fn new(config: CoordinatorConfig, client: Client, depot: ReleaseDepot) -> Self {
+    pub fn new(config: CoordinatorConfig, client: Etcd, depot: ReleaseDepot) -> Self {
         let fleet = Arc::new(FleetView::new(config.status_interval));
         Self {
             journal: Journal::new(client.clone()).with_write_deadline(config.journal_deadline),

@@ -6,7 +6,8 @@
 //!
 //! Must never: overwrite or delete a record.
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
+use crate::etcd::Etcd;
+use etcd_client::{Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
 use crate::holder::{Holder, now_unix_ms};
@@ -72,8 +73,8 @@ pub struct AuditLog;
 
 impl AuditLog {
     /// Appends a record; returns its sequence number.
-    pub async fn append(client: &Client, record: &AuditRecord) -> Result<u64, AuditError> {
-        let mut client = client.clone();
+    pub async fn append(client: &Etcd, record: &AuditRecord) -> Result<u64, AuditError> {
+        let client = client.clone();
         let value = serde_json::to_vec(record).map_err(|source| AuditError::BadRecord {
             key: keys::AUDIT.to_owned(),
             source,
@@ -114,11 +115,8 @@ impl AuditLog {
     }
 
     /// The newest `limit` records, newest first, with their sequence numbers.
-    pub async fn recent(
-        client: &Client,
-        limit: i64,
-    ) -> Result<Vec<(u64, AuditRecord)>, AuditError> {
-        let mut client = client.clone();
+    pub async fn recent(client: &Etcd, limit: i64) -> Result<Vec<(u64, AuditRecord)>, AuditError> {
+        let client = client.clone();
         let options = GetOptions::new()
             .with_prefix()
             .with_sort(SortTarget::Key, SortOrder::Descend)

@@ -8,6 +8,7 @@ mod agent;
 mod agent_failures;
 mod budget;
 mod coordinator;
+mod etcd_failover;
 mod etcd_faults;
 mod etcd_harness;
 mod health;
@@ -17,3 +18,11 @@ mod operator_paths;
 mod registration;
 mod systemd;
 mod tls;
+
+/// A client of every member of `etcd` that fails over as the daemons' does,
+/// for the `leases` calls a test makes itself.
+pub(crate) async fn failover_client(etcd: &lockstep_tests::EtcdCluster) -> leases::Etcd {
+    leases::Etcd::connect(&etcd.endpoints(), leases::EtcdTiming::default())
+        .await
+        .unwrap()
+}
