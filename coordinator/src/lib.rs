@@ -10,6 +10,7 @@
 //! leadership and the deployment's fencing token.
 
 pub mod config;
+pub mod deploy_lock;
 pub mod depot;
 pub mod driver;
 pub mod effects;
