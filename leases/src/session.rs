@@ -239,9 +239,9 @@ impl Session {
 
 /// Keeps `lease` alive until the deadline ¾ TTL after the last
 /// acknowledged keep-alive's send time passes. The stream lives on one
-/// member; when it breaks, or a keep-alive stays unanswered for a whole
-/// interval (a hung member), it is opened again through the client, which
-/// fails over to a member that answers — well before the deadline, so a
+/// member; when it breaks, or a keep-alive stays unanswered for half an
+/// interval (a hung member, then taken out of rotation), it is opened again
+/// through the client, which fails over to a member that answers — well before the deadline, so a
 /// session is never lost because one member died.
 async fn keep_alive(
     client: Etcd,
@@ -261,13 +261,13 @@ async fn keep_alive(
         if Instant::now() >= deadline {
             break LossReason::KeepAliveTimedOut;
         }
-        let Some((keeper, responses)) = stream.as_mut() else {
+        let Some((keeper, responses, member)) = stream.as_mut() else {
             // Never past the deadline: the client tries every member.
             let left = deadline.saturating_duration_since(Instant::now());
             match client.with_deadline(left).lease_keep_alive(lease).await {
-                Ok(pair) => {
+                Ok(opened) => {
                     in_flight.clear();
-                    stream = Some(pair);
+                    stream = Some(opened);
                     // The broken stream's last keep-alive may be lost.
                     next_send = Instant::now();
                 }
@@ -278,12 +278,14 @@ async fn keep_alive(
             }
             continue;
         };
-        // A keep-alive unanswered for a whole interval: its member hangs.
-        let stalled_at = in_flight.front().map(|sent| *sent + interval);
+        // A keep-alive unanswered for half an interval (its round trip
+        // takes milliseconds): its member hangs.
+        let stalled_at = in_flight.front().map(|sent| *sent + interval / 2);
         tokio::select! {
             () = sleep_until(deadline) => break LossReason::KeepAliveTimedOut,
             () = sleep_until(stalled_at.unwrap_or(deadline)), if stalled_at.is_some() => {
-                tracing::warn!(lease = lease_hex, unanswered_for = ?interval, "lease keep-alive unanswered; reopening on another member");
+                tracing::warn!(lease = lease_hex, unanswered_for = ?(interval / 2), "lease keep-alive unanswered; reopening on another member");
+                client.demote(*member, "a lease keep-alive went unanswered");
                 stream = None;
             }
             () = sleep_until(next_send) => {

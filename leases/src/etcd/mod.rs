@@ -82,6 +82,10 @@ impl Default for EtcdTiming {
     }
 }
 
+/// One member of an [`Etcd`] client, for [`Etcd::demote`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberId(usize);
+
 /// A client of an etcd cluster that fails over between its members.
 /// Cloning is cheap and shares the members' health.
 #[derive(Clone)]
@@ -184,7 +188,7 @@ impl Etcd {
         options: Option<GetOptions>,
     ) -> Result<GetResponse, etcd_client::Error> {
         let key = key.into();
-        self.call("get", |mut c| {
+        self.call("get", |mut c, _| {
             let (key, options) = (key.clone(), options.clone());
             async move { c.get(key, options).await }
         })
@@ -198,7 +202,7 @@ impl Etcd {
         options: Option<PutOptions>,
     ) -> Result<PutResponse, etcd_client::Error> {
         let (key, value) = (key.into(), value.into());
-        self.call("put", |mut c| {
+        self.call("put", |mut c, _| {
             let (key, value, options) = (key.clone(), value.clone(), options.clone());
             async move { c.put(key, value, options).await }
         })
@@ -211,7 +215,7 @@ impl Etcd {
         options: Option<DeleteOptions>,
     ) -> Result<DeleteResponse, etcd_client::Error> {
         let key = key.into();
-        self.call("delete", |mut c| {
+        self.call("delete", |mut c, _| {
             let (key, options) = (key.clone(), options.clone());
             async move { c.delete(key, options).await }
         })
@@ -221,7 +225,7 @@ impl Etcd {
     /// A transaction. Only for transactions guarded by compares (every one
     /// Lockstep makes), which a repeat cannot apply twice.
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse, etcd_client::Error> {
-        self.call("txn", |mut c| {
+        self.call("txn", |mut c, _| {
             let txn = txn.clone();
             async move { c.txn(txn).await }
         })
@@ -237,7 +241,7 @@ impl Etcd {
         options: Option<WatchOptions>,
     ) -> Result<WatchStream, etcd_client::Error> {
         let key = key.into();
-        self.call("watch", |mut c| {
+        self.call("watch", |mut c, _| {
             let (key, options) = (key.clone(), options.clone());
             async move { c.watch(key, options).await }
         })
@@ -249,7 +253,7 @@ impl Etcd {
         ttl: i64,
         options: Option<LeaseGrantOptions>,
     ) -> Result<LeaseGrantResponse, etcd_client::Error> {
-        self.call("lease grant", |mut c| {
+        self.call("lease grant", |mut c, _| {
             let options = options.clone();
             async move { c.lease_grant(ttl, options).await }
         })
@@ -257,22 +261,46 @@ impl Etcd {
     }
 
     pub async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse, etcd_client::Error> {
-        self.call(
-            "lease revoke",
-            |mut c| async move { c.lease_revoke(id).await },
-        )
+        self.call("lease revoke", |mut c, _| async move {
+            c.lease_revoke(id).await
+        })
         .await
     }
 
-    /// Opens a keep-alive stream for lease `id` on a member that answers.
+    /// Opens a keep-alive stream for lease `id` on a member that answers;
+    /// the member it lives on is returned for [`Self::demote`].
     pub async fn lease_keep_alive(
         &self,
         id: i64,
-    ) -> Result<(LeaseKeeper, LeaseKeepAliveStream), etcd_client::Error> {
-        self.call("lease keep-alive", |mut c| async move {
-            c.lease_keep_alive(id).await
+    ) -> Result<(LeaseKeeper, LeaseKeepAliveStream, MemberId), etcd_client::Error> {
+        self.call("lease keep-alive", |mut c, member| async move {
+            c.lease_keep_alive(id)
+                .await
+                .map(|(keeper, stream)| (keeper, stream, member))
         })
         .await
+    }
+
+    /// Takes `member` out of rotation: a stream on it stopped answering
+    /// (a hung member answers nothing, not even an error), so the next
+    /// request, and the stream's reopening, go elsewhere.
+    pub fn demote(&self, member: MemberId, why: &str) {
+        let change = self
+            .inner
+            .lock()
+            .failed(member.0, std::time::Instant::now());
+        let endpoint = self
+            .inner
+            .members
+            .get(member.0)
+            .map_or("?", |m| m.endpoint.as_str());
+        if change == Change::LeftRotation {
+            tracing::warn!(
+                endpoint,
+                why,
+                "etcd member out of rotation until it answers a probe"
+            );
+        }
     }
 
     pub async fn lease_time_to_live(
@@ -280,7 +308,7 @@ impl Etcd {
         id: i64,
         options: Option<LeaseTimeToLiveOptions>,
     ) -> Result<LeaseTimeToLiveResponse, etcd_client::Error> {
-        self.call("lease time-to-live", |mut c| {
+        self.call("lease time-to-live", |mut c, _| {
             let options = options.clone();
             async move { c.lease_time_to_live(id, options).await }
         })
@@ -295,7 +323,7 @@ impl Etcd {
         mut attempt: F,
     ) -> Result<T, etcd_client::Error>
     where
-        F: FnMut(Client) -> Fut,
+        F: FnMut(Client, MemberId) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         let started = Instant::now();
@@ -335,7 +363,7 @@ impl Etcd {
         attempt: &mut F,
     ) -> Result<Result<T, etcd_client::Error>, etcd_client::Error>
     where
-        F: FnMut(Client) -> Fut,
+        F: FnMut(Client, MemberId) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         let Some(m) = self.inner.members.get(member) else {
@@ -344,19 +372,20 @@ impl Etcd {
             )));
         };
         let bound = self.inner.timing.attempt_timeout.min(left);
-        let answer = match tokio::time::timeout(bound, attempt(m.client.clone())).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) if retry::classify(&err) == Verdict::Final => Err(err),
-            Ok(Err(err)) => return Err(err),
-            Err(_) => {
-                return Err(etcd_client::Error::GRpcStatus(
-                    tonic::Status::deadline_exceeded(format!(
-                        "{} did not answer within {bound:?}",
-                        m.endpoint
-                    )),
-                ));
-            }
-        };
+        let answer =
+            match tokio::time::timeout(bound, attempt(m.client.clone(), MemberId(member))).await {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(err)) if retry::classify(&err) == Verdict::Final => Err(err),
+                Ok(Err(err)) => return Err(err),
+                Err(_) => {
+                    return Err(etcd_client::Error::GRpcStatus(
+                        tonic::Status::deadline_exceeded(format!(
+                            "{} did not answer within {bound:?}",
+                            m.endpoint
+                        )),
+                    ));
+                }
+            };
         let change = self
             .inner
             .lock()

@@ -6,6 +6,7 @@
 
 mod budget;
 mod election;
+mod etcd;
 mod mutex;
 mod registration;
 mod session;
