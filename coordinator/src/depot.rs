@@ -15,11 +15,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
-use leases::Etcd;
 use release::{ReleaseDigest, TrustedKeys, UnpackLimits};
 use serde::{Deserialize, Serialize};
 
-use leases::keys;
+use leases::{Etcd, keys};
 
 /// What the index records about a release.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,8 +18,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{
     Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
-use leases::Etcd;
-use leases::keys;
+use leases::{Etcd, keys};
 
 use crate::record::{DeploymentRecord, EventRecord};
 

@@ -23,8 +23,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use leases::Etcd;
-use leases::{Election, LockError, Session};
+use leases::{Election, Etcd, LockError, Session};
 use proto::v1 as pb;
 use rollout::{
     ClusterName, DeploymentId, Engine, Event, FencingToken, PlanInput, ReleaseDigest, Strategy,

@@ -6,10 +6,10 @@
 //!
 //! Must never: overwrite or delete a record.
 
-use crate::etcd::Etcd;
 use etcd_client::{Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
+use crate::etcd::Etcd;
 use crate::holder::{Holder, now_unix_ms};
 use crate::keys;
 
@@ -74,7 +74,6 @@ pub struct AuditLog;
 impl AuditLog {
     /// Appends a record; returns its sequence number.
     pub async fn append(client: &Etcd, record: &AuditRecord) -> Result<u64, AuditError> {
-        let client = client.clone();
         let value = serde_json::to_vec(record).map_err(|source| AuditError::BadRecord {
             key: keys::AUDIT.to_owned(),
             source,
@@ -116,7 +115,6 @@ impl AuditLog {
 
     /// The newest `limit` records, newest first, with their sequence numbers.
     pub async fn recent(client: &Etcd, limit: i64) -> Result<Vec<(u64, AuditRecord)>, AuditError> {
-        let client = client.clone();
         let options = GetOptions::new()
             .with_prefix()
             .with_sort(SortTarget::Key, SortOrder::Descend)

@@ -16,7 +16,6 @@
 
 use std::time::Duration;
 
-use crate::etcd::Etcd;
 use etcd_client::{
     Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchFilterType,
     WatchOptions,
@@ -25,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::audit::{AuditError, AuditLog, AuditRecord};
+use crate::etcd::Etcd;
 use crate::holder::{Holder, now_unix_ms};
 use crate::session::{LiveLocks, LossReason, Session};
 
@@ -306,13 +306,12 @@ impl FencedMutex {
 
     /// Who holds the lock now, if anyone.
     pub async fn inspect(&self, client: &Etcd) -> Result<Option<LockInfo>, LockError> {
-        let client = client.clone();
         let response = client
             .get(self.key.as_str(), None)
             .await
             .map_err(|source| self.etcd(source))?;
         match response.kvs().first() {
-            Some(kv) => Ok(Some(self.info(&client, kv).await?)),
+            Some(kv) => Ok(Some(self.info(client, kv).await?)),
             None => Ok(None),
         }
     }
@@ -339,7 +338,6 @@ impl FencedMutex {
                 key: self.key.clone(),
                 source,
             })?;
-        let client = client.clone();
         match client.lease_revoke(info.lease).await {
             Ok(_) => {}
             // Already expired: the lock is gone either way.

@@ -12,11 +12,11 @@
 //! Must never: outlive the agent (the record is bound to its lease), or
 //! overwrite a record bound to another lease.
 
-use crate::etcd::Etcd;
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::etcd::Etcd;
 use crate::keys;
 use crate::session::Session;
 
@@ -138,7 +138,7 @@ impl Registration {
     /// the caller has proven to be its own dead predecessor. A lease that
     /// is already gone is not an error.
     pub async fn evict(client: &Etcd, key: &str, lease: i64) -> Result<(), RegistrationError> {
-        match client.clone().lease_revoke(lease).await {
+        match client.lease_revoke(lease).await {
             Ok(_) => Ok(()),
             Err(etcd_client::Error::GRpcStatus(status))
                 if status.code() == tonic::Code::NotFound =>

@@ -21,13 +21,13 @@
 
 use std::time::Duration;
 
-use crate::etcd::Etcd;
 use etcd_client::{
     Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
     TxnOpResponse, WatchFilterType, WatchOptions,
 };
 use serde::{Deserialize, Serialize};
 
+use crate::etcd::Etcd;
 use crate::holder::{Holder, now_unix_ms};
 use crate::keys;
 use crate::mutex::LockValue;
@@ -496,7 +496,7 @@ impl SlotGuard {
                 self.create_revision,
             )])
             .and_then([TxnOp::delete(self.key.as_str(), None)]);
-        self.client.clone().txn(txn).await.map(drop)
+        self.client.txn(txn).await.map(drop)
     }
 }
 
