@@ -26,10 +26,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions};
 use leases::{
-    AuditLog, AuditRecord, Claim, DisruptionBudget, Holder, LossReason, Registration,
-    SemaphoreError, Session, SlotGuard, Ttl,
+    AuditLog, AuditRecord, Claim, DisruptionBudget, Etcd, EtcdTiming, Holder, LossReason,
+    Registration, SemaphoreError, Session, SlotGuard, Ttl,
 };
 use tokio::sync::watch;
 
@@ -500,7 +499,7 @@ pub fn append_local(path: &Path, record: &AuditRecord) -> Result<(), ClusterErro
 /// Uploads the local audit file to etcd, then removes it. A record is
 /// uploaded at least once: a crash between upload and removal uploads it
 /// again, which an audit log tolerates better than a lost record.
-async fn upload_local_audit(client: &Client, path: &Path) -> Result<usize, String> {
+async fn upload_local_audit(client: &Etcd, path: &Path) -> Result<usize, String> {
     let text = match tokio::fs::read_to_string(path).await {
         Ok(text) => text,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -587,10 +586,11 @@ async fn keep_session(
     let mut pause = RECONNECT_PAUSE;
     loop {
         let attempt = async {
-            let options = ConnectOptions::new()
-                .with_connect_timeout(REQUEST_TIMEOUT)
-                .with_timeout(REQUEST_TIMEOUT);
-            let client = Client::connect(&settings.endpoints, Some(options))
+            let timing = EtcdTiming {
+                request_deadline: REQUEST_TIMEOUT,
+                ..EtcdTiming::default()
+            };
+            let client = Etcd::connect(&settings.endpoints, timing)
                 .await
                 .map_err(|e| format!("cannot connect: {e}"))?;
             let ttl = ttl.ok_or_else(|| "bad lease ttl".to_owned())?;

@@ -32,7 +32,7 @@ const AUDIT_SPACING: Duration = Duration::from_secs(1);
 pub struct Admission {
     policy: AccessPolicy,
     tls: bool,
-    client: etcd_client::Client,
+    client: leases::Etcd,
     last_audit: Mutex<Option<Instant>>,
 }
 
@@ -46,7 +46,7 @@ impl std::fmt::Debug for Admission {
 }
 
 impl Admission {
-    pub fn new(policy: AccessPolicy, tls: bool, client: etcd_client::Client) -> Self {
+    pub fn new(policy: AccessPolicy, tls: bool, client: leases::Etcd) -> Self {
         Self {
             policy,
             tls,

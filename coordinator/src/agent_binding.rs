@@ -75,18 +75,18 @@ pub enum BindRefusal {
 /// The agent's live (lease-bound) registration; `None` when there is none
 /// or its key is bound to no lease.
 pub async fn read_registration(
-    client: &etcd_client::Client,
+    client: &leases::Etcd,
     agent: &str,
 ) -> Result<Option<RegisteredAgent>, RegistrationReadError> {
     let key = leases::keys::agent(agent);
-    let response = client
-        .clone()
-        .get(key.as_str(), None)
-        .await
-        .map_err(|source| RegistrationReadError::Etcd {
-            key: key.clone(),
-            source,
-        })?;
+    let response =
+        client
+            .get(key.as_str(), None)
+            .await
+            .map_err(|source| RegistrationReadError::Etcd {
+                key: key.clone(),
+                source,
+            })?;
     let Some(kv) = response.kvs().first() else {
         return Ok(None);
     };
@@ -157,7 +157,7 @@ pub fn bind(
 /// every `every` (the fleet view's staleness bound, so a stream that
 /// blinks keeps its agent).
 pub async fn expire_when_unregistered(
-    client: etcd_client::Client,
+    client: leases::Etcd,
     fleet: Arc<FleetView>,
     agent: String,
     every: Duration,

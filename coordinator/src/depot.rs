@@ -14,11 +14,11 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use release::{ReleaseDigest, TrustedKeys, UnpackLimits};
 use serde::{Deserialize, Serialize};
 
-use leases::keys;
+use leases::{Etcd, keys};
 
 /// What the index records about a release.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,7 +68,7 @@ pub enum DepotError {
 pub struct ReleaseDepot {
     dir: PathBuf,
     trusted: TrustedKeys,
-    client: Client,
+    client: Etcd,
     /// This coordinator's advertise URL, as recorded in `holders`.
     me: String,
 }
@@ -102,7 +102,7 @@ impl ReleaseDepot {
     pub fn open(
         dir: &Path,
         trusted: TrustedKeys,
-        client: Client,
+        client: Etcd,
         me: &str,
     ) -> Result<Self, DepotError> {
         std::fs::create_dir_all(dir).map_err(|source| DepotError::Io {
@@ -163,7 +163,7 @@ impl ReleaseDepot {
     /// already there keeps its first push time and its other holders.
     async fn index(&self, entry: ReleaseEntry) -> Result<ReleaseEntry, DepotError> {
         let key = keys::release(&entry.service, &entry.digest);
-        let mut client = self.client.clone();
+        let client = self.client.clone();
         for _ in 0..INDEX_ATTEMPTS {
             let response = client.get(key.as_str(), None).await?;
             let (mut merged, unchanged) = match response.kvs().first() {

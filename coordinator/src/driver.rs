@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::Compare;
-use leases::MutexGuard;
 use proto::v1 as pb;
 use rollout::{
     Action, ApplyId, CheckRunId, Command, Event, FencingToken, InstanceId, Millis, Notice,
@@ -28,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use crate::checks::CheckCatalog;
+use crate::deploy_lock::DeploymentLock;
 use crate::effects::{AgentDialer, CheckContext, run_check};
 use crate::fleet::{FleetView, NOT_INSTALLED};
 use crate::health::{HealthBaseline, health_change};
@@ -108,7 +108,7 @@ enum Input {
 pub struct Driver {
     ctx: Arc<DriverContext>,
     record: DeploymentRecord,
-    lock: Option<MutexGuard>,
+    lock: Option<DeploymentLock>,
     pending: BTreeMap<InstanceId, Pending>,
     /// Instances the engine watches, as they were when it began to: a
     /// later exit, restart or lost readiness fails the deployment. Rebuilt
@@ -138,7 +138,7 @@ fn now_millis() -> Millis {
 }
 
 impl Driver {
-    pub fn new(ctx: Arc<DriverContext>, record: DeploymentRecord, lock: MutexGuard) -> Self {
+    pub fn new(ctx: Arc<DriverContext>, record: DeploymentRecord, lock: DeploymentLock) -> Self {
         Self {
             ctx,
             record,
@@ -156,8 +156,8 @@ impl Driver {
 
     fn fences(&self) -> Vec<Compare> {
         let mut fences = vec![self.ctx.leader_fence.clone()];
-        if let Some(lock) = &self.lock {
-            fences.push(lock.fence());
+        if let Some(fence) = self.lock.as_ref().and_then(DeploymentLock::fence) {
+            fences.push(fence);
         }
         fences
     }
@@ -576,7 +576,10 @@ impl Driver {
             })
             .collect();
         let (kind, release) = if finish {
-            (Write::Finish, self.lock.as_ref())
+            (
+                Write::Finish,
+                self.lock.as_ref().and_then(DeploymentLock::guard),
+            )
         } else {
             (Write::Update, None)
         };
@@ -655,7 +658,7 @@ impl Driver {
         if finish {
             // The finishing write deleted the lock's key.
             if let Some(lock) = self.lock.take() {
-                lock.deleted_by_holder();
+                lock.deleted_by_holder().await;
             }
             tracing::info!(
                 deployment = self.record.id,

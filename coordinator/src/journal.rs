@@ -16,9 +16,9 @@
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+    Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
-use leases::keys;
+use leases::{Etcd, keys};
 
 use crate::record::{DeploymentRecord, EventRecord};
 
@@ -65,7 +65,7 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::fro
 /// Reads and fenced writes of deployments.
 #[derive(Clone)]
 pub struct Journal {
-    client: Client,
+    client: Etcd,
     write_deadline: Duration,
 }
 
@@ -139,7 +139,7 @@ pub enum Write {
 }
 
 impl Journal {
-    pub fn new(client: Client) -> Self {
+    pub fn new(client: Etcd) -> Self {
         Self {
             client,
             write_deadline: DEFAULT_WRITE_DEADLINE,
@@ -304,7 +304,7 @@ impl Journal {
     /// The deployment record `id`.
     pub async fn load(&self, id: &str) -> Result<Option<DeploymentRecord>, JournalError> {
         let key = keys::deployment(id);
-        let mut client = self.client.clone();
+        let client = self.client.clone();
         let response = read(&key, client.get(key.as_str(), None)).await?;
         response
             .kvs()
@@ -316,7 +316,7 @@ impl Journal {
     /// The id of `service`'s active deployment.
     pub async fn active_of(&self, service: &str) -> Result<Option<String>, JournalError> {
         let key = keys::active(service);
-        let mut client = self.client.clone();
+        let client = self.client.clone();
         let response = read(&key, client.get(key.as_str(), None)).await?;
         Ok(response
             .kvs()
@@ -326,7 +326,7 @@ impl Journal {
 
     /// Every active deployment id.
     pub async fn active(&self) -> Result<Vec<String>, JournalError> {
-        let mut client = self.client.clone();
+        let client = self.client.clone();
         let response = read(
             keys::ACTIVE,
             client.get(keys::ACTIVE, Some(GetOptions::new().with_prefix())),
@@ -349,7 +349,7 @@ impl Journal {
         let prefix = keys::deployment_events(id);
         let start = keys::deployment_event(id, from_seq);
         let end = format!("{prefix}\u{10ffff}");
-        let mut client = self.client.clone();
+        let client = self.client.clone();
         let response = read(
             &prefix,
             client.get(
@@ -375,7 +375,7 @@ impl Journal {
         limit: usize,
     ) -> Result<Vec<(u64, DeploymentRecord)>, JournalError> {
         let prefix = keys::history_of(service);
-        let mut client = self.client.clone();
+        let client = self.client.clone();
         let response = read(
             &prefix,
             client.get(
@@ -399,7 +399,7 @@ impl Journal {
         Ok(out)
     }
 
-    pub fn client(&self) -> &Client {
+    pub fn client(&self) -> &Etcd {
         &self.client
     }
 }

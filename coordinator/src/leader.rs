@@ -7,9 +7,12 @@
 //!        └── close session ◄──────┘   until leadership or the session is lost
 //! ```
 //!
-//! Leaving leadership closes the session: the deployment locks it held are
-//! freed at once for the next leader instead of after a TTL, and every
-//! driver is dropped, so a deposed coordinator commands nothing.
+//! Each deployment lock is on a lease of its own (`deploy_lock`), granted
+//! while leading: a driver's exit releases it and revokes that lease, so
+//! breaking one deployment's lock never costs the leadership. Leaving
+//! leadership closes the session and drops every driver, whose locks'
+//! leases are revoked with them: the next leader takes them at once instead
+//! of after a TTL, and a deposed coordinator commands nothing.
 //!
 //! Must never: run a driver while not leading, or keep a session whose
 //! leadership is gone.
@@ -20,8 +23,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::Client;
-use leases::{Election, FencedMutex, LockError, Session};
+use leases::{Election, Etcd, LockError, Session};
 use proto::v1 as pb;
 use rollout::{
     ClusterName, DeploymentId, Engine, Event, FencingToken, PlanInput, ReleaseDigest, Strategy,
@@ -30,6 +32,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::config::CoordinatorConfig;
+use crate::deploy_lock::{DeploymentLock, DeploymentLockError};
 use crate::depot::ReleaseDepot;
 use crate::driver::{Driver, DriverContext, DriverExit, OperatorCall};
 use crate::effects::AgentDialer;
@@ -99,7 +102,7 @@ pub enum Deployed {
 /// One coordinator process.
 pub struct Coordinator {
     pub config: CoordinatorConfig,
-    pub client: Client,
+    pub client: Etcd,
     pub depot: ReleaseDepot,
     pub fleet: Arc<FleetView>,
     pub journal: Journal,
@@ -115,7 +118,7 @@ impl std::fmt::Debug for Coordinator {
 }
 
 impl Coordinator {
-    pub fn new(config: CoordinatorConfig, client: Client, depot: ReleaseDepot) -> Self {
+    pub fn new(config: CoordinatorConfig, client: Etcd, depot: ReleaseDepot) -> Self {
         let fleet = Arc::new(FleetView::new(config.status_interval));
         Self {
             journal: Journal::new(client.clone()).with_write_deadline(config.journal_deadline),
@@ -272,8 +275,21 @@ impl Coordinator {
             .remove(&id);
         match exit {
             DriverExit::Finished => {}
+            // Fenced while this coordinator still leads: only the lock can
+            // have gone (`lockstep locks break` revoked its lease, or the
+            // lease expired). Drive it again under a new lock; a finished
+            // deployment is not resumed.
             DriverExit::Superseded => {
-                tracing::warn!(deployment = id, "deployment driven elsewhere now");
+                tracing::warn!(
+                    deployment = id,
+                    "deployment lock lost while leading; resuming from the journal"
+                );
+                let me = self.clone();
+                let leading = leading.clone();
+                drivers.spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    me.resume(leading, id).await
+                });
             }
             DriverExit::Interrupted(err) => {
                 tracing::warn!(deployment = id, error = %err, "deployment interrupted; resuming from the journal");
@@ -305,10 +321,7 @@ impl Coordinator {
         }
         // The old leader's lock goes with its lease: wait up to two TTLs.
         let wait = self.config.lease_ttl.as_duration() * 2;
-        let lock = match FencedMutex::deployment(&record.service)
-            .lock(&leading.session, &id, wait)
-            .await
-        {
+        let lock = match DeploymentLock::take(&leading.session, &record.service, &id, wait).await {
             Ok(lock) => lock,
             Err(err) => {
                 tracing::error!(deployment = id, error = %err, "cannot take the deployment lock to resume");
@@ -709,12 +722,11 @@ async fn start(
 ) -> Result<Deployed, NotServed> {
     let now = crate::now_unix_ms();
     let id = format!("{}-{}", request.service, now);
-    let lock = match FencedMutex::deployment(&request.service)
-        .try_lock(&leading.session, &id)
-        .await
-    {
+    let lock = match DeploymentLock::try_take(&leading.session, &request.service, &id).await {
         Ok(lock) => lock,
-        Err(LockError::Held(info)) => return Ok(Deployed::Locked(info)),
+        Err(DeploymentLockError::Lock(LockError::Held(info))) => {
+            return Ok(Deployed::Locked(info));
+        }
         Err(err) => return Err(NotServed::Internal(err.to_string())),
     };
     let token = lock.token().0;

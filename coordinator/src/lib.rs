@@ -13,6 +13,7 @@ pub mod admission;
 pub mod agent_binding;
 pub mod checks;
 pub mod config;
+pub mod deploy_lock;
 pub mod depot;
 pub mod driver;
 pub mod effects;

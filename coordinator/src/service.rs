@@ -819,7 +819,7 @@ async fn forward_events(
             return;
         }
     }
-    let mut client = journal.client().clone();
+    let client = journal.client().clone();
     let prefix = keys::deployment_events(&id);
     let watch = client
         .watch(

@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use leases::{FencedMutex, Session, Ttl};
+use leases::{Etcd, EtcdTiming, FencedMutex, Session, Ttl};
 use lockstep_tests::EtcdCluster;
 use tokio::time::Instant;
 
@@ -43,7 +43,7 @@ fn main() -> Result<()> {
 
 /// Holder mode: take the lock, say so, and hold it until killed.
 async fn hold(endpoint: &str, key: &str, ttl: u64) -> Result<()> {
-    let client = etcd_client::Client::connect([endpoint], None).await?;
+    let client = Etcd::connect(&[endpoint.to_owned()], EtcdTiming::default()).await?;
     let session = Session::grant(client, Ttl::from_secs(ttl)?).await?;
     let _guard = FencedMutex::named(key)
         .try_lock(&session, "bench holder")
@@ -59,7 +59,11 @@ async fn run() -> Result<()> {
     println!("etcd at {endpoint}");
 
     // Uncontended acquire + release.
-    let session = Session::grant(etcd.client().await?, Ttl::from_secs(10)?).await?;
+    let session = Session::grant(
+        Etcd::connect(&etcd.endpoints(), EtcdTiming::default()).await?,
+        Ttl::from_secs(10)?,
+    )
+    .await?;
     let lock = FencedMutex::named("bench/uncontended");
     let mut ours = Vec::with_capacity(UNCONTENDED_ROUNDS);
     for _ in 0..UNCONTENDED_ROUNDS {
@@ -98,10 +102,18 @@ async fn run() -> Result<()> {
 
     // Graceful shutdown: the holder revokes its session.
     let mut graceful = Vec::with_capacity(GRACEFUL_ROUNDS);
-    let waiter = Session::grant(etcd.client().await?, Ttl::from_secs(10)?).await?;
+    let waiter = Session::grant(
+        Etcd::connect(&etcd.endpoints(), EtcdTiming::default()).await?,
+        Ttl::from_secs(10)?,
+    )
+    .await?;
     let lock = FencedMutex::named("bench/graceful");
     for _ in 0..GRACEFUL_ROUNDS {
-        let holder = Session::grant(etcd.client().await?, Ttl::from_secs(10)?).await?;
+        let holder = Session::grant(
+            Etcd::connect(&etcd.endpoints(), EtcdTiming::default()).await?,
+            Ttl::from_secs(10)?,
+        )
+        .await?;
         let guard = lock.try_lock(&holder, "graceful holder").await?;
         let waiting = lock.lock(&waiter, "waiter", Duration::from_secs(30));
         tokio::pin!(waiting);
@@ -136,7 +148,11 @@ async fn takeover_ours(
         .stdout(Stdio::piped())
         .spawn()?;
     wait_for_line(&mut holder, "held")?;
-    let session = Session::grant(etcd.client().await?, Ttl::from_secs(ttl)?).await?;
+    let session = Session::grant(
+        Etcd::connect(&etcd.endpoints(), EtcdTiming::default()).await?,
+        Ttl::from_secs(ttl)?,
+    )
+    .await?;
     let lock = FencedMutex::named(&key);
     let waiting = lock.lock(&session, "heir", Duration::from_secs(60));
     tokio::pin!(waiting);

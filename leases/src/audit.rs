@@ -6,9 +6,10 @@
 //!
 //! Must never: overwrite or delete a record.
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
+use crate::etcd::Etcd;
 use crate::holder::{Holder, now_unix_ms};
 use crate::keys;
 
@@ -72,8 +73,7 @@ pub struct AuditLog;
 
 impl AuditLog {
     /// Appends a record; returns its sequence number.
-    pub async fn append(client: &Client, record: &AuditRecord) -> Result<u64, AuditError> {
-        let mut client = client.clone();
+    pub async fn append(client: &Etcd, record: &AuditRecord) -> Result<u64, AuditError> {
         let value = serde_json::to_vec(record).map_err(|source| AuditError::BadRecord {
             key: keys::AUDIT.to_owned(),
             source,
@@ -114,11 +114,7 @@ impl AuditLog {
     }
 
     /// The newest `limit` records, newest first, with their sequence numbers.
-    pub async fn recent(
-        client: &Client,
-        limit: i64,
-    ) -> Result<Vec<(u64, AuditRecord)>, AuditError> {
-        let mut client = client.clone();
+    pub async fn recent(client: &Etcd, limit: i64) -> Result<Vec<(u64, AuditRecord)>, AuditError> {
         let options = GetOptions::new()
             .with_prefix()
             .with_sort(SortTarget::Key, SortOrder::Descend)

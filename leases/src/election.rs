@@ -5,12 +5,14 @@
 //! leader's token fences every write it makes on behalf of leadership.
 //!
 //! Must never: let a leader keep acting after its session is lost or its key
-//! is gone — `Leadership::lost` fires for both.
+//! is gone — `Leadership::lost` fires for both — nor take a broken watch
+//! (one etcd member dying) for a lost leadership.
 
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, WatchFilterType, WatchOptions};
-use tokio::sync::watch;
+use crate::etcd::Etcd;
+use etcd_client::{EventType, WatchFilterType, WatchOptions};
+use tokio::sync::{oneshot, watch};
 
 use crate::keys;
 use crate::mutex::{FencedMutex, FencingToken, LockError, LockInfo, MutexGuard};
@@ -19,6 +21,8 @@ use crate::task::OwnedTask;
 
 /// A campaign re-checks its session this often while it waits.
 const CAMPAIGN_ROUND: Duration = Duration::from_secs(60);
+/// Pause before reading the leader key again after no member answered.
+const REWATCH_PAUSE: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ElectionError {
@@ -78,13 +82,24 @@ impl Election {
             }
         };
         let (tx, lost) = watch::channel(false);
+        let (watching, watch_ready) = oneshot::channel();
         let watcher = OwnedTask::spawn(watch_leadership(
             session.client().clone(),
             self.mutex.key().to_owned(),
             guard.token(),
             session.loss_signal(),
-            tx,
+            Watchers {
+                lost: tx,
+                watching: Some(watching),
+            },
         ));
+        // The loss signal is only as good as the watch behind it: lead
+        // once the watch is in place (or leadership is already lost).
+        let mut already_lost = lost.clone();
+        tokio::select! {
+            _ = watch_ready => {}
+            _ = already_lost.wait_for(|lost| *lost) => {}
+        }
         tracing::info!(address, token = %guard.token(), "won the coordinator election");
         Ok(Leadership {
             guard,
@@ -94,7 +109,7 @@ impl Election {
     }
 
     /// The current leader: its address is `purpose`.
-    pub async fn leader(&self, client: &Client) -> Result<Option<LockInfo>, ElectionError> {
+    pub async fn leader(&self, client: &Etcd) -> Result<Option<LockInfo>, ElectionError> {
         self.mutex
             .inspect(client)
             .await
@@ -132,36 +147,115 @@ impl Leadership {
     }
 }
 
+/// Reports leadership lost when the leader key is deleted or the session
+/// is lost — and only then. A watch that breaks (its member died, hung or
+/// lost its leader) is no loss: the key is read again through the client,
+/// which fails over, and watched again from the revision of that read on a
+/// member that answers.
 async fn watch_leadership(
-    mut client: Client,
+    client: Etcd,
     key: String,
     token: FencingToken,
     mut session_lost: watch::Receiver<Option<crate::session::LossReason>>,
-    lost: watch::Sender<bool>,
+    mut signals: Watchers,
 ) {
-    let start = i64::try_from(token.0).unwrap_or(i64::MAX);
-    let options = WatchOptions::new()
-        .with_start_revision(start + 1)
-        .with_filters([WatchFilterType::NoPut]);
+    let token = i64::try_from(token.0).unwrap_or(i64::MAX);
     let key_gone = async {
-        // If the watch cannot even start, leadership cannot be proven: lost.
-        let Ok(mut stream) = client.watch(key.as_str(), Some(options)).await else {
-            return;
-        };
-        while let Ok(Some(response)) = stream.message().await {
-            if response.canceled()
-                || response
-                    .events()
-                    .iter()
-                    .any(|e| e.event_type() == EventType::Delete)
-            {
-                return;
+        let mut from = token + 1;
+        loop {
+            match watch_deletes(&client, &key, from, &mut signals.watching).await {
+                Watched::Deleted => return,
+                Watched::Broken(reason) => {
+                    tracing::info!(
+                        key,
+                        reason,
+                        "leader key watch broke; checking the key and watching again"
+                    );
+                }
+            }
+            // Until etcd answers; a real outage ends in the session's loss.
+            loop {
+                match client.get(key.as_str(), None).await {
+                    Ok(response) => {
+                        let ours = response
+                            .kvs()
+                            .first()
+                            .is_some_and(|kv| kv.create_revision() == token);
+                        if !ours {
+                            return;
+                        }
+                        from = response.header().map_or(from, |h| h.revision() + 1);
+                        break;
+                    }
+                    Err(err) => {
+                        tracing::warn!(key, error = %err, "cannot read the leader key; trying again");
+                        tokio::time::sleep(REWATCH_PAUSE).await;
+                    }
+                }
             }
         }
     };
     tokio::select! {
-        () = key_gone => tracing::warn!(key, "leader key deleted; leadership lost"),
+        () = key_gone => tracing::warn!(key, "leader key deleted or taken over; leadership lost"),
         _ = session_lost.wait_for(Option::is_some) => tracing::warn!(key, "session lost; leadership lost"),
     }
-    lost.send_replace(true);
+    signals.lost.send_replace(true);
+}
+
+/// What the leader key's watcher tells the leadership.
+struct Watchers {
+    lost: watch::Sender<bool>,
+    /// Fired once, when the first watch is in place.
+    watching: Option<oneshot::Sender<()>>,
+}
+
+/// How one watch of the leader key ended.
+enum Watched {
+    Deleted,
+    /// The stream could not open, failed, ended or was cancelled.
+    Broken(&'static str),
+}
+
+/// Watches `key` for a delete from revision `from` on; fires `watching`
+/// once etcd has created the watch.
+async fn watch_deletes(
+    client: &Etcd,
+    key: &str,
+    from: i64,
+    watching: &mut Option<oneshot::Sender<()>>,
+) -> Watched {
+    let options = WatchOptions::new()
+        .with_start_revision(from)
+        .with_filters([WatchFilterType::NoPut]);
+    let mut stream = match client.watch(key, Some(options)).await {
+        Ok(stream) => stream,
+        Err(err) => {
+            tracing::warn!(key, error = %err, "cannot watch the leader key");
+            return Watched::Broken("cannot open the watch");
+        }
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(response)) if response.canceled() => return Watched::Broken("cancelled"),
+            Ok(Some(response)) if response.created() => {
+                if let Some(watching) = watching.take() {
+                    let _ = watching.send(());
+                }
+            }
+            Ok(Some(response))
+                if response
+                    .events()
+                    .iter()
+                    .any(|e| e.event_type() == EventType::Delete) =>
+            {
+                return Watched::Deleted;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return Watched::Broken("the stream ended"),
+            Err(err) => {
+                tracing::info!(key, error = %err, "leader key watch failed");
+                return Watched::Broken("the stream failed");
+            }
+        }
+    }
 }

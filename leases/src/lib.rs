@@ -1,13 +1,18 @@
 //! etcd recipes that every lock in Lockstep is built from.
 //!
-//! Owns the session lease and its loss signal, the fenced mutex under
+//! Owns the etcd client every request goes through (`Etcd`: failover
+//! between members, a deadline on every request), the session lease and its
+//! loss signal, the fenced mutex under
 //! `/lockstep/v1/locks/`, the per-cluster disruption-budget semaphore, the
 //! coordinator election, agent registration and the append-only audit log.
 //!
 //! Must never: hold a lock without a lease (every lock expires by itself when
-//! its holder dies), or act for a holder after its session is lost.
+//! its holder dies), act for a holder after its session is lost, or send an
+//! etcd request that could wait forever.
 //!
 //! ```text
+//! Etcd (one client per member; failed members leave rotation, are probed)
+//!   │
 //! Session (lease + keep-alive) ──┬── FencedMutex   one holder; token = create revision
 //!        │ lost() fires before   ├── Semaphore     N holders, FIFO waiters, each
 //!        │ the lease can expire  │                 watching only its predecessor
@@ -18,6 +23,7 @@
 
 mod audit;
 mod election;
+mod etcd;
 mod holder;
 pub mod keys;
 mod mutex;
@@ -28,6 +34,10 @@ mod task;
 
 pub use audit::{AuditError, AuditLog, AuditRecord};
 pub use election::{Election, ElectionError, Leadership};
+pub use etcd::{
+    DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_DEADLINE, Etcd, EtcdTiming,
+    MemberId,
+};
 pub use holder::Holder;
 pub use mutex::{FencedMutex, FencingToken, LockError, LockInfo, MutexGuard};
 pub use registration::{Claim, HeldBy, Registration, RegistrationError};

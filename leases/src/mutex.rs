@@ -17,13 +17,14 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchFilterType,
+    Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchFilterType,
     WatchOptions,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::audit::{AuditError, AuditLog, AuditRecord};
+use crate::etcd::Etcd;
 use crate::holder::{Holder, now_unix_ms};
 use crate::session::{LiveLocks, LossReason, Session};
 
@@ -125,7 +126,7 @@ pub struct FencedMutex {
 pub struct MutexGuard {
     key: String,
     token: FencingToken,
-    client: Client,
+    client: Etcd,
     lease: i64,
     loss: watch::Receiver<Option<LossReason>>,
     live: LiveLocks,
@@ -212,7 +213,7 @@ impl FencedMutex {
                 Some(PutOptions::new().with_lease(session.lease_id())),
             )])
             .or_else([TxnOp::get(self.key.as_str(), None)]);
-        let mut client = session.client().clone();
+        let client = session.client().clone();
         let response = client.txn(txn).await.map_err(|source| self.etcd(source))?;
         let revision = response.header().map_or(0, |h| h.revision());
         if response.succeeded() {
@@ -262,7 +263,7 @@ impl FencedMutex {
         }
         match kv {
             Some(kv) => Ok(Attempt::Held {
-                info: self.info(&mut client, &kv).await?,
+                info: self.info(&client, &kv).await?,
                 revision,
             }),
             // Released between compare and get: the next attempt may win.
@@ -270,41 +271,47 @@ impl FencedMutex {
         }
     }
 
+    /// Returns once the key may be free: deleted, or the watch broke (its
+    /// member died or hung), after which the caller looks again through the
+    /// client, which fails over.
     async fn wait_deleted(&self, session: &Session, seen_at: i64) -> Result<(), LockError> {
-        let mut client = session.client().clone();
         let options = WatchOptions::new()
             .with_start_revision(seen_at + 1)
             .with_filters([WatchFilterType::NoPut]);
-        let mut stream = client
+        let mut stream = session
+            .client()
             .watch(self.key.as_str(), Some(options))
             .await
             .map_err(|source| self.etcd(source))?;
         loop {
-            match stream.message().await.map_err(|source| self.etcd(source))? {
-                Some(response)
-                    if response
-                        .events()
-                        .iter()
-                        .any(|e| e.event_type() == EventType::Delete) =>
+            match stream.message().await {
+                Ok(Some(response))
+                    if response.canceled()
+                        || response
+                            .events()
+                            .iter()
+                            .any(|e| e.event_type() == EventType::Delete) =>
                 {
                     return Ok(());
                 }
-                Some(response) if response.canceled() => return Ok(()),
-                Some(_) => {}
-                None => return Ok(()),
+                Ok(Some(_)) => {}
+                Ok(None) => return Ok(()),
+                Err(err) => {
+                    tracing::info!(key = self.key, error = %err, "lock watch broke; looking again");
+                    return Ok(());
+                }
             }
         }
     }
 
     /// Who holds the lock now, if anyone.
-    pub async fn inspect(&self, client: &Client) -> Result<Option<LockInfo>, LockError> {
-        let mut client = client.clone();
+    pub async fn inspect(&self, client: &Etcd) -> Result<Option<LockInfo>, LockError> {
         let response = client
             .get(self.key.as_str(), None)
             .await
             .map_err(|source| self.etcd(source))?;
         match response.kvs().first() {
-            Some(kv) => Ok(Some(self.info(&mut client, kv).await?)),
+            Some(kv) => Ok(Some(self.info(client, kv).await?)),
             None => Ok(None),
         }
     }
@@ -315,7 +322,7 @@ impl FencedMutex {
     /// `None` if nobody held it.
     pub async fn break_lock(
         &self,
-        client: &Client,
+        client: &Etcd,
         actor: Holder,
         reason: &str,
     ) -> Result<Option<(LockInfo, u64)>, LockError> {
@@ -331,7 +338,6 @@ impl FencedMutex {
                 key: self.key.clone(),
                 source,
             })?;
-        let mut client = client.clone();
         match client.lease_revoke(info.lease).await {
             Ok(_) => {}
             // Already expired: the lock is gone either way.
@@ -342,11 +348,7 @@ impl FencedMutex {
         Ok(Some((info, seq)))
     }
 
-    async fn info(
-        &self,
-        client: &mut Client,
-        kv: &etcd_client::KeyValue,
-    ) -> Result<LockInfo, LockError> {
+    async fn info(&self, client: &Etcd, kv: &etcd_client::KeyValue) -> Result<LockInfo, LockError> {
         let value: LockValue =
             serde_json::from_slice(kv.value()).map_err(|source| self.bad_value(source))?;
         let ttl_left = client
@@ -428,7 +430,7 @@ fn is_orphan(key_lease: i64, own_lease: i64, key: &str, session: &Session) -> bo
 
 /// One fenced delete of `key` (only if its create revision is `token`),
 /// bounded in time.
-async fn release_once(mut client: Client, key: &str, token: FencingToken) -> Result<(), LockError> {
+async fn release_once(client: Etcd, key: &str, token: FencingToken) -> Result<(), LockError> {
     let fence = Compare::create_revision(
         key,
         CompareOp::Equal,
@@ -455,7 +457,7 @@ async fn release_once(mut client: Client, key: &str, token: FencingToken) -> Res
 /// delete could only race a newer holder's fenced key, which it would not
 /// touch anyway).
 async fn release_in_background(
-    client: Client,
+    client: Etcd,
     key: String,
     token: FencingToken,
     lease: i64,

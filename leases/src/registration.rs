@@ -12,10 +12,11 @@
 //! Must never: outlive the agent (the record is bound to its lease), or
 //! overwrite a record bound to another lease.
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::etcd::Etcd;
 use crate::keys;
 use crate::session::Session;
 
@@ -63,7 +64,7 @@ pub struct HeldBy<T> {
 pub struct Registration {
     key: String,
     lease: i64,
-    client: Client,
+    client: Etcd,
 }
 
 impl Registration {
@@ -136,8 +137,8 @@ impl Registration {
     /// bound to it, such as budget slots) goes at once. Only for a holder
     /// the caller has proven to be its own dead predecessor. A lease that
     /// is already gone is not an error.
-    pub async fn evict(client: &Client, key: &str, lease: i64) -> Result<(), RegistrationError> {
-        match client.clone().lease_revoke(lease).await {
+    pub async fn evict(client: &Etcd, key: &str, lease: i64) -> Result<(), RegistrationError> {
+        match client.lease_revoke(lease).await {
             Ok(_) => Ok(()),
             Err(etcd_client::Error::GRpcStatus(status))
                 if status.code() == tonic::Code::NotFound =>
@@ -197,7 +198,7 @@ impl Registration {
 
     /// Every registered agent's record, by agent id.
     pub async fn list<T: DeserializeOwned>(
-        client: &Client,
+        client: &Etcd,
     ) -> Result<Vec<(String, T)>, RegistrationError> {
         let response = client
             .clone()

@@ -22,11 +22,12 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
-    TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
+    Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
+    TxnOpResponse, WatchFilterType, WatchOptions,
 };
 use serde::{Deserialize, Serialize};
 
+use crate::etcd::Etcd;
 use crate::holder::{Holder, now_unix_ms};
 use crate::keys;
 use crate::mutex::LockValue;
@@ -104,7 +105,7 @@ pub struct DisruptionBudget {
 pub struct SlotGuard {
     key: String,
     create_revision: i64,
-    client: Client,
+    client: Etcd,
 }
 
 /// Deletes an abandoned queue key when an `acquire` future is dropped
@@ -116,12 +117,12 @@ pub struct SlotGuard {
 struct QueuedKey {
     key: String,
     lease: i64,
-    client: Client,
+    client: Etcd,
     armed: bool,
 }
 
 impl QueuedKey {
-    async fn remove(mut client: Client, key: String, lease: i64) {
+    async fn remove(client: Etcd, key: String, lease: i64) {
         let remove = Txn::new()
             .when([Compare::lease(key.as_str(), CompareOp::Equal, lease)])
             .and_then([TxnOp::delete(key.as_str(), None)]);
@@ -166,7 +167,7 @@ impl DisruptionBudget {
 
     pub async fn set_policy(
         &self,
-        client: &Client,
+        client: &Etcd,
         policy: BudgetPolicy,
     ) -> Result<(), SemaphoreError> {
         let value = serde_json::to_vec(&policy).map_err(|source| SemaphoreError::BadValue {
@@ -181,7 +182,7 @@ impl DisruptionBudget {
             .map_err(|source| self.etcd(source))
     }
 
-    pub async fn policy(&self, client: &Client) -> Result<BudgetPolicy, SemaphoreError> {
+    pub async fn policy(&self, client: &Etcd) -> Result<BudgetPolicy, SemaphoreError> {
         let response = client
             .clone()
             .get(self.policy.as_str(), None)
@@ -210,7 +211,7 @@ impl DisruptionBudget {
             key: queue_key.clone(),
             source,
         })?;
-        let mut client = session.client().clone();
+        let client = session.client().clone();
         let lease = PutOptions::new().with_lease(session.lease_id());
         let enqueue = Txn::new()
             .when([
@@ -243,7 +244,7 @@ impl DisruptionBudget {
 
         let wait = async {
             loop {
-                let snapshot = self.snapshot(&mut client).await?;
+                let snapshot = self.snapshot(&client).await?;
                 let ahead: Vec<&etcd_client::KeyValue> = snapshot
                     .queue
                     .iter()
@@ -315,7 +316,16 @@ impl DisruptionBudget {
                 }
                 .map_err(|source| self.etcd(source))?;
                 loop {
-                    match stream.message().await.map_err(|source| self.etcd(source))? {
+                    // A broken watch (its member died or hung) is no error:
+                    // look again, through the client, which fails over.
+                    let message = match stream.message().await {
+                        Ok(message) => message,
+                        Err(err) => {
+                            tracing::info!(cluster = self.cluster, error = %err, "budget watch broke; looking again");
+                            break;
+                        }
+                    };
+                    match message {
                         Some(response)
                             if response.canceled()
                                 || response.events().iter().any(|e| {
@@ -351,16 +361,16 @@ impl DisruptionBudget {
     }
 
     /// Current holders, oldest first.
-    pub async fn holders(&self, client: &Client) -> Result<Vec<SlotInfo>, SemaphoreError> {
+    pub async fn holders(&self, client: &Etcd) -> Result<Vec<SlotInfo>, SemaphoreError> {
         self.list(client, &self.holders).await
     }
 
     /// Current waiters, in the order they will be served.
-    pub async fn waiters(&self, client: &Client) -> Result<Vec<SlotInfo>, SemaphoreError> {
+    pub async fn waiters(&self, client: &Etcd) -> Result<Vec<SlotInfo>, SemaphoreError> {
         self.list(client, &self.waiters).await
     }
 
-    async fn describe_holders(&self, client: &Client) -> String {
+    async fn describe_holders(&self, client: &Etcd) -> String {
         match self.holders(client).await {
             Ok(holders) if holders.is_empty() => "nobody (the budget may be 0)".to_owned(),
             Ok(holders) => holders
@@ -372,7 +382,7 @@ impl DisruptionBudget {
         }
     }
 
-    async fn list(&self, client: &Client, prefix: &str) -> Result<Vec<SlotInfo>, SemaphoreError> {
+    async fn list(&self, client: &Etcd, prefix: &str) -> Result<Vec<SlotInfo>, SemaphoreError> {
         let options = GetOptions::new()
             .with_prefix()
             .with_sort(SortTarget::Create, SortOrder::Ascend);
@@ -405,7 +415,7 @@ impl DisruptionBudget {
     }
 
     /// The queue, the holders and the policy at one revision.
-    async fn snapshot(&self, client: &mut Client) -> Result<Snapshot, SemaphoreError> {
+    async fn snapshot(&self, client: &Etcd) -> Result<Snapshot, SemaphoreError> {
         let by_create = || {
             GetOptions::new()
                 .with_prefix()
@@ -486,7 +496,7 @@ impl SlotGuard {
                 self.create_revision,
             )])
             .and_then([TxnOp::delete(self.key.as_str(), None)]);
-        self.client.clone().txn(txn).await.map(drop)
+        self.client.txn(txn).await.map(drop)
     }
 }
 

@@ -14,10 +14,10 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::Client;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
+use crate::etcd::Etcd;
 use crate::task::OwnedTask;
 
 /// Share of a TTL after the last acknowledged keep-alive's send time at
@@ -93,7 +93,7 @@ pub enum SessionError {
 /// A live lease. Dropping it stops the keep-alive, so the lease (and every
 /// key bound to it) expires within one TTL; `close` revokes it at once.
 pub struct Session {
-    client: Client,
+    client: Etcd,
     lease: i64,
     ttl: Ttl,
     lost: watch::Receiver<Option<LossReason>>,
@@ -143,10 +143,9 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     /// Grants a lease and starts keeping it alive.
-    pub async fn grant(client: Client, ttl: Ttl) -> Result<Self, SessionError> {
-        let mut grant_client = client.clone();
+    pub async fn grant(client: Etcd, ttl: Ttl) -> Result<Self, SessionError> {
         let sent_at = Instant::now();
-        let granted = grant_client
+        let granted = client
             .lease_grant(ttl.secs(), None)
             .await
             .map_err(|source| SessionError::Grant {
@@ -179,7 +178,9 @@ impl Session {
         self.ttl
     }
 
-    pub fn client(&self) -> &Client {
+    /// The client the session's lease lives on (failing over between
+    /// members).
+    pub fn client(&self) -> &Etcd {
         &self.client
     }
 
@@ -222,22 +223,34 @@ impl Session {
             ..
         } = self;
         drop(keeper);
-        let mut client = client;
-        client
-            .lease_revoke(lease)
-            .await
-            .map(drop)
-            .map_err(|source| SessionError::Revoke { lease, source })
+        match client.lease_revoke(lease).await {
+            Ok(_) => Ok(()),
+            // Already gone (expired, or an earlier attempt of this revoke
+            // landed): what `close` wanted.
+            Err(etcd_client::Error::GRpcStatus(status))
+                if status.code() == tonic::Code::NotFound =>
+            {
+                Ok(())
+            }
+            Err(source) => Err(SessionError::Revoke { lease, source }),
+        }
     }
 }
 
+/// Keeps `lease` alive until the deadline ¾ TTL after the last
+/// acknowledged keep-alive's send time passes. The stream lives on one
+/// member; when it breaks, or a keep-alive stays unanswered for half an
+/// interval (a hung member, then taken out of rotation), it is opened again
+/// through the client, which fails over to a member that answers — well before the deadline, so a
+/// session is never lost because one member died.
 async fn keep_alive(
-    mut client: Client,
+    client: Etcd,
     lease: i64,
     ttl: Ttl,
     granted_sent_at: Instant,
     lost: watch::Sender<Option<LossReason>>,
 ) {
+    let lease_hex = format!("{lease:x}");
     let interval = ttl.0 / KEEPALIVES_PER_TTL;
     let loss_after = ttl.0 * LOSS_AFTER.0 / LOSS_AFTER.1;
     let mut deadline = granted_sent_at + loss_after;
@@ -245,37 +258,42 @@ async fn keep_alive(
     let mut stream = None;
     let mut in_flight: VecDeque<Instant> = VecDeque::new();
     let reason = loop {
-        if stream.is_none() {
-            // Reopening can hang on an unreachable member; never past the
-            // deadline.
-            match tokio::time::timeout_at(deadline, client.lease_keep_alive(lease)).await {
-                Ok(Ok(pair)) => {
-                    in_flight.clear();
-                    stream = Some(pair);
-                }
-                Ok(Err(err)) => {
-                    tracing::warn!(lease = format_args!("{lease:x}"), error = %err, "cannot open lease keep-alive stream");
-                }
-                Err(_) => break LossReason::KeepAliveTimedOut,
-            }
+        if Instant::now() >= deadline {
+            break LossReason::KeepAliveTimedOut;
         }
-        let Some((keeper, responses)) = stream.as_mut() else {
-            tokio::select! {
-                () = sleep_until(deadline) => break LossReason::KeepAliveTimedOut,
-                () = sleep_until(next_send.min(deadline)) => {
-                    next_send = Instant::now() + interval / 2;
-                    continue;
+        let Some((keeper, responses, member)) = stream.as_mut() else {
+            // Never past the deadline: the client tries every member.
+            let left = deadline.saturating_duration_since(Instant::now());
+            match client.with_deadline(left).lease_keep_alive(lease).await {
+                Ok(opened) => {
+                    in_flight.clear();
+                    stream = Some(opened);
+                    // The broken stream's last keep-alive may be lost.
+                    next_send = Instant::now();
+                }
+                Err(err) => {
+                    tracing::warn!(lease = lease_hex, error = %err, "cannot open a lease keep-alive stream");
+                    sleep_until((Instant::now() + interval / 2).min(deadline)).await;
                 }
             }
+            continue;
         };
+        // A keep-alive unanswered for half an interval (its round trip
+        // takes milliseconds): its member hangs.
+        let stalled_at = in_flight.front().map(|sent| *sent + interval / 2);
         tokio::select! {
             () = sleep_until(deadline) => break LossReason::KeepAliveTimedOut,
+            () = sleep_until(stalled_at.unwrap_or(deadline)), if stalled_at.is_some() => {
+                tracing::warn!(lease = lease_hex, unanswered_for = ?(interval / 2), "lease keep-alive unanswered; reopening on another member");
+                client.demote(*member, "a lease keep-alive went unanswered");
+                stream = None;
+            }
             () = sleep_until(next_send) => {
                 let sent_at = Instant::now();
                 match keeper.keep_alive().await {
                     Ok(()) => in_flight.push_back(sent_at),
                     Err(err) => {
-                        tracing::warn!(lease = format_args!("{lease:x}"), error = %err, "lease keep-alive send failed");
+                        tracing::warn!(lease = lease_hex, error = %err, "lease keep-alive send failed; reopening");
                         stream = None;
                     }
                 }
@@ -289,12 +307,12 @@ async fn keep_alive(
                 }
                 Ok(Some(_)) => break LossReason::LeaseGone,
                 Ok(None) | Err(_) => {
-                    tracing::warn!(lease = format_args!("{lease:x}"), "lease keep-alive stream ended; reopening");
+                    tracing::warn!(lease = lease_hex, "lease keep-alive stream ended; reopening");
                     stream = None;
                 }
             },
         }
     };
-    tracing::warn!(lease = format_args!("{lease:x}"), reason = %reason, "etcd session lost");
+    tracing::warn!(lease = lease_hex, reason = %reason, "etcd session lost");
     lost.send_replace(Some(reason));
 }

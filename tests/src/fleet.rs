@@ -31,11 +31,23 @@ pub struct FleetFixture {
 }
 
 impl FleetFixture {
-    /// Starts one agent per `(id, cluster)`.
+    /// Starts one agent per `(id, cluster)`, each with a 3 s etcd lease
+    /// (a dead agent's slots free quickly).
     pub async fn start(
         layout: &[(&str, &str)],
         etcd: &[String],
         coordinators: &[String],
+    ) -> Result<Self, HarnessError> {
+        Self::start_with_lease(layout, etcd, coordinators, "3s").await
+    }
+
+    /// Like `start`, with `lease_ttl` (e.g. `"10s"`, the agent's default)
+    /// for each agent's etcd session.
+    pub async fn start_with_lease(
+        layout: &[(&str, &str)],
+        etcd: &[String],
+        coordinators: &[String],
+        lease_ttl: &str,
     ) -> Result<Self, HarnessError> {
         let quote = |items: &[String]| {
             items
@@ -49,7 +61,7 @@ impl FleetFixture {
             let port = free_loopback_port()?;
             let top = format!("services = [\"{DEMO_SERVICE}\"]\n");
             let extra = format!(
-                "\n[coordinator]\nurls = [{coordinators}]\n\n[etcd]\nendpoints = [{etcd}]\nlease_ttl = \"3s\"\nbudget_wait = \"60s\"\n\n[listen_overrides.{DEMO_SERVICE}]\nhttp = \"127.0.0.1:{port}\"\n",
+                "\n[coordinator]\nurls = [{coordinators}]\n\n[etcd]\nendpoints = [{etcd}]\nlease_ttl = \"{lease_ttl}\"\nbudget_wait = \"60s\"\n\n[listen_overrides.{DEMO_SERVICE}]\nhttp = \"127.0.0.1:{port}\"\n",
                 coordinators = quote(coordinators),
                 etcd = quote(etcd),
             );

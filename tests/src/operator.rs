@@ -379,3 +379,19 @@ pub fn on_target(record: &serde_json::Value) -> usize {
         })
         .unwrap_or(0)
 }
+
+/// Every disruption-budget key (holder or waiter) left in any cluster.
+pub async fn budget_keys(etcd: &EtcdCluster) -> Result<Vec<String>, OperatorError> {
+    let mut client = etcd.client().await?;
+    let prefix = "/lockstep/v1/clusters/";
+    let response = client
+        .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .map_err(|e| unexpected(&format!("get {prefix}"), e))?;
+    Ok(response
+        .kvs()
+        .iter()
+        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+        .filter(|key| key.contains("/budget/") || key.contains("/budget-queue/"))
+        .collect())
+}

@@ -22,7 +22,7 @@ async fn a_full_budget_times_out_naming_the_holder_and_leaves_no_queue_key() {
         .unwrap_err();
     assert!(matches!(err, SemaphoreError::TimedOut { .. }), "{err}");
     assert!(err.to_string().contains("host-a/web"), "{err}");
-    let client = etcd.client().await.unwrap();
+    let client = crate::client(&etcd).await;
     assert!(budget.waiters(&client).await.unwrap().is_empty());
 }
 
@@ -30,7 +30,7 @@ async fn a_full_budget_times_out_naming_the_holder_and_leaves_no_queue_key() {
 async fn waiters_are_served_in_arrival_order() {
     let etcd = EtcdCluster::single().await.unwrap();
     let budget = DisruptionBudget::new("eu-2");
-    let client = etcd.client().await.unwrap();
+    let client = crate::client(&etcd).await;
     let first = session(&etcd, 10).await;
     let slot = budget
         .acquire(&first, "host-0", "restart", DEADLINE)
@@ -91,7 +91,7 @@ async fn waiters_are_served_in_arrival_order() {
 async fn the_policy_sets_how_many_hold_at_once() {
     let etcd = EtcdCluster::single().await.unwrap();
     let budget = DisruptionBudget::new("us-1");
-    let client = etcd.client().await.unwrap();
+    let client = crate::client(&etcd).await;
     assert_eq!(
         budget.policy(&client).await.unwrap(),
         BudgetPolicy::default()
@@ -158,7 +158,7 @@ async fn the_policy_sets_how_many_hold_at_once() {
 async fn a_dropped_waiter_leaves_the_queue() {
     let etcd = EtcdCluster::single().await.unwrap();
     let budget = DisruptionBudget::new("ap-1");
-    let client = etcd.client().await.unwrap();
+    let client = crate::client(&etcd).await;
     let holder = session(&etcd, 10).await;
     let _slot = budget
         .acquire(&holder, "holder", "r", DEADLINE)

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use leases::{Election, FencedMutex, Holder};
 use lockstep_tests::EtcdCluster;
 
@@ -7,7 +9,7 @@ use crate::{DEADLINE, session};
 async fn leadership_passes_on_resignation_with_a_higher_token() {
     let etcd = EtcdCluster::single().await.unwrap();
     let election = Election::new();
-    let client = etcd.client().await.unwrap();
+    let client = crate::client(&etcd).await;
     let a = session(&etcd, 10).await;
     let b = session(&etcd, 10).await;
 
@@ -49,7 +51,7 @@ async fn a_leader_whose_key_is_broken_learns_it_lost() {
         .campaign(&a, "http://coordinator-a:7000")
         .await
         .unwrap();
-    let client = etcd.client().await.unwrap();
+    let client = crate::client(&etcd).await;
 
     FencedMutex::at("/lockstep/v1/leader")
         .break_lock(&client, Holder::current(), "test: depose the leader")
@@ -60,4 +62,36 @@ async fn a_leader_whose_key_is_broken_learns_it_lost() {
         .await
         .unwrap();
     assert!(leadership.is_lost());
+}
+
+/// Reproduces #18 Seen 1 at the election: any error of the leader key's
+/// watch was taken as lost leadership. The first member (where the client
+/// prefers to send, so where the watch and keep-alive stream live) dies:
+/// leadership holds, is re-watched on another member, and a real loss
+/// (the key deleted) is still seen.
+#[tokio::test]
+async fn a_leader_keeps_leading_when_the_member_its_watch_is_on_dies() {
+    let mut etcd = EtcdCluster::three().await.unwrap();
+    let election = Election::new();
+    let a = session(&etcd, 10).await;
+    let leadership = election
+        .campaign(&a, "http://coordinator-a:7000")
+        .await
+        .unwrap();
+
+    etcd.kill(0).unwrap();
+    // Longer than a TTL: a broken watch taken for a loss would show.
+    let lost = tokio::time::timeout(Duration::from_secs(12), leadership.lost()).await;
+    assert!(lost.is_err(), "leadership lost when one etcd member died");
+    assert!(!a.is_lost());
+
+    let client = crate::client(&etcd).await;
+    FencedMutex::at("/lockstep/v1/leader")
+        .break_lock(&client, Holder::current(), "test: depose the leader")
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(DEADLINE, leadership.lost())
+        .await
+        .unwrap();
 }

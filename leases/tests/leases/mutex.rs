@@ -67,7 +67,7 @@ async fn a_stale_fencing_token_cannot_write() {
     let new = session(&etcd, 10).await;
     let current = lock.lock(&new, "new holder", DEADLINE).await.unwrap();
 
-    let mut client = etcd.client().await.unwrap();
+    let client = crate::client(&etcd).await;
     let write = |guard: &leases::MutexGuard, value: &str| {
         Txn::new().when([guard.fence()]).and_then([TxnOp::put(
             "/lockstep/v1/deployments/d-1",
@@ -98,7 +98,7 @@ async fn breaking_a_lock_frees_it_and_leaves_an_audit_record() {
     let lock = FencedMutex::deployment("api");
     let stuck = session(&etcd, 60).await;
     let _guard = lock.try_lock(&stuck, "deployment d-7").await.unwrap();
-    let client = etcd.client().await.unwrap();
+    let client = crate::client(&etcd).await;
 
     let actor = Holder {
         host: "ops-1".to_owned(),
@@ -147,7 +147,7 @@ async fn a_guard_dropped_without_release_is_released_in_the_background() {
     let guard = lock.try_lock(&holder, "dropped").await.unwrap();
     drop(guard);
 
-    let client = etcd.client().await.unwrap();
+    let client = crate::client(&etcd).await;
     lockstep_tests::wait_for("the dropped guard's key to go", DEADLINE, || {
         let lock = lock.clone();
         let client = client.clone();
@@ -179,7 +179,7 @@ async fn a_session_never_waits_on_an_orphaned_lock_of_its_own_lease() {
         "purpose": "a driver that is gone",
         "since_unix_ms": 0,
     });
-    let mut client = etcd.client().await.unwrap();
+    let client = crate::client(&etcd).await;
     let put = client
         .put(
             lock.key(),

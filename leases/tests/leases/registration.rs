@@ -32,7 +32,7 @@ async fn a_claim_creates_the_key_on_its_lease_and_a_second_lease_gets_the_holder
         }
         Claim::Registered(_) => panic!("a live holder's key was taken over"),
     }
-    let mut client = etcd.client().await.unwrap();
+    let client = crate::client(&etcd).await;
     let stored = client.get(registration.key(), None).await.unwrap();
     let kv = stored.kvs().first().unwrap();
     assert_eq!(kv.lease(), first.lease_id(), "the holder keeps its key");

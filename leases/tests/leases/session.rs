@@ -24,7 +24,7 @@ async fn a_kept_alive_session_outlives_its_ttl() {
         lost.is_err(),
         "session lost while etcd was healthy: {lost:?}"
     );
-    let client = etcd.client().await.unwrap();
+    let client = crate::client(&etcd).await;
     assert!(lock.inspect(&client).await.unwrap().is_some());
 }
 
@@ -68,7 +68,12 @@ async fn a_session_survives_the_death_of_the_etcd_leader() {
         "session lost after one etcd member died: {lost:?}"
     );
     let survivor = (0..etcd.len()).find(|&i| i != leader).unwrap();
-    let client = etcd.member_client(survivor).await.unwrap();
+    let client = leases::Etcd::connect(
+        &[etcd.endpoint(survivor).unwrap()],
+        leases::EtcdTiming::default(),
+    )
+    .await
+    .unwrap();
     let info = lock.inspect(&client).await.unwrap().unwrap();
     assert_eq!(info.token, guard.token());
 }
@@ -80,7 +85,7 @@ async fn closing_a_session_frees_its_keys_at_once() {
     let lock = FencedMutex::named("test/close");
     let _guard = lock.try_lock(&holder, "closing").await.unwrap();
     holder.close().await.unwrap();
-    let client = etcd.client().await.unwrap();
+    let client = crate::client(&etcd).await;
     // No TTL to wait out: revocation deletes the key in the same request.
     assert!(lock.inspect(&client).await.unwrap().is_none());
 }

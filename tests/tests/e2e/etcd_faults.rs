@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use lockstep_tests::operator::{
     agents_known, deploy_lock, finished, leader_url, lockstep_json, push, record, start_deploy,
-    strategy,
+    strategy, text,
 };
 use lockstep_tests::{
     CoordinatorFixture, DemoRelease, EtcdCluster, FleetFixture, lockstep, wait_for,
@@ -149,4 +149,58 @@ async fn a_driver_stopped_by_a_failed_journal_write_is_resumed_by_the_same_leade
     let log = coordinator.log_text();
     assert!(log.contains("resuming deployment"), "{log}");
     assert!(!log.contains("cannot take the deployment lock"), "{log}");
+}
+
+/// The leader key's create revision (the leader's token) and lease.
+async fn leader_key(etcd: &EtcdCluster) -> (i64, i64) {
+    let mut client = etcd.client().await.unwrap();
+    let response = client.get("/lockstep/v1/leader", None).await.unwrap();
+    let kv = response.kvs().first().unwrap();
+    (kv.create_revision(), kv.lease())
+}
+
+/// #18 deliver 2: each deployment lock has a lease of its own. Breaking a
+/// deployment's lock (`lockstep locks break`, which revokes the holder's
+/// lease) revoked the leader's own session when the lock was on it: the
+/// leader lost its leadership with the lock. Now only that lock's lease
+/// goes: the same leader keeps leading (same token, same lease), resumes
+/// the deployment under a new lock, and it succeeds leaving no lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaking_a_deployment_lock_cuts_its_driver_loose_without_costing_the_leadership() {
+    let (etcd, coordinator, _fleet) = stage(10, "").await;
+    let urls = vec![coordinator.url()];
+    let leader_before = leader_key(&etcd).await;
+    let work = tempfile::tempdir().unwrap();
+    let id = deploy_slowly(&urls, work.path()).await;
+    let (lock_lease, _) = wait_for("the deployment lock", DEADLINE, || async {
+        deploy_lock(&etcd)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("not taken yet".to_owned())
+    })
+    .await
+    .unwrap();
+    assert_ne!(
+        lock_lease, leader_before.1,
+        "the lock is on the leader's lease"
+    );
+
+    let output = lockstep(
+        &urls,
+        &["locks", "break", "demo", "--reason", "a wedged driver"],
+    )
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+
+    let end = run_to_the_end(&urls, &etcd, &id).await;
+    let log = coordinator.log_text();
+    assert_eq!(end["state"], "succeeded", "{end}\n{log}");
+    assert_eq!(deploy_lock(&etcd).await.unwrap(), None);
+    assert_eq!(leader_key(&etcd).await, leader_before, "{log}");
+    assert!(!log.contains("leadership lost"), "{log}");
+    assert!(
+        log.contains("deployment lock lost while leading; resuming"),
+        "{log}"
+    );
 }

@@ -517,7 +517,9 @@ async fn a_killed_deployers_lock_expires_with_its_lease_and_the_next_deploy_need
     no_deploy_lock(&etcd, &urls).await;
 
     // No bypass: nobody broke a lock, so the audit log is empty.
-    let audit = AuditLog::recent(&client, 10).await.unwrap();
+    let audit = AuditLog::recent(&crate::failover_client(&etcd).await, 10)
+        .await
+        .unwrap();
     assert!(audit.is_empty(), "break-glass was used: {audit:?}");
 }
 
@@ -646,7 +648,7 @@ async fn budget_history(
 async fn restarts_on_every_host_at_once_take_turns_and_the_cluster_keeps_its_floor() {
     const CLUSTER: &str = "trio";
     let etcd = EtcdCluster::single().await.unwrap();
-    let client = etcd.client().await.unwrap();
+    let client = crate::failover_client(&etcd).await;
     DisruptionBudget::new(CLUSTER)
         .set_policy(&client, BudgetPolicy { max_disruptions: 1 })
         .await
@@ -800,7 +802,7 @@ async fn a_forced_restart_with_etcd_down_works_and_is_audited_once_etcd_is_back(
     assert!(pending.contains(REASON), "not recorded locally: {pending}");
 
     etcd.restart(0).await.unwrap();
-    let client = etcd.client().await.unwrap();
+    let client = crate::failover_client(&etcd).await;
     let record = wait_for(
         "the forced restart's audit record in etcd",
         DEADLINE,

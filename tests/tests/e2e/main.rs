@@ -9,6 +9,7 @@ mod agent_failures;
 mod agent_return;
 mod budget;
 mod coordinator;
+mod etcd_failover;
 mod etcd_faults;
 mod etcd_harness;
 mod health;
@@ -21,3 +22,11 @@ mod security;
 mod supersede;
 mod systemd;
 mod tls;
+
+/// A client of every member of `etcd` that fails over as the daemons' does,
+/// for the `leases` calls a test makes itself.
+pub(crate) async fn failover_client(etcd: &lockstep_tests::EtcdCluster) -> leases::Etcd {
+    leases::Etcd::connect(&etcd.endpoints(), leases::EtcdTiming::default())
+        .await
+        .unwrap()
+}

@@ -424,7 +424,7 @@ async fn seen_7_the_actor_is_the_certificates_identity_and_roles_are_enforced() 
             && denied.message().contains("needs the operator role"),
         "{denied:?}"
     );
-    let client = setup.etcd.client().await.unwrap();
+    let client = crate::failover_client(&setup.etcd).await;
     let audited = wait_for("the refusal in the audit log", DEADLINE, || async {
         let records = leases::AuditLog::recent(&client, 10)
             .await

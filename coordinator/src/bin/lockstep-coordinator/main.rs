@@ -105,7 +105,7 @@ fn run(config_path: &Path) -> Result<()> {
 async fn serve(config: CoordinatorConfig) -> Result<()> {
     let client = tokio::time::timeout(
         ETCD_CONNECT_TIMEOUT,
-        etcd_client::Client::connect(&config.etcd_endpoints, None),
+        leases::Etcd::connect(&config.etcd_endpoints, leases::EtcdTiming::default()),
     )
     .await
     .map_err(|_| anyhow::anyhow!("etcd did not answer within {ETCD_CONNECT_TIMEOUT:?}"))
