@@ -66,7 +66,7 @@ fn main() -> ExitCode {
     if std::env::args_os().nth(1).as_deref() == Some(agent::supervisor::EXEC_SHIM_ARG.as_ref()) {
         return agent::supervisor::run_exec_shim();
     }
-    if let Some(code) = clidocs::generate_if_asked(Cli::command) {
+    if let Some(code) = cli::generate_if_asked(Cli::command) {
         return code;
     }
     let cli = Cli::parse();

@@ -57,7 +57,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    if let Some(code) = clidocs::generate_if_asked(Cli::command) {
+    if let Some(code) = cli::generate_if_asked(Cli::command) {
         return code;
     }
     let cli = Cli::parse();

@@ -164,10 +164,8 @@ const RETIRED_KEY_VARIABLE: &str = "LOCKSTEP_KEY";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    // A reader that goes away (`| head`) ends us like any Unix tool, not
-    // with a panic in println!.
-    sigpipe::reset();
-    if let Some(code) = clidocs::generate_if_asked(Cli::command) {
+    cli::end_quietly_when_stdout_closes();
+    if let Some(code) = cli::generate_if_asked(Cli::command) {
         return code;
     }
     if std::env::var_os(RETIRED_KEY_VARIABLE).is_some() {

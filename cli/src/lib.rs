@@ -1,7 +1,9 @@
-//! Man pages and shell completions for a binary, from its clap definition,
-//! so the packages' docs can never drift from the flags the binary takes.
+//! What every Lockstep binary's command line shares.
 //!
-//! Each binary calls [`generate_if_asked`] first thing in `main`; run as
+//! **Docs.** Man pages and shell completions for a binary, from its clap
+//! definition, so the packages' docs can never drift from the flags the
+//! binary takes. Each binary calls [`generate_if_asked`] first thing in
+//! `main`; run as
 //! `BIN __generate-docs DIR` it writes
 //!
 //! ```text
@@ -12,10 +14,18 @@
 //! and exits; otherwise it returns `None` and the binary runs as usual.
 //! `scripts/package` calls it for every binary before `cargo deb`.
 //!
+//! **A reader that goes away** (`lockstep history | head`): the command-line
+//! tools call [`end_quietly_when_stdout_closes`] first, so they end as a
+//! Unix tool ends on SIGPIPE rather than with a panic (see `pipe`).
+//!
 //! Must never: run for any other argument list (it would shadow a real
 //! command), or write outside DIR.
 
 #![forbid(unsafe_code)]
+
+mod pipe;
+
+pub use pipe::end_quietly_when_stdout_closes;
 
 use std::io;
 use std::path::{Path, PathBuf};
