@@ -53,7 +53,9 @@ async fn a_paused_etcd_makes_lost_fire_before_anyone_else_can_take_over() {
 #[tokio::test]
 async fn a_session_survives_the_death_of_the_etcd_leader() {
     let mut etcd = EtcdCluster::three().await.unwrap();
-    let holder = session(&etcd, 5).await;
+    // 10 s, the agent's default: a 5 s lease left too little time for
+    // the election and the keep-alive's move on a loaded machine.
+    let holder = session(&etcd, 10).await;
     let lock = FencedMutex::named("test/survive");
     let guard = lock.try_lock(&holder, "surviving").await.unwrap();
 
@@ -62,7 +64,7 @@ async fn a_session_survives_the_death_of_the_etcd_leader() {
 
     // Two TTLs after the kill the session must still be live and the lock
     // still ours.
-    let lost = tokio::time::timeout(Duration::from_secs(10), holder.lost()).await;
+    let lost = tokio::time::timeout(Duration::from_secs(20), holder.lost()).await;
     assert!(
         lost.is_err(),
         "session lost after one etcd member died: {lost:?}"
