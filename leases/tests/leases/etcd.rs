@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use leases::{DEFAULT_ATTEMPT_TIMEOUT, Etcd, EtcdTiming, Session, Ttl};
+use leases::{Etcd, EtcdTiming, Session, Ttl};
 use lockstep_tests::EtcdCluster;
 
 /// Reproduces #18 Seen 1 at the client: with the first member dead, reads
@@ -12,7 +12,9 @@ use lockstep_tests::EtcdCluster;
 #[tokio::test]
 async fn with_the_first_member_dead_every_request_is_answered_by_another() {
     let mut etcd = EtcdCluster::three().await.unwrap();
-    let client = crate::client(&etcd).await;
+    // Attempts so long that one timing out could not pass for a slow
+    // machine: the bound below tells "moved on" from "waited".
+    let client = slow_attempts(&etcd, Duration::from_secs(30)).await;
     client.put("/test/failover", "v", None).await.unwrap();
     etcd.kill(0).unwrap();
     for _ in 0..20 {
@@ -20,8 +22,18 @@ async fn with_the_first_member_dead_every_request_is_answered_by_another() {
         let response = client.get("/test/failover", None).await.unwrap();
         assert_eq!(response.kvs().first().map(|kv| kv.value()), Some(&b"v"[..]));
         // A refused connection moves on at once; no attempt timed out.
-        assert!(started.elapsed() < DEFAULT_ATTEMPT_TIMEOUT);
+        assert!(started.elapsed() < Duration::from_secs(15));
     }
+}
+
+/// A client whose every attempt may take `attempt`.
+async fn slow_attempts(etcd: &EtcdCluster, attempt: Duration) -> Etcd {
+    let timing = EtcdTiming {
+        attempt_timeout: attempt,
+        request_deadline: attempt * 4,
+        ..EtcdTiming::default()
+    };
+    Etcd::connect(&etcd.endpoints(), timing).await.unwrap()
 }
 
 /// A hung member (SIGSTOP) costs one attempt, after which it is out of
@@ -29,17 +41,23 @@ async fn with_the_first_member_dead_every_request_is_answered_by_another() {
 #[tokio::test]
 async fn a_hung_member_costs_one_attempt_then_leaves_rotation() {
     let mut etcd = EtcdCluster::three().await.unwrap();
-    let client = crate::client(&etcd).await;
+    let attempt = Duration::from_secs(10);
+    let client = slow_attempts(&etcd, attempt).await;
     client.put("/test/hung", "v", None).await.unwrap();
     etcd.pause(0).unwrap();
     let started = Instant::now();
     client.get("/test/hung", None).await.unwrap();
-    assert!(started.elapsed() < DEFAULT_ATTEMPT_TIMEOUT * 2);
+    assert!(started.elapsed() < attempt * 2, "more than one attempt");
+    // Had any of these gone to the hung member, it alone would take
+    // `attempt`.
     let started = Instant::now();
     for _ in 0..5 {
         client.get("/test/hung", None).await.unwrap();
     }
-    assert!(started.elapsed() < DEFAULT_ATTEMPT_TIMEOUT);
+    assert!(
+        started.elapsed() < attempt,
+        "the hung member is still tried"
+    );
     etcd.resume(0).unwrap();
 }
 
@@ -72,9 +90,12 @@ async fn a_request_no_member_answers_fails_within_its_deadline() {
     };
     let client = Etcd::connect(&etcd.endpoints(), timing).await.unwrap();
     etcd.kill(0).unwrap();
-    let started = Instant::now();
-    let err = client.get("/test/none", None).await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(3), "{err}");
+    // Without its deadline the request would retry for ever: a bound far
+    // above the 1 s deadline tells the two apart on a loaded machine too.
+    let err = tokio::time::timeout(Duration::from_secs(15), client.get("/test/none", None))
+        .await
+        .expect("the request ended within its deadline")
+        .unwrap_err();
     match &err {
         etcd_client::Error::GRpcStatus(status) => {
             assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{err}");
