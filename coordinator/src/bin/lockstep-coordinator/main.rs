@@ -2,7 +2,8 @@
 //! leadership, and while leading drives every active deployment.
 //!
 //! ```text
-//! start: config -> etcd -> release depot -> bind listen -> serve gRPC
+//! start: config -> etcd -> release depot -> bind listen (and [metrics]
+//!        listen) -> serve gRPC (and /metrics, /healthz, /readyz)
 //!        -> READY=1 -> leadership loop (campaign, lead, repeat)
 //! SIGTERM/SIGINT: STOPPING=1 -> resign (a standby takes over at once)
 //!        and end every Report and WatchDeployment stream (agents and
@@ -66,7 +67,7 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig { file }) => CoordinatorConfig::load(&file)
             .map(|c| {
                 println!(
-                    "{}: valid (listen {}, advertise {}, tls {}, {} role rule(s), {} named check(s))",
+                    "{}: valid (listen {}, advertise {}, tls {}, {} role rule(s), {} named check(s), metrics {})",
                     file.display(),
                     c.listen,
                     c.advertise_url,
@@ -76,6 +77,8 @@ fn main() -> ExitCode {
                     ),
                     c.access.rules.len(),
                     c.checks.len(),
+                    c.metrics_listen
+                        .map_or_else(|| "off".to_owned(), |a| format!("on {a}")),
                 )
             })
             .map_err(Into::into),
@@ -136,6 +139,7 @@ async fn serve(config: CoordinatorConfig) -> Result<()> {
                 config.listen
             )
         })?;
+    let metrics_listener = bind_metrics(config.metrics_listen).await?;
     let mut server_builder = tonic::transport::Server::builder();
     match &config.tls {
         Some(tls) => {
@@ -171,6 +175,16 @@ async fn serve(config: CoordinatorConfig) -> Result<()> {
                 .await
         }
     });
+    let metrics = metrics_listener.map(|listener| {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(exposition::serve(
+            listener,
+            coordinator.endpoint(),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ))
+    });
     let leadership = tokio::spawn(coordinator.clone().run_leadership(stop_rx.clone()));
     let mirror = tokio::spawn(coordinator::mirror::run(
         coordinator.depot.clone(),
@@ -190,11 +204,18 @@ async fn serve(config: CoordinatorConfig) -> Result<()> {
     // Resigning, the mirror and the server's drain run at once, under one
     // deadline: a task still running then is abandoned (the process exits).
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-    let (leadership, mirror, server) = tokio::join!(
+    let (leadership, mirror, server, metrics) = tokio::join!(
         within(deadline, leadership),
         within(deadline, mirror),
         within(deadline, server),
+        async {
+            match metrics {
+                Some(task) => within(deadline, task).await,
+                None => Some(Ok(Ok(()))),
+            }
+        },
     );
+    log_metrics_end(metrics);
     for (task, ended) in [("leadership", leadership), ("release mirror", mirror)] {
         match ended {
             Some(Ok(())) => {}
@@ -211,6 +232,32 @@ async fn serve(config: CoordinatorConfig) -> Result<()> {
         None => {
             tracing::warn!(after = ?SHUTDOWN_GRACE, "a client kept its connection open; exiting without waiting for it");
             Ok(())
+        }
+    }
+}
+
+/// `[metrics] listen`, bound at start so a taken port stops the daemon with
+/// the key named.
+async fn bind_metrics(
+    addr: Option<std::net::SocketAddr>,
+) -> Result<Option<tokio::net::TcpListener>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} (metrics.listen): is another process using this port?")
+    })?;
+    tracing::info!(listen = %addr, "serving /metrics, /healthz and /readyz");
+    Ok(Some(listener))
+}
+
+fn log_metrics_end(ended: Option<Result<std::io::Result<()>, tokio::task::JoinError>>) {
+    match ended {
+        Some(Ok(Ok(()))) => {}
+        Some(Ok(Err(err))) => tracing::error!(error = %err, "the metrics endpoint failed"),
+        Some(Err(err)) => tracing::error!(error = %err, "the metrics endpoint task failed"),
+        None => {
+            tracing::warn!(after = ?SHUTDOWN_GRACE, "a scraper kept its connection open; exiting without waiting for it")
         }
     }
 }
