@@ -13,7 +13,7 @@
 //! lockstep_agents{state}                           gauge  connected | unreachable (read at scrape)
 //! lockstep_release_pushes_total{result}            counter accepted | refused
 //! lockstep_release_push_bytes_total                counter
-//! lockstep_release_fetch_bytes_total               counter bytes served to agents
+//! lockstep_release_fetch_bytes_total               counter bytes served (agents, mirroring coordinators)
 //! ```
 //!
 //! Must never: label by anything unbounded (no deployment ids, hosts or
