@@ -254,6 +254,30 @@ impl Coordinator {
         }
     }
 
+    /// What drivers share while `leadership` lasts, and where operator
+    /// calls hand the leadership loop new drivers.
+    fn lead(
+        &self,
+        session: &Arc<Session>,
+        leadership: &leases::Leadership,
+    ) -> (Arc<Leading>, mpsc::UnboundedReceiver<DriverJob>) {
+        let (jobs_tx, jobs_rx) = mpsc::unbounded_channel::<DriverJob>();
+        let leading = Arc::new(Leading {
+            session: session.clone(),
+            ctx: Arc::new(DriverContext {
+                journal: self.journal.clone(),
+                fleet: self.fleet.clone(),
+                agents: AgentDialer::new(self.config.tls.clone()),
+                leader_fence: leadership.fence(),
+                checks: self.config.checks.clone(),
+                metrics: self.metrics.clone(),
+            }),
+            calls: Mutex::new(HashMap::new()),
+            jobs: jobs_tx,
+        });
+        (leading, jobs_rx)
+    }
+
     /// Campaigns, leads, and campaigns again, until `shutdown` fires.
     pub async fn run_leadership(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(200);
@@ -291,20 +315,7 @@ impl Coordinator {
                     continue;
                 }
             };
-            let (jobs_tx, mut jobs_rx) = mpsc::unbounded_channel::<DriverJob>();
-            let leading = Arc::new(Leading {
-                session: session.clone(),
-                ctx: Arc::new(DriverContext {
-                    journal: self.journal.clone(),
-                    fleet: self.fleet.clone(),
-                    agents: AgentDialer::new(self.config.tls.clone()),
-                    leader_fence: leadership.fence(),
-                    checks: self.config.checks.clone(),
-                    metrics: self.metrics.clone(),
-                }),
-                calls: Mutex::new(HashMap::new()),
-                jobs: jobs_tx,
-            });
+            let (leading, mut jobs_rx) = self.lead(&session, &leadership);
             self.set_leading(Some(leading.clone()));
             tracing::info!(url = self.config.advertise_url, token = %leadership.token(), "leading the fleet");
             let mut drivers: JoinSet<(String, DriverExit)> = JoinSet::new();

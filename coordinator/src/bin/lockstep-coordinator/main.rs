@@ -106,31 +106,7 @@ fn run(config_path: &Path) -> Result<()> {
 }
 
 async fn serve(config: CoordinatorConfig) -> Result<()> {
-    let client = tokio::time::timeout(
-        ETCD_CONNECT_TIMEOUT,
-        leases::Etcd::connect(&config.etcd_endpoints, leases::EtcdTiming::default()),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("etcd did not answer within {ETCD_CONNECT_TIMEOUT:?}"))
-    .and_then(|r| r.map_err(Into::into))
-    .with_context(|| {
-        format!(
-            "cannot reach etcd at {} (etcd.endpoints): is it running?",
-            config.etcd_endpoints.join(", ")
-        )
-    })?;
-    let trusted = release::TrustedKeys::load(&config.trusted_keys)
-        .context("cannot load releases.trusted_keys")?;
-    if trusted.is_empty() {
-        tracing::warn!("releases.trusted_keys is empty: unsigned bundles are accepted");
-    }
-    let depot = ReleaseDepot::open(
-        &config.store_dir,
-        trusted,
-        client.clone(),
-        &config.advertise_url,
-    )
-    .context("cannot open the release depot (store_dir)")?;
+    let (client, depot) = open_depot(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| {
@@ -140,24 +116,7 @@ async fn serve(config: CoordinatorConfig) -> Result<()> {
             )
         })?;
     let metrics_listener = bind_metrics(config.metrics_listen).await?;
-    let mut server_builder = tonic::transport::Server::builder();
-    match &config.tls {
-        Some(tls) => {
-            server_builder = server_builder
-                .tls_config(tls.server_config())
-                .context("cannot set up TLS for CoordinatorService ([tls])")?;
-            tracing::info!(
-                listen = %config.listen,
-                identity = %tls.identity(),
-                "mTLS: every caller needs a certificate chained to tls.ca; agents are dialled over https"
-            );
-        }
-        None => tracing::warn!(
-            listen = %config.listen,
-            insecure_operators = config.access.insecure_operators,
-            "plain-text gRPC: no [tls] configured; fine for a local demo, not for a fleet (operator calls only from loopback unless insecure_operators = true)"
-        ),
-    }
+    let mut server_builder = grpc_server(&config)?;
     let coordinator = Arc::new(Coordinator::new(config.clone(), client, depot));
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn({
@@ -204,18 +163,12 @@ async fn serve(config: CoordinatorConfig) -> Result<()> {
     // Resigning, the mirror and the server's drain run at once, under one
     // deadline: a task still running then is abandoned (the process exits).
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-    let (leadership, mirror, server, metrics) = tokio::join!(
+    let (leadership, mirror, server, ()) = tokio::join!(
         within(deadline, leadership),
         within(deadline, mirror),
         within(deadline, server),
-        async {
-            match metrics {
-                Some(task) => within(deadline, task).await,
-                None => Some(Ok(Ok(()))),
-            }
-        },
+        metrics_stopped(deadline, metrics),
     );
-    log_metrics_end(metrics);
     for (task, ended) in [("leadership", leadership), ("release mirror", mirror)] {
         match ended {
             Some(Ok(())) => {}
@@ -236,6 +189,60 @@ async fn serve(config: CoordinatorConfig) -> Result<()> {
     }
 }
 
+/// etcd (within `ETCD_CONNECT_TIMEOUT`) and the release depot on it.
+async fn open_depot(config: &CoordinatorConfig) -> Result<(leases::Etcd, ReleaseDepot)> {
+    let client = tokio::time::timeout(
+        ETCD_CONNECT_TIMEOUT,
+        leases::Etcd::connect(&config.etcd_endpoints, leases::EtcdTiming::default()),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("etcd did not answer within {ETCD_CONNECT_TIMEOUT:?}"))
+    .and_then(|r| r.map_err(Into::into))
+    .with_context(|| {
+        format!(
+            "cannot reach etcd at {} (etcd.endpoints): is it running?",
+            config.etcd_endpoints.join(", ")
+        )
+    })?;
+    let trusted = release::TrustedKeys::load(&config.trusted_keys)
+        .context("cannot load releases.trusted_keys")?;
+    if trusted.is_empty() {
+        tracing::warn!("releases.trusted_keys is empty: unsigned bundles are accepted");
+    }
+    let depot = ReleaseDepot::open(
+        &config.store_dir,
+        trusted,
+        client.clone(),
+        &config.advertise_url,
+    )
+    .context("cannot open the release depot (store_dir)")?;
+    Ok((client, depot))
+}
+
+/// The gRPC server, with mTLS when `[tls]` is set (and a log line saying
+/// which).
+fn grpc_server(config: &CoordinatorConfig) -> Result<tonic::transport::Server> {
+    let mut server_builder = tonic::transport::Server::builder();
+    match &config.tls {
+        Some(tls) => {
+            server_builder = server_builder
+                .tls_config(tls.server_config())
+                .context("cannot set up TLS for CoordinatorService ([tls])")?;
+            tracing::info!(
+                listen = %config.listen,
+                identity = %tls.identity(),
+                "mTLS: every caller needs a certificate chained to tls.ca; agents are dialled over https"
+            );
+        }
+        None => tracing::warn!(
+            listen = %config.listen,
+            insecure_operators = config.access.insecure_operators,
+            "plain-text gRPC: no [tls] configured; fine for a local demo, not for a fleet (operator calls only from loopback unless insecure_operators = true)"
+        ),
+    }
+    Ok(server_builder)
+}
+
 /// `[metrics] listen`, bound at start so a taken port stops the daemon with
 /// the key named.
 async fn bind_metrics(
@@ -251,8 +258,15 @@ async fn bind_metrics(
     Ok(Some(listener))
 }
 
-fn log_metrics_end(ended: Option<Result<std::io::Result<()>, tokio::task::JoinError>>) {
-    match ended {
+/// Waits (until `deadline`) for the metrics endpoint to stop, if it runs.
+async fn metrics_stopped(
+    deadline: tokio::time::Instant,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+) {
+    let Some(task) = task else {
+        return;
+    };
+    match within(deadline, task).await {
         Some(Ok(Ok(()))) => {}
         Some(Ok(Err(err))) => tracing::error!(error = %err, "the metrics endpoint failed"),
         Some(Err(err)) => tracing::error!(error = %err, "the metrics endpoint task failed"),
