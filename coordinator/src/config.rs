@@ -33,6 +33,9 @@
 //! role = "operator"                          # operator | viewer | agent
 //!
 //! insecure_operators = false                 # without [tls]: operator calls from any address, not only loopback
+//!
+//! [metrics]                                  # optional: off unless set
+//! listen = "127.0.0.1:9400"                  # GET /metrics (Prometheus), /healthz, /readyz
 //! ```
 //!
 //! With `[tls]` the gRPC server requires a client certificate chained to
@@ -86,6 +89,9 @@ pub struct CoordinatorConfig {
     pub access: AccessPolicy,
     /// `[[checks]]`: the only commands a strategy can have run.
     pub checks: CheckCatalog,
+    /// `[metrics] listen`: where /metrics, /healthz and /readyz are
+    /// served; `None`: not served.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +128,13 @@ struct RawConfig {
     roles: Vec<RawRole>,
     #[serde(default)]
     checks: Vec<RawNamedCheck>,
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -302,6 +315,9 @@ impl CoordinatorConfig {
                 .map_err(|e| check("tls", Err(e.to_string())))
                 .ok()
         });
+        let metrics_listen = raw
+            .metrics
+            .and_then(|m| metrics_listen(&m.listen, listen.as_ref().ok(), &mut check));
         match (
             listen,
             advertise_url,
@@ -332,6 +348,7 @@ impl CoordinatorConfig {
                 tls,
                 access,
                 checks,
+                metrics_listen,
             }),
             _ => Err(ConfigError::Invalid {
                 path: path.to_owned(),
@@ -339,6 +356,28 @@ impl CoordinatorConfig {
             }),
         }
     }
+}
+
+/// `[metrics] listen`: an IP:port other than the gRPC `listen`.
+fn metrics_listen(
+    raw: &str,
+    grpc: Option<&SocketAddr>,
+    check: &mut impl FnMut(&str, Result<(), String>),
+) -> Option<SocketAddr> {
+    match raw.parse::<SocketAddr>() {
+        Err(e) => check(
+            "metrics.listen",
+            Err(format!("{raw:?} is not an IP:port address ({e})")),
+        ),
+        Ok(addr) if Some(&addr) == grpc => check(
+            "metrics.listen",
+            Err(format!(
+                "{addr} is also listen (gRPC): give metrics a port of its own, e.g. 9400"
+            )),
+        ),
+        Ok(addr) => return Some(addr),
+    }
+    None
 }
 
 /// `[[checks]]`, checked: unique names, an absolute program, placeholders
@@ -707,6 +746,35 @@ mod tests {
             "checks[2].name: \"x\" is defined twice",
             "checks[2].argv: the program cannot be a parameter ({p})",
         ] {
+            assert!(err.contains(expected), "{expected} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn metrics_are_off_unless_listen_is_set_and_a_bad_address_is_named() {
+        assert_eq!(parse(MINIMAL).unwrap().metrics_listen, None);
+        let config = parse(&format!(
+            "{MINIMAL}[metrics]\nlisten = \"127.0.0.1:9400\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.metrics_listen.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:9400")
+        );
+        for (table, expected) in [
+            (
+                "listen = \"9400\"",
+                "metrics.listen: \"9400\" is not an IP:port",
+            ),
+            (
+                "listen = \"127.0.0.1:7400\"",
+                "metrics.listen: 127.0.0.1:7400 is also listen",
+            ),
+            ("port = 9400", "port"),
+        ] {
+            let err = parse(&format!("{MINIMAL}[metrics]\n{table}\n"))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(expected), "{expected} missing from: {err}");
         }
     }

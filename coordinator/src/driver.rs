@@ -21,7 +21,7 @@ use etcd_client::Compare;
 use proto::v1 as pb;
 use rollout::{
     Action, ApplyId, CheckRunId, Command, Event, FencingToken, InstanceId, Millis, Notice,
-    ReleaseDigest, TimerId,
+    ReleaseDigest, Step, TimerId,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -33,6 +33,7 @@ use crate::fleet::{FleetView, NOT_INSTALLED};
 use crate::health::{HealthBaseline, health_change};
 use crate::journal::{Journal, JournalError, Write};
 use crate::record::{DeploymentKind, DeploymentRecord, EventKind, EventRecord, Happening, short};
+use crate::telemetry::{ActiveDeployment, CoordinatorMetrics, RollbackReason};
 
 /// An agent that cannot be reached this long is reported unreachable.
 const UNREACHABLE_AFTER: Duration = Duration::from_secs(10);
@@ -54,6 +55,7 @@ pub struct DriverContext {
     pub leader_fence: Compare,
     /// `[[checks]]` of coordinator.toml: what a strategy's check runs.
     pub checks: CheckCatalog,
+    pub metrics: CoordinatorMetrics,
 }
 
 /// An operator's command with where to send the answer.
@@ -123,6 +125,12 @@ pub struct Driver {
     /// Staging has begun (once the first apply was accepted, so the first
     /// batch's own download does not share the coordinator with it).
     staged: bool,
+    /// This deployment in `lockstep_deployments_active` while `run` runs.
+    active: Option<ActiveDeployment>,
+    /// When each batch in flight (wave, batch, pass) sent its applies, for
+    /// `lockstep_batch_duration_seconds` (a resumed driver does not know
+    /// when its batch in flight began, and does not observe it).
+    batches: Vec<((usize, usize, Step), Instant)>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -151,6 +159,8 @@ impl Driver {
             retries: JoinSet::new(),
             staging: JoinSet::new(),
             staged: false,
+            active: None,
+            batches: Vec::new(),
         }
     }
 
@@ -182,7 +192,9 @@ impl Driver {
         first: Vec<Event>,
         calls: mpsc::Receiver<OperatorCall>,
     ) -> DriverExit {
+        self.active = Some(self.ctx.metrics.active(self.record.state.label()));
         let exit = self.drive(first, calls).await;
+        self.active = None;
         if let Some(lock) = self.lock.take() {
             let token = lock.token().0;
             match lock.release().await {
@@ -267,7 +279,7 @@ impl Driver {
         if ignored.is_some() {
             self.record.operator_said = before;
         }
-        let exit = self.carry_out(actions, Vec::new()).await;
+        let exit = self.carry_out(actions, Vec::new(), false).await;
         let answer = match ignored {
             Some(why) => Err(why),
             None => Ok(self.record.wire()),
@@ -515,14 +527,18 @@ impl Driver {
 
     /// Feeds one event and carries out what the engine answers.
     async fn step(&mut self, event: Event, notes: Vec<Happening>) -> Option<DriverExit> {
+        let unhealthy = matches!(event, Event::InstanceUnhealthy { .. });
         let actions = self.record.engine.step(now_millis(), event);
-        self.carry_out(actions, notes).await
+        self.carry_out(actions, notes, unhealthy).await
     }
 
+    /// Persists the step, counts it in the metrics, then acts.
+    /// `unhealthy`: the event was a watched instance turning unhealthy.
     async fn carry_out(
         &mut self,
         actions: Vec<Action>,
         mut notes: Vec<Happening>,
+        unhealthy: bool,
     ) -> Option<DriverExit> {
         if actions.iter().any(|a| matches!(a, Action::StepDown { .. })) {
             return Some(DriverExit::Superseded);
@@ -602,6 +618,7 @@ impl Driver {
         for event in &events {
             tracing::info!(deployment = self.record.id, seq = event.seq, kind = ?event.kind, instance = event.instance, message = event.message, "deployment event");
         }
+        self.count(&actions, unhealthy);
         for action in actions {
             match action {
                 Action::Apply {
@@ -668,6 +685,53 @@ impl Driver {
             return Some(DriverExit::Finished);
         }
         None
+    }
+
+    /// Counts a persisted step in the metrics: once per deployment across
+    /// leaders, since a step is persisted once (a resumed driver replays
+    /// nothing already written).
+    fn count(&mut self, actions: &[Action], unhealthy: bool) {
+        let metrics = &self.ctx.metrics;
+        for action in actions {
+            match action {
+                Action::Emit(Notice::Started { .. }) => {
+                    metrics.deployment_started(self.record.kind.label());
+                }
+                Action::Emit(Notice::BatchStarted {
+                    wave, batch, step, ..
+                }) => {
+                    let key = (*wave, *batch, *step);
+                    self.batches.retain(|(k, _)| *k != key);
+                    self.batches.push((key, Instant::now()));
+                }
+                Action::Emit(Notice::BatchPassed { wave, batch, step }) => {
+                    let key = (*wave, *batch, *step);
+                    if let Some(i) = self.batches.iter().position(|(k, _)| *k == key) {
+                        metrics.batch_passed(self.batches.swap_remove(i).1.elapsed());
+                    }
+                }
+                Action::Emit(Notice::RollbackStarted { reason, .. }) => {
+                    metrics.rolled_back(RollbackReason::of(reason, unhealthy));
+                }
+                Action::Finish(_) => {
+                    let took = self.record.finished_unix_ms - self.record.created_unix_ms;
+                    metrics.deployment_finished(
+                        self.record.state.label(),
+                        Duration::from_millis(u64::try_from(took).unwrap_or(0)),
+                    );
+                    // Not active from the moment it counts as finished.
+                    self.active = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(active) = self
+            .active
+            .as_mut()
+            .filter(|_| !self.record.state.is_terminal())
+        {
+            active.set(self.record.state.label());
+        }
     }
 
     /// Asks every planned agent that lacks the target, in rollout order, to
@@ -761,7 +825,7 @@ impl Driver {
                 short(release.as_str())
             ),
         );
-        let exit = self.carry_out(Vec::new(), vec![note]).await;
+        let exit = self.carry_out(Vec::new(), vec![note], false).await;
         if exit.is_none() {
             self.send_apply(instance, apply, release);
         }

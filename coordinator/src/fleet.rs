@@ -175,6 +175,15 @@ impl FleetView {
         self.with_agents(|agents| agents.get(agent).is_some_and(|e| self.reachable(e)))
     }
 
+    /// How many agents are reachable now, and how many are not (for
+    /// `lockstep_agents`).
+    pub fn reachability(&self) -> (usize, usize) {
+        self.with_agents(|agents| {
+            let connected = agents.values().filter(|e| self.reachable(e)).count();
+            (connected, agents.len() - connected)
+        })
+    }
+
     fn reachable(&self, entry: &AgentEntry) -> bool {
         entry.open_streams > 0 || entry.last_report.elapsed() < self.stale_after
     }
@@ -364,6 +373,24 @@ fn merge_instance(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn identity(id: &str) -> pb::AgentIdentity {
+        pb::AgentIdentity {
+            agent_id: id.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reachability_counts_open_streams_and_fresh_reports() {
+        let view = FleetView::new(Duration::ZERO);
+        view.stream_opened(identity("a"));
+        view.stream_opened(identity("b"));
+        assert_eq!(view.reachability(), (2, 0));
+        // No stream open and no report within three intervals (zero here).
+        view.stream_closed("b");
+        assert_eq!(view.reachability(), (1, 1));
+    }
 
     #[test]
     fn not_installed_is_a_digest() {

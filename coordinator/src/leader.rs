@@ -14,6 +14,11 @@
 //! leases are revoked with them: the next leader takes them at once instead
 //! of after a TTL, and a deposed coordinator commands nothing.
 //!
+//! It also drives `/readyz` (`readiness`): ready while this coordinator
+//! has an etcd session and knows the leader (it leads, or a campaign that
+//! waits reads another leader in the election key), and the
+//! `lockstep_coordinator_leader` gauge.
+//!
 //! Must never: run a driver while not leading, or keep a session whose
 //! leadership is gone.
 
@@ -23,7 +28,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use leases::{Election, Etcd, LockError, Session};
+use exposition::Readiness;
+use leases::{Election, ElectionError, Etcd, LockError, Session};
 use proto::v1 as pb;
 use rollout::{
     ClusterName, DeploymentId, Engine, Event, FencingToken, PlanInput, ReleaseDigest, Strategy,
@@ -40,6 +46,7 @@ use crate::fleet::{FleetView, NOT_INSTALLED};
 use crate::journal::{Journal, JournalError};
 use crate::record::{DeploymentKind, DeploymentRecord, DeploymentState};
 use crate::release_choice::{Finished, NamedRelease, rollback_target};
+use crate::telemetry::CoordinatorMetrics;
 
 type DriverJob = Pin<Box<dyn Future<Output = (String, DriverExit)> + Send>>;
 
@@ -87,6 +94,16 @@ impl Purpose {
     }
 }
 
+/// How often a campaigning coordinator reads who leads, for `/readyz`.
+const LEADER_POLL: Duration = Duration::from_secs(2);
+
+/// How a campaign ended.
+enum Campaign {
+    Won(Result<leases::Leadership, ElectionError>),
+    SessionLost,
+    Shutdown,
+}
+
 /// How many of a service's latest deployments a rollback looks through
 /// for one that succeeded.
 const ROLLBACK_HISTORY: usize = 50;
@@ -106,7 +123,11 @@ pub struct Coordinator {
     pub depot: ReleaseDepot,
     pub fleet: Arc<FleetView>,
     pub journal: Journal,
+    /// Every coordinator metric (`[metrics] listen`).
+    pub metrics: CoordinatorMetrics,
     leading: watch::Sender<Option<Arc<Leading>>>,
+    /// What `/readyz` answers.
+    readiness: watch::Sender<Readiness>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -126,7 +147,78 @@ impl Coordinator {
             client,
             depot,
             fleet,
+            metrics: CoordinatorMetrics::default(),
             leading: watch::Sender::new(None),
+            readiness: watch::Sender::new(Readiness::NotReady(
+                "starting: no etcd session yet".to_owned(),
+            )),
+        }
+    }
+
+    /// What the metrics endpoint serves: the registry, `/readyz`, and the
+    /// agents' reachability read from the fleet view at each scrape.
+    pub fn endpoint(&self) -> exposition::Endpoint {
+        let fleet = self.fleet.clone();
+        let metrics = self.metrics.clone();
+        exposition::Endpoint {
+            registry: self.metrics.registry(),
+            readiness: self.readiness.subscribe(),
+            before_scrape: Some(Arc::new(move || {
+                let (connected, unreachable) = fleet.reachability();
+                metrics.set_agents(connected, unreachable);
+            })),
+        }
+    }
+
+    fn not_ready(&self, why: String) {
+        self.readiness.send_replace(Readiness::NotReady(why));
+    }
+
+    /// Leading (`Some`) or not: the drivers' gate, the leader gauge and
+    /// readiness move together.
+    fn set_leading(&self, leading: Option<Arc<Leading>>) {
+        let is_leader = leading.is_some();
+        self.leading.send_replace(leading);
+        self.metrics.set_leader(is_leader);
+        if is_leader {
+            self.readiness.send_replace(Readiness::Ready);
+        } else {
+            self.not_ready("not leading: campaigning again".to_owned());
+        }
+    }
+
+    /// Readiness while campaigning: ready when the election key names a
+    /// leader. Bounded by `LEADER_POLL`, so the campaign's other signals
+    /// (session lost, shutdown) are never kept waiting by a hung etcd.
+    async fn follow_leader(&self) {
+        let election = Election::new();
+        let leader = tokio::time::timeout(LEADER_POLL, election.leader(&self.client));
+        let readiness = match leader.await {
+            Ok(Ok(Some(_))) => Readiness::Ready,
+            Ok(Ok(None)) => {
+                Readiness::NotReady("no coordinator leads: an election is under way".to_owned())
+            }
+            Ok(Err(err)) => Readiness::NotReady(format!("cannot read who leads from etcd: {err}")),
+            Err(_) => {
+                Readiness::NotReady(format!("etcd did not say who leads within {LEADER_POLL:?}"))
+            }
+        };
+        self.readiness.send_replace(readiness);
+    }
+
+    /// Campaigns until this session leads, reading who leads meanwhile.
+    async fn campaign(&self, session: &Session, shutdown: &mut watch::Receiver<bool>) -> Campaign {
+        let election = Election::new();
+        let won = election.campaign(session, &self.config.advertise_url);
+        tokio::pin!(won);
+        let mut look = tokio::time::interval(LEADER_POLL);
+        loop {
+            tokio::select! {
+                won = &mut won => return Campaign::Won(won),
+                _ = session.lost() => return Campaign::SessionLost,
+                _ = shutdown.changed() => return Campaign::Shutdown,
+                _ = look.tick() => self.follow_leader().await,
+            }
         }
     }
 
@@ -162,6 +254,30 @@ impl Coordinator {
         }
     }
 
+    /// What drivers share while `leadership` lasts, and where operator
+    /// calls hand the leadership loop new drivers.
+    fn lead(
+        &self,
+        session: &Arc<Session>,
+        leadership: &leases::Leadership,
+    ) -> (Arc<Leading>, mpsc::UnboundedReceiver<DriverJob>) {
+        let (jobs_tx, jobs_rx) = mpsc::unbounded_channel::<DriverJob>();
+        let leading = Arc::new(Leading {
+            session: session.clone(),
+            ctx: Arc::new(DriverContext {
+                journal: self.journal.clone(),
+                fleet: self.fleet.clone(),
+                agents: AgentDialer::new(self.config.tls.clone()),
+                leader_fence: leadership.fence(),
+                checks: self.config.checks.clone(),
+                metrics: self.metrics.clone(),
+            }),
+            calls: Mutex::new(HashMap::new()),
+            jobs: jobs_tx,
+        });
+        (leading, jobs_rx)
+    }
+
     /// Campaigns, leads, and campaigns again, until `shutdown` fires.
     pub async fn run_leadership(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(200);
@@ -172,6 +288,7 @@ impl Coordinator {
             let session = match Session::grant(self.client.clone(), self.config.lease_ttl).await {
                 Ok(session) => Arc::new(session),
                 Err(err) => {
+                    self.not_ready(format!("no etcd session: {err}"));
                     tracing::warn!(error = %err, retry_in_ms = backoff.as_millis(), "cannot open an etcd session; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
@@ -182,37 +299,24 @@ impl Coordinator {
                 }
             };
             backoff = Duration::from_millis(200);
-            let election = Election::new();
-            let leadership = tokio::select! {
-                won = election.campaign(&session, &self.config.advertise_url) => won,
-                _ = session.lost() => continue,
-                _ = shutdown.changed() => {
+            let leadership = match self.campaign(&session, &mut shutdown).await {
+                Campaign::Won(Ok(l)) => l,
+                Campaign::SessionLost => {
+                    self.not_ready("the etcd session was lost; opening another".to_owned());
+                    continue;
+                }
+                Campaign::Shutdown => {
                     close(session).await;
                     return;
                 }
-            };
-            let leadership = match leadership {
-                Ok(l) => l,
-                Err(err) => {
+                Campaign::Won(Err(err)) => {
                     tracing::warn!(error = %err, "campaign failed; retrying");
                     close(session).await;
                     continue;
                 }
             };
-            let (jobs_tx, mut jobs_rx) = mpsc::unbounded_channel::<DriverJob>();
-            let leading = Arc::new(Leading {
-                session: session.clone(),
-                ctx: Arc::new(DriverContext {
-                    journal: self.journal.clone(),
-                    fleet: self.fleet.clone(),
-                    agents: AgentDialer::new(self.config.tls.clone()),
-                    leader_fence: leadership.fence(),
-                    checks: self.config.checks.clone(),
-                }),
-                calls: Mutex::new(HashMap::new()),
-                jobs: jobs_tx,
-            });
-            self.leading.send_replace(Some(leading.clone()));
+            let (leading, mut jobs_rx) = self.lead(&session, &leadership);
+            self.set_leading(Some(leading.clone()));
             tracing::info!(url = self.config.advertise_url, token = %leadership.token(), "leading the fleet");
             let mut drivers: JoinSet<(String, DriverExit)> = JoinSet::new();
             match self.journal.active().await {
@@ -223,7 +327,7 @@ impl Coordinator {
                 }
                 Err(err) => {
                     tracing::error!(error = %err, "cannot list active deployments; stepping down");
-                    self.leading.send_replace(None);
+                    self.set_leading(None);
                     drop(drivers);
                     let _ = leadership.resign().await;
                     close(session).await;
@@ -243,7 +347,7 @@ impl Coordinator {
                     }
                 }
             };
-            self.leading.send_replace(None);
+            self.set_leading(None);
             drivers.shutdown().await;
             if resign {
                 if let Err(err) = leadership.resign().await {

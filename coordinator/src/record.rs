@@ -44,6 +44,20 @@ impl DeploymentState {
         }
     }
 
+    /// The state as a metric label (as stored: snake_case).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::AwaitingApproval => "awaiting_approval",
+            Self::RollingBack => "rolling_back",
+            Self::Succeeded => "succeeded",
+            Self::RolledBack => "rolled_back",
+            Self::Aborted => "aborted",
+            Self::Failed => "failed",
+        }
+    }
+
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
@@ -76,6 +90,17 @@ pub enum DeploymentKind {
     /// Forward steps restart the instances (Agent.Restart) instead of
     /// switching them; undoing one is an Apply of the release they run.
     Restart,
+}
+
+impl DeploymentKind {
+    /// The kind as a metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Deploy => "deploy",
+            Self::Rollback => "rollback",
+            Self::Restart => "restart",
+        }
+    }
 }
 
 /// Per-cluster progress for watchers.

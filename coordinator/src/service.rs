@@ -136,6 +136,88 @@ fn status(err: NotServed) -> Status {
     }
 }
 
+/// Reads a push's header and data into `incoming`, and checks it arrived
+/// whole.
+async fn receive_push(
+    mut inbound: Streaming<pb::PushReleaseChunk>,
+    mut incoming: crate::depot::Incoming,
+) -> Result<(pb::PushReleaseHeader, crate::depot::Incoming), Status> {
+    let mut header: Option<pb::PushReleaseHeader> = None;
+    while let Some(message) = inbound.next().await {
+        match message?.body {
+            Some(pb::push_release_chunk::Body::Header(h)) if header.is_none() => {
+                header = Some(h);
+            }
+            Some(pb::push_release_chunk::Body::Header(_)) => {
+                return Err(Status::invalid_argument("the push sent a second header"));
+            }
+            Some(pb::push_release_chunk::Body::Data(data)) => {
+                if header.is_none() {
+                    return Err(Status::invalid_argument(
+                        "the push must start with a header",
+                    ));
+                }
+                incoming =
+                    tokio::task::spawn_blocking(move || incoming.write(&data).map(|()| incoming))
+                        .await
+                        .map_err(internal)?
+                        .map_err(internal)?;
+            }
+            None => {}
+        }
+    }
+    let header = header.ok_or_else(|| Status::invalid_argument("the push sent nothing"))?;
+    if header.total_size != 0 && header.total_size != incoming.written() {
+        return Err(Status::data_loss(format!(
+            "the push ended after {} of {} bytes: push again",
+            incoming.written(),
+            header.total_size
+        )));
+    }
+    Ok((header, incoming))
+}
+
+/// Verifies and indexes a received push.
+async fn commit_push(
+    depot: &crate::depot::ReleaseDepot,
+    header: pb::PushReleaseHeader,
+    incoming: crate::depot::Incoming,
+) -> Result<pb::PushReleaseResponse, Status> {
+    let expected = if header.expected_digest.is_empty() {
+        None
+    } else {
+        Some(
+            header
+                .expected_digest
+                .parse::<release::ReleaseDigest>()
+                .map_err(|e| Status::invalid_argument(e.to_string()))?,
+        )
+    };
+    let (entry, already_present) = bounded(Waits::Read, "indexing the release", async {
+        depot.commit(incoming, expected).await.map_err(|e| match e {
+            crate::depot::DepotError::Refused(m) => Status::invalid_argument(m),
+            other => internal(other),
+        })
+    })
+    .await?;
+    tracing::info!(
+        service = entry.service,
+        version = entry.version,
+        digest = entry.digest,
+        already_present,
+        "release pushed"
+    );
+    Ok(pb::PushReleaseResponse {
+        release: Some(pb::ReleaseRef {
+            service: entry.service,
+            digest: entry.digest,
+            version: entry.version,
+        }),
+        already_present,
+        signed: entry.signed,
+    })
+}
+
 fn internal(err: impl std::fmt::Display) -> Status {
     Status::internal(err.to_string())
 }
@@ -226,6 +308,7 @@ impl CoordinatorService for CoordinatorGrpc {
         }
         let (tx, rx) = mpsc::channel(4);
         let mut offset = r.offset;
+        let metrics = self.coordinator.metrics.clone();
         tokio::task::spawn_blocking(move || {
             if let Err(e) = file.seek(SeekFrom::Start(offset)) {
                 let _ = tx.blocking_send(Err(internal(e)));
@@ -245,6 +328,7 @@ impl CoordinatorService for CoordinatorGrpc {
                         if tx.blocking_send(Ok(chunk)).is_err() {
                             return;
                         }
+                        metrics.fetch_served(n as u64);
                     }
                     Err(e) => {
                         let _ = tx.blocking_send(Err(internal(e)));
@@ -261,75 +345,13 @@ impl CoordinatorService for CoordinatorGrpc {
         request: Request<Streaming<pb::PushReleaseChunk>>,
     ) -> Result<Response<pb::PushReleaseResponse>, Status> {
         self.admission.admit(&request, Method::PushRelease)?;
-        let mut inbound = request.into_inner();
         let depot = self.coordinator.depot.clone();
-        let mut incoming = depot.incoming().map_err(internal)?;
-        let mut header: Option<pb::PushReleaseHeader> = None;
-        while let Some(message) = inbound.next().await {
-            match message?.body {
-                Some(pb::push_release_chunk::Body::Header(h)) if header.is_none() => {
-                    header = Some(h);
-                }
-                Some(pb::push_release_chunk::Body::Header(_)) => {
-                    return Err(Status::invalid_argument("the push sent a second header"));
-                }
-                Some(pb::push_release_chunk::Body::Data(data)) => {
-                    if header.is_none() {
-                        return Err(Status::invalid_argument(
-                            "the push must start with a header",
-                        ));
-                    }
-                    incoming = tokio::task::spawn_blocking(move || {
-                        incoming.write(&data).map(|()| incoming)
-                    })
-                    .await
-                    .map_err(internal)?
-                    .map_err(internal)?;
-                }
-                None => {}
-            }
-        }
-        let header = header.ok_or_else(|| Status::invalid_argument("the push sent nothing"))?;
-        if header.total_size != 0 && header.total_size != incoming.written() {
-            return Err(Status::data_loss(format!(
-                "the push ended after {} of {} bytes: push again",
-                incoming.written(),
-                header.total_size
-            )));
-        }
-        let expected = if header.expected_digest.is_empty() {
-            None
-        } else {
-            Some(
-                header
-                    .expected_digest
-                    .parse::<release::ReleaseDigest>()
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
-            )
-        };
-        let (entry, already_present) = bounded(Waits::Read, "indexing the release", async {
-            depot.commit(incoming, expected).await.map_err(|e| match e {
-                crate::depot::DepotError::Refused(m) => Status::invalid_argument(m),
-                other => internal(other),
-            })
-        })
-        .await?;
-        tracing::info!(
-            service = entry.service,
-            version = entry.version,
-            digest = entry.digest,
-            already_present,
-            "release pushed"
-        );
-        Ok(Response::new(pb::PushReleaseResponse {
-            release: Some(pb::ReleaseRef {
-                service: entry.service,
-                digest: entry.digest,
-                version: entry.version,
-            }),
-            already_present,
-            signed: entry.signed,
-        }))
+        let incoming = depot.incoming().map_err(internal)?;
+        let (header, incoming) = receive_push(request.into_inner(), incoming).await?;
+        let received = incoming.written();
+        let pushed = commit_push(&depot, header, incoming).await;
+        self.coordinator.metrics.push(pushed.is_ok(), received);
+        pushed.map(Response::new)
     }
 
     async fn list_releases(

@@ -13,7 +13,7 @@
 //! lockstep_agents{state}                           gauge  connected | unreachable (read at scrape)
 //! lockstep_release_pushes_total{result}            counter accepted | refused
 //! lockstep_release_push_bytes_total                counter
-//! lockstep_release_fetch_bytes_total               counter bytes served to agents
+//! lockstep_release_fetch_bytes_total               counter bytes served (agents, mirroring coordinators)
 //! ```
 //!
 //! Must never: label by anything unbounded (no deployment ids, hosts or
@@ -181,6 +181,20 @@ pub enum RollbackReason {
 }
 
 impl RollbackReason {
+    /// The label of the engine's `reason`; an instance failure the driver
+    /// saw as a watched instance turning unhealthy (`unhealthy`) is
+    /// `Unhealthy`, not a failed start.
+    pub fn of(reason: &rollout::Reason, unhealthy: bool) -> Self {
+        match reason {
+            rollout::Reason::InstanceFailed { .. } if unhealthy => Self::Unhealthy,
+            rollout::Reason::InstanceFailed { .. } => Self::InstanceFailed,
+            rollout::Reason::CheckFailed { .. } => Self::CheckFailed,
+            rollout::Reason::HealthyDeadline { .. } => Self::HealthyDeadline,
+            rollout::Reason::ProgressDeadline { .. } => Self::ProgressDeadline,
+            rollout::Reason::Operator => Self::Operator,
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Self::InstanceFailed => "instance_failed",
@@ -311,6 +325,24 @@ mod tests {
         );
         drop(d);
         assert!(text(&m).contains("lockstep_deployments_active{state=\"rolling_back\"} 0\n"));
+    }
+
+    #[test]
+    fn an_instance_failure_seen_as_unhealthy_is_its_own_reason() {
+        let failed = rollout::Reason::InstanceFailed {
+            instance: rollout::InstanceId::new("h1").unwrap(),
+            release: rollout::ReleaseDigest::parse(crate::fleet::NOT_INSTALLED).unwrap(),
+            detail: "exited".to_owned(),
+        };
+        assert_eq!(
+            RollbackReason::of(&failed, false),
+            RollbackReason::InstanceFailed
+        );
+        assert_eq!(RollbackReason::of(&failed, true), RollbackReason::Unhealthy);
+        assert_eq!(
+            RollbackReason::of(&rollout::Reason::Operator, true),
+            RollbackReason::Operator
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod etcd_harness;
 mod health;
 mod incident;
 mod logs;
+mod metrics;
 mod operator_paths;
 mod prometheus;
 mod registration;

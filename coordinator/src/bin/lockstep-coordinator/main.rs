@@ -2,7 +2,8 @@
 //! leadership, and while leading drives every active deployment.
 //!
 //! ```text
-//! start: config -> etcd -> release depot -> bind listen -> serve gRPC
+//! start: config -> etcd -> release depot -> bind listen (and [metrics]
+//!        listen) -> serve gRPC (and /metrics, /healthz, /readyz)
 //!        -> READY=1 -> leadership loop (campaign, lead, repeat)
 //! SIGTERM/SIGINT: STOPPING=1 -> resign (a standby takes over at once)
 //!        and end every Report and WatchDeployment stream (agents and
@@ -66,7 +67,7 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig { file }) => CoordinatorConfig::load(&file)
             .map(|c| {
                 println!(
-                    "{}: valid (listen {}, advertise {}, tls {}, {} role rule(s), {} named check(s))",
+                    "{}: valid (listen {}, advertise {}, tls {}, {} role rule(s), {} named check(s), metrics {})",
                     file.display(),
                     c.listen,
                     c.advertise_url,
@@ -76,6 +77,8 @@ fn main() -> ExitCode {
                     ),
                     c.access.rules.len(),
                     c.checks.len(),
+                    c.metrics_listen
+                        .map_or_else(|| "off".to_owned(), |a| format!("on {a}")),
                 )
             })
             .map_err(Into::into),
@@ -103,6 +106,91 @@ fn run(config_path: &Path) -> Result<()> {
 }
 
 async fn serve(config: CoordinatorConfig) -> Result<()> {
+    let (client, depot) = open_depot(&config).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (listen): is another coordinator running on this port?",
+                config.listen
+            )
+        })?;
+    let metrics_listener = bind_metrics(config.metrics_listen).await?;
+    let mut server_builder = grpc_server(&config)?;
+    let coordinator = Arc::new(Coordinator::new(config.clone(), client, depot));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = tokio::spawn({
+        let grpc = CoordinatorGrpc::new(coordinator.clone(), stop_rx.clone());
+        let mut stop = stop_rx.clone();
+        async move {
+            server_builder
+                .add_service(CoordinatorServiceServer::new(grpc))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    },
+                )
+                .await
+        }
+    });
+    let metrics = metrics_listener.map(|listener| {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(exposition::serve(
+            listener,
+            coordinator.endpoint(),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ))
+    });
+    let leadership = tokio::spawn(coordinator.clone().run_leadership(stop_rx.clone()));
+    let mirror = tokio::spawn(coordinator::mirror::run(
+        coordinator.depot.clone(),
+        config.tls.clone(),
+        config.status_interval,
+        stop_rx.clone(),
+    ));
+    tracing::info!(listen = %config.listen, advertise = config.advertise_url, "coordinator serving");
+    let manager = daemon::ServiceManager::from_env();
+    notify(manager.ready().and_then(|()| manager.status("serving")));
+    let _watchdog = manager.spawn_watchdog();
+
+    let signal = shutdown_signal().await?;
+    tracing::info!(signal, "shutting down");
+    notify(manager.stopping());
+    let _ = stop_tx.send(true);
+    // Resigning, the mirror and the server's drain run at once, under one
+    // deadline: a task still running then is abandoned (the process exits).
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    let (leadership, mirror, server, ()) = tokio::join!(
+        within(deadline, leadership),
+        within(deadline, mirror),
+        within(deadline, server),
+        metrics_stopped(deadline, metrics),
+    );
+    for (task, ended) in [("leadership", leadership), ("release mirror", mirror)] {
+        match ended {
+            Some(Ok(())) => {}
+            Some(Err(err)) => tracing::error!(task, error = %err, "task failed"),
+            None => {
+                tracing::warn!(task, after = ?SHUTDOWN_GRACE, "task did not end in time; exiting without it")
+            }
+        }
+    }
+    match server {
+        Some(Ok(Ok(()))) => Ok(()),
+        Some(Ok(Err(err))) => Err(err).context("gRPC server failed"),
+        Some(Err(err)) => Err(err).context("gRPC server task failed"),
+        None => {
+            tracing::warn!(after = ?SHUTDOWN_GRACE, "a client kept its connection open; exiting without waiting for it");
+            Ok(())
+        }
+    }
+}
+
+/// etcd (within `ETCD_CONNECT_TIMEOUT`) and the release depot on it.
+async fn open_depot(config: &CoordinatorConfig) -> Result<(leases::Etcd, ReleaseDepot)> {
     let client = tokio::time::timeout(
         ETCD_CONNECT_TIMEOUT,
         leases::Etcd::connect(&config.etcd_endpoints, leases::EtcdTiming::default()),
@@ -128,14 +216,12 @@ async fn serve(config: CoordinatorConfig) -> Result<()> {
         &config.advertise_url,
     )
     .context("cannot open the release depot (store_dir)")?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (listen): is another coordinator running on this port?",
-                config.listen
-            )
-        })?;
+    Ok((client, depot))
+}
+
+/// The gRPC server, with mTLS when `[tls]` is set (and a log line saying
+/// which).
+fn grpc_server(config: &CoordinatorConfig) -> Result<tonic::transport::Server> {
     let mut server_builder = tonic::transport::Server::builder();
     match &config.tls {
         Some(tls) => {
@@ -154,63 +240,38 @@ async fn serve(config: CoordinatorConfig) -> Result<()> {
             "plain-text gRPC: no [tls] configured; fine for a local demo, not for a fleet (operator calls only from loopback unless insecure_operators = true)"
         ),
     }
-    let coordinator = Arc::new(Coordinator::new(config.clone(), client, depot));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn({
-        let grpc = CoordinatorGrpc::new(coordinator.clone(), stop_rx.clone());
-        let mut stop = stop_rx.clone();
-        async move {
-            server_builder
-                .add_service(CoordinatorServiceServer::new(grpc))
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    },
-                )
-                .await
-        }
-    });
-    let leadership = tokio::spawn(coordinator.clone().run_leadership(stop_rx.clone()));
-    let mirror = tokio::spawn(coordinator::mirror::run(
-        coordinator.depot.clone(),
-        config.tls.clone(),
-        config.status_interval,
-        stop_rx.clone(),
-    ));
-    tracing::info!(listen = %config.listen, advertise = config.advertise_url, "coordinator serving");
-    let manager = daemon::ServiceManager::from_env();
-    notify(manager.ready().and_then(|()| manager.status("serving")));
-    let _watchdog = manager.spawn_watchdog();
+    Ok(server_builder)
+}
 
-    let signal = shutdown_signal().await?;
-    tracing::info!(signal, "shutting down");
-    notify(manager.stopping());
-    let _ = stop_tx.send(true);
-    // Resigning, the mirror and the server's drain run at once, under one
-    // deadline: a task still running then is abandoned (the process exits).
-    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-    let (leadership, mirror, server) = tokio::join!(
-        within(deadline, leadership),
-        within(deadline, mirror),
-        within(deadline, server),
-    );
-    for (task, ended) in [("leadership", leadership), ("release mirror", mirror)] {
-        match ended {
-            Some(Ok(())) => {}
-            Some(Err(err)) => tracing::error!(task, error = %err, "task failed"),
-            None => {
-                tracing::warn!(task, after = ?SHUTDOWN_GRACE, "task did not end in time; exiting without it")
-            }
-        }
-    }
-    match server {
-        Some(Ok(Ok(()))) => Ok(()),
-        Some(Ok(Err(err))) => Err(err).context("gRPC server failed"),
-        Some(Err(err)) => Err(err).context("gRPC server task failed"),
+/// `[metrics] listen`, bound at start so a taken port stops the daemon with
+/// the key named.
+async fn bind_metrics(
+    addr: Option<std::net::SocketAddr>,
+) -> Result<Option<tokio::net::TcpListener>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} (metrics.listen): is another process using this port?")
+    })?;
+    tracing::info!(listen = %addr, "serving /metrics, /healthz and /readyz");
+    Ok(Some(listener))
+}
+
+/// Waits (until `deadline`) for the metrics endpoint to stop, if it runs.
+async fn metrics_stopped(
+    deadline: tokio::time::Instant,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+) {
+    let Some(task) = task else {
+        return;
+    };
+    match within(deadline, task).await {
+        Some(Ok(Ok(()))) => {}
+        Some(Ok(Err(err))) => tracing::error!(error = %err, "the metrics endpoint failed"),
+        Some(Err(err)) => tracing::error!(error = %err, "the metrics endpoint task failed"),
         None => {
-            tracing::warn!(after = ?SHUTDOWN_GRACE, "a client kept its connection open; exiting without waiting for it");
-            Ok(())
+            tracing::warn!(after = ?SHUTDOWN_GRACE, "a scraper kept its connection open; exiting without waiting for it")
         }
     }
 }
