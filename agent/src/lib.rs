@@ -27,5 +27,6 @@ pub mod probe;
 pub mod state;
 pub mod supervisor;
 pub mod task;
+pub mod telemetry;
 pub mod uplink;
 pub mod wire;
