@@ -142,3 +142,34 @@ impl Executor for ServiceExecutor {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::Superseded;
+
+    #[test]
+    fn a_switch_counts_as_succeeded_failed_or_superseded() {
+        assert_eq!(
+            switch_outcome(&Ok("switched".to_owned())),
+            SwitchOutcome::Succeeded
+        );
+        let superseded = HostError::Superseded(Box::new(Superseded {
+            service: "web".to_owned(),
+            by_token: 7,
+            what: "the restart".to_owned(),
+            kept: String::new(),
+        }));
+        assert_eq!(switch_outcome(&Err(superseded)), SwitchOutcome::Superseded);
+        let busy = HostError::Busy {
+            service: "web".to_owned(),
+        };
+        assert_eq!(switch_outcome(&Err(busy)), SwitchOutcome::Failed);
+    }
+
+    #[test]
+    fn rollbacks_and_restarts_are_switches() {
+        assert!(Command::Rollback.is_switch());
+        assert!(Command::Restart(RestartOrder::default()).is_switch());
+    }
+}

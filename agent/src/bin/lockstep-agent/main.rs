@@ -150,14 +150,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
                 config.grpc_listen
             )
         })?;
-    let metrics_listener = match config.metrics_listen {
-        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
-            format!(
-                "cannot listen on metrics.listen {addr} (is another agent or exporter using it?)"
-            )
-        })?),
-        None => None,
-    };
+    let metrics_listener = bind_metrics(config.metrics_listen).await?;
     let shim = PathBuf::from(agent::supervisor::DEFAULT_SHIM);
     let host = Host::open_with_metrics(config.clone(), shim, AgentMetrics::default()).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -167,12 +160,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
-    let (readiness, readiness_rx) = watch::channel(telemetry::readiness(false, None));
-    let metrics_server = metrics_listener.map(|listener| {
-        let endpoint = metrics_endpoint(&host, readiness_rx);
-        tracing::info!(metrics = %config.metrics_listen.map(|a| a.to_string()).unwrap_or_default(), "serving /metrics, /healthz, /readyz");
-        tokio::spawn(exposition::serve(listener, endpoint, stopped()))
-    });
+    let (readiness, metrics_server) = serve_metrics(metrics_listener, &host, stopped());
     // Before any app is touched: an agent configured with a live agent's
     // id must not adopt, start or stop anything.
     if let Some(cluster) = host.cluster() {
@@ -256,19 +244,54 @@ async fn serve(config: AgentConfig) -> Result<()> {
         servers.push(("metrics endpoint", drained(server).await));
     }
     for (name, ended) in servers {
-        match ended {
-            Some(Ok(())) => {}
-            Some(Err(err)) => {
-                tracing::error!(server = name, error = %err, "server ended with an error")
-            }
-            None => tracing::warn!(
-                server = name,
-                after = ?SERVER_DRAIN,
-                "a client kept its connection open; exiting without waiting for it"
-            ),
-        }
+        log_server_end(name, ended);
     }
     Ok(())
+}
+
+fn log_server_end(name: &str, ended: Option<Result<()>>) {
+    match ended {
+        Some(Ok(())) => {}
+        Some(Err(err)) => {
+            tracing::error!(server = name, error = %err, "server ended with an error")
+        }
+        None => tracing::warn!(
+            server = name,
+            after = ?SERVER_DRAIN,
+            "a client kept its connection open; exiting without waiting for it"
+        ),
+    }
+}
+
+/// `[metrics] listen`, bound before any app is touched; `None` when unset.
+async fn bind_metrics(listen: Option<SocketAddr>) -> Result<Option<tokio::net::TcpListener>> {
+    let Some(addr) = listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on metrics.listen {addr} (is another agent or exporter using it?)")
+    })?;
+    tracing::info!(metrics = %addr, "serving /metrics, /healthz, /readyz");
+    Ok(Some(listener))
+}
+
+/// Serves the metrics endpoint on `listener` (when configured) until
+/// `shutdown`; `/readyz` answers what the returned sender says (not ready
+/// until told otherwise).
+fn serve_metrics(
+    listener: Option<tokio::net::TcpListener>,
+    host: &Arc<Host>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> (
+    watch::Sender<exposition::Readiness>,
+    Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+) {
+    let (readiness, readiness_rx) = watch::channel(telemetry::readiness(false, None));
+    let server = listener.map(|listener| {
+        let endpoint = metrics_endpoint(host, readiness_rx);
+        tokio::spawn(exposition::serve(listener, endpoint, shutdown))
+    });
+    (readiness, server)
 }
 
 /// `/metrics` from the host's registry (its read-at-scrape gauges brought
