@@ -176,3 +176,46 @@ async fn a_taken_metrics_port_is_refused_naming_the_key() {
         "{stderr}"
     );
 }
+
+/// With `[etcd]`, `/readyz` and `lockstep_agent_etcd_session` follow the
+/// session: ready while it lives, 503 naming it once etcd is gone, ready
+/// again when etcd is back.
+#[tokio::test]
+async fn readiness_follows_the_etcd_session() {
+    let mut etcd = lockstep_tests::EtcdCluster::single().await.unwrap();
+    let metrics: SocketAddr = ([127, 0, 0, 1], free_loopback_port().unwrap()).into();
+    let extra = format!(
+        "{}\n[metrics]\nlisten = \"{metrics}\"\n",
+        etcd.agent_table("5s", "5s")
+    );
+    let _agent = AgentFixture::start_with("metrics-3", "eu", &extra)
+        .await
+        .unwrap();
+    let session_and_readyz = |session: f64, code: u16, says: &'static str| async move {
+        let text = scrape(metrics).await?;
+        let alive = sample(&text, "lockstep_agent_etcd_session");
+        let (status, body) = request(metrics, "GET", "/readyz", "").await?;
+        if alive == Some(session) && status == code && body.contains(says) {
+            Ok(())
+        } else {
+            Err(format!("etcd_session {alive:?}, /readyz {status}: {body}"))
+        }
+    };
+    wait_for("a live session, ready", DEADLINE, || {
+        session_and_readyz(1.0, 200, "ready")
+    })
+    .await
+    .unwrap();
+    etcd.kill(0).unwrap();
+    wait_for("the lost session, not ready", DEADLINE, || {
+        session_and_readyz(0.0, 503, "no etcd session")
+    })
+    .await
+    .unwrap();
+    etcd.restart(0).await.unwrap();
+    wait_for("a new session, ready again", DEADLINE, || {
+        session_and_readyz(1.0, 200, "ready")
+    })
+    .await
+    .unwrap();
+}
