@@ -219,3 +219,63 @@ async fn readiness_follows_the_etcd_session() {
     .await
     .unwrap();
 }
+
+/// A deploy through a coordinator: the agent fetches the release (its
+/// bytes counted), takes a budget slot (its wait observed) and switches.
+#[tokio::test]
+async fn a_deploy_counts_the_fetched_bytes_and_the_budget_wait() {
+    use lockstep_tests::operator::{agents_known, finished, push, start_deploy, strategy};
+    let etcd = lockstep_tests::EtcdCluster::single().await.unwrap();
+    let coordinator = lockstep_tests::CoordinatorFixture::start(&etcd.endpoints(), 3)
+        .await
+        .unwrap();
+    let urls = vec![coordinator.url()];
+    let metrics: SocketAddr = ([127, 0, 0, 1], free_loopback_port().unwrap()).into();
+    let port = free_loopback_port().unwrap();
+    let extra = format!(
+        "\n[coordinator]\nurls = [\"{url}\"]\n{etcd}\n[listen_overrides.demo]\nhttp = \"127.0.0.1:{port}\"\n\n[metrics]\nlisten = \"{metrics}\"\n",
+        url = urls[0],
+        etcd = etcd.agent_table("3s", "60s"),
+    );
+    let _agent = AgentFixture::start_configured("fetch-1", "f", "services = [\"demo\"]\n", &extra)
+        .await
+        .unwrap();
+    agents_known(&urls, 1).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let fast = strategy(work.path(), "fast", "200ms").unwrap();
+    let mut bundle_bytes = 0;
+    // The first release disrupts nothing (no slot); the second replaces it.
+    for version in ["1.0.0", "2.0.0"] {
+        let bundle = DemoRelease::new(version, 1).build(work.path()).unwrap();
+        bundle_bytes += std::fs::metadata(&bundle).unwrap().len();
+        let digest = push(&urls, &bundle).await.unwrap();
+        let id = start_deploy(&urls, &digest, &fast).await.unwrap();
+        let r = finished(&etcd, &id).await.unwrap();
+        assert_eq!(r["state"], "succeeded", "{r}");
+    }
+
+    let text = scrape(metrics).await.unwrap();
+    promtool_check_metrics(&text).unwrap();
+    assert_eq!(
+        sample(&text, "lockstep_agent_fetch_bytes_total"),
+        Some(bundle_bytes as f64),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "lockstep_agent_budget_wait_seconds_count").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            r#"lockstep_agent_switches_total{service="demo",outcome="succeeded"}"#
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "lockstep_agent_etcd_session"),
+        Some(1.0),
+        "{text}"
+    );
+}
