@@ -1,7 +1,9 @@
 //! The agent's metrics endpoint end to end (#16): a real agent with
 //! `[metrics] listen` installs a demo release, its app is killed and
 //! restarted, and `/metrics` says so — in an exposition `promtool check
-//! metrics` accepts, and to a real Prometheus scraping it.
+//! metrics` accepts, and to a real Prometheus scraping it. Also: a taken
+//! port stops the agent naming the key; `/readyz` follows the etcd session;
+//! a deploy through a coordinator counts fetched bytes and the budget wait.
 
 use std::net::SocketAddr;
 use std::time::Duration;
