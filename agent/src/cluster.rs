@@ -35,6 +35,7 @@ use tokio::sync::watch;
 use crate::config::{AgentConfig, EtcdSettings};
 use crate::identity::{self, HolderVerdict};
 use crate::task::OwnedTask;
+use crate::telemetry::AgentMetrics;
 
 /// Pause before the first retry to reach etcd: quick to recover…
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
@@ -127,6 +128,8 @@ pub enum FirstRegistration {
 #[derive(Debug, Clone)]
 pub struct ClusterLink {
     inner: Arc<Inner>,
+    /// Where budget waits are observed.
+    metrics: AgentMetrics,
 }
 
 #[derive(Debug)]
@@ -283,7 +286,15 @@ impl ClusterLink {
                 pending: PendingReleases::default(),
                 _keeper: keeper,
             }),
+            metrics: AgentMetrics::default(),
         }
+    }
+
+    /// Observes budget waits into `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: AgentMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Waits up to `wait` for the first registration attempt: `Err` with
@@ -311,6 +322,11 @@ impl ClusterLink {
         }
     }
 
+    /// Changes whenever a session is published or lost (`/readyz`).
+    pub fn session_changes(&self) -> watch::Receiver<Option<Arc<Session>>> {
+        self.inner.session.clone()
+    }
+
     /// The live session, if etcd is reachable now.
     pub fn session(&self) -> Option<Arc<Session>> {
         self.inner.session.borrow().clone().filter(|s| !s.is_lost())
@@ -319,6 +335,13 @@ impl ClusterLink {
     /// Waits (up to `budget_wait` in all) for etcd and then for a slot in
     /// the cluster's disruption budget.
     pub async fn take_slot(&self, service: &str, purpose: &str) -> Result<Slot, ClusterError> {
+        let started = tokio::time::Instant::now();
+        let taken = self.wait_for_slot(service, purpose).await;
+        self.metrics.budget_waited(started.elapsed());
+        taken
+    }
+
+    async fn wait_for_slot(&self, service: &str, purpose: &str) -> Result<Slot, ClusterError> {
         let wait = self.inner.settings.budget_wait;
         let deadline = tokio::time::Instant::now() + wait;
         let name = format!("{}/{service}", self.inner.agent);

@@ -26,6 +26,9 @@
 //! lease_ttl = "10s"                  # the agent's session; its locks die with it
 //! budget_wait = "2m"                 # a planned disruption waits this long for a slot
 //!
+//! [metrics]                        # optional: without it, no metrics endpoint
+//! listen = "127.0.0.1:9401"          # /metrics (Prometheus), /healthz, /readyz
+//!
 //! [listen_overrides.demo-app]      # bind these instead of the manifest's [[listen]]
 //! http = "127.0.0.1:18081"
 //!
@@ -108,6 +111,9 @@ pub struct AgentConfig {
     pub tls: Option<AgentTls>,
     /// What a SIGTERM of the agent does to the apps (`apps_on_agent_stop`).
     pub apps_on_agent_stop: AppsOnAgentStop,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served
+    /// (`[metrics] listen`); `None`: not served.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// What happens to the apps when the agent stops.
@@ -239,6 +245,13 @@ struct RawConfig {
     releases: RawReleases,
     tls: Option<RawTls>,
     apps_on_agent_stop: Option<String>,
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -599,6 +612,11 @@ impl AgentConfig {
                 AppsOnAgentStop::Keep
             }
         };
+        let metrics_listen = raw.metrics.and_then(|m| {
+            metrics_listen(m.listen.as_deref(), grpc_listen.as_ref().ok())
+                .map_err(|e| check("metrics.listen", Err(e)))
+                .ok()
+        });
         let keep_releases = raw.releases.keep.unwrap_or(DEFAULT_KEEP_RELEASES);
         check(
             "releases.keep",
@@ -675,6 +693,7 @@ impl AgentConfig {
                 limits,
                 tls,
                 apps_on_agent_stop,
+                metrics_listen,
             }),
             _ => Err(ConfigError::Invalid {
                 path: path.to_owned(),
@@ -719,6 +738,26 @@ impl AgentConfig {
 
 /// toml's own message names the key and shows the line; add the line
 /// number in front so it reads like every other problem.
+/// `[metrics] listen`: required in the table, an IP:port of its own.
+fn metrics_listen(listen: Option<&str>, grpc: Option<&SocketAddr>) -> Result<SocketAddr, String> {
+    let listen = listen.ok_or_else(|| {
+        "required: the IP:port to serve /metrics on, e.g. listen = \"127.0.0.1:9401\" (or drop [metrics])".to_owned()
+    })?;
+    let addr = listen
+        .parse::<SocketAddr>()
+        .map_err(|e| format!("{listen:?} is not an IP:port address ({e})"))?;
+    let overlaps = |g: &SocketAddr| {
+        g.port() == addr.port()
+            && (g.ip() == addr.ip() || g.ip().is_unspecified() || addr.ip().is_unspecified())
+    };
+    if addr.port() != 0 && grpc.is_some_and(overlaps) {
+        return Err(format!(
+            "{addr} has the port of grpc.listen; give metrics a port of its own"
+        ));
+    }
+    Ok(addr)
+}
+
 fn syntax_message(text: &str, err: &toml::de::Error) -> String {
     let message = err.message();
     match err.span() {
@@ -981,6 +1020,32 @@ mod tests {
         .to_string();
         assert!(err.contains("line 5"), "{err}");
         assert!(err.contains("port"), "{err}");
+    }
+
+    #[test]
+    fn metrics_are_off_unless_listen_is_set() {
+        assert_eq!(parse(BASE).unwrap().metrics_listen, None);
+        let on = parse(&format!("{BASE}[metrics]\nlisten = \"127.0.0.1:9401\"\n")).unwrap();
+        assert_eq!(on.metrics_listen, Some("127.0.0.1:9401".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_bad_metrics_table_is_named_by_its_key() {
+        for (table, wanted) in [
+            ("[metrics]\n", "required"),
+            ("[metrics]\nlisten = \"localhost\"\n", "not an IP:port"),
+            ("[metrics]\nlisten = \"127.0.0.1:7600\"\n", "grpc.listen"),
+        ] {
+            let err = parse(&format!("{BASE}{table}")).unwrap_err().to_string();
+            assert!(
+                err.contains("metrics.listen") && err.contains(wanted),
+                "{table}: {err}"
+            );
+        }
+        let err = parse(&format!("{BASE}[metrics]\nlisen = \"127.0.0.1:1\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lisen"), "{err}");
     }
 
     /// A CA and an agent certificate signed by it, as PEM files in `dir`.

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as SyncMutex, Weak};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use proto::v1::FetchReleaseRequest;
 use proto::v1::coordinator_service_client::CoordinatorServiceClient;
 use release::{ReleaseDigest, Store, StoreError};
@@ -115,6 +116,8 @@ pub struct ReleaseFetcher {
     in_flight: SyncMutex<HashMap<ReleaseDigest, Weak<tokio::sync::Mutex<()>>>>,
     /// The agent's `[tls]` material, for `https://` coordinators.
     tls: Option<tls::TlsMaterial>,
+    /// Every byte received is added to it (`lockstep_agent_fetch_bytes_total`).
+    received: Counter,
 }
 
 /// How one attempt against one coordinator ended, short of success.
@@ -134,6 +137,8 @@ struct Partial {
     /// The digest's fetch lock, shared with blocking work on the file.
     held: Arc<tokio::sync::OwnedMutexGuard<()>>,
     written: u64,
+    /// The agent's count of fetched bytes.
+    received: Counter,
     /// `total_size` as the coordinators announced it.
     total: Option<u64>,
 }
@@ -149,7 +154,15 @@ impl ReleaseFetcher {
             store,
             in_flight: SyncMutex::new(HashMap::new()),
             tls: None,
+            received: Counter::default(),
         }
+    }
+
+    /// Adds every byte received to `received`.
+    #[must_use]
+    pub fn counting_into(mut self, received: Counter) -> Self {
+        self.received = received;
+        self
     }
 
     /// Dials `https://` coordinators with `tls` (the agent's `[tls]`).
@@ -176,7 +189,8 @@ impl ReleaseFetcher {
         }
         self.remove_other_partials(digest).await;
         let started = Instant::now();
-        let mut partial = Partial::open(&self.incoming, digest, held).await?;
+        let mut partial =
+            Partial::open(&self.incoming, digest, held, self.received.clone()).await?;
         self.download(digest, &mut partial, started + self.fetch_timeout)
             .await?;
         partial.sync().await?;
@@ -458,6 +472,7 @@ impl Partial {
         incoming: &Path,
         digest: &ReleaseDigest,
         held: Arc<tokio::sync::OwnedMutexGuard<()>>,
+        received: Counter,
     ) -> Result<Self, FetchError> {
         let dir = incoming.to_owned();
         let path = partial_path(incoming, digest);
@@ -488,6 +503,7 @@ impl Partial {
             held,
             file: Arc::new(file),
             written,
+            received,
             total: None,
         })
     }
@@ -535,6 +551,7 @@ impl Partial {
         })
         .await??;
         self.written += len;
+        self.received.inc_by(len);
         Ok(())
     }
 

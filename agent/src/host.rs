@@ -62,6 +62,7 @@ use crate::supervisor::record::{self, ProcessRecord, Verdict};
 use crate::supervisor::{
     AdoptedProcess, InstanceState, InstanceStatus, ListenSockets, SocketError,
 };
+use crate::telemetry::AgentMetrics;
 use crate::wire;
 
 mod actor;
@@ -293,6 +294,8 @@ pub struct Host {
     cluster: Option<ClusterLink>,
     /// Gets releases an Apply names from the coordinators, when configured.
     fetcher: Option<ReleaseFetcher>,
+    /// The agent's Prometheus metrics (`telemetry`).
+    metrics: AgentMetrics,
 }
 
 /// Who asked for a restart, and whether it skips the budget.
@@ -311,6 +314,15 @@ impl Host {
     /// Opens the release store and the durable state. Blocking work runs on
     /// the blocking pool.
     pub async fn open(config: AgentConfig, shim: PathBuf) -> Result<Arc<Self>, HostError> {
+        Self::open_with_metrics(config, shim, AgentMetrics::default()).await
+    }
+
+    /// Like `open`, counting into `metrics` (the daemon serves them).
+    pub async fn open_with_metrics(
+        config: AgentConfig,
+        shim: PathBuf,
+        metrics: AgentMetrics,
+    ) -> Result<Arc<Self>, HostError> {
         let cfg = config.clone();
         let (store, state) = tokio::task::spawn_blocking(move || {
             let trusted = TrustedKeys::load(&cfg.trusted_keys)
@@ -335,11 +347,12 @@ impl Host {
                 &config.grpc_advertise,
                 &config.data_dir,
             );
-            ClusterLink::start(&config, settings, record)
+            ClusterLink::start(&config, settings, record).with_metrics(metrics.clone())
         });
         let fetcher = config.coordinator.as_ref().map(|c| {
             ReleaseFetcher::new(c, config.incoming_dir(), store.clone())
                 .with_tls(config.tls.as_ref().map(|t| t.material.clone()))
+                .counting_into(metrics.fetch_bytes())
         });
         Ok(Arc::new_cyclic(|me| Self {
             me: me.clone(),
@@ -351,7 +364,31 @@ impl Host {
             services: SyncMutex::new(BTreeMap::new()),
             events,
             shim,
+            metrics,
         }))
+    }
+
+    /// The agent's metrics.
+    pub fn metrics(&self) -> &AgentMetrics {
+        &self.metrics
+    }
+
+    /// Brings the gauges read at scrape up to date: every service's
+    /// instances by state, and the etcd session. A service whose runtime a
+    /// command holds now (a switch) keeps its previous counts.
+    pub fn refresh_gauges(&self) {
+        for (service, entry) in self.named_entries() {
+            if let Ok(rt) = entry.runtime.try_lock() {
+                let states: Vec<InstanceState> = rt
+                    .running
+                    .as_ref()
+                    .map(|r| r.instances.iter().map(HostedInstance::state).collect())
+                    .unwrap_or_default();
+                self.metrics.set_instances(&service, &states);
+            }
+        }
+        self.metrics
+            .set_etcd_session(self.cluster.as_ref().is_some_and(|c| c.session().is_some()));
     }
 
     pub fn config(&self) -> &AgentConfig {
@@ -1354,6 +1391,7 @@ impl Host {
             shim: &self.shim,
             records: &records,
             events: &self.events,
+            metrics: &self.metrics,
         };
         let launched = match adopted {
             Some(process) => {
@@ -1652,6 +1690,16 @@ impl Host {
                     .collect()
             })
             .unwrap_or_default())
+    }
+
+    /// Every service's entry with its name, as it stands now.
+    fn named_entries(&self) -> Vec<(String, Arc<ServiceEntry>)> {
+        self.services
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(name, entry)| (name.clone(), entry.clone()))
+            .collect()
     }
 
     /// Every service's entry, as it stands now.

@@ -22,6 +22,7 @@ use crate::supervisor::{
     SupervisorError,
 };
 use crate::task::OwnedTask;
+use crate::telemetry::AgentMetrics;
 use crate::wire;
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +73,8 @@ pub struct InstanceSite<'a> {
     /// Where running processes are recorded for adoption.
     pub records: &'a Path,
     pub events: &'a broadcast::Sender<proto::v1::StatusEvent>,
+    /// Where the instance's restarts and probe attempts are counted.
+    pub metrics: &'a AgentMetrics,
 }
 
 impl HostedInstance {
@@ -114,6 +117,7 @@ impl HostedInstance {
             shim,
             records,
             events,
+            metrics,
         } = site;
         let events = events.clone();
         let manifest = &release.manifest;
@@ -148,6 +152,7 @@ impl HostedInstance {
         spec.sockets = sockets;
         spec.shim = shim.to_owned();
         spec.record_dir = Some(records.to_owned());
+        spec.metrics = Some(metrics.service(&service));
         spec.extra_env = BTreeMap::from([(
             "NOTIFY_SOCKET".to_owned(),
             notify_path.display().to_string(),
@@ -197,6 +202,11 @@ impl HostedInstance {
 
     pub fn log_path(&self) -> &Path {
         self.instance.log_path()
+    }
+
+    /// The supervisor's state of the instance now.
+    pub fn state(&self) -> crate::supervisor::InstanceState {
+        self.instance.status().state
     }
 
     pub fn wire_status(&self) -> proto::v1::InstanceStatus {

@@ -4,7 +4,8 @@
 //! restart with backoff, crash-loop detection, readiness probes, socket
 //! hand-over), the host's durable local state, the `AgentService` gRPC server,
 //! the Unix-socket API that `agentctl` uses, and the agent's side of the
-//! coordinators' API: its report streams and release fetches.
+//! coordinators' API: its report streams and release fetches; and its
+//! Prometheus metrics (`telemetry`), served on `[metrics] listen`.
 //!
 //! Must never: stop a serving release before its replacement is ready, let a
 //! lost etcd or coordinator stop the apps it supervises (fail static), or
@@ -27,5 +28,6 @@ pub mod probe;
 pub mod state;
 pub mod supervisor;
 pub mod task;
+pub mod telemetry;
 pub mod uplink;
 pub mod wire;

@@ -5,12 +5,23 @@
 //! do), or run a command other than through its service's actor.
 
 use std::sync::Weak;
+use std::time::Instant;
 
 use release::StoredRelease;
 
 use super::actor::{Cancel, Executor, Joined, Run};
 use super::{Host, HostError, Recorded, RestartOrder};
 use crate::state::Trigger;
+use crate::telemetry::SwitchOutcome;
+
+/// How a command's outcome counts in the switch metrics.
+fn switch_outcome(outcome: &Result<String, HostError>) -> SwitchOutcome {
+    match outcome {
+        Ok(_) => SwitchOutcome::Succeeded,
+        Err(HostError::Superseded(_)) => SwitchOutcome::Superseded,
+        Err(_) => SwitchOutcome::Failed,
+    }
+}
 
 /// What a service's actor is asked to do.
 #[derive(Debug)]
@@ -36,6 +47,12 @@ pub(super) enum Command {
 }
 
 impl Command {
+    /// A switch as `lockstep_agent_switches_total` counts them: install,
+    /// apply, rollback, restart (not the agent's own start or adoption).
+    fn is_switch(&self) -> bool {
+        !matches!(self, Self::Start(_) | Self::Adopt { .. })
+    }
+
     /// What a switch rolled forward to this command records as its cause.
     pub(super) fn into_trigger(self) -> Option<Trigger> {
         match self {
@@ -92,6 +109,9 @@ impl Executor for ServiceExecutor {
         let service = self.service.clone();
         Box::pin(async move {
             let host = host?;
+            let switch = command
+                .is_switch()
+                .then(|| (Instant::now(), host.metrics().service(&service)));
             // Closed when the command ends, whatever it recorded: no newer
             // command joins a command that is over (it runs after it).
             let ending = joined.clone();
@@ -115,7 +135,41 @@ impl Executor for ServiceExecutor {
                 // budget slot it could not get): it ends as this one did.
                 tracing::warn!(service, trigger = ?unrecorded.into_trigger(), "a command rolled forward into a switch that ended before recording its outcome");
             }
+            if let Some((started, metrics)) = switch {
+                metrics.switch_ended(switch_outcome(&outcome), started.elapsed());
+            }
             outcome
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::Superseded;
+
+    #[test]
+    fn a_switch_counts_as_succeeded_failed_or_superseded() {
+        assert_eq!(
+            switch_outcome(&Ok("switched".to_owned())),
+            SwitchOutcome::Succeeded
+        );
+        let superseded = HostError::Superseded(Box::new(Superseded {
+            service: "web".to_owned(),
+            by_token: 7,
+            what: "the restart".to_owned(),
+            kept: String::new(),
+        }));
+        assert_eq!(switch_outcome(&Err(superseded)), SwitchOutcome::Superseded);
+        let busy = HostError::Busy {
+            service: "web".to_owned(),
+        };
+        assert_eq!(switch_outcome(&Err(busy)), SwitchOutcome::Failed);
+    }
+
+    #[test]
+    fn rollbacks_and_restarts_are_switches() {
+        assert!(Command::Rollback.is_switch());
+        assert!(Command::Restart(RestartOrder::default()).is_switch());
     }
 }

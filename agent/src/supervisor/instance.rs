@@ -57,6 +57,7 @@ use super::record::{self, ProcessRecord};
 use super::shim::ShimRequest;
 use super::sockets::ListenSockets;
 use super::spawn::{self, DEFAULT_SHIM};
+use crate::telemetry::ServiceMetrics;
 
 /// How long `stop` waits for SIGKILLed members of the group (reparented to
 /// init) to be gone, so that "stopped" means no process of it is left. A
@@ -88,6 +89,8 @@ pub struct InstanceSpec {
     /// Where the running process's [`ProcessRecord`] is kept (`None`: not
     /// recorded, so never adoptable).
     pub record_dir: Option<PathBuf>,
+    /// Where restarts and probe attempts are counted (`None`: nowhere).
+    pub metrics: Option<ServiceMetrics>,
 }
 
 impl InstanceSpec {
@@ -117,6 +120,7 @@ impl InstanceSpec {
             policy: PolicyConfig::default(),
             shim: PathBuf::from(DEFAULT_SHIM),
             record_dir: None,
+            metrics: None,
         }
     }
 
@@ -272,7 +276,13 @@ impl Instance {
         let (status_tx, status) = watch::channel(InstanceStatus::initial());
         let (probe_pid_tx, probe_pid_rx) = watch::channel(None);
         let (probe_tx, probe_rx) = mpsc::channel(4);
-        let probe_task = runtime.spawn(probe_loop(readiness, probe_pid_rx, probe_tx, spec.timing));
+        let probe_task = runtime.spawn(probe_loop(
+            readiness,
+            probe_pid_rx,
+            probe_tx,
+            spec.timing,
+            spec.metrics.clone(),
+        ));
         let span = tracing::info_span!(
             "instance",
             service = %spec.service,
@@ -407,6 +417,7 @@ async fn probe_loop(
     mut pid: watch::Receiver<Option<(u64, u32)>>,
     results: mpsc::Sender<ProbeResult>,
     timing: ProbeTiming,
+    metrics: Option<ServiceMetrics>,
 ) {
     loop {
         let current = *pid.borrow_and_update();
@@ -416,10 +427,14 @@ async fn probe_loop(
             }
             continue;
         };
+        let started = Instant::now();
         let result = match tokio::time::timeout(timing.timeout, check.check(p)).await {
             Ok(r) => r,
             Err(_) => Err(format!("probe timed out after {:?}", timing.timeout)),
         };
+        if let Some(metrics) = &metrics {
+            metrics.probed(started.elapsed(), result.is_ok());
+        }
         if results.send((generation, result)).await.is_err() {
             return;
         }
@@ -645,7 +660,13 @@ impl Driver {
                 tracing::info!(pid, reason = %reason, "instance process ended");
                 self.log.note(&format!("pid {pid} {reason}"));
             }
+            let restarts = self.policy.restarts();
             let actions = self.policy.step(Instant::now(), fastrand::f64(), event);
+            if self.policy.restarts() > restarts
+                && let Some(metrics) = &self.spec.metrics
+            {
+                metrics.restarted();
+            }
             for action in actions {
                 if let Some(next) = self.execute(action) {
                     pending.push(next);

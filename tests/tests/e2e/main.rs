@@ -6,6 +6,7 @@
 
 mod agent;
 mod agent_failures;
+mod agent_metrics;
 mod agent_return;
 mod budget;
 mod coordinator;

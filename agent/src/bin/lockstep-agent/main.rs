@@ -1,10 +1,12 @@
 //! `lockstep-agent`: one per host, run by systemd (`Type=notify`).
 //!
 //! ```text
-//! start: config -> state + release store -> every service runs its current
-//!        release (adopting the instances a previous agent left running)
-//!        -> control socket + AgentService -> report streams to the
-//!        coordinators -> READY=1, watchdog
+//! start: config -> state + release store -> [metrics] endpoint (/readyz:
+//!        not ready yet) -> every service runs its current release
+//!        (adopting the instances a previous agent left running) -> /readyz
+//!        ready (with [etcd]: while the session lives) -> control socket +
+//!        AgentService -> report streams to the coordinators -> READY=1,
+//!        watchdog
 //! SIGTERM/SIGINT: STOPPING=1 -> stop serving APIs -> finish switches in
 //!        flight -> leave every instance running, recorded for the next
 //!        agent (apps_on_agent_stop = "keep", the default) or stop each
@@ -25,6 +27,8 @@ use agent::config::{AgentConfig, AppsOnAgentStop};
 use agent::control::{self, Access};
 use agent::grpc::AgentGrpc;
 use agent::host::Host;
+use agent::task::OwnedTask;
+use agent::telemetry::{self, AgentMetrics};
 use agent::uplink::Uplink;
 use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
@@ -98,8 +102,11 @@ fn main() -> ExitCode {
                         )
                     },
                 );
+                let metrics = config
+                    .metrics_listen
+                    .map_or_else(|| "off".to_owned(), |a| format!("http://{a}/metrics"));
                 println!(
-                    "{}: valid (agent {} in cluster {}; services: {services}; coordinators: {coordinators}; tls: {tls})",
+                    "{}: valid (agent {} in cluster {}; services: {services}; coordinators: {coordinators}; tls: {tls}; metrics: {metrics})",
                     file.display(),
                     config.id,
                     config.cluster
@@ -143,8 +150,17 @@ async fn serve(config: AgentConfig) -> Result<()> {
                 config.grpc_listen
             )
         })?;
+    let metrics_listener = bind_metrics(config.metrics_listen).await?;
     let shim = PathBuf::from(agent::supervisor::DEFAULT_SHIM);
-    let host = Host::open(config.clone(), shim).await?;
+    let host = Host::open_with_metrics(config.clone(), shim, AgentMetrics::default()).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let (readiness, metrics_server) = serve_metrics(metrics_listener, &host, stopped());
     // Before any app is touched: an agent configured with a live agent's
     // id must not adopt, start or stop anything.
     if let Some(cluster) = host.cluster() {
@@ -154,14 +170,7 @@ async fn serve(config: AgentConfig) -> Result<()> {
     for (service, err) in host.reconcile().await {
         tracing::error!(service, error = %err, "service not running after start; fix the release and install again");
     }
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
+    let _readiness = OwnedTask::spawn(track_readiness(host.clone(), readiness));
     let control_listener = control::bind(&config.control_socket, &access).await?;
     let control = tokio::spawn({
         let host = host.clone();
@@ -227,23 +236,103 @@ async fn serve(config: AgentConfig) -> Result<()> {
     drop(uplink);
     // A graceful server shutdown waits for every open connection to close;
     // a client that never answers must not keep the agent from exiting.
-    for (name, ended) in [
+    let mut servers = vec![
         ("control socket", drained(control).await),
         ("AgentService", drained(grpc_server).await),
-    ] {
-        match ended {
-            Some(Ok(())) => {}
-            Some(Err(err)) => {
-                tracing::error!(server = name, error = %err, "server ended with an error")
-            }
-            None => tracing::warn!(
-                server = name,
-                after = ?SERVER_DRAIN,
-                "a client kept its connection open; exiting without waiting for it"
-            ),
-        }
+    ];
+    if let Some(server) = metrics_server {
+        servers.push(("metrics endpoint", drained(server).await));
+    }
+    for (name, ended) in servers {
+        log_server_end(name, ended);
     }
     Ok(())
+}
+
+fn log_server_end(name: &str, ended: Option<Result<()>>) {
+    match ended {
+        Some(Ok(())) => {}
+        Some(Err(err)) => {
+            tracing::error!(server = name, error = %err, "server ended with an error")
+        }
+        None => tracing::warn!(
+            server = name,
+            after = ?SERVER_DRAIN,
+            "a client kept its connection open; exiting without waiting for it"
+        ),
+    }
+}
+
+/// `[metrics] listen`, bound before any app is touched; `None` when unset.
+async fn bind_metrics(listen: Option<SocketAddr>) -> Result<Option<tokio::net::TcpListener>> {
+    let Some(addr) = listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on metrics.listen {addr} (is another agent or exporter using it?)")
+    })?;
+    tracing::info!(metrics = %addr, "serving /metrics, /healthz, /readyz");
+    Ok(Some(listener))
+}
+
+/// Serves the metrics endpoint on `listener` (when configured) until
+/// `shutdown`; `/readyz` answers what the returned sender says (not ready
+/// until told otherwise).
+fn serve_metrics(
+    listener: Option<tokio::net::TcpListener>,
+    host: &Arc<Host>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> (
+    watch::Sender<exposition::Readiness>,
+    Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+) {
+    let (readiness, readiness_rx) = watch::channel(telemetry::readiness(false, None));
+    let server = listener.map(|listener| {
+        let endpoint = metrics_endpoint(host, readiness_rx);
+        tokio::spawn(exposition::serve(listener, endpoint, shutdown))
+    });
+    (readiness, server)
+}
+
+/// `/metrics` from the host's registry (its read-at-scrape gauges brought
+/// up to date first), `/readyz` from `readiness`.
+fn metrics_endpoint(
+    host: &Arc<Host>,
+    readiness: watch::Receiver<exposition::Readiness>,
+) -> exposition::Endpoint {
+    let refreshed = Arc::downgrade(host);
+    exposition::Endpoint {
+        registry: host.metrics().registry(),
+        readiness,
+        before_scrape: Some(Arc::new(move || {
+            if let Some(host) = refreshed.upgrade() {
+                host.refresh_gauges();
+            }
+        })),
+    }
+}
+
+/// Called once the services are started: ready from now on, with `[etcd]`
+/// only while the session lives.
+async fn track_readiness(host: Arc<Host>, readiness: watch::Sender<exposition::Readiness>) {
+    let Some(cluster) = host.cluster().cloned() else {
+        readiness.send_replace(telemetry::readiness(true, None));
+        return;
+    };
+    drop(host);
+    let mut sessions = cluster.session_changes();
+    loop {
+        let alive = cluster.session().is_some();
+        readiness.send_if_modified(|r| {
+            let now = telemetry::readiness(true, Some(alive));
+            let changed = *r != now;
+            *r = now;
+            changed
+        });
+        if sessions.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// How long the APIs' servers get to close their connections at shutdown.
