@@ -99,10 +99,7 @@ pub fn deployment(d: &Deployment, now: i64) -> String {
         || "-".to_owned(),
         |t| format!("{} {}", or_dash(&t.version), or_dash(&t.digest)),
     );
-    let actor = d
-        .actor
-        .as_ref()
-        .map_or_else(|| "-".to_owned(), |a| format!("{}@{}", a.user, a.host));
+    let actor = d.actor.as_ref().map_or_else(|| "-".to_owned(), actor_name);
     out.push_str(&format!("  service:  {}\n", d.service));
     out.push_str(&format!("  target:   {target}\n"));
     out.push_str(&format!(
@@ -312,9 +309,7 @@ pub fn history(entries: &[HistoryEntry], service: &str) -> String {
                 d.id.clone(),
                 json::deployment_state(d.state),
                 release_short(&version, &digest),
-                d.actor
-                    .as_ref()
-                    .map_or_else(|| "-".to_owned(), |a| format!("{}@{}", a.user, a.host)),
+                d.actor.as_ref().map_or_else(|| "-".to_owned(), actor_name),
                 utc(d.created_unix_ms),
                 utc(d.finished_unix_ms),
                 or_dash(&d.reason),
@@ -534,6 +529,17 @@ pub fn status(
         ));
     }
     out
+}
+
+/// Who started a deployment: `user@host`, or the coordinator's verified
+/// description alone when it records no host (an identity from a
+/// certificate or a plain-text peer, with the caller's claim beside it).
+fn actor_name(a: &proto::v1::Actor) -> String {
+    if a.host.is_empty() {
+        a.user.clone()
+    } else {
+        format!("{}@{}", a.user, a.host)
+    }
 }
 
 #[cfg(test)]
@@ -789,5 +795,22 @@ mod tests {
         assert_eq!(key_name("/lockstep/v1/locks/deploy/web"), "web");
         assert_eq!(key_name("web/"), "web");
         assert_eq!(key_name(""), "");
+    }
+
+    #[test]
+    fn an_actor_without_a_host_is_shown_without_an_at_sign() {
+        let verified = Actor {
+            user: "plain-text caller 127.0.0.1:4000 (claims: root@vm)".into(),
+            host: String::new(),
+        };
+        assert_eq!(
+            actor_name(&verified),
+            "plain-text caller 127.0.0.1:4000 (claims: root@vm)"
+        );
+        let claimed = Actor {
+            user: "alice".into(),
+            host: "ops-1".into(),
+        };
+        assert_eq!(actor_name(&claimed), "alice@ops-1");
     }
 }
