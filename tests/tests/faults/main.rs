@@ -10,8 +10,10 @@
 //! |---|---|
 //! | an agent killed (kill -9) mid-switch | `an_agent_killed_mid_switch_gets_the_apply_again_and_the_rollout_completes` |
 //! | the etcd leader member unplugged | `the_etcd_leader_unplugged_mid_rollout_does_not_stop_it` |
+//! | an etcd follower killed (kill -9) | `an_etcd_follower_killed_mid_rollout_does_not_stop_it` |
 //! | an etcd member paused (SIGSTOP) for 10 s | `an_etcd_member_paused_for_ten_seconds_mid_rollout_leaves_nothing_behind` |
 //! | the leading coordinator partitioned from etcd | `a_leader_cut_off_from_etcd_is_replaced_and_its_token_is_refused` |
+//! | the leading coordinator frozen until the standby took over, then woken | `a_frozen_leader_that_wakes_after_the_takeover_changes_nothing` |
 //!
 //! Runs as root (namespaces, nftables); skips with the reason elsewhere.
 //! One at a time (`.config/nextest.toml`): each lab runs 3 etcd members,
@@ -403,6 +405,29 @@ fn the_etcd_leader_unplugged_mid_rollout_does_not_stop_it() {
     });
 }
 
+/// (b') #18 Seen 1, a follower: an etcd member that does not lead killed
+/// (SIGKILL) mid-rollout; the rollout completes, and the member, started
+/// again, rejoins.
+#[test]
+fn an_etcd_follower_killed_mid_rollout_does_not_stop_it() {
+    in_lab("etcd follower killed", |_nodes, mut fleet| async move {
+        let steady = strategy(fleet.work.path(), "steady", "2s");
+        let (id, _) = fleet.roll_out_v2("", &steady).await;
+        fleet.under_way(&id).await;
+        let leader = fleet.etcd.leader().await.unwrap();
+        let follower = (leader + 1) % fleet.etcd.len();
+        let killed_at = Instant::now();
+        fleet.etcd.kill(follower).unwrap();
+        fleet.succeeded(&id).await;
+        eprintln!(
+            "killed etcd member {follower} (a follower); the deployment ended {:.1?} later",
+            killed_at.elapsed()
+        );
+        fleet.etcd.restart(follower).await.unwrap();
+        fleet.nothing_left().await;
+    });
+}
+
 /// (c) #18 Seen 2 and 3: the etcd leader member frozen (SIGSTOP) for
 /// 10 s while a rollout writes its journal: the writes are retried, the
 /// rollout completes, and no lock or slot outlives it.
@@ -496,10 +521,68 @@ fn a_leader_cut_off_from_etcd_is_replaced_and_its_token_is_refused() {
             );
         }
         every_host_serves(&fleet.fleet, "2.0.0").await.unwrap();
+        // The old leader stepped down by itself (its session lost), so it
+        // never sent an Apply with its token: the test sent it.
+        let old_leader = &fleet.coordinators[0];
+        wait_for("the old leader to step down", DEADLINE, || async {
+            if old_leader.log_text().contains("leadership lost") {
+                Ok(())
+            } else {
+                Err("its log does not say `leadership lost`")
+            }
+        })
+        .await
+        .unwrap();
         for member in &nodes.etcd {
             lab.heal(member).unwrap();
         }
         lab.heal(&nodes.coordinators[0]).unwrap();
+        fleet.nothing_left().await;
+    });
+}
+
+/// (d') The leading coordinator frozen (SIGSTOP) mid-rollout until the
+/// standby has taken over and completed the deployment, then woken: the
+/// old leader's driver resumes where it stopped, with its old token.
+/// Whatever it sends is refused (an Apply: the agents have seen the
+/// standby's token; a journal write: fenced in etcd), it steps down, and
+/// the deployment's record, the hosts and the locks stay as the standby
+/// left them.
+#[test]
+fn a_frozen_leader_that_wakes_after_the_takeover_changes_nothing() {
+    in_lab("frozen leader wakes", |_nodes, fleet| async move {
+        let steady = strategy(fleet.work.path(), "steady", "2s");
+        let (id, _) = fleet.roll_out_v2("", &steady).await;
+        let old_token = fleet.under_way(&id).await;
+        let old_leader = &fleet.coordinators[0];
+        old_leader.pause().unwrap();
+        let r = fleet.succeeded(&id).await;
+        let new_token = r["token"].as_u64().unwrap();
+        assert!(
+            new_token > old_token,
+            "resumed with token {new_token} after {old_token}"
+        );
+        assert_eq!(leader_url(&fleet.etcd).await, Some(fleet.urls[1].clone()));
+        old_leader.resume().unwrap();
+        wait_for("the woken leader to step down", DEADLINE, || async {
+            let log = old_leader.log_text();
+            if log.contains("leadership lost") || log.contains("stepping down") {
+                Ok(())
+            } else {
+                Err("its log says neither `leadership lost` nor `stepping down`")
+            }
+        })
+        .await
+        .unwrap();
+        let sent_stale = old_leader
+            .log_text()
+            .contains("an agent has seen a newer fencing token");
+        eprintln!("the woken leader sent an Apply with its old token: {sent_stale}");
+        let after = record(&fleet.etcd, &id).await.unwrap();
+        assert_eq!(after["state"], "succeeded", "{after}");
+        assert_eq!(after["token"].as_u64(), Some(new_token), "{after}");
+        every_host_serves(&fleet.fleet, "2.0.0").await.unwrap();
+        assert_eq!(leader_url(&fleet.etcd).await, Some(fleet.urls[1].clone()));
         fleet.nothing_left().await;
     });
 }
