@@ -22,6 +22,8 @@
 // Test helpers panic on failure: the panic is the test's report.
 #![allow(clippy::unwrap_used)]
 
+mod soak;
+
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -237,8 +239,8 @@ impl Fleet {
     /// No client request failed; nothing is left that nothing holds: no
     /// deployment lock, no budget slot, and exactly one registration per
     /// agent, each on a live lease.
-    async fn nothing_left(self) {
-        for (host, poller) in self.pollers {
+    async fn nothing_left(mut self) {
+        for (host, poller) in std::mem::take(&mut self.pollers) {
             let report = poller.stop().await;
             assert_eq!(
                 report.failed, 0,
@@ -249,6 +251,19 @@ impl Fleet {
                 "the client of {host} never got through"
             );
         }
+        self.leftovers().await.unwrap();
+        for coordinator in &self.coordinators {
+            let log = coordinator.log_text();
+            assert!(!log.contains("panicked"), "a coordinator panicked:\n{log}");
+        }
+    }
+}
+
+impl Fleet {
+    /// Waits until no deployment lock, no budget slot and exactly one
+    /// registration per agent, on a live lease, are left; an error naming
+    /// what is left when that does not happen within [`DEADLINE`].
+    async fn leftovers(&self) -> Result<(), String> {
         let etcd = &self.etcd;
         wait_for("no deployment lock", DEADLINE, || async {
             match deploy_lock(etcd).await.map_err(|e| e.to_string())? {
@@ -257,7 +272,7 @@ impl Fleet {
             }
         })
         .await
-        .unwrap();
+        .map_err(|e| e.to_string())?;
         wait_for("no budget slot", DEADLINE, || async {
             let keys = budget_keys(etcd).await.map_err(|e| e.to_string())?;
             if keys.is_empty() {
@@ -267,7 +282,7 @@ impl Fleet {
             }
         })
         .await
-        .unwrap();
+        .map_err(|e| e.to_string())?;
         let expected: BTreeSet<String> = LAYOUT.iter().map(|(id, _)| (*id).to_owned()).collect();
         wait_for("one live registration per agent", DEADLINE, || async {
             let found = registrations(etcd).await?;
@@ -278,11 +293,7 @@ impl Fleet {
             }
         })
         .await
-        .unwrap();
-        for coordinator in &self.coordinators {
-            let log = coordinator.log_text();
-            assert!(!log.contains("panicked"), "a coordinator panicked:\n{log}");
-        }
+        .map_err(|e| e.to_string())
     }
 }
 
