@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::{ANY_PORT, DEADLINE, Fleet, PAUSE, in_lab, strategy};
 use lockstep_tests::operator::{
-    agents_known, every_host_serves, finished, leader_url, push, record,
+    agents_known, every_host_serves, finished, leader_url, push, record, start_deploy,
 };
 use lockstep_tests::{DemoRelease, wait_for};
 
@@ -101,10 +101,31 @@ fn soak() {
             let (version, digest) = releases[rounds.len() % releases.len()].clone();
             let fault = FAULTS[rng.below(FAULTS.len())];
             let failures_before = client_failures(&fleet).await;
+            // A fault's aftermath can leave the coordinators without a
+            // leader for a while (the CLI refuses a deploy then): waited
+            // for, and said.
+            let leaderless = Instant::now();
+            leading(&fleet).await;
             let began = Instant::now();
-            let id = lockstep_tests::operator::start_deploy(&fleet.urls, &digest, &steady)
-                .await
-                .unwrap();
+            // Refused while no coordinator leads: nothing started, so it
+            // is tried again.
+            let urls = &fleet.urls;
+            let id = wait_for("a leader to take the deploy", DEADLINE, || async {
+                match start_deploy(urls, &digest, &steady).await {
+                    Err(e) if e.to_string().contains("not the leader") => Err(e.to_string()),
+                    other => Ok(other),
+                }
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            if leaderless.elapsed() > Duration::from_secs(1) {
+                eprintln!(
+                    "soak round {}: the deploy was taken {:.1?} after the last round ended",
+                    rounds.len() + 1,
+                    leaderless.elapsed()
+                );
+            }
             fleet.under_way(&id).await;
             let undo = inject(fault, &nodes, &mut fleet, &id).await;
             let ended = finished(&fleet.etcd, &id).await;
