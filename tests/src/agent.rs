@@ -7,7 +7,7 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use crate::daemon::Daemon;
-use crate::{HarnessError, free_loopback_port, workspace_bin};
+use crate::{HarnessError, Place, free_loopback_port, workspace_bin};
 
 /// An agent that does not answer within this long did not start.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -48,12 +48,24 @@ impl AgentFixture {
         top: &str,
         extra: &str,
     ) -> Result<Self, HarnessError> {
+        Self::start_placed(id, cluster, top, extra, &Place::loopback()).await
+    }
+
+    /// Like `start_configured`, run at `place` (e.g. a lab node), its
+    /// gRPC service listening on that place's address.
+    pub async fn start_placed(
+        id: &str,
+        cluster: &str,
+        top: &str,
+        extra: &str,
+        place: &Place,
+    ) -> Result<Self, HarnessError> {
         let dir = tempfile::Builder::new()
             .prefix("lockstep-agent-")
             .tempdir()
             .map_err(HarnessError::TempDir)?;
         let socket = dir.path().join("agent.sock");
-        let grpc: SocketAddr = ([127, 0, 0, 1], free_loopback_port()?).into();
+        let grpc = SocketAddr::new(place.ip(), free_loopback_port()?);
         let config = dir.path().join("agent.toml");
         let text = format!(
             "id = \"{id}\"\ncluster = \"{cluster}\"\ndata_dir = \"{data}\"\n{top}\n[control]\nsocket = \"{socket}\"\n\n[grpc]\nlisten = \"{grpc}\"\n",
@@ -65,7 +77,8 @@ impl AgentFixture {
             "lockstep-agent",
             vec!["--config".into(), config.clone().into()],
             dir.path().join("agent.log"),
-        );
+        )
+        .at(place.clone());
         let mut fixture = Self {
             dir,
             config,

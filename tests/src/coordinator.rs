@@ -2,7 +2,7 @@
 //! directory (plain text, or mTLS with `start_tls`), and the `lockstep` CLI
 //! pointed at it.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::Duration;
@@ -10,7 +10,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use crate::daemon::Daemon;
-use crate::{HarnessError, TlsFiles, free_loopback_port, workspace_bin};
+use crate::{HarnessError, Place, TlsFiles, free_loopback_port, workspace_bin};
 
 /// A coordinator whose port does not open within this long did not start.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -20,8 +20,6 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// `viewer.lockstep` reads, agents (`<id>.agents.lockstep`) and
 /// coordinators (`coordinator.lockstep`, mirroring releases) fetch.
 pub const TEST_ROLES: &str = "\n[[roles]]\nidentities = [\"operator.lockstep\"]\nrole = \"operator\"\n\n[[roles]]\nidentities = [\"viewer.lockstep\"]\nrole = \"viewer\"\n\n[[roles]]\nidentities = [\"*.agents.lockstep\", \"coordinator.lockstep\"]\nrole = \"agent\"\n";
-
-const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// A running coordinator. Dropping it kills it.
 #[derive(Debug)]
@@ -39,7 +37,7 @@ impl CoordinatorFixture {
     /// Starts a coordinator on `endpoints` with an etcd lease of
     /// `lease_ttl_secs`; returns once its gRPC port accepts connections.
     pub async fn start(endpoints: &[String], lease_ttl_secs: u64) -> Result<Self, HarnessError> {
-        Self::start_configured(endpoints, lease_ttl_secs, None, "", LOOPBACK, "").await
+        Self::start_configured(endpoints, lease_ttl_secs, None, "", Place::loopback(), "").await
     }
 
     /// Like `start`, with `etcd_lines` added to its `[etcd]` table (e.g.
@@ -49,7 +47,15 @@ impl CoordinatorFixture {
         lease_ttl_secs: u64,
         etcd_lines: &str,
     ) -> Result<Self, HarnessError> {
-        Self::start_configured(endpoints, lease_ttl_secs, None, etcd_lines, LOOPBACK, "").await
+        Self::start_configured(
+            endpoints,
+            lease_ttl_secs,
+            None,
+            etcd_lines,
+            Place::loopback(),
+            "",
+        )
+        .await
     }
 
     /// Like `start`, with a `[tls]` table naming `tls`: its URL is
@@ -60,7 +66,15 @@ impl CoordinatorFixture {
         lease_ttl_secs: u64,
         tls: &TlsFiles,
     ) -> Result<Self, HarnessError> {
-        Self::start_configured(endpoints, lease_ttl_secs, Some(tls), "", LOOPBACK, "").await
+        Self::start_configured(
+            endpoints,
+            lease_ttl_secs,
+            Some(tls),
+            "",
+            Place::loopback(),
+            "",
+        )
+        .await
     }
 
     /// Like `start` (or `start_tls` when `tls` is given), with `tables`
@@ -77,7 +91,7 @@ impl CoordinatorFixture {
             lease_ttl_secs,
             tls,
             &format!("\n{tables}"),
-            LOOPBACK,
+            Place::loopback(),
             "",
         )
         .await
@@ -92,7 +106,36 @@ impl CoordinatorFixture {
         host: IpAddr,
         top_lines: &str,
     ) -> Result<Self, HarnessError> {
-        Self::start_configured(endpoints, lease_ttl_secs, None, "", host, top_lines).await
+        Self::start_configured(
+            endpoints,
+            lease_ttl_secs,
+            None,
+            "",
+            Place::local(host),
+            top_lines,
+        )
+        .await
+    }
+
+    /// Like `start_on`, run at `place` (e.g. a lab node: its namespace,
+    /// listening on its address), with `etcd_lines` added to its `[etcd]`
+    /// table.
+    pub async fn start_placed(
+        endpoints: &[String],
+        lease_ttl_secs: u64,
+        place: &Place,
+        top_lines: &str,
+        etcd_lines: &str,
+    ) -> Result<Self, HarnessError> {
+        Self::start_configured(
+            endpoints,
+            lease_ttl_secs,
+            None,
+            etcd_lines,
+            place.clone(),
+            top_lines,
+        )
+        .await
     }
 
     async fn start_configured(
@@ -100,9 +143,10 @@ impl CoordinatorFixture {
         lease_ttl_secs: u64,
         tls: Option<&TlsFiles>,
         etcd_lines: &str,
-        host: IpAddr,
+        place: Place,
         top_lines: &str,
     ) -> Result<Self, HarnessError> {
+        let host = place.ip();
         let dir = tempfile::Builder::new()
             .prefix("lockstep-coordinator-")
             .tempdir()
@@ -130,7 +174,8 @@ impl CoordinatorFixture {
             "lockstep-coordinator",
             vec!["--config".into(), config.into()],
             dir.path().join("coordinator.log"),
-        );
+        )
+        .at(place);
         let mut fixture = Self {
             dir,
             host,

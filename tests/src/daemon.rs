@@ -10,13 +10,13 @@
 use std::ffi::OsString;
 use std::future::Future;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::{HarnessError, workspace_bin};
+use crate::{HarnessError, Place, workspace_bin};
 
 const POLL: Duration = Duration::from_millis(50);
 
@@ -29,6 +29,8 @@ pub(crate) struct Daemon {
     program: Option<PathBuf>,
     args: Vec<OsString>,
     log: PathBuf,
+    /// Where it runs: its command prefix goes before `setpriv`.
+    place: Place,
     child: Option<Child>,
 }
 
@@ -39,6 +41,7 @@ impl Daemon {
             program: None,
             args,
             log,
+            place: Place::loopback(),
             child: None,
         }
     }
@@ -54,6 +57,11 @@ impl Daemon {
             program: Some(program),
             ..Self::new(name, args, log)
         }
+    }
+
+    /// The same daemon, run at `place` (e.g. in a lab node).
+    pub(crate) fn at(self, place: Place) -> Self {
+        Self { place, ..self }
     }
 
     /// Starts the daemon and waits until `serving` says yes, failing with
@@ -77,7 +85,9 @@ impl Daemon {
             .open(&self.log)
             .map_err(HarnessError::TempDir)?;
         let log_err = log.try_clone().map_err(HarnessError::TempDir)?;
-        let child = Command::new("setpriv")
+        let child = self
+            .place
+            .command("setpriv")
             .args(["--pdeathsig", "KILL"])
             .arg(&program)
             .args(&self.args)
@@ -87,7 +97,7 @@ impl Daemon {
             .stderr(log_err)
             .spawn()
             .map_err(|source| HarnessError::Spawn {
-                program: program.display().to_string(),
+                program: self.place.describe(&program.display().to_string()),
                 source,
             })?;
         self.child = Some(child);

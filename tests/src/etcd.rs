@@ -13,7 +13,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
@@ -21,7 +21,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
-use crate::{HarnessError, free_loopback_port};
+use crate::{HarnessError, Place, free_loopback_port};
 
 /// The etcd binary; `LOCKSTEP_TEST_ETCD` overrides it for machines where
 /// etcd is not on the PATH.
@@ -59,15 +59,25 @@ struct Member {
     log_path: PathBuf,
     child: Option<Child>,
     state: MemberState,
+    /// Where it runs and listens (loopback unless placed).
+    place: Place,
+    /// `false` while a test has cut the member off the network (see
+    /// [`EtcdCluster::set_reachable`]): the harness's own clients skip it.
+    reachable: bool,
 }
 
 impl Member {
     fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("http://{}:{}", self.place.ip(), self.client_port)
     }
 
     fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("http://{}:{}", self.place.ip(), self.peer_port)
+    }
+
+    /// Running and on the network: the harness's clients may use it.
+    fn answers(&self) -> bool {
+        self.state == MemberState::Running && self.reachable
     }
 }
 
@@ -94,10 +104,20 @@ impl EtcdCluster {
         Self::start(3).await
     }
 
+    /// A cluster of one member per place: member i runs at `places[i]`
+    /// (e.g. a lab node), its client and peer URLs on that place's address.
+    pub async fn placed(places: &[Place]) -> Result<Self, HarnessError> {
+        Self::start_at(places.to_vec()).await
+    }
+
     async fn start(size: usize) -> Result<Self, HarnessError> {
+        Self::start_at(vec![Place::loopback(); size]).await
+    }
+
+    async fn start_at(places: Vec<Place>) -> Result<Self, HarnessError> {
         let mut attempt = 1;
         loop {
-            let mut cluster = Self::spawn(size)?;
+            let mut cluster = Self::spawn(&places)?;
             match cluster.wait_healthy_all().await {
                 Ok(()) => return Ok(cluster),
                 Err(err) if attempt < START_ATTEMPTS && cluster.lost_a_port_race() => {
@@ -109,13 +129,14 @@ impl EtcdCluster {
         }
     }
 
-    fn spawn(size: usize) -> Result<Self, HarnessError> {
+    fn spawn(places: &[Place]) -> Result<Self, HarnessError> {
+        let size = places.len();
         let dir = tempfile::Builder::new()
             .prefix("lockstep-etcd-")
             .tempdir()
             .map_err(HarnessError::TempDir)?;
         let mut members = Vec::with_capacity(size);
-        for index in 0..size {
+        for (index, place) in places.iter().enumerate() {
             members.push(Member {
                 name: format!("n{index}"),
                 client_port: free_loopback_port()?,
@@ -124,6 +145,8 @@ impl EtcdCluster {
                 log_path: dir.path().join(format!("n{index}.log")),
                 child: None,
                 state: MemberState::Killed,
+                place: place.clone(),
+                reachable: true,
             });
         }
         let initial_cluster = members
@@ -159,13 +182,14 @@ impl EtcdCluster {
             .open(&member.log_path)
             .map_err(HarnessError::TempDir)?;
         let log_err = log.try_clone().map_err(HarnessError::TempDir)?;
-        let (name, client_url, peer_url, data_dir) = (
+        let (name, client_url, peer_url, data_dir, place) = (
             member.name.clone(),
             member.client_url(),
             member.peer_url(),
             member.data_dir.clone(),
+            member.place.clone(),
         );
-        let mut command = Command::new("setpriv");
+        let mut command = place.command("setpriv");
         // The kernel kills etcd if the test process dies without dropping
         // the fixture (a SIGKILLed test binary, an abort).
         command.args(["--pdeathsig", "KILL"]).arg(&program);
@@ -185,7 +209,7 @@ impl EtcdCluster {
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err));
         let child = command.spawn().map_err(|source| HarnessError::Spawn {
-            program: format!("setpriv --pdeathsig KILL {program}"),
+            program: place.describe(&format!("setpriv --pdeathsig KILL {program}")),
             source,
         })?;
         let member = self.member_mut(index)?;
@@ -298,7 +322,7 @@ impl EtcdCluster {
         let running: Vec<String> = self
             .members
             .iter()
-            .filter(|m| m.state == MemberState::Running)
+            .filter(|m| m.answers())
             .map(Member::client_url)
             .collect();
         if running.is_empty() {
@@ -351,6 +375,16 @@ impl EtcdCluster {
         Ok(())
     }
 
+    /// Tells the harness whether member `index` is on the network: a test
+    /// that cuts a member off (a lab's `unplug` or `partition`) says so,
+    /// and [`Self::client`] and [`Self::leader`] leave it out until it is
+    /// back (a client of a member that drops every packet waits out each
+    /// request's deadline).
+    pub fn set_reachable(&mut self, index: usize, reachable: bool) -> Result<(), HarnessError> {
+        self.member_mut(index)?.reachable = reachable;
+        Ok(())
+    }
+
     /// SIGCONT after `pause`.
     pub fn resume(&mut self, index: usize) -> Result<(), HarnessError> {
         self.signal(index, Signal::SIGCONT)?;
@@ -373,7 +407,7 @@ impl EtcdCluster {
         let mut ids = Vec::with_capacity(self.members.len());
         let mut leader_id = None;
         for (index, member) in self.members.iter().enumerate() {
-            if member.state != MemberState::Running {
+            if !member.answers() {
                 continue;
             }
             let endpoint = member.client_url();

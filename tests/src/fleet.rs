@@ -2,9 +2,9 @@
 //! port of its own (through its `listen_overrides`), all reporting to the
 //! given coordinators and sharing one etcd.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use crate::{AgentFixture, HarnessError, free_loopback_port};
+use crate::{AgentFixture, HarnessError, Place, free_loopback_port};
 
 /// The service the demo releases deploy.
 pub const DEMO_SERVICE: &str = "demo";
@@ -15,12 +15,14 @@ pub struct FleetHost {
     pub id: String,
     pub cluster: String,
     pub agent: AgentFixture,
+    /// The address its demo instance serves on (loopback unless placed).
+    pub ip: IpAddr,
     pub port: u16,
 }
 
 impl FleetHost {
     pub fn addr(&self) -> SocketAddr {
-        ([127, 0, 0, 1], self.port).into()
+        SocketAddr::new(self.ip, self.port)
     }
 }
 
@@ -49,6 +51,22 @@ impl FleetFixture {
         coordinators: &[String],
         lease_ttl: &str,
     ) -> Result<Self, HarnessError> {
+        let placed: Vec<(&str, &str, Place)> = layout
+            .iter()
+            .map(|(id, cluster)| (*id, *cluster, Place::loopback()))
+            .collect();
+        Self::start_placed(&placed, etcd, coordinators, lease_ttl).await
+    }
+
+    /// Like `start_with_lease`, each agent run at its place (e.g. a lab
+    /// node): its gRPC service and its demo instance listen on that
+    /// place's address.
+    pub async fn start_placed(
+        layout: &[(&str, &str, Place)],
+        etcd: &[String],
+        coordinators: &[String],
+        lease_ttl: &str,
+    ) -> Result<Self, HarnessError> {
         let quote = |items: &[String]| {
             items
                 .iter()
@@ -57,19 +75,21 @@ impl FleetFixture {
                 .join(", ")
         };
         let mut hosts = Vec::with_capacity(layout.len());
-        for (id, cluster) in layout {
+        for (id, cluster, place) in layout {
+            let ip = place.ip();
             let port = free_loopback_port()?;
             let top = format!("services = [\"{DEMO_SERVICE}\"]\n");
             let extra = format!(
-                "\n[coordinator]\nurls = [{coordinators}]\n\n[etcd]\nendpoints = [{etcd}]\nlease_ttl = \"{lease_ttl}\"\nbudget_wait = \"60s\"\n\n[listen_overrides.{DEMO_SERVICE}]\nhttp = \"127.0.0.1:{port}\"\n",
+                "\n[coordinator]\nurls = [{coordinators}]\n\n[etcd]\nendpoints = [{etcd}]\nlease_ttl = \"{lease_ttl}\"\nbudget_wait = \"60s\"\n\n[listen_overrides.{DEMO_SERVICE}]\nhttp = \"{ip}:{port}\"\n",
                 coordinators = quote(coordinators),
                 etcd = quote(etcd),
             );
-            let agent = AgentFixture::start_configured(id, cluster, &top, &extra).await?;
+            let agent = AgentFixture::start_placed(id, cluster, &top, &extra, place).await?;
             hosts.push(FleetHost {
                 id: (*id).to_owned(),
                 cluster: (*cluster).to_owned(),
                 agent,
+                ip,
                 port,
             });
         }

@@ -42,6 +42,7 @@ impl FleetFixture {
                 id: (*id).to_owned(),
                 cluster: (*cluster).to_owned(),
                 agent,
+                ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
                 port,
             });
         }
