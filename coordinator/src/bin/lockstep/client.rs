@@ -214,10 +214,11 @@ pub fn leader_redirect(status: &tonic::Status) -> Option<String> {
 }
 
 /// A follower's answer when it knows no leader carries no metadata; its
-/// message still says so.
+/// message still says so ("this coordinator is not the leader; no leader
+/// is elected right now").
 fn is_not_leader(status: &tonic::Status) -> bool {
     status.code() == tonic::Code::FailedPrecondition
-        && status.message().trim_start().starts_with("not the leader")
+        && status.message().contains("is not the leader")
 }
 
 /// Splits and normalises `--coordinator` values: commas separate URLs
@@ -564,7 +565,10 @@ mod tests {
 
     #[test]
     fn no_redirect_without_metadata_or_for_other_codes() {
-        let s = tonic::Status::failed_precondition("not the leader; no leader is known");
+        // The coordinator's own words, not a paraphrase: a paraphrase here
+        // once hid that the CLI matched a message the server never sent.
+        let said = coordinator::leader::NotServed::NotLeader { leader: None }.to_string();
+        let s = tonic::Status::failed_precondition(said);
         assert_eq!(leader_redirect(&s), None);
         assert!(matches!(
             Failure::from_status("http://a", &s),
@@ -610,6 +614,18 @@ mod tests {
         let text = f.to_string();
         assert!(text.starts_with("no coordinator reachable at http://a:1, http://b:2: is lockstep-coordinator running? (tried"));
         assert_eq!(f.code(), 69);
+    }
+
+    /// Reproduces what the fault soak saw (#18): while no coordinator led,
+    /// `lockstep deploy` exited 1 ("refused"), so a script could not tell
+    /// a transient state from a fatal refusal. It is unavailable: 69.
+    #[test]
+    fn a_follower_that_knows_no_leader_is_unavailable_not_a_refusal() {
+        let said = coordinator::leader::NotServed::NotLeader { leader: None }.to_string();
+        let status = tonic::Status::failed_precondition(said);
+        let f = Failure::from_status("http://a:1", &status);
+        assert!(f.is_transient(), "{f}");
+        assert_eq!(f.code(), EXIT_UNREACHABLE);
     }
 
     #[test]
