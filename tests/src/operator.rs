@@ -295,16 +295,23 @@ pub async fn leader_and_standby(
     lease_ttl_secs: u64,
 ) -> Result<(CoordinatorFixture, CoordinatorFixture), HarnessError> {
     let leader = CoordinatorFixture::start(&etcd.endpoints(), lease_ttl_secs).await?;
-    wait_for("the first coordinator to lead", DEADLINE, || async {
+    until_leading(etcd, &leader.url())
+        .await
+        .map_err(|e| HarnessError::Fixture(e.to_string()))?;
+    let standby = CoordinatorFixture::start(&etcd.endpoints(), lease_ttl_secs).await?;
+    Ok((leader, standby))
+}
+
+/// Waits until the coordinator at `url` leads (its election key says so).
+pub async fn until_leading(etcd: &EtcdCluster, url: &str) -> Result<(), WaitTimeout> {
+    wait_for("the coordinator to lead", DEADLINE, || async {
         leader_url(etcd)
             .await
-            .filter(|u| *u == leader.url())
+            .filter(|u| u == url)
+            .map(drop)
             .ok_or("no leader yet")
     })
     .await
-    .map_err(|e| HarnessError::Fixture(e.to_string()))?;
-    let standby = CoordinatorFixture::start(&etcd.endpoints(), lease_ttl_secs).await?;
-    Ok((leader, standby))
 }
 
 /// The URL of the coordinator that leads now, from its election key.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use lockstep_tests::operator::{
     active_deployment, agents_known, budget_keys, deploy_lock, every_host_serves, finished,
-    leader_url, on_target, push, record, start_deploy, strategy, text,
+    on_target, push, record, start_deploy, strategy, text, until_leading,
 };
 use lockstep_tests::{
     CoordinatorFixture, DemoRelease, EtcdCluster, FleetFixture, lockstep, wait_for,
@@ -27,14 +27,7 @@ async fn stage() -> (EtcdCluster, CoordinatorFixture, FleetFixture) {
     let coordinator = CoordinatorFixture::start(&etcd.endpoints(), TTL_SECS)
         .await
         .unwrap();
-    wait_for("the coordinator to lead", DEADLINE, || async {
-        leader_url(&etcd)
-            .await
-            .filter(|u| *u == coordinator.url())
-            .ok_or("no leader yet")
-    })
-    .await
-    .unwrap();
+    until_leading(&etcd, &coordinator.url()).await.unwrap();
     let urls = vec![coordinator.url()];
     let fleet =
         FleetFixture::start_with_lease(LAYOUT, &etcd.endpoints(), &urls, &format!("{TTL_SECS}s"))

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use lockstep_tests::operator::{
     agents_known, deploy_lock, finished, leader_url, lockstep_json, push, record, start_deploy,
-    strategy, text,
+    strategy, text, until_leading,
 };
 use lockstep_tests::{
     CoordinatorFixture, DemoRelease, EtcdCluster, FleetFixture, lockstep, wait_for,
@@ -23,14 +23,7 @@ async fn stage(ttl_secs: u64, etcd_lines: &str) -> (EtcdCluster, CoordinatorFixt
     let coordinator = CoordinatorFixture::start_with_etcd(&etcd.endpoints(), ttl_secs, etcd_lines)
         .await
         .unwrap();
-    wait_for("the coordinator to lead", DEADLINE, || async {
-        leader_url(&etcd)
-            .await
-            .filter(|u| *u == coordinator.url())
-            .ok_or("no leader yet")
-    })
-    .await
-    .unwrap();
+    until_leading(&etcd, &coordinator.url()).await.unwrap();
     let urls = vec![coordinator.url()];
     let fleet = FleetFixture::start(LAYOUT, &etcd.endpoints(), &urls)
         .await

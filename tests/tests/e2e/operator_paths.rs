@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use lockstep_tests::operator::{
     active_deployment, agents_known, deploy, deployment_id, every_host_serves, finished,
-    history_entry, leader_and_standby, leader_url, lockstep_json, on_target, push, record, served,
-    start_deploy, strategy, text,
+    history_entry, leader_and_standby, lockstep_json, on_target, push, record, served,
+    start_deploy, strategy, text, until_leading,
 };
 use lockstep_tests::{
     CoordinatorFixture, DemoRelease, EtcdCluster, FleetFixture, lockstep, wait_for,
@@ -133,14 +133,7 @@ async fn a_hung_etcd_or_coordinator_gets_exit_69_instead_of_a_hang() {
         .await
         .unwrap();
     let urls = vec![coordinator.url()];
-    wait_for("the coordinator to lead", DEADLINE, || async {
-        leader_url(&etcd)
-            .await
-            .filter(|u| *u == coordinator.url())
-            .ok_or("no leader yet")
-    })
-    .await
-    .unwrap();
+    until_leading(&etcd, &coordinator.url()).await.unwrap();
     let work = tempfile::tempdir().unwrap();
     let v1 = DemoRelease::new("1.0.0", 1).build(work.path()).unwrap();
     let digest = push(&urls, &v1).await.unwrap();

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use lockstep_tests::operator::{last_line, leader_url, served_version, strategy, text};
+use lockstep_tests::operator::{last_line, served_version, strategy, text, until_leading};
 use lockstep_tests::{
     AgentFixture, CoordinatorFixture, DemoRelease, EtcdCluster, FleetFixture, TestPki, TlsFiles,
     lockstep, lockstep_tls, wait_for,
@@ -37,14 +37,7 @@ async fn a_rollout_runs_end_to_end_over_mutual_tls() {
         .await
         .unwrap();
     assert!(leader.url().starts_with("https://"), "{}", leader.url());
-    wait_for("the first coordinator to lead", DEADLINE, || async {
-        leader_url(&etcd)
-            .await
-            .filter(|u| *u == leader.url())
-            .ok_or("no leader yet")
-    })
-    .await
-    .unwrap();
+    until_leading(&etcd, &leader.url()).await.unwrap();
     let standby = CoordinatorFixture::start_tls(&etcd.endpoints(), TTL_SECS, &coordinator_files)
         .await
         .unwrap();

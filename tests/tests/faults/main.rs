@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use lockstep_tests::http::Poller;
 use lockstep_tests::operator::{
     agents_known, budget_keys, deploy_lock, every_host_serves, finished, leader_url, on_target,
-    push, record, start_deploy, text,
+    push, record, start_deploy, text, until_leading,
 };
 use lockstep_tests::{
     CoordinatorFixture, DEMO_SERVICE, DemoRelease, EtcdCluster, FleetFixture, LabNode, NetnsLab,
@@ -154,15 +154,7 @@ impl Fleet {
             .await
             .unwrap();
             if coordinators.is_empty() {
-                let url = coordinator.url();
-                wait_for("the first coordinator to lead", DEADLINE, || async {
-                    leader_url(&etcd)
-                        .await
-                        .filter(|u| *u == url)
-                        .ok_or("no leader yet")
-                })
-                .await
-                .unwrap();
+                until_leading(&etcd, &coordinator.url()).await.unwrap();
             }
             coordinators.push(coordinator);
         }
