@@ -55,11 +55,11 @@
 //! several problems.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use ids::{AgentId, ClusterName};
 use release::ServiceName;
 use release::unpack::UnpackLimits;
 use serde::Deserialize;
@@ -155,52 +155,6 @@ pub struct EtcdSettings {
     pub lease_ttl: Duration,
     pub budget_wait: Duration,
 }
-
-/// An agent's identity in the fleet: 1-63 of `a-z 0-9 . _ -`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AgentId(String);
-
-/// A cluster's name: same alphabet as an agent id.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ClusterName(String);
-
-fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-        && s.as_bytes()[0].is_ascii_alphanumeric()
-}
-
-macro_rules! name_type {
-    ($name:ident, $what:literal) => {
-        impl $name {
-            pub fn parse(s: &str) -> Result<Self, String> {
-                if valid_name(s) {
-                    Ok(Self(s.to_owned()))
-                } else {
-                    Err(format!(
-                        "`{s}` is not a valid {} (1-63 of a-z, 0-9, `.`, `_`, `-`, starting with a letter or digit)",
-                        $what
-                    ))
-                }
-            }
-
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-    };
-}
-
-name_type!(AgentId, "agent id");
-name_type!(ClusterName, "cluster name");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -345,14 +299,15 @@ impl AgentConfig {
         };
 
         let id = match raw.id {
-            Some(id) => AgentId::parse(&id),
-            None => hostname().and_then(|h| AgentId::parse(&h.to_ascii_lowercase())),
+            Some(id) => AgentId::parse(&id).map_err(|e| e.to_string()),
+            None => hostname()
+                .and_then(|h| AgentId::parse(&h.to_ascii_lowercase()).map_err(|e| e.to_string())),
         };
         check("id", id.as_ref().map(drop).map_err(Clone::clone));
         let cluster = raw
             .cluster
             .ok_or_else(|| "required: the cluster this host belongs to".to_owned())
-            .and_then(|c| ClusterName::parse(&c));
+            .and_then(|c| ClusterName::parse(&c).map_err(|e| e.to_string()));
         check("cluster", cluster.as_ref().map(drop).map_err(Clone::clone));
         let data_dir = raw
             .data_dir
@@ -414,8 +369,8 @@ impl AgentConfig {
             .enumerate()
             .filter_map(|(i, name)| {
                 let key = format!("services[{i}]");
-                let parsed =
-                    ServiceName::parse(name.get_ref()).map_err(|e| at_line(text, name.span(), &e));
+                let parsed = ServiceName::parse(name.get_ref())
+                    .map_err(|e| at_line(text, name.span(), &e.to_string()));
                 check(&key, parsed.as_ref().map(drop).map_err(Clone::clone));
                 parsed.ok()
             })
@@ -981,7 +936,10 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("services[1]: line 1:"), "{err}");
-        assert!(err.contains("`Demo_App` is not a service name"), "{err}");
+        assert!(
+            err.contains("`Demo_App` is not a valid service name"),
+            "{err}"
+        );
         assert!(
             err.contains("services: line 1: `demo-app` is listed twice"),
             "{err}"

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
+use cli::{Chain, chain};
 use nix::unistd::{Gid, Group};
 use proto::v1 as pb;
 use proto::v1::agent_control_server::{AgentControl, AgentControlServer};
@@ -207,7 +208,7 @@ fn refused(err: &HostError) -> pb::CommandVerdict {
     pb::CommandVerdict {
         outcome: pb::CommandOutcome::Refused.into(),
         refusal: err.refusal().into(),
-        message: err.to_string(),
+        message: chain(err),
         fencing_high_water: 0,
     }
 }
@@ -223,8 +224,8 @@ fn accepted(message: String) -> pb::CommandVerdict {
 
 fn not_found(err: &HostError) -> Status {
     match err {
-        HostError::UnknownService { .. } => Status::not_found(err.to_string()),
-        _ => Status::internal(err.to_string()),
+        HostError::UnknownService { .. } => Status::not_found(chain(err)),
+        _ => Status::internal(chain(err)),
     }
 }
 
@@ -269,8 +270,8 @@ impl ControlService {
                 .map(tempfile::NamedTempFile::into_parts)
         })
         .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::internal(format!("cannot spool the bundle: {e}")))?;
+        .map_err(|e| Status::internal(chain(&e)))?
+        .map_err(|e| Status::internal(format!("cannot spool the bundle: {}", Chain(&e))))?;
         let mut file = tokio::fs::File::from_std(file);
         let mut total: u64 = 0;
         while let Some(chunk) = stream.message().await? {

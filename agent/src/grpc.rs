@@ -25,6 +25,7 @@
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
+use cli::chain;
 use proto::v1 as pb;
 use proto::v1::agent_service_server::AgentService;
 use tokio::sync::broadcast::error::RecvError;
@@ -131,7 +132,7 @@ fn verdict(result: Result<String, HostError>) -> pb::CommandVerdict {
             pb::CommandVerdict {
                 outcome: pb::CommandOutcome::Refused.into(),
                 refusal: err.refusal().into(),
-                message: err.to_string(),
+                message: chain(&err),
                 fencing_high_water: high_water,
             }
         }
@@ -200,7 +201,7 @@ impl AgentService for AgentGrpc {
             .host
             .status(&request.get_ref().service)
             .await
-            .map_err(|e| Status::not_found(e.to_string()))?;
+            .map_err(|e| Status::not_found(chain(&e)))?;
         Ok(Response::new(pb::StatusResponse {
             agent: Some(self.host.identity()),
             services,
@@ -220,7 +221,7 @@ impl AgentService for AgentGrpc {
             .host
             .status(&only)
             .await
-            .map_err(|e| Status::not_found(e.to_string()))?;
+            .map_err(|e| Status::not_found(chain(&e)))?;
         let host = self.host.clone();
         let stream = async_stream(move |tx| async move {
             for service in snapshot {

@@ -48,6 +48,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::Duration;
 
+use cli::chain;
 use release::{ReleaseDigest, Store, StoreError, StoredRelease, TrustedKeys};
 use tokio::sync::{Mutex, broadcast, watch};
 use tokio::time::Instant;
@@ -902,9 +903,9 @@ impl Host {
                 ))
             }
             Err(err) => {
-                rt.last_error = err.to_string();
+                rt.last_error = chain(&err);
                 let failed = SwitchOutcome::Failed {
-                    reason: err.to_string(),
+                    reason: rt.last_error.clone(),
                 };
                 self.persist(service, record, trigger, failed).await?;
                 Err(err)
@@ -1035,10 +1036,10 @@ impl Host {
                 disruption.release().await;
                 // The whole story, log tail included: this is what the
                 // coordinator's history and `agentctl status` show.
-                rt.last_error = err.to_string();
+                rt.last_error = chain(&err);
                 if let Some(trigger) = trigger {
                     let failed = SwitchOutcome::Failed {
-                        reason: err.to_string(),
+                        reason: rt.last_error.clone(),
                     };
                     self.persist(service, record, trigger, failed).await?;
                 }

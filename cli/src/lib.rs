@@ -18,13 +18,19 @@
 //! tools call [`end_quietly_when_stdout_closes`] first, so they end as a
 //! Unix tool ends on SIGPIPE rather than with a panic (see `pipe`).
 //!
+//! **Errors told to people** ([`Chain`]): an error and its causes on one
+//! line, each cause once, for every place an error becomes text someone
+//! reads (a command's last line, a gRPC status message, a log field).
+//!
 //! Must never: run for any other argument list (it would shadow a real
 //! command), or write outside DIR.
 
 #![forbid(unsafe_code)]
 
+mod chain;
 mod pipe;
 
+pub use chain::{Chain, chain};
 pub use pipe::end_quietly_when_stdout_closes;
 
 use std::io;

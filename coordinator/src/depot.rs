@@ -47,8 +47,8 @@ pub enum DepotError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the pushed bundle is refused: {0}")]
-    Refused(String),
+    #[error("the pushed bundle is refused")]
+    Refused(#[source] release::StoreError),
     #[error("release index in etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
     #[error("release index entry {key} is not valid: {source}")]
@@ -219,7 +219,7 @@ impl ReleaseDepot {
             &self.trusted,
             &UnpackLimits::default(),
         )
-        .map_err(|e| DepotError::Refused(e.to_string()))?;
+        .map_err(DepotError::Refused)?;
         let manifest = &verified.manifest;
         let entry = ReleaseEntry {
             service: manifest.service().to_string(),

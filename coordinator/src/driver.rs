@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use etcd_client::Compare;
 use proto::v1 as pb;
 use rollout::{
-    Action, ApplyId, CheckRunId, Command, Event, FencingToken, InstanceId, Millis, Notice,
-    ReleaseDigest, Step, TimerId,
+    Action, ApplyId, CheckRunId, Command, Event, FencingToken, Installed, InstanceId, Millis,
+    Notice, ReleaseDigest, Step, TimerId,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -29,10 +29,10 @@ use tokio::task::JoinSet;
 use crate::checks::CheckCatalog;
 use crate::deploy_lock::DeploymentLock;
 use crate::effects::{AgentDialer, CheckContext, run_check};
-use crate::fleet::{FleetView, NOT_INSTALLED};
+use crate::fleet::{FleetView, names};
 use crate::health::{HealthBaseline, health_change};
 use crate::journal::{Journal, JournalError, Write};
-use crate::record::{DeploymentKind, DeploymentRecord, EventKind, EventRecord, Happening, short};
+use crate::record::{DeploymentKind, DeploymentRecord, EventKind, EventRecord, Happening};
 use crate::telemetry::{ActiveDeployment, CoordinatorMetrics, RollbackReason};
 
 /// An agent that cannot be reached this long is reported unreachable.
@@ -82,7 +82,7 @@ pub enum DriverExit {
 #[derive(Debug)]
 struct Pending {
     apply: ApplyId,
-    release: ReleaseDigest,
+    release: Installed,
     accepted: bool,
     /// The agent's report stream when the apply was sent: a later one
     /// means the agent came back and may not know of it (`apply_lost`).
@@ -250,7 +250,7 @@ impl Driver {
                 }
                 Input::Retry(instance, apply) => {
                     if let Some(p) = self.pending.get(&instance).filter(|p| p.apply == apply) {
-                        let release = p.release.clone();
+                        let release = p.release;
                         self.send_apply(instance, apply, release);
                     }
                     None
@@ -342,7 +342,7 @@ impl Driver {
                     None
                 }
                 _ => {
-                    let release = p.release.clone();
+                    let release = p.release;
                     self.pending.remove(&instance);
                     let detail = format!("agent refused the apply: {}", v.message);
                     self.fail(instance, apply, release, detail).await
@@ -370,7 +370,7 @@ impl Driver {
         &mut self,
         instance: InstanceId,
         apply: ApplyId,
-        release: ReleaseDigest,
+        release: Installed,
         detail: String,
     ) -> Option<DriverExit> {
         // The engine's InstanceFailed notice becomes the event.
@@ -416,7 +416,7 @@ impl Driver {
                 &self.record.id,
                 self.record.engine.token(),
             );
-            let (apply, release) = (p.apply, p.release.clone());
+            let (apply, release) = (p.apply, p.release);
             let lost = p.accepted
                 && !self.restarts(&release)
                 && apply_lost(
@@ -430,13 +430,13 @@ impl Driver {
                 Judgement::Waiting => None,
                 Judgement::Ready => {
                     self.pending.remove(&instance);
-                    let on_target = release.as_str() == self.record.target_digest;
+                    let on_target = release.is(&self.record.engine.plan().target);
                     self.record
                         .note_instance(instance.as_str(), on_target, false);
                     let note = Happening::new(
                         EventKind::InstanceReady,
                         instance.as_str(),
-                        format!("ready on {}", short(release.as_str())),
+                        format!("ready on {}", release.short()),
                     );
                     self.step(
                         Event::InstanceReady {
@@ -510,7 +510,7 @@ impl Driver {
         &mut self,
         instance: InstanceId,
         apply: ApplyId,
-        release: ReleaseDigest,
+        release: Installed,
     ) -> Option<DriverExit> {
         // The engine's InstanceFailed notice ("crash-looping") is the event.
         self.record.note_instance(instance.as_str(), false, true);
@@ -558,7 +558,7 @@ impl Driver {
                     notes.push(Happening::new(
                         EventKind::InstanceApplying,
                         instance.as_str(),
-                        format!("applying {}", short(release.as_str())),
+                        format!("applying {}", release.short()),
                     ));
                 }
                 Action::Finish(outcome) => {
@@ -632,7 +632,7 @@ impl Driver {
                         instance.clone(),
                         Pending {
                             apply,
-                            release: release.clone(),
+                            release,
                             accepted: false,
                             sent_epoch: None,
                             unreachable_since: None,
@@ -744,10 +744,7 @@ impl Driver {
             return;
         }
         let plan = self.record.engine.plan();
-        let target = plan.target.clone();
-        if target.as_str() == NOT_INSTALLED {
-            return;
-        }
+        let target = plan.target;
         let service = self.record.service.clone();
         let permits = Arc::new(tokio::sync::Semaphore::new(STAGE_CONCURRENCY));
         let order = plan
@@ -757,12 +754,9 @@ impl Driver {
             .filter_map(|&i| plan.instances.get(i).map(|p| p.id.clone()))
             .collect::<Vec<_>>();
         for instance in order {
-            let current = self
-                .ctx
-                .fleet
-                .service(instance.as_str(), &service)
-                .and_then(|s| s.current.map(|c| c.digest));
-            if self.pending.contains_key(&instance) || current.as_deref() == Some(target.as_str()) {
+            let status = self.ctx.fleet.service(instance.as_str(), &service);
+            let current = status.as_ref().and_then(|s| s.current.as_ref());
+            if self.pending.contains_key(&instance) || names(current, &target) {
                 continue;
             }
             let Some(Ok(mut client)) = self
@@ -796,9 +790,9 @@ impl Driver {
 
     /// Whether an apply of `release` is carried out as a restart: a
     /// restart deployment's forward steps (its undo is an Apply).
-    fn restarts(&self, release: &ReleaseDigest) -> bool {
+    fn restarts(&self, release: &Installed) -> bool {
         self.record.kind == DeploymentKind::Restart
-            && release.as_str() == self.record.target_digest
+            && release.is(&self.record.engine.plan().target)
             && !matches!(
                 self.record.engine.status(),
                 rollout::Status::RollingBack { .. }
@@ -811,7 +805,7 @@ impl Driver {
         &mut self,
         instance: InstanceId,
         apply: ApplyId,
-        release: ReleaseDigest,
+        release: Installed,
     ) -> Option<DriverExit> {
         if let Some(p) = self.pending.get_mut(&instance) {
             p.accepted = false;
@@ -822,7 +816,7 @@ impl Driver {
             instance.as_str(),
             format!(
                 "the agent came back without the switch to {} in progress: apply sent again",
-                short(release.as_str())
+                release.short()
             ),
         );
         let exit = self.carry_out(Vec::new(), vec![note], false).await;
@@ -832,7 +826,7 @@ impl Driver {
         exit
     }
 
-    fn send_apply(&mut self, instance: InstanceId, apply: ApplyId, release: ReleaseDigest) {
+    fn send_apply(&mut self, instance: InstanceId, apply: ApplyId, release: Installed) {
         if let Some(p) = self.pending.get_mut(&instance) {
             p.sent_epoch = self.ctx.fleet.stream_epoch(instance.as_str());
         }
@@ -840,14 +834,14 @@ impl Driver {
             self.send_restart(instance, apply);
             return;
         }
-        if release.as_str() == NOT_INSTALLED {
+        let Installed::Release(release) = release else {
             // Nothing to send: "not installed" is confirmed from the fleet
             // view (the failed first install left nothing running).
             if let Some(p) = self.pending.get_mut(&instance) {
                 p.accepted = true;
             }
             return;
-        }
+        };
         let request = pb::ApplyRequest {
             service: self.record.service.clone(),
             release_digest: release.to_string(),
@@ -938,36 +932,27 @@ pub enum Judgement {
 /// (deployment, token, release) as a failed switch.
 pub fn judge(
     status: Option<&pb::ServiceStatus>,
-    release: &ReleaseDigest,
+    release: &Installed,
     accepted: bool,
     deployment: &str,
     token: FencingToken,
 ) -> Judgement {
-    if release.as_str() == NOT_INSTALLED {
-        return match status {
-            None => Judgement::Ready,
-            Some(s) if s.current.is_none() => Judgement::Ready,
-            Some(s) if s.switch_state() == pb::SwitchState::Switching => Judgement::Waiting,
-            Some(s) if accepted => Judgement::Failed(format!(
-                "the host runs {} and a service cannot be uninstalled by a rollback; remove it by hand",
-                s.current.as_ref().map_or("", |c| c.version.as_str())
-            )),
-            Some(_) => Judgement::Waiting,
-        };
-    }
+    let Installed::Release(release) = release else {
+        return judge_nothing(status, accepted);
+    };
     let Some(status) = status else {
         return Judgement::Waiting;
     };
     if status.switch_state() == pb::SwitchState::Switching {
         return Judgement::Waiting;
     }
-    let current = status.current.as_ref().map(|c| c.digest.as_str());
+    let current = status.current.as_ref();
     let mine: Vec<&pb::InstanceStatus> = status
         .instances
         .iter()
-        .filter(|i| i.release.as_ref().map(|r| r.digest.as_str()) == Some(release.as_str()))
+        .filter(|i| names(i.release.as_ref(), release))
         .collect();
-    if current == Some(release.as_str()) && !mine.is_empty() && mine.iter().all(|i| i.ready) {
+    if names(current, release) && !mine.is_empty() && mine.iter().all(|i| i.ready) {
         return Judgement::Ready;
     }
     if let Some(last) = &status.last_switch {
@@ -975,15 +960,29 @@ pub fn judge(
             && !last.succeeded
             && last.deployment_id == deployment
             && last.fencing_token == token.0
-            && last.to_digest == release.as_str()
+            && ReleaseDigest::parse(&last.to_digest).is_ok_and(|d| d == *release)
         {
             return Judgement::Failed(last.detail.clone());
         }
     }
-    if current == Some(release.as_str()) && crash_looping(Some(status), release) {
+    if names(current, release) && crash_looping(Some(status), release) {
         return Judgement::CrashLooping;
     }
     Judgement::Waiting
+}
+
+/// `judge` for "not installed": confirmed by the absence of a current release.
+fn judge_nothing(status: Option<&pb::ServiceStatus>, accepted: bool) -> Judgement {
+    match status {
+        None => Judgement::Ready,
+        Some(s) if s.current.is_none() => Judgement::Ready,
+        Some(s) if s.switch_state() == pb::SwitchState::Switching => Judgement::Waiting,
+        Some(s) if accepted => Judgement::Failed(format!(
+            "the host runs {} and a service cannot be uninstalled by a rollback; remove it by hand",
+            s.current.as_ref().map_or("", |c| c.version.as_str())
+        )),
+        Some(_) => Judgement::Waiting,
+    }
 }
 
 /// Whether an accepted apply was lost with the agent that took it: the
@@ -994,21 +993,22 @@ pub fn apply_lost(
     sent_epoch: Option<u64>,
     epoch_now: Option<u64>,
     status: Option<&pb::ServiceStatus>,
-    release: &ReleaseDigest,
+    release: &Installed,
 ) -> bool {
-    let (Some(sent), Some(now), Some(status)) = (sent_epoch, epoch_now, status) else {
+    let (Some(sent), Some(now), Some(status), Installed::Release(release)) =
+        (sent_epoch, epoch_now, status, release)
+    else {
         return false;
     };
     now != sent
-        && release.as_str() != NOT_INSTALLED
         && status.switch_state() == pb::SwitchState::Idle
-        && status.current.as_ref().map(|c| c.digest.as_str()) != Some(release.as_str())
+        && !names(status.current.as_ref(), release)
 }
 
 fn crash_looping(status: Option<&pb::ServiceStatus>, release: &ReleaseDigest) -> bool {
     status.is_some_and(|s| {
         s.instances.iter().any(|i| {
-            i.release.as_ref().map(|r| r.digest.as_str()) == Some(release.as_str())
+            names(i.release.as_ref(), release)
                 && matches!(
                     i.state(),
                     pb::InstanceState::CrashLooping | pb::InstanceState::Failed
@@ -1048,8 +1048,8 @@ mod tests {
         }
     }
 
-    fn digest(d: &str) -> ReleaseDigest {
-        ReleaseDigest::parse(d).unwrap()
+    fn digest(d: &str) -> Installed {
+        Installed::Release(ReleaseDigest::parse(d).unwrap())
     }
 
     #[test]
@@ -1120,7 +1120,7 @@ mod tests {
 
     #[test]
     fn not_installed_is_confirmed_by_the_absence_of_a_current_release() {
-        let none = digest(NOT_INSTALLED);
+        let none = Installed::Nothing;
         let t = FencingToken(1);
         assert_eq!(judge(None, &none, true, "d", t), Judgement::Ready);
         assert!(matches!(
@@ -1154,7 +1154,7 @@ mod tests {
             Some(3),
             Some(4),
             Some(&back_on_r1),
-            &digest(NOT_INSTALLED)
+            &Installed::Nothing
         ));
     }
 }

@@ -14,14 +14,24 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use ids::DigestError;
 use proto::v1 as pb;
-use rollout::{Cluster, ClusterName, Fleet, Instance, InstanceId, ReleaseDigest};
+use rollout::{Cluster, ClusterName, Fleet, Installed, Instance, InstanceId, ReleaseDigest};
 use tokio::sync::watch;
 
-/// The digest the engine uses for "this service is not installed here": the
-/// rollback target of a service's first deployment.
-pub const NOT_INSTALLED: &str =
-    "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+/// Whether a reported release reference names `release`.
+pub fn names(reference: Option<&pb::ReleaseRef>, release: &ReleaseDigest) -> bool {
+    reference.is_some_and(|r| ReleaseDigest::parse(&r.digest).is_ok_and(|d| d == *release))
+}
+
+/// What a host runs of a service, from its last report: no report of the
+/// service, or one without a current release, is `Installed::Nothing`.
+pub fn installed(status: Option<&pb::ServiceStatus>) -> Result<Installed, DigestError> {
+    match status.and_then(|s| s.current.as_ref()) {
+        None => Ok(Installed::Nothing),
+        Some(release) => ReleaseDigest::parse(&release.digest).map(Installed::Release),
+    }
+}
 
 /// What the coordinator knows about one agent.
 #[derive(Debug, Clone)]
@@ -50,9 +60,10 @@ pub struct FleetView {
 #[derive(Debug, Clone)]
 pub struct ServiceFleet {
     pub fleet: Fleet,
-    /// The release most of the fleet runs now other than the target (the
-    /// rollback default); `None` when there is none.
-    pub previous: Option<ReleaseDigest>,
+    /// What most of the fleet runs now other than the target (the rollback
+    /// default; `Installed::Nothing` for a first install); `None` when every
+    /// host runs the target and none remembers an earlier release.
+    pub previous: Option<Installed>,
     /// Hosts assigned the service that cannot be reached now.
     pub unreachable: Vec<String>,
 }
@@ -239,7 +250,7 @@ impl FleetView {
     pub fn service_fleet(&self, service: &str, target: &ReleaseDigest) -> ServiceFleet {
         let mut clusters: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
         let mut unreachable = Vec::new();
-        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        let mut counts: BTreeMap<Installed, usize> = BTreeMap::new();
         self.with_agents(|agents| {
             let mut hosts: Vec<&AgentEntry> = agents
                 .values()
@@ -254,22 +265,16 @@ impl FleetView {
                     unreachable.push(entry.identity.agent_id.clone());
                     continue;
                 }
-                let current = entry
-                    .services
-                    .get(service)
-                    .and_then(|s| s.current.as_ref())
-                    .map(|r| r.digest.clone())
-                    .unwrap_or_else(|| NOT_INSTALLED.to_owned());
-                if current != target.as_str() {
-                    *counts.entry(current.clone()).or_default() += 1;
-                }
                 let (Ok(id), Ok(release)) = (
                     InstanceId::new(entry.identity.agent_id.clone()),
-                    ReleaseDigest::parse(&current),
+                    installed(entry.services.get(service)),
                 ) else {
                     unreachable.push(entry.identity.agent_id.clone());
                     continue;
                 };
+                if release != *target {
+                    *counts.entry(release).or_default() += 1;
+                }
                 clusters
                     .entry(entry.identity.cluster.clone())
                     .or_default()
@@ -281,7 +286,7 @@ impl FleetView {
                 .into_iter()
                 .filter_map(|(name, instances)| {
                     Some(Cluster {
-                        name: ClusterName::new(name).ok()?,
+                        name: ClusterName::parse(&name).ok()?,
                         instances,
                         // The leader reads the hosts' budget from etcd.
                         max_disruptions: None,
@@ -292,12 +297,13 @@ impl FleetView {
         let previous = counts
             .into_iter()
             .max_by_key(|(_, n)| *n)
-            .and_then(|(d, _)| ReleaseDigest::parse(&d).ok())
+            .map(|(release, _)| release)
             .or_else(|| {
                 // Every host already runs the target: roll back to what
                 // they ran before it.
                 self.previous_release(service)
                     .and_then(|r| ReleaseDigest::parse(&r.digest).ok())
+                    .map(Installed::Release)
             });
         ServiceFleet {
             fleet,
@@ -393,7 +399,28 @@ mod tests {
     }
 
     #[test]
-    fn not_installed_is_a_digest() {
-        assert!(ReleaseDigest::parse(NOT_INSTALLED).is_ok());
+    fn a_host_without_a_current_release_runs_nothing() {
+        assert_eq!(installed(None), Ok(Installed::Nothing));
+        assert_eq!(
+            installed(Some(&pb::ServiceStatus::default())),
+            Ok(Installed::Nothing)
+        );
+        let digest = ReleaseDigest::of_bytes(b"v1");
+        let status = pb::ServiceStatus {
+            current: Some(pb::ReleaseRef {
+                digest: digest.to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(installed(Some(&status)), Ok(Installed::Release(digest)));
+        let garbled = pb::ServiceStatus {
+            current: Some(pb::ReleaseRef {
+                digest: "sha256:nope".to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(installed(Some(&garbled)).is_err());
     }
 }

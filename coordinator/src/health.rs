@@ -16,10 +16,9 @@
 use std::collections::BTreeMap;
 
 use proto::v1 as pb;
-use rollout::{ApplyId, ReleaseDigest};
+use rollout::{ApplyId, Installed, ReleaseDigest};
 
-use crate::fleet::NOT_INSTALLED;
-use crate::record::short;
+use crate::fleet::{installed, names};
 
 /// What a watched instance looked like when it was confirmed ready.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,15 +40,19 @@ fn of_release<'a>(
     status
         .instances
         .iter()
-        .filter(move |i| i.release.as_ref().map(|r| r.digest.as_str()) == Some(release.as_str()))
+        .filter(move |i| names(i.release.as_ref(), release))
 }
 
 impl HealthBaseline {
     /// The baseline from the status that confirmed the instance ready (or,
     /// after a coordinator restart, the first one seen).
-    pub fn new(apply: ApplyId, status: &pb::ServiceStatus, release: &ReleaseDigest) -> Self {
+    pub fn new(apply: ApplyId, status: &pb::ServiceStatus, release: &Installed) -> Self {
         let mut restarts = BTreeMap::new();
-        for i in of_release(status, release) {
+        let instances = release
+            .release()
+            .into_iter()
+            .flat_map(|r| of_release(status, r));
+        for i in instances {
             let n = restarts.entry(slot(i)).or_insert(0);
             *n = (*n).max(i.restarts);
         }
@@ -63,12 +66,13 @@ impl HealthBaseline {
 pub fn health_change(
     baseline: &HealthBaseline,
     status: Option<&pb::ServiceStatus>,
-    release: &ReleaseDigest,
+    release: &Installed,
 ) -> Option<String> {
     let status = status?;
-    if release.as_str() == NOT_INSTALLED {
+    // Nothing installed has no health to lose.
+    let Installed::Release(release) = release else {
         return None;
-    }
+    };
     // An agent busy with a command on the service reports it as switching,
     // with the instances it cannot read meanwhile left out: nothing to
     // judge until the next report.
@@ -78,19 +82,19 @@ pub fn health_change(
     ) {
         return None;
     }
-    let current = status.current.as_ref().map(|c| c.digest.as_str());
-    if current != Some(release.as_str()) {
-        return Some(format!(
-            "the host no longer runs {} (now: {})",
-            short(release.as_str()),
-            current.map_or("nothing", short)
-        ));
+    match installed(Some(status)) {
+        Ok(now) if now == *release => {}
+        Ok(now) => {
+            return Some(format!(
+                "the host no longer runs {} (now: {})",
+                release.short(),
+                now.short()
+            ));
+        }
+        Err(e) => return Some(format!("the host reports an unreadable release: {e}")),
     }
     if baseline.restarts.is_empty() {
-        return Some(format!(
-            "no instance of {} is running",
-            short(release.as_str())
-        ));
+        return Some(format!("no instance of {} is running", release.short()));
     }
     for (&slot_no, &before) in &baseline.restarts {
         let entries: Vec<&pb::InstanceStatus> = of_release(status, release)
@@ -200,8 +204,8 @@ mod tests {
         }
     }
 
-    fn r2() -> ReleaseDigest {
-        ReleaseDigest::parse(R2).unwrap()
+    fn r2() -> Installed {
+        Installed::Release(ReleaseDigest::parse(R2).unwrap())
     }
 
     fn ready(slot: u32, restarts: u32) -> pb::InstanceStatus {

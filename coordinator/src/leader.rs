@@ -32,7 +32,8 @@ use exposition::Readiness;
 use leases::{Election, ElectionError, Etcd, LockError, Session};
 use proto::v1 as pb;
 use rollout::{
-    ClusterName, DeploymentId, Engine, Event, FencingToken, PlanInput, ReleaseDigest, Strategy,
+    ClusterName, DeploymentId, Engine, Event, FencingToken, Installed, PlanInput, ReleaseDigest,
+    Strategy,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -42,7 +43,7 @@ use crate::deploy_lock::{DeploymentLock, DeploymentLockError};
 use crate::depot::ReleaseDepot;
 use crate::driver::{Driver, DriverContext, DriverExit, OperatorCall};
 use crate::effects::AgentDialer;
-use crate::fleet::{FleetView, NOT_INSTALLED};
+use crate::fleet::FleetView;
 use crate::journal::{Journal, JournalError};
 use crate::record::{DeploymentKind, DeploymentRecord, DeploymentState};
 use crate::release_choice::{Finished, NamedRelease, rollback_target};
@@ -70,8 +71,26 @@ pub enum NotServed {
     NotFound(String),
     #[error("{0}")]
     Refused(String),
-    #[error("{0}")]
-    Internal(String),
+    /// Something on the coordinator's side failed (etcd, the depot, a
+    /// task): what it was doing, and why.
+    #[error("{doing}")]
+    Internal {
+        doing: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl NotServed {
+    fn internal<E>(doing: &'static str) -> impl FnOnce(E) -> NotServed
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        move |e| NotServed::Internal {
+            doing,
+            source: Box::new(e),
+        }
+    }
 }
 
 /// Why a deployment is planned: a rollback never rehearses; a restart
@@ -488,7 +507,7 @@ impl Coordinator {
             .depot
             .entry(service, digest)
             .await
-            .map_err(|e| NotServed::Internal(e.to_string()))?
+            .map_err(NotServed::internal("cannot read the release depot"))?
             .ok_or_else(|| {
                 NotServed::NotFound(format!(
                     "release {digest} of {service} is not known: push it with `lockstep release push BUNDLE` (see `lockstep release list --service {service}`)"
@@ -528,7 +547,7 @@ impl Coordinator {
                         "cluster {}'s budget policy {key} is malformed ({source}); write it as `etcdctl put {key} '{{\"max_disruptions\": N}}'`, or delete it for the default",
                         cluster.name
                     )),
-                    other => NotServed::Internal(other.to_string()),
+                    other => NotServed::internal("cannot read a cluster's disruption budget")(other),
                 })?;
             cluster.max_disruptions = usize::try_from(policy.max_disruptions).ok();
         }
@@ -538,12 +557,8 @@ impl Coordinator {
                 hosts.unreachable.join(", ")
             )]));
         }
-        let previous = match hosts.previous {
-            Some(p) => p,
-            None => ReleaseDigest::parse(NOT_INSTALLED)
-                .map_err(|e| NotServed::Internal(e.to_string()))?,
-        };
-        if previous.as_str() == NOT_INSTALLED {
+        let previous = hosts.previous.unwrap_or(Installed::Nothing);
+        if previous == Installed::Nothing {
             // A first install has nothing to rehearse a rollback to.
             strategy.rehearse_rollback = false;
         }
@@ -565,9 +580,9 @@ impl Coordinator {
                 if let Purpose::Restart { .. } = purpose {
                     // Undoing a restart is being on the release it
                     // restarted (the plan refuses previous == target).
-                    plan.previous = target.clone();
+                    plan.previous = Installed::Release(target);
                     for instance in &mut plan.instances {
-                        instance.original = target.clone();
+                        instance.original = Installed::Release(target);
                     }
                 }
                 Ok((plan, entry))
@@ -627,7 +642,7 @@ impl Coordinator {
         let kind = purpose.kind();
         tokio::spawn(async move { start(leading, request, kind, plan, entry).await })
             .await
-            .map_err(|e| NotServed::Internal(format!("the deployment start failed: {e}")))?
+            .map_err(NotServed::internal("the deployment start failed"))?
     }
 
     /// `lockstep rollback SERVICE`: deploys the release `rollback_target`
@@ -707,7 +722,7 @@ impl Coordinator {
                 .depot
                 .entry(service, &request.release_digest)
                 .await
-                .map_err(|e| NotServed::Internal(e.to_string()))?
+                .map_err(NotServed::internal("cannot read the release depot"))?
                 .ok_or_else(|| {
                     NotServed::NotFound(format!(
                         "release {} of {service} is not known (see `lockstep release list --service {service}`)",
@@ -727,7 +742,7 @@ impl Coordinator {
             .journal
             .history(service, ROLLBACK_HISTORY)
             .await
-            .map_err(|e| NotServed::Internal(e.to_string()))?
+            .map_err(NotServed::internal("cannot read the deployment history"))?
             .into_iter()
             .map(|(_, r)| Finished {
                 deployment: r.id,
@@ -810,7 +825,7 @@ impl Coordinator {
         self.journal
             .load(id)
             .await
-            .map_err(|e| NotServed::Internal(e.to_string()))?
+            .map_err(NotServed::internal("cannot read the deployment"))?
             .ok_or_else(|| NotServed::NotFound(format!("no deployment {id}")))
     }
 }
@@ -831,7 +846,7 @@ async fn start(
         Err(DeploymentLockError::Lock(LockError::Held(info))) => {
             return Ok(Deployed::Locked(info));
         }
-        Err(err) => return Err(NotServed::Internal(err.to_string())),
+        Err(err) => return Err(NotServed::internal("cannot take the deployment lock")(err)),
     };
     let token = lock.token().0;
     let actor = request.actor.clone().unwrap_or_default();

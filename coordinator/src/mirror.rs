@@ -14,6 +14,7 @@
 
 use std::time::Duration;
 
+use cli::Chain;
 use proto::v1::FetchReleaseRequest;
 use proto::v1::coordinator_service_client::CoordinatorServiceClient;
 use release::ReleaseDigest;
@@ -86,6 +87,25 @@ pub async fn run(
     }
 }
 
+/// Why one holder could not serve a release.
+#[derive(Debug, thiserror::Error)]
+enum DownloadError {
+    #[error("not a usable URL")]
+    Url(#[source] tonic::transport::Error),
+    #[error("cannot set up TLS")]
+    Tls(#[source] tonic::transport::Error),
+    #[error("cannot connect")]
+    Connect(#[source] tonic::transport::Error),
+    #[error("the fetch failed")]
+    Fetch(#[source] tonic::Status),
+    #[error("chunk at offset {offset} after {written} bytes")]
+    Gap { offset: u64, written: u64 },
+    #[error("cannot write the download")]
+    Depot(#[source] DepotError),
+    #[error("the writing task failed")]
+    Task(#[source] tokio::task::JoinError),
+}
+
 /// One release from the first holder that serves it whole.
 async fn copy(
     depot: &ReleaseDepot,
@@ -100,7 +120,7 @@ async fn copy(
                 depot.commit(incoming, Some(*digest)).await?;
                 return Ok(());
             }
-            Ok(Err(err)) => attempts.push(format!("{holder}: {err}")),
+            Ok(Err(err)) => attempts.push(format!("{holder}: {}", Chain(&err))),
             Err(_) => attempts.push(format!("{holder}: no end within {FETCH_TIMEOUT:?}")),
         }
     }
@@ -119,17 +139,17 @@ async fn download(
     tls: Option<&tls::TlsMaterial>,
     holder: &str,
     digest: &ReleaseDigest,
-) -> Result<crate::depot::Incoming, String> {
+) -> Result<crate::depot::Incoming, DownloadError> {
     let mut endpoint = Endpoint::from_shared(holder.to_owned())
-        .map_err(|e| format!("not a usable URL: {e}"))?
+        .map_err(DownloadError::Url)?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true);
     if let Some(tls) = tls {
         endpoint = endpoint
             .tls_config(tls.client_config())
-            .map_err(|e| format!("cannot set up TLS: {e}"))?;
+            .map_err(DownloadError::Tls)?;
     }
-    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    let channel = endpoint.connect().await.map_err(DownloadError::Connect)?;
     let mut client =
         CoordinatorServiceClient::new(channel).max_decoding_message_size(MAX_CHUNK_MESSAGE);
     let mut stream = client
@@ -138,22 +158,21 @@ async fn download(
             offset: 0,
         })
         .await
-        .map_err(|s| s.message().to_owned())?
+        .map_err(DownloadError::Fetch)?
         .into_inner();
-    let mut incoming = depot.incoming().map_err(|e| e.to_string())?;
-    while let Some(chunk) = stream.message().await.map_err(|s| s.message().to_owned())? {
+    let mut incoming = depot.incoming().map_err(DownloadError::Depot)?;
+    while let Some(chunk) = stream.message().await.map_err(DownloadError::Fetch)? {
         if chunk.offset != incoming.written() {
-            return Err(format!(
-                "chunk at offset {} after {} bytes",
-                chunk.offset,
-                incoming.written()
-            ));
+            return Err(DownloadError::Gap {
+                offset: chunk.offset,
+                written: incoming.written(),
+            });
         }
         incoming =
             tokio::task::spawn_blocking(move || incoming.write(&chunk.data).map(|()| incoming))
                 .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+                .map_err(DownloadError::Task)?
+                .map_err(DownloadError::Depot)?;
     }
     Ok(incoming)
 }

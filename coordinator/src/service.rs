@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cli::chain;
 use etcd_client::{EventType, GetOptions, WatchOptions};
 use leases::{FencedMutex, Holder, keys};
 use proto::v1 as pb;
@@ -132,7 +133,7 @@ fn status(err: NotServed) -> Status {
         NotServed::Invalid(m) => Status::invalid_argument(m.clone()),
         NotServed::NotFound(m) => Status::not_found(m.clone()),
         NotServed::Refused(m) => Status::failed_precondition(m.clone()),
-        NotServed::Internal(m) => Status::internal(m.clone()),
+        NotServed::Internal { .. } => Status::internal(chain(&err)),
     }
 }
 
@@ -190,12 +191,14 @@ async fn commit_push(
             header
                 .expected_digest
                 .parse::<release::ReleaseDigest>()
-                .map_err(|e| Status::invalid_argument(e.to_string()))?,
+                .map_err(|e| Status::invalid_argument(chain(&e)))?,
         )
     };
     let (entry, already_present) = bounded(Waits::Read, "indexing the release", async {
         depot.commit(incoming, expected).await.map_err(|e| match e {
-            crate::depot::DepotError::Refused(m) => Status::invalid_argument(m),
+            refused @ crate::depot::DepotError::Refused(_) => {
+                Status::invalid_argument(chain(&refused))
+            }
             other => internal(other),
         })
     })
@@ -218,8 +221,8 @@ async fn commit_push(
     })
 }
 
-fn internal(err: impl std::fmt::Display) -> Status {
-    Status::internal(err.to_string())
+fn internal<E: std::error::Error>(err: E) -> Status {
+    Status::internal(chain(&err))
 }
 
 fn actor_holder(actor: Option<&pb::Actor>) -> Holder {

@@ -331,7 +331,7 @@ mod tests {
     fn an_instance_failure_seen_as_unhealthy_is_its_own_reason() {
         let failed = rollout::Reason::InstanceFailed {
             instance: rollout::InstanceId::new("h1").unwrap(),
-            release: rollout::ReleaseDigest::parse(crate::fleet::NOT_INSTALLED).unwrap(),
+            release: rollout::Installed::Nothing,
             detail: "exited".to_owned(),
         };
         assert_eq!(

@@ -23,6 +23,8 @@ use etcd_client::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+pub use ids::FencingToken;
+
 use crate::audit::{AuditError, AuditLog, AuditRecord};
 use crate::etcd::Etcd;
 use crate::holder::{Holder, now_unix_ms};
@@ -32,17 +34,6 @@ use crate::session::{LiveLocks, LossReason, Session};
 const RELEASE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Backoff between background release attempts: first, and most.
 const RELEASE_BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
-
-/// A lock's create revision. Commands carry it; receivers refuse one older
-/// than the highest they have seen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct FencingToken(pub u64);
-
-impl std::fmt::Display for FencingToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
 
 /// What a lock key holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -23,6 +23,8 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+pub use ids::ServiceName;
+
 use crate::paths::RelativePath;
 
 /// Name of the manifest file at the root of every release.
@@ -116,36 +118,6 @@ fn join_problems(p: &[Problem]) -> String {
         .map(Problem::to_string)
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-/// `[release] service`: lowercase letters, digits and `-`, 1..=63, starting alphanumeric.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct ServiceName(String);
-
-impl ServiceName {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let ok = !s.is_empty()
-            && s.len() <= 63
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && s.as_bytes()[0] != b'-';
-        if ok {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err(format!(
-                "`{s}` is not a service name (1-63 of a-z, 0-9, `-`, not starting with `-`)"
-            ))
-        }
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for ServiceName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
 }
 
 /// `[release] version`: 1..=64 of `A-Z a-z 0-9 . _ + -`, starting alphanumeric.
@@ -756,7 +728,7 @@ impl Validator<'_> {
 
     fn manifest(mut self, raw: RawManifest) -> Result<Manifest, ManifestError> {
         let service = self.check("release.service", &raw.release.service, |s| {
-            ServiceName::parse(s)
+            ServiceName::parse(s).map_err(|e| e.to_string())
         });
         let version = self.check("release.version", &raw.release.version, |s| {
             Version::parse(s)

@@ -18,7 +18,7 @@ fn best_and_median(mut v: Vec<Duration>) -> (Duration, Duration) {
 
 fn main() {
     let sc = Scenario::large(INSTANCES, 7);
-    let previous = sc.fleet.clusters[0].instances[0].release.clone();
+    let previous = sc.fleet.clusters[0].instances[0].release;
     let mut times = Vec::new();
     for _ in 0..20 {
         let t = Instant::now();

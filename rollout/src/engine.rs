@@ -24,8 +24,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::fleet::{
-    ApplyId, CheckRunId, ClusterName, DeploymentId, DurationMs, FencingToken, InstanceId, Millis,
-    ReleaseDigest, TimerId,
+    ApplyId, CheckRunId, ClusterName, DeploymentId, DurationMs, FencingToken, Installed,
+    InstanceId, Millis, TimerId,
 };
 use crate::plan::{Plan, WaveKind};
 use crate::strategy::Check;
@@ -72,7 +72,7 @@ pub enum Event {
         /// Which command.
         apply: ApplyId,
         /// What it now runs.
-        release: ReleaseDigest,
+        release: Installed,
     },
     /// The instance's new process failed to start or become ready.
     InstanceFailed {
@@ -81,7 +81,7 @@ pub enum Event {
         /// Which command.
         apply: ApplyId,
         /// The release that failed.
-        release: ReleaseDigest,
+        release: Installed,
         /// The agent's explanation.
         detail: String,
     },
@@ -92,7 +92,7 @@ pub enum Event {
         /// Which command.
         apply: ApplyId,
         /// The release that crash-loops.
-        release: ReleaseDigest,
+        release: Installed,
     },
     /// An instance confirmed ready on `release` for `apply` exited, was
     /// restarted or stopped being ready since: the driver watches every
@@ -103,7 +103,7 @@ pub enum Event {
         /// The command it was confirmed ready for.
         apply: ApplyId,
         /// The release it runs.
-        release: ReleaseDigest,
+        release: Installed,
         /// What the agent reported ("restarted 1 time(s)", "not ready: ...").
         detail: String,
     },
@@ -146,7 +146,7 @@ pub enum Reason {
         /// Which instance.
         instance: InstanceId,
         /// On which release.
-        release: ReleaseDigest,
+        release: Installed,
         /// The agent's explanation.
         detail: String,
     },
@@ -408,7 +408,7 @@ pub enum Action {
         /// Which instance.
         instance: InstanceId,
         /// What to run.
-        release: ReleaseDigest,
+        release: Installed,
         /// The lock revision; agents refuse older ones.
         token: FencingToken,
         /// Echo this in reports.
@@ -451,7 +451,7 @@ pub struct Watched {
     /// The command it was confirmed ready for: echoed in `InstanceUnhealthy`.
     pub apply: ApplyId,
     /// What it runs.
-    pub release: ReleaseDigest,
+    pub release: Installed,
 }
 
 /// A read-only summary for `lockstep watch`.
@@ -727,7 +727,7 @@ impl Engine {
                 Some(Watched {
                     instance: self.plan.instances[ix].id.clone(),
                     apply,
-                    release: self.release(ix, i.sel).clone(),
+                    release: self.release(ix, i.sel),
                 })
             })
             .collect()
@@ -859,10 +859,10 @@ impl Engine {
             .collect();
     }
 
-    fn release(&self, ix: usize, sel: Sel) -> &ReleaseDigest {
+    fn release(&self, ix: usize, sel: Sel) -> Installed {
         match sel {
-            Sel::Target => &self.plan.target,
-            Sel::Original => &self.plan.instances[ix].original,
+            Sel::Target => Installed::Release(self.plan.target),
+            Sel::Original => self.plan.instances[ix].original,
         }
     }
 
@@ -915,7 +915,7 @@ impl Engine {
         }
         out.push(Action::Apply {
             instance: self.plan.instances[ix].id.clone(),
-            release: self.release(ix, sel).clone(),
+            release: self.release(ix, sel),
             token: self.token,
             apply,
         });
@@ -1162,14 +1162,14 @@ impl Engine {
         &mut self,
         instance: &InstanceId,
         apply: ApplyId,
-        release: &ReleaseDigest,
+        release: &Installed,
         out: &mut Vec<Action>,
     ) {
         let Some(&ix) = self.index.get(instance) else {
             return;
         };
         let i = &self.insts[ix];
-        if i.apply != Some(apply) || self.release(ix, i.sel) != release || i.ready || i.failed {
+        if i.apply != Some(apply) || self.release(ix, i.sel) != *release || i.ready || i.failed {
             return;
         }
         self.insts[ix].unreachable = false;
@@ -1193,7 +1193,7 @@ impl Engine {
         now: Millis,
         instance: &InstanceId,
         apply: ApplyId,
-        release: &ReleaseDigest,
+        release: &Installed,
         detail: String,
         out: &mut Vec<Action>,
     ) {
@@ -1201,7 +1201,7 @@ impl Engine {
             return;
         };
         let i = &self.insts[ix];
-        let current = i.apply == Some(apply) && self.release(ix, i.sel) == release;
+        let current = i.apply == Some(apply) && self.release(ix, i.sel) == *release;
         // A failure of the target counts even when late: it is evidence
         // against the release, whatever the instance runs now.
         let against_target = i.apply.is_some() && release == &self.plan.target;
@@ -1224,7 +1224,7 @@ impl Engine {
                 now,
                 Reason::InstanceFailed {
                     instance: instance.clone(),
-                    release: release.clone(),
+                    release: *release,
                     detail,
                 },
                 out,
@@ -1600,7 +1600,7 @@ impl Engine {
                 }
                 out.push(Action::Apply {
                     instance: self.plan.instances[ix].id.clone(),
-                    release: self.release(ix, i.sel).clone(),
+                    release: self.release(ix, i.sel),
                     token: self.token,
                     apply,
                 });

@@ -1,24 +1,20 @@
 //! Identifiers and the fleet as the engine sees it: clusters of instances,
 //! each with the release it runs before the deployment touches it.
 //!
-//! Owns the newtypes that cross module lines (`InstanceId`, `ClusterName`,
-//! `ReleaseDigest`, `FencingToken`, `TimerId`, ...) and the plain-number time
-//! types. Must never read a clock: `Millis` is whatever the driver says "now" is.
+//! Owns the engine's own newtypes (`InstanceId`, `TimerId`, `ApplyId`, ...)
+//! and the plain-number time types; the identifiers shared with other crates
+//! (`ClusterName`, `ReleaseDigest`, `FencingToken`, `Installed`) come from
+//! `ids`. Must never read a clock: `Millis` is whatever the driver says "now" is.
 
 use std::fmt;
 
+pub use ids::{ClusterName, FencingToken, Installed, ReleaseDigest};
 use serde::{Deserialize, Serialize};
 
 /// Errors from building identifiers out of untrusted strings.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
-    /// A release digest that is not `sha256:` followed by 64 lowercase hex digits.
-    #[error("release digest {value:?} is not \"sha256:\" followed by 64 lowercase hex digits")]
-    BadDigest {
-        /// The rejected input.
-        value: String,
-    },
-    /// An empty instance or cluster name.
+    /// An empty instance name.
     #[error("{what} must not be empty")]
     Empty {
         /// Which identifier was empty.
@@ -53,102 +49,6 @@ impl InstanceId {
 impl fmt::Display for InstanceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
-    }
-}
-
-/// A cluster: the unit of blast radius, capacity floor and disruption budget.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ClusterName(String);
-
-impl ClusterName {
-    /// Wraps a non-empty name.
-    pub fn new(name: impl Into<String>) -> Result<Self, IdError> {
-        let name = name.into();
-        if name.is_empty() {
-            return Err(IdError::Empty {
-                what: "cluster name",
-            });
-        }
-        Ok(Self(name))
-    }
-
-    /// The name as given.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for ClusterName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A release's identity: `sha256:<64 hex>`. Code, config and run spec are one
-/// bundle behind one digest, so an instance can never run half of a release.
-///
-/// The `release` crate owns the real type; the coordinator converts.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct ReleaseDigest(String);
-
-impl ReleaseDigest {
-    /// Validates `sha256:` followed by 64 lowercase hex digits.
-    pub fn parse(value: &str) -> Result<Self, IdError> {
-        let ok = value.strip_prefix("sha256:").is_some_and(|hex| {
-            hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        });
-        if ok {
-            Ok(Self(value.to_owned()))
-        } else {
-            Err(IdError::BadDigest {
-                value: value.to_owned(),
-            })
-        }
-    }
-
-    /// The full `sha256:...` text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// `sha256:` and the first 12 hex digits, for humans.
-    pub fn short(&self) -> &str {
-        self.0.get(..19).unwrap_or(&self.0)
-    }
-}
-
-impl TryFrom<String> for ReleaseDigest {
-    type Error = IdError;
-    fn try_from(value: String) -> Result<Self, IdError> {
-        Self::parse(&value)
-    }
-}
-
-impl From<ReleaseDigest> for String {
-    fn from(d: ReleaseDigest) -> String {
-        d.0
-    }
-}
-
-impl fmt::Display for ReleaseDigest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// The deployment lock's revision. Agents refuse commands carrying a token
-/// older than one they have already seen.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-)]
-#[serde(transparent)]
-pub struct FencingToken(pub u64);
-
-impl fmt::Display for FencingToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "token {}", self.0)
     }
 }
 
@@ -243,7 +143,7 @@ pub struct Instance {
     pub id: InstanceId,
     /// What it runs before this deployment. This is what a rollback returns
     /// it to: fleets are not always uniform.
-    pub release: ReleaseDigest,
+    pub release: Installed,
 }
 
 /// A cluster and its instances, in the order the operator listed them.

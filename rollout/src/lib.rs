@@ -54,7 +54,7 @@ pub use engine::{Action, Command, Engine, Event, Notice, Outcome, Reason, Status
 pub use fleet::Fleet;
 pub use fleet::{
     ApplyId, CheckRunId, Cluster, ClusterName, DeploymentId, DurationMs, FencingToken, IdError,
-    Instance, InstanceId, Millis, Overlap, ReleaseDigest, TimerId,
+    Installed, Instance, InstanceId, Millis, Overlap, ReleaseDigest, TimerId,
 };
 pub use plan::{
     ClusterPlan, Gates, Plan, PlanError, PlanErrors, PlanInput, PlannedInstance, Wave, WaveKind,

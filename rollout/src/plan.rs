@@ -17,7 +17,7 @@ use std::fmt::{self, Write as _};
 
 use serde::{Deserialize, Serialize};
 
-use crate::fleet::{ClusterName, DurationMs, Fleet, InstanceId, Overlap, ReleaseDigest};
+use crate::fleet::{ClusterName, DurationMs, Fleet, Installed, InstanceId, Overlap, ReleaseDigest};
 use crate::strategy::{Check, ClusterOrder, Strategy};
 
 /// One reason a strategy cannot be carried out on a fleet.
@@ -127,7 +127,7 @@ pub struct PlanInput<'a> {
     /// The release to roll out.
     pub target: &'a ReleaseDigest,
     /// The default rollback target, for instances already on `target`.
-    pub previous: &'a ReleaseDigest,
+    pub previous: &'a Installed,
     /// How the release switches processes (from its run spec).
     pub overlap: Overlap,
 }
@@ -180,7 +180,7 @@ pub struct PlannedInstance {
     pub cluster: usize,
     /// What a rollback returns it to: what it ran before, or `previous` if
     /// it already ran the target.
-    pub original: ReleaseDigest,
+    pub original: Installed,
 }
 
 /// What a wave covers.
@@ -208,7 +208,7 @@ pub struct Plan {
     /// The release to roll out.
     pub target: ReleaseDigest,
     /// The default rollback target.
-    pub previous: ReleaseDigest,
+    pub previous: Installed,
     /// How processes switch.
     pub overlap: Overlap,
     /// Timing and policy.
@@ -235,9 +235,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanErrors> {
         errs.push(PlanError::EmptyFleet);
     }
     if target == previous {
-        errs.push(PlanError::SameRelease {
-            release: target.clone(),
-        });
+        errs.push(PlanError::SameRelease { release: *target });
     }
 
     // Clusters with instances, checked for duplicates.
@@ -353,9 +351,9 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanErrors> {
                 id: i.id.clone(),
                 cluster: ci,
                 original: if &i.release == target {
-                    previous.clone()
+                    *previous
                 } else {
-                    i.release.clone()
+                    i.release
                 },
             });
         }
@@ -411,8 +409,8 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanErrors> {
         });
     }
     Ok(Plan {
-        target: target.clone(),
-        previous: previous.clone(),
+        target: *target,
+        previous: *previous,
         overlap,
         gates: Gates {
             healthy_deadline: strategy.healthy_deadline,

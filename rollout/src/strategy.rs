@@ -108,11 +108,15 @@ pub enum StrategyError {
         /// The least that lets one batch finish.
         needed: DurationMs,
     },
-    /// An empty cluster name under `[strategy.clusters]` or in `order`.
-    #[error("strategy: empty cluster name in {key}")]
-    EmptyCluster {
+    /// A cluster name under `[strategy.clusters]` or in `order` that is not one.
+    // Printed inline, not as a `#[source]`: the problems are listed side by
+    // side in `StrategyErrors`, which has no single cause to chain.
+    #[error("strategy: bad cluster name in {key}: {problem}")]
+    BadCluster {
         /// Where it appeared.
         key: String,
+        /// What is wrong with it.
+        problem: ids::NameError,
     },
 }
 
@@ -544,13 +548,14 @@ impl RawStrategy {
             Some(RawOrder::List(names)) => {
                 let mut out: Vec<ClusterName> = Vec::new();
                 for n in names {
-                    match ClusterName::new(n.clone()) {
+                    match ClusterName::parse(&n) {
                         Ok(c) if out.contains(&c) => {
                             errs.push(StrategyError::DuplicateInOrder { name: n })
                         }
                         Ok(c) => out.push(c),
-                        Err(_) => errs.push(StrategyError::EmptyCluster {
+                        Err(problem) => errs.push(StrategyError::BadCluster {
                             key: "order".to_owned(),
+                            problem,
                         }),
                     }
                 }
@@ -623,12 +628,13 @@ impl RawStrategy {
                     .checks
                     .map(|cs| cs.into_iter().map(|c| check(c, &mut errs)).collect()),
             };
-            match ClusterName::new(name) {
+            match ClusterName::parse(&name) {
                 Ok(n) => {
                     clusters.insert(n, o);
                 }
-                Err(_) => errs.push(StrategyError::EmptyCluster {
+                Err(problem) => errs.push(StrategyError::BadCluster {
                     key: "[strategy.clusters]".to_owned(),
+                    problem,
                 }),
             }
         }

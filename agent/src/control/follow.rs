@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use cli::chain;
 use proto::v1 as pb;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -70,8 +71,8 @@ pub(super) async fn start(
             .map(|(follower, first)| (follower, first, paths))
     })
     .await
-    .map_err(|e| Status::internal(e.to_string()))?
-    .map_err(|e| Status::internal(e.to_string()))?;
+    .map_err(|e| Status::internal(chain(&e)))?
+    .map_err(|e| Status::internal(chain(&e)))?;
     let (tx, rx) = mpsc::channel(FOLLOW_BUFFER);
     let job = FollowJob {
         host,
@@ -157,9 +158,9 @@ impl FollowJob {
                 (follower, batch)
             })
             .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| Status::internal(chain(&e)))?;
             self.follower = follower;
-            let batch = batch.map_err(|e| Status::internal(e.to_string()))?;
+            let batch = batch.map_err(|e| Status::internal(chain(&e)))?;
             if send(tx, batch.lines).await.is_err() {
                 return Ok(());
             }

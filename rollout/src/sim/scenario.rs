@@ -6,7 +6,8 @@
 use std::collections::HashSet;
 
 use crate::fleet::{
-    Cluster, ClusterName, DurationMs, Fleet, Instance, InstanceId, Overlap, ReleaseDigest,
+    Cluster, ClusterName, DurationMs, Fleet, Installed, Instance, InstanceId, Overlap,
+    ReleaseDigest,
 };
 use crate::plan::{Plan, PlanInput, plan};
 use crate::sim::rng::Rng;
@@ -173,7 +174,8 @@ fn id(s: String) -> InstanceId {
 }
 
 fn cluster_name(s: String) -> ClusterName {
-    ClusterName::new(s).unwrap_or_else(|_| cluster_name("?".to_owned()))
+    // Scenario names are `c` and digits, always valid; "invalid" is one too.
+    ClusterName::parse(&s).unwrap_or_else(|_| cluster_name("invalid".to_owned()))
 }
 
 impl Scenario {
@@ -181,7 +183,14 @@ impl Scenario {
     pub fn generate(seed: u64) -> Scenario {
         let mut rng = Rng::new(seed);
         let target = digest(0xa1);
-        let previous = digest(0xb2);
+        // One in ten is a first install: hosts run nothing, and a rollback
+        // returns them to nothing.
+        let first_install = rng.fork().chance(100);
+        let previous = if first_install {
+            Installed::Nothing
+        } else {
+            Installed::Release(digest(0xb2))
+        };
         let other = digest(0xc3);
 
         let n_clusters = rng.range(1, 5);
@@ -196,9 +205,9 @@ impl Scenario {
                 .map(|k| Instance {
                     id: id(format!("c{c}-i{k}")),
                     release: match rng.below(100) {
-                        0..=6 => other.clone(),
-                        7..=13 => target.clone(),
-                        _ => previous.clone(),
+                        0..=6 if !first_install => Installed::Release(other),
+                        7..=13 => Installed::Release(target),
+                        _ => previous,
                     },
                 })
                 .collect();
@@ -219,6 +228,8 @@ impl Scenario {
                 _ => Overlap::None,
             };
             strategy = random_strategy(&mut rng, &fleet, attempt >= 5);
+            // As the coordinator plans it: nothing to rehearse a rollback to.
+            strategy.rehearse_rollback &= !first_install;
             if let Ok(p) = plan(&PlanInput {
                 fleet: &fleet,
                 strategy: &strategy,
@@ -290,7 +301,7 @@ impl Scenario {
     /// (the benchmark's fleet).
     pub fn large(instances: usize, seed: u64) -> Scenario {
         let target = digest(0xa1);
-        let previous = digest(0xb2);
+        let previous = Installed::Release(digest(0xb2));
         let mut fleet = Fleet::default();
         let per = 100.min(instances.max(1));
         for c in 0..instances.div_ceil(per) {
@@ -300,7 +311,7 @@ impl Scenario {
                 instances: (0..n)
                     .map(|k| Instance {
                         id: id(format!("c{c:03}-i{k:03}")),
-                        release: previous.clone(),
+                        release: previous,
                     })
                     .collect(),
                 max_disruptions: None,

@@ -16,7 +16,7 @@ use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 use crate::engine::{Action, Command, Engine, Event, Outcome, Status};
-use crate::fleet::{ApplyId, DeploymentId, FencingToken, InstanceId, Millis, ReleaseDigest};
+use crate::fleet::{ApplyId, DeploymentId, FencingToken, Installed, InstanceId, Millis};
 use crate::sim::invariants::{Checkers, Violation, outcome_matches, terminal};
 use crate::sim::rng::Rng;
 use crate::sim::scenario::Scenario;
@@ -59,7 +59,7 @@ pub struct RunFailure {
 
 #[derive(Debug, Clone)]
 struct Cmd {
-    release: ReleaseDigest,
+    release: Installed,
     token: FencingToken,
     apply: ApplyId,
 }
@@ -129,11 +129,11 @@ impl Ord for Sched {
 
 #[derive(Debug)]
 struct Agent {
-    running: ReleaseDigest,
+    running: Installed,
     serving: bool,
     /// Down because a switch stopped its serving process (overlap none).
     switch_down: bool,
-    pending: Option<(ApplyId, ReleaseDigest)>,
+    pending: Option<(ApplyId, Installed)>,
     switch_no: u64,
     last: Option<(FencingToken, ApplyId)>,
     max_token: FencingToken,
@@ -155,7 +155,7 @@ pub struct World<'a> {
     agents: Vec<Agent>,
     index: HashMap<InstanceId, usize>,
     down: Vec<usize>,
-    initial: Vec<ReleaseDigest>,
+    initial: Vec<Installed>,
     engine: Engine,
     epoch: u64,
     token: FencingToken,
@@ -180,7 +180,7 @@ impl<'a> World<'a> {
                 // What it runs now: the fleet's release (the plan stores the
                 // rollback target, which differs when it already ran the target).
                 Agent {
-                    running: i.original.clone(),
+                    running: i.original,
                     serving: true,
                     switch_down: false,
                     pending: None,
@@ -231,11 +231,11 @@ impl<'a> World<'a> {
         for c in &sc.fleet.clusters {
             for i in &c.instances {
                 if let Some(&ix) = w.index.get(&i.id) {
-                    w.agents[ix].running = i.release.clone();
+                    w.agents[ix].running = i.release;
                 }
             }
         }
-        w.initial = w.agents.iter().map(|a| a.running.clone()).collect();
+        w.initial = w.agents.iter().map(|a| a.running).collect();
         w
     }
 
@@ -328,7 +328,7 @@ impl<'a> World<'a> {
                 Ev::ToAgent { ix, cmd } => self.agent_receive(ix, cmd)?,
                 Ev::StartDone { ix, switch_no } => self.start_done(ix, switch_no)?,
                 Ev::Flap { ix, switch_no } => {
-                    let target = self.sc.plan.target.clone();
+                    let target = Installed::Release(self.sc.plan.target);
                     let a = &mut self.agents[ix];
                     if a.switch_no == switch_no && a.serving && a.running == target {
                         a.serving = false;
@@ -383,8 +383,8 @@ impl<'a> World<'a> {
             }
         }
 
-        let running: Vec<&ReleaseDigest> = self.agents.iter().map(|a| &a.running).collect();
-        let initial: Vec<&ReleaseDigest> = self.initial.iter().collect();
+        let running: Vec<&Installed> = self.agents.iter().map(|a| &a.running).collect();
+        let initial: Vec<&Installed> = self.initial.iter().collect();
         terminal::check(
             &self.sc.plan,
             self.engine.outcome(),
@@ -486,8 +486,8 @@ impl<'a> World<'a> {
         }) else {
             return Ok(());
         };
-        let running: Vec<&ReleaseDigest> = self.agents.iter().map(|a| &a.running).collect();
-        let initial: Vec<&ReleaseDigest> = self.initial.iter().collect();
+        let running: Vec<&Installed> = self.agents.iter().map(|a| &a.running).collect();
+        let initial: Vec<&Installed> = self.initial.iter().collect();
         outcome_matches::check(&self.sc.plan, outcome, &running, &initial)
     }
 
@@ -736,7 +736,7 @@ impl<'a> World<'a> {
         if broken {
             if !plan.overlap.starts_before_stop() {
                 // The old process is gone and the new one will not come up.
-                a.running = release.clone();
+                a.running = release;
                 a.serving = false;
             }
             self.note(|| format!("agent {instance}: {} fails to start", release.short()));
@@ -751,7 +751,7 @@ impl<'a> World<'a> {
             );
             return Ok(());
         }
-        a.running = release.clone();
+        a.running = release;
         a.serving = true;
         let release_is_target = release == plan.target;
         let flaps = release_is_target && f.flapping.contains(&inst.id);
@@ -778,7 +778,7 @@ impl<'a> World<'a> {
     /// The target exited after it was ready and was restarted at once: the
     /// coordinator's watch reports it unhealthy for the apply it was ready for.
     fn crash(&mut self, ix: usize, switch_no: u64) {
-        let target = self.sc.plan.target.clone();
+        let target = Installed::Release(self.sc.plan.target);
         let a = &self.agents[ix];
         if a.switch_no != switch_no || !a.serving || a.running != target {
             return;

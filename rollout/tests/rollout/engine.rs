@@ -7,19 +7,19 @@ use rollout::{
 
 use crate::helper::*;
 
-fn ready(i: &(InstanceId, rollout::ReleaseDigest, rollout::ApplyId)) -> Event {
+fn ready(i: &(InstanceId, rollout::Installed, rollout::ApplyId)) -> Event {
     Event::InstanceReady {
         instance: i.0.clone(),
         apply: i.2,
-        release: i.1.clone(),
+        release: i.1,
     }
 }
 
-fn failed(i: &(InstanceId, rollout::ReleaseDigest, rollout::ApplyId)) -> Event {
+fn failed(i: &(InstanceId, rollout::Installed, rollout::ApplyId)) -> Event {
     Event::InstanceFailed {
         instance: i.0.clone(),
         apply: i.2,
-        release: i.1.clone(),
+        release: i.1,
         detail: "exit 1".into(),
     }
 }
@@ -29,7 +29,10 @@ fn canary_goes_first_and_alone() {
     let mut h = H::new(&fleet(&[("big", 3), ("small", 1)]), &strategy());
     let out = h.step(Event::Start);
     // Smallest blast radius first: the 1-instance cluster holds the canary.
-    assert_eq!(applied_to(&out), vec![("small-0".to_owned(), target())]);
+    assert_eq!(
+        applied_to(&out),
+        vec![("small-0".to_owned(), rollout::Installed::Release(target()))]
+    );
     assert!(timer_after(&out, PROGRESS).is_some());
     assert!(timer_after(&out, HEALTHY).is_some());
     let out = h.ready_all(&out);
@@ -40,7 +43,10 @@ fn canary_goes_first_and_alone() {
     let stable = timer_after(&out, STABLE).unwrap();
     h.advance(STABLE);
     let out = h.step(Event::TimerFired(stable));
-    assert_eq!(applied_to(&out), vec![("big-0".to_owned(), target())]);
+    assert_eq!(
+        applied_to(&out),
+        vec![("big-0".to_owned(), rollout::Installed::Release(target()))]
+    );
 }
 
 #[test]
@@ -51,13 +57,22 @@ fn rehearsal_goes_target_previous_target_before_the_rest() {
     };
     let mut h = H::new(&fleet(&[("a", 1), ("b", 2)]), &s);
     let out = h.step(Event::Start);
-    assert_eq!(applied_to(&out), vec![("a-0".to_owned(), target())]);
+    assert_eq!(
+        applied_to(&out),
+        vec![("a-0".to_owned(), rollout::Installed::Release(target()))]
+    );
     let out = h.pass_batch(&out);
     assert_eq!(applied_to(&out), vec![("a-0".to_owned(), previous())]);
     let out = h.pass_batch(&out);
-    assert_eq!(applied_to(&out), vec![("a-0".to_owned(), target())]);
+    assert_eq!(
+        applied_to(&out),
+        vec![("a-0".to_owned(), rollout::Installed::Release(target()))]
+    );
     let out = h.pass_batch(&out);
-    assert_eq!(applied_to(&out), vec![("b-0".to_owned(), target())]);
+    assert_eq!(
+        applied_to(&out),
+        vec![("b-0".to_owned(), rollout::Installed::Release(target()))]
+    );
 }
 
 #[test]
@@ -90,7 +105,10 @@ fn batch_waits_for_min_healthy_time_and_checks() {
         .expect("check runs after the stable period");
     assert!(applies(&out).is_empty(), "no apply before the check passes");
     let out = h.step(Event::CheckPassed { run });
-    assert_eq!(applied_to(&out), vec![("b-0".to_owned(), target())]);
+    assert_eq!(
+        applied_to(&out),
+        vec![("b-0".to_owned(), rollout::Installed::Release(target()))]
+    );
 }
 
 #[test]
@@ -122,7 +140,7 @@ fn losing_readiness_during_the_stable_period_restarts_it() {
 fn failure_rolls_back_in_reverse_order_to_each_instances_own_previous() {
     let mut f = fleet(&[("a", 1), ("b", 3)]);
     let other = digest(0xc3);
-    f.clusters[1].instances[1].release = other.clone();
+    f.clusters[1].instances[1].release = rollout::Installed::Release(other);
     let mut h = H::new(&f, &strategy());
     let mut out = h.step(Event::Start);
     for _ in 0..3 {
@@ -154,15 +172,15 @@ fn failure_rolls_back_in_reverse_order_to_each_instances_own_previous() {
         assert!(!applies(&out).iter().any(|(_, r, _)| r == &target()));
         order.extend(applies(&out));
     }
-    let got: Vec<(String, rollout::ReleaseDigest)> = order
+    let got: Vec<(String, rollout::Installed)> = order
         .iter()
-        .map(|(i, r, _)| (i.as_str().to_owned(), r.clone()))
+        .map(|(i, r, _)| (i.as_str().to_owned(), *r))
         .collect();
     assert_eq!(
         got,
         vec![
             ("b-2".to_owned(), previous()),
-            ("b-1".to_owned(), other),
+            ("b-1".to_owned(), rollout::Installed::Release(other)),
             ("b-0".to_owned(), previous()),
             ("a-0".to_owned(), previous()),
         ]
@@ -255,7 +273,10 @@ fn pause_holds_the_next_batch_until_resume() {
     let out = h.pass_batch(&started);
     assert!(applies(&out).is_empty(), "paused: {out:?}");
     let out = h.step(Event::Operator(Command::Resume));
-    assert_eq!(applied_to(&out), vec![("b-0".to_owned(), target())]);
+    assert_eq!(
+        applied_to(&out),
+        vec![("b-0".to_owned(), rollout::Installed::Release(target()))]
+    );
 }
 
 #[test]
@@ -278,7 +299,10 @@ fn pause_between_clusters_waits_for_approval() {
         [Action::Emit(Notice::Ignored { .. })]
     ));
     let out = h.step(Event::Operator(Command::Approve));
-    assert_eq!(applied_to(&out), vec![("b-0".to_owned(), target())]);
+    assert_eq!(
+        applied_to(&out),
+        vec![("b-0".to_owned(), rollout::Installed::Release(target()))]
+    );
 }
 
 #[test]
@@ -349,7 +373,7 @@ fn late_and_duplicate_reports_are_ignored() {
     let first = applies(&h.step(Event::Start))[0].clone();
     let out = h.pass_batch(&[Action::Apply {
         instance: first.0.clone(),
-        release: first.1.clone(),
+        release: first.1,
         token: FencingToken(1),
         apply: first.2,
     }]);
@@ -382,7 +406,7 @@ fn restored_engine_reissues_in_flight_work_idempotently() {
     });
     assert!(out.contains(&Action::Apply {
         instance: canary.0.clone(),
-        release: target(),
+        release: rollout::Installed::Release(target()),
         token: FencingToken(2),
         apply: canary.2,
     }));

@@ -3,19 +3,19 @@
 //! watching them after the last batch. State + event -> actions.
 
 use rollout::{
-    Action, ApplyId, Command, DurationMs, Event, FencingToken, InstanceId, Notice, Outcome,
-    ReleaseDigest, Status, Strategy, Watched,
+    Action, ApplyId, Command, DurationMs, Event, FencingToken, InstanceId, Notice, Outcome, Status,
+    Strategy, Watched,
 };
 
 use crate::helper::*;
 
-type Applied = (InstanceId, ReleaseDigest, ApplyId);
+type Applied = (InstanceId, rollout::Installed, ApplyId);
 
 fn unhealthy(i: &Applied) -> Event {
     Event::InstanceUnhealthy {
         instance: i.0.clone(),
         apply: i.2,
-        release: i.1.clone(),
+        release: i.1,
         detail: "exited with code 70 and was restarted".into(),
     }
 }
@@ -73,7 +73,10 @@ fn a_switched_host_crashing_while_a_later_wave_runs_rolls_everything_back() {
     let started = h.step(Event::Start);
     let canary = applies(&started)[0].clone();
     let wave2 = h.pass_batch(&started);
-    assert_eq!(applied_to(&wave2), vec![("b-0".to_owned(), target())]);
+    assert_eq!(
+        applied_to(&wave2),
+        vec![("b-0".to_owned(), rollout::Installed::Release(target()))]
+    );
     // b-0 is applying, not yet ready: only the canary is watched.
     assert_eq!(watched_ids(&h), vec!["a-0"]);
     let out = h.step(unhealthy(&canary));
@@ -99,8 +102,8 @@ fn every_instance_confirmed_ready_is_watched_until_the_end() {
     assert_eq!(watched_ids(&h), vec!["a-0", "b-0"]);
     let w = &h.engine.watched()[1];
     assert_eq!(
-        (w.release.clone(), w.apply),
-        (target(), applies(&wave2)[0].2)
+        (w.release, w.apply),
+        (rollout::Installed::Release(target()), applies(&wave2)[0].2)
     );
 }
 

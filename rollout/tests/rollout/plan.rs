@@ -35,7 +35,7 @@ fn one_instance_cluster_with_floor_one_and_no_overlap_is_impossible() {
     assert_eq!(
         err.0,
         vec![PlanError::NoRoomToSwitch {
-            cluster: ClusterName::new("solo").unwrap(),
+            cluster: ClusterName::parse("solo").unwrap(),
             size: 1,
             floor: 1,
         }]
@@ -84,7 +84,7 @@ fn batches_never_exceed_the_hosts_own_disruption_budget() {
     let err = try_plan(&f, &s, Overlap::SocketHandover).unwrap_err();
     assert!(
         err.0.contains(&PlanError::NoDisruptionBudget {
-            cluster: ClusterName::new("big").unwrap()
+            cluster: ClusterName::parse("big").unwrap()
         }),
         "{err}"
     );
@@ -94,7 +94,7 @@ fn batches_never_exceed_the_hosts_own_disruption_budget() {
 fn every_problem_is_reported_at_once() {
     let s = Strategy {
         canary: 1,
-        order: ClusterOrder::Explicit(vec![ClusterName::new("nope").unwrap()]),
+        order: ClusterOrder::Explicit(vec![ClusterName::parse("nope").unwrap()]),
         ..strategy()
     };
     let err = try_plan(&fleet(&[("a", 2)]), &s, Overlap::SocketHandover).unwrap_err();
@@ -122,7 +122,7 @@ fn too_many_canaries_and_same_release_are_explained() {
         fleet: &fleet(&[("a", 2)]),
         strategy: &strategy(),
         target: &target(),
-        previous: &target(),
+        previous: &rollout::Installed::Release(target()),
         overlap: Overlap::SocketHandover,
     })
     .unwrap_err();

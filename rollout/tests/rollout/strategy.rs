@@ -35,8 +35,8 @@ fn parses_a_full_table() {
     assert_eq!(
         s.order,
         ClusterOrder::Explicit(vec![
-            ClusterName::new("eu").unwrap(),
-            ClusterName::new("us").unwrap()
+            ClusterName::parse("eu").unwrap(),
+            ClusterName::parse("us").unwrap()
         ])
     );
     assert_eq!(s.capacity.max_unavailable, Quantity::Percent(25));
@@ -47,7 +47,7 @@ fn parses_a_full_table() {
     assert!(s.pause_between_clusters && s.rehearse_rollback && !s.auto_rollback);
     assert_eq!(s.checks[0].name, "delivery");
     assert_eq!(s.checks[0].params["topic"], "orders");
-    let eu = ClusterName::new("eu").unwrap();
+    let eu = ClusterName::parse("eu").unwrap();
     assert_eq!(s.capacity_for(&eu).min_healthy, Quantity::Percent(75));
     assert_eq!(s.capacity_for(&eu).max_unavailable, Quantity::Percent(25));
 }

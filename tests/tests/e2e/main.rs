@@ -10,6 +10,7 @@ mod agent_metrics;
 mod agent_return;
 mod budget;
 mod coordinator;
+mod error_text;
 mod etcd_failover;
 mod etcd_faults;
 mod etcd_harness;

@@ -114,14 +114,14 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(err) => {
-                eprintln!("lockstep-agent: {err}");
+                eprintln!("lockstep-agent: {}", cli::Chain(&err));
                 ExitCode::FAILURE
             }
         },
         None => match run(&cli.config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
-                eprintln!("lockstep-agent: {err:#}");
+                eprintln!("lockstep-agent: {}", cli::Chain(err.as_ref()));
                 ExitCode::FAILURE
             }
         },

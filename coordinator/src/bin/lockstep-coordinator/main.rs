@@ -87,7 +87,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("lockstep-coordinator: {err:#}");
+            eprintln!("lockstep-coordinator: {}", cli::Chain(err.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 
 use crate::engine::Outcome;
-use crate::fleet::{InstanceId, ReleaseDigest};
+use crate::fleet::{Installed, InstanceId};
 use crate::plan::Plan;
 
 use super::Violation;
@@ -26,8 +26,8 @@ fn bad(message: String) -> Violation {
 pub fn check(
     plan: &Plan,
     outcome: &Outcome,
-    running: &[&ReleaseDigest],
-    initial: &[&ReleaseDigest],
+    running: &[&Installed],
+    initial: &[&Installed],
 ) -> Result<(), Violation> {
     let set = |v: &[InstanceId]| v.iter().cloned().collect::<HashSet<_>>();
     let (may_be_target, must_be_original): (HashSet<InstanceId>, bool) = match outcome {

@@ -7,7 +7,7 @@
 //! agrees with the outcome.
 
 use crate::engine::Outcome;
-use crate::fleet::ReleaseDigest;
+use crate::fleet::Installed;
 use crate::plan::Plan;
 
 use super::Violation;
@@ -52,8 +52,8 @@ pub fn check(
     plan: &Plan,
     outcome: Option<&Outcome>,
     finished_at: Option<u64>,
-    running: &[&ReleaseDigest],
-    initial: &[&ReleaseDigest],
+    running: &[&Installed],
+    initial: &[&Installed],
 ) -> Result<(), Violation> {
     let Some(outcome) = outcome else {
         return Err(bad(

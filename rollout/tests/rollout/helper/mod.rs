@@ -2,7 +2,7 @@
 
 use rollout::{
     Action, ApplyId, Cluster, ClusterName, DeploymentId, DurationMs, Engine, Event, FencingToken,
-    Fleet, Instance, InstanceId, Millis, Outcome, Overlap, Plan, PlanInput, Quantity,
+    Fleet, Installed, Instance, InstanceId, Millis, Outcome, Overlap, Plan, PlanInput, Quantity,
     ReleaseDigest, Strategy, TimerId,
 };
 
@@ -19,8 +19,8 @@ pub fn target() -> ReleaseDigest {
     digest(0xa1)
 }
 
-pub fn previous() -> ReleaseDigest {
-    digest(0xb2)
+pub fn previous() -> Installed {
+    Installed::Release(digest(0xb2))
 }
 
 pub fn id(s: &str) -> InstanceId {
@@ -33,7 +33,7 @@ pub fn fleet(clusters: &[(&str, usize)]) -> Fleet {
         clusters: clusters
             .iter()
             .map(|(name, n)| Cluster {
-                name: ClusterName::new(*name).unwrap(),
+                name: ClusterName::parse(name).unwrap(),
                 instances: (0..*n)
                     .map(|k| Instance {
                         id: id(&format!("{name}-{k}")),
@@ -119,7 +119,7 @@ impl H {
     }
 }
 
-pub fn applies(actions: &[Action]) -> Vec<(InstanceId, ReleaseDigest, ApplyId)> {
+pub fn applies(actions: &[Action]) -> Vec<(InstanceId, Installed, ApplyId)> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -128,13 +128,13 @@ pub fn applies(actions: &[Action]) -> Vec<(InstanceId, ReleaseDigest, ApplyId)> 
                 release,
                 apply,
                 ..
-            } => Some((instance.clone(), release.clone(), *apply)),
+            } => Some((instance.clone(), *release, *apply)),
             _ => None,
         })
         .collect()
 }
 
-pub fn applied_to(actions: &[Action]) -> Vec<(String, ReleaseDigest)> {
+pub fn applied_to(actions: &[Action]) -> Vec<(String, Installed)> {
     applies(actions)
         .into_iter()
         .map(|(i, r, _)| (i.as_str().to_owned(), r))

@@ -70,7 +70,7 @@ pub enum ReleaseCommand {
 }
 
 pub async fn run(c: &mut Coordinators, cmd: ReleaseCommand, output: Output) -> Result<(), Failure> {
-    let offline = |r: anyhow::Result<()>| r.map_err(|e| Failure::Local(format!("{e:#}")));
+    let offline = |r: anyhow::Result<()>| r.map_err(|e| Failure::Local(cli::chain(e.as_ref())));
     match cmd {
         ReleaseCommand::Build { dir, out, sign } => offline(build::run(&dir, out, sign, output)),
         ReleaseCommand::Keygen { out } => offline(keygen::run(&out, output)),
