@@ -264,7 +264,13 @@ async fn release_until_done(
 
 impl ClusterLink {
     /// Starts keeping a session in the background; never waits for etcd.
-    pub fn start(config: &AgentConfig, settings: EtcdSettings, record: AgentRecord) -> Self {
+    /// Budget waits and etcd requests are counted into `metrics`.
+    pub fn start(
+        config: &AgentConfig,
+        settings: EtcdSettings,
+        record: AgentRecord,
+        metrics: AgentMetrics,
+    ) -> Self {
         let (tx, session) = watch::channel(None);
         let (first_tx, first) = watch::channel(FirstRegistration::Pending);
         let keeper = OwnedTask::spawn(keep_session(
@@ -272,8 +278,8 @@ impl ClusterLink {
             config.id.to_string(),
             record,
             config.local_audit_file(),
-            tx,
-            first_tx,
+            (tx, first_tx),
+            metrics.etcd(),
         ));
         Self {
             inner: Arc::new(Inner {
@@ -286,15 +292,8 @@ impl ClusterLink {
                 pending: PendingReleases::default(),
                 _keeper: keeper,
             }),
-            metrics: AgentMetrics::default(),
+            metrics,
         }
-    }
-
-    /// Observes budget waits into `metrics`.
-    #[must_use]
-    pub fn with_metrics(mut self, metrics: AgentMetrics) -> Self {
-        self.metrics = metrics;
-        self
     }
 
     /// Waits up to `wait` for the first registration attempt: `Err` with
@@ -602,8 +601,11 @@ async fn keep_session(
     agent: String,
     record: AgentRecord,
     audit_file: PathBuf,
-    publish: watch::Sender<Option<Arc<Session>>>,
-    first: watch::Sender<FirstRegistration>,
+    (publish, first): (
+        watch::Sender<Option<Arc<Session>>>,
+        watch::Sender<FirstRegistration>,
+    ),
+    etcd_metrics: leases::EtcdMetrics,
 ) {
     let ttl = Ttl::from_secs(settings.lease_ttl.as_secs()).ok();
     let mut pause = RECONNECT_PAUSE;
@@ -616,6 +618,7 @@ async fn keep_session(
             let client = Etcd::connect(&settings.endpoints, timing)
                 .await
                 .map_err(|e| format!("cannot connect: {e}"))?;
+            client.count_into(etcd_metrics.clone());
             let ttl = ttl.ok_or_else(|| "bad lease ttl".to_owned())?;
             let session = Session::grant(client, ttl)
                 .await

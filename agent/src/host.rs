@@ -348,7 +348,7 @@ impl Host {
                 &config.grpc_advertise,
                 &config.data_dir,
             );
-            ClusterLink::start(&config, settings, record).with_metrics(metrics.clone())
+            ClusterLink::start(&config, settings, record, metrics.clone())
         });
         let fetcher = config.coordinator.as_ref().map(|c| {
             ReleaseFetcher::new(c, config.incoming_dir(), store.clone())

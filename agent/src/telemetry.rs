@@ -110,6 +110,7 @@ pub struct AgentMetrics {
     probe_failures: Family<ServiceLabel, Counter>,
     etcd_session: Gauge,
     fetch_bytes: Counter,
+    etcd: leases::EtcdMetrics,
 }
 
 impl Default for AgentMetrics {
@@ -125,8 +126,10 @@ impl Default for AgentMetrics {
             probe_failures: Family::default(),
             etcd_session: Gauge::default(),
             fetch_bytes: Counter::default(),
+            etcd: leases::EtcdMetrics::default(),
         };
         let mut r = Registry::default();
+        m.etcd.register(&mut r);
         r.register(
             "lockstep_agent_instances",
             "App instances on this host, by service and supervisor state",
@@ -180,6 +183,11 @@ impl Default for AgentMetrics {
 }
 
 impl AgentMetrics {
+    /// Where the agent's etcd clients count their requests.
+    pub fn etcd(&self) -> leases::EtcdMetrics {
+        self.etcd.clone()
+    }
+
     /// The registry `exposition::serve` encodes.
     pub fn registry(&self) -> Arc<Registry> {
         self.registry.clone()

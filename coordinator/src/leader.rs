@@ -160,13 +160,15 @@ impl std::fmt::Debug for Coordinator {
 impl Coordinator {
     pub fn new(config: CoordinatorConfig, client: Etcd, depot: ReleaseDepot) -> Self {
         let fleet = Arc::new(FleetView::new(config.status_interval));
+        let metrics = CoordinatorMetrics::default();
+        client.count_into(metrics.etcd());
         Self {
             journal: Journal::new(client.clone()).with_write_deadline(config.journal_deadline),
             config,
             client,
             depot,
             fleet,
-            metrics: CoordinatorMetrics::default(),
+            metrics,
             leading: watch::Sender::new(None),
             readiness: watch::Sender::new(Readiness::NotReady(
                 "starting: no etcd session yet".to_owned(),

@@ -81,6 +81,7 @@ pub struct CoordinatorMetrics {
     pushes: Family<ResultLabel, Counter>,
     push_bytes: Counter,
     fetch_bytes: Counter,
+    etcd: leases::EtcdMetrics,
 }
 
 impl Default for CoordinatorMetrics {
@@ -96,7 +97,9 @@ impl Default for CoordinatorMetrics {
         let pushes = Family::<ResultLabel, Counter>::default();
         let push_bytes = Counter::default();
         let fetch_bytes = Counter::default();
+        let etcd = leases::EtcdMetrics::default();
         let mut r = Registry::default();
+        etcd.register(&mut r);
         r.register(
             "lockstep_coordinator_leader",
             "1 while this coordinator leads the fleet",
@@ -153,6 +156,7 @@ impl Default for CoordinatorMetrics {
             fetch_bytes.clone(),
         );
         Self {
+            etcd,
             registry: Arc::new(r),
             leader,
             started,
@@ -208,6 +212,11 @@ impl RollbackReason {
 }
 
 impl CoordinatorMetrics {
+    /// Where the coordinator's etcd client counts its requests.
+    pub fn etcd(&self) -> leases::EtcdMetrics {
+        self.etcd.clone()
+    }
+
     /// The registry `exposition::serve` encodes.
     pub fn registry(&self) -> Arc<Registry> {
         self.registry.clone()

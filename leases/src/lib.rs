@@ -35,8 +35,8 @@ mod task;
 pub use audit::{AuditError, AuditLog, AuditRecord};
 pub use election::{Election, ElectionError, Leadership};
 pub use etcd::{
-    DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_DEADLINE, Etcd, EtcdTiming,
-    MemberId,
+    DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_DEADLINE, Etcd, EtcdMetrics,
+    EtcdTiming, MemberId, RequestOutcome,
 };
 pub use holder::Holder;
 pub use mutex::{FencedMutex, FencingToken, LockError, LockInfo, MutexGuard};

@@ -28,9 +28,10 @@
 //! a request's deadline.
 
 mod health;
+mod metrics;
 mod retry;
 
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use backon::BackoffBuilder;
@@ -44,6 +45,7 @@ use tokio::time::Instant;
 
 use crate::task::OwnedTask;
 use health::{Change, EndpointHealth};
+pub use metrics::{EtcdMetrics, RequestOutcome};
 use retry::Verdict;
 
 /// Bound on opening a TCP connection to a member.
@@ -99,6 +101,8 @@ struct Inner {
     members: Vec<Member>,
     health: Mutex<EndpointHealth>,
     timing: EtcdTiming,
+    /// Where requests are counted, once a daemon asks (`count_into`).
+    metrics: OnceLock<EtcdMetrics>,
     _prober: OwnedTask,
 }
 
@@ -155,6 +159,7 @@ impl Etcd {
             health: Mutex::new(EndpointHealth::new(members.len())),
             members,
             timing,
+            metrics: OnceLock::new(),
             _prober: OwnedTask::spawn(probe(weak.clone())),
         });
         Ok(Self {
@@ -175,6 +180,12 @@ impl Etcd {
 
     pub fn deadline(&self) -> Duration {
         self.deadline
+    }
+
+    /// Counts every request of this client and its clones into `metrics`
+    /// from now on. The first call wins: one client, one set of families.
+    pub fn count_into(&self, metrics: EtcdMetrics) {
+        let _ = self.inner.metrics.set(metrics);
     }
 
     /// The members' endpoints, in the order given.
@@ -341,7 +352,14 @@ impl Etcd {
                 }
                 attempts += 1;
                 match self.attempt_on(member, left, &mut attempt).await {
-                    Ok(answer) => return answer,
+                    Ok(answer) => {
+                        let outcome = match &answer {
+                            Ok(_) => RequestOutcome::Answered,
+                            Err(_) => RequestOutcome::Refused,
+                        };
+                        self.counted(op, started.elapsed(), outcome);
+                        return answer;
+                    }
                     Err(err) => {
                         self.member_failed(member, op, &err);
                         last = Some(err);
@@ -350,7 +368,14 @@ impl Etcd {
             }
             pause = pauses.next().unwrap_or(ROUND_BACKOFF.1);
         }
+        self.counted(op, started.elapsed(), RequestOutcome::Unanswered);
         Err(self.unanswered(op, started.elapsed(), attempts, last))
+    }
+
+    fn counted(&self, op: &'static str, took: Duration, outcome: RequestOutcome) {
+        if let Some(metrics) = self.inner.metrics.get() {
+            metrics.request_ended(op, took, outcome);
+        }
     }
 
     /// One attempt on `member`, bounded by the attempt timeout and by what
@@ -403,6 +428,9 @@ impl Etcd {
             .members
             .get(member)
             .map_or("?", |m| m.endpoint.as_str());
+        if let Some(metrics) = self.inner.metrics.get() {
+            metrics.member_failed(endpoint);
+        }
         if change == Change::LeftRotation {
             tracing::warn!(endpoint, op, error = %err, "etcd member failed; out of rotation until it answers a probe");
         } else {

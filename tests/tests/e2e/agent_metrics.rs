@@ -208,6 +208,14 @@ async fn readiness_follows_the_etcd_session() {
     })
     .await
     .unwrap();
+    // The registration and the session's grant went through the etcd
+    // client, which counts every request (#16 deliver 1).
+    let text = scrape(metrics).await.unwrap();
+    let granted = sample(
+        &text,
+        "lockstep_etcd_request_duration_seconds_count{op=\"lease grant\",outcome=\"answered\"}",
+    );
+    assert!(granted.is_some_and(|n| n >= 1.0), "{text}");
     etcd.kill(0).unwrap();
     wait_for("the lost session, not ready", DEADLINE, || {
         session_and_readyz(0.0, 503, "no etcd session")

@@ -147,6 +147,16 @@ async fn the_coordinator_counts_deployments_rollbacks_agents_and_pushes() {
         1.0,
     );
     at_least("lockstep_release_push_bytes_total", 1.0);
+    // The journal's fenced writes and the election's reads, counted by
+    // the etcd client (#16 deliver 1: etcd request latency and errors).
+    at_least(
+        "lockstep_etcd_request_duration_seconds_count{op=\"txn\",outcome=\"answered\"}",
+        1.0,
+    );
+    at_least(
+        "lockstep_etcd_request_duration_seconds_count{op=\"get\",outcome=\"answered\"}",
+        1.0,
+    );
     at_least("lockstep_release_fetch_bytes_total", 1.0);
     at_least("lockstep_batch_duration_seconds_count", 1.0);
     at_least(
