@@ -35,6 +35,23 @@ use tonic::{Request, Response, Status};
 
 use crate::host::{Host, HostError, RestartOrder};
 
+/// A service a caller names must be one (`ids::ServiceName`: its alphabet,
+/// at most 63 bytes), before it reaches the host, its state or a log.
+fn well_formed(service: &str) -> Result<(), Status> {
+    ids::ServiceName::parse(service)
+        .map(drop)
+        .map_err(|e| Status::invalid_argument(format!("`service`: {e}")))
+}
+
+/// As `well_formed`; empty means every service.
+fn well_formed_filter(service: &str) -> Result<(), Status> {
+    if service.is_empty() {
+        Ok(())
+    } else {
+        well_formed(service)
+    }
+}
+
 /// Serves `AgentService` over `host`; owns the switches Apply starts.
 #[derive(Debug)]
 pub struct AgentGrpc {
@@ -148,6 +165,7 @@ impl AgentService for AgentGrpc {
         request: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
         self.authorize(&request, "Apply")?;
+        well_formed(&request.get_ref().service)?;
         let r = request.into_inner();
         // Accepted means taken: the service's actor has the command and
         // carries it out (or it is superseded, and its outcome says so).
@@ -197,6 +215,7 @@ impl AgentService for AgentGrpc {
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         self.authorize_read(&request, "Status")?;
+        well_formed_filter(&request.get_ref().service)?;
         let services = self
             .host
             .status(&request.get_ref().service)
@@ -215,6 +234,7 @@ impl AgentService for AgentGrpc {
         request: Request<pb::WatchStatusRequest>,
     ) -> Result<Response<StatusStream>, Status> {
         self.authorize_read(&request, "WatchStatus")?;
+        well_formed_filter(&request.get_ref().service)?;
         let only = request.into_inner().service;
         let mut events = self.host.subscribe();
         let snapshot = self
@@ -274,6 +294,7 @@ impl AgentService for AgentGrpc {
         request: Request<pb::RestartRequest>,
     ) -> Result<Response<pb::RestartResponse>, Status> {
         self.authorize(&request, "Restart")?;
+        well_formed(&request.get_ref().service)?;
         let r = request.into_inner();
         let reason = format!("deployment {}: {}", r.deployment_id, r.reason);
         let order = RestartOrder {
@@ -293,6 +314,7 @@ impl AgentService for AgentGrpc {
         request: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::RollbackResponse>, Status> {
         self.authorize(&request, "Rollback")?;
+        well_formed(&request.get_ref().service)?;
         let r = request.into_inner();
         let result = self.host.rollback(&r.service, Some(r.fencing_token)).await;
         Ok(Response::new(pb::RollbackResponse {
@@ -305,6 +327,7 @@ impl AgentService for AgentGrpc {
         request: Request<pb::StageRequest>,
     ) -> Result<Response<pb::StageResponse>, Status> {
         self.authorize(&request, "Stage")?;
+        well_formed(&request.get_ref().service)?;
         let r = request.into_inner();
         let result = self
             .host

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cli::chain;
+use cli::{Chain, chain};
 use etcd_client::{EventType, GetOptions, WatchOptions};
 use leases::{FencedMutex, Holder, keys};
 use proto::v1 as pb;
@@ -25,10 +25,10 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::admission::{Admission, verified_actor};
-use crate::agent_binding;
 use crate::leader::{Coordinator, Deployed, NotServed};
 use crate::record::EventRecord;
 use crate::roles::{Caller, Method};
+use crate::{agent_binding, bounds};
 
 /// Size of a FetchRelease chunk.
 const CHUNK: usize = 256 * 1024;
@@ -221,6 +221,12 @@ async fn commit_push(
     })
 }
 
+/// A request naming something that cannot be a name: refused before it
+/// reaches etcd or a log (`bounds`).
+fn malformed(e: bounds::Malformed) -> Status {
+    Status::invalid_argument(chain(&e))
+}
+
 fn internal<E: std::error::Error>(err: E) -> Status {
     Status::internal(chain(&err))
 }
@@ -362,6 +368,7 @@ impl CoordinatorService for CoordinatorGrpc {
         request: Request<pb::ListReleasesRequest>,
     ) -> Result<Response<pb::ListReleasesResponse>, Status> {
         self.admission.admit(&request, Method::ListReleases)?;
+        bounds::service_filter(&request.get_ref().service).map_err(malformed)?;
         bounded(Waits::Read, "listing releases", async move {
             let entries = self
                 .coordinator
@@ -394,6 +401,7 @@ impl CoordinatorService for CoordinatorGrpc {
         request: Request<pb::PlanRequest>,
     ) -> Result<Response<pb::PlanResponse>, Status> {
         self.admission.admit(&request, Method::Plan)?;
+        bounds::service(&request.get_ref().service).map_err(malformed)?;
         bounded(Waits::Read, "planning", async move {
             let r = request.into_inner();
             self.coordinator
@@ -410,6 +418,7 @@ impl CoordinatorService for CoordinatorGrpc {
         request: Request<pb::DeployRequest>,
     ) -> Result<Response<pb::DeployResponse>, Status> {
         let granted = self.admission.admit(&request, Method::Deploy)?;
+        bounds::service(&request.get_ref().service).map_err(malformed)?;
         let mut request = request.into_inner();
         request.actor = Some(verified_actor(&granted, request.actor.as_ref()));
         bounded(Waits::Deploy, "starting the deployment", async move {
@@ -427,6 +436,7 @@ impl CoordinatorService for CoordinatorGrpc {
         request: Request<pb::GetDeploymentRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
         self.admission.admit(&request, Method::GetDeployment)?;
+        bounds::deployment_id(&request.get_ref().deployment_id).map_err(malformed)?;
         bounded(Waits::Read, "reading the deployment", async move {
             self.coordinator
                 .record(&request.get_ref().deployment_id)
@@ -444,6 +454,7 @@ impl CoordinatorService for CoordinatorGrpc {
         request: Request<pb::WatchDeploymentRequest>,
     ) -> Result<Response<Self::WatchDeploymentStream>, Status> {
         self.admission.admit(&request, Method::WatchDeployment)?;
+        bounds::deployment_id(&request.get_ref().deployment_id).map_err(malformed)?;
         let r = request.into_inner();
         let record = bounded(Waits::Read, "reading the deployment", async {
             self.coordinator
@@ -477,6 +488,7 @@ impl CoordinatorService for CoordinatorGrpc {
         request: Request<pb::PauseRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
         let granted = self.admission.admit(&request, Method::Pause)?;
+        bounds::deployment_id(&request.get_ref().deployment_id).map_err(malformed)?;
         bounded(Waits::Command, "pausing", async move {
             let r = request.get_ref();
             let actor = verified_actor(&granted, r.actor.as_ref());
@@ -492,6 +504,7 @@ impl CoordinatorService for CoordinatorGrpc {
         request: Request<pb::ResumeRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
         let granted = self.admission.admit(&request, Method::Resume)?;
+        bounds::deployment_id(&request.get_ref().deployment_id).map_err(malformed)?;
         bounded(Waits::Command, "resuming", async move {
             let r = request.get_ref();
             let actor = verified_actor(&granted, r.actor.as_ref());
@@ -507,6 +520,8 @@ impl CoordinatorService for CoordinatorGrpc {
         request: Request<pb::ApproveRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
         let granted = self.admission.admit(&request, Method::Approve)?;
+        bounds::deployment_id(&request.get_ref().deployment_id).map_err(malformed)?;
+        bounds::cluster_filter(&request.get_ref().cluster).map_err(malformed)?;
         bounded(Waits::Command, "approving", async move {
             let r = request.get_ref();
             let actor = verified_actor(&granted, r.actor.as_ref());
@@ -527,6 +542,7 @@ impl CoordinatorService for CoordinatorGrpc {
         request: Request<pb::AbortRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
         let granted = self.admission.admit(&request, Method::Abort)?;
+        bounds::deployment_id(&request.get_ref().deployment_id).map_err(malformed)?;
         bounded(Waits::Command, "aborting", async move {
             let r = request.get_ref();
             let actor = verified_actor(&granted, r.actor.as_ref());
@@ -542,6 +558,7 @@ impl CoordinatorService for CoordinatorGrpc {
         request: Request<pb::RollbackServiceRequest>,
     ) -> Result<Response<pb::DeployResponse>, Status> {
         let granted = self.admission.admit(&request, Method::Rollback)?;
+        bounds::service(&request.get_ref().service).map_err(malformed)?;
         let mut request = request.into_inner();
         request.actor = Some(verified_actor(&granted, request.actor.as_ref()));
         bounded(Waits::Deploy, "starting the rollback", async move {
@@ -559,6 +576,8 @@ impl CoordinatorService for CoordinatorGrpc {
         request: Request<pb::RestartServiceRequest>,
     ) -> Result<Response<pb::DeployResponse>, Status> {
         let granted = self.admission.admit(&request, Method::Restart)?;
+        bounds::service(&request.get_ref().service).map_err(malformed)?;
+        bounds::cluster_filter(&request.get_ref().cluster).map_err(malformed)?;
         let mut request = request.into_inner();
         request.actor = Some(verified_actor(&granted, request.actor.as_ref()));
         bounded(Waits::Deploy, "starting the restart", async move {
@@ -576,6 +595,7 @@ impl CoordinatorService for CoordinatorGrpc {
         request: Request<pb::RollbackServiceRequest>,
     ) -> Result<Response<pb::RollbackTargetResponse>, Status> {
         self.admission.admit(&request, Method::RollbackTarget)?;
+        bounds::service(&request.get_ref().service).map_err(malformed)?;
         bounded(Waits::Read, "choosing the rollback target", async move {
             self.coordinator
                 .rollback_target(request.get_ref())
@@ -643,6 +663,7 @@ impl CoordinatorService for CoordinatorGrpc {
         request: Request<pb::BreakLockRequest>,
     ) -> Result<Response<pb::BreakLockResponse>, Status> {
         let granted = self.admission.admit(&request, Method::BreakLock)?;
+        bounds::service(&request.get_ref().service).map_err(malformed)?;
         bounded(Waits::Read, "breaking the lock", async move {
         let r = request.into_inner();
         let actor = verified_actor(&granted, r.actor.as_ref());
@@ -681,6 +702,7 @@ impl CoordinatorService for CoordinatorGrpc {
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
         self.admission.admit(&request, Method::History)?;
+        bounds::service_filter(&request.get_ref().service).map_err(malformed)?;
         bounded(Waits::Read, "reading history", async move {
             let r = request.into_inner();
             let limit = if r.limit == 0 { 20 } else { r.limit as usize };
@@ -801,11 +823,14 @@ impl ReportStream {
     /// The identity this stream may register for `claimed`: bound to the
     /// certificate and to the agent's etcd registration (`agent_binding`).
     async fn bind(&self, claimed: &pb::AgentIdentity) -> Result<pb::AgentIdentity, Status> {
+        bounds::registration(claimed).map_err(|e| {
+            Status::invalid_argument(format!("registration refused: {}", Chain(&e)))
+        })?;
         let client = &self.coordinator.client;
         let registration = bounded(Waits::Read, "reading the agent's registration", async {
             agent_binding::read_registration(client, &claimed.agent_id)
                 .await
-                .map_err(|e| Status::unavailable(e.to_string()))
+                .map_err(|e| Status::unavailable(chain(&e)))
         })
         .await?;
         let certificate = match &self.caller {

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use lockstep_tests::operator::{agents_known, push, text};
 use lockstep_tests::{
-    CoordinatorFixture, DemoRelease, EtcdCluster, FleetFixture, TestPki, TlsFiles, lockstep,
-    lockstep_tls, wait_for,
+    AgentFixture, CoordinatorFixture, DemoRelease, EtcdCluster, FleetFixture, TestPki, TlsFiles,
+    lockstep, lockstep_tls, wait_for,
 };
 use proto::v1 as pb;
 use proto::v1::coordinator_service_client::CoordinatorServiceClient;
@@ -593,4 +593,84 @@ async fn without_tls_operator_calls_come_only_from_loopback_unless_insecure_oper
         .unwrap_err();
     // Let through: there is simply no lock to break.
     assert_eq!(answered.code(), tonic::Code::NotFound, "{answered:?}");
+}
+
+/// Reproduces #14 Seen 4 and 5 (unbounded input): "40 streams with 3 MB
+/// identities add 140 MB RSS and make `lockstep agents` fail (message too
+/// large)"; "a refused Apply with a 2.5 MB service name is persisted into
+/// state.json". Names are refused at the door, with the field and the rule
+/// and never the megabytes echoed back; nothing is registered or written.
+#[tokio::test]
+async fn names_are_bounded_at_the_door_of_the_coordinator_and_the_agent() {
+    let etcd = EtcdCluster::single().await.unwrap();
+    let coordinator = CoordinatorFixture::start(&etcd.endpoints(), TTL_SECS)
+        .await
+        .unwrap();
+    let url = coordinator.url();
+    let huge = "a".repeat(3_000_000);
+
+    let refused = report_as(&url, None, identity(&huge, "eu", "127.0.0.1:1"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("`agent_id`"),
+        "{}",
+        refused.message()
+    );
+    assert!(
+        refused.message().len() < 1024,
+        "{} bytes",
+        refused.message().len()
+    );
+    let mut grpc = client(&url, None).await;
+    let agents = grpc
+        .list_agents(pb::ListAgentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(agents.agents.is_empty(), "{agents:?}");
+
+    let plan = grpc
+        .plan(pb::PlanRequest {
+            service: huge.clone(),
+            release_digest: String::new(),
+            strategy_toml: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(plan.code(), tonic::Code::InvalidArgument, "{plan:?}");
+    assert!(
+        plan.message()
+            .contains("is not a valid service name (1-63 of"),
+        "{}",
+        plan.message()
+    );
+    assert!(
+        plan.message().len() < 1024,
+        "{} bytes",
+        plan.message().len()
+    );
+
+    let agent = AgentFixture::start("bounded-1", "eu").await.unwrap();
+    let state = agent.dir().join("data").join("state.json");
+    let before = std::fs::read(&state).ok();
+    let mut agent_grpc = proto::v1::agent_service_client::AgentServiceClient::connect(format!(
+        "http://{}",
+        agent.grpc_addr()
+    ))
+    .await
+    .unwrap();
+    let apply = agent_grpc
+        .apply(pb::ApplyRequest {
+            service: huge.chars().take(2_500_000).collect(),
+            release_digest: format!("sha256:{}", "0".repeat(64)),
+            fencing_token: 1,
+            deployment_id: "bounded".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(apply.code(), tonic::Code::InvalidArgument, "{apply:?}");
+    assert!(apply.message().contains("`service`"), "{}", apply.message());
+    assert_eq!(std::fs::read(&state).ok(), before, "state.json changed");
 }
