@@ -136,6 +136,11 @@ impl Daemon {
         }
     }
 
+    /// The running daemon's pid (its command prefix execs it in place).
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub(crate) fn running(&self) -> bool {
         self.child.is_some()
     }

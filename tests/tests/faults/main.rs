@@ -14,6 +14,7 @@
 //! | an etcd member paused (SIGSTOP) for 10 s | `an_etcd_member_paused_for_ten_seconds_mid_rollout_leaves_nothing_behind` |
 //! | the leading coordinator partitioned from etcd, its Apply held in transit and delivered after the takeover | `a_leader_cut_off_from_etcd_is_replaced_and_its_late_apply_is_refused` |
 //! | the leading coordinator frozen until the standby took over, then woken | `a_frozen_leader_that_wakes_after_the_takeover_changes_nothing` |
+//! | an agent's downloads on a disk too small for a release | `a_release_too_big_for_an_agents_disk_rolls_back_and_the_next_one_deploys` |
 //!
 //! Runs as root (namespaces, nftables); skips with the reason elsewhere.
 //! One at a time (`.config/nextest.toml`): each lab runs 3 etcd members,
@@ -63,6 +64,10 @@ const LAYOUT: &[(&str, &str)] = &[
 const HEALTHY_DEADLINE: Duration = Duration::from_secs(300);
 /// How long the paused etcd member stays paused.
 const PAUSE: Duration = Duration::from_secs(10);
+/// The filler that makes a release too big for the small disk.
+const TOO_BIG: usize = 16 << 20;
+/// What the small disk holds besides one normal-size release.
+const SMALL_DISK_ROOM: u64 = 2 << 20;
 
 /// The namespaces of one test: nothing runs in them yet.
 struct Nodes {
@@ -631,6 +636,132 @@ fn a_frozen_leader_that_wakes_after_the_takeover_changes_nothing() {
         assert_eq!(after["token"].as_u64(), Some(new_token), "{after}");
         every_host_serves(&fleet.fleet, "2.0.0").await.unwrap();
         assert_eq!(leader_url(&fleet.etcd).await, Some(fleet.urls[1].clone()));
+        fleet.nothing_left().await;
+    });
+}
+
+/// A tmpfs mounted over `dir` in one process's mount namespace (an agent's:
+/// `ip netns exec` gave it one of its own), so only that agent and its apps
+/// see it. Dropping it unmounts it; were that skipped, the mount would go
+/// with the namespace when its last process ends (the lab kills them all).
+struct SmallDisk {
+    namespace: String,
+    dir: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(pid: u32, dir: &Path, bytes: u64) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let disk = Self {
+            namespace: format!("--mount=/proc/{pid}/ns/mnt"),
+            dir: dir.to_owned(),
+        };
+        let size = format!("size={bytes}");
+        let dir = dir.to_str().unwrap();
+        disk.run(&[
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            &size,
+            "lockstep-small-disk",
+            dir,
+        ])
+        .unwrap();
+        disk
+    }
+
+    /// Runs `args` in the namespace; its stdout, or an error with stderr.
+    fn run(&self, args: &[&str]) -> Result<String, String> {
+        let out = std::process::Command::new("nsenter")
+            .arg(&self.namespace)
+            .args(args)
+            .output()
+            .map_err(|e| format!("nsenter {args:?}: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "nsenter {args:?}: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    /// The names in the mounted directory, as the agent sees them.
+    fn files(&self) -> Vec<String> {
+        let listing = self.run(&["ls", "-A", self.dir.to_str().unwrap()]).unwrap();
+        listing.lines().map(str::to_owned).collect()
+    }
+
+    /// `df`'s line for the mount, as the agent sees it.
+    fn usage(&self) -> String {
+        self.run(&["df", "-B1", self.dir.to_str().unwrap()])
+            .unwrap_or_else(|e| e)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        if let Err(e) = self.run(&["umount", self.dir.to_str().unwrap_or_default()]) {
+            eprintln!("cannot unmount the small disk (it goes with the namespace): {e}");
+        }
+    }
+}
+
+/// (e) #18 Seen 4 and deliver 7, "failed fetch on a full disk -> next
+/// release deploys": us-2's downloads (`data_dir/incoming`) on a tmpfs
+/// with room for one normal release and little more. A release too big
+/// for it fails to fetch there, before writing, with an error saying how
+/// much space it needs; the deployment rolls back every host it switched.
+/// Then a normal release deploys everywhere, and no partial download is
+/// left on the small disk.
+#[test]
+fn a_release_too_big_for_an_agents_disk_rolls_back_and_the_next_one_deploys() {
+    in_lab("full disk", |_nodes, fleet| async move {
+        let normal = DemoRelease::new("2.0.0", ANY_PORT)
+            .build(fleet.work.path())
+            .unwrap();
+        let normal_size = std::fs::metadata(&normal).unwrap().len();
+        let small = &fleet.fleet.hosts[3];
+        let incoming = small.agent.data_dir().join("incoming");
+        let disk = SmallDisk::mount(
+            small.agent.pid().unwrap(),
+            &incoming,
+            normal_size + SMALL_DISK_ROOM,
+        );
+        eprintln!("{}'s incoming/: {}", small.id, disk.usage());
+
+        let big = DemoRelease::new("1.5.0", ANY_PORT)
+            .with_payload(TOO_BIG)
+            .build(fleet.work.path())
+            .unwrap();
+        let big_digest = push(&fleet.urls, &big).await.unwrap();
+        let quick = strategy(fleet.work.path(), "quick-2", "500ms");
+        let id = start_deploy(&fleet.urls, &big_digest, &quick)
+            .await
+            .unwrap();
+        let r = finished(&fleet.etcd, &id).await.unwrap();
+        assert_eq!(r["state"], "rolled_back", "{r}");
+        let watch = text(&lockstep(&fleet.urls, &["watch", &id]).await.unwrap());
+        let why = watch
+            .lines()
+            .find(|l| l.contains(&small.id) && l.contains("are free"))
+            .unwrap_or_else(|| panic!("no line says {} lacks the space: {watch}", small.id));
+        eprintln!("{why}");
+        every_host_serves(&fleet.fleet, "1.0.0").await.unwrap();
+        assert_eq!(disk.files(), Vec::<String>::new(), "left in incoming/");
+
+        let d2 = push(&fleet.urls, &normal).await.unwrap();
+        let id = start_deploy(&fleet.urls, &d2, &quick).await.unwrap();
+        fleet.succeeded(&id).await;
+        assert_eq!(disk.files(), Vec::<String>::new(), "left in incoming/");
+        drop(disk);
         fleet.nothing_left().await;
     });
 }
