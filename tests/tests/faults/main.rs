@@ -437,6 +437,7 @@ fn the_etcd_leader_unplugged_mid_rollout_does_not_stop_it() {
         fleet.under_way(&id).await;
         let leader = fleet.etcd.leader().await.unwrap();
         let unplugged_at = Instant::now();
+        let unplugged_wall = std::time::SystemTime::now();
         fleet.etcd.set_reachable(leader, false).unwrap();
         lab.unplug(&nodes.etcd[leader]).unwrap();
         fleet.succeeded(&id).await;
@@ -444,6 +445,11 @@ fn the_etcd_leader_unplugged_mid_rollout_does_not_stop_it() {
             "unplugged etcd member {leader}; the deployment ended {:.1?} later",
             unplugged_at.elapsed()
         );
+        for (n, coordinator) in fleet.coordinators.iter().enumerate() {
+            for (offset, line) in leadership_since(&coordinator.log_text(), unplugged_wall) {
+                eprintln!("coordinator-{n} at +{offset:.1}s: {line}");
+            }
+        }
         lab.plug(&nodes.etcd[leader]).unwrap();
         fleet.etcd.set_reachable(leader, true).unwrap();
         fleet.etcd.wait_healthy(leader).await.unwrap();
@@ -764,4 +770,33 @@ fn a_release_too_big_for_an_agents_disk_rolls_back_and_the_next_one_deploys() {
         drop(disk);
         fleet.nothing_left().await;
     });
+}
+
+/// The log lines about the etcd session and leadership written after
+/// `since`, each with its offset in seconds: how long the coordinators
+/// were without a leader, for the record (printed, never asserted).
+fn leadership_since(log: &str, since: std::time::SystemTime) -> Vec<(f64, String)> {
+    const DAY: f64 = 86_400.0;
+    let since = since
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        % DAY;
+    log.lines()
+        .filter(|l| {
+            ["leases::", "coordinator::leader", "revoke"]
+                .iter()
+                .any(|w| l.contains(w))
+        })
+        .filter_map(|l| {
+            // `2026-12-05T17:52:36.167603Z …`: the time of day.
+            let time = l.get(11..26)?;
+            let mut parts = time.split(':');
+            let h: f64 = parts.next()?.parse().ok()?;
+            let m: f64 = parts.next()?.parse().ok()?;
+            let s: f64 = parts.next()?.parse().ok()?;
+            let offset = (h * 3600.0 + m * 60.0 + s - since).rem_euclid(DAY);
+            (offset < DAY / 2.0).then(|| (offset, l.chars().skip(27).take(300).collect()))
+        })
+        .collect()
 }
