@@ -12,8 +12,9 @@
 //!   -> remove the .partial
 //! ```
 //!
-//! A partial file outlives a failed fetch (timeout, coordinators down) so
-//! the next attempt of that release resumes it; it is removed once stored,
+//! A partial file holding bytes outlives a failed fetch (timeout,
+//! coordinators down) so the next attempt of that release resumes it (one
+//! that got no byte, e.g. for want of space, is removed); it is removed once stored,
 //! whenever the store refuses its content (wrong digest, bad signature),
 //! and when a fetch of another release starts (a failed release must not
 //! keep the disk full for the next one).
@@ -191,8 +192,18 @@ impl ReleaseFetcher {
         let started = Instant::now();
         let mut partial =
             Partial::open(&self.incoming, digest, held, self.received.clone()).await?;
-        self.download(digest, &mut partial, started + self.fetch_timeout)
-            .await?;
+        if let Err(err) = self
+            .download(digest, &mut partial, started + self.fetch_timeout)
+            .await
+        {
+            if partial.written == 0 {
+                // Nothing to resume (no space, release unknown, no
+                // coordinator answered): a fetch that wrote no byte leaves
+                // no file either.
+                remove_partial(partial.path.clone()).await;
+            }
+            return Err(err);
+        }
         partial.sync().await?;
         let received = partial.written;
         self.store_partial(digest, partial).await?;

@@ -14,6 +14,8 @@
 //! at all once a write was fenced off or an agent reported a newer token.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -849,17 +851,28 @@ impl Driver {
             deployment_id: self.record.id.clone(),
         };
         let client = self.agent_client(&instance);
-        self.applies.spawn(async move {
-            let result = match client {
+        #[cfg(feature = "fault-injection")]
+        let (release_text, token) = (request.release_digest.clone(), request.fencing_token);
+        let deliver: Pin<Box<dyn Future<Output = ApplyResult> + Send>> = Box::pin(async move {
+            match client {
                 Err(e) => ApplyResult::Transport(e),
                 Ok(mut client) => {
                     let mut request = tonic::Request::new(request);
                     request.set_timeout(APPLY_TIMEOUT);
                     command_result(client.apply(request).await.map(|r| r.into_inner().verdict))
                 }
-            };
-            (instance, apply, result)
+            }
         });
+        #[cfg(feature = "fault-injection")]
+        let deliver = crate::fault_injection::maybe_hold(
+            instance.as_str(),
+            &release_text,
+            token,
+            deliver,
+            ApplyResult::Transport("the held Apply was dropped".into()),
+        );
+        self.applies
+            .spawn(async move { (instance, apply, deliver.await) });
     }
 }
 

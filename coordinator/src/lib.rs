@@ -18,6 +18,8 @@ pub mod deploy_lock;
 pub mod depot;
 pub mod driver;
 pub mod effects;
+#[cfg(feature = "fault-injection")]
+pub mod fault_injection;
 pub mod fleet;
 pub mod health;
 pub mod journal;

@@ -184,6 +184,16 @@ impl AgentFixture {
         self.grpc
     }
 
+    /// The agent's pid while it runs (e.g. to enter its mount namespace).
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.pid()
+    }
+
+    /// Its `data_dir`.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }

@@ -2,6 +2,7 @@
 //! directory (plain text, or mTLS with `start_tls`), and the `lockstep` CLI
 //! pointed at it.
 
+use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::{Output, Stdio};
@@ -37,7 +38,16 @@ impl CoordinatorFixture {
     /// Starts a coordinator on `endpoints` with an etcd lease of
     /// `lease_ttl_secs`; returns once its gRPC port accepts connections.
     pub async fn start(endpoints: &[String], lease_ttl_secs: u64) -> Result<Self, HarnessError> {
-        Self::start_configured(endpoints, lease_ttl_secs, None, "", Place::loopback(), "").await
+        Self::start_configured(
+            endpoints,
+            lease_ttl_secs,
+            None,
+            "",
+            Place::loopback(),
+            "",
+            Vec::new(),
+        )
+        .await
     }
 
     /// Like `start`, with `etcd_lines` added to its `[etcd]` table (e.g.
@@ -54,6 +64,7 @@ impl CoordinatorFixture {
             etcd_lines,
             Place::loopback(),
             "",
+            Vec::new(),
         )
         .await
     }
@@ -73,6 +84,7 @@ impl CoordinatorFixture {
             "",
             Place::loopback(),
             "",
+            Vec::new(),
         )
         .await
     }
@@ -93,6 +105,7 @@ impl CoordinatorFixture {
             &format!("\n{tables}"),
             Place::loopback(),
             "",
+            Vec::new(),
         )
         .await
     }
@@ -113,6 +126,7 @@ impl CoordinatorFixture {
             "",
             Place::local(host),
             top_lines,
+            Vec::new(),
         )
         .await
     }
@@ -134,6 +148,32 @@ impl CoordinatorFixture {
             etcd_lines,
             place.clone(),
             top_lines,
+            Vec::new(),
+        )
+        .await
+    }
+
+    /// Like `start_placed`, with `env` set in the coordinator's
+    /// environment (e.g. a fault-injection point's variable).
+    pub async fn start_placed_with_env(
+        endpoints: &[String],
+        lease_ttl_secs: u64,
+        place: &Place,
+        top_lines: &str,
+        env: &[(&str, &Path)],
+    ) -> Result<Self, HarnessError> {
+        let env = env
+            .iter()
+            .map(|(k, v)| (OsString::from(k), v.as_os_str().to_owned()))
+            .collect();
+        Self::start_configured(
+            endpoints,
+            lease_ttl_secs,
+            None,
+            "",
+            place.clone(),
+            top_lines,
+            env,
         )
         .await
     }
@@ -145,6 +185,7 @@ impl CoordinatorFixture {
         etcd_lines: &str,
         place: Place,
         top_lines: &str,
+        env: Vec<(OsString, OsString)>,
     ) -> Result<Self, HarnessError> {
         let host = place.ip();
         let dir = tempfile::Builder::new()
@@ -175,7 +216,8 @@ impl CoordinatorFixture {
             vec!["--config".into(), config.into()],
             dir.path().join("coordinator.log"),
         )
-        .at(place);
+        .at(place)
+        .with_env(env);
         let mut fixture = Self {
             dir,
             host,

@@ -28,6 +28,8 @@ pub(crate) struct Daemon {
     /// The system program to run; `None`: the workspace binary `name`.
     program: Option<PathBuf>,
     args: Vec<OsString>,
+    /// Set in its environment besides `RUST_LOG`.
+    env: Vec<(OsString, OsString)>,
     log: PathBuf,
     /// Where it runs: its command prefix goes before `setpriv`.
     place: Place,
@@ -40,6 +42,7 @@ impl Daemon {
             name,
             program: None,
             args,
+            env: Vec::new(),
             log,
             place: Place::loopback(),
             child: None,
@@ -62,6 +65,11 @@ impl Daemon {
     /// The same daemon, run at `place` (e.g. in a lab node).
     pub(crate) fn at(self, place: Place) -> Self {
         Self { place, ..self }
+    }
+
+    /// The same daemon, with `env` set in its environment.
+    pub(crate) fn with_env(self, env: Vec<(OsString, OsString)>) -> Self {
+        Self { env, ..self }
     }
 
     /// Starts the daemon and waits until `serving` says yes, failing with
@@ -92,6 +100,7 @@ impl Daemon {
             .arg(&program)
             .args(&self.args)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -125,6 +134,11 @@ impl Daemon {
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// The running daemon's pid (its command prefix execs it in place).
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub(crate) fn running(&self) -> bool {

@@ -16,6 +16,9 @@ pub struct DemoRelease {
     pub instances: u32,
     /// Extra lines for the app's `config.toml` (e.g. a key it refuses).
     pub extra_config: String,
+    /// Bytes of incompressible filler (`payload.bin`) making the bundle
+    /// that much bigger; 0: none.
+    pub payload: usize,
 }
 
 impl DemoRelease {
@@ -26,7 +29,15 @@ impl DemoRelease {
             overlap: "socket-handover",
             instances: 1,
             extra_config: String::new(),
+            payload: 0,
         }
+    }
+
+    /// `bytes` of incompressible filler, so the bundle is that much bigger
+    /// than the app (e.g. too big for a host's disk).
+    pub fn with_payload(mut self, bytes: usize) -> Self {
+        self.payload = bytes;
+        self
     }
 
     /// The incident's failure: a config key this version does not know.
@@ -90,10 +101,29 @@ mode = "{overlap}"
             self.version, self.port, self.extra_config
         );
         std::fs::write(tree.join("config.toml"), config).map_err(|e| io("write config.toml", e))?;
+        if self.payload > 0 {
+            std::fs::write(tree.join("payload.bin"), filler(self.payload))
+                .map_err(|e| io("write payload.bin", e))?;
+        }
         let out = dir.join(format!("demo-{}.lsr", self.version));
         release::bundle::build_file(&tree, &out, None).map_err(|e| {
             HarnessError::Fixture(format!("build demo release {}: {e}", self.version))
         })?;
         Ok(out)
     }
+}
+
+/// `len` pseudo-random bytes (xorshift64*): zstd cannot shrink them, so a
+/// bundle carrying them is at least that big.
+fn filler(len: usize) -> Vec<u8> {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
 }

@@ -213,6 +213,24 @@ async fn a_release_that_does_not_fit_fails_before_anything_is_written() {
     assert_eq!(bytes_under(&setup.incoming()), 0, "nothing written");
 }
 
+/// Reproduces #18 deliver 7, "failed fetch on a full disk" (found by the
+/// fault lab's `a_release_too_big_for_an_agents_disk_rolls_back_…`): a
+/// fetch refused for want of space wrote no byte, but left an empty
+/// `.partial` in `incoming/`. A fetch that fails before its first byte
+/// leaves no file.
+#[tokio::test]
+async fn a_release_that_does_not_fit_leaves_no_file_behind() {
+    let setup = Setup::new();
+    let bundle = setup.bundle();
+    let coordinator = helper::serve(Fake::new(&bundle, Serve::Oversized)).await;
+    let fetcher = setup.fetcher(&[&coordinator.url]);
+
+    fetcher.fetch(&bundle.digest).await.unwrap_err();
+
+    let left = helper::files_under(&setup.incoming());
+    assert!(left.is_empty(), "left in incoming/: {left:?}");
+}
+
 /// Reproduces #18 item 4 (partials): the `.partial` of a release that
 /// failed to download stayed in `incoming/` (only the same release's
 /// partial was ever removed) and the next release failed for want of

@@ -12,8 +12,9 @@
 //! | the etcd leader member unplugged | `the_etcd_leader_unplugged_mid_rollout_does_not_stop_it` |
 //! | an etcd follower killed (kill -9) | `an_etcd_follower_killed_mid_rollout_does_not_stop_it` |
 //! | an etcd member paused (SIGSTOP) for 10 s | `an_etcd_member_paused_for_ten_seconds_mid_rollout_leaves_nothing_behind` |
-//! | the leading coordinator partitioned from etcd | `a_leader_cut_off_from_etcd_is_replaced_and_its_token_is_refused` |
+//! | the leading coordinator partitioned from etcd, its Apply held in transit and delivered after the takeover | `a_leader_cut_off_from_etcd_is_replaced_and_its_late_apply_is_refused` |
 //! | the leading coordinator frozen until the standby took over, then woken | `a_frozen_leader_that_wakes_after_the_takeover_changes_nothing` |
+//! | an agent's downloads on a disk too small for a release | `a_release_too_big_for_an_agents_disk_rolls_back_and_the_next_one_deploys` |
 //!
 //! Runs as root (namespaces, nftables); skips with the reason elsewhere.
 //! One at a time (`.config/nextest.toml`): each lab runs 3 etcd members,
@@ -30,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use coordinator::fault_injection::HOLD_APPLY_ENV;
 use lockstep_tests::http::Poller;
 use lockstep_tests::operator::{
     agents_known, budget_keys, deploy_lock, every_host_serves, finished, leader_url, on_target,
@@ -62,6 +64,10 @@ const LAYOUT: &[(&str, &str)] = &[
 const HEALTHY_DEADLINE: Duration = Duration::from_secs(300);
 /// How long the paused etcd member stays paused.
 const PAUSE: Duration = Duration::from_secs(10);
+/// The filler that makes a release too big for the small disk.
+const TOO_BIG: usize = 16 << 20;
+/// What the small disk holds besides one normal-size release.
+const SMALL_DISK_ROOM: u64 = 2 << 20;
 
 /// The namespaces of one test: nothing runs in them yet.
 struct Nodes {
@@ -131,6 +137,10 @@ struct Fleet {
     urls: Vec<String>,
     fleet: FleetFixture,
     work: tempfile::TempDir,
+    /// The first coordinator's Apply hold file (`LOCKSTEP_FAULT_HOLD_APPLY`,
+    /// `coordinator/src/fault_injection.rs`): while it names a release,
+    /// that coordinator's Applies of it are held in transit.
+    hold_apply: PathBuf,
     /// 1.0.0's digest.
     d1: String,
     pollers: Vec<(String, Poller)>,
@@ -141,15 +151,22 @@ impl Fleet {
         let places: Vec<Place> = nodes.etcd.iter().map(Place::from).collect();
         let etcd = EtcdCluster::placed(&places).await.unwrap();
         let endpoints = etcd.endpoints();
+        let work = tempfile::tempdir().unwrap();
+        let hold_apply = work.path().join("hold-apply");
         let mut coordinators = Vec::new();
         for node in &nodes.coordinators {
-            let coordinator = CoordinatorFixture::start_placed(
+            let env: &[(&str, &Path)] = if coordinators.is_empty() {
+                &[(HOLD_APPLY_ENV, &hold_apply)]
+            } else {
+                &[]
+            };
+            let coordinator = CoordinatorFixture::start_placed_with_env(
                 &endpoints,
                 COORDINATOR_TTL_SECS,
                 &Place::from(node),
                 // The operator's node is not loopback.
                 "insecure_operators = true",
-                "",
+                env,
             )
             .await
             .unwrap();
@@ -168,7 +185,6 @@ impl Fleet {
             .await
             .unwrap();
         agents_known(&urls, LAYOUT.len()).await.unwrap();
-        let work = tempfile::tempdir().unwrap();
         let v1 = DemoRelease::new("1.0.0", ANY_PORT)
             .build(work.path())
             .unwrap();
@@ -188,6 +204,7 @@ impl Fleet {
             urls,
             fleet,
             work,
+            hold_apply,
             d1,
             pollers,
         }
@@ -213,6 +230,32 @@ impl Fleet {
             match (r["state"].as_str(), r["token"].as_u64()) {
                 (Some("running"), Some(token)) if on_target(&r) >= 1 => Ok(token),
                 _ => Err(format!("{r}")),
+            }
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Waits until the first coordinator holds an Apply (see
+    /// `hold_apply`); the agent it is for and its fencing token.
+    async fn held_apply(&self) -> (String, u64) {
+        let mut marker = self.hold_apply.clone().into_os_string();
+        marker.push(".held");
+        let marker = PathBuf::from(marker);
+        wait_for("the leader to hold an Apply", DEADLINE, || async {
+            let text = std::fs::read_to_string(&marker).map_err(|e| {
+                format!(
+                    "{}: {e} (is lockstep-coordinator built with its `fault-injection` feature? `cargo build --workspace --bins` does that)",
+                    marker.display()
+                )
+            })?;
+            let first = text.lines().next().unwrap_or_default();
+            match first.split_whitespace().collect::<Vec<_>>()[..] {
+                [agent, _release, token] => token
+                    .parse::<u64>()
+                    .map(|t| (agent.to_owned(), t))
+                    .map_err(|e| format!("{first:?}: {e}")),
+                _ => Err(format!("{first:?} is not `agent release token`")),
             }
         })
         .await
@@ -394,6 +437,7 @@ fn the_etcd_leader_unplugged_mid_rollout_does_not_stop_it() {
         fleet.under_way(&id).await;
         let leader = fleet.etcd.leader().await.unwrap();
         let unplugged_at = Instant::now();
+        let unplugged_wall = std::time::SystemTime::now();
         fleet.etcd.set_reachable(leader, false).unwrap();
         lab.unplug(&nodes.etcd[leader]).unwrap();
         fleet.succeeded(&id).await;
@@ -401,6 +445,11 @@ fn the_etcd_leader_unplugged_mid_rollout_does_not_stop_it() {
             "unplugged etcd member {leader}; the deployment ended {:.1?} later",
             unplugged_at.elapsed()
         );
+        for (n, coordinator) in fleet.coordinators.iter().enumerate() {
+            for (offset, line) in leadership_since(&coordinator.log_text(), unplugged_wall) {
+                eprintln!("coordinator-{n} at +{offset:.1}s: {line}");
+            }
+        }
         lab.plug(&nodes.etcd[leader]).unwrap();
         fleet.etcd.set_reachable(leader, true).unwrap();
         fleet.etcd.wait_healthy(leader).await.unwrap();
@@ -469,17 +518,23 @@ fn an_etcd_member_paused_for_ten_seconds_mid_rollout_leaves_nothing_behind() {
     });
 }
 
-/// (d) The leading coordinator cut off from every etcd member (nftables)
-/// mid-rollout, but not from the agents: its lease expires, the standby
-/// takes over with a higher token and completes the deployment, and an
-/// Apply carrying the old leader's token is refused by the agents.
+/// (d) #18 deliver 7, "leader partitioned from etcd -> standby completes,
+/// stale Apply refused (make the old leader actually send one)". The
+/// leading coordinator's Apply of the canary's rehearsal (back to 1.0.0)
+/// is held in transit by its fault-injection point; the leader is then
+/// cut off from every etcd member (nftables) but not from the agents: it
+/// steps down, the standby takes over with a higher token and completes
+/// the deployment. The partition heals and the held Apply goes out with
+/// the old token: the agent refuses it as stale, and neither that host
+/// (its release, its durable state) nor the finished deployment changes.
 #[test]
-fn a_leader_cut_off_from_etcd_is_replaced_and_its_token_is_refused() {
+fn a_leader_cut_off_from_etcd_is_replaced_and_its_late_apply_is_refused() {
     in_lab("leader partitioned from etcd", |nodes, fleet| async move {
         let lab = &nodes.lab;
         let steady = strategy(fleet.work.path(), "steady", "2s");
+        std::fs::write(&fleet.hold_apply, &fleet.d1).unwrap();
         let (id, _) = fleet.roll_out_v2("", &steady).await;
-        let old_token = fleet.under_way(&id).await;
+        let (held_on, old_token) = fleet.held_apply().await;
         let cut_at = Instant::now();
         for member in &nodes.etcd {
             lab.partition(&nodes.coordinators[0], member).unwrap();
@@ -495,37 +550,6 @@ fn a_leader_cut_off_from_etcd_is_replaced_and_its_token_is_refused() {
             "resumed with token {new_token} after {old_token}"
         );
         assert_eq!(leader_url(&fleet.etcd).await, Some(fleet.urls[1].clone()));
-
-        // What the old leader sends with its token: refused by every agent.
-        for host in &fleet.fleet.hosts {
-            let mut agent = proto::v1::agent_service_client::AgentServiceClient::connect(format!(
-                "http://{}",
-                host.agent.grpc_addr()
-            ))
-            .await
-            .unwrap();
-            let verdict = agent
-                .apply(proto::v1::ApplyRequest {
-                    service: DEMO_SERVICE.into(),
-                    release_digest: fleet.d1.clone(),
-                    fencing_token: old_token,
-                    deployment_id: id.clone(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .verdict
-                .unwrap();
-            assert_eq!(
-                verdict.refusal(),
-                proto::v1::RefusalReason::StaleFencingToken,
-                "{}: {verdict:?}",
-                host.id
-            );
-        }
-        every_host_serves(&fleet.fleet, "2.0.0").await.unwrap();
-        // The old leader stepped down by itself (its session lost), so it
-        // never sent an Apply with its token: the test sent it.
         let old_leader = &fleet.coordinators[0];
         wait_for("the old leader to step down", DEADLINE, || async {
             if old_leader.log_text().contains("leadership lost") {
@@ -536,10 +560,42 @@ fn a_leader_cut_off_from_etcd_is_replaced_and_its_token_is_refused() {
         })
         .await
         .unwrap();
+
+        let host = fleet.fleet.host(&held_on).unwrap();
+        let state_file = host.agent.dir().join("data").join("state.json");
+        let state_before = std::fs::read(&state_file).unwrap();
         for member in &nodes.etcd {
             lab.heal(member).unwrap();
         }
         lab.heal(&nodes.coordinators[0]).unwrap();
+        std::fs::remove_file(&fleet.hold_apply).unwrap();
+        let delivered = wait_for("the held Apply to be delivered", DEADLINE, || async {
+            old_leader
+                .log_text()
+                .lines()
+                .find(|l| l.contains("held Apply delivered"))
+                .map(str::to_owned)
+                .ok_or("the old leader's log does not say `held Apply delivered`")
+        })
+        .await
+        .unwrap();
+        eprintln!("the old leader's late Apply: {delivered}");
+        assert!(
+            delivered.contains("StaleFencingToken")
+                && delivered.contains(&format!(
+                    "fencing token {old_token} is older than {new_token}"
+                )),
+            "{held_on} refused token {old_token} as stale: {delivered}"
+        );
+        assert_eq!(
+            std::fs::read(&state_file).unwrap(),
+            state_before,
+            "{held_on}'s durable state changed"
+        );
+        every_host_serves(&fleet.fleet, "2.0.0").await.unwrap();
+        let after = record(&fleet.etcd, &id).await.unwrap();
+        assert_eq!(after["state"], "succeeded", "{after}");
+        assert_eq!(after["token"].as_u64(), Some(new_token), "{after}");
         fleet.nothing_left().await;
     });
 }
@@ -588,4 +644,159 @@ fn a_frozen_leader_that_wakes_after_the_takeover_changes_nothing() {
         assert_eq!(leader_url(&fleet.etcd).await, Some(fleet.urls[1].clone()));
         fleet.nothing_left().await;
     });
+}
+
+/// A tmpfs mounted over `dir` in one process's mount namespace (an agent's:
+/// `ip netns exec` gave it one of its own), so only that agent and its apps
+/// see it. Dropping it unmounts it; were that skipped, the mount would go
+/// with the namespace when its last process ends (the lab kills them all).
+struct SmallDisk {
+    namespace: String,
+    dir: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(pid: u32, dir: &Path, bytes: u64) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let disk = Self {
+            namespace: format!("--mount=/proc/{pid}/ns/mnt"),
+            dir: dir.to_owned(),
+        };
+        let size = format!("size={bytes}");
+        let dir = dir.to_str().unwrap();
+        disk.run(&[
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            &size,
+            "lockstep-small-disk",
+            dir,
+        ])
+        .unwrap();
+        disk
+    }
+
+    /// Runs `args` in the namespace; its stdout, or an error with stderr.
+    fn run(&self, args: &[&str]) -> Result<String, String> {
+        let out = std::process::Command::new("nsenter")
+            .arg(&self.namespace)
+            .args(args)
+            .output()
+            .map_err(|e| format!("nsenter {args:?}: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "nsenter {args:?}: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    /// The names in the mounted directory, as the agent sees them.
+    fn files(&self) -> Vec<String> {
+        let listing = self.run(&["ls", "-A", self.dir.to_str().unwrap()]).unwrap();
+        listing.lines().map(str::to_owned).collect()
+    }
+
+    /// `df`'s line for the mount, as the agent sees it.
+    fn usage(&self) -> String {
+        self.run(&["df", "-B1", self.dir.to_str().unwrap()])
+            .unwrap_or_else(|e| e)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        if let Err(e) = self.run(&["umount", self.dir.to_str().unwrap_or_default()]) {
+            eprintln!("cannot unmount the small disk (it goes with the namespace): {e}");
+        }
+    }
+}
+
+/// (e) #18 Seen 4 and deliver 7, "failed fetch on a full disk -> next
+/// release deploys": us-2's downloads (`data_dir/incoming`) on a tmpfs
+/// with room for one normal release and little more. A release too big
+/// for it fails to fetch there, before writing, with an error saying how
+/// much space it needs; the deployment rolls back every host it switched.
+/// Then a normal release deploys everywhere, and no partial download is
+/// left on the small disk.
+#[test]
+fn a_release_too_big_for_an_agents_disk_rolls_back_and_the_next_one_deploys() {
+    in_lab("full disk", |_nodes, fleet| async move {
+        let normal = DemoRelease::new("2.0.0", ANY_PORT)
+            .build(fleet.work.path())
+            .unwrap();
+        let normal_size = std::fs::metadata(&normal).unwrap().len();
+        let small = &fleet.fleet.hosts[3];
+        let incoming = small.agent.data_dir().join("incoming");
+        let disk = SmallDisk::mount(
+            small.agent.pid().unwrap(),
+            &incoming,
+            normal_size + SMALL_DISK_ROOM,
+        );
+        eprintln!("{}'s incoming/: {}", small.id, disk.usage());
+
+        let big = DemoRelease::new("1.5.0", ANY_PORT)
+            .with_payload(TOO_BIG)
+            .build(fleet.work.path())
+            .unwrap();
+        let big_digest = push(&fleet.urls, &big).await.unwrap();
+        let quick = strategy(fleet.work.path(), "quick-2", "500ms");
+        let id = start_deploy(&fleet.urls, &big_digest, &quick)
+            .await
+            .unwrap();
+        let r = finished(&fleet.etcd, &id).await.unwrap();
+        assert_eq!(r["state"], "rolled_back", "{r}");
+        let watch = text(&lockstep(&fleet.urls, &["watch", &id]).await.unwrap());
+        let why = watch
+            .lines()
+            .find(|l| l.contains(&small.id) && l.contains("are free"))
+            .unwrap_or_else(|| panic!("no line says {} lacks the space: {watch}", small.id));
+        eprintln!("{why}");
+        every_host_serves(&fleet.fleet, "1.0.0").await.unwrap();
+        assert_eq!(disk.files(), Vec::<String>::new(), "left in incoming/");
+
+        let d2 = push(&fleet.urls, &normal).await.unwrap();
+        let id = start_deploy(&fleet.urls, &d2, &quick).await.unwrap();
+        fleet.succeeded(&id).await;
+        assert_eq!(disk.files(), Vec::<String>::new(), "left in incoming/");
+        drop(disk);
+        fleet.nothing_left().await;
+    });
+}
+
+/// The log lines about the etcd session and leadership written after
+/// `since`, each with its offset in seconds: how long the coordinators
+/// were without a leader, for the record (printed, never asserted).
+fn leadership_since(log: &str, since: std::time::SystemTime) -> Vec<(f64, String)> {
+    const DAY: f64 = 86_400.0;
+    let since = since
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        % DAY;
+    log.lines()
+        .filter(|l| {
+            ["leases::", "coordinator::leader", "revoke"]
+                .iter()
+                .any(|w| l.contains(w))
+        })
+        .filter_map(|l| {
+            // `2026-12-05T17:52:36.167603Z …`: the time of day.
+            let time = l.get(11..26)?;
+            let mut parts = time.split(':');
+            let h: f64 = parts.next()?.parse().ok()?;
+            let m: f64 = parts.next()?.parse().ok()?;
+            let s: f64 = parts.next()?.parse().ok()?;
+            let offset = (h * 3600.0 + m * 60.0 + s - since).rem_euclid(DAY);
+            (offset < DAY / 2.0).then(|| (offset, l.chars().skip(27).take(300).collect()))
+        })
+        .collect()
 }
