@@ -19,7 +19,10 @@
 use std::time::Duration;
 
 use etcd_client::Compare;
-use leases::{FencedMutex, FencingToken, LockError, MutexGuard, Session, SessionError};
+use leases::{
+    FencedMutex, FencingToken, LockError, LossReason, MutexGuard, Session, SessionError,
+};
+use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeploymentLockError {
@@ -107,6 +110,11 @@ impl DeploymentLock {
     /// The compare that fences a write made on the lock's behalf.
     pub fn fence(&self) -> Option<Compare> {
         self.guard.as_ref().map(MutexGuard::fence)
+    }
+
+    /// Sees the loss of the lock's lease (`None`: no lease, nothing to lose).
+    pub fn loss_signal(&self) -> Option<watch::Receiver<Option<LossReason>>> {
+        self.session.as_ref().map(Session::loss_signal)
     }
 
     /// The lock itself, for a transaction that deletes it.

@@ -25,7 +25,8 @@ use rollout::{
     Action, ApplyId, CheckRunId, Command, Event, FencingToken, Installed, InstanceId, Millis,
     Notice, ReleaseDigest, Step, TimerId,
 };
-use tokio::sync::{mpsc, oneshot};
+use leases::LossReason;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::checks::CheckCatalog;
@@ -226,8 +227,17 @@ impl Driver {
             self.stage_ahead();
         }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut lock_loss = self.lock.as_ref().and_then(DeploymentLock::loss_signal);
         loop {
             let input = tokio::select! {
+                reason = lock_lost(&mut lock_loss) => {
+                    // Every later write would be fenced; waiting for one
+                    // to find out stalled the deployment for a whole TTL
+                    // (#18, seen in the fault lab). Stop now: the leader
+                    // resumes it under a new lock.
+                    tracing::warn!(deployment = self.record.id, reason = ?reason, "the deployment lock's lease is lost; stopping so the leader resumes under a new lock");
+                    return DriverExit::Interrupted(JournalError::Fenced { id: self.record.id.clone() });
+                }
                 call = calls.recv() => Input::Operator(call),
                 changed = fleet.changed() => {
                     if changed.is_err() {
@@ -996,6 +1006,20 @@ fn judge_nothing(status: Option<&pb::ServiceStatus>, accepted: bool) -> Judgemen
         )),
         Some(_) => Judgement::Waiting,
     }
+}
+
+/// Resolves once the lock's lease is lost; never without a lease to lose.
+async fn lock_lost(signal: &mut Option<watch::Receiver<Option<LossReason>>>) -> LossReason {
+    if let Some(rx) = signal {
+        if let Ok(seen) = rx.wait_for(Option::is_some).await {
+            if let Some(reason) = *seen {
+                return reason;
+            }
+        }
+        // The session is gone without a reason: nothing more to see.
+        *signal = None;
+    }
+    std::future::pending().await
 }
 
 /// Whether an accepted apply was lost with the agent that took it: the
