@@ -337,7 +337,11 @@ impl Driver {
                     self.step(Event::AgentRefused { instance, token }, Vec::new())
                         .await
                 }
-                pb::RefusalReason::Busy | pb::RefusalReason::BudgetExhausted => {
+                // FencingUnverified: the agent could not read the lock in
+                // etcd just now; the token may well be ours.
+                pb::RefusalReason::Busy
+                | pb::RefusalReason::BudgetExhausted
+                | pb::RefusalReason::FencingUnverified => {
                     self.retry_later(instance, apply);
                     None
                 }
