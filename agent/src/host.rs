@@ -155,7 +155,7 @@ pub enum HostError {
         offered: u64,
         key: String,
         #[source]
-        source: Option<crate::cluster::LockReadError>,
+        source: Option<Box<crate::cluster::LockReadError>>,
     },
     #[error(
         "etcd cannot say what the fencing high-water mark {high_water} of `{service}` may be lowered to ({etcd}); to reset it to 0 anyway: agentctl fence reset {service} --force --reason TEXT (audited)"

@@ -328,3 +328,27 @@ async fn keep_alive(
     tracing::warn!(lease = lease_hex, reason = %reason, "etcd session lost");
     lost.send_replace(Some(reason));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ttl_is_bounded_both_ways() {
+        assert!(matches!(
+            Ttl::from_secs(1),
+            Err(SessionError::TtlTooShort { secs: 1 })
+        ));
+        assert_eq!(
+            Ttl::from_secs(10).unwrap().as_duration(),
+            Duration::from_secs(10)
+        );
+        assert!(Ttl::from_secs(MAX_TTL.as_secs()).is_ok());
+        let huge = Ttl::from_secs(100_000_000).unwrap_err();
+        assert!(matches!(
+            huge,
+            SessionError::TtlTooLong { secs: 100_000_000 }
+        ));
+        assert!(huge.to_string().contains("at most 3600s"), "{huge}");
+    }
+}

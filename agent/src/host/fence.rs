@@ -97,7 +97,7 @@ impl Host {
                     service: service.to_owned(),
                     offered: token,
                     key,
-                    source: unread,
+                    source: unread.map(Box::new),
                 })
             }
         }

@@ -818,3 +818,108 @@ async fn a_wedged_mark_is_lowered_by_agentctl_fence_reset_to_what_etcd_justifies
     deployed(&setup, &digest2).await;
     assert_eq!(current_version(agent).await, "2.0.0");
 }
+
+/// #14 deliver 4, the availability trade-off: an agent that cannot read
+/// the deployment lock (etcd down) refuses a coordinator's token as
+/// FENCING_UNVERIFIED and writes nothing; with etcd up and no lock held,
+/// a token is refused as not the lock's. `agentctl fence reset` of a
+/// wedged mark then needs `--force` (to 0), audited locally.
+#[tokio::test]
+async fn with_etcd_down_a_token_is_unverified_and_only_a_forced_reset_lowers_a_mark() {
+    let mut etcd = EtcdCluster::single().await.unwrap();
+    let mut agent =
+        lockstep_tests::AgentFixture::start_with("fence-b", "solo", &etcd.agent_table("3s", "5s"))
+            .await
+            .unwrap();
+    let port = lockstep_tests::free_loopback_port().unwrap();
+    let v1 = DemoRelease::new("1.0.0", port).build(agent.dir()).unwrap();
+    agent.install(&v1).await.unwrap();
+    let releases = agent.agentctl_json(&["releases", "demo"]).await.unwrap();
+    let digest = releases["current"]["digest"].as_str().unwrap().to_owned();
+    let client = proto::v1::agent_service_client::AgentServiceClient::connect(format!(
+        "http://{}",
+        agent.grpc_addr()
+    ))
+    .await
+    .unwrap();
+    let apply = |token: u64| pb::ApplyRequest {
+        service: "demo".to_owned(),
+        release_digest: digest.clone(),
+        fencing_token: token,
+        deployment_id: "no-lock".to_owned(),
+    };
+    let verdict = client
+        .clone()
+        .apply(apply(5))
+        .await
+        .unwrap()
+        .into_inner()
+        .verdict
+        .unwrap();
+    assert_eq!(
+        verdict.refusal(),
+        pb::RefusalReason::StaleFencingToken,
+        "{verdict:?}"
+    );
+    assert!(verdict.message.contains("nobody holds it"), "{verdict:?}");
+    assert_eq!(durable_mark(&agent), 0);
+
+    etcd.kill(0).unwrap();
+    let verdict = wait_for(
+        "the agent to refuse an unverifiable token",
+        DEADLINE,
+        || async {
+            let verdict = client
+                .clone()
+                .apply(apply(5))
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner()
+                .verdict
+                .ok_or("no verdict")?;
+            if verdict.refusal() == pb::RefusalReason::FencingUnverified {
+                Ok(verdict)
+            } else {
+                Err(format!("{verdict:?}"))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        verdict.outcome(),
+        pb::CommandOutcome::Refused,
+        "{verdict:?}"
+    );
+    assert_eq!(durable_mark(&agent), 0);
+
+    agent.stop().await.unwrap();
+    wedge(&agent, u64::MAX);
+    agent.start_again().await.unwrap();
+    let shown = agent
+        .agentctl_json(&["fence", "show", "demo"])
+        .await
+        .unwrap();
+    assert_eq!(shown["lock"], "unreadable", "{shown}");
+    assert_eq!(shown["high_water"].as_u64(), Some(u64::MAX), "{shown}");
+    let refused = agent
+        .agentctl(&["fence", "reset", "demo", "--reason", "etcd is down"])
+        .await
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(text(&refused).contains("--force"), "{}", text(&refused));
+    assert_eq!(durable_mark(&agent), u64::MAX);
+
+    const REASON: &str = "wedged mark, etcd down";
+    let forced = agent
+        .agentctl_json(&["fence", "reset", "demo", "--force", "--reason", REASON])
+        .await
+        .unwrap();
+    assert_eq!(forced["reset_to"].as_u64(), Some(0), "{forced}");
+    assert_eq!(durable_mark(&agent), 0);
+    let local = std::fs::read_to_string(agent.dir().join("data/audit.jsonl")).unwrap();
+    assert!(
+        local.contains("fence-reset") && local.contains(REASON),
+        "{local}"
+    );
+}
