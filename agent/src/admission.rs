@@ -24,8 +24,27 @@
 //! (Busy, the coordinator retries). An operator's agentctl command is
 //! never cancelled by a coordinator, nor the agent's own start.
 //!
-//! Must never: read a clock, take a lock, touch a process, or admit a
-//! token below the high-water mark.
+//! Before any of that, a coordinator's token must be one etcd vouches for
+//! (`vouch`, #14 deliver 4): the token of the service's deployment lock
+//! as the agent read it just now, after the command was otherwise found
+//! valid (release stored and of this service). A token that is not the
+//! lock's is refused whatever its size, so a forged future token cannot
+//! raise the mark; nothing durable changes before `vouch` says yes.
+//!
+//! ```text
+//!   lock in etcd \ token t    t < high-water   t = lock     t ≠ lock
+//!   held (token l)            Stale            Vouched      NotTheLock
+//!   free                      Stale            —            NotTheLock
+//!   unreadable (etcd down)    Stale            Unverified   Unverified
+//!   unchecked (no [etcd])     Stale            Vouched (the mark is the only fence)
+//! ```
+//!
+//! `reset_mark` is the break-glass for a mark that is already too high
+//! (`agentctl fence reset`): down to what etcd justifies, or to 0 when
+//! forced.
+//!
+//! Must never: read a clock, take a lock, touch a process, read etcd, or
+//! admit a token below the high-water mark.
 
 /// A command, as the rule sees it: the one that holds a service, or the
 /// one arriving.
@@ -78,6 +97,79 @@ pub fn admit(high_water: u64, in_flight: Option<Claim<'_>>, arriving: Claim<'_>)
             }
         }
         _ => Admission::Busy,
+    }
+}
+
+/// What etcd said about a service's deployment lock
+/// (`/lockstep/v1/locks/deploy/<service>`) when a command arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockReading {
+    /// Held; its fencing token (the key's create revision).
+    Held(u64),
+    /// Nobody holds it; etcd's revision at the read: every lock taken
+    /// later has a higher token.
+    Free { revision: u64 },
+    /// etcd did not answer in time, or the agent has no session now.
+    Unreadable,
+    /// The agent has no `[etcd]`: tokens cannot be checked.
+    Unchecked,
+}
+
+/// Whether etcd vouches for a coordinator's token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vouch {
+    /// The lock's own token (or no etcd to ask): admission decides next.
+    Vouched,
+    /// Older than one already accepted.
+    Stale { high_water: u64 },
+    /// Not the token of the lock etcd holds now (`held`: its token, `None`
+    /// when free): a deposed holder's, or forged.
+    NotTheLock { held: Option<u64> },
+    /// etcd could not be read: refused for now, the sender retries.
+    Unverified,
+}
+
+/// Checks `token` against the high-water mark and the lock (see the
+/// module doc).
+pub fn vouch(high_water: u64, token: u64, lock: LockReading) -> Vouch {
+    if token < high_water {
+        return Vouch::Stale { high_water };
+    }
+    match lock {
+        LockReading::Held(held) if held == token => Vouch::Vouched,
+        LockReading::Held(held) => Vouch::NotTheLock { held: Some(held) },
+        LockReading::Free { .. } => Vouch::NotTheLock { held: None },
+        LockReading::Unreadable => Vouch::Unverified,
+        LockReading::Unchecked => Vouch::Vouched,
+    }
+}
+
+/// What `agentctl fence reset` may do to a service's high-water mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkReset {
+    /// Lower the mark to this.
+    LowerTo(u64),
+    /// The mark is no higher than etcd justifies: nothing to reset.
+    Justified,
+    /// etcd cannot say what is justified: only `--force` (to 0) may reset.
+    NeedsForce,
+}
+
+/// The break-glass rule: without `force`, the mark may only come down to
+/// what etcd justifies — the held lock's token, or, with the lock free,
+/// etcd's revision (every later lock's token is above it); with `force`,
+/// to 0 whatever etcd says (the next coordinator token raises it again).
+pub fn reset_mark(high_water: u64, lock: LockReading, force: bool) -> MarkReset {
+    let justified = match lock {
+        _ if force => 0,
+        LockReading::Held(held) => held,
+        LockReading::Free { revision } => revision,
+        LockReading::Unreadable | LockReading::Unchecked => return MarkReset::NeedsForce,
+    };
+    if high_water > justified {
+        MarkReset::LowerTo(justified)
+    } else {
+        MarkReset::Justified
     }
 }
 
@@ -173,5 +265,92 @@ mod tests {
         assert_eq!(admit(5, AGENTCTL, token(9)), Admission::Busy);
         assert_eq!(admit(5, COORDINATOR_5, NO_TOKEN), Admission::Busy);
         assert_eq!(admit(0, AGENTCTL, NO_TOKEN), Admission::Busy);
+    }
+
+    #[test]
+    fn only_the_held_locks_token_is_vouched_for() {
+        assert_eq!(vouch(5, 7, LockReading::Held(7)), Vouch::Vouched);
+        assert_eq!(vouch(7, 7, LockReading::Held(7)), Vouch::Vouched);
+        // #14 Seen 3: a future token is not the lock's, however large.
+        assert_eq!(
+            vouch(5, u64::MAX, LockReading::Held(7)),
+            Vouch::NotTheLock { held: Some(7) }
+        );
+        // A deposed holder's token: the lock was taken again since.
+        assert_eq!(
+            vouch(5, 6, LockReading::Held(9)),
+            Vouch::NotTheLock { held: Some(9) }
+        );
+        assert_eq!(
+            vouch(5, 6, LockReading::Free { revision: 40 }),
+            Vouch::NotTheLock { held: None }
+        );
+    }
+
+    #[test]
+    fn a_stale_token_is_stale_whatever_etcd_says() {
+        for lock in [
+            LockReading::Held(3),
+            LockReading::Free { revision: 40 },
+            LockReading::Unreadable,
+            LockReading::Unchecked,
+        ] {
+            assert_eq!(
+                vouch(5, 3, lock),
+                Vouch::Stale { high_water: 5 },
+                "{lock:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unreadable_lock_vouches_for_nothing_and_no_etcd_leaves_the_mark_alone() {
+        assert_eq!(vouch(5, 7, LockReading::Unreadable), Vouch::Unverified);
+        assert_eq!(vouch(5, 7, LockReading::Unchecked), Vouch::Vouched);
+    }
+
+    #[test]
+    fn a_reset_lowers_the_mark_only_to_what_etcd_justifies() {
+        let wedged = u64::MAX;
+        assert_eq!(
+            reset_mark(wedged, LockReading::Held(12), false),
+            MarkReset::LowerTo(12)
+        );
+        assert_eq!(
+            reset_mark(wedged, LockReading::Free { revision: 40 }, false),
+            MarkReset::LowerTo(40)
+        );
+        assert_eq!(
+            reset_mark(12, LockReading::Held(12), false),
+            MarkReset::Justified
+        );
+        assert_eq!(
+            reset_mark(12, LockReading::Free { revision: 40 }, false),
+            MarkReset::Justified
+        );
+    }
+
+    #[test]
+    fn without_etcd_only_force_resets_and_force_goes_to_zero() {
+        for lock in [LockReading::Unreadable, LockReading::Unchecked] {
+            assert_eq!(
+                reset_mark(99, lock, false),
+                MarkReset::NeedsForce,
+                "{lock:?}"
+            );
+            assert_eq!(
+                reset_mark(99, lock, true),
+                MarkReset::LowerTo(0),
+                "{lock:?}"
+            );
+        }
+        assert_eq!(
+            reset_mark(99, LockReading::Held(12), true),
+            MarkReset::LowerTo(0)
+        );
+        assert_eq!(
+            reset_mark(0, LockReading::Unchecked, true),
+            MarkReset::Justified
+        );
     }
 }

@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::Duration;
 
 use leases::{
-    AuditLog, AuditRecord, Claim, DisruptionBudget, Etcd, EtcdTiming, Holder, LossReason,
-    Registration, SemaphoreError, Session, SlotGuard, Ttl,
+    AuditLog, AuditRecord, Claim, DisruptionBudget, Etcd, EtcdTiming, FencedMutex, Holder,
+    LockError, LockState, LossReason, Registration, SemaphoreError, Session, SlotGuard, Ttl,
 };
 use tokio::sync::watch;
 
@@ -99,6 +99,18 @@ impl BudgetReadError {
             _ => None,
         }
     }
+}
+
+/// Why a service's deployment lock could not be read (a coordinator's
+/// fencing token is then refused for now: `admission::vouch`).
+#[derive(Debug, thiserror::Error)]
+pub enum LockReadError {
+    #[error("etcd ({endpoints}) is unreachable: the agent has no session")]
+    Unreachable { endpoints: String },
+    #[error("etcd ({endpoints}) did not answer the read of {key} within {REQUEST_TIMEOUT:?}")]
+    TimedOut { endpoints: String, key: String },
+    #[error(transparent)]
+    Read(#[from] LockError),
 }
 
 /// What `agentctl locks` shows.
@@ -479,6 +491,23 @@ impl ClusterLink {
 
     pub fn cluster(&self) -> &str {
         self.inner.budget.cluster()
+    }
+
+    /// `service`'s deployment lock as etcd holds it now: one
+    /// linearizable read, bounded by `REQUEST_TIMEOUT`.
+    pub async fn deploy_lock(&self, service: &str) -> Result<LockState, LockReadError> {
+        let endpoints = || self.inner.settings.endpoints.join(",");
+        let session = self.session().ok_or_else(|| LockReadError::Unreachable {
+            endpoints: endpoints(),
+        })?;
+        let lock = FencedMutex::deployment(service);
+        tokio::time::timeout(REQUEST_TIMEOUT, lock.state(session.client()))
+            .await
+            .map_err(|_| LockReadError::TimedOut {
+                endpoints: endpoints(),
+                key: lock.key().to_owned(),
+            })?
+            .map_err(LockReadError::Read)
     }
 }
 

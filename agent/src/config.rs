@@ -443,7 +443,12 @@ impl AgentConfig {
                 );
             }
             for (i, endpoint) in e.endpoints.iter().enumerate() {
-                check(&format!("etcd.endpoints[{i}]"), url(endpoint));
+                // What `leases::Etcd::connect` accepts, so the daemon
+                // cannot refuse what check-config calls valid.
+                check(
+                    &format!("etcd.endpoints[{i}]"),
+                    leases::check_endpoint(endpoint).map_err(|e| e.to_string()),
+                );
             }
             let lease_ttl = duration(e.lease_ttl.as_deref(), DEFAULT_LEASE_TTL).and_then(|ttl| {
                 leases::Ttl::from_secs(ttl.as_secs())

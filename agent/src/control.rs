@@ -29,7 +29,8 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::host::{Host, HostError, RestartOrder};
+use crate::admission::LockReading;
+use crate::host::{FenceReset, FenceView, Host, HostError, RestartOrder};
 use crate::wire;
 
 mod follow;
@@ -222,6 +223,31 @@ fn accepted(message: String) -> pb::CommandVerdict {
     }
 }
 
+/// `agentctl fence`'s answer, on the wire.
+fn fence_response(view: FenceView) -> pb::ControlFenceResponse {
+    use pb::FenceLockState as S;
+    let (state, token) = match view.lock {
+        LockReading::Held(token) => (S::Held, token),
+        LockReading::Free { revision } => (S::Free, revision),
+        LockReading::Unreadable => (S::Unreadable, 0),
+        LockReading::Unchecked => (S::Unchecked, 0),
+    };
+    pb::ControlFenceResponse {
+        lock_key: leases::keys::deploy_lock(&view.service),
+        service: view.service,
+        high_water: view.high_water,
+        lock_state: state.into(),
+        lock_token: token,
+        unread: view
+            .unread
+            .as_ref()
+            .map(|e| crate::dial::chain(e))
+            .unwrap_or_default(),
+        reset: view.reset_to.is_some(),
+        reset_to: view.reset_to.unwrap_or_default(),
+    }
+}
+
 fn not_found(err: &HostError) -> Status {
     match err {
         HostError::UnknownService { .. } => Status::not_found(chain(err)),
@@ -362,6 +388,40 @@ impl AgentControl for ControlService {
         };
         let result = self.host.restart(&r.service, order).await;
         Ok(Response::new(self.reply(&r.service, result).await))
+    }
+
+    async fn fence(
+        &self,
+        request: Request<pb::ControlFenceRequest>,
+    ) -> Result<Response<pb::ControlFenceResponse>, Status> {
+        let actor_uid = self.access.check(&request)?;
+        let r = request.into_inner();
+        let reset = match (r.reset, r.force) {
+            (false, false) => None,
+            (false, true) => {
+                return Err(Status::invalid_argument(
+                    "--force goes only with fence reset",
+                ));
+            }
+            (true, _) if r.reason.trim().is_empty() => {
+                return Err(Status::invalid_argument(
+                    "fence reset needs --reason: it is recorded in the audit log",
+                ));
+            }
+            (true, force) => Some(FenceReset {
+                force,
+                reason: r.reason.clone(),
+                actor_uid,
+            }),
+        };
+        match self.host.fence(&r.service, reset).await {
+            Ok(view) => Ok(Response::new(fence_response(view))),
+            Err(err @ HostError::UnknownService { .. }) => Err(Status::not_found(err.to_string())),
+            Err(err @ (HostError::FenceResetNeedsForce { .. } | HostError::FenceMoved { .. })) => {
+                Err(Status::failed_precondition(err.to_string()))
+            }
+            Err(err) => Err(Status::internal(crate::dial::chain(&err))),
+        }
     }
 
     async fn rollback(

@@ -18,8 +18,14 @@
 //! coordinators and the names `tls.viewers` matches (the coordinator's
 //! viewer role, on this side).
 //!
+//! Every token is checked against the service's deployment lock in etcd
+//! before it changes anything durable (`host::fence`): a forged or deposed
+//! holder's token is refused (STALE_FENCING_TOKEN), one that cannot be
+//! checked now is refused for the coordinator to retry
+//! (FENCING_UNVERIFIED).
+//!
 //! Must never: act on a command whose fencing token is below the
-//! service's high-water mark, or from an untrusted caller when `[tls]` is
+//! service's high-water mark or is not its deployment lock's, or from an untrusted caller when `[tls]` is
 //! set; or answer a read to a certificate with no role here.
 
 use std::pin::Pin;
@@ -144,6 +150,7 @@ fn verdict(result: Result<String, HostError>) -> pb::CommandVerdict {
             let high_water = match &err {
                 HostError::StaleToken(stale) => stale.high_water,
                 HostError::Superseded(superseded) => superseded.by_token,
+                HostError::NotTheLock { held, .. } => held.unwrap_or(0),
                 _ => 0,
             };
             pb::CommandVerdict {

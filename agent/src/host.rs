@@ -68,6 +68,9 @@ use crate::wire;
 
 mod actor;
 mod command;
+mod fence;
+
+pub use fence::{FenceReset, FenceView};
 
 use actor::{Cancel, Done, Joined, Message, Order};
 use command::{Command, ServiceExecutor};
@@ -134,6 +137,51 @@ pub enum HostError {
     Adopt { service: String, reason: String },
     #[error("{what} is gone: the agent is stopping")]
     ActorGone { what: String },
+    #[error(
+        "fencing token {offered} for `{service}` is not the token of its deployment lock {key} in etcd ({}): refused, nothing recorded",
+        held_by(*.held)
+    )]
+    NotTheLock {
+        service: String,
+        offered: u64,
+        key: String,
+        /// The lock's token; `None`: nobody holds it.
+        held: Option<u64>,
+    },
+    #[error(
+        "cannot check fencing token {offered} for `{service}` against its deployment lock {key} in etcd: refused for now, nothing recorded; the coordinator tries again"
+    )]
+    FenceUnverified {
+        service: String,
+        offered: u64,
+        key: String,
+        #[source]
+        source: Option<Box<crate::cluster::LockReadError>>,
+    },
+    #[error(
+        "etcd cannot say what the fencing high-water mark {high_water} of `{service}` may be lowered to ({etcd}); to reset it to 0 anyway: agentctl fence reset {service} --force --reason TEXT (audited)"
+    )]
+    FenceResetNeedsForce {
+        service: String,
+        high_water: u64,
+        etcd: String,
+    },
+    #[error(
+        "the fencing high-water mark of `{service}` moved from {read} to {now} while resetting it (a command arrived): nothing reset; run agentctl fence again"
+    )]
+    FenceMoved {
+        service: String,
+        read: u64,
+        now: u64,
+    },
+}
+
+/// How a refusal names the deployment lock etcd holds.
+fn held_by(held: Option<u64>) -> String {
+    match held {
+        Some(token) => format!("held with token {token}"),
+        None => "nobody holds it".to_owned(),
+    }
 }
 
 impl HostError {
@@ -143,7 +191,10 @@ impl HostError {
         match self {
             Self::UnknownService { .. } => R::UnknownService,
             Self::NoPreviousRelease { .. } => R::NoPreviousRelease,
-            Self::StaleToken(_) | Self::Superseded(_) => R::StaleFencingToken,
+            Self::StaleToken(_) | Self::Superseded(_) | Self::NotTheLock { .. } => {
+                R::StaleFencingToken
+            }
+            Self::FenceUnverified { .. } => R::FencingUnverified,
             Self::Busy { .. } => R::Busy,
             Self::ReleaseUnavailable { .. } | Self::Bundle(_) => R::ReleaseUnavailable,
             Self::Cluster(_) => R::BudgetExhausted,
@@ -154,7 +205,9 @@ impl HostError {
             | Self::Directory { .. }
             | Self::Worker(_)
             | Self::Adopt { .. }
-            | Self::ActorGone { .. } => R::Unspecified,
+            | Self::ActorGone { .. }
+            | Self::FenceResetNeedsForce { .. }
+            | Self::FenceMoved { .. } => R::Unspecified,
         }
     }
 }
@@ -693,9 +746,11 @@ impl Host {
 
     /// Gets an Apply taken by its service's actor or refuses it: token not
     /// stale, release present (fetched from the coordinators first if it
-    /// is not) and of this service, then admitted by the supersede rule
-    /// (`admission`: the mark raised and durable, a command with an older
-    /// token in flight cancelled; busy or stale refused).
+    /// is not) and of this service, the token the one of the service's
+    /// deployment lock in etcd (`fence`), then admitted by the supersede
+    /// rule (`admission`: the mark raised and durable, a command with an
+    /// older token in flight cancelled; busy or stale refused). A refused
+    /// Apply writes nothing durable.
     pub async fn accept_apply(
         &self,
         service: &str,
@@ -714,6 +769,7 @@ impl Host {
         }
         let release = self.stored_or_fetched(digest).await?;
         of_service(&release, service)?;
+        self.vouched(service, token).await?;
         let trigger = Trigger::Apply {
             deployment: deployment.to_owned(),
             token,
@@ -758,12 +814,25 @@ impl Host {
         self.order(service, token, command).await?.outcome().await
     }
 
-    /// The coordinator's Stage: fenced, then the release is fetched (unless
-    /// stored) and verified, so that its Apply needs no download.
+    /// The coordinator's Stage: the release is fetched (unless stored) and
+    /// verified, so that its Apply needs no download; then, its token
+    /// vouched for by etcd, the mark is raised. A refused Stage (stale or
+    /// unvouched token, a release that is not there or not this
+    /// service's) writes nothing durable.
     pub async fn stage(&self, service: &str, digest: &str, token: u64) -> Result<(), HostError> {
-        self.raise_mark(service, token).await?;
+        let high_water = self.high_water(service).await;
+        if token < high_water {
+            // Refused before the caller waits for a fetch.
+            return Err(HostError::StaleToken(StaleToken {
+                service: service.to_owned(),
+                offered: token,
+                high_water,
+            }));
+        }
         let release = self.stored_or_fetched(digest).await?;
-        of_service(&release, service)
+        of_service(&release, service)?;
+        self.vouched(service, token).await?;
+        self.raise_mark(service, token).await
     }
 
     /// Sends the service's status to `WatchStatus` watchers (a switch ended).
@@ -782,6 +851,21 @@ impl Host {
     /// Switches back to the release that ran before the current one.
     pub async fn rollback(&self, service: &str, token: Option<u64>) -> Result<String, HostError> {
         self.known(service).await?;
+        if let Some(token) = token {
+            let has_previous = self
+                .state
+                .lock()
+                .await
+                .services
+                .get(service)
+                .is_some_and(|s| !s.previous.is_empty());
+            if !has_previous {
+                return Err(HostError::NoPreviousRelease {
+                    service: service.to_owned(),
+                });
+            }
+            self.vouched(service, token).await?;
+        }
         self.carry_out(service, token, Command::Rollback).await
     }
 
@@ -829,6 +913,9 @@ impl Host {
     pub async fn restart(&self, service: &str, order: RestartOrder) -> Result<String, HostError> {
         self.existing_runtime(service)?;
         let token = order.token;
+        if let Some(token) = token {
+            self.vouched(service, token).await?;
+        }
         self.carry_out(service, token, Command::Restart(order))
             .await
     }
@@ -941,6 +1028,12 @@ impl Host {
         let target = format!("{}/{service}", self.config.id);
         let record =
             crate::cluster::break_glass(order.actor_uid, "forced-restart", &target, &order.reason);
+        self.audit(record).await
+    }
+
+    /// Records a break-glass action: in etcd when reachable, else locally
+    /// until it is.
+    async fn audit(&self, record: leases::AuditRecord) -> Result<(), HostError> {
         match &self.cluster {
             Some(cluster) => cluster.audit(record).await?,
             None => {

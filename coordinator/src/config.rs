@@ -264,7 +264,12 @@ impl CoordinatorConfig {
                     );
                 }
                 for (i, endpoint) in etcd.endpoints.iter().enumerate() {
-                    check(&format!("etcd.endpoints[{i}]"), http_url(endpoint));
+                    // What `leases::Etcd::connect` accepts, so the daemon
+                    // cannot refuse what check-config calls valid.
+                    check(
+                        &format!("etcd.endpoints[{i}]"),
+                        leases::check_endpoint(endpoint).map_err(|e| e.to_string()),
+                    );
                 }
                 let ttl = duration(etcd.lease_ttl.as_deref(), DEFAULT_LEASE_TTL).and_then(|ttl| {
                     if ttl.subsec_nanos() != 0 {
@@ -292,6 +297,13 @@ impl CoordinatorConfig {
                 &format!("releases.trusted_keys[{i}]"),
                 absolute(key).map(drop),
             );
+        }
+        if raw.releases.trusted_keys.iter().all(|k| k.is_absolute()) {
+            // The daemon loads them at start: a key that does not load is
+            // a problem here too.
+            if let Err(err) = release::TrustedKeys::load(&raw.releases.trusted_keys) {
+                check("releases.trusted_keys", Err(chain(&err)));
+            }
         }
         let default_timeout = check_timeout.as_ref().map_or(DEFAULT_CHECK_TIMEOUT, |t| *t);
         let checks = named_checks(&raw.checks, default_timeout, &mut check);
@@ -534,6 +546,21 @@ fn role_rules(
         }
     }
     rules
+}
+
+/// An error and its causes, each once, `: `-separated.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn http_url(url: &str) -> Result<(), String> {

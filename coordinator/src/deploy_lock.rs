@@ -19,9 +19,7 @@
 use std::time::Duration;
 
 use etcd_client::Compare;
-use leases::{
-    FencedMutex, FencingToken, LockError, LossReason, MutexGuard, Session, SessionError,
-};
+use leases::{FencedMutex, FencingToken, LockError, LossReason, MutexGuard, Session, SessionError};
 use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]

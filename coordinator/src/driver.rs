@@ -20,12 +20,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::Compare;
+use leases::LossReason;
 use proto::v1 as pb;
 use rollout::{
     Action, ApplyId, CheckRunId, Command, Event, FencingToken, Installed, InstanceId, Millis,
     Notice, ReleaseDigest, Step, TimerId,
 };
-use leases::LossReason;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
@@ -349,7 +349,11 @@ impl Driver {
                     self.step(Event::AgentRefused { instance, token }, Vec::new())
                         .await
                 }
-                pb::RefusalReason::Busy | pb::RefusalReason::BudgetExhausted => {
+                // FencingUnverified: the agent could not read the lock in
+                // etcd just now; the token may well be ours.
+                pb::RefusalReason::Busy
+                | pb::RefusalReason::BudgetExhausted
+                | pb::RefusalReason::FencingUnverified => {
                     self.retry_later(instance, apply);
                     None
                 }

@@ -35,11 +35,11 @@ mod task;
 pub use audit::{AuditError, AuditLog, AuditRecord};
 pub use election::{Election, ElectionError, Leadership};
 pub use etcd::{
-    DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_DEADLINE, Etcd, EtcdMetrics,
-    EtcdTiming, MemberId, RequestOutcome,
+    DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_DEADLINE, EndpointError,
+    Etcd, EtcdMetrics, EtcdTiming, MemberId, RequestOutcome, check_endpoint,
 };
 pub use holder::Holder;
-pub use mutex::{FencedMutex, FencingToken, LockError, LockInfo, MutexGuard};
+pub use mutex::{FencedMutex, FencingToken, LockError, LockInfo, LockState, MutexGuard};
 pub use registration::{Claim, HeldBy, Registration, RegistrationError};
 pub use semaphore::{BudgetPolicy, DisruptionBudget, SemaphoreError, SlotGuard, SlotInfo};
 pub use session::{LossReason, Session, SessionError, Ttl};

@@ -104,6 +104,17 @@ pub enum LockError {
     },
 }
 
+/// A lock as one read of etcd found it: what a receiver of a fencing
+/// token checks the token against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockState {
+    /// Held: its token (create revision) and the holder's lease.
+    Held { token: FencingToken, lease: i64 },
+    /// Free; etcd's revision at the read: every later holder's token is
+    /// above it.
+    Free { revision: u64 },
+}
+
 /// A named, lease-bound, fenced lock.
 #[derive(Debug, Clone)]
 pub struct FencedMutex {
@@ -293,6 +304,30 @@ impl FencedMutex {
                 }
             }
         }
+    }
+
+    /// The lock's token now, or that it is free: one linearizable read
+    /// of the key (no value parsed: the token is the key's create revision).
+    pub async fn state(&self, client: &Etcd) -> Result<LockState, LockError> {
+        let response = client
+            .get(
+                self.key.as_str(),
+                Some(etcd_client::GetOptions::new().with_keys_only()),
+            )
+            .await
+            .map_err(|source| self.etcd(source))?;
+        Ok(match response.kvs().first() {
+            Some(kv) => LockState::Held {
+                token: FencingToken(u64::try_from(kv.create_revision()).unwrap_or(0)),
+                lease: kv.lease(),
+            },
+            None => LockState::Free {
+                revision: response
+                    .header()
+                    .and_then(|h| u64::try_from(h.revision()).ok())
+                    .unwrap_or(0),
+            },
+        })
     }
 
     /// Who holds the lock now, if anyone.

@@ -28,8 +28,12 @@ const KEEPALIVES_PER_TTL: u32 = 3;
 /// etcd refuses shorter leases in practice (it rounds up to its minimum);
 /// below this the loss margin is too thin to act on.
 const MIN_TTL: Duration = Duration::from_secs(2);
+/// A dead holder's locks, slots and registration stay this long at most:
+/// an hour is already more than anyone should wait for a crashed host
+/// (the default is 10 s), and etcd itself refuses TTLs past its own limit.
+const MAX_TTL: Duration = Duration::from_secs(3600);
 
-/// A lease time-to-live, whole seconds, at least [`MIN_TTL`].
+/// A lease time-to-live, whole seconds, from [`MIN_TTL`] to [`MAX_TTL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ttl(Duration);
 
@@ -38,6 +42,9 @@ impl Ttl {
         let ttl = Duration::from_secs(secs);
         if ttl < MIN_TTL {
             return Err(SessionError::TtlTooShort { secs });
+        }
+        if ttl > MAX_TTL {
+            return Err(SessionError::TtlTooLong { secs });
         }
         Ok(Self(ttl))
     }
@@ -76,6 +83,11 @@ impl std::fmt::Display for LossReason {
 pub enum SessionError {
     #[error("lease ttl {secs}s is too short; use at least {}s", MIN_TTL.as_secs())]
     TtlTooShort { secs: u64 },
+    #[error(
+        "lease ttl {secs}s is too long: a dead holder would keep its locks that long; use at most {}s",
+        MAX_TTL.as_secs()
+    )]
+    TtlTooLong { secs: u64 },
     #[error("cannot grant a lease with ttl {ttl_secs}s: {source}")]
     Grant {
         ttl_secs: i64,
@@ -315,4 +327,28 @@ async fn keep_alive(
     };
     tracing::warn!(lease = lease_hex, reason = %reason, "etcd session lost");
     lost.send_replace(Some(reason));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ttl_is_bounded_both_ways() {
+        assert!(matches!(
+            Ttl::from_secs(1),
+            Err(SessionError::TtlTooShort { secs: 1 })
+        ));
+        assert_eq!(
+            Ttl::from_secs(10).unwrap().as_duration(),
+            Duration::from_secs(10)
+        );
+        assert!(Ttl::from_secs(MAX_TTL.as_secs()).is_ok());
+        let huge = Ttl::from_secs(100_000_000).unwrap_err();
+        assert!(matches!(
+            huge,
+            SessionError::TtlTooLong { secs: 100_000_000 }
+        ));
+        assert!(huge.to_string().contains("at most 3600s"), "{huge}");
+    }
 }

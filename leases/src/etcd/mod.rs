@@ -27,6 +27,7 @@
 //! send a request that is not safe to repeat (see [`retry`]), or wait past
 //! a request's deadline.
 
+mod endpoint;
 mod health;
 mod metrics;
 mod retry;
@@ -44,6 +45,7 @@ use etcd_client::{
 use tokio::time::Instant;
 
 use crate::task::OwnedTask;
+pub use endpoint::{EndpointError, check_endpoint};
 use health::{Change, EndpointHealth};
 pub use metrics::{EtcdMetrics, RequestOutcome};
 use retry::Verdict;
@@ -138,6 +140,9 @@ impl Etcd {
             return Err(etcd_client::Error::InvalidArgs(
                 "no etcd endpoints".to_owned(),
             ));
+        }
+        for endpoint in endpoints {
+            check_endpoint(endpoint).map_err(|e| etcd_client::Error::InvalidArgs(e.to_string()))?;
         }
         let options = ConnectOptions::new()
             .with_connect_timeout(timing.connect_timeout)

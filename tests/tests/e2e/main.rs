@@ -9,6 +9,7 @@ mod agent_failures;
 mod agent_metrics;
 mod agent_return;
 mod budget;
+mod check_config;
 mod coordinator;
 mod error_text;
 mod etcd_failover;

@@ -595,6 +595,335 @@ async fn without_tls_operator_calls_come_only_from_loopback_unless_insecure_oper
     assert_eq!(answered.code(), tonic::Code::NotFound, "{answered:?}");
 }
 
+/// An `AgentService` client for the agent at `addr`, presenting `files`.
+async fn agent_client(
+    addr: std::net::SocketAddr,
+    files: &TlsFiles,
+) -> proto::v1::agent_service_client::AgentServiceClient<Channel> {
+    let material = tls::TlsMaterial::load(&tls::TlsPaths {
+        ca: files.ca.clone(),
+        cert: files.cert.clone(),
+        key: files.key.clone(),
+    })
+    .unwrap();
+    let channel = Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(material.client_config())
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(60))
+        .connect()
+        .await
+        .unwrap();
+    proto::v1::agent_service_client::AgentServiceClient::new(channel)
+}
+
+/// The demo service's durable fencing high-water mark on `agent`, from
+/// its state file.
+fn durable_mark(agent: &lockstep_tests::AgentFixture) -> u64 {
+    let path = agent.dir().join("data/state.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&text).unwrap();
+    state["services"]["demo"]["fencing_high_water"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Deploys `digest` as the operator and waits until it succeeded.
+async fn deployed(setup: &TlsFleet, digest: &str) -> serde_json::Value {
+    let mut as_operator = client(&setup.coordinator.url(), Some(&setup.operator)).await;
+    let started = as_operator
+        .deploy(deploy_request(digest, FAST))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(started.outcome(), pb::DeployOutcome::Started, "{started:?}");
+    let record = lockstep_tests::operator::finished(&setup.etcd, &started.deployment_id)
+        .await
+        .unwrap();
+    assert_eq!(record["state"], "succeeded", "{record}");
+    record
+}
+
+/// The version the demo service on `agent` runs, as agentctl says.
+async fn current_version(agent: &lockstep_tests::AgentFixture) -> String {
+    let releases = agent.agentctl_json(&["releases", "demo"]).await.unwrap();
+    releases["current"]["version"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Reproduces #14 Seen 3: "A future fencing token wedges a service for
+/// good. An Apply with token 2^64-1 for an unknown digest is refused, but
+/// the agent has already made the token its durable high-water mark;
+/// every later deployment steps down." Sent with the coordinator's own
+/// certificate: an Apply with token 2^64-1 for an unknown digest, then
+/// one for a release the coordinators hold (valid but for its token), and
+/// a Stage of it. Each is refused, the host's durable mark and release are
+/// unchanged, and the next deployment succeeds.
+#[tokio::test]
+async fn seen_3_a_future_fencing_token_is_refused_and_wedges_nothing() {
+    let setup = tls_fleet(&[("s3-a", "eu")]).await;
+    deployed(&setup, &setup.digest).await;
+    let host = &setup.fleet.hosts[0];
+    assert_eq!(current_version(&host.agent).await, "1.0.0");
+    let work = tempfile::tempdir().unwrap();
+    let bundle = DemoRelease::new("2.0.0", 1).build(work.path()).unwrap();
+    let bundle = bundle.display().to_string();
+    let urls = vec![setup.coordinator.url()];
+    let output = lockstep_tls(&urls, &setup.operator, &["release", "push", &bundle])
+        .await
+        .unwrap();
+    assert!(output.status.success(), "push: {}", text(&output));
+    let digest2 = lockstep_tests::operator::last_line(&output);
+    let mark = durable_mark(&host.agent);
+    assert!(mark > 0, "the first deployment left no mark");
+
+    let coordinator = setup.pki.issue(COORDINATOR).unwrap();
+    let mut agent = agent_client(host.agent.grpc_addr(), &coordinator).await;
+    let unknown = format!("sha256:{}", "f".repeat(64));
+    for digest in [unknown.as_str(), digest2.as_str()] {
+        let verdict = agent
+            .apply(pb::ApplyRequest {
+                service: "demo".to_owned(),
+                release_digest: digest.to_owned(),
+                fencing_token: u64::MAX,
+                deployment_id: "forged".to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .verdict
+            .unwrap();
+        assert_eq!(
+            verdict.outcome(),
+            pb::CommandOutcome::Refused,
+            "{digest}: {verdict:?}"
+        );
+        assert_eq!(durable_mark(&host.agent), mark, "{digest}: {verdict:?}");
+    }
+    let staged = agent
+        .stage(pb::StageRequest {
+            service: "demo".to_owned(),
+            release_digest: digest2.clone(),
+            fencing_token: u64::MAX,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .verdict
+        .unwrap();
+    assert_eq!(staged.outcome(), pb::CommandOutcome::Refused, "{staged:?}");
+    assert_eq!(durable_mark(&host.agent), mark, "{staged:?}");
+    assert_eq!(current_version(&host.agent).await, "1.0.0");
+
+    let record = deployed(&setup, &digest2).await;
+    assert_eq!(current_version(&host.agent).await, "2.0.0");
+    let token = record["token"].as_u64().unwrap();
+    assert_eq!(durable_mark(&host.agent), token, "{record}");
+}
+
+/// Sets the demo service's mark in `agent`'s state file to `mark`, as an
+/// agent wedged by #14 Seen 3 left it (the agent must be stopped).
+fn wedge(agent: &lockstep_tests::AgentFixture, mark: u64) {
+    let path = agent.dir().join("data/state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    state["services"]["demo"]["fencing_high_water"] = mark.into();
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+}
+
+/// #14 deliver 4, the break-glass: a host whose mark is already wedged
+/// (2^64-1, as an agent before tokens were checked against etcd took it)
+/// is recovered with `agentctl fence reset`, which lowers the mark only to
+/// what etcd justifies (the lock is free: etcd's revision), needs a
+/// reason, and writes an audit record; the next deployment then succeeds.
+#[tokio::test]
+async fn a_wedged_mark_is_lowered_by_agentctl_fence_reset_to_what_etcd_justifies() {
+    let mut setup = tls_fleet(&[("fence-a", "eu")]).await;
+    deployed(&setup, &setup.digest).await;
+    {
+        let host = &mut setup.fleet.hosts[0];
+        host.agent.stop().await.unwrap();
+        wedge(&host.agent, u64::MAX);
+        host.agent.start_again().await.unwrap();
+    }
+    let agent = &setup.fleet.hosts[0].agent;
+    let shown = agent
+        .agentctl_json(&["fence", "show", "demo"])
+        .await
+        .unwrap();
+    assert_eq!(shown["high_water"].as_u64(), Some(u64::MAX), "{shown}");
+    assert_eq!(shown["lock"], "free", "{shown}");
+    assert_eq!(
+        shown["lock_key"], "/lockstep/v1/locks/deploy/demo",
+        "{shown}"
+    );
+    let revision = shown["lock_token"].as_u64().unwrap();
+    assert!(revision > 0, "{shown}");
+
+    let no_reason = agent.agentctl(&["fence", "reset", "demo"]).await.unwrap();
+    assert_eq!(no_reason.status.code(), Some(2), "{}", text(&no_reason));
+    assert_eq!(durable_mark(agent), u64::MAX);
+
+    let reset = agent
+        .agentctl_json(&[
+            "fence",
+            "reset",
+            "demo",
+            "--reason",
+            "wedged by a forged token",
+        ])
+        .await
+        .unwrap();
+    let lowered = reset["reset_to"].as_u64().unwrap();
+    assert!(lowered >= revision && lowered < u64::MAX, "{reset}");
+    assert_eq!(durable_mark(agent), lowered);
+    let client = crate::failover_client(&setup.etcd).await;
+    let audited = wait_for("the reset in the audit log", DEADLINE, || async {
+        let records = leases::AuditLog::recent(&client, 10)
+            .await
+            .map_err(|e| e.to_string())?;
+        records
+            .into_iter()
+            .map(|(_, r)| r)
+            .find(|r| r.action == "fence-reset")
+            .ok_or_else(|| "no fence-reset record".to_owned())
+    })
+    .await
+    .unwrap();
+    assert_eq!(audited.target, "fence-a/demo", "{audited:?}");
+    assert_eq!(audited.reason, "wedged by a forged token", "{audited:?}");
+
+    // Nothing more to lower: etcd justifies the mark now.
+    let again = agent
+        .agentctl_json(&["fence", "reset", "demo", "--reason", "again"])
+        .await
+        .unwrap();
+    assert!(again.get("reset_to").is_none(), "{again}");
+
+    let work = tempfile::tempdir().unwrap();
+    let bundle = DemoRelease::new("2.0.0", 1).build(work.path()).unwrap();
+    let urls = vec![setup.coordinator.url()];
+    let output = lockstep_tls(
+        &urls,
+        &setup.operator,
+        &["release", "push", &bundle.display().to_string()],
+    )
+    .await
+    .unwrap();
+    assert!(output.status.success(), "push: {}", text(&output));
+    let digest2 = lockstep_tests::operator::last_line(&output);
+    deployed(&setup, &digest2).await;
+    assert_eq!(current_version(agent).await, "2.0.0");
+}
+
+/// #14 deliver 4, the availability trade-off: an agent that cannot read
+/// the deployment lock (etcd down) refuses a coordinator's token as
+/// FENCING_UNVERIFIED and writes nothing; with etcd up and no lock held,
+/// a token is refused as not the lock's. `agentctl fence reset` of a
+/// wedged mark then needs `--force` (to 0), audited locally.
+#[tokio::test]
+async fn with_etcd_down_a_token_is_unverified_and_only_a_forced_reset_lowers_a_mark() {
+    let mut etcd = EtcdCluster::single().await.unwrap();
+    let mut agent =
+        lockstep_tests::AgentFixture::start_with("fence-b", "solo", &etcd.agent_table("3s", "5s"))
+            .await
+            .unwrap();
+    let port = lockstep_tests::free_loopback_port().unwrap();
+    let v1 = DemoRelease::new("1.0.0", port).build(agent.dir()).unwrap();
+    agent.install(&v1).await.unwrap();
+    let releases = agent.agentctl_json(&["releases", "demo"]).await.unwrap();
+    let digest = releases["current"]["digest"].as_str().unwrap().to_owned();
+    let client = proto::v1::agent_service_client::AgentServiceClient::connect(format!(
+        "http://{}",
+        agent.grpc_addr()
+    ))
+    .await
+    .unwrap();
+    let apply = |token: u64| pb::ApplyRequest {
+        service: "demo".to_owned(),
+        release_digest: digest.clone(),
+        fencing_token: token,
+        deployment_id: "no-lock".to_owned(),
+    };
+    let verdict = client
+        .clone()
+        .apply(apply(5))
+        .await
+        .unwrap()
+        .into_inner()
+        .verdict
+        .unwrap();
+    assert_eq!(
+        verdict.refusal(),
+        pb::RefusalReason::StaleFencingToken,
+        "{verdict:?}"
+    );
+    assert!(verdict.message.contains("nobody holds it"), "{verdict:?}");
+    assert_eq!(durable_mark(&agent), 0);
+
+    etcd.kill(0).unwrap();
+    let verdict = wait_for(
+        "the agent to refuse an unverifiable token",
+        DEADLINE,
+        || async {
+            let verdict = client
+                .clone()
+                .apply(apply(5))
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner()
+                .verdict
+                .ok_or("no verdict")?;
+            if verdict.refusal() == pb::RefusalReason::FencingUnverified {
+                Ok(verdict)
+            } else {
+                Err(format!("{verdict:?}"))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        verdict.outcome(),
+        pb::CommandOutcome::Refused,
+        "{verdict:?}"
+    );
+    assert_eq!(durable_mark(&agent), 0);
+
+    agent.stop().await.unwrap();
+    wedge(&agent, u64::MAX);
+    agent.start_again().await.unwrap();
+    let shown = agent
+        .agentctl_json(&["fence", "show", "demo"])
+        .await
+        .unwrap();
+    assert_eq!(shown["lock"], "unreadable", "{shown}");
+    assert_eq!(shown["high_water"].as_u64(), Some(u64::MAX), "{shown}");
+    let refused = agent
+        .agentctl(&["fence", "reset", "demo", "--reason", "etcd is down"])
+        .await
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(text(&refused).contains("--force"), "{}", text(&refused));
+    assert_eq!(durable_mark(&agent), u64::MAX);
+
+    const REASON: &str = "wedged mark, etcd down";
+    let forced = agent
+        .agentctl_json(&["fence", "reset", "demo", "--force", "--reason", REASON])
+        .await
+        .unwrap();
+    assert_eq!(forced["reset_to"].as_u64(), Some(0), "{forced}");
+    assert_eq!(durable_mark(&agent), 0);
+    let local = std::fs::read_to_string(agent.dir().join("data/audit.jsonl")).unwrap();
+    assert!(
+        local.contains("fence-reset") && local.contains(REASON),
+        "{local}"
+    );
+}
+
 /// Reproduces #14 Seen 4 and 5 (unbounded input): "40 streams with 3 MB
 /// identities add 140 MB RSS and make `lockstep agents` fail (message too
 /// large)"; "a refused Apply with a 2.5 MB service name is persisted into

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod connect;
+mod fence;
 mod install;
 mod locks;
 mod logs;
@@ -64,6 +65,8 @@ enum Command {
     Logs(logs::Args),
     /// The disruption budget and locks of this host's cluster.
     Locks(locks::Args),
+    /// A service's fencing high-water mark; break-glass reset (audited).
+    Fence(fence::Args),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -83,6 +86,7 @@ async fn main() -> ExitCode {
             Command::Releases(args) => releases::run(client, args, cli.output).await,
             Command::Logs(args) => logs::run(client, args, cli.output).await,
             Command::Locks(args) => locks::run(client, args, cli.output).await,
+            Command::Fence(args) => fence::run(client, args, cli.output).await,
         }
     }
     .await;

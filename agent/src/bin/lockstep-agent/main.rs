@@ -195,6 +195,12 @@ async fn serve(config: AgentConfig) -> Result<()> {
             "plain-text AgentService: no [tls] configured, so it accepts commands from anyone who can reach its port; fine for a local demo, not for a fleet"
         ),
     }
+    if config.etcd.is_none() {
+        tracing::warn!(
+            grpc = %config.grpc_listen,
+            "no [etcd] configured: a coordinator's fencing token cannot be checked against its deployment lock, only against the highest token seen; a forged future token would be taken (agentctl fence reset --force undoes its mark)"
+        );
+    }
     let grpc = Arc::new(AgentGrpc::new(host.clone()));
     let grpc_server = tokio::spawn({
         let grpc = grpc.clone();
