@@ -238,11 +238,7 @@ fn fence_response(view: FenceView) -> pb::ControlFenceResponse {
         high_water: view.high_water,
         lock_state: state.into(),
         lock_token: token,
-        unread: view
-            .unread
-            .as_ref()
-            .map(|e| crate::dial::chain(e))
-            .unwrap_or_default(),
+        unread: view.unread.as_ref().map(|e| chain(e)).unwrap_or_default(),
         reset: view.reset_to.is_some(),
         reset_to: view.reset_to.unwrap_or_default(),
     }
@@ -420,7 +416,7 @@ impl AgentControl for ControlService {
             Err(err @ (HostError::FenceResetNeedsForce { .. } | HostError::FenceMoved { .. })) => {
                 Err(Status::failed_precondition(err.to_string()))
             }
-            Err(err) => Err(Status::internal(crate::dial::chain(&err))),
+            Err(err) => Err(Status::internal(chain(&err))),
         }
     }
 
@@ -516,12 +512,12 @@ impl AgentControl for ControlService {
                 };
                 return Err(Status::failed_precondition(format!(
                     "{}{hint}",
-                    crate::dial::chain(&err)
+                    chain(&err)
                 )));
             }
             Err(err) => pb::ControlLocksResponse {
                 cluster,
-                unavailable: crate::dial::chain(&err),
+                unavailable: chain(&err),
                 ..Default::default()
             },
         };

@@ -9,6 +9,7 @@
 //! Must never: retry by itself (callers own their loops and deadlines), or
 //! hand out a pause outside the bounds it was given.
 
+use cli::chain;
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
@@ -47,23 +48,6 @@ pub async fn connect(url: &str, tls: Option<&tls::TlsMaterial>) -> Result<Channe
         }
         message
     })
-}
-
-/// An error with its causes, `outer: inner: innermost`, skipping a cause
-/// the text already quotes: tonic's own messages ("transport error") say
-/// little without their causes.
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Capped exponential backoff with jitter: each pause is drawn from

@@ -367,7 +367,7 @@ impl ReleaseFetcher {
             }
             Err(source) => Err(FetchError::Rejected {
                 digest: *digest,
-                reason: dial::chain(&source),
+                reason: cli::chain(&source),
                 source: Box::new(source),
             }),
         };

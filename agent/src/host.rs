@@ -759,14 +759,7 @@ impl Host {
         deployment: &str,
     ) -> Result<AcceptedApply, HostError> {
         // A stale command is refused before the caller waits for a fetch.
-        let high_water = self.high_water(service).await;
-        if token < high_water {
-            return Err(HostError::StaleToken(StaleToken {
-                service: service.to_owned(),
-                offered: token,
-                high_water,
-            }));
-        }
+        self.refuse_stale(service, token).await?;
         let release = self.stored_or_fetched(digest).await?;
         of_service(&release, service)?;
         self.vouched(service, token).await?;
@@ -778,6 +771,19 @@ impl Host {
             .order(service, Some(token), Command::Apply { release, trigger })
             .await?;
         Ok(AcceptedApply { done })
+    }
+
+    /// A token older than the service's mark, refused before anything else.
+    async fn refuse_stale(&self, service: &str, token: u64) -> Result<(), HostError> {
+        let high_water = self.high_water(service).await;
+        if token < high_water {
+            return Err(HostError::StaleToken(StaleToken {
+                service: service.to_owned(),
+                offered: token,
+                high_water,
+            }));
+        }
+        Ok(())
     }
 
     /// Gives `command` to the service's actor: `Done` once it is taken.
@@ -820,15 +826,8 @@ impl Host {
     /// unvouched token, a release that is not there or not this
     /// service's) writes nothing durable.
     pub async fn stage(&self, service: &str, digest: &str, token: u64) -> Result<(), HostError> {
-        let high_water = self.high_water(service).await;
-        if token < high_water {
-            // Refused before the caller waits for a fetch.
-            return Err(HostError::StaleToken(StaleToken {
-                service: service.to_owned(),
-                offered: token,
-                high_water,
-            }));
-        }
+        // Refused before the caller waits for a fetch.
+        self.refuse_stale(service, token).await?;
         let release = self.stored_or_fetched(digest).await?;
         of_service(&release, service)?;
         self.vouched(service, token).await?;
@@ -1383,7 +1382,7 @@ impl Host {
                 Ok(instance) => started.push(instance),
                 Err(err) => {
                     tracing::error!(service, slot, error = %err, "cannot start the old instance again");
-                    verdict = Err(crate::dial::chain(&err));
+                    verdict = Err(chain(&err));
                 }
             }
         }
@@ -1649,7 +1648,7 @@ impl Host {
         }
         fetched.map_err(|err| HostError::ReleaseUnavailable {
             digest: digest.to_owned(),
-            reason: crate::dial::chain(&err),
+            reason: chain(&err),
         })?;
         self.stored(digest).await
     }
@@ -1662,7 +1661,7 @@ impl Host {
             .await?
             .map_err(|e| HostError::ReleaseUnavailable {
                 digest: digest.to_owned(),
-                reason: crate::dial::chain(&e),
+                reason: chain(&e),
             })
     }
 

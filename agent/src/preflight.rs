@@ -11,8 +11,8 @@ use std::path::Path;
 
 use crate::config::AgentConfig;
 use crate::control::Access;
-use crate::dial::chain;
 use crate::state::AgentState;
+use cli::chain;
 
 /// Every problem found, one line each (`  key: what`), in key order.
 pub fn host_problems(config: &AgentConfig) -> Vec<String> {

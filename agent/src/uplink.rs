@@ -213,7 +213,7 @@ fn status_text(status: &tonic::Status) -> String {
     let mut text = format!("{:?}: {}", status.code(), status.message());
     if let Some(source) = std::error::Error::source(status) {
         text.push_str(": ");
-        text.push_str(&dial::chain(source));
+        text.push_str(&cli::chain(source));
     }
     text
 }

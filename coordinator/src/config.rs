@@ -53,6 +53,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cli::chain;
 use serde::Deserialize;
 
 use crate::checks::{ArgvElement, CheckCatalog, NamedCheck};
@@ -546,21 +547,6 @@ fn role_rules(
         }
     }
     rules
-}
-
-/// An error and its causes, each once, `: `-separated.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 fn http_url(url: &str) -> Result<(), String> {

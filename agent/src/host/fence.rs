@@ -12,6 +12,7 @@
 //! Must never: write the durable state for a token etcd did not vouch for,
 //! raise a mark, or lower one without an audit record.
 
+use cli::chain;
 use leases::LockState;
 
 use super::{Host, HostError};
@@ -90,7 +91,7 @@ impl Host {
                     service,
                     token,
                     key,
-                    error = unread.as_ref().map(|e| crate::dial::chain(e)),
+                    error = unread.as_ref().map(|e| chain(e)),
                     "cannot check a fencing token against etcd; refused for now"
                 );
                 Err(HostError::FenceUnverified {
@@ -131,7 +132,7 @@ impl Host {
                     service: service.to_owned(),
                     high_water,
                     etcd: match &view.unread {
-                        Some(err) => crate::dial::chain(err),
+                        Some(err) => chain(err),
                         None => "this agent has no [etcd]".to_owned(),
                     },
                 });

@@ -759,7 +759,7 @@ impl Driver {
         let output = match self.log.app_output() {
             Ok(output) => output,
             Err(e) => {
-                let reason = error_chain(&e);
+                let reason = cli::chain(&e);
                 tracing::warn!(error = %reason, "cannot open the instance log for the app");
                 self.group = None;
                 return Event::Exited(ExitReason::SpawnFailed(reason));
@@ -787,7 +787,7 @@ impl Driver {
                 Event::Started { pid }
             }
             Err(e) => {
-                let reason = error_chain(&e);
+                let reason = cli::chain(&e);
                 tracing::warn!(error = %reason, "cannot spawn instance process");
                 self.log.note(&format!("cannot spawn: {reason}"));
                 self.group = None;
@@ -849,15 +849,4 @@ impl Driver {
             }
         });
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
