@@ -44,12 +44,15 @@
 //! A fenced-out engine (`AgentRefused` with its own token) returns
 //! `Action::StepDown` and nothing after it.
 
+pub mod analysis;
 pub mod engine;
 pub mod fleet;
 pub mod plan;
 pub mod sim;
 pub mod strategy;
 
+pub use analysis::{Analysis, AnalysisRunId, Bindings, Verdict};
+pub use engine::AnalysisScope;
 pub use engine::{Action, Command, Engine, Event, Notice, Outcome, Reason, Status, Step, Watched};
 pub use fleet::Fleet;
 pub use fleet::{
