@@ -270,3 +270,22 @@ phases = ["bake"]
         assert!(errs.contains(want), "{want:?} missing from: {errs}");
     }
 }
+
+#[test]
+fn the_plan_shows_each_analysis_with_its_query() {
+    let s = with(vec![error_rate(
+        &[Phase::Canary, Phase::Bake],
+        OnInconclusive::Halt,
+    )]);
+    let text = make_plan(
+        &fleet(&[("a", 1), ("b", 2)]),
+        &s,
+        rollout::Overlap::SocketHandover,
+    )
+    .render();
+    assert!(
+        text.contains("  error-rate: result < 0.05, 3 x 1s, failure_limit 0, inconclusive_limit 0 [canary, bake], inconclusive: halt\n"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("    query: {QUERY}\n")), "{text}");
+}
