@@ -15,11 +15,11 @@ use std::time::Duration;
 use lockstep_tests::http::{PollReport, Poller};
 use lockstep_tests::operator::{
     agents_known, every_host_serves, finished, push, record, served_version, start_deploy,
-    strategy_with,
+    strategy_with, text,
 };
 use lockstep_tests::{
-    CoordinatorFixture, DemoRelease, EtcdCluster, FleetFixture, PrometheusFixture, ScrapeJob,
-    free_loopback_port, wait_for,
+    CoordinatorFixture, DEMO_SERVICE, DemoRelease, EtcdCluster, FleetFixture, PrometheusFixture,
+    ScrapeJob, free_loopback_port, lockstep, wait_for,
 };
 
 const TTL_SECS: u64 = 3;
@@ -194,15 +194,40 @@ async fn an_error_serving_canary_is_rolled_back_by_its_analysis() {
     every_host_serves(&stage.fleet, "1.0.0").await.unwrap();
 }
 
-/// #16 deliver 2/4: a good release passes the same analysis, and no
-/// client saw a failed request.
+/// #16 deliver 2/4: `lockstep plan` shows the analysis, a good release
+/// passes it, and no client saw a failed request.
 #[tokio::test]
 async fn a_good_release_passes_its_analysis() {
     let stage = Stage::start().await;
     let good = stage.release("2.0.0", "error_percent = 0\n");
     let strategy = stage.strategy("analysed", &analysed(""));
+    let digest = push(&stage.urls, &good).await.unwrap();
+    let strategy_arg = strategy.display().to_string();
+    let plan = lockstep(
+        &stage.urls,
+        &[
+            "plan",
+            "--service",
+            DEMO_SERVICE,
+            "--release",
+            &digest,
+            "--strategy",
+            &strategy_arg,
+        ],
+    )
+    .await
+    .unwrap();
+    let shown = text(&plan);
+    assert!(plan.status.success(), "{shown}");
+    for want in [
+        "error-rate: result < 0.05, 3 x 2s, failure_limit 0, inconclusive_limit 0 [canary], inconclusive: halt",
+        &format!("query: {ERROR_RATE}"),
+    ] {
+        assert!(shown.contains(want), "{want:?} missing from: {shown}");
+    }
     let clients = stage.clients().await;
-    let r = stage.deploy(&good, &strategy).await;
+    let id = start_deploy(&stage.urls, &digest, &strategy).await.unwrap();
+    let r = finished(&stage.etcd, &id).await.unwrap();
     let reports = stop(clients).await;
     assert_eq!(r["state"], "succeeded", "{r}");
     for (host, report) in &reports {
