@@ -93,6 +93,9 @@ pub struct CoordinatorConfig {
     /// `[metrics] listen`: where /metrics, /healthz and /readyz are
     /// served; `None`: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// `[prometheus] url`: the only Prometheus analysis gates query;
+    /// `None`: every analysis is inconclusive.
+    pub prometheus: Option<crate::analysis::PrometheusEndpoint>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +133,13 @@ struct RawConfig {
     #[serde(default)]
     checks: Vec<RawNamedCheck>,
     metrics: Option<RawMetrics>,
+    prometheus: Option<RawPrometheus>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrometheus {
+    url: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -331,6 +341,11 @@ impl CoordinatorConfig {
         let metrics_listen = raw
             .metrics
             .and_then(|m| metrics_listen(&m.listen, listen.as_ref().ok(), &mut check));
+        let prometheus = raw.prometheus.and_then(|p| {
+            crate::analysis::PrometheusEndpoint::parse(&p.url)
+                .map_err(|e| check("prometheus.url", Err(e)))
+                .ok()
+        });
         match (
             listen,
             advertise_url,
@@ -362,6 +377,7 @@ impl CoordinatorConfig {
                 access,
                 checks,
                 metrics_listen,
+                prometheus,
             }),
             _ => Err(ConfigError::Invalid {
                 path: path.to_owned(),
@@ -614,6 +630,28 @@ mod tests {
 
     const MINIMAL: &str =
         "store_dir = \"/var/lib/lc\"\n[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n";
+
+    #[test]
+    fn the_prometheus_url_is_optional_and_checked() {
+        assert_eq!(parse(MINIMAL).unwrap().prometheus, None);
+        let config = parse(&format!(
+            "{MINIMAL}[prometheus]\nurl = \"http://127.0.0.1:9090\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.prometheus.map(|p| p.to_string()).as_deref(),
+            Some("http://127.0.0.1:9090")
+        );
+        let err = parse(&format!(
+            "{MINIMAL}[prometheus]\nurl = \"https://prom:9090\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("prometheus.url: \"https://prom:9090\": must start with http://"),
+            "{err}"
+        );
+    }
 
     /// A CA and a coordinator certificate signed by it, as PEM files.
     fn tls_table(dir: &Path, cert_name: &str) -> String {

@@ -22,13 +22,15 @@ use std::time::{Duration, Instant};
 use etcd_client::Compare;
 use leases::LossReason;
 use proto::v1 as pb;
+use rollout::Verdict as AnalysisVerdict;
 use rollout::{
-    Action, ApplyId, CheckRunId, Command, Event, FencingToken, Installed, InstanceId, Millis,
-    Notice, ReleaseDigest, Step, TimerId,
+    Action, AnalysisRunId, AnalysisScope, ApplyId, Bindings, CheckRunId, Command, Event,
+    FencingToken, Installed, InstanceId, Millis, Notice, ReleaseDigest, Step, TimerId,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
+use crate::analysis::{AnalysisRun, PrometheusEndpoint, run_analysis};
 use crate::checks::CheckCatalog;
 use crate::deploy_lock::DeploymentLock;
 use crate::effects::{AgentDialer, CheckContext, run_check};
@@ -58,6 +60,8 @@ pub struct DriverContext {
     pub leader_fence: Compare,
     /// `[[checks]]` of coordinator.toml: what a strategy's check runs.
     pub checks: CheckCatalog,
+    /// `[prometheus] url`: where analysis gates query.
+    pub prometheus: Option<PrometheusEndpoint>,
     pub metrics: CoordinatorMetrics,
 }
 
@@ -105,6 +109,7 @@ enum Input {
     Fleet,
     Timer(TimerId),
     Check(CheckRunId, Result<(), String>),
+    Analysis(AnalysisRunId, AnalysisVerdict),
     Applied(InstanceId, ApplyId, ApplyResult),
     Retry(InstanceId, ApplyId),
 }
@@ -121,6 +126,7 @@ pub struct Driver {
     baselines: BTreeMap<InstanceId, HealthBaseline>,
     timers: JoinSet<TimerId>,
     checks: JoinSet<(CheckRunId, Result<(), String>)>,
+    analyses: JoinSet<(AnalysisRunId, AnalysisVerdict)>,
     applies: JoinSet<(InstanceId, ApplyId, ApplyResult)>,
     retries: JoinSet<(InstanceId, ApplyId)>,
     /// Fetches of the target by agents ahead of their batch (best effort).
@@ -158,6 +164,7 @@ impl Driver {
             baselines: BTreeMap::new(),
             timers: JoinSet::new(),
             checks: JoinSet::new(),
+            analyses: JoinSet::new(),
             applies: JoinSet::new(),
             retries: JoinSet::new(),
             staging: JoinSet::new(),
@@ -248,6 +255,7 @@ impl Driver {
                 _ = tick.tick() => Input::Fleet,
                 Some(Ok(id)) = self.timers.join_next() => Input::Timer(id),
                 Some(Ok((run, result))) = self.checks.join_next() => Input::Check(run, result),
+                Some(Ok((run, verdict))) = self.analyses.join_next() => Input::Analysis(run, verdict),
                 Some(Ok((i, a, r))) = self.applies.join_next() => Input::Applied(i, a, r),
                 Some(Ok((i, a))) = self.retries.join_next() => Input::Retry(i, a),
             };
@@ -257,6 +265,7 @@ impl Driver {
                 Input::Fleet => self.observe().await,
                 Input::Timer(id) => self.step(Event::TimerFired(id), Vec::new()).await,
                 Input::Check(run, result) => self.check_done(run, result).await,
+                Input::Analysis(run, verdict) => self.analysis_done(run, verdict).await,
                 Input::Applied(instance, apply, result) => {
                     self.applied(instance, apply, result).await
                 }
@@ -323,6 +332,75 @@ impl Driver {
                     .await
             }
         }
+    }
+
+    async fn analysis_done(
+        &mut self,
+        run: AnalysisRunId,
+        verdict: AnalysisVerdict,
+    ) -> Option<DriverExit> {
+        let (kind, message) = match &verdict {
+            AnalysisVerdict::Passed => (
+                EventKind::AnalysisPassed,
+                format!("analysis run {} passed", run.0),
+            ),
+            AnalysisVerdict::Failed(detail) => (EventKind::AnalysisFailed, detail.clone()),
+            AnalysisVerdict::Inconclusive(detail) => {
+                (EventKind::AnalysisInconclusive, detail.clone())
+            }
+            AnalysisVerdict::Pending => (
+                EventKind::AnalysisInconclusive,
+                "the run ended without a verdict".to_owned(),
+            ),
+        };
+        self.step(
+            Event::AnalysisDone { run, verdict },
+            vec![Happening::new(kind, "", message)],
+        )
+        .await
+    }
+
+    /// Starts one analysis run: its placeholders are this deployment's
+    /// service, the scope's hosts, clusters and release.
+    fn start_analysis(
+        &mut self,
+        run: AnalysisRunId,
+        analysis: rollout::Analysis,
+        scope: AnalysisScope,
+    ) {
+        let plan = self.record.engine.plan();
+        let cluster_of = |id: &InstanceId| {
+            plan.position(id)
+                .and_then(|ix| plan.instances.get(ix))
+                .and_then(|i| plan.clusters.get(i.cluster))
+                .map(|c| c.name.to_string())
+        };
+        let bindings = Bindings {
+            service: self.record.service.clone(),
+            clusters: scope.clusters.iter().map(ToString::to_string).collect(),
+            hosts: scope.instances.iter().map(ToString::to_string).collect(),
+            release: scope.release.to_string(),
+        };
+        let baseline = scope.baseline.as_ref().map(|(hosts, release)| {
+            let mut clusters: Vec<String> = hosts.iter().filter_map(cluster_of).collect();
+            clusters.sort();
+            clusters.dedup();
+            Bindings {
+                service: self.record.service.clone(),
+                clusters,
+                hosts: hosts.iter().map(ToString::to_string).collect(),
+                release: release.to_string(),
+            }
+        });
+        let job = AnalysisRun {
+            deployment: self.record.id.clone(),
+            analysis,
+            bindings,
+            baseline,
+        };
+        let endpoint = self.ctx.prometheus.clone();
+        self.analyses
+            .spawn(async move { (run, run_analysis(endpoint, job).await) });
     }
 
     async fn applied(
@@ -585,6 +663,26 @@ impl Driver {
                         self.record.describe(outcome),
                     ));
                 }
+                Action::RunAnalysis {
+                    analysis, scope, ..
+                } => {
+                    notes.push(Happening::new(
+                        EventKind::AnalysisStarted,
+                        "",
+                        format!(
+                            "analysis {} ({}) on {}: {}",
+                            analysis.name,
+                            scope.phase,
+                            scope
+                                .instances
+                                .iter()
+                                .map(InstanceId::as_str)
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            analysis
+                        ),
+                    ));
+                }
                 Action::StartTimer { .. } | Action::RunCheck { .. } | Action::StepDown { .. } => {}
             }
         }
@@ -685,6 +783,11 @@ impl Driver {
                         (run, result)
                     });
                 }
+                Action::RunAnalysis {
+                    run,
+                    analysis,
+                    scope,
+                } => self.start_analysis(run, analysis, scope),
                 Action::Emit(_) | Action::StepDown { .. } | Action::Finish(_) => {}
             }
         }

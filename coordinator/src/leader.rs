@@ -291,6 +291,7 @@ impl Coordinator {
                 agents: AgentDialer::new(self.config.tls.clone()),
                 leader_fence: leadership.fence(),
                 checks: self.config.checks.clone(),
+                prometheus: self.config.prometheus.clone(),
                 metrics: self.metrics.clone(),
             }),
             calls: Mutex::new(HashMap::new()),
@@ -525,6 +526,19 @@ impl Coordinator {
         };
         if let Err(problems) = self.config.checks.resolve(&mut strategy) {
             return Ok(Err(problems));
+        }
+        // Refused at plan time rather than discovered as "inconclusive" in
+        // the middle of a rollout.
+        if !strategy.analyses.is_empty() && self.config.prometheus.is_none() {
+            return Ok(Err(vec![format!(
+                "the strategy declares analyses ({}) but this coordinator has no [prometheus] url in coordinator.toml to run them against",
+                strategy
+                    .analyses
+                    .iter()
+                    .map(|a| a.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )]));
         }
         let mut hosts = self.fleet.service_fleet(service, &target);
         if let Purpose::Restart {

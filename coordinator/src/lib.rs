@@ -11,6 +11,7 @@
 
 pub mod admission;
 pub mod agent_binding;
+pub mod analysis;
 pub mod bounds;
 pub mod checks;
 pub mod config;

@@ -278,6 +278,10 @@ pub enum EventKind {
     RollbackStarted,
     Finished,
     Baking,
+    AnalysisStarted,
+    AnalysisPassed,
+    AnalysisFailed,
+    AnalysisInconclusive,
 }
 
 impl EventKind {
@@ -298,6 +302,10 @@ impl EventKind {
             Self::RollbackStarted => K::RollbackStarted,
             Self::Finished => K::Finished,
             Self::Baking => K::Baking,
+            Self::AnalysisStarted => K::AnalysisStarted,
+            Self::AnalysisPassed => K::AnalysisPassed,
+            Self::AnalysisFailed => K::AnalysisFailed,
+            Self::AnalysisInconclusive => K::AnalysisInconclusive,
         }
     }
 }

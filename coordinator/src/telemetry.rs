@@ -178,6 +178,8 @@ impl Default for CoordinatorMetrics {
 pub enum RollbackReason {
     InstanceFailed,
     CheckFailed,
+    AnalysisFailed,
+    AnalysisInconclusive,
     HealthyDeadline,
     ProgressDeadline,
     Unhealthy,
@@ -193,6 +195,8 @@ impl RollbackReason {
             rollout::Reason::InstanceFailed { .. } if unhealthy => Self::Unhealthy,
             rollout::Reason::InstanceFailed { .. } => Self::InstanceFailed,
             rollout::Reason::CheckFailed { .. } => Self::CheckFailed,
+            rollout::Reason::AnalysisFailed { .. } => Self::AnalysisFailed,
+            rollout::Reason::AnalysisInconclusive { .. } => Self::AnalysisInconclusive,
             rollout::Reason::HealthyDeadline { .. } => Self::HealthyDeadline,
             rollout::Reason::ProgressDeadline { .. } => Self::ProgressDeadline,
             rollout::Reason::Operator => Self::Operator,
@@ -203,6 +207,8 @@ impl RollbackReason {
         match self {
             Self::InstanceFailed => "instance_failed",
             Self::CheckFailed => "check_failed",
+            Self::AnalysisFailed => "analysis_failed",
+            Self::AnalysisInconclusive => "analysis_inconclusive",
             Self::HealthyDeadline => "healthy_deadline",
             Self::ProgressDeadline => "progress_deadline",
             Self::Unhealthy => "unhealthy",

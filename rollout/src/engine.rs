@@ -23,9 +23,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::analysis::{self, AnalysisRunId, OnInconclusive, Verdict};
 use crate::fleet::{
     ApplyId, CheckRunId, ClusterName, DeploymentId, DurationMs, FencingToken, Installed,
-    InstanceId, Millis, TimerId,
+    InstanceId, Millis, ReleaseDigest, TimerId,
 };
 use crate::plan::{Plan, WaveKind};
 use crate::strategy::Check;
@@ -124,6 +125,13 @@ pub enum Event {
         /// Its output or exit status.
         detail: String,
     },
+    /// An analysis run reached its verdict (never `Pending`).
+    AnalysisDone {
+        /// Which run.
+        run: AnalysisRunId,
+        /// Passed, failed or inconclusive, with the values.
+        verdict: Verdict,
+    },
     /// A timer the engine asked for has fired.
     TimerFired(TimerId),
     /// An operator's command.
@@ -157,6 +165,29 @@ pub enum Reason {
         /// For which cluster.
         cluster: ClusterName,
         /// Output, exit status or "timed out".
+        detail: String,
+    },
+    /// An analysis gate's measurements failed its condition.
+    AnalysisFailed {
+        /// The analysis's name.
+        analysis: String,
+        /// Where it ran.
+        phase: analysis::Phase,
+        /// The query as declared (placeholders unfilled).
+        query: String,
+        /// The measurements that failed, with values and condition.
+        detail: String,
+    },
+    /// An analysis gate could not measure (Prometheus unreachable, errors,
+    /// no data): not evidence against the release, but never a pass.
+    AnalysisInconclusive {
+        /// The analysis's name.
+        analysis: String,
+        /// Where it ran.
+        phase: analysis::Phase,
+        /// The query as declared.
+        query: String,
+        /// Why the measurements were inconclusive.
         detail: String,
     },
     /// A batch was not ready within `healthy_deadline`.
@@ -194,6 +225,24 @@ impl fmt::Display for Reason {
                 cluster,
                 detail,
             } => write!(f, "check {check} failed for cluster {cluster}: {detail}"),
+            Reason::AnalysisFailed {
+                analysis,
+                phase,
+                query,
+                detail,
+            } => write!(
+                f,
+                "analysis {analysis} failed ({phase}): {detail}; query: {query}"
+            ),
+            Reason::AnalysisInconclusive {
+                analysis,
+                phase,
+                query,
+                detail,
+            } => write!(
+                f,
+                "analysis {analysis} inconclusive ({phase}): {detail}; query: {query}"
+            ),
             Reason::HealthyDeadline {
                 deadline,
                 instances,
@@ -430,6 +479,16 @@ pub enum Action {
         /// What to run.
         check: Check,
     },
+    /// Run an analysis (`count` measurements against Prometheus) and report
+    /// `AnalysisDone` for `run`.
+    RunAnalysis {
+        /// The run's id.
+        run: AnalysisRunId,
+        /// What to measure and how to judge it.
+        analysis: analysis::Analysis,
+        /// Over which hosts.
+        scope: AnalysisScope,
+    },
     /// Record in history and show to watchers.
     Emit(Notice),
     /// The deployment is over; persist this and release the lock. Always the
@@ -441,6 +500,23 @@ pub enum Action {
         /// Our refused token.
         token: FencingToken,
     },
+}
+
+/// What one analysis run measures: the driver fills the query's
+/// placeholders from it (and the service's name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnalysisScope {
+    /// Where in the deployment.
+    pub phase: analysis::Phase,
+    /// `$hosts`: the instances measured.
+    pub instances: Vec<InstanceId>,
+    /// `$cluster`: their clusters.
+    pub clusters: Vec<ClusterName>,
+    /// `$release`: what they run (the target).
+    pub release: ReleaseDigest,
+    /// For the baseline form: the instances this deployment has not
+    /// touched (so still on their previous release) and that release.
+    pub baseline: Option<(Vec<InstanceId>, ReleaseDigest)>,
 }
 
 /// A switched instance the driver must watch (see `Engine::watched`).
@@ -559,9 +635,13 @@ struct Rollback {
 enum Phase {
     Created,
     Running(Cursor),
-    /// After the last batch: waits for the bake timer, watching everything.
+    /// After the last batch: waits for the bake timer and the bake's
+    /// analyses, watching everything.
     Baking {
         timer: TimerId,
+        /// The bake timer has fired; only analyses are left.
+        #[serde(default)]
+        elapsed: bool,
     },
     Halted(Reason),
     RollingBack(Rollback),
@@ -575,6 +655,7 @@ enum Purpose {
     Healthy,
     Stable,
     Check(CheckRunId),
+    Analysis(AnalysisRunId),
     Rollback(usize),
     Bake,
 }
@@ -590,6 +671,14 @@ struct PendingCheck {
     cluster: usize,
     check: usize,
     timer: TimerId,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PendingAnalysis {
+    /// Index into `Plan::analyses`.
+    analysis: usize,
+    timer: TimerId,
+    scope: AnalysisScope,
 }
 
 /// One deployment's state machine. Serialise it after every step; a new
@@ -609,6 +698,11 @@ pub struct Engine {
     checks: BTreeMap<CheckRunId, PendingCheck>,
     /// Every run ever issued: (cluster, check) for naming late failures.
     issued_checks: BTreeMap<CheckRunId, (usize, usize)>,
+    /// Analysis runs in flight.
+    #[serde(default)]
+    analyses: BTreeMap<AnalysisRunId, PendingAnalysis>,
+    #[serde(default)]
+    next_analysis: u64,
     paused: bool,
     awaiting_approval: bool,
     /// Set at the first failure; from then on the target is never applied.
@@ -647,6 +741,8 @@ impl Engine {
             timers: BTreeMap::new(),
             checks: BTreeMap::new(),
             issued_checks: BTreeMap::new(),
+            analyses: BTreeMap::new(),
+            next_analysis: 1,
             paused: false,
             awaiting_approval: false,
             frozen: false,
@@ -833,6 +929,7 @@ impl Engine {
                     );
                 }
             }
+            Event::AnalysisDone { run, verdict } => self.on_analysis(now, run, verdict, &mut out),
             Event::TimerFired(id) => self.on_timer(now, id, &mut out),
             Event::Operator(cmd) => self.on_command(cmd, &mut out),
             Event::AgentRefused { token, .. } => {
@@ -840,6 +937,7 @@ impl Engine {
                     self.phase = Phase::Superseded;
                     self.timers.clear();
                     self.checks.clear();
+                    self.analyses.clear();
                     out.push(Action::StepDown { token });
                     return out;
                 }
@@ -978,6 +1076,10 @@ impl Engine {
                     self.walk_rollback(now, out);
                     return;
                 }
+                Phase::Baking { elapsed: true, .. } if self.analyses.is_empty() => {
+                    self.finish(Outcome::Succeeded, out);
+                    return;
+                }
                 _ => return,
             };
             match cur.gate {
@@ -1036,7 +1138,7 @@ impl Engine {
                         self.restart_applying(now, out);
                         return;
                     }
-                    if !self.checks.is_empty() {
+                    if !self.checks.is_empty() || !self.analyses.is_empty() {
                         return;
                     }
                     self.batch_passed(now, &cur, out);
@@ -1048,6 +1150,9 @@ impl Engine {
     fn restart_applying(&mut self, now: Millis, out: &mut Vec<Action>) {
         for pc in std::mem::take(&mut self.checks).into_values() {
             self.timers.remove(&pc.timer);
+        }
+        for pa in std::mem::take(&mut self.analyses).into_values() {
+            self.timers.remove(&pa.timer);
         }
         let deadline = self.arm(now, self.plan.gates.healthy_deadline, Purpose::Healthy, out);
         self.set_gate(Gate::Applying { deadline });
@@ -1083,7 +1188,143 @@ impl Engine {
                 });
             }
         }
+        // Analyses judge the target: the forward pass measures it; the
+        // rehearsal's passes only prove the switch back and forth works.
+        if cur.step == Step::Forward {
+            let canary = self
+                .plan
+                .waves
+                .get(cur.wave)
+                .is_some_and(|w| w.kind == WaveKind::Canary);
+            let phase = if canary {
+                analysis::Phase::Canary
+            } else {
+                analysis::Phase::Clusters
+            };
+            let members = self.members(cur).to_vec();
+            self.start_analyses(now, phase, &members, out);
+        }
         self.set_gate(Gate::Checking);
+    }
+
+    /// Starts every analysis of `phase` over `members`, each with a timer
+    /// that makes a run without a verdict inconclusive.
+    fn start_analyses(
+        &mut self,
+        now: Millis,
+        phase: analysis::Phase,
+        members: &[usize],
+        out: &mut Vec<Action>,
+    ) {
+        let chosen: Vec<usize> = self.plan.analyses_in(phase).map(|(ai, _)| ai).collect();
+        if chosen.is_empty() {
+            return;
+        }
+        let mut clusters: Vec<ClusterName> = members
+            .iter()
+            .map(|&ix| {
+                self.plan.clusters[self.plan.instances[ix].cluster]
+                    .name
+                    .clone()
+            })
+            .collect();
+        clusters.sort();
+        clusters.dedup();
+        let untouched: Vec<InstanceId> = self
+            .insts
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.apply.is_none())
+            .map(|(ix, _)| self.plan.instances[ix].id.clone())
+            .collect();
+        for ai in chosen {
+            let a = self.plan.analyses[ai].clone();
+            let scope = AnalysisScope {
+                phase,
+                instances: members
+                    .iter()
+                    .map(|&ix| self.plan.instances[ix].id.clone())
+                    .collect(),
+                clusters: clusters.clone(),
+                release: self.plan.target,
+                // A first install has nothing to compare with: no baseline.
+                baseline: a.baseline.and_then(|_| {
+                    self.plan
+                        .previous
+                        .release()
+                        .map(|previous| (untouched.clone(), *previous))
+                }),
+            };
+            let run = AnalysisRunId(self.next_analysis);
+            self.next_analysis += 1;
+            let timer = self.arm(now, a.deadline(), Purpose::Analysis(run), out);
+            self.analyses.insert(
+                run,
+                PendingAnalysis {
+                    analysis: ai,
+                    timer,
+                    scope: scope.clone(),
+                },
+            );
+            out.push(Action::RunAnalysis {
+                run,
+                analysis: a,
+                scope,
+            });
+        }
+    }
+
+    fn on_analysis(
+        &mut self,
+        now: Millis,
+        run: AnalysisRunId,
+        verdict: Verdict,
+        out: &mut Vec<Action>,
+    ) {
+        // Only a run still pending counts: a run dropped by a failure,
+        // a restart of the batch or the end is no longer asked about.
+        let Some(pa) = self.analyses.remove(&run) else {
+            return;
+        };
+        self.timers.remove(&pa.timer);
+        let Some(a) = self.plan.analyses.get(pa.analysis) else {
+            return;
+        };
+        let (name, query, phase) = (a.name.clone(), a.query.clone(), pa.scope.phase);
+        match verdict {
+            Verdict::Passed => {}
+            Verdict::Failed(detail) => self.fail(
+                now,
+                Reason::AnalysisFailed {
+                    analysis: name,
+                    phase,
+                    query,
+                    detail,
+                },
+                out,
+            ),
+            Verdict::Pending => self.stop(
+                now,
+                Reason::AnalysisInconclusive {
+                    analysis: name,
+                    phase,
+                    query,
+                    detail: "the run ended without a verdict".to_owned(),
+                },
+                a.on_inconclusive == OnInconclusive::Rollback,
+                out,
+            ),
+            Verdict::Inconclusive(detail) => {
+                let rollback = a.on_inconclusive == OnInconclusive::Rollback;
+                let reason = Reason::AnalysisInconclusive {
+                    analysis: name,
+                    phase,
+                    query,
+                    detail,
+                };
+                self.stop(now, reason, rollback, out);
+            }
+        }
     }
 
     fn batch_passed(&mut self, now: Millis, cur: &Cursor, out: &mut Vec<Action>) {
@@ -1144,18 +1385,30 @@ impl Engine {
     /// not the bake (which bounds itself), so its timer goes.
     fn begin_bake(&mut self, now: Millis, out: &mut Vec<Action>) {
         let bake_time = self.plan.gates.bake_time;
-        if bake_time.0 == 0 {
+        let analysed = self
+            .plan
+            .analyses_in(analysis::Phase::Bake)
+            .next()
+            .is_some();
+        if bake_time.0 == 0 && !analysed {
             self.finish(Outcome::Succeeded, out);
             return;
         }
         self.timers
             .retain(|_, t| !matches!(t.purpose, Purpose::Progress));
+        // With bake_time 0 the timer fires at once: the bake lasts as long
+        // as its analyses.
         let timer = self.arm(now, bake_time, Purpose::Bake, out);
         out.push(Action::Emit(Notice::BakeStarted {
             bake_time,
             instances: self.touched.len(),
         }));
-        self.phase = Phase::Baking { timer };
+        self.phase = Phase::Baking {
+            timer,
+            elapsed: false,
+        };
+        let everyone: Vec<usize> = self.touched.clone();
+        self.start_analyses(now, analysis::Phase::Bake, &everyone, out);
     }
 
     fn on_ready(
@@ -1327,8 +1580,23 @@ impl Engine {
                 }
             }
             Purpose::Bake => {
-                if matches!(self.phase, Phase::Baking { timer } if timer == id) {
-                    self.finish(Outcome::Succeeded, out);
+                if let Phase::Baking { timer, elapsed } = &mut self.phase {
+                    if *timer == id {
+                        *elapsed = true;
+                    }
+                }
+            }
+            Purpose::Analysis(run) => {
+                if self.analyses.contains_key(&run) {
+                    // Put the timer back so on_analysis can find and drop it.
+                    self.timers.insert(id, t);
+                    let detail = self
+                        .analyses
+                        .get(&run)
+                        .and_then(|pa| self.plan.analyses.get(pa.analysis))
+                        .map(|a| format!("no verdict within {}", a.deadline()))
+                        .unwrap_or_default();
+                    self.on_analysis(now, run, Verdict::Inconclusive(detail), out);
                 }
             }
             Purpose::Rollback(ix) => {
@@ -1363,6 +1631,9 @@ impl Engine {
                 self.paused = false;
                 None
             }
+            Command::Resume if matches!(self.phase, Phase::Halted(_)) => Some(
+                "halted on a gate (its reason is in the deployment's events), not paused by an operator: resume cannot undo the gate's verdict; roll back or abort",
+            ),
             Command::Resume => Some("not paused"),
             Command::Approve if running && self.awaiting_approval => {
                 self.awaiting_approval = false;
@@ -1406,6 +1677,11 @@ impl Engine {
     }
 
     fn fail(&mut self, now: Millis, reason: Reason, out: &mut Vec<Action>) {
+        self.stop(now, reason, self.plan.gates.auto_rollback, out);
+    }
+
+    /// Stops going forward: rolls back, or halts for an operator.
+    fn stop(&mut self, now: Millis, reason: Reason, rollback: bool, out: &mut Vec<Action>) {
         if !matches!(self.phase, Phase::Running(_) | Phase::Baking { .. }) {
             return;
         }
@@ -1414,9 +1690,10 @@ impl Engine {
         for pc in std::mem::take(&mut self.checks).into_values() {
             self.timers.remove(&pc.timer);
         }
+        self.analyses.clear();
         self.timers
             .retain(|_, t| matches!(t.purpose, Purpose::Progress));
-        if self.plan.gates.auto_rollback {
+        if rollback {
             self.begin_rollback(reason, out);
         } else {
             // The bake dropped the progress timer; a halt still must end
@@ -1444,6 +1721,7 @@ impl Engine {
         self.frozen = true;
         self.timers.clear();
         self.checks.clear();
+        self.analyses.clear();
         self.paused = false;
         self.awaiting_approval = false;
         let queue: Vec<usize> = self
@@ -1556,6 +1834,7 @@ impl Engine {
     fn finish(&mut self, outcome: Outcome, out: &mut Vec<Action>) {
         self.timers.clear();
         self.checks.clear();
+        self.analyses.clear();
         out.push(Action::Finish(outcome.clone()));
         self.phase = Phase::Finished(outcome);
     }
@@ -1566,6 +1845,16 @@ impl Engine {
         }
         self.token = token;
         out.push(Action::Emit(Notice::Recovered { token }));
+        // Analyses start over (their measurements died with the old
+        // driver), so each gets its whole deadline again.
+        for pa in self.analyses.values() {
+            if let (Some(t), Some(a)) = (
+                self.timers.get_mut(&pa.timer),
+                self.plan.analyses.get(pa.analysis),
+            ) {
+                t.due = now.plus(a.deadline());
+            }
+        }
         // The old driver's timers died with it: re-arm with the time left.
         for (&id, t) in &self.timers {
             out.push(Action::StartTimer {
@@ -1580,6 +1869,15 @@ impl Engine {
                     run,
                     cluster: c.name.clone(),
                     check: check.clone(),
+                });
+            }
+        }
+        for (&run, pa) in &self.analyses {
+            if let Some(a) = self.plan.analyses.get(pa.analysis) {
+                out.push(Action::RunAnalysis {
+                    run,
+                    analysis: a.clone(),
+                    scope: pa.scope.clone(),
                 });
             }
         }

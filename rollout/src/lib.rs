@@ -17,14 +17,16 @@
 //!                     ▼                                         │
 //!   Created ──► Running ◄── Resume / Approve ── Paused / AwaitingApproval
 //!                 │  │
-//!                 │  └─ any failure, deadline, check failed ─┬─ auto_rollback ──► RollingBack
-//!                 │                                          └─ otherwise ──────► Halted
+//!                 │  └─ any failure, deadline, check or analysis failed ─┬─ auto_rollback ──► RollingBack
+//!                 │                                                      └─ otherwise ──────► Halted
+//!                 │  └─ analysis inconclusive ─┬─ on_inconclusive = halt ─────► Halted
+//!                 │                            └─ rollback ───────────────────► RollingBack
 //!                 │        Halted ── operator Rollback ──► RollingBack
 //!                 │        Halted ── progress deadline / Abort ──► aborted
 //!                 │  operator Rollback ─────────────────────────────────► RollingBack
 //!                 │  operator Abort ──────────────────────────────────────► aborted
 //!                 ▼ last batch passed
-//!              Baking ── bake_time passed ──► succeeded
+//!              Baking ── bake_time passed and bake analyses passed ──► succeeded
 //!                 └── unhealthy, Rollback ──► RollingBack; Abort ──► aborted
 //!
 //!            RollingBack ──► rolled_back (every revert confirmed)
@@ -33,7 +35,8 @@
 //!
 //! A batch advances only when every instance reported ready on the release
 //! its pass wants, stayed ready for `min_healthy_time`, and the cluster's
-//! checks passed. Every instance confirmed ready stays watched until the
+//! checks and analyses passed (an inconclusive analysis halts for the
+//! operator, or rolls back if so configured; it never passes). Every instance confirmed ready stays watched until the
 //! deployment ends (`Engine::watched`): its exit, restart or lost readiness
 //! (`Event::InstanceUnhealthy`) fails the deployment like a failure in the
 //! current batch, also during the bake after the last batch. The first failure freezes the target (no further apply of
@@ -44,12 +47,15 @@
 //! A fenced-out engine (`AgentRefused` with its own token) returns
 //! `Action::StepDown` and nothing after it.
 
+pub mod analysis;
 pub mod engine;
 pub mod fleet;
 pub mod plan;
 pub mod sim;
 pub mod strategy;
 
+pub use analysis::{Analysis, AnalysisRunId, Bindings, Verdict};
+pub use engine::AnalysisScope;
 pub use engine::{Action, Command, Engine, Event, Notice, Outcome, Reason, Status, Step, Watched};
 pub use fleet::Fleet;
 pub use fleet::{

@@ -17,6 +17,7 @@ use std::fmt::{self, Write as _};
 
 use serde::{Deserialize, Serialize};
 
+use crate::analysis::{self, Analysis};
 use crate::fleet::{ClusterName, DurationMs, Fleet, Installed, InstanceId, Overlap, ReleaseDigest};
 use crate::strategy::{Check, ClusterOrder, Strategy};
 
@@ -219,6 +220,9 @@ pub struct Plan {
     pub instances: Vec<PlannedInstance>,
     /// Waves in order.
     pub waves: Vec<Wave>,
+    /// Analysis gates (none in records written before they existed).
+    #[serde(default)]
+    pub analyses: Vec<Analysis>,
 }
 
 /// Plans a deployment, or says every reason it cannot be done.
@@ -424,6 +428,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanErrors> {
         clusters,
         instances,
         waves,
+        analyses: strategy.analyses.clone(),
     })
 }
 
@@ -488,6 +493,7 @@ impl Plan {
                 "stop and wait for an operator (auto_rollback = false)"
             }
         )?;
+        self.render_analyses(s)?;
         // Numbered from 1, as `lockstep watch` shows them.
         for (wi, w) in self.waves.iter().enumerate().map(|(i, w)| (i + 1, w)) {
             if wi > 1 && g.pause_between_clusters {
@@ -565,6 +571,31 @@ impl Plan {
             )?;
         }
         Ok(())
+    }
+}
+
+impl Plan {
+    fn render_analyses(&self, s: &mut String) -> fmt::Result {
+        if self.analyses.is_empty() {
+            return Ok(());
+        }
+        writeln!(
+            s,
+            "analyses (against the coordinator's Prometheus; no data or no answer is inconclusive, never a pass):"
+        )?;
+        for a in &self.analyses {
+            writeln!(s, "  {a}")?;
+            writeln!(s, "    query: {}", a.query)?;
+        }
+        Ok(())
+    }
+
+    /// The analyses that run in `phase`.
+    pub fn analyses_in(&self, phase: analysis::Phase) -> impl Iterator<Item = (usize, &Analysis)> {
+        self.analyses
+            .iter()
+            .enumerate()
+            .filter(move |(_, a)| a.runs_in(phase))
     }
 }
 

@@ -9,6 +9,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::analysis::{self, Analysis, Baseline, Condition, OnInconclusive, Phase};
 use crate::fleet::{ClusterName, DurationMs};
 
 /// One instance is the smallest blast radius that still puts the release in
@@ -107,6 +108,14 @@ pub enum StrategyError {
         progress: DurationMs,
         /// The least that lets one batch finish.
         needed: DurationMs,
+    },
+    /// An `[[strategy.analysis]]` entry that is malformed.
+    #[error("strategy analysis {name:?}: {why}")]
+    BadAnalysis {
+        /// The analysis's name (possibly empty).
+        name: String,
+        /// What is wrong, naming the key.
+        why: String,
     },
     /// A cluster name under `[strategy.clusters]` or in `order` that is not one.
     // Printed inline, not as a `#[source]`: the problems are listed side by
@@ -266,6 +275,9 @@ pub struct Strategy {
     pub checks: Vec<Check>,
     /// Per-cluster overrides.
     pub clusters: BTreeMap<ClusterName, ClusterOverride>,
+    /// Analysis gates, run by the coordinator against its Prometheus.
+    #[serde(default)]
+    pub analyses: Vec<Analysis>,
 }
 
 impl Default for Strategy {
@@ -286,6 +298,7 @@ impl Default for Strategy {
             auto_rollback: DEFAULT_AUTO_ROLLBACK,
             checks: Vec::new(),
             clusters: BTreeMap::new(),
+            analyses: Vec::new(),
         }
     }
 }
@@ -395,6 +408,23 @@ struct RawStrategy {
     checks: Vec<RawCheck>,
     #[serde(default)]
     clusters: BTreeMap<String, RawCluster>,
+    #[serde(default)]
+    analysis: Vec<RawAnalysis>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnalysis {
+    name: String,
+    query: String,
+    success: String,
+    baseline_margin: Option<f64>,
+    interval: Option<RawDuration>,
+    count: Option<u32>,
+    failure_limit: Option<u32>,
+    inconclusive_limit: Option<u32>,
+    phases: Option<Vec<Phase>>,
+    on_inconclusive: Option<OnInconclusive>,
 }
 
 /// Whether zero is a sensible value for a quantity key.
@@ -533,6 +563,84 @@ fn check(raw: RawCheck, errs: &mut Vec<StrategyError>) -> Check {
     }
 }
 
+fn analysis(raw: RawAnalysis, errs: &mut Vec<StrategyError>) -> Analysis {
+    let mut bad = |why: String| {
+        errs.push(StrategyError::BadAnalysis {
+            name: raw.name.clone(),
+            why,
+        })
+    };
+    if !crate::analysis::is_valid_name(&raw.name) {
+        bad("name must be 1 to 64 of a-z, 0-9, '-', '_'".into());
+    }
+    if let Err(why) = analysis::check_query(&raw.query) {
+        bad(why);
+    }
+    let success = Condition::parse(&raw.success).unwrap_or_else(|why| {
+        bad(format!("success = {:?}: {why}", raw.success));
+        Condition {
+            op: crate::analysis::Op::Lt,
+            threshold: 0.0,
+        }
+    });
+    let baseline = match raw.baseline_margin {
+        Some(m) if !(m.is_finite() && m >= 0.0) => {
+            bad(format!(
+                "baseline_margin = {m}: must be a finite number >= 0"
+            ));
+            None
+        }
+        m => m.map(|margin| Baseline { margin }),
+    };
+    let mut interval_errs = Vec::new();
+    let interval = duration(
+        "analysis.interval",
+        raw.interval.as_ref(),
+        analysis::DEFAULT_INTERVAL,
+        Zero::Refused,
+        &mut interval_errs,
+    );
+    for e in interval_errs {
+        bad(e.to_string());
+    }
+    if interval < analysis::MIN_INTERVAL || interval > analysis::MAX_INTERVAL {
+        bad(format!(
+            "interval = {interval}: must be from {} to {}",
+            analysis::MIN_INTERVAL,
+            analysis::MAX_INTERVAL
+        ));
+    }
+    let count = raw.count.unwrap_or(analysis::DEFAULT_COUNT);
+    if count == 0 || count > analysis::MAX_COUNT {
+        bad(format!(
+            "count = {count}: must be from 1 to {}",
+            analysis::MAX_COUNT
+        ));
+    }
+    let phases = raw.phases.unwrap_or_else(|| vec![Phase::Canary]);
+    if phases.is_empty() {
+        bad("phases must name at least one of \"canary\", \"clusters\", \"bake\"".into());
+    }
+    if baseline.is_some() && phases.iter().any(|p| *p != Phase::Canary) {
+        bad("baseline_margin compares the canary with the hosts still on the previous release, so phases must be [\"canary\"] only".into());
+    }
+    let mut phases = phases;
+    phases.sort_unstable();
+    phases.dedup();
+    Analysis {
+        name: raw.name,
+        query: raw.query,
+        success,
+        baseline,
+        interval,
+        count,
+        failure_limit: raw.failure_limit.unwrap_or(analysis::DEFAULT_LIMIT),
+        inconclusive_limit: raw.inconclusive_limit.unwrap_or(analysis::DEFAULT_LIMIT),
+        phases,
+        on_inconclusive: raw.on_inconclusive.unwrap_or(OnInconclusive::Halt),
+    }
+}
+
 impl RawStrategy {
     fn validate(self) -> Result<Strategy, StrategyErrors> {
         let mut errs = Vec::new();
@@ -638,6 +746,27 @@ impl RawStrategy {
                 }),
             }
         }
+        if self.analysis.len() > analysis::MAX_ANALYSES {
+            errs.push(StrategyError::BadAnalysis {
+                name: String::new(),
+                why: format!(
+                    "{} analyses declared; at most {}",
+                    self.analysis.len(),
+                    analysis::MAX_ANALYSES
+                ),
+            });
+        }
+        let mut analyses: Vec<Analysis> = Vec::new();
+        for raw in self.analysis {
+            let a = analysis(raw, &mut errs);
+            if analyses.iter().any(|b| b.name == a.name) {
+                errs.push(StrategyError::BadAnalysis {
+                    name: a.name.clone(),
+                    why: "declared twice".into(),
+                });
+            }
+            analyses.push(a);
+        }
         if !errs.is_empty() {
             return Err(StrategyErrors(errs));
         }
@@ -659,6 +788,7 @@ impl RawStrategy {
             auto_rollback: self.auto_rollback.unwrap_or(d.auto_rollback),
             checks,
             clusters,
+            analyses,
         })
     }
 }

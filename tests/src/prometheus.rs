@@ -41,13 +41,19 @@ impl PrometheusFixture {
     /// Starts Prometheus scraping `jobs` every second; returns once it
     /// answers `/-/ready`.
     pub async fn start(jobs: &[ScrapeJob]) -> Result<Self, HarnessError> {
+        Self::start_at(([127, 0, 0, 1], free_loopback_port()?).into(), jobs).await
+    }
+
+    /// Like `start`, listening on `addr`: a coordinator configured with
+    /// that URL may start before Prometheus does (its scrape targets, the
+    /// fleet, need the coordinator first).
+    pub async fn start_at(addr: SocketAddr, jobs: &[ScrapeJob]) -> Result<Self, HarnessError> {
         let dir = tempfile::Builder::new()
             .prefix("lockstep-prometheus-")
             .tempdir()
             .map_err(HarnessError::TempDir)?;
         let config = dir.path().join("prometheus.yml");
         std::fs::write(&config, config_text(jobs)).map_err(HarnessError::TempDir)?;
-        let addr: SocketAddr = ([127, 0, 0, 1], free_loopback_port()?).into();
         let args: Vec<OsString> = vec![
             format!("--config.file={}", config.display()).into(),
             format!("--storage.tsdb.path={}", dir.path().join("data").display()).into(),

@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 
+use crate::analysis::{Analysis, Condition, OnInconclusive, Op, Phase};
 use crate::fleet::{
     Cluster, ClusterName, DurationMs, Fleet, Installed, Instance, InstanceId, Overlap,
     ReleaseDigest,
@@ -408,6 +409,36 @@ fn random_strategy(rng: &mut Rng, fleet: &Fleet, relaxed: bool) -> Strategy {
         1 | 2 => DurationMs(rng.range(1, 120) * 1000),
         _ => default_bake_time(min_healthy_time),
     };
+    let analyses = if rng.chance(300) {
+        let mut phases = vec![Phase::Canary];
+        if rng.chance(500) {
+            phases.push(Phase::Clusters);
+        }
+        if rng.chance(500) {
+            phases.push(Phase::Bake);
+        }
+        vec![Analysis {
+            name: "error-rate".to_owned(),
+            query: "sum(errors{host=~\"$hosts\"})".to_owned(),
+            success: Condition {
+                op: Op::Lt,
+                threshold: 0.01,
+            },
+            baseline: None,
+            interval: DurationMs(rng.range(1, 10) * 1000),
+            count: rng.range(1, 5) as u32,
+            failure_limit: 0,
+            inconclusive_limit: 0,
+            phases,
+            on_inconclusive: if rng.chance(500) {
+                OnInconclusive::Halt
+            } else {
+                OnInconclusive::Rollback
+            },
+        }]
+    } else {
+        Vec::new()
+    };
     Strategy {
         canary,
         order,
@@ -424,6 +455,7 @@ fn random_strategy(rng: &mut Rng, fleet: &Fleet, relaxed: bool) -> Strategy {
         auto_rollback: rng.chance(850),
         checks,
         clusters: Default::default(),
+        analyses,
     }
 }
 
@@ -479,7 +511,7 @@ fn random_faults(rng: &mut Rng, plan: &Plan, strategy: &Strategy) -> Faults {
     if rng.chance(300) {
         f.restart_permille = rng.range(10, 80) as u32;
     }
-    if !strategy.checks.is_empty() && rng.chance(300) {
+    if (!strategy.checks.is_empty() || !strategy.analyses.is_empty()) && rng.chance(300) {
         f.check_fail_permille = rng.range(50, 400) as u32;
     }
     let op = &mut f.operator;

@@ -15,6 +15,7 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 
+use crate::analysis::Verdict;
 use crate::engine::{Action, Command, Engine, Event, Outcome, Status};
 use crate::fleet::{ApplyId, DeploymentId, FencingToken, Installed, InstanceId, Millis};
 use crate::sim::invariants::{Checkers, Violation, outcome_matches, terminal};
@@ -580,6 +581,32 @@ impl<'a> World<'a> {
                     };
                     let epoch = self.epoch;
                     self.at(d, Ev::ToEngine { epoch, event });
+                }
+                Action::RunAnalysis { run, analysis, .. } => {
+                    // Analyses fail as often as checks; one in five failing
+                    // runs is inconclusive instead, one in ten never answers.
+                    let fails = self.rng.chance(self.sc.faults.check_fail_permille);
+                    let verdict = if !fails {
+                        Verdict::Passed
+                    } else if self.rng.chance(200) {
+                        Verdict::Inconclusive("prometheus unreachable".to_owned())
+                    } else {
+                        Verdict::Failed("1 of 1 measurement(s) failed".to_owned())
+                    };
+                    let deadline = analysis.deadline().0;
+                    let d = if fails && self.rng.chance(100) {
+                        deadline + self.rng.range(1, 5_000)
+                    } else {
+                        self.rng.range(10, deadline.max(11) - 1)
+                    };
+                    let epoch = self.epoch;
+                    self.at(
+                        d,
+                        Ev::ToEngine {
+                            epoch,
+                            event: Event::AnalysisDone { run, verdict },
+                        },
+                    );
                 }
                 Action::Emit(_) | Action::Finish(_) | Action::StepDown { .. } => {}
             }

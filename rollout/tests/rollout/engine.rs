@@ -336,6 +336,16 @@ fn without_auto_rollback_a_failure_halts_until_the_operator_rolls_back() {
             .any(|a| matches!(a, Action::Emit(Notice::Halted { .. })))
     );
     assert!(applies(&out).is_empty());
+    // The report shows the halt as paused; resume says why it cannot
+    // help instead of "not paused" (the analysis gate's halt, #16).
+    let out = h.step(Event::Operator(Command::Resume));
+    assert!(
+        out.iter().any(|a| matches!(
+            a,
+            Action::Emit(Notice::Ignored { why, .. }) if why.starts_with("halted on a gate")
+        )),
+        "{out:?}"
+    );
     let out = h.step(Event::Operator(Command::Rollback));
     assert_eq!(applied_to(&out), vec![("a-0".to_owned(), previous())]);
 }

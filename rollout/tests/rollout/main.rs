@@ -5,6 +5,7 @@
 // Fixtures are test code too: a panic there is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod analysis;
 mod engine;
 mod health;
 mod helper;

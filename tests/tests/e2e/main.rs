@@ -8,6 +8,7 @@ mod agent;
 mod agent_failures;
 mod agent_metrics;
 mod agent_return;
+mod analysis;
 mod budget;
 mod check_config;
 mod coordinator;

@@ -13,7 +13,7 @@ use crate::plan::Plan;
 use super::Violation;
 
 /// The latest virtual time by which a deployment must have ended: the
-/// progress deadline, the bake (and a halt after it), then one healthy deadline per revert, plus slack for
+/// progress deadline, the bake or its analyses (and a halt after it), then one healthy deadline per revert, plus slack for
 /// in-flight checks and reports.
 pub fn bound_ms(plan: &Plan) -> u64 {
     let g = &plan.gates;
@@ -23,15 +23,24 @@ pub fn bound_ms(plan: &Plan) -> u64 {
         .flat_map(|c| c.checks.iter().map(|k| k.timeout.0))
         .max()
         .unwrap_or(0);
-    // A failure in the bake without auto_rollback halts with a progress
-    // deadline of its own.
-    let halt_after_bake = if g.bake_time.0 > 0 && !g.auto_rollback {
+    // The bake lasts as long as its longest analysis, if longer.
+    let bake_analyses = plan
+        .analyses_in(crate::analysis::Phase::Bake)
+        .map(|(_, a)| a.deadline().0)
+        .max();
+    let bake = g.bake_time.0.max(bake_analyses.unwrap_or(0));
+    // A failure in the bake without auto_rollback, or an inconclusive bake
+    // analysis that halts, halts with a progress deadline of its own.
+    let halts_in_bake = plan
+        .analyses_in(crate::analysis::Phase::Bake)
+        .any(|(_, a)| a.on_inconclusive == crate::analysis::OnInconclusive::Halt);
+    let halt_after_bake = if bake > 0 && (!g.auto_rollback || halts_in_bake) {
         g.progress_deadline.0
     } else {
         0
     };
     g.progress_deadline.0
-        + g.bake_time.0
+        + bake
         + halt_after_bake
         + (plan.instances.len() as u64 + 1) * g.healthy_deadline.0
         + checks

@@ -1,0 +1,400 @@
+//! Runs a strategy's analysis gates against the Prometheus named in
+//! coordinator.toml (`[prometheus] url`): `count` instant queries at
+//! `interval`, each judged and tallied by the pure `rollout::analysis`.
+//!
+//! Owns the HTTP exchange with `/api/v1/query` (connect and answer
+//! deadlines, a bounded response) and reading its answer into a `Sample`
+//! (`read_answer`, pure). Must never: query any URL but the configured
+//! one, let a measurement it could not take count as a pass, or wait
+//! without a deadline.
+//!
+//! ```text
+//! driver RunAnalysis ─► fill(query, bindings) ─► every interval: GET /api/v1/query ─► Sample
+//!                                                 Analysis::measure ─► Tally::add ─► Verdict ─► driver
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use rollout::analysis::{Analysis, Sample, Tally, Verdict};
+use rollout::{Bindings, analysis};
+
+/// Prometheus on the coordinator's network answers a connect at once;
+/// longer means it is down or unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// An instant query's answer is one sample; a megabyte is thousands of
+/// series, which the query should have aggregated.
+const MAX_ANSWER_BYTES: usize = 1 << 20;
+
+/// The Prometheus HTTP API the coordinator queries: plain `http://`,
+/// host, port and an optional path prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrometheusEndpoint {
+    authority: String,
+    prefix: String,
+}
+
+impl PrometheusEndpoint {
+    /// Parses `http://host:port[/prefix]`.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            format!("{url:?}: must start with http:// (https to Prometheus is not supported yet)")
+        })?;
+        let (authority, prefix) = match rest.find('/') {
+            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+            None => (rest, ""),
+        };
+        let named = authority
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !named {
+            return Err(format!(
+                "{url:?}: name the host and port, as in http://127.0.0.1:9090"
+            ));
+        }
+        if authority.contains('@') || prefix.contains(['?', '#']) {
+            return Err(format!(
+                "{url:?}: no credentials, query or fragment; the base URL of the HTTP API only"
+            ));
+        }
+        authority
+            .parse::<hyper::http::uri::Authority>()
+            .map_err(|e| format!("{url:?}: {e}"))?;
+        Ok(Self {
+            authority: authority.to_owned(),
+            prefix: prefix.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for PrometheusEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "http://{}{}", self.authority, self.prefix)
+    }
+}
+
+/// What went wrong talking to Prometheus; each becomes an inconclusive
+/// measurement naming it.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("prometheus {endpoint}: cannot connect: {source}")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("prometheus {endpoint}: no connection within {CONNECT_TIMEOUT:?}")]
+    ConnectTimeout { endpoint: String },
+    #[error("prometheus {endpoint}: no answer within {timeout:?}")]
+    AnswerTimeout { endpoint: String, timeout: Duration },
+    #[error("prometheus {endpoint}: HTTP exchange failed: {source}")]
+    Http {
+        endpoint: String,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("prometheus {endpoint}: cannot build the request: {source}")]
+    Request {
+        endpoint: String,
+        #[source]
+        source: hyper::http::Error,
+    },
+    #[error(
+        "prometheus {endpoint}: reading the answer failed (more than {MAX_ANSWER_BYTES} bytes?): {source}"
+    )]
+    Body {
+        endpoint: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// One instant query, bounded by `timeout` as a whole (connect included);
+/// a failure is a `Sample::Error` naming it.
+pub async fn query(endpoint: &PrometheusEndpoint, promql: &str, timeout: Duration) -> Sample {
+    match tokio::time::timeout(timeout, exchange(endpoint, promql, timeout)).await {
+        Err(_) => Sample::Error(
+            QueryError::AnswerTimeout {
+                endpoint: endpoint.to_string(),
+                timeout,
+            }
+            .to_string(),
+        ),
+        Ok(Err(err)) => Sample::Error(error_chain(&err)),
+        Ok(Ok((status, body))) => read_answer(status, &body),
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}
+
+async fn exchange(
+    endpoint: &PrometheusEndpoint,
+    promql: &str,
+    timeout: Duration,
+) -> Result<(u16, Bytes), QueryError> {
+    let name = || endpoint.to_string();
+    let stream = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect(&endpoint.authority),
+    )
+    .await
+    .map_err(|_| QueryError::ConnectTimeout { endpoint: name() })?
+    .map_err(|source| QueryError::Connect {
+        endpoint: name(),
+        source,
+    })?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| QueryError::Http {
+            endpoint: name(),
+            source,
+        })?;
+    // The connection ends when `sender` is dropped (or the peer closes).
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "prometheus connection ended with an error");
+        }
+    });
+    let path = format!(
+        "{}/api/v1/query?query={}&timeout={}ms",
+        endpoint.prefix,
+        percent_encode(promql),
+        timeout.as_millis()
+    );
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, &endpoint.authority)
+        .header(hyper::header::ACCEPT, "application/json")
+        .body(Empty::<Bytes>::new())
+        .map_err(|source| QueryError::Request {
+            endpoint: name(),
+            source,
+        })?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|source| QueryError::Http {
+            endpoint: name(),
+            source,
+        })?;
+    let status = response.status().as_u16();
+    let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+        .collect()
+        .await
+        .map_err(|source| QueryError::Body {
+            endpoint: name(),
+            source,
+        })?
+        .to_bytes();
+    Ok((status, body))
+}
+
+/// Reads `/api/v1/query`'s answer: a scalar or a one-sample vector is a
+/// value; an empty vector is `Empty` (no series matched: no evidence);
+/// more than one series, an error status or anything else is an error
+/// saying which.
+pub fn read_answer(status: u16, body: &[u8]) -> Sample {
+    let answer: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return Sample::Error(format!(
+                "prometheus answered HTTP {status} with something that is not JSON: {e}"
+            ));
+        }
+    };
+    if answer["status"] != "success" {
+        return Sample::Error(format!(
+            "prometheus answered HTTP {status}: {} {}",
+            answer["errorType"].as_str().unwrap_or("error"),
+            answer["error"].as_str().unwrap_or("(no message)")
+        ));
+    }
+    let data = &answer["data"];
+    let value = match data["resultType"].as_str() {
+        Some("scalar") => &data["result"],
+        Some("vector") => match data["result"].as_array().map(Vec::as_slice) {
+            Some([]) => return Sample::Empty,
+            Some([one]) => &one["value"],
+            Some(many) => {
+                return Sample::Error(format!(
+                    "the query returned {} series; aggregate it to one (sum, max, ...)",
+                    many.len()
+                ));
+            }
+            None => return Sample::Error("a vector answer without a result list".into()),
+        },
+        other => {
+            return Sample::Error(format!(
+                "the query returned a {}, not a scalar or an instant vector",
+                other.unwrap_or("result of no type")
+            ));
+        }
+    };
+    match value[1].as_str().map(str::parse::<f64>) {
+        Some(Ok(v)) => Sample::Value(v),
+        _ => Sample::Error(format!("a sample without a numeric value: {value}")),
+    }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for b in text.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(char::from(b));
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// One run: what to query and where.
+#[derive(Debug, Clone)]
+pub struct AnalysisRun {
+    pub deployment: String,
+    pub analysis: Analysis,
+    pub bindings: Bindings,
+    /// The baseline form's bindings (the hosts still on the previous release).
+    pub baseline: Option<Bindings>,
+}
+
+/// Takes the run's measurements and returns its verdict (never `Pending`).
+/// Without a configured Prometheus every measurement is inconclusive.
+pub async fn run_analysis(endpoint: Option<PrometheusEndpoint>, run: AnalysisRun) -> Verdict {
+    let a = &run.analysis;
+    let promql = analysis::fill(&a.query, &run.bindings);
+    let baseline = run.baseline.as_ref().map(|b| analysis::fill(&a.query, b));
+    let interval = Duration::from_millis(a.interval.0);
+    let timeout = Duration::from_millis(analysis::QUERY_TIMEOUT.0);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tally = Tally::default();
+    loop {
+        tick.tick().await;
+        let (value, base) = match &endpoint {
+            None => (
+                Sample::Error("no [prometheus] url in coordinator.toml".into()),
+                None,
+            ),
+            Some(e) => {
+                let value = query(e, &promql, timeout).await;
+                let base = match &baseline {
+                    Some(q) => Some(query(e, q, timeout).await),
+                    None => None,
+                };
+                (value, base)
+            }
+        };
+        let measurement = a.measure(value, base);
+        tracing::info!(deployment = run.deployment, analysis = a.name, query = promql, measurement = ?measurement, "analysis measurement");
+        match tally.add(a, measurement) {
+            Verdict::Pending => {}
+            verdict => return verdict,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_plain_http_base_url_is_an_endpoint() {
+        let e = PrometheusEndpoint::parse("http://127.0.0.1:9090/prom/").unwrap();
+        assert_eq!(e.to_string(), "http://127.0.0.1:9090/prom");
+        for bad in [
+            "https://p:9090",
+            "127.0.0.1:9090",
+            "http://p",
+            "http://u:pw@p:9090",
+            "http://p:9090/x?y=1",
+            "http://:9090",
+        ] {
+            assert!(
+                PrometheusEndpoint::parse(bad).is_err(),
+                "{bad} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn answers_are_read_as_one_value_no_data_or_an_error() {
+        let vector = |result: &str| {
+            format!(r#"{{"status":"success","data":{{"resultType":"vector","result":{result}}}}}"#)
+        };
+        assert_eq!(
+            read_answer(
+                200,
+                vector(r#"[{"metric":{},"value":[1.5,"0.25"]}]"#).as_bytes()
+            ),
+            Sample::Value(0.25)
+        );
+        assert_eq!(read_answer(200, vector("[]").as_bytes()), Sample::Empty);
+        let Sample::Error(many) = read_answer(
+            200,
+            vector(r#"[{"value":[1,"1"]},{"value":[1,"2"]}]"#).as_bytes(),
+        ) else {
+            panic!("two series read as one value");
+        };
+        assert!(many.contains("2 series"), "{many}");
+        assert!(matches!(
+            read_answer(
+                200,
+                br#"{"status":"success","data":{"resultType":"scalar","result":[1,"NaN"]}}"#
+            ),
+            Sample::Value(v) if v.is_nan()
+        ));
+        let Sample::Error(bad) = read_answer(
+            400,
+            br#"{"status":"error","errorType":"bad_data","error":"parse error at char 5"}"#,
+        ) else {
+            panic!("an error answer read as a value");
+        };
+        assert!(
+            bad.contains("HTTP 400: bad_data parse error at char 5"),
+            "{bad}"
+        );
+        assert!(matches!(read_answer(502, b"<html>"), Sample::Error(_)));
+        assert!(matches!(
+            read_answer(
+                200,
+                br#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#
+            ),
+            Sample::Error(_)
+        ));
+    }
+
+    #[test]
+    fn queries_are_percent_encoded() {
+        assert_eq!(
+            percent_encode(r#"sum(x{code="500"})"#),
+            "sum%28x%7Bcode%3D%22500%22%7D%29"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_prometheus_is_an_error_naming_it() {
+        // Port 9 (discard) on loopback: nothing listens there in tests.
+        let e = PrometheusEndpoint::parse("http://127.0.0.1:9").unwrap();
+        let Sample::Error(why) = query(&e, "up", Duration::from_secs(5)).await else {
+            panic!("an unreachable Prometheus answered");
+        };
+        assert!(why.contains("http://127.0.0.1:9"), "{why}");
+    }
+}
