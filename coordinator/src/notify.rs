@@ -294,8 +294,8 @@ struct SlackBody {
 }
 
 /// The body of a delivery.
-pub fn render(format: BodyFormat, n: &Notification) -> Vec<u8> {
-    let encoded = match format {
+pub fn render(format: BodyFormat, n: &Notification) -> Result<Vec<u8>, serde_json::Error> {
+    match format {
         BodyFormat::Json => serde_json::to_vec(&JsonBody {
             delivery: n.delivery_id(),
             event: n.topic.label(),
@@ -324,10 +324,7 @@ pub fn render(format: BodyFormat, n: &Notification) -> Vec<u8> {
                 ),
             })
         }
-    };
-    // Serialising strings and numbers to a Vec cannot fail; an empty body
-    // would still be signed and delivered, never silently skipped.
-    encoded.unwrap_or_default()
+    }
 }
 
 /// `X-Lockstep-Signature`: `sha256=` and the hex HMAC-SHA256 of `body`.
@@ -475,7 +472,13 @@ async fn work(
 
 /// Sends one event until it is taken or given up; `"delivered"` or `"failed"`.
 async fn deliver(webhook: &Webhook, n: &Notification) -> &'static str {
-    let body = Bytes::from(render(webhook.format, n));
+    let body = match render(webhook.format, n) {
+        Ok(body) => Bytes::from(body),
+        Err(err) => {
+            tracing::warn!(webhook = webhook.name, delivery = n.delivery_id(), error = %cli::chain(&err), "notification given up: cannot encode its body");
+            return "failed";
+        }
+    };
     let signature = sign(&webhook.secret, &body);
     let delivery = n.delivery_id();
     let first = Instant::now();
@@ -641,7 +644,7 @@ mod tests {
     #[test]
     fn the_json_body_carries_the_event_and_its_delivery_id() {
         let body: serde_json::Value =
-            serde_json::from_slice(&render(BodyFormat::Json, &notification())).unwrap();
+            serde_json::from_slice(&render(BodyFormat::Json, &notification()).unwrap()).unwrap();
         assert_eq!(
             body,
             serde_json::json!({
@@ -656,7 +659,7 @@ mod tests {
     #[test]
     fn the_slack_body_is_one_text_line() {
         let body: serde_json::Value =
-            serde_json::from_slice(&render(BodyFormat::Slack, &notification())).unwrap();
+            serde_json::from_slice(&render(BodyFormat::Slack, &notification()).unwrap()).unwrap();
         assert_eq!(
             body,
             serde_json::json!({"text": "lockstep: web d-42 rolled_back: rolled back: \"web-2\" failed"})
