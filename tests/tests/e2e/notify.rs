@@ -150,17 +150,29 @@ async fn every_selected_event_arrives_once_signed_even_after_a_receiver_outage()
     want.sort_unstable();
     assert_eq!(events, want);
 
-    let series = "lockstep_notifications_total{webhook=\"e2e\",result=\"delivered\"}";
-    wait_for("the delivered notifications counted", DEADLINE, || async {
+    // The first deploy's events were retried while the receiver was down.
+    let log = coordinator.log_text();
+    assert!(
+        log.contains("notification not delivered yet"),
+        "no retry in the coordinator's log:\n{log}"
+    );
+
+    // Each event counted once, delivered; none given up or dropped.
+    let sample = |text: &str, result: &str| {
+        let series = format!("lockstep_notifications_total{{webhook=\"e2e\",result=\"{result}\"}}");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str())?.trim().parse::<f64>().ok())
+    };
+    let text = wait_for("the delivered notifications counted", DEADLINE, || async {
         let (code, text) = request(metrics, "GET", "/metrics", "").await?;
-        let value = text
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok());
-        match (code, value) {
-            (200, Some(v)) if v >= 5.0 => Ok(()),
-            _ => Err(format!("{series} = {value:?} ({code})\n{text}")),
+        match (code, sample(&text, "delivered")) {
+            (200, Some(v)) if v >= 5.0 => Ok(text),
+            (code, v) => Err(format!("delivered = {v:?} ({code})\n{text}")),
         }
     })
     .await
     .unwrap();
+    assert_eq!(sample(&text, "delivered"), Some(5.0), "{text}");
+    assert_eq!(sample(&text, "failed"), None, "{text}");
+    assert_eq!(sample(&text, "dropped"), None, "{text}");
 }
