@@ -483,7 +483,9 @@ async fn deliver(webhook: &Webhook, n: &Notification) -> &'static str {
     let delivery = n.delivery_id();
     let first = Instant::now();
     let mut delays = backoff();
-    for attempt in 1u32.. {
+    let mut attempt = 0u32;
+    loop {
+        attempt = attempt.saturating_add(1);
         let result = post(webhook, n.topic, &delivery, &signature, body.clone()).await;
         let err = match result {
             Ok(()) => {
@@ -513,7 +515,6 @@ async fn deliver(webhook: &Webhook, n: &Notification) -> &'static str {
             }
         }
     }
-    "failed"
 }
 
 async fn post(
