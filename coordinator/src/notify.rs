@@ -744,4 +744,42 @@ mod tests {
         std::fs::write(&path, "\n").unwrap();
         assert!(Secret::load(&path).unwrap_err().contains("empty"));
     }
+
+    /// The driver's side never waits: past the queue's room an event is
+    /// dropped and counted; events the webhook did not select are not queued.
+    #[test]
+    fn a_full_queue_drops_and_counts_without_waiting() {
+        let webhook = Arc::new(Webhook {
+            name: "chat".to_owned(),
+            url: WebhookUrl::parse("http://127.0.0.1:1/").unwrap(),
+            topics: [Topic::Started, Topic::RolledBack].into_iter().collect(),
+            secret: Secret::new(b"k".to_vec()),
+            format: BodyFormat::Json,
+            timeout: DEFAULT_TIMEOUT,
+            retry_for: DEFAULT_RETRY_FOR,
+        });
+        let (tx, mut rx) = mpsc::channel(1);
+        let metrics = CoordinatorMetrics::default();
+        let notifier = Notifier {
+            queues: vec![(webhook, tx)],
+            metrics: metrics.clone(),
+        };
+        let mut started = event(EventKind::Started, DeploymentState::Running);
+        started.seq = 1;
+        let ready = event(EventKind::InstanceReady, DeploymentState::Running);
+        let ended = event(EventKind::Finished, DeploymentState::RolledBack);
+        notifier.notify("d-1", "web", &[started, ready, ended], false);
+        let queued = rx.try_recv().unwrap();
+        assert_eq!(
+            (queued.topic, queued.delivery_id().as_str()),
+            (Topic::Started, "d-1/1")
+        );
+        assert!(rx.try_recv().is_err());
+        let text =
+            exposition::encode(&metrics.registry(), exposition::Format::PrometheusText).unwrap();
+        assert!(
+            text.contains("lockstep_notifications_total{webhook=\"chat\",result=\"dropped\"} 1"),
+            "{text}"
+        );
+    }
 }
