@@ -36,6 +36,15 @@
 //!
 //! [metrics]                                  # optional: off unless set
 //! listen = "127.0.0.1:9400"                  # GET /metrics (Prometheus), /healthz, /readyz
+//!
+//! [[notify]]                                 # webhooks (at most 16), see notify.rs
+//! name = "ops-chat"
+//! url = "http://127.0.0.1:8080/hooks/lockstep"  # plain http only (no TLS client yet)
+//! events = ["rolled_back", "failed", "halted"]  # default: succeeded, rolled_back, failed, aborted, halted
+//! secret_file = "/etc/lockstep/notify.secret"   # HMAC-SHA256 key; not readable by others
+//! format = "json"                            # json | slack ({"text": "..."})
+//! timeout = "5s"                             # one POST
+//! retry_for = "10m"                          # retried with backoff this long, then given up
 //! ```
 //!
 //! With `[tls]` the gRPC server requires a client certificate chained to
@@ -57,6 +66,7 @@ use cli::chain;
 use serde::Deserialize;
 
 use crate::checks::{ArgvElement, CheckCatalog, NamedCheck};
+use crate::notify::{BodyFormat, Secret, Topic, Webhook, WebhookUrl};
 use crate::roles::{AccessPolicy, Role, RoleRule};
 
 /// Default gRPC address: loopback, so exposing it is an explicit choice.
@@ -96,6 +106,8 @@ pub struct CoordinatorConfig {
     /// `[prometheus] url`: the only Prometheus analysis gates query;
     /// `None`: every analysis is inconclusive.
     pub prometheus: Option<crate::analysis::PrometheusEndpoint>,
+    /// `[[notify]]`: the webhooks deployment events are sent to.
+    pub notify: Vec<Webhook>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +146,20 @@ struct RawConfig {
     checks: Vec<RawNamedCheck>,
     metrics: Option<RawMetrics>,
     prometheus: Option<RawPrometheus>,
+    #[serde(default)]
+    notify: Vec<RawNotify>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    name: String,
+    url: String,
+    events: Option<Vec<String>>,
+    secret_file: PathBuf,
+    format: Option<String>,
+    timeout: Option<String>,
+    retry_for: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -346,6 +372,7 @@ impl CoordinatorConfig {
                 .map_err(|e| check("prometheus.url", Err(e)))
                 .ok()
         });
+        let notify = webhooks(&raw.notify, &mut check);
         match (
             listen,
             advertise_url,
@@ -378,6 +405,7 @@ impl CoordinatorConfig {
                 checks,
                 metrics_listen,
                 prometheus,
+                notify,
             }),
             _ => Err(ConfigError::Invalid {
                 path: path.to_owned(),
@@ -563,6 +591,105 @@ fn role_rules(
         }
     }
     rules
+}
+
+/// `[[notify]]`: each table checked whole, every problem named.
+fn webhooks(raw: &[RawNotify], check: &mut impl FnMut(&str, Result<(), String>)) -> Vec<Webhook> {
+    use crate::notify::{DEFAULT_RETRY_FOR, DEFAULT_TIMEOUT, MAX_WEBHOOKS};
+    if raw.len() > MAX_WEBHOOKS {
+        check(
+            "notify",
+            Err(format!("{} webhooks; at most {MAX_WEBHOOKS}", raw.len())),
+        );
+    }
+    let mut names = BTreeSet::new();
+    let mut webhooks = Vec::new();
+    for (i, n) in raw.iter().enumerate() {
+        let key = |field: &str| format!("notify[{i}].{field}");
+        let name_ok = !n.name.is_empty()
+            && n.name.len() <= 63
+            && n.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !name_ok {
+            check(
+                &key("name"),
+                Err(format!("{:?}: 1 to 63 of a-z, A-Z, 0-9, - and _", n.name)),
+            );
+        } else if !names.insert(n.name.as_str()) {
+            check(&key("name"), Err(format!("{:?} is used twice", n.name)));
+        }
+        let url = WebhookUrl::parse(&n.url)
+            .map_err(|e| check(&key("url"), Err(e)))
+            .ok();
+        let topics = match &n.events {
+            None => Some(Topic::DEFAULT.into_iter().collect::<BTreeSet<_>>()),
+            Some(events) => {
+                let mut topics = BTreeSet::new();
+                for e in events {
+                    match Topic::parse(e) {
+                        Some(t) => drop(topics.insert(t)),
+                        None => check(
+                            &key("events"),
+                            Err(format!(
+                                "unknown event {e:?}; known: {}",
+                                Topic::ALL.map(Topic::label).join(", ")
+                            )),
+                        ),
+                    }
+                }
+                if events.is_empty() {
+                    check(
+                        &key("events"),
+                        Err(
+                            "empty: name at least one event, or leave it out for the default"
+                                .to_owned(),
+                        ),
+                    );
+                }
+                (topics.len() == events.len()).then_some(topics)
+            }
+        };
+        let secret = absolute(&n.secret_file)
+            .and_then(|p| Secret::load(&p))
+            .map_err(|e| check(&key("secret_file"), Err(e)))
+            .ok();
+        let format = match n.format.as_deref() {
+            None | Some("json") => Some(BodyFormat::Json),
+            Some("slack") => Some(BodyFormat::Slack),
+            Some(other) => {
+                check(&key("format"), Err(format!("{other:?}: json or slack")));
+                None
+            }
+        };
+        let timeout = duration(n.timeout.as_deref(), DEFAULT_TIMEOUT)
+            .map_err(|e| check(&key("timeout"), Err(e)))
+            .ok();
+        let retry_for = duration(n.retry_for.as_deref(), DEFAULT_RETRY_FOR)
+            .map_err(|e| check(&key("retry_for"), Err(e)))
+            .ok();
+        if let (
+            true,
+            Some(url),
+            Some(topics),
+            Some(secret),
+            Some(format),
+            Some(timeout),
+            Some(retry_for),
+        ) = (name_ok, url, topics, secret, format, timeout, retry_for)
+        {
+            webhooks.push(Webhook {
+                name: n.name.clone(),
+                url,
+                topics,
+                secret,
+                format,
+                timeout,
+                retry_for,
+            });
+        }
+    }
+    webhooks
 }
 
 fn http_url(url: &str) -> Result<(), String> {
@@ -836,5 +963,70 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("listen_addr"), "{err}");
+    }
+
+    fn secret(dir: &Path, mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("notify.secret");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[test]
+    fn notify_tables_take_every_key_and_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = secret(dir.path(), 0o600);
+        let config = parse(&format!(
+            "{MINIMAL}[[notify]]\nname = \"chat\"\nurl = \"http://127.0.0.1:8080/hook\"\nevents = [\"started\", \"instance_failed\"]\nsecret_file = {path:?}\nformat = \"slack\"\ntimeout = \"2s\"\nretry_for = \"30s\"\n\n[[notify]]\nname = \"audit\"\nurl = \"http://10.0.0.9:80\"\nsecret_file = {path:?}\n"
+        ))
+        .unwrap();
+        let [chat, audit] = &config.notify[..] else {
+            panic!("{:?}", config.notify)
+        };
+        assert_eq!(chat.url.to_string(), "http://127.0.0.1:8080/hook");
+        assert_eq!(
+            chat.topics,
+            [Topic::Started, Topic::InstanceFailed]
+                .into_iter()
+                .collect()
+        );
+        assert_eq!(chat.format, BodyFormat::Slack);
+        assert_eq!(chat.timeout, Duration::from_secs(2));
+        assert_eq!(chat.retry_for, Duration::from_secs(30));
+        assert_eq!(audit.topics, Topic::DEFAULT.into_iter().collect());
+        assert_eq!(audit.format, BodyFormat::Json);
+        assert_eq!(audit.timeout, crate::notify::DEFAULT_TIMEOUT);
+        assert_eq!(audit.retry_for, crate::notify::DEFAULT_RETRY_FOR);
+        assert_eq!(parse(MINIMAL).unwrap().notify, vec![]);
+    }
+
+    #[test]
+    fn every_problem_of_a_notify_table_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = secret(dir.path(), 0o644);
+        let err = parse(&format!(
+            "{MINIMAL}[[notify]]\nname = \"a b\"\nurl = \"https://hooks.example:443/x\"\nevents = [\"finished\"]\nsecret_file = {open:?}\nformat = \"xml\"\ntimeout = \"0s\"\nretry_for = \"soon\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "notify[0].name",
+            "notify[0].url: \"https://hooks.example:443/x\": must start with http://",
+            "notify[0].events: unknown event \"finished\"",
+            "notify[0].secret_file",
+            "readable by others",
+            "notify[0].format: \"xml\"",
+            "notify[0].timeout",
+            "notify[0].retry_for",
+        ] {
+            assert!(err.contains(expected), "{expected:?} not in {err}");
+        }
+        let err = parse(&format!(
+            "{MINIMAL}[[notify]]\nname = \"a\"\nurl = \"http://h:1\"\nsecret_file = \"/x\"\nheaders = {{}}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("headers"), "{err}");
     }
 }

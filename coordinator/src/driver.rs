@@ -63,6 +63,8 @@ pub struct DriverContext {
     /// `[prometheus] url`: where analysis gates query.
     pub prometheus: Option<PrometheusEndpoint>,
     pub metrics: CoordinatorMetrics,
+    /// `[[notify]]` webhooks: handed each persisted event, never waited on.
+    pub notifier: crate::notify::Notifier,
 }
 
 /// An operator's command with where to send the answer.
@@ -729,6 +731,12 @@ impl Driver {
             }
             Err(err) => return Some(DriverExit::Interrupted(err)),
         }
+        // Only persisted events are sent: what a webhook hears, `lockstep
+        // watch` shows too, under the same sequence number.
+        let halted = matches!(self.record.engine.status(), rollout::Status::Halted(_));
+        self.ctx
+            .notifier
+            .notify(&self.record.id, &self.record.service, &events, halted);
         for event in &events {
             tracing::info!(deployment = self.record.id, seq = event.seq, kind = ?event.kind, instance = event.instance, message = event.message, "deployment event");
         }

@@ -293,6 +293,9 @@ impl Coordinator {
                 checks: self.config.checks.clone(),
                 prometheus: self.config.prometheus.clone(),
                 metrics: self.metrics.clone(),
+                // Workers live as long as this leadership's drivers: they
+                // deliver what is queued, then end.
+                notifier: crate::notify::Notifier::start(&self.config.notify, self.metrics.clone()),
             }),
             calls: Mutex::new(HashMap::new()),
             jobs: jobs_tx,

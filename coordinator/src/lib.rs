@@ -26,6 +26,7 @@ pub mod health;
 pub mod journal;
 pub mod leader;
 pub mod mirror;
+pub mod notify;
 pub mod record;
 pub mod release_choice;
 pub mod roles;

@@ -14,10 +14,12 @@
 //! lockstep_release_pushes_total{result}            counter accepted | refused
 //! lockstep_release_push_bytes_total                counter
 //! lockstep_release_fetch_bytes_total               counter bytes served (agents, mirroring coordinators)
+//! lockstep_notifications_total{webhook,result}     counter delivered | failed (given up) | dropped (queue full)
 //! ```
 //!
 //! Must never: label by anything unbounded (no deployment ids, hosts or
-//! digests: those are in the deployment's events).
+//! digests: those are in the deployment's events; a webhook's name is
+//! bounded by `notify::MAX_WEBHOOKS`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +56,12 @@ struct ResultLabel {
     result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotificationLabel {
+    webhook: String,
+    result: &'static str,
+}
+
 type DurationFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Seconds to hours: a deployment.
@@ -81,6 +89,7 @@ pub struct CoordinatorMetrics {
     pushes: Family<ResultLabel, Counter>,
     push_bytes: Counter,
     fetch_bytes: Counter,
+    notifications: Family<NotificationLabel, Counter>,
     etcd: leases::EtcdMetrics,
 }
 
@@ -97,6 +106,7 @@ impl Default for CoordinatorMetrics {
         let pushes = Family::<ResultLabel, Counter>::default();
         let push_bytes = Counter::default();
         let fetch_bytes = Counter::default();
+        let notifications = Family::<NotificationLabel, Counter>::default();
         let etcd = leases::EtcdMetrics::default();
         let mut r = Registry::default();
         etcd.register(&mut r);
@@ -155,6 +165,11 @@ impl Default for CoordinatorMetrics {
             "Bytes of releases served to agents",
             fetch_bytes.clone(),
         );
+        r.register(
+            "lockstep_notifications",
+            "Webhook notifications, by webhook and result",
+            notifications.clone(),
+        );
         Self {
             etcd,
             registry: Arc::new(r),
@@ -169,6 +184,7 @@ impl Default for CoordinatorMetrics {
             pushes,
             push_bytes,
             fetch_bytes,
+            notifications,
         }
     }
 }
@@ -270,6 +286,16 @@ impl CoordinatorMetrics {
         let result = if accepted { "accepted" } else { "refused" };
         self.pushes.get_or_create(&ResultLabel { result }).inc();
         self.push_bytes.inc_by(bytes);
+    }
+
+    /// A notification to `webhook` ended: delivered, failed or dropped.
+    pub fn notification(&self, webhook: &str, result: &'static str) {
+        self.notifications
+            .get_or_create(&NotificationLabel {
+                webhook: webhook.to_owned(),
+                result,
+            })
+            .inc();
     }
 
     pub fn fetch_served(&self, bytes: u64) {

@@ -31,6 +31,7 @@ mod place;
 mod ports;
 mod prometheus;
 mod wait;
+mod webhook;
 
 pub use agent::AgentFixture;
 pub use bins::workspace_bin;
@@ -45,3 +46,4 @@ pub use place::Place;
 pub use ports::free_loopback_port;
 pub use prometheus::{PrometheusFixture, ScrapeJob, promtool_check_metrics};
 pub use wait::{WaitTimeout, wait_for};
+pub use webhook::{Delivery, WebhookReceiver};

@@ -116,3 +116,44 @@ async fn check_config_refuses_what_the_daemon_would_fail_with() {
         both_refuse(bin, &toml(huge), "etcd.lease_ttl", "too long").await;
     }
 }
+
+/// `[[notify]]` (#16 deliver 3): check-config and the daemon both refuse
+/// an https webhook (no TLS client for webhooks yet) and a secret file
+/// others can read, naming the key.
+#[tokio::test]
+async fn check_config_refuses_an_https_webhook_and_a_readable_secret() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("notify.secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let etcd_ok = "\n[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n";
+    let https = format!(
+        "{etcd_ok}\n[[notify]]\nname = \"chat\"\nurl = \"https://hooks.example:443/x\"\nsecret_file = {secret:?}\n"
+    );
+    both_refuse(
+        "lockstep-coordinator",
+        &coordinator_toml(dir.path(), &https),
+        "notify[0].url",
+        "https webhooks are not supported yet",
+    )
+    .await;
+    let readable = format!(
+        "{etcd_ok}\n[[notify]]\nname = \"chat\"\nurl = \"http://127.0.0.1:1/x\"\nsecret_file = {secret:?}\n"
+    );
+    let file = coordinator_toml(dir.path(), &readable);
+    let (code, said) = run(
+        "lockstep-coordinator",
+        &["check-config", file.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(code, Some(0), "a 0600 secret is fine: {said}");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    both_refuse(
+        "lockstep-coordinator",
+        &file,
+        "notify[0].secret_file",
+        "readable by others",
+    )
+    .await;
+}

@@ -20,6 +20,7 @@ mod health;
 mod incident;
 mod logs;
 mod metrics;
+mod notify;
 mod operator_paths;
 mod prometheus;
 mod registration;
