@@ -123,23 +123,9 @@ pub async fn query(endpoint: &PrometheusEndpoint, promql: &str, timeout: Duratio
             }
             .to_string(),
         ),
-        Ok(Err(err)) => Sample::Error(error_chain(&err)),
+        Ok(Err(err)) => Sample::Error(cli::chain(&err)),
         Ok(Ok((status, body))) => read_answer(status, &body),
     }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let next = s.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = s.source();
-    }
-    text
 }
 
 async fn exchange(

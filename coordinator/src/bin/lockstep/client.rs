@@ -175,28 +175,13 @@ pub fn status_detail(status: &tonic::Status) -> String {
         out = format!("{:?}", status.code());
     }
     if let Some(source) = status.source() {
-        let cause = error_chain(source);
+        let cause = cli::chain(source);
         if !out.contains(&cause) {
             out.push_str(": ");
             out.push_str(&cause);
         }
     }
     out
-}
-
-/// An error and its sources, joined: tonic's top-level transport error says
-/// only "transport error".
-fn error_chain(err: &dyn StdError) -> String {
-    let mut parts = vec![err.to_string()];
-    let mut next = err.source();
-    while let Some(e) = next {
-        let text = e.to_string();
-        if parts.last() != Some(&text) {
-            parts.push(text);
-        }
-        next = e.source();
-    }
-    parts.join(": ")
 }
 
 /// The leader's URL when `status` is a follower's redirect.
@@ -290,7 +275,7 @@ async fn connect(
     timeout: Duration,
 ) -> Result<Client, String> {
     let mut endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| error_chain(&e))?
+        .map_err(|e| cli::chain(&e))?
         .connect_timeout(timeout)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
@@ -298,14 +283,14 @@ async fn connect(
     if let Some(tls) = tls {
         endpoint = endpoint
             .tls_config(tls.client_config())
-            .map_err(|e| error_chain(&e))?;
+            .map_err(|e| cli::chain(&e))?;
     }
     // connect_timeout bounds TCP; the TLS handshake is bounded here.
     let connected = tokio::time::timeout(timeout, endpoint.connect())
         .await
         .map_err(|_| format!("no connection within {timeout:?} (--timeout)"))?;
     let channel = connected.map_err(|e| {
-        let mut detail = error_chain(&e);
+        let mut detail = cli::chain(&e);
         if tls.is_some() {
             detail.push_str(" (");
             detail.push_str(TLS_HINT);
