@@ -123,6 +123,16 @@ impl AgentFixture {
         }
     }
 
+    /// The version of `service` the agent runs now, as `agentctl releases`
+    /// says (empty when none).
+    pub async fn current_version(&self, service: &str) -> Result<String, HarnessError> {
+        let releases = self.agentctl_json(&["releases", service]).await?;
+        Ok(releases["current"]["version"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
+    }
+
     /// `agentctl --output json ARGS`, parsed; fails unless it exits 0.
     pub async fn agentctl_json(&self, args: &[&str]) -> Result<serde_json::Value, HarnessError> {
         let mut full = vec!["--output", "json"];

@@ -645,15 +645,6 @@ async fn deployed(setup: &TlsFleet, digest: &str) -> serde_json::Value {
     record
 }
 
-/// The version the demo service on `agent` runs, as agentctl says.
-async fn current_version(agent: &lockstep_tests::AgentFixture) -> String {
-    let releases = agent.agentctl_json(&["releases", "demo"]).await.unwrap();
-    releases["current"]["version"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
 /// Reproduces #14 Seen 3: "A future fencing token wedges a service for
 /// good. An Apply with token 2^64-1 for an unknown digest is refused, but
 /// the agent has already made the token its durable high-water mark;
@@ -667,7 +658,7 @@ async fn seen_3_a_future_fencing_token_is_refused_and_wedges_nothing() {
     let setup = tls_fleet(&[("s3-a", "eu")]).await;
     deployed(&setup, &setup.digest).await;
     let host = &setup.fleet.hosts[0];
-    assert_eq!(current_version(&host.agent).await, "1.0.0");
+    assert_eq!(host.agent.current_version("demo").await.unwrap(), "1.0.0");
     let work = tempfile::tempdir().unwrap();
     let bundle = DemoRelease::new("2.0.0", 1).build(work.path()).unwrap();
     let bundle = bundle.display().to_string();
@@ -716,10 +707,10 @@ async fn seen_3_a_future_fencing_token_is_refused_and_wedges_nothing() {
         .unwrap();
     assert_eq!(staged.outcome(), pb::CommandOutcome::Refused, "{staged:?}");
     assert_eq!(durable_mark(&host.agent), mark, "{staged:?}");
-    assert_eq!(current_version(&host.agent).await, "1.0.0");
+    assert_eq!(host.agent.current_version("demo").await.unwrap(), "1.0.0");
 
     let record = deployed(&setup, &digest2).await;
-    assert_eq!(current_version(&host.agent).await, "2.0.0");
+    assert_eq!(host.agent.current_version("demo").await.unwrap(), "2.0.0");
     let token = record["token"].as_u64().unwrap();
     assert_eq!(durable_mark(&host.agent), token, "{record}");
 }
@@ -816,7 +807,7 @@ async fn a_wedged_mark_is_lowered_by_agentctl_fence_reset_to_what_etcd_justifies
     assert!(output.status.success(), "push: {}", text(&output));
     let digest2 = lockstep_tests::operator::last_line(&output);
     deployed(&setup, &digest2).await;
-    assert_eq!(current_version(agent).await, "2.0.0");
+    assert_eq!(agent.current_version("demo").await.unwrap(), "2.0.0");
 }
 
 /// #14 deliver 4, the availability trade-off: an agent that cannot read

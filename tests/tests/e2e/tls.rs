@@ -17,16 +17,6 @@ const DEADLINE: Duration = Duration::from_secs(120);
 const TTL_SECS: u64 = 3;
 const COORDINATOR: &str = "coordinator.lockstep";
 
-/// The agent's current release of `demo`, as agentctl (over its Unix
-/// socket) reports it.
-async fn current_version(agent: &AgentFixture) -> String {
-    let releases = agent.agentctl_json(&["releases", "demo"]).await.unwrap();
-    releases["current"]["version"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
 #[tokio::test]
 async fn a_rollout_runs_end_to_end_over_mutual_tls() {
     let pki = TestPki::new("lockstep test CA").unwrap();
@@ -118,7 +108,7 @@ async fn a_rollout_runs_end_to_end_over_mutual_tls() {
                 "host {}",
                 host.id
             );
-            assert_eq!(current_version(&host.agent).await, version);
+            assert_eq!(host.agent.current_version("demo").await.unwrap(), version);
         }
     }
 
@@ -221,7 +211,7 @@ async fn an_agent_obeys_apply_only_from_a_coordinator_it_trusts() {
     let v2 = DemoRelease::new("2.0.0", port).build(agent.dir()).unwrap();
     agent.install(&v1).await.unwrap();
     agent.install(&v2).await.unwrap();
-    assert_eq!(current_version(&agent).await, "2.0.0");
+    assert_eq!(agent.current_version("demo").await.unwrap(), "2.0.0");
     let releases = agent.agentctl_json(&["releases", "demo"]).await.unwrap();
     let v1_digest = releases["previous"][0]["digest"]
         .as_str()
@@ -265,7 +255,7 @@ async fn an_agent_obeys_apply_only_from_a_coordinator_it_trusts() {
     let forged = apply_as(addr, Some(&impostor), &v1_digest).await;
     assert!(forged.is_err(), "a foreign CA was accepted: {forged:?}");
 
-    assert_eq!(current_version(&agent).await, "2.0.0");
+    assert_eq!(agent.current_version("demo").await.unwrap(), "2.0.0");
     assert_eq!(
         served_version(([127, 0, 0, 1], port).into()).await.unwrap(),
         "2.0.0"
@@ -289,7 +279,7 @@ async fn an_agent_obeys_apply_only_from_a_coordinator_it_trusts() {
         "{verdict:?}"
     );
     wait_for("the trusted Apply to switch to 1.0.0", DEADLINE, || async {
-        match current_version(&agent).await.as_str() {
+        match agent.current_version("demo").await.unwrap().as_str() {
             "1.0.0" => Ok(()),
             other => Err(format!("current {other}")),
         }
