@@ -15,6 +15,9 @@
 //!
 //! [releases]
 //! trusted_keys = ["/etc/lockstep/release.pub"]   # empty: unsigned bundles accepted
+//! max_bundle_bytes = 4294967296              # a push larger than this is cut off (4 GiB)
+//! max_concurrent_pushes = 4                  # more at once are refused (RESOURCE_EXHAUSTED)
+//! push_idle_timeout = "60s"                  # a push that sends nothing this long is abandoned
 //!
 //! [tls]                                      # optional: mTLS on every gRPC hop
 //! ca = "/etc/lockstep/tls/ca.pem"            # signs agents', operators' and coordinators' certs
@@ -67,6 +70,7 @@ use serde::Deserialize;
 
 use crate::checks::{ArgvElement, CheckCatalog, NamedCheck};
 use crate::notify::{BodyFormat, Secret, Topic, Webhook, WebhookUrl};
+use crate::push::PushLimits;
 use crate::roles::{AccessPolicy, Role, RoleRule};
 
 /// Default gRPC address: loopback, so exposing it is an explicit choice.
@@ -108,6 +112,8 @@ pub struct CoordinatorConfig {
     pub prometheus: Option<crate::analysis::PrometheusEndpoint>,
     /// `[[notify]]`: the webhooks deployment events are sent to.
     pub notify: Vec<Webhook>,
+    /// `[releases]` max_bundle_bytes, max_concurrent_pushes, push_idle_timeout.
+    pub push: PushLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +220,9 @@ struct RawEtcd {
 struct RawReleases {
     #[serde(default)]
     trusted_keys: Vec<PathBuf>,
+    max_bundle_bytes: Option<u64>,
+    max_concurrent_pushes: Option<usize>,
+    push_idle_timeout: Option<String>,
 }
 
 impl CoordinatorConfig {
@@ -342,6 +351,7 @@ impl CoordinatorConfig {
                 check("releases.trusted_keys", Err(chain(&err)));
             }
         }
+        let push = push_limits(&raw.releases, &mut check);
         let default_timeout = check_timeout.as_ref().map_or(DEFAULT_CHECK_TIMEOUT, |t| *t);
         let checks = named_checks(&raw.checks, default_timeout, &mut check);
         let has_tls = raw.tls.is_some();
@@ -406,6 +416,7 @@ impl CoordinatorConfig {
                 metrics_listen,
                 prometheus,
                 notify,
+                push,
             }),
             _ => Err(ConfigError::Invalid {
                 path: path.to_owned(),
@@ -413,6 +424,36 @@ impl CoordinatorConfig {
             }),
         }
     }
+}
+
+/// Most pushes one coordinator receives at once: each holds a file open
+/// and ends in a full unpack.
+const MAX_CONCURRENT_PUSHES: usize = 64;
+
+/// `[releases]`' push limits, each defaulted and checked.
+fn push_limits(raw: &RawReleases, check: &mut impl FnMut(&str, Result<(), String>)) -> PushLimits {
+    let mut limits = PushLimits::default();
+    match raw.max_bundle_bytes {
+        Some(0) => check(
+            "releases.max_bundle_bytes",
+            Err("must be more than zero".to_owned()),
+        ),
+        Some(n) => limits.max_bundle_bytes = n,
+        None => {}
+    }
+    match raw.max_concurrent_pushes {
+        Some(n) if (1..=MAX_CONCURRENT_PUSHES).contains(&n) => limits.max_concurrent = n,
+        Some(n) => check(
+            "releases.max_concurrent_pushes",
+            Err(format!("{n}: must be 1 to {MAX_CONCURRENT_PUSHES}")),
+        ),
+        None => {}
+    }
+    match duration(raw.push_idle_timeout.as_deref(), limits.idle_timeout) {
+        Ok(idle) => limits.idle_timeout = idle,
+        Err(message) => check("releases.push_idle_timeout", Err(message)),
+    }
+    limits
 }
 
 /// `[metrics] listen`: an IP:port other than the gRPC `listen`.

@@ -27,6 +27,7 @@ pub mod journal;
 pub mod leader;
 pub mod mirror;
 pub mod notify;
+pub mod push;
 pub mod record;
 pub mod release_choice;
 pub mod roles;
