@@ -764,14 +764,14 @@ impl ReportStream {
         match (body, agent.as_deref()) {
             (Some(pb::agent_report::Body::Registration(claimed)), None) => {
                 let identity = self.bind(&claimed).await?;
-                tracing::info!(
-                    agent = identity.agent_id,
-                    cluster = identity.cluster,
-                    address = identity.grpc_address,
-                    "agent connected"
-                );
-                *agent = Some(identity.agent_id.clone());
-                fleet.stream_opened(identity);
+                let id = identity.agent_id.clone();
+                let (cluster, address) = (identity.cluster.clone(), identity.grpc_address.clone());
+                fleet.stream_opened(identity).map_err(|refused| {
+                    tracing::warn!(agent = id, error = %refused, "report stream refused");
+                    Status::resource_exhausted(refused.to_string())
+                })?;
+                tracing::info!(agent = id, cluster, address, "agent connected");
+                *agent = Some(id);
             }
             (Some(pb::agent_report::Body::Registration(_)), Some(_)) | (None, Some(_)) => {}
             (Some(pb::agent_report::Body::Status(status)), Some(id)) => fleet.status(id, status),

@@ -1116,3 +1116,52 @@ async fn pushes_are_bounded_in_size_concurrency_and_idleness() {
         "half-received pushes left in the depot: {left:?}"
     );
 }
+
+/// Issue #14 deliver 5 ("registrations per caller"): on main one caller
+/// holding an agent's registration could open Report streams for it
+/// without end, each kept in memory by the coordinator. Here the fifth
+/// stream of one agent is refused (RESOURCE_EXHAUSTED, naming the limit)
+/// while four are open, and taken again once one closes.
+#[tokio::test]
+async fn one_agent_holds_at_most_four_report_streams() {
+    let etcd = EtcdCluster::single().await.unwrap();
+    let coordinator = CoordinatorFixture::start(&etcd.endpoints(), TTL_SECS)
+        .await
+        .unwrap();
+    let url = coordinator.url();
+    let mut client = etcd.client().await.unwrap();
+    let lease = client.lease_grant(60, None).await.unwrap().id();
+    let record =
+        serde_json::json!({"agent": "many", "cluster": "eu", "grpc_address": "127.0.0.1:1"});
+    client
+        .put(
+            leases::keys::agent("many"),
+            record.to_string(),
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .unwrap();
+    let me = || identity("many", "eu", "127.0.0.1:1");
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        open.push(report_as(&url, None, me()).await.unwrap());
+    }
+    let refused = report_as(&url, None, me()).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .message()
+            .contains("already has 4 report streams open"),
+        "{refused:?}"
+    );
+    drop(open.pop());
+    wait_for("a closed stream to free its place", DEADLINE, || async {
+        report_as(&url, None, me()).await.map_err(|s| s.to_string())
+    })
+    .await
+    .unwrap();
+}

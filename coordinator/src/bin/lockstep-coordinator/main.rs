@@ -33,6 +33,11 @@ const ETCD_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// whatever streams are open or however slow etcd is to take the
 /// resignation (a lease that is not revoked expires by itself).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+/// HTTP/2 pings close a Report stream whose agent vanished without closing
+/// its connection (host down, partition) within interval + timeout, so it
+/// stops counting against the agent's stream limit (`fleet::MAX_STREAMS_PER_AGENT`).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the runtime gives blocking tasks (a FetchRelease read) at exit.
 const RUNTIME_EXIT_GRACE: Duration = Duration::from_millis(500);
 
@@ -222,7 +227,9 @@ async fn open_depot(config: &CoordinatorConfig) -> Result<(leases::Etcd, Release
 /// The gRPC server, with mTLS when `[tls]` is set (and a log line saying
 /// which).
 fn grpc_server(config: &CoordinatorConfig) -> Result<tonic::transport::Server> {
-    let mut server_builder = tonic::transport::Server::builder();
+    let mut server_builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
     match &config.tls {
         Some(tls) => {
             server_builder = server_builder
