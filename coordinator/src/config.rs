@@ -12,6 +12,11 @@
 //! endpoints = ["http://127.0.0.1:2379"]
 //! lease_ttl = "10s"                          # leadership and deployment locks die with it
 //! journal_deadline = "30s"                   # a deployment's journal write is retried this long
+//! ca = "/etc/lockstep/etcd/ca.pem"           # optional: TLS to etcd (then https:// endpoints); with cert and key
+//! cert = "/etc/lockstep/etcd/coordinator.pem"
+//! key = "/etc/lockstep/etcd/coordinator.key"
+//! user = "lockstep-coordinator"              # optional: etcd authentication, with password_file (mode 600)
+//! password_file = "/etc/lockstep/etcd/coordinator.password"
 //!
 //! [releases]
 //! trusted_keys = ["/etc/lockstep/release.pub"]   # empty: unsigned bundles accepted
@@ -94,6 +99,8 @@ pub struct CoordinatorConfig {
     pub check_timeout: Duration,
     pub etcd_endpoints: Vec<String>,
     pub lease_ttl: leases::Ttl,
+    /// `[etcd]` ca/cert/key and user/password_file.
+    pub etcd_access: leases::EtcdAccess,
     /// How long a failed journal write is retried before the driver stops
     /// and the deployment is resumed from the journal.
     pub journal_deadline: Duration,
@@ -213,6 +220,11 @@ struct RawEtcd {
     endpoints: Vec<String>,
     lease_ttl: Option<String>,
     journal_deadline: Option<String>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    user: Option<String>,
+    password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -294,6 +306,7 @@ impl CoordinatorConfig {
             check_timeout.as_ref().map(drop).map_err(Clone::clone),
         );
         let mut journal_deadline = Ok(crate::journal::DEFAULT_WRITE_DEADLINE);
+        let mut etcd_access = Some(leases::EtcdAccess::default());
         let (etcd_endpoints, lease_ttl) = match raw.etcd {
             None => {
                 check(
@@ -309,14 +322,25 @@ impl CoordinatorConfig {
                         Err("must name at least one endpoint".to_owned()),
                     );
                 }
+                let tls = etcd.ca.is_some() || etcd.cert.is_some() || etcd.key.is_some();
                 for (i, endpoint) in etcd.endpoints.iter().enumerate() {
-                    // What `leases::Etcd::connect` accepts, so the daemon
-                    // cannot refuse what check-config calls valid.
+                    // What `leases::Etcd::connect_with` accepts, so the
+                    // daemon cannot refuse what check-config calls valid.
                     check(
                         &format!("etcd.endpoints[{i}]"),
-                        leases::check_endpoint(endpoint).map_err(|e| e.to_string()),
+                        leases::check_endpoint(endpoint, tls).map_err(|e| e.to_string()),
                     );
                 }
+                etcd_access = leases::EtcdAccess::from_config(
+                    leases::EtcdAccessKeys {
+                        ca: etcd.ca,
+                        cert: etcd.cert,
+                        key: etcd.key,
+                        user: etcd.user,
+                        password_file: etcd.password_file,
+                    },
+                    |key, message| check(key, Err(message)),
+                );
                 let ttl = duration(etcd.lease_ttl.as_deref(), DEFAULT_LEASE_TTL).and_then(|ttl| {
                     if ttl.subsec_nanos() != 0 {
                         return Err("must be whole seconds".to_owned());
@@ -408,6 +432,7 @@ impl CoordinatorConfig {
                 check_timeout,
                 etcd_endpoints,
                 lease_ttl,
+                etcd_access: etcd_access.unwrap_or_default(),
                 journal_deadline,
                 trusted_keys: raw.releases.trusted_keys,
                 tls,

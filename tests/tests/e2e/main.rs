@@ -16,6 +16,7 @@ mod error_text;
 mod etcd_failover;
 mod etcd_faults;
 mod etcd_harness;
+mod etcd_security;
 mod health;
 mod incident;
 mod logs;

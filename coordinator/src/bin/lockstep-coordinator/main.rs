@@ -198,7 +198,11 @@ async fn serve(config: CoordinatorConfig) -> Result<()> {
 async fn open_depot(config: &CoordinatorConfig) -> Result<(leases::Etcd, ReleaseDepot)> {
     let client = tokio::time::timeout(
         ETCD_CONNECT_TIMEOUT,
-        leases::Etcd::connect(&config.etcd_endpoints, leases::EtcdTiming::default()),
+        leases::Etcd::connect_with(
+            &config.etcd_endpoints,
+            leases::EtcdTiming::default(),
+            &config.etcd_access,
+        ),
     )
     .await
     .map_err(|_| anyhow::anyhow!("etcd did not answer within {ETCD_CONNECT_TIMEOUT:?}"))
