@@ -77,7 +77,7 @@ impl FleetFixture {
         etcd: &[String],
         coordinators: &[String],
         lease_ttl: &str,
-        etcd_lines: &dyn Fn(&str) -> String,
+        etcd_lines: &(dyn Fn(&str) -> String + Sync),
     ) -> Result<Self, HarnessError> {
         let quote = |items: &[String]| {
             items

@@ -181,3 +181,79 @@ async fn a_wrong_etcd_password_is_reported_with_etcds_refusal() {
     .await
     .unwrap();
 }
+
+/// #14 deliver 6 ("a lease-less key is ignored and reported, and `locks
+/// break` deletes a lease-less key and says so"): on main a deployment lock
+/// key written without a lease (by hand, or by anything but Lockstep) said
+/// "deployment in progress" for ever, the incident's stale check, and a
+/// lease-less budget slot held a slot for ever. Here `lockstep locks` shows
+/// the key as no lock, a deployment takes the lock and the budget anyway,
+/// and `locks break` deletes such a key, saying it had no lease.
+#[tokio::test]
+async fn lease_less_lock_and_slot_keys_are_ignored_reported_and_breakable() {
+    let etcd = EtcdCluster::single().await.unwrap();
+    let coordinator = CoordinatorFixture::start(&etcd.endpoints(), 3)
+        .await
+        .unwrap();
+    let urls = vec![coordinator.url()];
+    let fleet = FleetFixture::start(&[("ll-a", "eu")], &etcd.endpoints(), &urls)
+        .await
+        .unwrap();
+    agents_known(&urls, 1).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let bundle = DemoRelease::new("1.0.0", 1).build(work.path()).unwrap();
+    let digest = push(&urls, &bundle).await.unwrap();
+
+    let stale = serde_json::json!({
+        "holder": {"host": "by-hand", "pid": 1, "user": "ops"},
+        "purpose": "stale",
+        "since_unix_ms": 0
+    })
+    .to_string();
+    let lock_key = leases::keys::deploy_lock("demo");
+    let mut client = etcd.client().await.unwrap();
+    client
+        .put(lock_key.as_str(), stale.as_str(), None)
+        .await
+        .unwrap();
+    client
+        .put(
+            "/lockstep/v1/clusters/eu/budget/ghost/demo",
+            stale.as_str(),
+            None,
+        )
+        .await
+        .unwrap();
+    let listed = coordinator.lockstep(&["locks"]).await.unwrap();
+    assert!(
+        text(&listed).contains("no lease (ignored)"),
+        "{}",
+        text(&listed)
+    );
+
+    let plan = strategy(work.path(), "fast", "500ms").unwrap();
+    let deployed = deploy(&urls, &digest, &plan, &["--wait"]).await.unwrap();
+    assert!(deployed.status.success(), "{}", text(&deployed));
+    every_host_serves(&fleet, "1.0.0").await.unwrap();
+    assert!(
+        coordinator.log_text().contains("lock key has no lease"),
+        "the coordinator did not report the lease-less lock key"
+    );
+
+    client
+        .put(lock_key.as_str(), stale.as_str(), None)
+        .await
+        .unwrap();
+    let broken = coordinator
+        .lockstep(&["locks", "break", "demo", "--reason", "hand-written key"])
+        .await
+        .unwrap();
+    assert!(broken.status.success(), "{}", text(&broken));
+    assert!(
+        text(&broken).contains("it had no lease"),
+        "{}",
+        text(&broken)
+    );
+    let left = client.get(lock_key.as_str(), None).await.unwrap();
+    assert!(left.kvs().is_empty(), "the lease-less key is still there");
+}
