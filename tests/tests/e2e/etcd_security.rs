@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
-use lockstep_tests::operator::{agents_known, deploy, every_host_serves, push, strategy, text};
+use lockstep_tests::operator::{
+    agents_known, deploy, every_host_serves, push, strategy, text, until_leading,
+};
 use lockstep_tests::{
     CoordinatorFixture, DemoRelease, EtcdCluster, FleetFixture, Place, TestPki, TlsFiles, wait_for,
 };
@@ -256,4 +258,30 @@ async fn lease_less_lock_and_slot_keys_are_ignored_reported_and_breakable() {
     );
     let left = client.get(lock_key.as_str(), None).await.unwrap();
     assert!(left.kvs().is_empty(), "the lease-less key is still there");
+}
+
+/// #14 Seen 6: "a lease-less `/lockstep/v1/leader` stops every election and
+/// points the CLI at another URL". Here a coordinator started over such a
+/// key takes the leadership (the key was no leader) and answers the CLI
+/// itself.
+#[tokio::test]
+async fn a_lease_less_leader_key_stops_no_election() {
+    let etcd = EtcdCluster::single().await.unwrap();
+    let forged = serde_json::json!({
+        "holder": {"host": "elsewhere", "pid": 1, "user": "x"},
+        "purpose": "http://127.0.0.1:1",
+        "since_unix_ms": 0
+    })
+    .to_string();
+    let mut client = etcd.client().await.unwrap();
+    client
+        .put(leases::keys::LEADER, forged.as_str(), None)
+        .await
+        .unwrap();
+    let coordinator = CoordinatorFixture::start(&etcd.endpoints(), 3)
+        .await
+        .unwrap();
+    until_leading(&etcd, &coordinator.url()).await.unwrap();
+    let status = coordinator.lockstep(&["status"]).await.unwrap();
+    assert!(status.status.success(), "{}", text(&status));
 }
