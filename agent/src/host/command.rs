@@ -10,7 +10,8 @@ use std::time::Instant;
 use release::StoredRelease;
 
 use super::actor::{Cancel, Executor, Joined, Run};
-use super::{Host, HostError, Recorded, RestartOrder};
+use super::reconcile::Recorded;
+use super::{Host, HostError, RestartOrder};
 use crate::state::Trigger;
 use crate::telemetry::SwitchOutcome;
 
