@@ -45,9 +45,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex as SyncMutex};
+use std::time::Duration;
 
 use release::{Store, StoreError, TrustedKeys};
-use tokio::sync::{Mutex, broadcast};
+use tokio::sync::{Mutex, broadcast, mpsc, oneshot, watch};
 
 use crate::cluster::{AgentRecord, ClusterLink};
 use crate::config::AgentConfig;
@@ -69,25 +70,27 @@ mod switch;
 pub use error::{HostError, Superseded, SwitchFailure};
 pub use fence::{FenceReset, FenceView};
 
-use actor::{Done, Message, Order};
+use actor::{Done, Message, Order, Retire};
 use command::{Command, ServiceExecutor};
 use durable::{of_service, record_of};
 use error::with_kept;
-use runtime::{Running, ServiceRuntime, stop_all};
+use runtime::{Running, ServiceRuntime, ServiceView, ViewSender, stop_all};
 
 /// Status events buffered for slow `WatchStatus` readers; a reader that
 /// falls further behind gets a fresh snapshot instead.
 const EVENT_BUFFER: usize = 1024;
+/// How long agent shutdown waits for a service's actor to detach or stop
+/// its instances (a switch in flight ends first): below systemd's default
+/// stop timeout (90 s), so the agent exits rather than being killed.
+const RETIRE_DEADLINE: Duration = Duration::from_secs(60);
 
-/// A service's handle: its actor (`actor`), which takes every command
-/// and runs one at a time (a second is refused as busy, or supersedes the
-/// one in flight: `admission`), and its runtime, which the command running
-/// writes and readers (status, logs) take only briefly — so a reader can
-/// never make a command look busy.
+/// A service's handle: its actor's inbox (the actor owns the service's
+/// runtime and takes every command: `actor`), and the view the runtime
+/// publishes, which readers (status, logs, gauges) read without waiting.
 #[derive(Debug)]
-struct ServiceEntry {
-    actor: tokio::sync::mpsc::Sender<Message<Command>>,
-    runtime: Mutex<ServiceRuntime>,
+struct ServiceHandle {
+    actor: mpsc::Sender<Message<Command>>,
+    view: watch::Receiver<ServiceView>,
 }
 
 /// An Apply the service's actor has taken: fenced (its mark durable), its
@@ -107,7 +110,7 @@ pub struct Host {
     config: AgentConfig,
     store: Store,
     state: Mutex<AgentState>,
-    services: SyncMutex<BTreeMap<String, Arc<ServiceEntry>>>,
+    services: SyncMutex<BTreeMap<String, Arc<ServiceHandle>>>,
     events: broadcast::Sender<proto::v1::StatusEvent>,
     /// Where instances' exec shim lives: the agent binary itself.
     shim: PathBuf,
@@ -288,7 +291,7 @@ impl Host {
         token: Option<u64>,
         command: Command,
     ) -> Result<Done, HostError> {
-        let actor = self.runtime(service).actor.clone();
+        let actor = self.handle(service).actor.clone();
         let gone = || HostError::ActorGone {
             what: format!("the actor of `{service}`"),
         };
@@ -364,7 +367,7 @@ impl Host {
     /// Restarts every instance of a service one by one, each replacement
     /// ready before its predecessor stops (where the overlap mode allows).
     pub async fn restart(&self, service: &str, order: RestartOrder) -> Result<String, HostError> {
-        self.existing_runtime(service)?;
+        self.existing_handle(service)?;
         let token = order.token;
         if let Some(token) = token {
             self.vouched(service, token).await?;
@@ -378,8 +381,9 @@ impl Host {
         self.cluster.as_ref()
     }
 
-    /// The service's handle; the first use spawns its actor.
-    fn runtime(&self, service: &str) -> Arc<ServiceEntry> {
+    /// The service's handle; the first use spawns its actor, which owns
+    /// the service's runtime.
+    fn handle(&self, service: &str) -> Arc<ServiceHandle> {
         let mut services = self
             .services
             .lock()
@@ -387,22 +391,20 @@ impl Host {
         services
             .entry(service.to_owned())
             .or_insert_with(|| {
-                let (actor, inbox) = tokio::sync::mpsc::channel(actor::INBOX);
+                let (actor, inbox) = mpsc::channel(actor::INBOX);
+                let (views, view) = ViewSender::new();
                 let executor = ServiceExecutor {
                     host: self.me.clone(),
                     service: service.to_owned(),
                 };
                 // Ends when the handle (and so its sender) is dropped.
-                tokio::spawn(actor::run(executor, inbox));
-                Arc::new(ServiceEntry {
-                    actor,
-                    runtime: Mutex::default(),
-                })
+                tokio::spawn(actor::run(executor, ServiceRuntime::new(views), inbox));
+                Arc::new(ServiceHandle { actor, view })
             })
             .clone()
     }
 
-    fn existing_runtime(&self, service: &str) -> Result<Arc<ServiceEntry>, HostError> {
+    fn existing_handle(&self, service: &str) -> Result<Arc<ServiceHandle>, HostError> {
         let services = self
             .services
             .lock()
@@ -415,62 +417,60 @@ impl Host {
             })
     }
 
-    /// Every service's entry with its name, as it stands now.
-    fn named_entries(&self) -> Vec<(String, Arc<ServiceEntry>)> {
+    /// Every service's handle with its name, as it stands now.
+    fn named_handles(&self) -> Vec<(String, Arc<ServiceHandle>)> {
         self.services
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
-            .map(|(name, entry)| (name.clone(), entry.clone()))
-            .collect()
-    }
-
-    /// Every service's entry, as it stands now.
-    fn entries(&self) -> Vec<Arc<ServiceEntry>> {
-        self.services
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .values()
-            .cloned()
+            .map(|(name, handle)| (name.clone(), handle.clone()))
             .collect()
     }
 
     /// Leaves every instance running, its record durable, for the next
     /// agent to adopt (agent shutdown with `apps_on_agent_stop = "keep"`).
-    /// A command in flight holds its service: this waits for it.
+    /// A command in flight holds its service: this waits for it, up to
+    /// `RETIRE_DEADLINE`.
     pub async fn detach_all(&self) {
-        for runtime in self.entries() {
-            // Old instances of a finished switch drain while its command
-            // is in flight, and they must be gone before we leave.
-            Self::idle(&runtime).await;
-            let mut rt = runtime.runtime.lock().await;
-            if let Some(running) = rt.running.take() {
-                for instance in running.instances {
-                    instance.detach().await;
-                }
-            }
-        }
+        self.retire_all(Retire::Detach).await;
     }
 
     /// Stops every instance (agent shutdown with `apps_on_agent_stop = "stop"`).
     pub async fn stop_all(&self) {
-        for runtime in self.entries() {
-            // As in `detach_all`: a finished switch's old instances first.
-            Self::idle(&runtime).await;
-            let mut rt = runtime.runtime.lock().await;
-            if let Some(running) = rt.running.take() {
-                stop_all(running.instances).await;
-            }
-        }
+        self.retire_all(Retire::Stop).await;
     }
 
-    /// Answers once the service's actor runs and holds no command (agent
-    /// shutdown: a finished switch's old instances have drained).
-    async fn idle(entry: &ServiceEntry) {
-        let (reply, idle) = tokio::sync::oneshot::channel();
-        if entry.actor.send(Message::Idle(reply)).await.is_ok() {
-            // Err: the actor is gone, so nothing runs.
-            let _ = idle.await;
+    /// Asks every service's actor to retire its runtime once nothing runs
+    /// (a finished switch's old instances drain while its command is in
+    /// flight, and they must be gone before we leave), all at once, each
+    /// within `RETIRE_DEADLINE`.
+    async fn retire_all(&self, how: Retire) {
+        let mut retiring = tokio::task::JoinSet::new();
+        for (service, handle) in self.named_handles() {
+            retiring.spawn(async move {
+                let (reply, retired) = oneshot::channel();
+                if handle.actor.send(Message::Retire(how, reply)).await.is_err() {
+                    // The actor is gone, and its runtime with it.
+                    return;
+                }
+                match tokio::time::timeout(RETIRE_DEADLINE, retired).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => {
+                        tracing::error!(service, "the service's actor ended before retiring its instances");
+                    }
+                    Err(_) => tracing::error!(
+                        service,
+                        deadline_s = RETIRE_DEADLINE.as_secs(),
+                        action = ?how,
+                        "the service's instances were not retired in time (a command still runs); leaving them"
+                    ),
+                }
+            });
+        }
+        while let Some(result) = retiring.join_next().await {
+            if let Err(err) = result {
+                tracing::error!(error = %err, "a service retirement task failed");
+            }
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use release::StoredRelease;
 
 use super::command::Command;
-use super::{Host, HostError, Running, stop_all};
+use super::{Host, HostError, Running, ServiceRuntime, stop_all};
 use crate::supervisor::ListenSockets;
 use crate::supervisor::record::{self, ProcessRecord, Verdict};
 
@@ -180,11 +180,10 @@ impl Host {
     pub(super) async fn adopt(
         &self,
         service: &str,
+        rt: &mut ServiceRuntime,
         release: &StoredRelease,
         mut found: Vec<Recorded>,
     ) -> Result<String, HostError> {
-        let runtime = self.runtime(service);
-        let mut rt = runtime.runtime.lock().await;
         let listen = self.listen(service, release);
         let adopt_err = |reason: String| HostError::Adopt {
             service: service.to_owned(),
@@ -257,13 +256,21 @@ impl Host {
         }
         // Two records for one slot cannot both be adopted.
         stop_unwanted(&self.config.process_dir(), found).await;
-        let instances = self.wait_ready(service, release, instances).await?;
+        rt.view.starting(&instances);
+        let instances = match self.wait_ready(service, release, instances).await {
+            Ok(instances) => instances,
+            Err(err) => {
+                rt.publish();
+                return Err(err);
+            }
+        };
         rt.running = Some(Running {
             release: release.clone(),
             sockets,
             instances,
         });
         rt.last_error.clear();
+        rt.publish();
         Ok(format!(
             "{service} keeps running {} ({}): adopted",
             release.manifest.version(),

@@ -1,14 +1,19 @@
-//! What a service runs now, and how readers (status, logs, gauges,
-//! `WatchStatus`) see it.
+//! What a service runs now — its `ServiceRuntime`, owned by the service's
+//! actor and lent to the one command it runs — and what readers (status,
+//! logs, gauges, `WatchStatus`) see of it: the `ServiceView` the runtime
+//! publishes on a `watch` channel after every change.
+//!
+//! Must never: be shared (readers hold a view, never the runtime), or
+//! change what runs without publishing the view.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use release::StoredRelease;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
-use super::{Host, HostError, ServiceEntry};
-use crate::instance::HostedInstance;
+use super::actor::Retire;
+use super::{Host, HostError};
+use crate::instance::{HostedInstance, InstanceView};
 use crate::supervisor::{InstanceState, ListenSockets};
 use crate::wire;
 
@@ -20,27 +25,116 @@ pub(super) struct Running {
     pub(super) instances: Vec<HostedInstance>,
 }
 
-#[derive(Debug, Default)]
-pub(super) struct ServiceRuntime {
-    pub(super) running: Option<Running>,
+/// A service as readers see it: published by its runtime after every
+/// change, so a reader never waits for a command.
+#[derive(Debug, Clone, Default)]
+pub(super) struct ServiceView {
+    /// Every instance the service holds: during a switch, the old ones
+    /// serving and the new ones started so far.
+    pub(super) instances: Vec<InstanceView>,
     pub(super) switching: Option<proto::v1::SwitchState>,
     pub(super) last_error: String,
 }
 
+/// Where a service's views go; the readers' end is its handle's.
+#[derive(Debug)]
+pub(super) struct ViewSender(watch::Sender<ServiceView>);
+
+impl ViewSender {
+    pub(super) fn new() -> (Self, watch::Receiver<ServiceView>) {
+        let (tx, rx) = watch::channel(ServiceView::default());
+        (Self(tx), rx)
+    }
+
+    /// Shows `instances` beside those shown (a switch started them).
+    pub(super) fn starting(&self, instances: &[HostedInstance]) {
+        self.0.send_modify(|view| {
+            view.instances
+                .extend(instances.iter().map(HostedInstance::view));
+        });
+    }
+
+    /// Stops showing `instances` (stopped before the switch commits).
+    pub(super) fn gone(&self, instances: &[HostedInstance]) {
+        let gone: Vec<(u32, String)> = instances
+            .iter()
+            .map(|i| {
+                let view = i.view();
+                (view.slot(), view.digest().to_owned())
+            })
+            .collect();
+        self.0.send_modify(|view| {
+            view.instances
+                .retain(|i| !gone.iter().any(|(s, d)| *s == i.slot() && d == i.digest()));
+        });
+    }
+}
+
+/// A service's runtime: what runs, the switch in progress, the last error.
+/// Its actor owns it; the command it runs has it for as long as it runs.
+#[derive(Debug)]
+pub(super) struct ServiceRuntime {
+    pub(super) running: Option<Running>,
+    pub(super) switching: Option<proto::v1::SwitchState>,
+    pub(super) last_error: String,
+    pub(super) view: ViewSender,
+}
+
+impl ServiceRuntime {
+    pub(super) fn new(view: ViewSender) -> Self {
+        Self {
+            running: None,
+            switching: None,
+            last_error: String::new(),
+            view,
+        }
+    }
+
+    /// Publishes what the runtime holds now to its readers.
+    pub(super) fn publish(&self) {
+        let instances = self
+            .running
+            .as_ref()
+            .map(|r| r.instances.iter().map(HostedInstance::view).collect())
+            .unwrap_or_default();
+        self.view.0.send_replace(ServiceView {
+            instances,
+            switching: self.switching,
+            last_error: self.last_error.clone(),
+        });
+    }
+
+    /// Agent shutdown: every instance left running for the next agent, or
+    /// stopped; the service then shows none.
+    pub(super) async fn retire(mut self, how: Retire) {
+        if let Some(running) = self.running.take() {
+            self.publish();
+            match how {
+                Retire::Detach => {
+                    for instance in running.instances {
+                        instance.detach().await;
+                    }
+                }
+                Retire::Stop => stop_all(running.instances).await,
+            }
+        }
+    }
+}
+
 impl Host {
     /// Brings the gauges read at scrape up to date: every service's
-    /// instances by state, and the etcd session. A service whose runtime a
-    /// command holds now (a switch) keeps its previous counts.
+    /// instances by state (during a switch, the old and the new), and the
+    /// etcd session.
     pub fn refresh_gauges(&self) {
-        for (service, entry) in self.named_entries() {
-            if let Ok(rt) = entry.runtime.try_lock() {
-                let states: Vec<InstanceState> = rt
-                    .running
-                    .as_ref()
-                    .map(|r| r.instances.iter().map(HostedInstance::state).collect())
-                    .unwrap_or_default();
-                self.metrics.set_instances(&service, &states);
-            }
+        for (service, handle) in self.named_handles() {
+            let states: Vec<InstanceState> = handle
+                .view
+                .borrow()
+                .instances
+                .iter()
+                .map(InstanceView::state)
+                .collect();
+            self.metrics.set_instances(&service, &states);
         }
         self.metrics
             .set_etcd_session(self.cluster.as_ref().is_some_and(|c| c.session().is_some()));
@@ -51,47 +145,38 @@ impl Host {
         self.events.subscribe()
     }
 
-    /// The wire status of one service, or of all (`service` empty).
+    /// The wire status of one service, or of all (`service` empty): from
+    /// each service's view, so it never waits for a switch.
     pub async fn status(&self, service: &str) -> Result<Vec<proto::v1::ServiceStatus>, HostError> {
-        let runtimes: Vec<(String, Arc<ServiceEntry>)> = {
-            let services = self
-                .services
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            services
-                .iter()
-                .filter(|(name, _)| service.is_empty() || name.as_str() == service)
-                .map(|(n, r)| (n.clone(), r.clone()))
-                .collect()
-        };
-        if !service.is_empty() && runtimes.is_empty() {
+        let views: Vec<(String, ServiceView)> = self
+            .named_handles()
+            .into_iter()
+            .filter(|(name, _)| service.is_empty() || name.as_str() == service)
+            .map(|(name, handle)| {
+                let view = handle.view.borrow().clone();
+                (name, view)
+            })
+            .collect();
+        if !service.is_empty() && views.is_empty() {
             return Err(HostError::UnknownService {
                 service: service.to_owned(),
             });
         }
-        let state = self.state.lock().await.clone();
-        let mut out = Vec::with_capacity(runtimes.len());
-        for (name, runtime) in runtimes {
+        let state = self.state.lock().await;
+        let mut out = Vec::with_capacity(views.len());
+        for (name, view) in views {
             let durable = state.services.get(&name).cloned().unwrap_or_default();
-            // A switching service reports from its durable state and what the
-            // switch has shown so far, without waiting for the switch.
-            let (instances, switching, last_error) = match runtime.runtime.try_lock() {
-                Ok(rt) => (
-                    rt.running
-                        .as_ref()
-                        .map(|r| r.instances.iter().map(|i| i.wire_status()).collect())
-                        .unwrap_or_default(),
-                    rt.switching,
-                    rt.last_error.clone(),
-                ),
-                Err(_) => (
-                    Vec::new(),
-                    Some(proto::v1::SwitchState::Switching),
-                    String::new(),
-                ),
-            };
+            let instances = view
+                .instances
+                .iter()
+                .map(InstanceView::wire_status)
+                .collect();
             out.push(wire::service_status(
-                &name, &durable, instances, switching, last_error,
+                &name,
+                &durable,
+                instances,
+                view.switching,
+                view.last_error,
             ));
         }
         Ok(out)
@@ -109,24 +194,23 @@ impl Host {
             })
     }
 
-    /// Log tails of a service's instances: (slot, lines).
+    /// Log tails of a service's instances: (slot, path, lines); during a
+    /// switch, the old instances' and the new ones'. From the service's
+    /// view: never waits for a switch.
     pub async fn logs(
         &self,
         service: &str,
         lines: usize,
     ) -> Result<Vec<(u32, PathBuf, Vec<String>)>, HostError> {
-        let runtime = self.existing_runtime(service)?;
-        let rt = runtime.runtime.lock().await;
-        Ok(rt
-            .running
-            .as_ref()
-            .map(|r| {
-                r.instances
-                    .iter()
-                    .map(|i| (i.slot(), i.log_path().to_owned(), i.log_tail(lines)))
-                    .collect()
-            })
-            .unwrap_or_default())
+        let view = self.existing_handle(service)?.view.borrow().clone();
+        let tails = tokio::task::spawn_blocking(move || {
+            view.instances
+                .iter()
+                .map(|i| (i.slot(), i.log_path().to_owned(), i.log_tail(lines)))
+                .collect()
+        })
+        .await?;
+        Ok(tails)
     }
 
     /// Sends the service's status to `WatchStatus` watchers (a switch ended).

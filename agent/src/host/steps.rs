@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::actor::Cancel;
+use super::runtime::ViewSender;
 use super::{Host, HostError, Running, Superseded, SwitchFailure, stop_all, with_kept};
 use crate::instance::HostedInstance;
 use crate::plan;
@@ -62,21 +63,22 @@ impl Host {
     /// Carries out `command` (see `plan`): `old` is what runs, `target`
     /// the release to run on its sockets (a restart: the same release).
     /// Superseded while new instances start: they are stopped and the
-    /// service brought back like after any failed step.
+    /// service brought back like after any failed step. Every instance
+    /// started or stopped on the way is shown on `view` at once.
     pub(super) async fn execute(
         &self,
         service: &str,
         command: plan::Command,
         old: Option<Running>,
         (target, sockets): (&StoredRelease, ListenSockets),
-        mut cancel: Cancel,
+        (mut cancel, view): (Cancel, &ViewSender),
     ) -> Executed {
         let (old_release, mut old_slots) = match old {
             Some(r) => (Some((r.release, r.sockets)), by_slot(r.instances)),
             None => (None, BTreeMap::new()),
         };
         let running = u32::try_from(old_slots.len()).unwrap_or(u32::MAX);
-        let view = plan::View {
+        let plan_view = plan::View {
             running,
             target: match command {
                 plan::Command::Switch => target.manifest.run().instances,
@@ -87,11 +89,11 @@ impl Host {
         let mut new_slots = BTreeMap::new();
         let mut committed = false;
         let mut retiring = Vec::new();
-        for step in plan::plan(command, view) {
+        for step in plan::plan(command, plan_view) {
             match step {
                 plan::Step::StartNew(slots) => {
                     let started = self
-                        .start_slots(service, target, (&sockets, &slots), &mut cancel)
+                        .start_slots(service, target, (&sockets, &slots), (&mut cancel, view))
                         .await;
                     match started {
                         Ok(started) => new_slots.extend(by_slot(started)),
@@ -100,14 +102,14 @@ impl Host {
                                 old: old_slots.keys().copied().collect(),
                                 new: new_slots.keys().copied().collect(),
                             };
-                            let steps = plan::recover(command, view, &occupancy);
+                            let steps = plan::recover(command, plan_view, &occupancy);
                             let bench = Bench {
                                 old_release,
                                 old_slots,
                                 new_slots,
                             };
                             let (running, kept) =
-                                self.recover(service, command, steps, bench).await;
+                                self.recover(service, command, steps, (bench, view)).await;
                             return Executed::Failed {
                                 running,
                                 error: with_kept(error, &kept),
@@ -118,7 +120,11 @@ impl Host {
                 plan::Step::StopOld(slots) if committed => {
                     retiring.extend(take_slots(&mut old_slots, &slots));
                 }
-                plan::Step::StopOld(slots) => stop_all(take_slots(&mut old_slots, &slots)).await,
+                plan::Step::StopOld(slots) => {
+                    let stopping = take_slots(&mut old_slots, &slots);
+                    view.gone(&stopping);
+                    stop_all(stopping).await;
+                }
                 plan::Step::Commit => committed = true,
                 // Recovery steps: `plan` never returns them.
                 plan::Step::StopNew(_) | plan::Step::StartOld(_) => {}
@@ -142,7 +148,7 @@ impl Host {
         service: &str,
         command: plan::Command,
         steps: Vec<plan::Step>,
-        bench: Bench,
+        (bench, view): (Bench, &ViewSender),
     ) -> (Option<Running>, String) {
         let Bench {
             old_release,
@@ -159,13 +165,18 @@ impl Host {
         };
         for step in steps {
             match step {
-                plan::Step::StopNew(slots) => stop_all(take_slots(&mut new_slots, &slots)).await,
+                plan::Step::StopNew(slots) => {
+                    let stopping = take_slots(&mut new_slots, &slots);
+                    view.gone(&stopping);
+                    stop_all(stopping).await;
+                }
                 plan::Step::StartOld(slots) => {
                     let Some((release, sockets)) = &old_release else {
                         continue;
                     };
-                    let (started, verdict) =
-                        self.restore_slots(service, release, sockets, &slots).await;
+                    let (started, verdict) = self
+                        .restore_slots(service, release, (sockets, &slots), view)
+                        .await;
                     old_slots.extend(by_slot(started));
                     kept = match verdict {
                         Ok(()) => format!("{what} was started again and serves"),
@@ -199,8 +210,8 @@ impl Host {
         &self,
         service: &str,
         release: &StoredRelease,
-        sockets: &ListenSockets,
-        slots: &[u32],
+        (sockets, slots): (&ListenSockets, &[u32]),
+        view: &ViewSender,
     ) -> (Vec<HostedInstance>, Result<(), String>) {
         let mut started = Vec::new();
         let mut verdict = Ok(());
@@ -213,6 +224,7 @@ impl Host {
                 }
             }
         }
+        view.starting(&started);
         let deadline =
             Instant::now() + release.manifest.readiness().timing.healthy_deadline + READY_GRACE;
         for instance in &started {
@@ -232,7 +244,7 @@ impl Host {
         service: &str,
         release: &StoredRelease,
         (sockets, slots): (&ListenSockets, &[u32]),
-        cancel: &mut Cancel,
+        (cancel, view): (&mut Cancel, &ViewSender),
     ) -> Result<Vec<HostedInstance>, HostError> {
         let mut started = Vec::new();
         for &slot in slots {
@@ -244,6 +256,8 @@ impl Host {
                 }
             }
         }
+        // Shown while they start: status and logs during a switch.
+        view.starting(&started);
         let failed = tokio::select! {
             ready = all_ready(service, release, &started) => match ready {
                 Ok(()) => return Ok(started),
@@ -260,6 +274,7 @@ impl Host {
                 kept: String::new(),
             })),
         };
+        view.gone(&started);
         stop_all(started).await;
         Err(failed)
     }

@@ -1,6 +1,11 @@
 //! A service's switches as its actor runs them: to a release (install,
 //! apply, rollback, agent start) and a restart, each holding a budget slot
-//! for the disruption, recording its outcome durably.
+//! for the disruption, recording its outcome durably, then showing it
+//! (`ServiceRuntime::publish`). Each has the service's runtime for as long
+//! as it runs: the actor lent it.
+//!
+//! Must never: show a switch's outcome before it is durable, or leave the
+//! view saying switching once it is over.
 
 use cli::chain;
 use release::StoredRelease;
@@ -14,7 +19,7 @@ use super::{
 use crate::cluster::Slot;
 use crate::instance::HostedInstance;
 use crate::plan;
-use crate::state::{SwitchOutcome, Trigger};
+use crate::state::{ReleaseRecord, SwitchOutcome, Trigger};
 use crate::wire;
 
 impl Host {
@@ -27,6 +32,7 @@ impl Host {
     pub(super) async fn switch_taken(
         &self,
         service: &str,
+        rt: &mut ServiceRuntime,
         target: StoredRelease,
         trigger: Option<Trigger>,
         (mut cancel, joined): (Cancel, Joined<Command>),
@@ -35,78 +41,123 @@ impl Host {
         // joins once the outcome is known (`close`).
         let cause =
             |trigger: Option<Trigger>| joined.close().and_then(Command::into_trigger).or(trigger);
-        let runtime = self.runtime(service);
-        let mut rt = runtime.runtime.lock().await;
         if rt
             .running
             .as_ref()
             .is_some_and(|r| r.release.digest == target.digest)
         {
-            drop(rt);
-            return self.already_running(service, &target, cause(trigger)).await;
+            return self
+                .already_running(service, rt, &target, cause(trigger))
+                .await;
         }
+        // Switching from here, the budget wait included: a coordinator
+        // waits for a switch in progress instead of judging it.
+        rt.switching = Some(proto::v1::SwitchState::Switching);
+        rt.publish();
         let disruption = match (&trigger, rt.running.is_some()) {
             (Some(trigger), true) => {
                 self.switch_slot(service, &target, trigger, &mut cancel)
-                    .await?
+                    .await
             }
             // Starting a service that is not running (agent start)
             // disrupts nothing.
-            _ => Slot::none(),
+            _ => Ok(Slot::none()),
+        };
+        let disruption = match disruption {
+            Ok(slot) => slot,
+            Err(err) => {
+                rt.switching = None;
+                rt.publish();
+                return Err(err);
+            }
         };
         let old = rt.running.take();
-        rt.switching = Some(proto::v1::SwitchState::Switching);
-        let result = self
-            .switch_locked(service, old, &target, &mut rt, cancel)
-            .await;
+        let result = self.switch_locked(service, old, &target, rt, cancel).await;
         rt.switching = None;
         let trigger = cause(trigger);
-        let record = record_of(&target);
-        let recorded = trigger.is_some();
         match result {
             Ok(retiring) => {
-                rt.last_error.clear();
-                let persisted = match trigger {
-                    Some(trigger) => {
-                        self.persist(service, record, trigger, SwitchOutcome::Succeeded)
-                            .await
-                    }
-                    None => Ok(()),
-                };
-                drop(rt);
-                // The target serves and is durable: say so before the old
-                // instances drain, so a rollout need not wait for their
-                // stop. The budget slot and the command stay held until
-                // they are gone: the disruption lasts that long.
-                if persisted.is_ok() {
-                    self.publish_service(service).await;
-                }
-                stop_all(retiring).await;
-                disruption.release().await;
-                persisted?;
-                if recorded {
-                    self.collect_garbage().await;
-                }
-                Ok(format!(
-                    "{service} now runs {} ({})",
-                    target.manifest.version(),
-                    target.digest
-                ))
+                self.switched(service, rt, &target, trigger, (retiring, disruption))
+                    .await
             }
             Err(err) => {
                 disruption.release().await;
-                // The whole story, log tail included: this is what the
-                // coordinator's history and `agentctl status` show.
-                rt.last_error = chain(&err);
-                if let Some(trigger) = trigger {
-                    let failed = SwitchOutcome::Failed {
-                        reason: rt.last_error.clone(),
-                    };
-                    self.persist(service, record, trigger, failed).await?;
-                }
-                Err(err)
+                self.failed(service, rt, record_of(&target), trigger, err)
+                    .await
             }
         }
+    }
+
+    /// A switch committed: the target is made durable and shown, then the
+    /// old instances drain.
+    async fn switched(
+        &self,
+        service: &str,
+        rt: &mut ServiceRuntime,
+        target: &StoredRelease,
+        trigger: Option<Trigger>,
+        (retiring, disruption): (Vec<HostedInstance>, Slot),
+    ) -> Result<String, HostError> {
+        rt.last_error.clear();
+        let recorded = trigger.is_some();
+        let persisted = match trigger {
+            Some(trigger) => {
+                self.persist(
+                    service,
+                    record_of(target),
+                    trigger,
+                    SwitchOutcome::Succeeded,
+                )
+                .await
+            }
+            None => Ok(()),
+        };
+        rt.publish();
+        // The target serves and is durable: say so before the old
+        // instances drain, so a rollout need not wait for their stop. The
+        // budget slot and the command stay held until they are gone: the
+        // disruption lasts that long.
+        if persisted.is_ok() {
+            self.publish_service(service).await;
+        }
+        stop_all(retiring).await;
+        disruption.release().await;
+        persisted?;
+        if recorded {
+            self.collect_garbage().await;
+        }
+        Ok(format!(
+            "{service} now runs {} ({})",
+            target.manifest.version(),
+            target.digest
+        ))
+    }
+
+    /// A switch or restart that failed (or was superseded), the service
+    /// brought back: its story recorded (for a command), then shown.
+    async fn failed(
+        &self,
+        service: &str,
+        rt: &mut ServiceRuntime,
+        record: ReleaseRecord,
+        trigger: Option<Trigger>,
+        err: HostError,
+    ) -> Result<String, HostError> {
+        // The whole story, log tail included: this is what the
+        // coordinator's history and `agentctl status` show.
+        rt.last_error = chain(&err);
+        let persisted = match trigger {
+            Some(trigger) => {
+                let failed = SwitchOutcome::Failed {
+                    reason: rt.last_error.clone(),
+                };
+                self.persist(service, record, trigger, failed).await
+            }
+            None => Ok(()),
+        };
+        rt.publish();
+        persisted?;
+        Err(err)
     }
 
     /// The budget slot of a switch: a planned disruption.
@@ -132,23 +183,22 @@ impl Host {
     pub(super) async fn already_running(
         &self,
         service: &str,
+        rt: &mut ServiceRuntime,
         target: &StoredRelease,
         trigger: Option<Trigger>,
     ) -> Result<String, HostError> {
         if let Some(trigger) = trigger {
-            self.runtime(service)
-                .runtime
-                .lock()
-                .await
-                .last_error
-                .clear();
-            self.persist(
-                service,
-                record_of(target),
-                trigger,
-                SwitchOutcome::Succeeded,
-            )
-            .await?;
+            rt.last_error.clear();
+            let persisted = self
+                .persist(
+                    service,
+                    record_of(target),
+                    trigger,
+                    SwitchOutcome::Succeeded,
+                )
+                .await;
+            rt.publish();
+            persisted?;
             self.publish_service(service).await;
         }
         Ok(format!(
@@ -186,7 +236,7 @@ impl Host {
                 plan::Command::Switch,
                 old,
                 (target, sockets),
-                cancel,
+                (cancel, &rt.view),
             )
             .await
         {
@@ -206,6 +256,7 @@ impl Host {
     pub(super) async fn rollback_now(
         &self,
         service: &str,
+        rt: &mut ServiceRuntime,
         steer: (Cancel, Joined<Command>),
     ) -> Result<String, HostError> {
         let previous = {
@@ -225,7 +276,7 @@ impl Host {
                 })?
         };
         let release = self.stored(&previous).await?;
-        self.switch_taken(service, release, Some(Trigger::Rollback), steer)
+        self.switch_taken(service, rt, release, Some(Trigger::Rollback), steer)
             .await
     }
 
@@ -233,26 +284,24 @@ impl Host {
     pub(super) async fn restart_now(
         &self,
         service: &str,
+        rt: &mut ServiceRuntime,
         order: RestartOrder,
         mut cancel: Cancel,
     ) -> Result<String, HostError> {
-        let runtime = self.existing_runtime(service)?;
-        let mut rt = runtime.runtime.lock().await;
         if rt.running.is_none() {
             return Err(HostError::UnknownService {
                 service: service.to_owned(),
             });
         }
-        let disruption = if order.forced {
-            self.audit_forced(service, &order).await?;
-            Slot::none()
-        } else {
-            self.take_slot(
-                service,
-                &format!("restart {service}: {}", order.reason),
-                &mut cancel,
-            )
-            .await?
+        rt.switching = Some(proto::v1::SwitchState::Switching);
+        rt.publish();
+        let disruption = match self.restart_slot(service, &order, &mut cancel).await {
+            Ok(slot) => slot,
+            Err(err) => {
+                rt.switching = None;
+                rt.publish();
+                return Err(err);
+            }
         };
         let Some(running) = rt.running.take() else {
             disruption.release().await;
@@ -272,12 +321,13 @@ impl Host {
                 plan::Command::Restart,
                 Some(running),
                 (&release, sockets),
-                cancel,
+                (cancel, &rt.view),
             )
             .await;
         let outcome = match executed {
             Executed::Committed { running, retiring } => {
                 rt.running = Some(running);
+                rt.publish();
                 stop_all(retiring).await;
                 Ok(())
             }
@@ -287,26 +337,36 @@ impl Host {
             }
         };
         disruption.release().await;
+        rt.switching = None;
         let record = record_of(&release);
-        match outcome {
-            Ok(()) => {
-                rt.last_error.clear();
-                self.persist(service, record, trigger, SwitchOutcome::Succeeded)
-                    .await?;
-                Ok(format!(
-                    "restarted every instance of {service} on {}",
-                    release.manifest.version()
-                ))
-            }
-            Err(err) => {
-                rt.last_error = chain(&err);
-                let failed = SwitchOutcome::Failed {
-                    reason: rt.last_error.clone(),
-                };
-                self.persist(service, record, trigger, failed).await?;
-                Err(err)
-            }
+        if let Err(err) = outcome {
+            return self.failed(service, rt, record, Some(trigger), err).await;
         }
+        rt.last_error.clear();
+        let persisted = self
+            .persist(service, record, trigger, SwitchOutcome::Succeeded)
+            .await;
+        rt.publish();
+        persisted?;
+        Ok(format!(
+            "restarted every instance of {service} on {}",
+            release.manifest.version()
+        ))
+    }
+
+    /// A restart's budget slot, or none for a forced one (audited first).
+    async fn restart_slot(
+        &self,
+        service: &str,
+        order: &RestartOrder,
+        cancel: &mut Cancel,
+    ) -> Result<Slot, HostError> {
+        if order.forced {
+            self.audit_forced(service, order).await?;
+            return Ok(Slot::none());
+        }
+        let purpose = format!("restart {service}: {}", order.reason);
+        self.take_slot(service, &purpose, cancel).await
     }
 
     /// A budget slot for a planned disruption; waiting for one ends when
