@@ -207,11 +207,6 @@ impl HostedInstance {
         self.instance.log_path()
     }
 
-    /// The supervisor's state of the instance now.
-    pub fn state(&self) -> crate::supervisor::InstanceState {
-        self.instance.status().state
-    }
-
     /// What readers see of this instance, as it changes.
     pub fn view(&self) -> InstanceView {
         InstanceView {

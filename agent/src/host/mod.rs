@@ -18,14 +18,32 @@
 //! instance was stopped first is started again and kept supervised, ready
 //! in time or not.
 //!
-//! `Host` is a registry of service handles: each service's commands go to
-//! its actor (`actor`, the commands in `command`), which runs one at a
-//! time: a second is refused as busy, never queued — unless it carries a
-//! higher fencing token, and then it supersedes the one in flight
-//! (`admission` decides): the older switch or restart is cancelled while
-//! it waits for a budget slot or for readiness, brought back like a failed
-//! one, and the newer command runs after it. Every outcome is written to
-//! the durable state before the reply.
+//! `Host` (this file) is a registry of service handles plus what services
+//! share (state file, release store, budget, fetcher, events). Each
+//! service has an actor (`actor`, the commands in `command`) that owns its
+//! runtime (`runtime`: instances, sockets, the switch in progress) and
+//! runs one command at a time on it: a second is refused as busy, never
+//! queued — unless it carries a higher fencing token, and then it
+//! supersedes the one in flight (`admission` decides): the older switch or
+//! restart is cancelled while it waits for a budget slot or for readiness,
+//! brought back like a failed one, and the newer command runs after it.
+//! Every outcome is written to the durable state (`durable`) before the
+//! reply. Readers (status, logs, gauges) never touch a runtime: they read
+//! the `ServiceView` it publishes after every change, so they never wait
+//! for a switch.
+//!
+//! ```text
+//!   mod.rs      registry: handles, entry points (install, apply, stage,
+//!               rollback, restart), shutdown (retire every runtime)
+//!   actor.rs    the per-service actor: admission, supersede, the runtime
+//!   command.rs  the commands, and how each runs on the host
+//!   runtime.rs  ServiceRuntime, the ServiceView readers see, status/logs
+//!   switch.rs   a switch and a restart as the actor runs them
+//!   steps.rs    carrying out the planner's steps on instances
+//!   launch.rs   starting or adopting one instance
+//!   reconcile.rs agent start: adopt or start each current release
+//!   durable.rs  state file, release store;  fence.rs  tokens vs etcd
+//! ```
 //!
 //! At agent start (`reconcile`) every service runs its current release:
 //! processes a previous agent left running (`supervisor::record`) are
@@ -34,7 +52,9 @@
 //! on those sockets — and stopped when they are not. If adoption fails,
 //! the adopted processes are stopped and the release starts fresh. At agent
 //! stop, `detach_all` leaves every instance running for the next agent
-//! (`apps_on_agent_stop = "keep"`), `stop_all` stops them.
+//! (`apps_on_agent_stop = "keep"`), `stop_all` stops them: each a message
+//! to every actor, carried out once its command is over, within
+//! `RETIRE_DEADLINE`.
 //!
 //! Must never: stop a serving release before its replacement is ready
 //! (unless the release says it cannot overlap), leave a service with half
