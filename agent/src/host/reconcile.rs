@@ -173,24 +173,21 @@ impl Host {
         }
     }
 
-    /// Takes over `found` (live processes of `release`): sockets from the
-    /// first, an adopted instance per recorded slot, fresh ones for the
-    /// others, all ready within the healthy deadline. On failure every
-    /// process is stopped (none is left unsupervised).
-    pub(super) async fn adopt(
+    /// The release's listening sockets, duplicated out of `first`, the
+    /// first process to adopt.
+    fn adopted_sockets(
         &self,
         service: &str,
-        rt: &mut ServiceRuntime,
         release: &StoredRelease,
-        mut found: Vec<Recorded>,
-    ) -> Result<String, HostError> {
+        first: Option<&Recorded>,
+    ) -> Result<ListenSockets, HostError> {
         let listen = self.listen(service, release);
         let adopt_err = |reason: String| HostError::Adopt {
             service: service.to_owned(),
             reason,
         };
         let names: Vec<String> = listen.iter().map(|l| l.name.clone()).collect();
-        let sockets = match found.first() {
+        match first {
             Some(first) if first.record.sockets == names => {
                 record::take_sockets(&first.record, &first.pidfd)
                     .map_err(|e| {
@@ -218,7 +215,21 @@ impl Host {
                 first.record.pid, first.record.sockets
             ))),
             None => Err(adopt_err("no process to adopt".to_owned())),
-        };
+        }
+    }
+
+    /// Takes over `found` (live processes of `release`): sockets from the
+    /// first, an adopted instance per recorded slot, fresh ones for the
+    /// others, all ready within the healthy deadline. On failure every
+    /// process is stopped (none is left unsupervised).
+    pub(super) async fn adopt(
+        &self,
+        service: &str,
+        rt: &mut ServiceRuntime,
+        release: &StoredRelease,
+        mut found: Vec<Recorded>,
+    ) -> Result<String, HostError> {
+        let sockets = self.adopted_sockets(service, release, found.first());
         let sockets = match sockets {
             Ok(sockets) => sockets,
             Err(err) => {

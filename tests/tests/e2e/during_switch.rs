@@ -2,7 +2,7 @@
 //! runtime in the service's actor): a real agent, real demo-app releases,
 //! real agentctl processes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lockstep_tests::{AgentFixture, DemoRelease, free_loopback_port, wait_for};
 use serde_json::Value;
@@ -64,16 +64,25 @@ async fn status_and_logs_answer_while_a_slow_switch_waits_for_readiness() {
         })
         .await
         .unwrap();
+        let asked = Instant::now();
         let logs = tokio::time::timeout(DEADLINE, agent.agentctl(&["logs", "demo", "-n", "20"]))
             .await
             .expect("agentctl logs answers within the deadline")
             .unwrap();
+        let logs_took = asked.elapsed();
         assert!(
             logs.status.success(),
             "agentctl logs: {}",
             String::from_utf8_lossy(&logs.stderr)
         );
+        let asked = Instant::now();
         let status: Value = agent.agentctl_json(&["status", "demo"]).await.unwrap();
+        // A measurement, not a gate: how long each took during the switch.
+        eprintln!(
+            "during a switch waiting {B_READY_AFTER_MS} ms for readiness: agentctl logs answered in {} ms, agentctl status in {} ms",
+            logs_took.as_millis(),
+            asked.elapsed().as_millis()
+        );
         (String::from_utf8_lossy(&logs.stdout).into_owned(), status)
     };
     let (installed, (logs, status)) = tokio::join!(install, during);
