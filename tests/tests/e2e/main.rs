@@ -12,6 +12,7 @@ mod analysis;
 mod budget;
 mod check_config;
 mod coordinator;
+mod during_switch;
 mod error_text;
 mod etcd_failover;
 mod etcd_faults;
