@@ -24,6 +24,10 @@
 //! max_concurrent_pushes = 4                  # more at once are refused (RESOURCE_EXHAUSTED)
 //! push_idle_timeout = "60s"                  # a push that sends nothing this long is abandoned
 //!
+//! [history]
+//! retention = "720h"                         # finished deployments older than this keep only their summary
+//! keep = 20                                  # … except each service's newest 20, kept whole
+//!
 //! [tls]                                      # optional: mTLS on every gRPC hop
 //! ca = "/etc/lockstep/tls/ca.pem"            # signs agents', operators' and coordinators' certs
 //! cert = "/etc/lockstep/tls/coordinator.pem" # this coordinator: server and client identity
@@ -121,6 +125,8 @@ pub struct CoordinatorConfig {
     pub notify: Vec<Webhook>,
     /// `[releases]` max_bundle_bytes, max_concurrent_pushes, push_idle_timeout.
     pub push: PushLimits,
+    /// `[history]`: when finished deployments are pruned to their summary.
+    pub history: crate::journal::Retention,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +167,14 @@ struct RawConfig {
     prometheus: Option<RawPrometheus>,
     #[serde(default)]
     notify: Vec<RawNotify>,
+    history: Option<RawHistory>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHistory {
+    retention: Option<String>,
+    keep: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -376,6 +390,7 @@ impl CoordinatorConfig {
             }
         }
         let push = push_limits(&raw.releases, &mut check);
+        let history = retention(raw.history.as_ref(), &mut check);
         let default_timeout = check_timeout.as_ref().map_or(DEFAULT_CHECK_TIMEOUT, |t| *t);
         let checks = named_checks(&raw.checks, default_timeout, &mut check);
         let has_tls = raw.tls.is_some();
@@ -442,6 +457,7 @@ impl CoordinatorConfig {
                 prometheus,
                 notify,
                 push,
+                history,
             }),
             _ => Err(ConfigError::Invalid {
                 path: path.to_owned(),
@@ -449,6 +465,31 @@ impl CoordinatorConfig {
             }),
         }
     }
+}
+
+/// Most finished deployments of one service `[history] keep` may ask to
+/// keep whole.
+const MAX_KEEP: usize = 10_000;
+
+/// `[history]`, defaulted and checked.
+fn retention(
+    raw: Option<&RawHistory>,
+    check: &mut impl FnMut(&str, Result<(), String>),
+) -> crate::journal::Retention {
+    let mut retention = crate::journal::Retention::default();
+    let Some(raw) = raw else {
+        return retention;
+    };
+    match duration(raw.retention.as_deref(), retention.after) {
+        Ok(after) => retention.after = after,
+        Err(message) => check("history.retention", Err(message)),
+    }
+    match raw.keep {
+        Some(n) if n <= MAX_KEEP => retention.keep = n,
+        Some(n) => check("history.keep", Err(format!("{n}: at most {MAX_KEEP}"))),
+        None => {}
+    }
+    retention
 }
 
 /// Most pushes one coordinator receives at once: each holds a file open

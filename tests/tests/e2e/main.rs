@@ -19,6 +19,7 @@ mod etcd_faults;
 mod etcd_harness;
 mod etcd_security;
 mod health;
+mod history;
 mod incident;
 mod logs;
 mod metrics;
