@@ -156,7 +156,7 @@ pub enum TrustError {
         #[source]
         source: std::io::Error,
     },
-    #[error("ca_file {path}: larger than {MAX_CA_FILE_BYTES} bytes; not a CA bundle")]
+    #[error("{path}: larger than {MAX_CA_FILE_BYTES} bytes; not a CA bundle")]
     TooLarge { path: PathBuf },
     #[error("ca_file {path}")]
     CaFile {
@@ -292,7 +292,7 @@ fn system_roots(path: &Path) -> Result<rustls::RootCertStore, TrustError> {
     };
     let meta = std::fs::metadata(path).map_err(unreadable)?;
     if meta.len() > MAX_CA_FILE_BYTES {
-        return Err(TrustError::EmptySystemBundle {
+        return Err(TrustError::TooLarge {
             path: path.to_owned(),
         });
     }
