@@ -142,11 +142,20 @@ pub enum BodyFormat {
     Slack,
 }
 
-/// Where a webhook is: `http[s]://host[:port][/path][?query]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a webhook is: `http[s]://host[:port][/path][?query]`. `Debug`
+/// shows the origin only: the path may be a credential (Slack's is).
+#[derive(Clone, PartialEq, Eq)]
 pub struct WebhookUrl {
     origin: Origin,
     path: String,
+}
+
+impl fmt::Debug for WebhookUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookUrl")
+            .field("origin", &self.origin.to_string())
+            .finish_non_exhaustive()
+    }
 }
 
 impl WebhookUrl {
@@ -381,19 +390,20 @@ fn backoff() -> impl Iterator<Item = Duration> {
         .build()
 }
 
-/// Why one attempt failed.
+/// Why one attempt failed. Names the webhook's origin, never its path:
+/// a Slack webhook's path is its credential.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
-    #[error("webhook {url}")]
+    #[error("webhook {origin}")]
     Exchange {
-        url: String,
+        origin: String,
         #[source]
         source: HttpError,
     },
-    #[error("webhook {url}: no answer within {timeout:?}")]
-    Timeout { url: String, timeout: Duration },
-    #[error("webhook {url}: answered {status}")]
-    Status { url: String, status: u16 },
+    #[error("webhook {origin}: no answer within {timeout:?}")]
+    Timeout { origin: String, timeout: Duration },
+    #[error("webhook {origin}: answered {status}")]
+    Status { origin: String, status: u16 },
 }
 
 impl DeliveryError {
@@ -521,7 +531,7 @@ async fn post(
     signature: &str,
     body: Bytes,
 ) -> Result<(), DeliveryError> {
-    let url = || webhook.url.to_string();
+    let origin = || webhook.url.origin().to_string();
     match tokio::time::timeout(
         webhook.timeout,
         exchange(webhook, topic, delivery, signature, body),
@@ -529,7 +539,7 @@ async fn post(
     .await
     {
         Err(_) => Err(DeliveryError::Timeout {
-            url: url(),
+            origin: origin(),
             timeout: webhook.timeout,
         }),
         Ok(result) => result,
@@ -544,7 +554,7 @@ async fn exchange(
     body: Bytes,
 ) -> Result<(), DeliveryError> {
     let failed = |source| DeliveryError::Exchange {
-        url: webhook.url.to_string(),
+        origin: webhook.url.origin().to_string(),
         source,
     };
     let request = http_client::request(&webhook.url.origin, hyper::Method::POST, &webhook.url.path)
@@ -574,7 +584,7 @@ async fn exchange(
         Ok(())
     } else {
         Err(DeliveryError::Status {
-            url: webhook.url.to_string(),
+            origin: webhook.url.origin().to_string(),
             status: status.as_u16(),
         })
     }
@@ -712,6 +722,7 @@ mod tests {
         );
         assert_eq!(slack.origin().scheme(), http_client::Scheme::Https);
         assert!(WebhookUrl::parse("https://[::1]:8443/h").is_ok());
+        assert!(!format!("{slack:?}").contains("services"), "{slack:?}");
         assert!(
             WebhookUrl::parse("ftp://h:1/")
                 .unwrap_err()
