@@ -45,6 +45,10 @@
 //! [metrics]                                  # optional: off unless set
 //! listen = "127.0.0.1:9400"                  # GET /metrics (Prometheus), /healthz, /readyz
 //!
+//! [prometheus]                               # optional: what analysis gates query
+//! url = "http://127.0.0.1:9090"              # http[s]://host[:port][/prefix]
+//! ca_file = "/etc/lockstep/prom-ca.pem"      # https only: trust this CA instead of the system's
+//!
 //! [[notify]]                                 # webhooks (at most 16), see notify.rs
 //! name = "ops-chat"
 //! url = "https://hooks.example.com/lockstep"  # http:// or https:// (port defaults to 80/443)
