@@ -705,34 +705,7 @@ fn webhooks(raw: &[RawNotify], check: &mut impl FnMut(&str, Result<(), String>))
                 .map_err(|e| check(&key("ca_file"), Err(chain(&e))))
                 .ok()
         });
-        let topics = match &n.events {
-            None => Some(Topic::DEFAULT.into_iter().collect::<BTreeSet<_>>()),
-            Some(events) => {
-                let mut topics = BTreeSet::new();
-                for e in events {
-                    match Topic::parse(e) {
-                        Some(t) => drop(topics.insert(t)),
-                        None => check(
-                            &key("events"),
-                            Err(format!(
-                                "unknown event {e:?}; known: {}",
-                                Topic::ALL.map(Topic::label).join(", ")
-                            )),
-                        ),
-                    }
-                }
-                if events.is_empty() {
-                    check(
-                        &key("events"),
-                        Err(
-                            "empty: name at least one event, or leave it out for the default"
-                                .to_owned(),
-                        ),
-                    );
-                }
-                (topics.len() == events.len()).then_some(topics)
-            }
-        };
+        let topics = webhook_topics(n.events.as_deref(), &key("events"), check);
         let secret = absolute(&n.secret_file)
             .and_then(|p| Secret::load(&p))
             .map_err(|e| check(&key("secret_file"), Err(e)))
@@ -776,6 +749,38 @@ fn webhooks(raw: &[RawNotify], check: &mut impl FnMut(&str, Result<(), String>))
         }
     }
     webhooks
+}
+
+/// `events` of a `[[notify]]` table: the default when left out; each
+/// name known, at least one.
+fn webhook_topics(
+    events: Option<&[String]>,
+    key: &str,
+    check: &mut impl FnMut(&str, Result<(), String>),
+) -> Option<BTreeSet<Topic>> {
+    let Some(events) = events else {
+        return Some(Topic::DEFAULT.into_iter().collect());
+    };
+    let mut topics = BTreeSet::new();
+    for e in events {
+        match Topic::parse(e) {
+            Some(t) => drop(topics.insert(t)),
+            None => check(
+                key,
+                Err(format!(
+                    "unknown event {e:?}; known: {}",
+                    Topic::ALL.map(Topic::label).join(", ")
+                )),
+            ),
+        }
+    }
+    if events.is_empty() {
+        check(
+            key,
+            Err("empty: name at least one event, or leave it out for the default".to_owned()),
+        );
+    }
+    (topics.len() == events.len()).then_some(topics)
 }
 
 fn http_url(url: &str) -> Result<(), String> {
