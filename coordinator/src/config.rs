@@ -49,9 +49,14 @@
 //! [metrics]                                  # optional: off unless set
 //! listen = "127.0.0.1:9400"                  # GET /metrics (Prometheus), /healthz, /readyz
 //!
+//! [prometheus]                               # optional: what analysis gates query
+//! url = "http://127.0.0.1:9090"              # http[s]://host[:port][/prefix]
+//! ca_file = "/etc/lockstep/prom-ca.pem"      # https only: trust this CA instead of the system's
+//!
 //! [[notify]]                                 # webhooks (at most 16), see notify.rs
 //! name = "ops-chat"
-//! url = "http://127.0.0.1:8080/hooks/lockstep"  # plain http only (no TLS client yet)
+//! url = "https://hooks.example.com/lockstep"  # http:// or https:// (port defaults to 80/443)
+//! ca_file = "/etc/lockstep/hooks-ca.pem"     # https only: trust this CA instead of the system's
 //! events = ["rolled_back", "failed", "halted"]  # default: succeeded, rolled_back, failed, aborted, halted
 //! secret_file = "/etc/lockstep/notify.secret"   # HMAC-SHA256 key; not readable by others
 //! format = "json"                            # json | slack ({"text": "..."})
@@ -78,6 +83,7 @@ use cli::chain;
 use serde::Deserialize;
 
 use crate::checks::{ArgvElement, CheckCatalog, NamedCheck};
+use crate::http_client::Transport;
 use crate::notify::{BodyFormat, Secret, Topic, Webhook, WebhookUrl};
 use crate::push::PushLimits;
 use crate::roles::{AccessPolicy, Role, RoleRule};
@@ -184,6 +190,7 @@ struct RawNotify {
     url: String,
     events: Option<Vec<String>>,
     secret_file: PathBuf,
+    ca_file: Option<PathBuf>,
     format: Option<String>,
     timeout: Option<String>,
     retry_for: Option<String>,
@@ -193,6 +200,7 @@ struct RawNotify {
 #[serde(deny_unknown_fields)]
 struct RawPrometheus {
     url: String,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -417,8 +425,12 @@ impl CoordinatorConfig {
             .metrics
             .and_then(|m| metrics_listen(&m.listen, listen.as_ref().ok(), &mut check));
         let prometheus = raw.prometheus.and_then(|p| {
-            crate::analysis::PrometheusEndpoint::parse(&p.url)
-                .map_err(|e| check("prometheus.url", Err(e)))
+            use crate::analysis::{EndpointError, PrometheusEndpoint};
+            PrometheusEndpoint::parse(&p.url, p.ca_file.as_deref())
+                .map_err(|e| match e {
+                    EndpointError::Url(e) => check("prometheus.url", Err(e)),
+                    EndpointError::Trust(e) => check("prometheus.ca_file", Err(chain(&e))),
+                })
                 .ok()
         });
         let notify = webhooks(&raw.notify, &mut check);
@@ -729,34 +741,12 @@ fn webhooks(raw: &[RawNotify], check: &mut impl FnMut(&str, Result<(), String>))
         let url = WebhookUrl::parse(&n.url)
             .map_err(|e| check(&key("url"), Err(e)))
             .ok();
-        let topics = match &n.events {
-            None => Some(Topic::DEFAULT.into_iter().collect::<BTreeSet<_>>()),
-            Some(events) => {
-                let mut topics = BTreeSet::new();
-                for e in events {
-                    match Topic::parse(e) {
-                        Some(t) => drop(topics.insert(t)),
-                        None => check(
-                            &key("events"),
-                            Err(format!(
-                                "unknown event {e:?}; known: {}",
-                                Topic::ALL.map(Topic::label).join(", ")
-                            )),
-                        ),
-                    }
-                }
-                if events.is_empty() {
-                    check(
-                        &key("events"),
-                        Err(
-                            "empty: name at least one event, or leave it out for the default"
-                                .to_owned(),
-                        ),
-                    );
-                }
-                (topics.len() == events.len()).then_some(topics)
-            }
-        };
+        let transport = url.as_ref().and_then(|url| {
+            Transport::for_origin(url.origin(), n.ca_file.as_deref())
+                .map_err(|e| check(&key("ca_file"), Err(chain(&e))))
+                .ok()
+        });
+        let topics = webhook_topics(n.events.as_deref(), &key("events"), check);
         let secret = absolute(&n.secret_file)
             .and_then(|p| Secret::load(&p))
             .map_err(|e| check(&key("secret_file"), Err(e)))
@@ -778,16 +768,19 @@ fn webhooks(raw: &[RawNotify], check: &mut impl FnMut(&str, Result<(), String>))
         if let (
             true,
             Some(url),
+            Some(transport),
             Some(topics),
             Some(secret),
             Some(format),
             Some(timeout),
             Some(retry_for),
-        ) = (name_ok, url, topics, secret, format, timeout, retry_for)
-        {
+        ) = (
+            name_ok, url, transport, topics, secret, format, timeout, retry_for,
+        ) {
             webhooks.push(Webhook {
                 name: n.name.clone(),
                 url,
+                transport,
                 topics,
                 secret,
                 format,
@@ -797,6 +790,38 @@ fn webhooks(raw: &[RawNotify], check: &mut impl FnMut(&str, Result<(), String>))
         }
     }
     webhooks
+}
+
+/// `events` of a `[[notify]]` table: the default when left out; each
+/// name known, at least one.
+fn webhook_topics(
+    events: Option<&[String]>,
+    key: &str,
+    check: &mut impl FnMut(&str, Result<(), String>),
+) -> Option<BTreeSet<Topic>> {
+    let Some(events) = events else {
+        return Some(Topic::DEFAULT.into_iter().collect());
+    };
+    let mut topics = BTreeSet::new();
+    for e in events {
+        match Topic::parse(e) {
+            Some(t) => drop(topics.insert(t)),
+            None => check(
+                key,
+                Err(format!(
+                    "unknown event {e:?}; known: {}",
+                    Topic::ALL.map(Topic::label).join(", ")
+                )),
+            ),
+        }
+    }
+    if events.is_empty() {
+        check(
+            key,
+            Err("empty: name at least one event, or leave it out for the default".to_owned()),
+        );
+    }
+    (topics.len() == events.len()).then_some(topics)
 }
 
 fn http_url(url: &str) -> Result<(), String> {
@@ -876,13 +901,48 @@ mod tests {
             config.prometheus.map(|p| p.to_string()).as_deref(),
             Some("http://127.0.0.1:9090")
         );
+        let err = parse(&format!("{MINIMAL}[prometheus]\nurl = \"prom:9090\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("prometheus.url: \"prom:9090\": must start with http:// or https://"),
+            "{err}"
+        );
+    }
+
+    /// #16: https to Prometheus, trusting a private CA (`ca_file`); a
+    /// `ca_file` that is not PEM, or given for plain http, is named.
+    #[test]
+    fn the_prometheus_url_may_be_https_with_a_ca_file() {
+        let dir = tempfile::tempdir().unwrap();
+        tls_table(dir.path(), "coordinator.pem");
+        let ca = dir.path().join("ca.pem");
+        let config = parse(&format!(
+            "{MINIMAL}[prometheus]\nurl = \"https://prom.example:9090/p\"\nca_file = {ca:?}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.prometheus.map(|p| p.to_string()).as_deref(),
+            Some("https://prom.example:9090/p")
+        );
+        let key = dir.path().join("coordinator.key");
         let err = parse(&format!(
-            "{MINIMAL}[prometheus]\nurl = \"https://prom:9090\"\n"
+            "{MINIMAL}[prometheus]\nurl = \"https://prom:9090\"\nca_file = {key:?}\n"
         ))
         .unwrap_err()
         .to_string();
         assert!(
-            err.contains("prometheus.url: \"https://prom:9090\": must start with http://"),
+            err.contains(&format!("prometheus.ca_file: ca_file {}", key.display()))
+                && err.contains("no PEM certificate"),
+            "{err}"
+        );
+        let err = parse(&format!(
+            "{MINIMAL}[prometheus]\nurl = \"http://prom:9090\"\nca_file = {ca:?}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("prometheus.ca_file: ca_file is only for https://"),
             "{err}"
         );
     }
@@ -1113,13 +1173,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let open = secret(dir.path(), 0o644);
         let err = parse(&format!(
-            "{MINIMAL}[[notify]]\nname = \"a b\"\nurl = \"https://hooks.example:443/x\"\nevents = [\"finished\"]\nsecret_file = {open:?}\nformat = \"xml\"\ntimeout = \"0s\"\nretry_for = \"soon\"\n"
+            "{MINIMAL}[[notify]]\nname = \"a b\"\nurl = \"hooks.example:443/x\"\nevents = [\"finished\"]\nsecret_file = {open:?}\nformat = \"xml\"\ntimeout = \"0s\"\nretry_for = \"soon\"\n"
         ))
         .unwrap_err()
         .to_string();
         for expected in [
             "notify[0].name",
-            "notify[0].url: \"https://hooks.example:443/x\": must start with http://",
+            "notify[0].url: \"hooks.example:443/x\": must start with http:// or https://",
             "notify[0].events: unknown event \"finished\"",
             "notify[0].secret_file",
             "readable by others",
@@ -1135,5 +1195,60 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("headers"), "{err}");
+    }
+
+    /// #16: an https webhook with a private CA; a `ca_file` that is
+    /// missing, relative or not PEM is named with its path and what is wrong.
+    #[test]
+    fn an_https_webhook_takes_a_ca_file_and_a_bad_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        tls_table(dir.path(), "coordinator.pem");
+        let path = secret(dir.path(), 0o600);
+        let ca = dir.path().join("ca.pem");
+        let table = |name: &str, url: &str, ca_file: &str| {
+            format!(
+                "[[notify]]\nname = \"{name}\"\nurl = \"{url}\"\nsecret_file = {path:?}\n{ca_file}\n"
+            )
+        };
+        let config = parse(&format!(
+            "{MINIMAL}{}",
+            table(
+                "a",
+                "https://127.0.0.1:8443/hook",
+                &format!("ca_file = {ca:?}")
+            )
+        ))
+        .unwrap();
+        assert_eq!(
+            config.notify[0].url.to_string(),
+            "https://127.0.0.1:8443/hook"
+        );
+        let missing = dir.path().join("missing.pem");
+        let not_pem = dir.path().join("coordinator.key");
+        let err = parse(&format!(
+            "{MINIMAL}{}{}{}{}",
+            table("a", "https://h/a", &format!("ca_file = {missing:?}")),
+            table("b", "https://h/b", "ca_file = \"ca.pem\""),
+            table("c", "https://h/c", &format!("ca_file = {not_pem:?}")),
+            table("d", "http://h/d", &format!("ca_file = {ca:?}")),
+        ))
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            format!(
+                "ca_file {}: cannot read it: No such file",
+                missing.display()
+            ),
+            "ca_file ca.pem: must be an absolute path".to_owned(),
+            format!(
+                "ca_file {}: the CA file {} holds no PEM certificate",
+                not_pem.display(),
+                not_pem.display()
+            ),
+            "ca_file is only for https:// URLs".to_owned(),
+        ] {
+            assert!(err.contains(&expected), "{expected:?} not in {err}");
+        }
+        assert_eq!(err.matches(".ca_file: ").count(), 4, "{err}");
     }
 }

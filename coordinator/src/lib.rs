@@ -23,6 +23,7 @@ pub mod effects;
 pub mod fault_injection;
 pub mod fleet;
 pub mod health;
+pub mod http_client;
 pub mod journal;
 pub mod leader;
 pub mod mirror;
