@@ -110,7 +110,7 @@ async fn check_config_refuses_what_the_daemon_would_fail_with() {
             bin,
             &toml(https),
             "etcd.endpoints[0]",
-            "etcd TLS is not supported",
+            "has no ca, cert and key to speak TLS with",
         )
         .await;
         both_refuse(bin, &toml(huge), "etcd.lease_ttl", "too long").await;
