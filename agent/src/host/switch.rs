@@ -113,14 +113,21 @@ impl Host {
             None => Ok(()),
         };
         rt.publish();
+        // The old instances serve on the shared socket until they have
+        // drained: shown until then, so nobody (the coordinator judging
+        // this host) takes the host for on its target before they are gone.
+        rt.view.starting(&retiring);
         // The target serves and is durable: say so before the old
-        // instances drain, so a rollout need not wait for their stop. The
-        // budget slot and the command stay held until they are gone: the
-        // disruption lasts that long.
+        // instances drain. The budget slot and the command stay held until
+        // they are gone: the disruption lasts that long.
         if persisted.is_ok() {
             self.publish_service(service).await;
         }
         stop_all(retiring).await;
+        rt.publish();
+        if persisted.is_ok() {
+            self.publish_service(service).await;
+        }
         disruption.release().await;
         persisted?;
         if recorded {
@@ -328,7 +335,9 @@ impl Host {
             Executed::Committed { running, retiring } => {
                 rt.running = Some(running);
                 rt.publish();
+                rt.view.starting(&retiring);
                 stop_all(retiring).await;
+                rt.publish();
                 Ok(())
             }
             Executed::Failed { running, error } => {
