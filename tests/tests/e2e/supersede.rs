@@ -298,7 +298,13 @@ async fn a_higher_token_for_the_release_in_flight_takes_the_switch_over() {
     assert_eq!(last.to_digest, b_digest);
     assert_eq!(last.deployment_id, "deploy-t6");
     assert_eq!(done.current.as_ref().unwrap().digest, b_digest);
-    let pids: Vec<u32> = done.instances.iter().map(|i| i.pid).collect();
+    // A's instance may still be listed, draining; B's must be the first ones.
+    let pids: Vec<u32> = done
+        .instances
+        .iter()
+        .filter(|i| i.release.as_ref().is_some_and(|r| r.digest == b_digest))
+        .map(|i| i.pid)
+        .collect();
     assert_eq!(pids, b_pids, "B was started again: {done:?}");
     assert_eq!(served_version(port).await.unwrap(), "2.0.0");
     let releases = agent.agentctl_json(&["releases", "demo"]).await.unwrap();
