@@ -241,23 +241,6 @@ impl DeploymentRecord {
 
     pub fn wire(&self) -> pb::Deployment {
         pb::Deployment {
-            id: self.id.clone(),
-            service: self.service.clone(),
-            target: Some(pb::ReleaseRef {
-                service: self.service.clone(),
-                digest: self.target_digest.clone(),
-                version: self.target_version.clone(),
-            }),
-            state: self.state.wire().into(),
-            reason: self.reason.clone(),
-            outcome: self.outcome.clone(),
-            fencing_token: self.token,
-            actor: Some(pb::Actor {
-                user: self.actor_user.clone(),
-                host: self.actor_host.clone(),
-            }),
-            created_unix_ms: self.created_unix_ms,
-            finished_unix_ms: self.finished_unix_ms,
             clusters: self
                 .engine
                 .plan()
@@ -277,6 +260,7 @@ impl DeploymentRecord {
                     }
                 })
                 .collect(),
+            ..self.summary().wire()
         }
     }
 }

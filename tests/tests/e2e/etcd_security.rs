@@ -23,6 +23,20 @@ fn password_file(dir: &Path, name: &str, password: &str) -> PathBuf {
     path
 }
 
+/// A CA named `name`, a one-member etcd serving TLS with client
+/// certificates from it, authentication enabled by `scripts/etcd-roles
+/// enable`, and a work directory for password files.
+async fn secured_etcd(name: &str) -> (TestPki, EtcdCluster, tempfile::TempDir) {
+    let pki = TestPki::new(name).unwrap();
+    let etcd = EtcdCluster::single_secured(&pki).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let root_pw = password_file(work.path(), "root", "root-secret");
+    etcd.roles(&["enable", &root_pw.display().to_string()])
+        .await
+        .unwrap();
+    (pki, etcd, work)
+}
+
 /// `[etcd]` lines presenting `tls` and the etcd `user`.
 fn etcd_lines(tls: &TlsFiles, user: &str, password: &Path) -> String {
     format!(
@@ -70,13 +84,7 @@ async fn put(client: &mut Client, key: &str) -> Result<(), String> {
 /// registration.
 #[tokio::test]
 async fn with_tls_and_roles_on_etcd_a_deployment_succeeds_and_an_agent_writes_only_its_own_keys() {
-    let pki = TestPki::new("etcd-security").unwrap();
-    let etcd = EtcdCluster::single_secured(&pki).await.unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let root_pw = password_file(work.path(), "root", "root-secret");
-    etcd.roles(&["enable", &root_pw.display().to_string()])
-        .await
-        .unwrap();
+    let (pki, etcd, work) = secured_etcd("etcd-security").await;
     let coordinator_pw = password_file(work.path(), "coordinator", "coordinator-secret");
     etcd.roles(&[
         "coordinator",
@@ -147,13 +155,7 @@ async fn with_tls_and_roles_on_etcd_a_deployment_succeeds_and_an_agent_writes_on
 /// (it keeps its apps running, unregistered, as with any etcd trouble).
 #[tokio::test]
 async fn a_wrong_etcd_password_is_reported_with_etcds_refusal() {
-    let pki = TestPki::new("etcd-password").unwrap();
-    let etcd = EtcdCluster::single_secured(&pki).await.unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let root_pw = password_file(work.path(), "root", "root-secret");
-    etcd.roles(&["enable", &root_pw.display().to_string()])
-        .await
-        .unwrap();
+    let (pki, etcd, work) = secured_etcd("etcd-password").await;
     let right = password_file(work.path(), "right", "right");
     etcd.roles(&["agent", "pw-a", "eu", &right.display().to_string()])
         .await

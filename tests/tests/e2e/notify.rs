@@ -93,36 +93,18 @@ fn notifications(text: &str, result: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn every_selected_event_arrives_once_signed_even_after_a_receiver_outage() {
-    let etcd = EtcdCluster::single().await.unwrap();
     let work = tempfile::tempdir().unwrap();
-    let secret = secret_file(work.path());
     let hook_port = free_loopback_port().unwrap();
-    let metrics: SocketAddr = ([127, 0, 0, 1], free_loopback_port().unwrap()).into();
-    let coordinator = CoordinatorFixture::start_with_tables(
-        &etcd.endpoints(),
-        TTL_SECS,
-        None,
+    // The receiver is down: the deployment finishes all the same.
+    let (first, metrics, coordinator, _fleet, etcd) = deploy_notifying(
+        work.path(),
         &format!(
-            "[metrics]\nlisten = \"{metrics}\"\n\n[[notify]]\nname = \"e2e\"\nurl = \"http://127.0.0.1:{hook_port}/hooks/lockstep\"\nevents = [\"started\", \"succeeded\", \"rolled_back\", \"rollback_started\"]\nsecret_file = {secret:?}\ntimeout = \"5s\"\nretry_for = \"150s\"\n"
+            "url = \"http://127.0.0.1:{hook_port}/hooks/lockstep\"\nevents = [\"started\", \"succeeded\", \"rolled_back\", \"rollback_started\"]\nretry_for = \"150s\"\n"
         ),
     )
-    .await
-    .unwrap();
+    .await;
     let urls = vec![coordinator.url()];
-    let _fleet = FleetFixture::start(LAYOUT, &etcd.endpoints(), &urls)
-        .await
-        .unwrap();
-    agents_known(&urls, LAYOUT.len()).await.unwrap();
     let fast = strategy(work.path(), "fast", "500ms").unwrap();
-
-    // The receiver is down: the deployment finishes all the same.
-    let good = DemoRelease::new("1.0.0", ANY_PORT)
-        .build(work.path())
-        .unwrap();
-    let digest = push(&urls, &good).await.unwrap();
-    let first = start_deploy(&urls, &digest, &fast).await.unwrap();
-    let r = finished(&etcd, &first).await.unwrap();
-    assert_eq!(r["state"], "succeeded", "{r}");
 
     let receiver = WebhookReceiver::start(hook_port).await.unwrap();
     arrived(&receiver, &[(&first, "started"), (&first, "succeeded")]).await;
@@ -189,15 +171,21 @@ async fn every_selected_event_arrives_once_signed_even_after_a_receiver_outage()
     assert_eq!(sample(&text, "dropped"), None, "{text}");
 }
 
-/// A coordinator whose only webhook, "e2e", is `url` with `ca_file`,
-/// sending `started` and `succeeded`, given up after `retry_for`; a
-/// two-host fleet; and one good deployment run to its end. Returns the
-/// deployment id with the fixtures it needs alive.
+/// The keys of a webhook at `url` trusting `ca_file`, sending `started`
+/// and `succeeded`, given up after `retry_for`.
+fn https_webhook(url: &str, ca_file: &Path, retry_for: &str) -> String {
+    format!(
+        "url = \"{url}\"\nca_file = {ca_file:?}\nevents = [\"started\", \"succeeded\"]\nretry_for = \"{retry_for}\"\n"
+    )
+}
+
+/// A coordinator whose only webhook, "e2e", is `webhook` (its keys but
+/// `name`, `secret_file` and `timeout`); a two-host fleet; and one good
+/// deployment run to its end. Returns the deployment id with the fixtures
+/// it needs alive.
 async fn deploy_notifying(
     work: &Path,
-    url: &str,
-    ca_file: &Path,
-    retry_for: &str,
+    webhook: &str,
 ) -> (
     String,
     SocketAddr,
@@ -213,7 +201,7 @@ async fn deploy_notifying(
         TTL_SECS,
         None,
         &format!(
-            "[metrics]\nlisten = \"{metrics}\"\n\n[[notify]]\nname = \"e2e\"\nurl = \"{url}\"\nca_file = {ca_file:?}\nevents = [\"started\", \"succeeded\"]\nsecret_file = {secret:?}\ntimeout = \"5s\"\nretry_for = \"{retry_for}\"\n"
+            "[metrics]\nlisten = \"{metrics}\"\n\n[[notify]]\nname = \"e2e\"\n{webhook}secret_file = {secret:?}\ntimeout = \"5s\"\n"
         ),
     )
     .await
@@ -245,7 +233,7 @@ async fn notifications_arrive_over_https_signed_from_a_receiver_of_the_ca_file()
         .unwrap();
     let url = format!("https://127.0.0.1:{port}/hooks/lockstep");
     let (id, metrics, coordinator, _fleet, _etcd) =
-        deploy_notifying(work.path(), &url, pki.ca(), "150s").await;
+        deploy_notifying(work.path(), &https_webhook(&url, pki.ca(), "150s")).await;
     let got = arrived(&receiver, &[(&id, "started"), (&id, "succeeded")]).await;
     assert_eq!(got.len(), 2, "{got:?}");
     let text = wait_for("the https deliveries counted", DEADLINE, || async {
@@ -276,7 +264,7 @@ async fn a_receiver_not_from_the_ca_file_gets_nothing_and_the_failure_is_counted
         .unwrap();
     let url = format!("https://127.0.0.1:{port}/hooks/lockstep");
     let (_id, metrics, coordinator, _fleet, _etcd) =
-        deploy_notifying(work.path(), &url, trusted.ca(), "2s").await;
+        deploy_notifying(work.path(), &https_webhook(&url, trusted.ca(), "2s")).await;
     let text = wait_for("both events counted failed", DEADLINE, || async {
         let (code, text) = request(metrics, "GET", "/metrics", "").await?;
         match (code, notifications(&text, "failed")) {
