@@ -20,7 +20,7 @@ use etcd_client::{
 };
 use leases::{Etcd, keys};
 
-use crate::record::{DeploymentRecord, DeploymentSummary, EventRecord};
+use crate::record::{DeploymentRecord, DeploymentSummary, EventRecord, RECORD_FORMAT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -46,6 +46,10 @@ pub enum JournalError {
     },
     #[error("etcd did not answer a read of {what} within {waited:?}")]
     ReadTimedOut { what: String, waited: Duration },
+    #[error(
+        "{key} was written in record format {format}, newer than this coordinator's ({RECORD_FORMAT}): upgrade this coordinator"
+    )]
+    NewerFormat { key: String, format: u32 },
     #[error("{key} holds invalid data: {source}")]
     Bad {
         key: String,
@@ -307,11 +311,18 @@ impl Journal {
         let key = keys::deployment(id);
         let client = self.client.clone();
         let response = read(&key, client.get(key.as_str(), None)).await?;
-        response
+        let record: Option<DeploymentRecord> = response
             .kvs()
             .first()
             .map(|kv| parse(&key, kv.value()))
-            .transpose()
+            .transpose()?;
+        match record {
+            Some(r) if r.format > RECORD_FORMAT => Err(JournalError::NewerFormat {
+                key,
+                format: r.format,
+            }),
+            other => Ok(other),
+        }
     }
 
     /// The id of `service`'s active deployment.

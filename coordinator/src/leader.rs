@@ -892,6 +892,7 @@ async fn start(
         })
         .collect();
     let record = DeploymentRecord {
+        format: crate::record::RECORD_FORMAT,
         id: id.clone(),
         service: request.service.clone(),
         target_digest: entry.digest.clone(),

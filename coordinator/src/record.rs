@@ -115,6 +115,10 @@ pub struct ClusterProgress {
 /// A deployment as persisted under `/lockstep/v1/deployments/<id>`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeploymentRecord {
+    /// [`RECORD_FORMAT`] when written; records written before the field
+    /// existed are format 1.
+    #[serde(default = "first_format")]
+    pub format: u32,
     pub id: String,
     pub service: String,
     pub target_digest: String,
@@ -142,6 +146,15 @@ pub struct DeploymentRecord {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub operator_said: String,
     pub engine: Engine,
+}
+
+/// The format of [`DeploymentRecord`] (with its engine) this build writes
+/// and reads; a change bumps it and keeps reading the older ones
+/// (`record_format_1_still_loads_and_resumes`).
+pub const RECORD_FORMAT: u32 = 1;
+
+fn first_format() -> u32 {
+    1
 }
 
 impl DeploymentRecord {
@@ -540,8 +553,29 @@ impl DeploymentSummary {
 }
 
 #[cfg(test)]
-mod summary_tests {
+mod format_tests {
     use super::*;
+
+    /// A record as format 1 wrote it (captured from a real deployment,
+    /// before records carried `format`): every later build must load it
+    /// and its engine must answer as it did.
+    #[test]
+    fn record_format_1_still_loads_and_resumes() {
+        let text = include_str!("../tests/fixtures/deployment-record-v1.json");
+        let record: DeploymentRecord = serde_json::from_str(text).unwrap();
+        assert_eq!(record.format, 1);
+        assert_eq!(record.state, DeploymentState::Succeeded);
+        assert_eq!(record.reason, "JIRA-2");
+        assert_eq!(
+            DeploymentState::of(&record.engine),
+            DeploymentState::Succeeded
+        );
+        assert_eq!(record.engine.plan().instances.len(), 1);
+        let again: DeploymentRecord =
+            serde_json::from_str(&serde_json::to_string(&record).unwrap()).unwrap();
+        assert_eq!(again.engine.plan(), record.engine.plan());
+        assert_eq!(again.format, RECORD_FORMAT);
+    }
 
     /// A summary as format 1 wrote it: every later build must read it.
     const FORMAT_1: &str = r#"{"format":1,"id":"web-1709210096000-3f2a","service":"web","kind":"deploy","target_digest":"sha256:abab","target_version":"2.0.0","actor_user":"operator.lockstep (claims: alice@laptop)","actor_host":"laptop","reason":"JIRA-123","created_unix_ms":1709210096000,"finished_unix_ms":1709210196000,"state":"rolled_back","outcome":"rolled back: canary failed","token":41}"#;
