@@ -420,3 +420,70 @@ fn sse_event(item: Result<pb::DeploymentEvent, tonic::Status>) -> Event {
             .data(status.message().replace('\n', " ")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--name: #rrggbb;` declarations of the page's style sheet.
+    fn colour(name: &str) -> [f64; 3] {
+        let decl = format!("--{name}: #");
+        let at = STYLE_CSS.find(&decl).unwrap() + decl.len();
+        let hex = &STYLE_CSS[at..at + 6];
+        let channel = |i: usize| {
+            let c = f64::from(u8::from_str_radix(&hex[i..i + 2], 16).unwrap()) / 255.0;
+            if c <= 0.039_28 {
+                c / 12.92
+            } else {
+                ((c + 0.055) / 1.055).powf(2.4)
+            }
+        };
+        [channel(0), channel(2), channel(4)]
+    }
+
+    /// WCAG 2 contrast ratio of two colours.
+    fn contrast(a: &str, b: &str) -> f64 {
+        let luminance = |[r, g, b]: [f64; 3]| 0.2126 * r + 0.7152 * g + 0.0722 * b;
+        let (x, y) = (luminance(colour(a)), luminance(colour(b)));
+        (x.max(y) + 0.05) / (x.min(y) + 0.05)
+    }
+
+    /// Every text colour on the background it is shown on reads at WCAG
+    /// AA (4.5:1); `--nocapture` prints each ratio.
+    #[test]
+    fn the_page_text_contrast_is_at_least_wcag_aa() {
+        for (text, background) in [
+            ("text", "page"),
+            ("text", "panel"),
+            ("muted", "page"),
+            ("muted", "panel"),
+            ("link", "page"),
+            ("ok", "ok-bg"),
+            ("warn", "warn-bg"),
+            ("bad", "bad-bg"),
+            ("bad", "page"),
+            ("off", "off-bg"),
+        ] {
+            let ratio = contrast(text, background);
+            println!("--{text} on --{background}: {ratio:.2}:1");
+            assert!(ratio >= 4.5, "--{text} on --{background} is {ratio:.2}:1");
+        }
+    }
+
+    /// The page names no resource outside this coordinator: it works
+    /// without internet, under `default-src 'self'`.
+    #[test]
+    fn the_page_loads_nothing_from_elsewhere() {
+        for (name, text) in [
+            ("index.html", INDEX_HTML),
+            ("app.js", APP_JS),
+            ("style.css", STYLE_CSS),
+        ] {
+            for scheme in ["http://", "https://", "//cdn", "@import"] {
+                assert!(!text.contains(scheme), "{name} refers to {scheme}");
+            }
+        }
+        assert!(INDEX_HTML.contains("src=\"/assets/app.js\""));
+        assert!(INDEX_HTML.contains("href=\"/assets/style.css\""));
+    }
+}

@@ -25,6 +25,12 @@ function duration(ms) {
   return s < 60 ? `${s}s` : `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, "0")}s`;
 }
 
+// The first line of `text`, at most `max` characters.
+function firstLine(text, max) {
+  const line = text.split("\n")[0];
+  return line.length > max ? `${line.slice(0, max)}…` : line;
+}
+
 async function getJson(path) {
   const answer = await fetch(path);
   if (!answer.ok) throw new Error(`${path}: ${answer.status} ${await answer.text()}`);
@@ -49,7 +55,7 @@ function hostCell(host) {
     line.append(`ready ${s.ready}/${s.total}`);
     if (s.crash_looping > 0) line.append(`, ${s.crash_looping} crash-looping`);
     if (s.switching) line.append(", switching");
-    if (s.last_error) line.append(el("br"), el("span", { class: "muted" }, `last error: ${s.last_error}`));
+    if (s.last_error) line.append(el("br"), el("span", { class: "muted", title: s.last_error }, `last error: ${firstLine(s.last_error, 100)}`));
     return line;
   });
   return el("li", { class: `host health-${host.health}`, "data-host": host.id },
@@ -86,11 +92,14 @@ function follow(d) {
   if (followed) followed.source.close();
   $("timeline").replaceChildren();
   const source = new EventSource(`/api/deployments/${encodeURIComponent(d.id)}/events`);
-  followed = { id: d.id, source, seen: new Set(), finished: false };
+  followed = { id: d.id, source, seen: new Set(), received: 0, finished: false };
   const mine = followed;
   source.addEventListener("open", () => { $("timeline-connection").textContent = "Live."; });
   source.addEventListener("deployment", (message) => {
     const ev = JSON.parse(message.data);
+    // Every event received, repeats included: a reconnect that resumed
+    // after its Last-Event-ID repeats none.
+    $("timeline").dataset.received = ++mine.received;
     if (mine.seen.has(ev.seq)) return;
     mine.seen.add(ev.seq);
     appendEvent(ev);
@@ -132,7 +141,7 @@ function renderHistory(services) {
         el("td", {}, d.id),
         el("td", {}, `${d.version} `, el("span", { class: "digest" }, d.digest)),
         el("td", {}, el("span", { class: `badge state-${d.state}` }, d.state_text),
-          outcomeOf(d).said ? ` ${outcomeOf(d).said}` : ""),
+          outcomeOf(d).said ? ` ${firstLine(outcomeOf(d).said, 200)}` : ""),
         el("td", {}, d.actor),
         el("td", {}, d.reason),
         el("td", {}, duration(d.duration_ms)))))));
