@@ -280,7 +280,7 @@ async fn newest_finished(
         .journal
         .history(service, limit)
         .await
-        .map_err(|e: JournalError| etcd_error("cannot read the history")(e))?;
+        .map_err(etcd_error::<JournalError>("cannot read the history"))?;
     Ok(entries
         .into_iter()
         .map(|(_, record)| record.wire())
