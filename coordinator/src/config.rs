@@ -37,7 +37,7 @@
 //! [metrics]                                  # optional: off unless set
 //! listen = "127.0.0.1:9400"                  # GET /metrics (Prometheus), /healthz, /readyz
 //!
-//! [web]                                      # optional: off unless set; the read-only web view
+//! [web]                                      # optional: off unless set; the web view (actions: see web/actions.rs)
 //! listen = "127.0.0.1:9410"                  # with [tls]: loopback only (it checks no certificate)
 //!
 //! [[notify]]                                 # webhooks (at most 16), see notify.rs
@@ -106,8 +106,8 @@ pub struct CoordinatorConfig {
     /// `[metrics] listen`: where /metrics, /healthz and /readyz are
     /// served; `None`: not served.
     pub metrics_listen: Option<SocketAddr>,
-    /// `[web] listen`: where the read-only web view is served (loopback
-    /// only when `[tls]` is on); `None`: not served.
+    /// `[web] listen`: where the web view is served (loopback only, and
+    /// read-only, when `[tls]` is on); `None`: not served.
     pub web_listen: Option<SocketAddr>,
     /// `[prometheus] url`: the only Prometheus analysis gates query;
     /// `None`: every analysis is inconclusive.

@@ -162,6 +162,28 @@ impl Browser {
         }
     }
 
+    /// Types `text` into the first element `css` selects.
+    pub async fn type_into(&self, css: &str, text: &str) -> Result<(), HarnessError> {
+        self.client()?
+            .find(Locator::Css(css))
+            .await
+            .map_err(browser_error("cannot find the field to type into"))?
+            .send_keys(text)
+            .await
+            .map_err(browser_error("cannot type into a field"))
+    }
+
+    /// Clicks the first element `css` selects.
+    pub async fn click(&self, css: &str) -> Result<(), HarnessError> {
+        self.client()?
+            .find(Locator::Css(css))
+            .await
+            .map_err(browser_error("cannot find the element to click"))?
+            .click()
+            .await
+            .map_err(browser_error("cannot click an element"))
+    }
+
     /// Runs `script` in the page and returns what it returns.
     pub async fn execute(&self, script: &str) -> Result<serde_json::Value, HarnessError> {
         self.client()?

@@ -1,6 +1,6 @@
-//! The web view (`[web] listen`): one read-only page of the fleet, the
-//! current deployment's live timeline, history and locks, served by every
-//! coordinator.
+//! The web view (`[web] listen`): one page of the fleet, the current
+//! deployment's live timeline, history and locks, served by every
+//! coordinator; read-only but for the operator actions in `actions.rs`.
 //!
 //! ```text
 //! GET /                       the page (index.html, app.js, style.css: embedded, no build step)
@@ -11,12 +11,16 @@
 //! GET /api/deployments/ID/events   SSE: the journal's events, the stream
 //!                             `lockstep watch` reads (`forward_events`), `id:` = seq,
 //!                             resumed after `Last-Event-ID`; at most MAX_EVENT_STREAMS open
+//! POST /api/deployments/ID/{pause,resume,approve,abort}   with a reason, only for
+//!                             a caller the CLI's policy lets operate, never under [tls]
+//!                             (`actions.rs`)
 //! ```
 //!
 //! Owns the HTTP routes and their bounds. Must never: change the fleet
-//! (no route writes anything), serve an unbounded read, or decide what a
-//! page shows (`view.rs` does, without IO).
+//! but through an action `actions::permit` allowed, serve an unbounded
+//! read, or decide what a page shows (`view.rs` does, without IO).
 
+pub mod actions;
 pub mod view;
 
 use std::convert::Infallible;
@@ -24,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -41,6 +45,7 @@ use crate::bounds;
 use crate::journal::JournalError;
 use crate::leader::{Coordinator, NotServed};
 use crate::service::ETCD_ANSWER_DEADLINE;
+use actions::{Action, ActionRefused};
 use view::{BadQuery, DeploymentView, EventView, FleetGrid, LockView};
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
@@ -83,6 +88,14 @@ pub enum WebError {
     TooManyStreams,
     #[error("the request is longer than {MAX_URI_BYTES} bytes")]
     TooLong,
+    #[error("{0}")]
+    Action(#[source] ActionRefused),
+    #[error("{0}")]
+    Command(#[source] NotServed),
+    #[error(
+        "etcd did not answer within {ETCD_ANSWER_DEADLINE:?}; the action may still take effect once it does: check the timeline before trying again"
+    )]
+    CommandDeadline,
 }
 
 impl IntoResponse for WebError {
@@ -94,6 +107,17 @@ impl IntoResponse for WebError {
             Self::Etcd { .. } => StatusCode::BAD_GATEWAY,
             Self::TooManyStreams => StatusCode::SERVICE_UNAVAILABLE,
             Self::TooLong => StatusCode::URI_TOO_LONG,
+            Self::Action(
+                ActionRefused::Tls | ActionRefused::Role(_) | ActionRefused::Header(_),
+            ) => StatusCode::FORBIDDEN,
+            Self::Action(_) => StatusCode::BAD_REQUEST,
+            Self::Command(NotServed::Invalid(_)) => StatusCode::BAD_REQUEST,
+            Self::Command(NotServed::NotFound(_)) => StatusCode::NOT_FOUND,
+            Self::Command(NotServed::NotLeader { .. } | NotServed::Refused(_)) => {
+                StatusCode::CONFLICT
+            }
+            Self::Command(NotServed::Internal { .. }) => StatusCode::BAD_GATEWAY,
+            Self::CommandDeadline => StatusCode::GATEWAY_TIMEOUT,
         };
         if status.is_server_error() {
             tracing::warn!(error = %cli::Chain(&self), "web view request failed");
@@ -142,7 +166,8 @@ pub async fn serve(
         streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
         stopping,
     };
-    axum::serve(listener, router(state))
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;
         })
@@ -168,6 +193,7 @@ fn router(state: WebState) -> Router {
         .route("/api/history", get(history))
         .route("/api/locks", get(locks))
         .route("/api/deployments/{id}/events", get(events))
+        .route("/api/deployments/{id}/{verb}", axum::routing::post(act))
         .layer(middleware::from_fn(bounded_request))
         .with_state(state)
 }
@@ -226,9 +252,14 @@ struct Deployments {
     /// What the timeline follows: the newest deployment, running or not.
     current: Option<DeploymentView>,
     active: Vec<DeploymentView>,
+    /// Whether this caller may pause, resume, approve and abort here.
+    can_operate: bool,
 }
 
-async fn deployments(State(state): State<WebState>) -> Result<Response, WebError> {
+async fn deployments(
+    State(state): State<WebState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+) -> Result<Response, WebError> {
     let coordinator = &state.coordinator;
     let (active, finished) = bounded("reading the deployments", async {
         let ids = coordinator
@@ -255,7 +286,14 @@ async fn deployments(State(state): State<WebState>) -> Result<Response, WebError
     .await?;
     let latest = finished.iter().max_by_key(|d| d.created_unix_ms);
     let current = view::current(&active, latest).cloned();
-    Ok(json(&Deployments { current, active }))
+    let config = &coordinator.config;
+    let can_operate =
+        actions::permit(config.tls.is_some(), &config.access, peer, Action::Pause).is_ok();
+    Ok(json(&Deployments {
+        current,
+        active,
+        can_operate,
+    }))
 }
 
 /// The services the fleet knows (assigned or reported), at most
@@ -337,6 +375,47 @@ async fn locks(State(state): State<WebState>) -> Result<Response, WebError> {
     let now = crate::now_unix_ms();
     let views: Vec<LockView> = locks.iter().map(|l| LockView::of(l, now)).collect();
     Ok(json(&views))
+}
+
+/// Pauses, resumes, approves or aborts deployment `id` for a caller the
+/// CLI's policy lets operate (`actions.rs`), recording who and why.
+async fn act(
+    State(state): State<WebState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Path((id, verb)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, WebError> {
+    bounds::deployment_id(&id).map_err(BadQuery::Malformed)?;
+    let action = Action::parse(&verb).ok_or_else(|| {
+        WebError::NotFound(format!(
+            "no action {:?}: pause, resume, approve or abort",
+            verb.chars().take(40).collect::<String>()
+        ))
+    })?;
+    let coordinator = &state.coordinator;
+    let config = &coordinator.config;
+    let granted = actions::permit(config.tls.is_some(), &config.access, peer, action)
+        .map_err(|refused| {
+            tracing::warn!(%peer, action = action.verb(), deployment = id, reason = %refused, "web view action refused");
+            WebError::Action(refused)
+        })?;
+    let header = headers
+        .get(actions::ACTION_HEADER)
+        .map(HeaderValue::as_bytes);
+    let body = actions::checked_body(action, header, &body).map_err(WebError::Action)?;
+    bounds::cluster_filter(&body.cluster).map_err(BadQuery::Malformed)?;
+    let said = format!("{} (web view): {}", granted.who, body.reason.trim());
+    let cluster = (action == Action::Approve).then_some(body.cluster.as_str());
+    let deployment = tokio::time::timeout(
+        ETCD_ANSWER_DEADLINE,
+        coordinator.command(&id, action.command(), cluster, said),
+    )
+    .await
+    .map_err(|_| WebError::CommandDeadline)?
+    .map_err(WebError::Command)?;
+    tracing::info!(%peer, action = action.verb(), deployment = id, who = granted.who, "web view action taken");
+    Ok(json(&DeploymentView::of(&deployment)))
 }
 
 #[derive(Debug, Deserialize)]

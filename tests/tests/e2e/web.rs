@@ -176,6 +176,28 @@ async fn the_web_view_shows_the_fleet_and_follows_deployments_live() {
         .screenshot(&shots.join("deployment-in-progress.png"))
         .await
         .unwrap();
+
+    // Operator actions, offered to a loopback caller of a plain-text
+    // coordinator (the CLI's policy), each recorded with its reason.
+    let reason = "canary latency looks high";
+    browser.type_into("#action-reason", reason).await.unwrap();
+    browser.click("#actions button[value=pause]").await.unwrap();
+    timeline_reaches(&browser, &second, "paused").await;
+    let paused = timeline_has(&browser, "paused by plain-text caller 127.0.0.1:").await;
+    assert!(
+        paused.contains(&format!("(web view): {reason}")),
+        "{paused}"
+    );
+    browser
+        .type_into("#action-reason", "latency is fine")
+        .await
+        .unwrap();
+    browser
+        .click("#actions button[value=resume]")
+        .await
+        .unwrap();
+    timeline_has(&browser, "(web view): latency is fine").await;
+
     timeline_reaches(&browser, &second, "succeeded").await;
     // The header follows the record; the events come over their stream.
     timeline_has(&browser, "finished (succeeded)").await;
@@ -356,6 +378,29 @@ async fn get(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
     (status, out)
 }
 
+/// A POST of `body` (JSON) with extra header lines; status and body.
+async fn post(addr: SocketAddr, path: &str, headers: &str, body: &str) -> (u16, String) {
+    let headers = format!(
+        "{headers}Content-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request =
+        format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}\r\n{body}");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (
+        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
+        body.to_owned(),
+    )
+}
+
 /// The `id:` lines of an SSE body.
 fn event_ids(body: &str) -> Vec<u64> {
     body.lines()
@@ -454,6 +499,65 @@ async fn the_web_api_resumes_after_the_last_event_and_bounds_what_it_is_asked() 
             "{path}: {expected:?} not in {body:?}"
         );
     }
+    // An action without the page's header (another site's form) or
+    // without a reason is refused before anything is done.
+    for (verb, headers, expected_status, expected) in [
+        (
+            "pause",
+            "",
+            403,
+            "needs the header `X-Lockstep-Action: pause`",
+        ),
+        (
+            "pause",
+            "X-Lockstep-Action: abort\r\n",
+            403,
+            "X-Lockstep-Action: pause",
+        ),
+        (
+            "pause",
+            "X-Lockstep-Action: pause\r\n",
+            400,
+            "a reason is required",
+        ),
+        (
+            "rollback",
+            "X-Lockstep-Action: rollback\r\n",
+            404,
+            "no action \"rollback\"",
+        ),
+    ] {
+        let (status, body) = post(
+            web,
+            &format!("/api/deployments/{id}/{verb}"),
+            headers,
+            "{\"reason\": \" \"}",
+        )
+        .await;
+        assert_eq!(status, expected_status, "{verb} {headers:?}: {body}");
+        assert!(
+            body.contains(expected),
+            "{verb}: {expected:?} not in {body:?}"
+        );
+    }
+    let (status, body) = post(
+        web,
+        &format!("/api/deployments/{id}/abort"),
+        "X-Lockstep-Action: abort\r\n",
+        "{\"reason\": \"too late\"}",
+    )
+    .await;
+    assert_eq!(
+        status, 409,
+        "a finished deployment cannot be aborted: {body}"
+    );
+    let (status, body) = get(web, "/api/deployments", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"can_operate\":true"),
+        "a loopback caller may operate: {body}"
+    );
+
     let (status, body) = get(web, "/api/history?service=demo&limit=1", "").await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(&id), "{body}");

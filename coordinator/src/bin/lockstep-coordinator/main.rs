@@ -80,8 +80,14 @@ fn main() -> ExitCode {
                     c.checks.len(),
                     c.metrics_listen
                         .map_or_else(|| "off".to_owned(), |a| format!("on {a}")),
-                    c.web_listen
-                        .map_or_else(|| "off".to_owned(), |a| format!("on {a} (read-only)")),
+                    c.web_listen.map_or_else(
+                        || "off".to_owned(),
+                        |a| match (c.tls.is_some(), c.access.insecure_operators) {
+                            (true, _) => format!("on {a} (read-only)"),
+                            (false, false) => format!("on {a} (actions from loopback)"),
+                            (false, true) => format!("on {a} (actions from any address)"),
+                        }
+                    ),
                 )
             })
             .map_err(Into::into),
@@ -124,12 +130,8 @@ async fn serve(config: CoordinatorConfig) -> Result<()> {
         "serving /metrics, /healthz and /readyz",
     )
     .await?;
-    let web_listener = bind_endpoint(
-        config.web_listen,
-        "web.listen",
-        "serving the web view (read-only)",
-    )
-    .await?;
+    let web_listener =
+        bind_endpoint(config.web_listen, "web.listen", "serving the web view").await?;
     let mut server_builder = grpc_server(&config)?;
     let coordinator = Arc::new(Coordinator::new(config.clone(), client, depot));
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -1,6 +1,8 @@
 // Lockstep's web view: polls the fleet, deployments, history and locks
 // (one request each per POLL_MS, whatever the fleet's size) and follows the
-// current deployment's events over Server-Sent Events. Read-only.
+// current deployment's events over Server-Sent Events. Actions (pause,
+// resume, approve, abort) are offered only when the coordinator says this
+// caller may operate; the coordinator checks again on every action.
 "use strict";
 
 const POLL_MS = 2000;
@@ -155,6 +157,32 @@ function renderLocks(locks) {
   $("locks-rows").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 6 }, "None held."))]));
 }
 
+// The form stays in the page (a reason being typed survives a refresh);
+// it is shown only to a caller who may operate, for a running deployment.
+function showActions(canOperate, d) {
+  const form = $("actions");
+  form.hidden = !(canOperate && d && !d.terminal);
+  form.dataset.deployment = d ? d.id : "";
+  if (canOperate) $("mode").textContent = "You may operate from this page; every action is recorded with its reason.";
+}
+
+async function act(event) {
+  event.preventDefault();
+  const form = $("actions");
+  const verb = event.submitter.value;
+  const reason = $("action-reason").value.trim();
+  const answer = await fetch(`/api/deployments/${encodeURIComponent(form.dataset.deployment)}/${verb}`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", "X-Lockstep-Action": verb },
+    body: JSON.stringify({ reason }),
+  });
+  $("action-result").textContent = answer.ok
+    ? `${verb}: done; the deployment is ${(await answer.json()).state_text}.`
+    : `${verb} refused: ${await answer.text()}`;
+  if (answer.ok) $("action-reason").value = "";
+  poll();
+}
+
 // Each section is fetched on its own: one that fails says so and leaves
 // the others up to date.
 async function poll() {
@@ -165,6 +193,7 @@ async function poll() {
   await Promise.all([
     section("/api/fleet", renderFleet),
     section("/api/deployments", (answer) => {
+      showActions(answer.can_operate, answer.current);
       if (!answer.current) return;
       renderSummary(answer.current);
       follow(answer.current);
@@ -177,5 +206,6 @@ async function poll() {
     : `Updated ${clock(Date.now())}.`;
 }
 
+$("actions").addEventListener("submit", act);
 poll();
 setInterval(poll, POLL_MS);
