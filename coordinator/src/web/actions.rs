@@ -12,8 +12,10 @@
 //!
 //! Must never: act under `[tls]` (the web view checks no client
 //! certificate, so it cannot tell an operator from anyone on the host),
-//! act for a caller `roles::AccessPolicy` refuses the same method, or act
-//! on a request without the action header.
+//! act for a caller `roles::AccessPolicy` refuses the same method, act on
+//! a request without the action header, or act for a page whose `Host` is
+//! a DNS name or whose `Origin` is another (a rebound name would make
+//! another site's script same-origin).
 
 use std::net::SocketAddr;
 
@@ -102,6 +104,10 @@ pub enum ActionRefused {
     Header(&'static str),
     #[error("the body must be JSON {{\"reason\": \"...\"}} of at most {MAX_BODY_BYTES} bytes: {0}")]
     Body(String),
+    #[error(
+        "actions are taken only from a page opened by IP address or localhost, and from that page itself (Host {host:?}, Origin {origin:?})"
+    )]
+    Site { host: String, origin: String },
     #[error("a reason is required: it is recorded with the action, as the CLI's --reason")]
     NoReason,
     #[error("the reason is longer than {MAX_REASON_BYTES} bytes")]
@@ -123,6 +129,28 @@ pub fn permit(
     policy
         .authorize(&Caller::PlainText { from: Some(peer) }, action.method())
         .map_err(ActionRefused::Role)
+}
+
+/// Whether a request's `Host` and `Origin` are this page's: `Host` an IP
+/// literal or `localhost` (with a port or not), and `Origin`, when the
+/// browser sends one, `http://` + that `Host`.
+pub fn same_site(host: Option<&str>, origin: Option<&str>) -> Result<(), ActionRefused> {
+    let refused = || ActionRefused::Site {
+        host: host.unwrap_or_default().chars().take(80).collect(),
+        origin: origin.unwrap_or_default().chars().take(80).collect(),
+    };
+    let host = host.ok_or_else(refused)?;
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map(|(ip, _)| ip).ok_or_else(refused)?,
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let literal = name == "localhost" || name.parse::<std::net::IpAddr>().is_ok();
+    let origin_ok = origin.is_none_or(|o| o == format!("http://{host}"));
+    if literal && origin_ok {
+        Ok(())
+    } else {
+        Err(refused())
+    }
 }
 
 /// The request's header and body, checked: the header names the verb and
@@ -221,6 +249,30 @@ mod tests {
             Err(ActionRefused::Body(m)) if m.contains("unknown field `force`")
         ));
         assert_eq!(Action::parse("approve"), Some(Action::Approve));
+    }
+
+    #[test]
+    fn an_action_comes_from_a_page_opened_by_address_and_from_that_page() {
+        for (host, origin) in [
+            ("127.0.0.1:9410", Some("http://127.0.0.1:9410")),
+            ("localhost:9410", Some("http://localhost:9410")),
+            ("[::1]:9410", None),
+            ("10.0.0.5:9410", None),
+        ] {
+            assert_eq!(same_site(Some(host), origin), Ok(()), "{host} {origin:?}");
+        }
+        for (host, origin) in [
+            (Some("evil.example:9410"), Some("http://evil.example:9410")),
+            (Some("127.0.0.1:9410"), Some("http://evil.example")),
+            (Some("127.0.0.1:9410"), Some("null")),
+            (None, None),
+            (Some("[::1"), None),
+        ] {
+            assert!(
+                matches!(same_site(host, origin), Err(ActionRefused::Site { .. })),
+                "{host:?} {origin:?}"
+            );
+        }
         assert_eq!(Action::parse("rollback"), None);
     }
 }

@@ -108,7 +108,10 @@ impl IntoResponse for WebError {
             Self::TooManyStreams => StatusCode::SERVICE_UNAVAILABLE,
             Self::TooLong => StatusCode::URI_TOO_LONG,
             Self::Action(
-                ActionRefused::Tls | ActionRefused::Role(_) | ActionRefused::Header(_),
+                ActionRefused::Tls
+                | ActionRefused::Role(_)
+                | ActionRefused::Header(_)
+                | ActionRefused::Site { .. },
             ) => StatusCode::FORBIDDEN,
             Self::Action(_) => StatusCode::BAD_REQUEST,
             Self::Command(NotServed::Invalid(_)) => StatusCode::BAD_REQUEST,
@@ -400,6 +403,12 @@ async fn act(
             tracing::warn!(%peer, action = action.verb(), deployment = id, reason = %refused, "web view action refused");
             WebError::Action(refused)
         })?;
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    actions::same_site(text(header::HOST), text(header::ORIGIN)).map_err(WebError::Action)?;
     let header = headers
         .get(actions::ACTION_HEADER)
         .map(HeaderValue::as_bytes);

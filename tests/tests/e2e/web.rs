@@ -499,8 +499,9 @@ async fn the_web_api_resumes_after_the_last_event_and_bounds_what_it_is_asked() 
             "{path}: {expected:?} not in {body:?}"
         );
     }
-    // An action without the page's header (another site's form) or
-    // without a reason is refused before anything is done.
+    // An action without the page's header (another site's form), from
+    // another origin, or without a reason is refused before anything is
+    // done.
     for (verb, headers, expected_status, expected) in [
         (
             "pause",
@@ -519,6 +520,12 @@ async fn the_web_api_resumes_after_the_last_event_and_bounds_what_it_is_asked() 
             "X-Lockstep-Action: pause\r\n",
             400,
             "a reason is required",
+        ),
+        (
+            "pause",
+            "X-Lockstep-Action: pause\r\nOrigin: http://evil.example\r\n",
+            403,
+            "only from a page opened by IP address or localhost",
         ),
         (
             "rollback",
