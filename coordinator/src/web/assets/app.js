@@ -8,6 +8,7 @@
 const POLL_MS = 2000;
 const $ = (id) => document.getElementById(id);
 let followed = null; // { id, source, seen: Set of seqs }
+let slotHolders = new Set(); // hosts holding a disruption budget slot, from the last locks answer
 
 // A DOM element with text children (never HTML: names come from the fleet).
 function el(tag, attrs, ...children) {
@@ -60,6 +61,7 @@ function hostCell(host) {
     if (s.last_error) line.append(el("br"), el("span", { class: "muted", title: s.last_error }, `last error: ${firstLine(s.last_error, 100)}`));
     return line;
   });
+  if (slotHolders.has(host.id)) lines.push(el("p", { class: "slot" }, "holds a disruption budget slot"));
   return el("li", { class: `host health-${host.health}`, "data-host": host.id },
     el("p", {}, el("strong", {}, host.id), el("span", { class: "badge" }, host.health)),
     ...lines);
@@ -151,6 +153,9 @@ function renderHistory(services) {
 }
 
 function renderLocks(locks) {
+  // A slot's key is …/clusters/<cluster>/budget/<agent>/<service>.
+  slotHolders = new Set(locks.filter((l) => l.kind === "disruption slot")
+    .map((l) => (l.key.split("/budget/")[1] || "").split("/")[0]).filter(Boolean));
   const rows = locks.map((l) => el("tr", {},
     el("td", {}, l.kind), el("td", {}, el("code", {}, l.key)), el("td", {}, l.holder),
     el("td", {}, l.purpose), el("td", {}, duration(l.age_ms)), el("td", {}, duration(l.ttl_left_ms))));
