@@ -644,7 +644,7 @@ async fn keep_session(
                 request_deadline: REQUEST_TIMEOUT,
                 ..EtcdTiming::default()
             };
-            let client = Etcd::connect(&settings.endpoints, timing)
+            let client = Etcd::connect_with(&settings.endpoints, timing, &settings.access)
                 .await
                 .map_err(|e| format!("cannot connect: {e}"))?;
             client.count_into(etcd_metrics.clone());

@@ -25,6 +25,11 @@
 //! endpoints = ["http://127.0.0.1:2379"]
 //! lease_ttl = "10s"                  # the agent's session; its locks die with it
 //! budget_wait = "2m"                 # a planned disruption waits this long for a slot
+//! ca = "/etc/lockstep/etcd/ca.pem"   # optional: TLS to etcd (https:// endpoints), with cert and key
+//! cert = "/etc/lockstep/etcd/agent.pem"
+//! key = "/etc/lockstep/etcd/agent.key"
+//! user = "lockstep-agent-web-1"      # optional: etcd authentication, with password_file (mode 600)
+//! password_file = "/etc/lockstep/etcd/agent.password"
 //!
 //! [metrics]                        # optional: without it, no metrics endpoint
 //! listen = "127.0.0.1:9401"          # /metrics (Prometheus), /healthz, /readyz
@@ -154,6 +159,8 @@ pub struct EtcdSettings {
     pub endpoints: Vec<String>,
     pub lease_ttl: Duration,
     pub budget_wait: Duration,
+    /// TLS and user to present to etcd (`ca`/`cert`/`key`, `user`/`password_file`).
+    pub access: leases::EtcdAccess,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -249,6 +256,11 @@ struct RawEtcd {
     endpoints: Vec<String>,
     lease_ttl: Option<String>,
     budget_wait: Option<String>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    user: Option<String>,
+    password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -442,14 +454,25 @@ impl AgentConfig {
                     Err("must name at least one endpoint (or drop [etcd])".to_owned()),
                 );
             }
+            let tls = e.ca.is_some() || e.cert.is_some() || e.key.is_some();
             for (i, endpoint) in e.endpoints.iter().enumerate() {
-                // What `leases::Etcd::connect` accepts, so the daemon
+                // What `leases::Etcd::connect_with` accepts, so the daemon
                 // cannot refuse what check-config calls valid.
                 check(
                     &format!("etcd.endpoints[{i}]"),
-                    leases::check_endpoint(endpoint).map_err(|e| e.to_string()),
+                    leases::check_endpoint(endpoint, tls).map_err(|e| e.to_string()),
                 );
             }
+            let access = leases::EtcdAccess::from_config(
+                leases::EtcdAccessKeys {
+                    ca: e.ca,
+                    cert: e.cert,
+                    key: e.key,
+                    user: e.user,
+                    password_file: e.password_file,
+                },
+                |key, message| check(key, Err(message)),
+            );
             let lease_ttl = duration(e.lease_ttl.as_deref(), DEFAULT_LEASE_TTL).and_then(|ttl| {
                 leases::Ttl::from_secs(ttl.as_secs())
                     .map_err(|err| err.to_string())
@@ -474,6 +497,7 @@ impl AgentConfig {
                 endpoints: e.endpoints,
                 lease_ttl: lease_ttl.unwrap_or(DEFAULT_LEASE_TTL),
                 budget_wait: budget_wait.unwrap_or(DEFAULT_BUDGET_WAIT),
+                access: access.unwrap_or_default(),
             }
         });
         for (i, key) in raw.releases.trusted_keys.iter().enumerate() {

@@ -538,5 +538,6 @@ fn slot_info(slot: &leases::SlotInfo) -> pb::LockInfo {
         since_unix_ms: slot.since_unix_ms,
         ttl_left_ms: 0,
         fencing_token: u64::try_from(slot.create_revision).unwrap_or(0),
+        leaseless: slot.lease == 0,
     }
 }

@@ -4,6 +4,9 @@
 //! or adopted from a previous agent (the same notify path is bound again;
 //! a READY=1 that agent heard is carried over from the process record).
 //!
+//! `InstanceView` is what readers (status, logs, gauges) hold instead: it
+//! follows the instance's state and reads its log without the instance.
+//!
 //! Must never: outlive its handle (the forwarding task is owned), or let a
 //! notify message from another process count as this instance's.
 
@@ -16,9 +19,9 @@ use std::sync::Arc;
 use release::StoredRelease;
 use tokio::sync::{broadcast, watch};
 
-use crate::probe::{NotifySocket, Probe, ProbeError};
+use crate::probe::{NotifySocket, NotifyState, Probe, ProbeError};
 use crate::supervisor::{
-    AdoptedProcess, Instance, InstanceSpec, InstanceStatus, ListenSockets, ReadinessCheck,
+    AdoptedProcess, Instance, InstanceSpec, InstanceStatus, ListenSockets, LogFile, ReadinessCheck,
     SupervisorError,
 };
 use crate::task::OwnedTask;
@@ -204,22 +207,18 @@ impl HostedInstance {
         self.instance.log_path()
     }
 
-    /// The supervisor's state of the instance now.
-    pub fn state(&self) -> crate::supervisor::InstanceState {
-        self.instance.status().state
-    }
-
-    pub fn wire_status(&self) -> proto::v1::InstanceStatus {
-        let label = wire::InstanceLabel {
-            service: self.service.clone(),
-            slot: self.slot,
-            release: self.release.clone(),
-        };
-        wire::instance_status(
-            &label,
-            &self.instance.status(),
-            self.notify.state().status.as_deref(),
-        )
+    /// What readers see of this instance, as it changes.
+    pub fn view(&self) -> InstanceView {
+        InstanceView {
+            label: wire::InstanceLabel {
+                service: self.service.clone(),
+                slot: self.slot,
+                release: self.release.clone(),
+            },
+            status: self.instance.subscribe(),
+            notify: self.notify.subscribe(),
+            log: self.instance.log_file(),
+        }
     }
 
     /// Stops the instance for good; failures are logged (the supervisor has
@@ -251,6 +250,54 @@ impl HostedInstance {
             Ok(()) => tracing::info!(service, slot, "instance left running for the next agent"),
             Err(err) => tracing::error!(service, slot, error = %err, "instance detach failed"),
         }
+    }
+}
+
+/// An instance as status, logs and the gauges read it, without holding
+/// it: the supervisor's and the notify socket's latest word, and its log.
+/// Once the instance is gone it shows its last state.
+#[derive(Debug, Clone)]
+pub struct InstanceView {
+    label: wire::InstanceLabel,
+    status: watch::Receiver<InstanceStatus>,
+    notify: watch::Receiver<NotifyState>,
+    log: LogFile,
+}
+
+impl InstanceView {
+    pub fn slot(&self) -> u32 {
+        self.label.slot
+    }
+
+    /// The digest of the release it runs.
+    pub fn digest(&self) -> &str {
+        &self.label.release.digest
+    }
+
+    /// The supervisor's state of the instance now.
+    pub fn state(&self) -> crate::supervisor::InstanceState {
+        self.status.borrow().state
+    }
+
+    pub fn wire_status(&self) -> proto::v1::InstanceStatus {
+        let status = self.status.borrow().clone();
+        let notify = self.notify.borrow().status.clone();
+        wire::instance_status(&self.label, &status, notify.as_deref())
+    }
+
+    /// The last `n` lines of its log (empty if it cannot be read).
+    pub fn log_tail(&self, n: usize) -> Vec<String> {
+        match self.log.tail(n) {
+            Ok(lines) => lines,
+            Err(err) => {
+                tracing::warn!(service = self.label.service, slot = self.label.slot, error = %err, "cannot read an instance's log tail");
+                Vec::new()
+            }
+        }
+    }
+
+    pub fn log_path(&self) -> &Path {
+        self.log.path()
     }
 }
 

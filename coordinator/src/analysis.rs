@@ -2,8 +2,9 @@
 //! coordinator.toml (`[prometheus] url`): `count` instant queries at
 //! `interval`, each judged and tallied by the pure `rollout::analysis`.
 //!
-//! Owns the HTTP exchange with `/api/v1/query` (connect and answer
-//! deadlines, a bounded response) and reading its answer into a `Sample`
+//! Owns the query to `/api/v1/query` (over `http_client`, http or https;
+//! connect and answer deadlines, a bounded response) and reading its
+//! answer into a `Sample`
 //! (`read_answer`, pure). Must never: query any URL but the configured
 //! one, let a measurement it could not take count as a pass, or wait
 //! without a deadline.
@@ -14,13 +15,15 @@
 //! ```
 
 use std::fmt;
+use std::path::Path;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use rollout::analysis::{Analysis, Sample, Tally, Verdict};
 use rollout::{Bindings, analysis};
+
+use crate::http_client::{self, HttpError, Origin, Transport, TrustError};
 
 /// Prometheus on the coordinator's network answers a connect at once;
 /// longer means it is down or unreachable.
@@ -29,50 +32,47 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// series, which the query should have aggregated.
 const MAX_ANSWER_BYTES: usize = 1 << 20;
 
-/// The Prometheus HTTP API the coordinator queries: plain `http://`,
-/// host, port and an optional path prefix.
+/// The Prometheus HTTP API the coordinator queries: `http://` or
+/// `https://`, host, port and an optional path prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrometheusEndpoint {
-    authority: String,
+    origin: Origin,
     prefix: String,
+    transport: Transport,
+}
+
+/// What is wrong with `[prometheus]`: its `url` or its `ca_file`.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("{0}")]
+    Url(String),
+    #[error(transparent)]
+    Trust(#[from] TrustError),
 }
 
 impl PrometheusEndpoint {
-    /// Parses `http://host:port[/prefix]`.
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            format!("{url:?}: must start with http:// (https to Prometheus is not supported yet)")
-        })?;
-        let (authority, prefix) = match rest.find('/') {
-            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-            None => (rest, ""),
-        };
-        let named = authority
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if !named {
-            return Err(format!(
-                "{url:?}: name the host and port, as in http://127.0.0.1:9090"
-            ));
+    /// Parses `http[s]://host[:port][/prefix]`; for https the server must
+    /// chain to `ca_file` (PEM) or, without it, to the system's CAs.
+    /// Blocking (reads the CA file).
+    pub fn parse(url: &str, ca_file: Option<&Path>) -> Result<Self, EndpointError> {
+        let (origin, prefix) = Origin::split(url).map_err(EndpointError::Url)?;
+        if prefix.contains(['?', '#']) {
+            return Err(EndpointError::Url(format!(
+                "{url:?}: no query or fragment; the base URL of the HTTP API only"
+            )));
         }
-        if authority.contains('@') || prefix.contains(['?', '#']) {
-            return Err(format!(
-                "{url:?}: no credentials, query or fragment; the base URL of the HTTP API only"
-            ));
-        }
-        authority
-            .parse::<hyper::http::uri::Authority>()
-            .map_err(|e| format!("{url:?}: {e}"))?;
+        let transport = Transport::for_origin(&origin, ca_file)?;
         Ok(Self {
-            authority: authority.to_owned(),
-            prefix: prefix.to_owned(),
+            origin,
+            prefix: prefix.trim_end_matches('/').to_owned(),
+            transport,
         })
     }
 }
 
 impl fmt::Display for PrometheusEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}{}", self.authority, self.prefix)
+        write!(f, "{}{}", self.origin, self.prefix)
     }
 }
 
@@ -80,49 +80,24 @@ impl fmt::Display for PrometheusEndpoint {
 /// measurement naming it.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
-    #[error("prometheus {endpoint}: cannot connect: {source}")]
-    Connect {
+    #[error("prometheus {endpoint}")]
+    Exchange {
         endpoint: String,
         #[source]
-        source: std::io::Error,
+        source: HttpError,
     },
-    #[error("prometheus {endpoint}: no connection within {CONNECT_TIMEOUT:?}")]
-    ConnectTimeout { endpoint: String },
     #[error("prometheus {endpoint}: no answer within {timeout:?}")]
     AnswerTimeout { endpoint: String, timeout: Duration },
-    #[error("prometheus {endpoint}: HTTP exchange failed: {source}")]
-    Http {
-        endpoint: String,
-        #[source]
-        source: hyper::Error,
-    },
-    #[error("prometheus {endpoint}: cannot build the request: {source}")]
-    Request {
-        endpoint: String,
-        #[source]
-        source: hyper::http::Error,
-    },
-    #[error(
-        "prometheus {endpoint}: reading the answer failed (more than {MAX_ANSWER_BYTES} bytes?): {source}"
-    )]
-    Body {
-        endpoint: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
 }
 
 /// One instant query, bounded by `timeout` as a whole (connect included);
 /// a failure is a `Sample::Error` naming it.
 pub async fn query(endpoint: &PrometheusEndpoint, promql: &str, timeout: Duration) -> Sample {
     match tokio::time::timeout(timeout, exchange(endpoint, promql, timeout)).await {
-        Err(_) => Sample::Error(
-            QueryError::AnswerTimeout {
-                endpoint: endpoint.to_string(),
-                timeout,
-            }
-            .to_string(),
-        ),
+        Err(_) => Sample::Error(cli::chain(&QueryError::AnswerTimeout {
+            endpoint: endpoint.to_string(),
+            timeout,
+        })),
         Ok(Err(err)) => Sample::Error(cli::chain(&err)),
         Ok(Ok((status, body))) => read_answer(status, &body),
     }
@@ -133,59 +108,32 @@ async fn exchange(
     promql: &str,
     timeout: Duration,
 ) -> Result<(u16, Bytes), QueryError> {
-    let name = || endpoint.to_string();
-    let stream = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        tokio::net::TcpStream::connect(&endpoint.authority),
-    )
-    .await
-    .map_err(|_| QueryError::ConnectTimeout { endpoint: name() })?
-    .map_err(|source| QueryError::Connect {
-        endpoint: name(),
+    let failed = |source| QueryError::Exchange {
+        endpoint: endpoint.to_string(),
         source,
-    })?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|source| QueryError::Http {
-            endpoint: name(),
-            source,
-        })?;
-    // The connection ends when `sender` is dropped (or the peer closes).
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%error, "prometheus connection ended with an error");
-        }
-    });
+    };
     let path = format!(
         "{}/api/v1/query?query={}&timeout={}ms",
         endpoint.prefix,
         percent_encode(promql),
         timeout.as_millis()
     );
-    let request = hyper::Request::get(path)
-        .header(hyper::header::HOST, &endpoint.authority)
+    let request = http_client::request(&endpoint.origin, hyper::Method::GET, &path)
         .header(hyper::header::ACCEPT, "application/json")
-        .body(Empty::<Bytes>::new())
-        .map_err(|source| QueryError::Request {
-            endpoint: name(),
-            source,
-        })?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|source| QueryError::Http {
-            endpoint: name(),
-            source,
-        })?;
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| failed(HttpError::Request(e)))?;
+    let response = http_client::send(
+        &endpoint.origin,
+        &endpoint.transport,
+        request,
+        CONNECT_TIMEOUT,
+    )
+    .await
+    .map_err(failed)?;
     let status = response.status().as_u16();
-    let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-        .collect()
+    let body = http_client::read_body(response, MAX_ANSWER_BYTES)
         .await
-        .map_err(|source| QueryError::Body {
-            endpoint: name(),
-            source,
-        })?
-        .to_bytes();
+        .map_err(failed)?;
     Ok((status, body))
 }
 
@@ -301,19 +249,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_a_plain_http_base_url_is_an_endpoint() {
-        let e = PrometheusEndpoint::parse("http://127.0.0.1:9090/prom/").unwrap();
+    fn an_http_or_https_base_url_is_an_endpoint() {
+        let e = PrometheusEndpoint::parse("http://127.0.0.1:9090/prom/", None).unwrap();
         assert_eq!(e.to_string(), "http://127.0.0.1:9090/prom");
+        assert_eq!(
+            PrometheusEndpoint::parse("http://p", None)
+                .unwrap()
+                .to_string(),
+            "http://p"
+        );
         for bad in [
-            "https://p:9090",
+            "ftp://p:9090",
             "127.0.0.1:9090",
-            "http://p",
             "http://u:pw@p:9090",
             "http://p:9090/x?y=1",
             "http://:9090",
         ] {
             assert!(
-                PrometheusEndpoint::parse(bad).is_err(),
+                PrometheusEndpoint::parse(bad, None).is_err(),
                 "{bad} was accepted"
             );
         }
@@ -374,10 +327,45 @@ mod tests {
         );
     }
 
+    /// #16: the analysis gates' client speaks https to a Prometheus whose
+    /// certificate chains to the `ca_file`, and refuses one that does not,
+    /// naming the TLS failure as the measurement's error.
+    #[tokio::test]
+    async fn an_https_prometheus_from_the_ca_file_answers_and_another_is_refused() {
+        use crate::http_client::test_server::{TestCa, TlsServer};
+        let answer = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1.5,"0.25"]}]}}"#;
+        let server = TlsServer::start(&["prometheus.test", "127.0.0.1"], answer).await;
+        let url = format!("https://127.0.0.1:{}/prom", server.addr.port());
+        let e = PrometheusEndpoint::parse(&url, Some(&server.ca.ca)).unwrap();
+        let timeout = Duration::from_secs(30);
+        assert_eq!(
+            query(&e, r#"sum(x{code="500"})"#, timeout).await,
+            Sample::Value(0.25)
+        );
+        assert_eq!(
+            server.requests(),
+            [
+                "GET /prom/api/v1/query?query=sum%28x%7Bcode%3D%22500%22%7D%29&timeout=30000ms HTTP/1.1"
+            ]
+        );
+        let other = TestCa::new("another CA");
+        let e = PrometheusEndpoint::parse(&url, Some(&other.ca)).unwrap();
+        let Sample::Error(why) = query(&e, "up", timeout).await else {
+            panic!("a Prometheus from another CA answered");
+        };
+        assert_eq!(
+            why,
+            format!(
+                "prometheus {url}: TLS handshake with 127.0.0.1 failed: invalid peer certificate: UnknownIssuer"
+            )
+        );
+        assert_eq!(server.requests().len(), 1);
+    }
+
     #[tokio::test]
     async fn an_unreachable_prometheus_is_an_error_naming_it() {
         // Port 9 (discard) on loopback: nothing listens there in tests.
-        let e = PrometheusEndpoint::parse("http://127.0.0.1:9").unwrap();
+        let e = PrometheusEndpoint::parse("http://127.0.0.1:9", None).unwrap();
         let Sample::Error(why) = query(&e, "up", Duration::from_secs(5)).await else {
             panic!("an unreachable Prometheus answered");
         };

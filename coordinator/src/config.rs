@@ -12,9 +12,21 @@
 //! endpoints = ["http://127.0.0.1:2379"]
 //! lease_ttl = "10s"                          # leadership and deployment locks die with it
 //! journal_deadline = "30s"                   # a deployment's journal write is retried this long
+//! ca = "/etc/lockstep/etcd/ca.pem"           # optional: TLS to etcd (then https:// endpoints); with cert and key
+//! cert = "/etc/lockstep/etcd/coordinator.pem"
+//! key = "/etc/lockstep/etcd/coordinator.key"
+//! user = "lockstep-coordinator"              # optional: etcd authentication, with password_file (mode 600)
+//! password_file = "/etc/lockstep/etcd/coordinator.password"
 //!
 //! [releases]
 //! trusted_keys = ["/etc/lockstep/release.pub"]   # empty: unsigned bundles accepted
+//! max_bundle_bytes = 4294967296              # a push larger than this is cut off (4 GiB)
+//! max_concurrent_pushes = 4                  # more at once are refused (RESOURCE_EXHAUSTED)
+//! push_idle_timeout = "60s"                  # a push that sends nothing this long is abandoned
+//!
+//! [history]
+//! retention = "720h"                         # finished deployments older than this keep only their summary
+//! keep = 20                                  # … except each service's newest 20, kept whole
 //!
 //! [tls]                                      # optional: mTLS on every gRPC hop
 //! ca = "/etc/lockstep/tls/ca.pem"            # signs agents', operators' and coordinators' certs
@@ -40,9 +52,14 @@
 //! [web]                                      # optional: off unless set; the web view (actions: see web/actions.rs)
 //! listen = "127.0.0.1:9410"                  # with [tls]: loopback only (it checks no certificate)
 //!
+//! [prometheus]                               # optional: what analysis gates query
+//! url = "http://127.0.0.1:9090"              # http[s]://host[:port][/prefix]
+//! ca_file = "/etc/lockstep/prom-ca.pem"      # https only: trust this CA instead of the system's
+//!
 //! [[notify]]                                 # webhooks (at most 16), see notify.rs
 //! name = "ops-chat"
-//! url = "http://127.0.0.1:8080/hooks/lockstep"  # plain http only (no TLS client yet)
+//! url = "https://hooks.example.com/lockstep"  # http:// or https:// (port defaults to 80/443)
+//! ca_file = "/etc/lockstep/hooks-ca.pem"     # https only: trust this CA instead of the system's
 //! events = ["rolled_back", "failed", "halted"]  # default: succeeded, rolled_back, failed, aborted, halted
 //! secret_file = "/etc/lockstep/notify.secret"   # HMAC-SHA256 key; not readable by others
 //! format = "json"                            # json | slack ({"text": "..."})
@@ -69,7 +86,9 @@ use cli::chain;
 use serde::Deserialize;
 
 use crate::checks::{ArgvElement, CheckCatalog, NamedCheck};
+use crate::http_client::Transport;
 use crate::notify::{BodyFormat, Secret, Topic, Webhook, WebhookUrl};
+use crate::push::PushLimits;
 use crate::roles::{AccessPolicy, Role, RoleRule};
 
 /// Default gRPC address: loopback, so exposing it is an explicit choice.
@@ -93,6 +112,8 @@ pub struct CoordinatorConfig {
     pub check_timeout: Duration,
     pub etcd_endpoints: Vec<String>,
     pub lease_ttl: leases::Ttl,
+    /// `[etcd]` ca/cert/key and user/password_file.
+    pub etcd_access: leases::EtcdAccess,
     /// How long a failed journal write is retried before the driver stops
     /// and the deployment is resumed from the journal.
     pub journal_deadline: Duration,
@@ -114,6 +135,10 @@ pub struct CoordinatorConfig {
     pub prometheus: Option<crate::analysis::PrometheusEndpoint>,
     /// `[[notify]]`: the webhooks deployment events are sent to.
     pub notify: Vec<Webhook>,
+    /// `[releases]` max_bundle_bytes, max_concurrent_pushes, push_idle_timeout.
+    pub push: PushLimits,
+    /// `[history]`: when finished deployments are pruned to their summary.
+    pub history: crate::journal::Retention,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +180,14 @@ struct RawConfig {
     prometheus: Option<RawPrometheus>,
     #[serde(default)]
     notify: Vec<RawNotify>,
+    history: Option<RawHistory>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHistory {
+    retention: Option<String>,
+    keep: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -164,6 +197,7 @@ struct RawNotify {
     url: String,
     events: Option<Vec<String>>,
     secret_file: PathBuf,
+    ca_file: Option<PathBuf>,
     format: Option<String>,
     timeout: Option<String>,
     retry_for: Option<String>,
@@ -173,6 +207,7 @@ struct RawNotify {
 #[serde(deny_unknown_fields)]
 struct RawPrometheus {
     url: String,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -220,6 +255,11 @@ struct RawEtcd {
     endpoints: Vec<String>,
     lease_ttl: Option<String>,
     journal_deadline: Option<String>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    user: Option<String>,
+    password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -227,6 +267,9 @@ struct RawEtcd {
 struct RawReleases {
     #[serde(default)]
     trusted_keys: Vec<PathBuf>,
+    max_bundle_bytes: Option<u64>,
+    max_concurrent_pushes: Option<usize>,
+    push_idle_timeout: Option<String>,
 }
 
 impl CoordinatorConfig {
@@ -299,6 +342,7 @@ impl CoordinatorConfig {
             check_timeout.as_ref().map(drop).map_err(Clone::clone),
         );
         let mut journal_deadline = Ok(crate::journal::DEFAULT_WRITE_DEADLINE);
+        let mut etcd_access = Some(leases::EtcdAccess::default());
         let (etcd_endpoints, lease_ttl) = match raw.etcd {
             None => {
                 check(
@@ -314,14 +358,25 @@ impl CoordinatorConfig {
                         Err("must name at least one endpoint".to_owned()),
                     );
                 }
+                let tls = etcd.ca.is_some() || etcd.cert.is_some() || etcd.key.is_some();
                 for (i, endpoint) in etcd.endpoints.iter().enumerate() {
-                    // What `leases::Etcd::connect` accepts, so the daemon
-                    // cannot refuse what check-config calls valid.
+                    // What `leases::Etcd::connect_with` accepts, so the
+                    // daemon cannot refuse what check-config calls valid.
                     check(
                         &format!("etcd.endpoints[{i}]"),
-                        leases::check_endpoint(endpoint).map_err(|e| e.to_string()),
+                        leases::check_endpoint(endpoint, tls).map_err(|e| e.to_string()),
                     );
                 }
+                etcd_access = leases::EtcdAccess::from_config(
+                    leases::EtcdAccessKeys {
+                        ca: etcd.ca,
+                        cert: etcd.cert,
+                        key: etcd.key,
+                        user: etcd.user,
+                        password_file: etcd.password_file,
+                    },
+                    |key, message| check(key, Err(message)),
+                );
                 let ttl = duration(etcd.lease_ttl.as_deref(), DEFAULT_LEASE_TTL).and_then(|ttl| {
                     if ttl.subsec_nanos() != 0 {
                         return Err("must be whole seconds".to_owned());
@@ -356,6 +411,8 @@ impl CoordinatorConfig {
                 check("releases.trusted_keys", Err(chain(&err)));
             }
         }
+        let push = push_limits(&raw.releases, &mut check);
+        let history = retention(raw.history.as_ref(), &mut check);
         let default_timeout = check_timeout.as_ref().map_or(DEFAULT_CHECK_TIMEOUT, |t| *t);
         let checks = named_checks(&raw.checks, default_timeout, &mut check);
         let has_tls = raw.tls.is_some();
@@ -386,8 +443,12 @@ impl CoordinatorConfig {
             web_listen(&w.listen, &taken, tls_on, &mut check)
         });
         let prometheus = raw.prometheus.and_then(|p| {
-            crate::analysis::PrometheusEndpoint::parse(&p.url)
-                .map_err(|e| check("prometheus.url", Err(e)))
+            use crate::analysis::{EndpointError, PrometheusEndpoint};
+            PrometheusEndpoint::parse(&p.url, p.ca_file.as_deref())
+                .map_err(|e| match e {
+                    EndpointError::Url(e) => check("prometheus.url", Err(e)),
+                    EndpointError::Trust(e) => check("prometheus.ca_file", Err(chain(&e))),
+                })
                 .ok()
         });
         let notify = webhooks(&raw.notify, &mut check);
@@ -416,6 +477,7 @@ impl CoordinatorConfig {
                 check_timeout,
                 etcd_endpoints,
                 lease_ttl,
+                etcd_access: etcd_access.unwrap_or_default(),
                 journal_deadline,
                 trusted_keys: raw.releases.trusted_keys,
                 tls,
@@ -425,6 +487,8 @@ impl CoordinatorConfig {
                 web_listen,
                 prometheus,
                 notify,
+                push,
+                history,
             }),
             _ => Err(ConfigError::Invalid {
                 path: path.to_owned(),
@@ -432,6 +496,61 @@ impl CoordinatorConfig {
             }),
         }
     }
+}
+
+/// Most finished deployments of one service `[history] keep` may ask to
+/// keep whole.
+const MAX_KEEP: usize = 10_000;
+
+/// `[history]`, defaulted and checked.
+fn retention(
+    raw: Option<&RawHistory>,
+    check: &mut impl FnMut(&str, Result<(), String>),
+) -> crate::journal::Retention {
+    let mut retention = crate::journal::Retention::default();
+    let Some(raw) = raw else {
+        return retention;
+    };
+    match duration(raw.retention.as_deref(), retention.after) {
+        Ok(after) => retention.after = after,
+        Err(message) => check("history.retention", Err(message)),
+    }
+    match raw.keep {
+        Some(n) if n <= MAX_KEEP => retention.keep = n,
+        Some(n) => check("history.keep", Err(format!("{n}: at most {MAX_KEEP}"))),
+        None => {}
+    }
+    retention
+}
+
+/// Most pushes one coordinator receives at once: each holds a file open
+/// and ends in a full unpack.
+const MAX_CONCURRENT_PUSHES: usize = 64;
+
+/// `[releases]`' push limits, each defaulted and checked.
+fn push_limits(raw: &RawReleases, check: &mut impl FnMut(&str, Result<(), String>)) -> PushLimits {
+    let mut limits = PushLimits::default();
+    match raw.max_bundle_bytes {
+        Some(0) => check(
+            "releases.max_bundle_bytes",
+            Err("must be more than zero".to_owned()),
+        ),
+        Some(n) => limits.max_bundle_bytes = n,
+        None => {}
+    }
+    match raw.max_concurrent_pushes {
+        Some(n) if (1..=MAX_CONCURRENT_PUSHES).contains(&n) => limits.max_concurrent = n,
+        Some(n) => check(
+            "releases.max_concurrent_pushes",
+            Err(format!("{n}: must be 1 to {MAX_CONCURRENT_PUSHES}")),
+        ),
+        None => {}
+    }
+    match duration(raw.push_idle_timeout.as_deref(), limits.idle_timeout) {
+        Ok(idle) => limits.idle_timeout = idle,
+        Err(message) => check("releases.push_idle_timeout", Err(message)),
+    }
+    limits
 }
 
 /// `[metrics] listen`: an IP:port other than the gRPC `listen`.
@@ -673,34 +792,12 @@ fn webhooks(raw: &[RawNotify], check: &mut impl FnMut(&str, Result<(), String>))
         let url = WebhookUrl::parse(&n.url)
             .map_err(|e| check(&key("url"), Err(e)))
             .ok();
-        let topics = match &n.events {
-            None => Some(Topic::DEFAULT.into_iter().collect::<BTreeSet<_>>()),
-            Some(events) => {
-                let mut topics = BTreeSet::new();
-                for e in events {
-                    match Topic::parse(e) {
-                        Some(t) => drop(topics.insert(t)),
-                        None => check(
-                            &key("events"),
-                            Err(format!(
-                                "unknown event {e:?}; known: {}",
-                                Topic::ALL.map(Topic::label).join(", ")
-                            )),
-                        ),
-                    }
-                }
-                if events.is_empty() {
-                    check(
-                        &key("events"),
-                        Err(
-                            "empty: name at least one event, or leave it out for the default"
-                                .to_owned(),
-                        ),
-                    );
-                }
-                (topics.len() == events.len()).then_some(topics)
-            }
-        };
+        let transport = url.as_ref().and_then(|url| {
+            Transport::for_origin(url.origin(), n.ca_file.as_deref())
+                .map_err(|e| check(&key("ca_file"), Err(chain(&e))))
+                .ok()
+        });
+        let topics = webhook_topics(n.events.as_deref(), &key("events"), check);
         let secret = absolute(&n.secret_file)
             .and_then(|p| Secret::load(&p))
             .map_err(|e| check(&key("secret_file"), Err(e)))
@@ -722,16 +819,19 @@ fn webhooks(raw: &[RawNotify], check: &mut impl FnMut(&str, Result<(), String>))
         if let (
             true,
             Some(url),
+            Some(transport),
             Some(topics),
             Some(secret),
             Some(format),
             Some(timeout),
             Some(retry_for),
-        ) = (name_ok, url, topics, secret, format, timeout, retry_for)
-        {
+        ) = (
+            name_ok, url, transport, topics, secret, format, timeout, retry_for,
+        ) {
             webhooks.push(Webhook {
                 name: n.name.clone(),
                 url,
+                transport,
                 topics,
                 secret,
                 format,
@@ -741,6 +841,38 @@ fn webhooks(raw: &[RawNotify], check: &mut impl FnMut(&str, Result<(), String>))
         }
     }
     webhooks
+}
+
+/// `events` of a `[[notify]]` table: the default when left out; each
+/// name known, at least one.
+fn webhook_topics(
+    events: Option<&[String]>,
+    key: &str,
+    check: &mut impl FnMut(&str, Result<(), String>),
+) -> Option<BTreeSet<Topic>> {
+    let Some(events) = events else {
+        return Some(Topic::DEFAULT.into_iter().collect());
+    };
+    let mut topics = BTreeSet::new();
+    for e in events {
+        match Topic::parse(e) {
+            Some(t) => drop(topics.insert(t)),
+            None => check(
+                key,
+                Err(format!(
+                    "unknown event {e:?}; known: {}",
+                    Topic::ALL.map(Topic::label).join(", ")
+                )),
+            ),
+        }
+    }
+    if events.is_empty() {
+        check(
+            key,
+            Err("empty: name at least one event, or leave it out for the default".to_owned()),
+        );
+    }
+    (topics.len() == events.len()).then_some(topics)
 }
 
 fn http_url(url: &str) -> Result<(), String> {
@@ -820,13 +952,48 @@ mod tests {
             config.prometheus.map(|p| p.to_string()).as_deref(),
             Some("http://127.0.0.1:9090")
         );
+        let err = parse(&format!("{MINIMAL}[prometheus]\nurl = \"prom:9090\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("prometheus.url: \"prom:9090\": must start with http:// or https://"),
+            "{err}"
+        );
+    }
+
+    /// #16: https to Prometheus, trusting a private CA (`ca_file`); a
+    /// `ca_file` that is not PEM, or given for plain http, is named.
+    #[test]
+    fn the_prometheus_url_may_be_https_with_a_ca_file() {
+        let dir = tempfile::tempdir().unwrap();
+        tls_table(dir.path(), "coordinator.pem");
+        let ca = dir.path().join("ca.pem");
+        let config = parse(&format!(
+            "{MINIMAL}[prometheus]\nurl = \"https://prom.example:9090/p\"\nca_file = {ca:?}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.prometheus.map(|p| p.to_string()).as_deref(),
+            Some("https://prom.example:9090/p")
+        );
+        let key = dir.path().join("coordinator.key");
         let err = parse(&format!(
-            "{MINIMAL}[prometheus]\nurl = \"https://prom:9090\"\n"
+            "{MINIMAL}[prometheus]\nurl = \"https://prom:9090\"\nca_file = {key:?}\n"
         ))
         .unwrap_err()
         .to_string();
         assert!(
-            err.contains("prometheus.url: \"https://prom:9090\": must start with http://"),
+            err.contains(&format!("prometheus.ca_file: ca_file {}", key.display()))
+                && err.contains("no PEM certificate"),
+            "{err}"
+        );
+        let err = parse(&format!(
+            "{MINIMAL}[prometheus]\nurl = \"http://prom:9090\"\nca_file = {ca:?}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("prometheus.ca_file: ca_file is only for https://"),
             "{err}"
         );
     }
@@ -1113,13 +1280,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let open = secret(dir.path(), 0o644);
         let err = parse(&format!(
-            "{MINIMAL}[[notify]]\nname = \"a b\"\nurl = \"https://hooks.example:443/x\"\nevents = [\"finished\"]\nsecret_file = {open:?}\nformat = \"xml\"\ntimeout = \"0s\"\nretry_for = \"soon\"\n"
+            "{MINIMAL}[[notify]]\nname = \"a b\"\nurl = \"hooks.example:443/x\"\nevents = [\"finished\"]\nsecret_file = {open:?}\nformat = \"xml\"\ntimeout = \"0s\"\nretry_for = \"soon\"\n"
         ))
         .unwrap_err()
         .to_string();
         for expected in [
             "notify[0].name",
-            "notify[0].url: \"https://hooks.example:443/x\": must start with http://",
+            "notify[0].url: \"hooks.example:443/x\": must start with http:// or https://",
             "notify[0].events: unknown event \"finished\"",
             "notify[0].secret_file",
             "readable by others",
@@ -1135,5 +1302,60 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("headers"), "{err}");
+    }
+
+    /// #16: an https webhook with a private CA; a `ca_file` that is
+    /// missing, relative or not PEM is named with its path and what is wrong.
+    #[test]
+    fn an_https_webhook_takes_a_ca_file_and_a_bad_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        tls_table(dir.path(), "coordinator.pem");
+        let path = secret(dir.path(), 0o600);
+        let ca = dir.path().join("ca.pem");
+        let table = |name: &str, url: &str, ca_file: &str| {
+            format!(
+                "[[notify]]\nname = \"{name}\"\nurl = \"{url}\"\nsecret_file = {path:?}\n{ca_file}\n"
+            )
+        };
+        let config = parse(&format!(
+            "{MINIMAL}{}",
+            table(
+                "a",
+                "https://127.0.0.1:8443/hook",
+                &format!("ca_file = {ca:?}")
+            )
+        ))
+        .unwrap();
+        assert_eq!(
+            config.notify[0].url.to_string(),
+            "https://127.0.0.1:8443/hook"
+        );
+        let missing = dir.path().join("missing.pem");
+        let not_pem = dir.path().join("coordinator.key");
+        let err = parse(&format!(
+            "{MINIMAL}{}{}{}{}",
+            table("a", "https://h/a", &format!("ca_file = {missing:?}")),
+            table("b", "https://h/b", "ca_file = \"ca.pem\""),
+            table("c", "https://h/c", &format!("ca_file = {not_pem:?}")),
+            table("d", "http://h/d", &format!("ca_file = {ca:?}")),
+        ))
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            format!(
+                "ca_file {}: cannot read it: No such file",
+                missing.display()
+            ),
+            "ca_file ca.pem: must be an absolute path".to_owned(),
+            format!(
+                "ca_file {}: the CA file {} holds no PEM certificate",
+                not_pem.display(),
+                not_pem.display()
+            ),
+            "ca_file is only for https:// URLs".to_owned(),
+        ] {
+            assert!(err.contains(&expected), "{expected:?} not in {err}");
+        }
+        assert_eq!(err.matches(".ca_file: ").count(), 4, "{err}");
     }
 }

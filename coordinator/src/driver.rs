@@ -1065,8 +1065,9 @@ pub enum Judgement {
 }
 
 /// Decides from state alone, so a late, repeated or missed report cannot
-/// mislead: ready means the agent's current release is `release` and every
-/// instance of it is ready; failed means the agent recorded this very apply
+/// mislead: ready means the agent's current release is `release`, every
+/// instance of it is ready and no instance of another release is left (an
+/// old one draining still serves); failed means the agent recorded this very apply
 /// (deployment, token, release) as a failed switch.
 pub fn judge(
     status: Option<&pb::ServiceStatus>,
@@ -1090,7 +1091,11 @@ pub fn judge(
         .iter()
         .filter(|i| names(i.release.as_ref(), release))
         .collect();
-    if names(current, release) && !mine.is_empty() && mine.iter().all(|i| i.ready) {
+    // Every instance the host lists must be of the release: an old one
+    // still draining serves on the shared socket, so the host is not on
+    // the release until it is gone.
+    let only_mine = mine.len() == status.instances.len();
+    if names(current, release) && !mine.is_empty() && only_mine && mine.iter().all(|i| i.ready) {
         return Judgement::Ready;
     }
     if let Some(last) = &status.last_switch {
@@ -1218,6 +1223,15 @@ mod tests {
         );
         assert_eq!(
             judge(Some(&status(R1, true, None)), &r2, true, "d", t),
+            Judgement::Waiting
+        );
+        // R2 ready, but an R1 instance still drains: not yet.
+        let mut draining = status(R2, true, None);
+        let mut old = draining.instances[0].clone();
+        old.release = status(R1, true, None).current;
+        draining.instances.push(old);
+        assert_eq!(
+            judge(Some(&draining), &r2, true, "d", t),
             Judgement::Waiting
         );
     }

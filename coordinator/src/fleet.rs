@@ -68,6 +68,23 @@ pub struct ServiceFleet {
     pub unreachable: Vec<String>,
 }
 
+/// Report streams one agent may hold open at once: a reconnecting agent
+/// overlaps its old stream for a moment, never by more than a few.
+pub const MAX_STREAMS_PER_AGENT: usize = 4;
+/// Agents one coordinator tracks: ten times the fleet Lockstep is sized for.
+pub const MAX_AGENTS: usize = 10_000;
+
+/// Why a Report stream was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamRefused {
+    #[error(
+        "agent {agent:?} already has {limit} report streams open on this coordinator (the limit per agent): this one is refused until one closes"
+    )]
+    TooManyStreams { agent: String, limit: usize },
+    #[error("this coordinator already tracks {limit} agents (the limit): a new agent is refused")]
+    TooManyAgents { limit: usize },
+}
+
 impl FleetView {
     pub fn new(status_interval: Duration) -> Self {
         Self {
@@ -95,10 +112,15 @@ impl FleetView {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    /// A report stream opened with this registration.
-    pub fn stream_opened(&self, identity: pb::AgentIdentity) {
+    /// A report stream opened with this registration, unless the agent
+    /// already has [`MAX_STREAMS_PER_AGENT`] open or the view already knows
+    /// [`MAX_AGENTS`] agents: one caller's registrations are bounded.
+    pub fn stream_opened(&self, identity: pb::AgentIdentity) -> Result<(), StreamRefused> {
         let epoch = self.streams_opened.fetch_add(1, Ordering::Relaxed) + 1;
         self.with_agents(|agents| {
+            if !agents.contains_key(&identity.agent_id) && agents.len() >= MAX_AGENTS {
+                return Err(StreamRefused::TooManyAgents { limit: MAX_AGENTS });
+            }
             let entry = agents
                 .entry(identity.agent_id.clone())
                 .or_insert_with(|| AgentEntry {
@@ -109,13 +131,21 @@ impl FleetView {
                     open_streams: 0,
                     stream_epoch: epoch,
                 });
+            if entry.open_streams >= MAX_STREAMS_PER_AGENT {
+                return Err(StreamRefused::TooManyStreams {
+                    agent: identity.agent_id.clone(),
+                    limit: MAX_STREAMS_PER_AGENT,
+                });
+            }
             entry.identity = identity;
             entry.open_streams += 1;
             entry.stream_epoch = epoch;
             entry.last_report = Instant::now();
             entry.last_report_unix_ms = crate::now_unix_ms();
-        });
+            Ok(())
+        })?;
         self.touch();
+        Ok(())
     }
 
     pub fn stream_closed(&self, agent: &str) {
@@ -390,12 +420,29 @@ mod tests {
     #[test]
     fn reachability_counts_open_streams_and_fresh_reports() {
         let view = FleetView::new(Duration::ZERO);
-        view.stream_opened(identity("a"));
-        view.stream_opened(identity("b"));
+        view.stream_opened(identity("a")).unwrap();
+        view.stream_opened(identity("b")).unwrap();
         assert_eq!(view.reachability(), (2, 0));
         // No stream open and no report within three intervals (zero here).
         view.stream_closed("b");
         assert_eq!(view.reachability(), (1, 1));
+    }
+
+    #[test]
+    fn one_agent_holds_a_bounded_number_of_streams() {
+        let view = FleetView::new(Duration::from_secs(1));
+        for _ in 0..MAX_STREAMS_PER_AGENT {
+            view.stream_opened(identity("a")).unwrap();
+        }
+        let refused = view.stream_opened(identity("a")).unwrap_err();
+        assert!(
+            refused.to_string().contains("already has 4 report streams"),
+            "{refused}"
+        );
+        assert_eq!(view.open_streams("a"), MAX_STREAMS_PER_AGENT);
+        view.stream_closed("a");
+        view.stream_opened(identity("a")).unwrap();
+        view.stream_opened(identity("b")).unwrap();
     }
 
     #[test]

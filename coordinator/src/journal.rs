@@ -16,11 +16,11 @@
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+    Compare, CompareOp, DeleteOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
 use leases::{Etcd, keys};
 
-use crate::record::{DeploymentRecord, EventRecord};
+use crate::record::{DeploymentRecord, DeploymentSummary, EventRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -211,9 +211,10 @@ impl Journal {
                     record.id.as_str(),
                 ));
                 ops.push(TxnOp::delete(active_key.as_str(), None));
+                let key = keys::history(&record.service, record.finished_unix_ms, &record.id);
                 ops.push(TxnOp::put(
-                    keys::history(&record.service, record.finished_unix_ms, &record.id),
-                    record.id.as_str(),
+                    key.as_str(),
+                    json(&key, &record.summary())?,
                     None,
                 ));
             }
@@ -373,7 +374,7 @@ impl Journal {
         &self,
         service: &str,
         limit: usize,
-    ) -> Result<Vec<(u64, DeploymentRecord)>, JournalError> {
+    ) -> Result<Vec<(u64, DeploymentSummary)>, JournalError> {
         let prefix = keys::history_of(service);
         let client = self.client.clone();
         let response = read(
@@ -391,17 +392,183 @@ impl Journal {
         .await?;
         let mut out = Vec::new();
         for kv in response.kvs() {
-            let id = String::from_utf8_lossy(kv.value()).into_owned();
-            if let Some(record) = self.load(&id).await? {
-                out.push((u64::try_from(kv.mod_revision()).unwrap_or(0), record));
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            if let Some(summary) = self.summary_at(&key, kv.value()).await? {
+                out.push((u64::try_from(kv.mod_revision()).unwrap_or(0), summary));
             }
         }
         Ok(out)
     }
 
+    /// A history key's summary: its value, or, for a deployment finished
+    /// before summaries were kept there (the value is its id), its record's.
+    async fn summary_at(
+        &self,
+        key: &str,
+        value: &[u8],
+    ) -> Result<Option<DeploymentSummary>, JournalError> {
+        if value.starts_with(b"{") {
+            return parse(key, value).map(Some);
+        }
+        let id = String::from_utf8_lossy(value).into_owned();
+        Ok(self.load(&id).await?.map(|record| record.summary()))
+    }
+
+    /// Prunes finished deployments past `retention`: each one's record and
+    /// events are deleted, its history key keeps its summary; the newest
+    /// `keep` of each service are kept whole. At most [`PRUNE_BATCH`] per
+    /// call; fenced by `fence` (the leadership). Returns how many it pruned.
+    pub async fn prune(
+        &self,
+        fence: &Compare,
+        now_unix_ms: i64,
+        retention: &Retention,
+    ) -> Result<usize, JournalError> {
+        let prefix = keys::HISTORY;
+        let response = read(
+            prefix,
+            self.client.clone().get(
+                prefix,
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            ),
+        )
+        .await?;
+        let keys: Vec<String> = response
+            .kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .collect();
+        let due = prunable(&keys, now_unix_ms, retention);
+        let mut pruned = 0;
+        for entry in due.into_iter().take(PRUNE_BATCH) {
+            if self.prune_one(fence, &entry).await? {
+                pruned += 1;
+            }
+        }
+        Ok(pruned)
+    }
+
+    /// Prunes one deployment; whether its record was still there.
+    async fn prune_one(&self, fence: &Compare, entry: &HistoryKey) -> Result<bool, JournalError> {
+        let stored = read(
+            &entry.key,
+            self.client.clone().get(entry.key.as_str(), None),
+        )
+        .await?;
+        let Some(kv) = stored.kvs().first() else {
+            return Ok(false);
+        };
+        let record = self.load(&entry.id).await?;
+        let summary = match (&record, self.summary_at(&entry.key, kv.value()).await?) {
+            (_, Some(summary)) => summary,
+            (None, None) => return Ok(false),
+            (Some(record), None) => record.summary(),
+        };
+        let events = keys::deployment_events(&entry.id);
+        let txn = Txn::new()
+            .when([
+                fence.clone(),
+                Compare::mod_revision(entry.key.as_str(), CompareOp::Equal, kv.mod_revision()),
+            ])
+            .and_then([
+                TxnOp::put(entry.key.as_str(), json(&entry.key, &summary)?, None),
+                TxnOp::delete(keys::deployment(&entry.id), None),
+                TxnOp::delete(events.as_str(), Some(DeleteOptions::new().with_prefix())),
+            ]);
+        let response = read(&entry.key, self.client.clone().txn(txn)).await?;
+        if !response.succeeded() {
+            return Err(JournalError::Fenced {
+                id: entry.id.clone(),
+            });
+        }
+        tracing::info!(
+            deployment = entry.id,
+            service = entry.service,
+            "pruned a finished deployment: its summary stays in history"
+        );
+        Ok(record.is_some())
+    }
+
     pub fn client(&self) -> &Etcd {
         &self.client
     }
+}
+
+/// Most deployments one prune pass removes: a pass stays short however
+/// much history piled up; the next pass goes on.
+pub const PRUNE_BATCH: usize = 100;
+
+/// How long finished deployments stay whole (`[history]` in
+/// coordinator.toml).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Finished longer ago than this, a deployment is pruned…
+    pub after: Duration,
+    /// …unless it is among its service's newest `keep`.
+    pub keep: usize,
+}
+
+/// 30 days, and the last 20 of every service.
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            after: Duration::from_secs(30 * 24 * 3600),
+            keep: 20,
+        }
+    }
+}
+
+/// One history key, parsed: `history/<service>/<finished ms:016>-<id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryKey {
+    pub key: String,
+    pub service: String,
+    pub finished_unix_ms: i64,
+    pub id: String,
+}
+
+impl HistoryKey {
+    pub fn parse(key: &str) -> Option<Self> {
+        let rest = key.strip_prefix(keys::HISTORY)?;
+        let (service, tail) = rest.split_once('/')?;
+        let (finished, id) = tail.split_once('-')?;
+        Some(Self {
+            key: key.to_owned(),
+            service: service.to_owned(),
+            finished_unix_ms: finished.parse().ok()?,
+            id: id.to_owned(),
+        })
+    }
+}
+
+/// The history entries to prune (pure): finished before `now - after` and
+/// not among their service's newest `keep`, oldest first.
+pub fn prunable(
+    history_keys: &[String],
+    now_unix_ms: i64,
+    retention: &Retention,
+) -> Vec<HistoryKey> {
+    let cutoff =
+        now_unix_ms.saturating_sub(i64::try_from(retention.after.as_millis()).unwrap_or(i64::MAX));
+    let mut by_service: std::collections::BTreeMap<String, Vec<HistoryKey>> = Default::default();
+    for entry in history_keys.iter().filter_map(|k| HistoryKey::parse(k)) {
+        by_service
+            .entry(entry.service.clone())
+            .or_default()
+            .push(entry);
+    }
+    let mut due: Vec<HistoryKey> = by_service
+        .into_values()
+        .flat_map(|mut entries| {
+            entries.sort_by_key(|e| std::cmp::Reverse(e.finished_unix_ms));
+            entries
+                .into_iter()
+                .skip(retention.keep)
+                .filter(|e| e.finished_unix_ms < cutoff)
+        })
+        .collect();
+    due.sort_by_key(|e| e.finished_unix_ms);
+    due
 }
 
 /// Bound on one read: a hung member must not hold a reader (a resuming
@@ -464,6 +631,60 @@ impl std::fmt::Debug for Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn history_key(service: &str, finished: i64, id: &str) -> String {
+        keys::history(service, finished, id)
+    }
+
+    #[test]
+    fn a_history_key_parses_back_into_its_parts() {
+        let key = history_key("web-api", 1_709_210_096_000, "web-api-1709210096000-3f2a");
+        let parsed = HistoryKey::parse(&key).unwrap();
+        assert_eq!(parsed.service, "web-api");
+        assert_eq!(parsed.finished_unix_ms, 1_709_210_096_000);
+        assert_eq!(parsed.id, "web-api-1709210096000-3f2a");
+        assert_eq!(
+            HistoryKey::parse("/lockstep/v1/history/web/not-a-time"),
+            None
+        );
+    }
+
+    #[test]
+    fn only_deployments_past_retention_beyond_each_services_newest_are_pruned() {
+        let day = 24 * 3600 * 1000;
+        let now = 100 * day;
+        let keys: Vec<String> = [
+            ("web", 10 * day, "w1"),
+            ("web", 20 * day, "w2"),
+            ("web", 95 * day, "w3"),
+            ("api", 5 * day, "a1"),
+            ("api", 6 * day, "a2"),
+        ]
+        .iter()
+        .map(|(s, t, id)| history_key(s, *t, id))
+        .collect();
+        let retention = Retention {
+            after: Duration::from_secs(30 * 24 * 3600),
+            keep: 1,
+        };
+        let due: Vec<String> = prunable(&keys, now, &retention)
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        // web keeps w3 (newest, and recent anyway); api keeps a2 (newest),
+        // old as it is. Oldest first.
+        assert_eq!(due, ["a1", "w1", "w2"]);
+        let keep_all = Retention {
+            keep: 3,
+            ..retention
+        };
+        assert!(prunable(&keys, now, &keep_all).is_empty());
+        let recent = Retention {
+            after: Duration::from_secs(200 * 24 * 3600),
+            keep: 0,
+        };
+        assert!(prunable(&keys, now, &recent).is_empty());
+    }
 
     const DEADLINE: Duration = Duration::from_secs(30);
     const EARLY: Duration = Duration::from_secs(1);

@@ -58,6 +58,8 @@ pub struct Leading {
     ctx: Arc<DriverContext>,
     calls: Mutex<HashMap<String, mpsc::Sender<OperatorCall>>>,
     jobs: mpsc::UnboundedSender<DriverJob>,
+    /// Wakes the history pruner: a deployment finished.
+    prune_now: Arc<tokio::sync::Notify>,
 }
 
 /// Why an operator call could not be served here.
@@ -126,6 +128,9 @@ enum Campaign {
 /// How many of a service's latest deployments a rollback looks through
 /// for one that succeeded.
 const ROLLBACK_HISTORY: usize = 50;
+/// How often the leader prunes finished deployments past `[history]
+/// retention` (and once as it starts leading).
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// The outcome of a Deploy request.
 #[derive(Debug)]
@@ -299,6 +304,7 @@ impl Coordinator {
             }),
             calls: Mutex::new(HashMap::new()),
             jobs: jobs_tx,
+            prune_now: Arc::new(tokio::sync::Notify::new()),
         });
         (leading, jobs_rx)
     }
@@ -359,6 +365,12 @@ impl Coordinator {
                     continue;
                 }
             }
+            let pruner = tokio::spawn(prune_history(
+                self.journal.clone(),
+                leadership.fence(),
+                self.config.history,
+                leading.prune_now.clone(),
+            ));
             let resign = loop {
                 tokio::select! {
                     () = leadership.lost() => break false,
@@ -373,6 +385,7 @@ impl Coordinator {
                 }
             };
             self.set_leading(None);
+            pruner.abort();
             drivers.shutdown().await;
             if resign {
                 if let Err(err) = leadership.resign().await {
@@ -403,7 +416,7 @@ impl Coordinator {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&id);
         match exit {
-            DriverExit::Finished => {}
+            DriverExit::Finished => leading.prune_now.notify_one(),
             // Fenced while this coordinator still leads: only the lock can
             // have gone (`lockstep locks break` revoked its lease, or the
             // lease expired). Drive it again under a new lock; a finished
@@ -944,5 +957,40 @@ async fn close(session: Arc<Session>) {
     let lease = session.lease_id();
     if let Err(err) = session.client().clone().lease_revoke(lease).await {
         tracing::warn!(lease, error = %err, "cannot revoke the session's lease; it expires by itself");
+    }
+}
+
+/// While this coordinator leads: prunes finished deployments past their
+/// retention, at once, after each deployment that finishes, and every
+/// [`PRUNE_EVERY`]. A failed pass is logged and tried again later.
+async fn prune_history(
+    journal: Journal,
+    fence: etcd_client::Compare,
+    retention: crate::journal::Retention,
+    finished: Arc<tokio::sync::Notify>,
+) {
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = finished.notified() => {}
+        }
+        loop {
+            match journal
+                .prune(&fence, crate::now_unix_ms(), &retention)
+                .await
+            {
+                Ok(n) if n == crate::journal::PRUNE_BATCH => continue,
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    pruned = n,
+                    "pruned finished deployments past their retention"
+                ),
+                Err(err) => {
+                    tracing::warn!(error = %cli::chain(&err), "cannot prune finished deployments; trying again later")
+                }
+            }
+            break;
+        }
     }
 }

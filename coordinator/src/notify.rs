@@ -19,13 +19,13 @@ use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
 use hmac::{Hmac, Mac};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
+use crate::http_client::{self, HttpError, Origin, Transport};
 use crate::record::{DeploymentState, EventKind, EventRecord};
 use crate::telemetry::CoordinatorMetrics;
 
@@ -142,58 +142,70 @@ pub enum BodyFormat {
     Slack,
 }
 
-/// Where a webhook is: plain `http://host:port/path`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a webhook is: `http[s]://host[:port][/path][?query]`. `Debug`
+/// shows the origin only: the path may be a credential (Slack's is).
+#[derive(Clone, PartialEq, Eq)]
 pub struct WebhookUrl {
-    authority: String,
+    origin: Origin,
     path: String,
 }
 
+impl fmt::Debug for WebhookUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookUrl")
+            .field("origin", &self.origin.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
 impl WebhookUrl {
-    /// Parses `http://host:port[/path][?query]`; https needs a TLS client
-    /// the coordinator does not build yet.
+    /// Parses `http[s]://host[:port][/path][?query]` (the port defaults to
+    /// the scheme's), without credentials or fragment.
     pub fn parse(url: &str) -> Result<Self, String> {
         if url.len() > MAX_URL_BYTES {
             return Err(format!("longer than {MAX_URL_BYTES} bytes"));
         }
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            format!("{url:?}: must start with http:// (https webhooks are not supported yet: use a local relay)")
-        })?;
-        let (authority, path) = match rest.find(['/', '?']) {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
+        let (origin, path) = Origin::split(url)?;
+        let path = match path {
+            "" => "/".to_owned(),
+            p if p.starts_with('?') => format!("/{p}"),
+            p => p.to_owned(),
         };
-        let path = if path.starts_with('?') {
-            format!("/{path}")
-        } else {
-            path.to_owned()
-        };
-        let named = authority
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if !named || authority.contains('@') || path.contains('#') {
+        if path.contains('#') {
             return Err(format!(
-                "{url:?}: name the host and port, without credentials or fragment, as in http://127.0.0.1:8080/hook"
+                "{url:?}: no fragment (#...): it is never sent to the server"
             ));
         }
         path.parse::<hyper::Uri>()
             .map_err(|e| format!("{url:?}: {e}"))?;
-        Ok(Self {
-            authority: authority.to_owned(),
-            path,
-        })
+        Ok(Self { origin, path })
+    }
+
+    pub fn origin(&self) -> &Origin {
+        &self.origin
     }
 }
 
 impl fmt::Display for WebhookUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}{}", self.authority, self.path)
+        write!(f, "{}{}", self.origin, self.path)
     }
 }
 
-/// The HMAC key of a webhook; never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Vec<u8>);
+/// The HMAC key of a webhook, keyed once; never printed.
+#[derive(Clone)]
+pub struct Secret {
+    key: Vec<u8>,
+    mac: Hmac<Sha256>,
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl Eq for Secret {}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -202,8 +214,14 @@ impl fmt::Debug for Secret {
 }
 
 impl Secret {
-    pub fn new(key: Vec<u8>) -> Self {
-        Self(key)
+    /// A key of any length but none (HMAC pads or hashes it).
+    pub fn new(key: Vec<u8>) -> Result<Self, String> {
+        if key.is_empty() {
+            return Err("the key is empty".to_owned());
+        }
+        let mac = <Hmac<Sha256> as Mac>::new_from_slice(&key)
+            .map_err(|e| format!("HMAC-SHA256 refuses a key of {} bytes: {e}", key.len()))?;
+        Ok(Self { key, mac })
     }
 
     /// Reads `secret_file`: at most 4 KiB, not empty (trailing newline
@@ -232,7 +250,7 @@ impl Secret {
         if key.is_empty() {
             return Err(format!("{} is empty", path.display()));
         }
-        Ok(Self(key))
+        Self::new(key).map_err(|e| format!("{}: {e}", path.display()))
     }
 }
 
@@ -241,6 +259,8 @@ impl Secret {
 pub struct Webhook {
     pub name: String,
     pub url: WebhookUrl,
+    /// Plain for http://; for https:// the CAs the receiver must chain to.
+    pub transport: Transport,
     pub topics: BTreeSet<Topic>,
     pub secret: Secret,
     pub format: BodyFormat,
@@ -329,9 +349,7 @@ pub fn render(format: BodyFormat, n: &Notification) -> Result<Vec<u8>, serde_jso
 
 /// `X-Lockstep-Signature`: `sha256=` and the hex HMAC-SHA256 of `body`.
 pub fn sign(secret: &Secret, body: &[u8]) -> String {
-    // HMAC takes a key of any length, so this cannot fail.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&secret.0)
-        .unwrap_or_else(|_| unreachable!("HMAC accepts every key length"));
+    let mut mac = secret.mac.clone();
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
@@ -372,31 +390,20 @@ fn backoff() -> impl Iterator<Item = Duration> {
         .build()
 }
 
-/// Why one attempt failed.
+/// Why one attempt failed. Names the webhook's origin, never its path:
+/// a Slack webhook's path is its credential.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
-    #[error("webhook {url}: cannot connect: {source}")]
-    Connect {
-        url: String,
+    #[error("webhook {origin}")]
+    Exchange {
+        origin: String,
         #[source]
-        source: std::io::Error,
+        source: HttpError,
     },
-    #[error("webhook {url}: no answer within {timeout:?}")]
-    Timeout { url: String, timeout: Duration },
-    #[error("webhook {url}: HTTP exchange failed: {source}")]
-    Http {
-        url: String,
-        #[source]
-        source: hyper::Error,
-    },
-    #[error("webhook {url}: cannot build the request: {source}")]
-    Request {
-        url: String,
-        #[source]
-        source: hyper::http::Error,
-    },
-    #[error("webhook {url}: answered {status}")]
-    Status { url: String, status: u16 },
+    #[error("webhook {origin}: no answer within {timeout:?}")]
+    Timeout { origin: String, timeout: Duration },
+    #[error("webhook {origin}: answered {status}")]
+    Status { origin: String, status: u16 },
 }
 
 impl DeliveryError {
@@ -524,7 +531,7 @@ async fn post(
     signature: &str,
     body: Bytes,
 ) -> Result<(), DeliveryError> {
-    let url = || webhook.url.to_string();
+    let origin = || webhook.url.origin().to_string();
     match tokio::time::timeout(
         webhook.timeout,
         exchange(webhook, topic, delivery, signature, body),
@@ -532,7 +539,7 @@ async fn post(
     .await
     {
         Err(_) => Err(DeliveryError::Timeout {
-            url: url(),
+            origin: origin(),
             timeout: webhook.timeout,
         }),
         Ok(result) => result,
@@ -546,46 +553,38 @@ async fn exchange(
     signature: &str,
     body: Bytes,
 ) -> Result<(), DeliveryError> {
-    let url = || webhook.url.to_string();
-    let stream = tokio::net::TcpStream::connect(&webhook.url.authority)
-        .await
-        .map_err(|source| DeliveryError::Connect { url: url(), source })?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|source| DeliveryError::Http { url: url(), source })?;
-    // The connection ends when `sender` is dropped (or the peer closes).
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%error, "webhook connection ended with an error");
-        }
-    });
-    let request = hyper::Request::post(webhook.url.path.as_str())
-        .header(hyper::header::HOST, &webhook.url.authority)
+    let failed = |source| DeliveryError::Exchange {
+        origin: webhook.url.origin().to_string(),
+        source,
+    };
+    let request = http_client::request(&webhook.url.origin, hyper::Method::POST, &webhook.url.path)
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .header(hyper::header::USER_AGENT, "lockstep-coordinator")
         .header("X-Lockstep-Event", topic.label())
         .header("X-Lockstep-Delivery", delivery)
         .header("X-Lockstep-Signature", signature)
         .body(Full::new(body))
-        .map_err(|source| DeliveryError::Request { url: url(), source })?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|source| DeliveryError::Http { url: url(), source })?;
+        .map_err(|e| failed(HttpError::Request(e)))?;
+    // `post` bounds the whole exchange by `timeout`; the connect is too.
+    let response = http_client::send(
+        &webhook.url.origin,
+        &webhook.transport,
+        request,
+        webhook.timeout,
+    )
+    .await
+    .map_err(failed)?;
     let status = response.status();
     // Read (bounded) so the receiver is not cut off mid-answer; what it
     // says does not matter, only its status.
-    if let Err(error) = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-        .collect()
-        .await
-    {
-        tracing::debug!(webhook = webhook.name, %error, "webhook answer not read whole");
+    if let Err(error) = http_client::read_body(response, MAX_ANSWER_BYTES).await {
+        tracing::debug!(webhook = webhook.name, error = %cli::chain(&error), "webhook answer not read whole");
     }
     if status.is_success() {
         Ok(())
     } else {
         Err(DeliveryError::Status {
-            url: url(),
+            origin: webhook.url.origin().to_string(),
             status: status.as_u16(),
         })
     }
@@ -670,7 +669,7 @@ mod tests {
     #[test]
     fn the_signature_is_rfc_4231_hmac_sha256_in_hex() {
         // RFC 4231 test case 2.
-        let secret = Secret::new(b"Jefe".to_vec());
+        let secret = Secret::new(b"Jefe".to_vec()).unwrap();
         assert_eq!(
             sign(&secret, b"what do ya want for nothing?"),
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
@@ -709,18 +708,33 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_http_urls_with_host_and_port() {
+    fn http_and_https_urls_with_a_host_and_the_default_port() {
         let url = WebhookUrl::parse("http://127.0.0.1:8080/hooks/a?x=1").unwrap();
-        assert_eq!(url.authority, "127.0.0.1:8080");
+        assert_eq!(url.origin().authority(), "127.0.0.1:8080");
         assert_eq!(url.path, "/hooks/a?x=1");
         assert_eq!(WebhookUrl::parse("http://h:1").unwrap().path, "/");
-        assert!(
-            WebhookUrl::parse("https://h:1/")
-                .unwrap_err()
-                .contains("http://")
+        assert_eq!(WebhookUrl::parse("http://h:1?q").unwrap().path, "/?q");
+        // Slack's incoming webhooks: https, no port.
+        let slack = WebhookUrl::parse("https://hooks.slack.com/services/T0/B0/x").unwrap();
+        assert_eq!(
+            slack.to_string(),
+            "https://hooks.slack.com/services/T0/B0/x"
         );
-        assert!(WebhookUrl::parse("http://h/").is_err());
+        assert_eq!(slack.origin().scheme(), http_client::Scheme::Https);
+        assert!(WebhookUrl::parse("https://[::1]:8443/h").is_ok());
+        assert!(!format!("{slack:?}").contains("services"), "{slack:?}");
+        assert!(
+            WebhookUrl::parse("ftp://h:1/")
+                .unwrap_err()
+                .contains("https://")
+        );
         assert!(WebhookUrl::parse("http://u:p@h:1/").is_err());
+        assert!(
+            WebhookUrl::parse("http://h:1/a#b")
+                .unwrap_err()
+                .contains("fragment")
+        );
+        assert!(WebhookUrl::parse("http://:1/").is_err());
         let long = format!("http://h:1/{}", "a".repeat(MAX_URL_BYTES));
         assert!(WebhookUrl::parse(&long).unwrap_err().contains("longer"));
     }
@@ -739,7 +753,7 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(
             Secret::load(&path).unwrap(),
-            Secret::new(b"s3cret".to_vec())
+            Secret::new(b"s3cret".to_vec()).unwrap()
         );
         std::fs::write(&path, "\n").unwrap();
         assert!(Secret::load(&path).unwrap_err().contains("empty"));
@@ -752,8 +766,9 @@ mod tests {
         let webhook = Arc::new(Webhook {
             name: "chat".to_owned(),
             url: WebhookUrl::parse("http://127.0.0.1:1/").unwrap(),
+            transport: Transport::Plain,
             topics: [Topic::Started, Topic::RolledBack].into_iter().collect(),
-            secret: Secret::new(b"k".to_vec()),
+            secret: Secret::new(b"k".to_vec()).unwrap(),
             format: BodyFormat::Json,
             timeout: DEFAULT_TIMEOUT,
             retry_for: DEFAULT_RETRY_FOR,

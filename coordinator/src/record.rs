@@ -218,6 +218,27 @@ impl DeploymentRecord {
         }
     }
 
+    /// What history keeps of this deployment once its record and events
+    /// are pruned.
+    pub fn summary(&self) -> DeploymentSummary {
+        DeploymentSummary {
+            format: SUMMARY_FORMAT,
+            id: self.id.clone(),
+            service: self.service.clone(),
+            kind: self.kind,
+            target_digest: self.target_digest.clone(),
+            target_version: self.target_version.clone(),
+            actor_user: self.actor_user.clone(),
+            actor_host: self.actor_host.clone(),
+            reason: self.reason.clone(),
+            created_unix_ms: self.created_unix_ms,
+            finished_unix_ms: self.finished_unix_ms,
+            state: self.state,
+            outcome: self.outcome.clone(),
+            token: self.token,
+        }
+    }
+
     pub fn wire(&self) -> pb::Deployment {
         pb::Deployment {
             id: self.id.clone(),
@@ -482,4 +503,73 @@ impl Happening {
 /// The first 19 characters of a digest: `sha256:` and 12 hex digits.
 pub fn short(digest: &str) -> &str {
     digest.get(..19).unwrap_or(digest)
+}
+
+/// The format of [`DeploymentSummary`]; a change bumps it and keeps
+/// reading the older ones (`summary_format_1_still_loads`).
+pub const SUMMARY_FORMAT: u32 = 1;
+
+/// A finished deployment as its history key keeps it: who, why, what, how
+/// it ended and when; no engine, progress or events. Written when the
+/// deployment finishes, so history outlives the pruning of its record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentSummary {
+    pub format: u32,
+    pub id: String,
+    pub service: String,
+    pub kind: DeploymentKind,
+    pub target_digest: String,
+    pub target_version: String,
+    pub actor_user: String,
+    pub actor_host: String,
+    pub reason: String,
+    pub created_unix_ms: i64,
+    pub finished_unix_ms: i64,
+    pub state: DeploymentState,
+    pub outcome: String,
+    pub token: u64,
+}
+
+impl DeploymentSummary {
+    pub fn wire(&self) -> pb::Deployment {
+        pb::Deployment {
+            id: self.id.clone(),
+            service: self.service.clone(),
+            target: Some(pb::ReleaseRef {
+                service: self.service.clone(),
+                digest: self.target_digest.clone(),
+                version: self.target_version.clone(),
+            }),
+            state: self.state.wire().into(),
+            reason: self.reason.clone(),
+            outcome: self.outcome.clone(),
+            fencing_token: self.token,
+            actor: Some(pb::Actor {
+                user: self.actor_user.clone(),
+                host: self.actor_host.clone(),
+            }),
+            created_unix_ms: self.created_unix_ms,
+            finished_unix_ms: self.finished_unix_ms,
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod summary_tests {
+    use super::*;
+
+    /// A summary as format 1 wrote it: every later build must read it.
+    const FORMAT_1: &str = r#"{"format":1,"id":"web-1709210096000-3f2a","service":"web","kind":"deploy","target_digest":"sha256:abab","target_version":"2.0.0","actor_user":"operator.lockstep (claims: alice@laptop)","actor_host":"laptop","reason":"JIRA-123","created_unix_ms":1709210096000,"finished_unix_ms":1709210196000,"state":"rolled_back","outcome":"rolled back: canary failed","token":41}"#;
+
+    #[test]
+    fn summary_format_1_still_loads() {
+        let summary: DeploymentSummary = serde_json::from_str(FORMAT_1).unwrap();
+        assert_eq!(summary.format, 1);
+        assert_eq!(summary.state, DeploymentState::RolledBack);
+        assert_eq!(summary.reason, "JIRA-123");
+        let wire = summary.wire();
+        assert_eq!(wire.finished_unix_ms, 1_709_210_196_000);
+        assert_eq!(wire.target.unwrap().version, "2.0.0");
+    }
 }

@@ -26,6 +26,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::admission::{Admission, verified_actor};
 use crate::leader::{Coordinator, Deployed, NotServed};
+use crate::push::PushGate;
 use crate::record::EventRecord;
 use crate::roles::{Caller, Method};
 use crate::{agent_binding, bounds};
@@ -43,6 +44,8 @@ pub struct CoordinatorGrpc {
     /// end then, so the server's graceful stop does not wait on them and
     /// their clients move to another coordinator.
     stopping: watch::Receiver<bool>,
+    /// The push slots and limits (`[releases]`).
+    pushes: PushGate,
 }
 
 impl CoordinatorGrpc {
@@ -52,10 +55,12 @@ impl CoordinatorGrpc {
             coordinator.config.tls.is_some(),
             coordinator.client.clone(),
         ));
+        let pushes = PushGate::new(coordinator.config.push);
         Self {
             coordinator,
             admission,
             stopping,
+            pushes,
         }
     }
 }
@@ -135,47 +140,6 @@ fn status(err: NotServed) -> Status {
         NotServed::Refused(m) => Status::failed_precondition(m.clone()),
         NotServed::Internal { .. } => Status::internal(chain(&err)),
     }
-}
-
-/// Reads a push's header and data into `incoming`, and checks it arrived
-/// whole.
-async fn receive_push(
-    mut inbound: Streaming<pb::PushReleaseChunk>,
-    mut incoming: crate::depot::Incoming,
-) -> Result<(pb::PushReleaseHeader, crate::depot::Incoming), Status> {
-    let mut header: Option<pb::PushReleaseHeader> = None;
-    while let Some(message) = inbound.next().await {
-        match message?.body {
-            Some(pb::push_release_chunk::Body::Header(h)) if header.is_none() => {
-                header = Some(h);
-            }
-            Some(pb::push_release_chunk::Body::Header(_)) => {
-                return Err(Status::invalid_argument("the push sent a second header"));
-            }
-            Some(pb::push_release_chunk::Body::Data(data)) => {
-                if header.is_none() {
-                    return Err(Status::invalid_argument(
-                        "the push must start with a header",
-                    ));
-                }
-                incoming =
-                    tokio::task::spawn_blocking(move || incoming.write(&data).map(|()| incoming))
-                        .await
-                        .map_err(internal)?
-                        .map_err(internal)?;
-            }
-            None => {}
-        }
-    }
-    let header = header.ok_or_else(|| Status::invalid_argument("the push sent nothing"))?;
-    if header.total_size != 0 && header.total_size != incoming.written() {
-        return Err(Status::data_loss(format!(
-            "the push ended after {} of {} bytes: push again",
-            incoming.written(),
-            header.total_size
-        )));
-    }
-    Ok((header, incoming))
 }
 
 /// Verifies and indexes a received push.
@@ -354,9 +318,10 @@ impl CoordinatorService for CoordinatorGrpc {
         request: Request<Streaming<pb::PushReleaseChunk>>,
     ) -> Result<Response<pb::PushReleaseResponse>, Status> {
         self.admission.admit(&request, Method::PushRelease)?;
+        let _slot = self.pushes.enter()?;
         let depot = self.coordinator.depot.clone();
         let incoming = depot.incoming().map_err(internal)?;
-        let (header, incoming) = receive_push(request.into_inner(), incoming).await?;
+        let (header, incoming) = self.pushes.receive(request.into_inner(), incoming).await?;
         let received = incoming.written();
         let pushed = commit_push(&depot, header, incoming).await;
         self.coordinator.metrics.push(pushed.is_ok(), received);
@@ -771,14 +736,14 @@ impl ReportStream {
         match (body, agent.as_deref()) {
             (Some(pb::agent_report::Body::Registration(claimed)), None) => {
                 let identity = self.bind(&claimed).await?;
-                tracing::info!(
-                    agent = identity.agent_id,
-                    cluster = identity.cluster,
-                    address = identity.grpc_address,
-                    "agent connected"
-                );
-                *agent = Some(identity.agent_id.clone());
-                fleet.stream_opened(identity);
+                let id = identity.agent_id.clone();
+                let (cluster, address) = (identity.cluster.clone(), identity.grpc_address.clone());
+                fleet.stream_opened(identity).map_err(|refused| {
+                    tracing::warn!(agent = id, error = %refused, "report stream refused");
+                    Status::resource_exhausted(refused.to_string())
+                })?;
+                tracing::info!(agent = id, cluster, address, "agent connected");
+                *agent = Some(id);
             }
             (Some(pb::agent_report::Body::Registration(_)), Some(_)) | (None, Some(_)) => {}
             (Some(pb::agent_report::Body::Status(status)), Some(id)) => fleet.status(id, status),

@@ -66,6 +66,7 @@ pub fn lock(info: &leases::LockInfo, kind: pb::LockKind) -> pb::LockInfo {
             .ttl_left
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
         fencing_token: info.token.0,
+        leaseless: info.lease == 0,
     }
 }
 

@@ -110,13 +110,22 @@ impl Election {
 
     /// The current leader: its address is `purpose`.
     pub async fn leader(&self, client: &Etcd) -> Result<Option<LockInfo>, ElectionError> {
-        self.mutex
+        let held = self
+            .mutex
             .inspect(client)
             .await
             .map_err(|source| ElectionError::Lock {
                 key: self.mutex.key().to_owned(),
                 source,
-            })
+            })?;
+        // A leader key without a lease was not written by an election:
+        // no leader (the next campaign deletes it).
+        Ok(held.filter(|info| {
+            if info.lease == 0 {
+                tracing::warn!(key = info.key, "leader key has no lease: ignored");
+            }
+            info.lease != 0
+        }))
     }
 }
 

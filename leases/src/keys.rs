@@ -74,6 +74,9 @@ pub fn active(service: &str) -> String {
 
 pub const ACTIVE: &str = "/lockstep/v1/active/";
 
+/// Every service's finished deployments.
+pub const HISTORY: &str = "/lockstep/v1/history/";
+
 /// Finished deployments of a service, oldest first.
 pub fn history_of(service: &str) -> String {
     format!("{PREFIX}history/{service}/")

@@ -36,7 +36,8 @@ pub use audit::{AuditError, AuditLog, AuditRecord};
 pub use election::{Election, ElectionError, Leadership};
 pub use etcd::{
     DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_DEADLINE, EndpointError,
-    Etcd, EtcdMetrics, EtcdTiming, MemberId, RequestOutcome, check_endpoint,
+    Etcd, EtcdAccess, EtcdAccessKeys, EtcdMetrics, EtcdTiming, EtcdUser, MemberId, RequestOutcome,
+    check_endpoint,
 };
 pub use holder::Holder;
 pub use mutex::{FencedMutex, FencingToken, LockError, LockInfo, LockState, MutexGuard};

@@ -68,6 +68,7 @@ impl std::fmt::Display for LockInfo {
             self.key, self.holder, age, self.purpose, self.token
         )?;
         match self.ttl_left {
+            _ if self.lease == 0 => write!(f, ", no lease: not a lock Lockstep took (ignored)"),
             Some(ttl) => write!(f, ", lease expires in {ttl:?} unless renewed"),
             None => write!(f, ", lease already gone"),
         }
@@ -234,6 +235,21 @@ impl FencedMutex {
             TxnOpResponse::Get(get) => get.kvs().first().cloned(),
             _ => None,
         });
+        if let Some(leaseless) = kv.as_ref().filter(|kv| kv.lease() == 0) {
+            // Every lock Lockstep takes is bound to a lease; a key without
+            // one was written by hand (or by something else) and would
+            // block the lock for ever, the incident's stale "deployment in
+            // progress". It is not a lock: report it, delete it (fenced by
+            // its create revision) and take the lock.
+            tracing::warn!(
+                key = self.key,
+                revision = leaseless.create_revision(),
+                "lock key has no lease, so it is not a lock Lockstep took; deleting it"
+            );
+            self.delete_leaseless(&client, leaseless.create_revision())
+                .await?;
+            return Box::pin(self.attempt(session, purpose)).await;
+        }
         if let Some(orphan) = kv
             .as_ref()
             .filter(|kv| is_orphan(kv.lease(), session.lease_id(), &self.key, session))
@@ -317,6 +333,19 @@ impl FencedMutex {
             .await
             .map_err(|source| self.etcd(source))?;
         Ok(match response.kvs().first() {
+            Some(kv) if kv.lease() == 0 => {
+                tracing::warn!(
+                    key = self.key,
+                    revision = kv.create_revision(),
+                    "lock key has no lease: ignored (it is not a lock Lockstep took); `lockstep locks break` deletes it"
+                );
+                LockState::Free {
+                    revision: response
+                        .header()
+                        .and_then(|h| u64::try_from(h.revision()).ok())
+                        .unwrap_or(0),
+                }
+            }
             Some(kv) => LockState::Held {
                 token: FencingToken(u64::try_from(kv.create_revision()).unwrap_or(0)),
                 lease: kv.lease(),
@@ -364,6 +393,12 @@ impl FencedMutex {
                 key: self.key.clone(),
                 source,
             })?;
+        if info.lease == 0 {
+            // No lease to revoke: delete the key itself.
+            let revision = i64::try_from(info.token.0).unwrap_or(i64::MAX);
+            self.delete_leaseless(client, revision).await?;
+            return Ok(Some((info, seq)));
+        }
         match client.lease_revoke(info.lease).await {
             Ok(_) => {}
             // Already expired: the lock is gone either way.
@@ -392,6 +427,21 @@ impl FencedMutex {
             token: FencingToken(u64::try_from(kv.create_revision()).unwrap_or(0)),
             lease: kv.lease(),
         })
+    }
+
+    /// Deletes the lock key created at `revision` if it still has no lease.
+    async fn delete_leaseless(&self, client: &Etcd, revision: i64) -> Result<(), LockError> {
+        let delete = Txn::new()
+            .when([
+                Compare::create_revision(self.key.as_str(), CompareOp::Equal, revision),
+                Compare::lease(self.key.as_str(), CompareOp::Equal, 0),
+            ])
+            .and_then([TxnOp::delete(self.key.as_str(), None)]);
+        client
+            .txn(delete)
+            .await
+            .map(drop)
+            .map_err(|source| self.etcd(source))
     }
 
     fn etcd(&self, source: etcd_client::Error) -> LockError {

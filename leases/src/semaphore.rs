@@ -414,6 +414,25 @@ impl DisruptionBudget {
             .collect()
     }
 
+    /// `kvs` without the keys that have no lease, each reported: every
+    /// slot and queue entry Lockstep writes is bound to its holder's
+    /// lease, and one without would hold a slot for ever.
+    fn leased(&self, kvs: Vec<etcd_client::KeyValue>) -> Vec<etcd_client::KeyValue> {
+        kvs.into_iter()
+            .filter(|kv| {
+                let leased = kv.lease() != 0;
+                if !leased {
+                    tracing::warn!(
+                        cluster = self.cluster,
+                        key = %String::from_utf8_lossy(kv.key()),
+                        "budget key has no lease: ignored (it is not a slot Lockstep took); delete it with etcdctl del"
+                    );
+                }
+                leased
+            })
+            .collect()
+    }
+
     /// The queue, the holders and the policy at one revision.
     async fn snapshot(&self, client: &Etcd) -> Result<Snapshot, SemaphoreError> {
         let by_create = || {
@@ -435,8 +454,8 @@ impl DisruptionBudget {
                 TxnOpResponse::Get(get) => Some(get.kvs().to_vec()),
                 _ => None,
             });
-        let queue = gets.next().unwrap_or_default();
-        let holders = gets.next().unwrap_or_default();
+        let queue = self.leased(gets.next().unwrap_or_default());
+        let holders = self.leased(gets.next().unwrap_or_default());
         let policy = self.parse_policy(gets.next().unwrap_or_default().first())?;
         Ok(Snapshot {
             revision,

@@ -16,12 +16,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
-use crate::{HarnessError, Place, free_loopback_port};
+use crate::{HarnessError, Place, TestPki, TlsFiles, free_loopback_port};
 
 /// The etcd binary; `LOCKSTEP_TEST_ETCD` overrides it for machines where
 /// etcd is not on the PATH.
@@ -64,11 +64,13 @@ struct Member {
     /// `false` while a test has cut the member off the network (see
     /// [`EtcdCluster::set_reachable`]): the harness's own clients skip it.
     reachable: bool,
+    /// `https` when the cluster is secured.
+    scheme: &'static str,
 }
 
 impl Member {
     fn client_url(&self) -> String {
-        format!("http://{}:{}", self.place.ip(), self.client_port)
+        format!("{}://{}:{}", self.scheme, self.place.ip(), self.client_port)
     }
 
     fn peer_url(&self) -> String {
@@ -88,9 +90,33 @@ pub struct EtcdCluster {
     members: Vec<Member>,
     initial_cluster: String,
     token: String,
+    /// TLS on client URLs and, once `enable_auth` ran, authentication.
+    security: Option<EtcdSecurity>,
     // Dropped after `Drop::drop` has killed the members, so data dirs are
     // never removed under a live etcd.
     dir: TempDir,
+}
+
+/// A secured cluster's material: the members' server certificate, and the
+/// harness's own client certificate, whose CN `root` makes it etcd's root
+/// user once authentication is on.
+#[derive(Debug, Clone)]
+pub struct EtcdSecurity {
+    pub server: TlsFiles,
+    pub root: TlsFiles,
+}
+
+impl EtcdSecurity {
+    fn options(&self) -> Result<ConnectOptions, HarnessError> {
+        let read = |path: &Path| std::fs::read(path).map_err(HarnessError::TempDir);
+        let tls = TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(read(&self.root.ca)?))
+            .identity(Identity::from_pem(
+                read(&self.root.cert)?,
+                read(&self.root.key)?,
+            ));
+        Ok(ConnectOptions::new().with_tls(tls))
+    }
 }
 
 impl EtcdCluster {
@@ -110,14 +136,32 @@ impl EtcdCluster {
         Self::start_at(places.to_vec()).await
     }
 
+    /// A one-member cluster serving TLS only, requiring client
+    /// certificates from `pki`'s CA (`--client-cert-auth`). Authentication
+    /// is off until [`Self::roles`] runs `enable`.
+    pub async fn single_secured(pki: &TestPki) -> Result<Self, HarnessError> {
+        let security = EtcdSecurity {
+            server: pki.issue("etcd.lockstep")?,
+            root: pki.issue("root")?,
+        };
+        Self::start_secured(vec![Place::loopback()], Some(security)).await
+    }
+
     async fn start(size: usize) -> Result<Self, HarnessError> {
         Self::start_at(vec![Place::loopback(); size]).await
     }
 
     async fn start_at(places: Vec<Place>) -> Result<Self, HarnessError> {
+        Self::start_secured(places, None).await
+    }
+
+    async fn start_secured(
+        places: Vec<Place>,
+        security: Option<EtcdSecurity>,
+    ) -> Result<Self, HarnessError> {
         let mut attempt = 1;
         loop {
-            let mut cluster = Self::spawn(&places)?;
+            let mut cluster = Self::spawn(&places, security.clone())?;
             match cluster.wait_healthy_all().await {
                 Ok(()) => return Ok(cluster),
                 Err(err) if attempt < START_ATTEMPTS && cluster.lost_a_port_race() => {
@@ -129,7 +173,7 @@ impl EtcdCluster {
         }
     }
 
-    fn spawn(places: &[Place]) -> Result<Self, HarnessError> {
+    fn spawn(places: &[Place], security: Option<EtcdSecurity>) -> Result<Self, HarnessError> {
         let size = places.len();
         let dir = tempfile::Builder::new()
             .prefix("lockstep-etcd-")
@@ -147,6 +191,7 @@ impl EtcdCluster {
                 state: MemberState::Killed,
                 place: place.clone(),
                 reachable: true,
+                scheme: if security.is_some() { "https" } else { "http" },
             });
         }
         let initial_cluster = members
@@ -165,6 +210,7 @@ impl EtcdCluster {
             members,
             initial_cluster,
             token,
+            security,
             dir,
         };
         for index in 0..size {
@@ -204,7 +250,18 @@ impl EtcdCluster {
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-token", &self.token])
             .args(["--initial-cluster-state", "new"])
-            .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .args(["--logger", "zap", "--log-outputs", "stderr"]);
+        if let Some(security) = &self.security {
+            command
+                .arg("--cert-file")
+                .arg(&security.server.cert)
+                .arg("--key-file")
+                .arg(&security.server.key)
+                .arg("--trusted-ca-file")
+                .arg(&security.server.ca)
+                .arg("--client-cert-auth");
+        }
+        command
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err));
@@ -242,7 +299,7 @@ impl EtcdCluster {
                     member.state = MemberState::Killed;
                     format!("the etcd process exited ({status})")
                 }
-                None => match probe_leader(&endpoint).await {
+                None => match probe_leader(&endpoint, self.security.as_ref()).await {
                     Ok(()) => return Ok(()),
                     Err(err) => err.to_string(),
                 },
@@ -288,6 +345,43 @@ impl EtcdCluster {
         )
     }
 
+    /// Runs `scripts/etcd-roles ARGS` against this (secured) cluster as
+    /// its root client certificate; its output, or why it failed.
+    pub async fn roles(&self, args: &[&str]) -> Result<String, HarnessError> {
+        let security = self.security.as_ref().ok_or_else(|| {
+            HarnessError::Fixture("etcd-roles needs a secured cluster".to_owned())
+        })?;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/etcd-roles");
+        let output = tokio::process::Command::new(&script)
+            .args(args)
+            .env("ETCDCTL_ENDPOINTS", self.endpoints().join(","))
+            .env("ETCDCTL_CACERT", &security.root.ca)
+            .env("ETCDCTL_CERT", &security.root.cert)
+            .env("ETCDCTL_KEY", &security.root.key)
+            .env("ETCDCTL_DIAL_TIMEOUT", "5s")
+            .env("ETCDCTL_COMMAND_TIMEOUT", "10s")
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|source| HarnessError::Spawn {
+                program: script.display().to_string(),
+                source,
+            })?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if !output.status.success() {
+            return Err(HarnessError::Fixture(format!(
+                "etcd-roles {} failed ({}): {text}",
+                args.join(" "),
+                output.status
+            )));
+        }
+        Ok(text)
+    }
+
     /// Client URL of one member.
     pub fn endpoint(&self, index: usize) -> Result<String, HarnessError> {
         Ok(self.member(index)?.client_url())
@@ -326,14 +420,14 @@ impl EtcdCluster {
             .map(Member::client_url)
             .collect();
         if running.is_empty() {
-            return connect(&self.endpoints()).await;
+            return connect(&self.endpoints(), self.security.as_ref()).await;
         }
-        connect(&running).await
+        connect(&running, self.security.as_ref()).await
     }
 
     /// A client for one member's endpoint only.
     pub async fn member_client(&self, index: usize) -> Result<Client, HarnessError> {
-        connect(&[self.endpoint(index)?]).await
+        connect(&[self.endpoint(index)?], self.security.as_ref()).await
     }
 
     /// SIGKILL, then reap: the member is gone as if the host crashed.
@@ -411,7 +505,8 @@ impl EtcdCluster {
                 continue;
             }
             let endpoint = member.client_url();
-            let mut client = connect(std::slice::from_ref(&endpoint)).await?;
+            let mut client =
+                connect(std::slice::from_ref(&endpoint), self.security.as_ref()).await?;
             let status = client
                 .status()
                 .await
@@ -481,8 +576,8 @@ impl Drop for EtcdCluster {
     }
 }
 
-async fn probe_leader(endpoint: &str) -> Result<(), HarnessError> {
-    let mut client = connect(&[endpoint.to_owned()]).await?;
+async fn probe_leader(endpoint: &str, security: Option<&EtcdSecurity>) -> Result<(), HarnessError> {
+    let mut client = connect(&[endpoint.to_owned()], security).await?;
     let status = client.status().await.map_err(|source| HarnessError::Etcd {
         endpoint: endpoint.to_owned(),
         source,
@@ -493,8 +588,15 @@ async fn probe_leader(endpoint: &str) -> Result<(), HarnessError> {
     Ok(())
 }
 
-async fn connect(endpoints: &[String]) -> Result<Client, HarnessError> {
-    let options = ConnectOptions::new()
+async fn connect(
+    endpoints: &[String],
+    security: Option<&EtcdSecurity>,
+) -> Result<Client, HarnessError> {
+    let options = match security {
+        Some(security) => security.options()?,
+        None => ConnectOptions::new(),
+    };
+    let options = options
         .with_connect_timeout(PROBE_TIMEOUT)
         .with_timeout(PROBE_TIMEOUT);
     Client::connect(endpoints, Some(options))

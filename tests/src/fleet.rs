@@ -67,6 +67,18 @@ impl FleetFixture {
         coordinators: &[String],
         lease_ttl: &str,
     ) -> Result<Self, HarnessError> {
+        Self::start_with_etcd_lines(layout, etcd, coordinators, lease_ttl, &|_| String::new()).await
+    }
+
+    /// Like `start_placed`, with `etcd_lines(agent id)` added to each
+    /// agent's `[etcd]` table (e.g. its TLS files and etcd user).
+    pub async fn start_with_etcd_lines(
+        layout: &[(&str, &str, Place)],
+        etcd: &[String],
+        coordinators: &[String],
+        lease_ttl: &str,
+        etcd_lines: &(dyn Fn(&str) -> String + Sync),
+    ) -> Result<Self, HarnessError> {
         let quote = |items: &[String]| {
             items
                 .iter()
@@ -80,9 +92,10 @@ impl FleetFixture {
             let port = free_loopback_port()?;
             let top = format!("services = [\"{DEMO_SERVICE}\"]\n");
             let extra = format!(
-                "\n[coordinator]\nurls = [{coordinators}]\n\n[etcd]\nendpoints = [{etcd}]\nlease_ttl = \"{lease_ttl}\"\nbudget_wait = \"60s\"\n\n[listen_overrides.{DEMO_SERVICE}]\nhttp = \"{ip}:{port}\"\n",
+                "\n[coordinator]\nurls = [{coordinators}]\n\n[etcd]\nendpoints = [{etcd}]\nlease_ttl = \"{lease_ttl}\"\nbudget_wait = \"60s\"\n{lines}\n[listen_overrides.{DEMO_SERVICE}]\nhttp = \"{ip}:{port}\"\n",
                 coordinators = quote(coordinators),
                 etcd = quote(etcd),
+                lines = etcd_lines(id),
             );
             let agent = AgentFixture::start_placed(id, cluster, &top, &extra, place).await?;
             hosts.push(FleetHost {

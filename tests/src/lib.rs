@@ -40,7 +40,7 @@ pub use browser::Browser;
 pub use coordinator::{CoordinatorFixture, TEST_ROLES, lockstep, lockstep_tls};
 pub use demo::DemoRelease;
 pub use error::HarnessError;
-pub use etcd::{EtcdCluster, MemberState};
+pub use etcd::{EtcdCluster, EtcdSecurity, MemberState};
 pub use fleet::{DEMO_SERVICE, FleetFixture, FleetHost};
 pub use netns::{LabNode, NetnsLab};
 pub use pki::{TestPki, TlsFiles};

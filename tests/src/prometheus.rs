@@ -1,7 +1,8 @@
 //! `PrometheusFixture`: a real Prometheus (Debian's `prometheus` package)
 //! scraping the given targets on loopback every second, its TSDB in a
-//! temporary directory, and its HTTP query API; plus `promtool check
-//! metrics` for exposition text.
+//! temporary directory, and its HTTP query API, plain or https
+//! (`start_tls`: its own `--web.config.file` TLS with a `TestPki`
+//! certificate); plus `promtool check metrics` for exposition text.
 //!
 //! Must never: scrape or listen on anything but loopback, or outlive its
 //! test (the daemon runs under `--pdeathsig KILL` and is stopped on drop).
@@ -13,9 +14,12 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use coordinator::analysis::PrometheusEndpoint;
+use rollout::analysis::Sample;
+
 use crate::daemon::Daemon;
 use crate::http::request;
-use crate::{HarnessError, free_loopback_port};
+use crate::{HarnessError, TlsFiles, free_loopback_port};
 
 /// Where Debian installs the server and its checker.
 const PROMETHEUS: &str = "/usr/bin/prometheus";
@@ -34,6 +38,8 @@ pub struct ScrapeJob {
 pub struct PrometheusFixture {
     daemon: Daemon,
     addr: SocketAddr,
+    /// Serving https: `query` and `scalar` (plain HTTP) are refused.
+    tls: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -48,24 +54,8 @@ impl PrometheusFixture {
     /// that URL may start before Prometheus does (its scrape targets, the
     /// fleet, need the coordinator first).
     pub async fn start_at(addr: SocketAddr, jobs: &[ScrapeJob]) -> Result<Self, HarnessError> {
-        let dir = tempfile::Builder::new()
-            .prefix("lockstep-prometheus-")
-            .tempdir()
-            .map_err(HarnessError::TempDir)?;
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(&config, config_text(jobs)).map_err(HarnessError::TempDir)?;
-        let args: Vec<OsString> = vec![
-            format!("--config.file={}", config.display()).into(),
-            format!("--storage.tsdb.path={}", dir.path().join("data").display()).into(),
-            format!("--web.listen-address={addr}").into(),
-            "--log.level=warn".into(),
-        ];
-        let mut daemon = Daemon::system(
-            "prometheus",
-            PathBuf::from(PROMETHEUS),
-            args,
-            dir.path().join("prometheus.log"),
-        );
+        let dir = tempdir()?;
+        let mut daemon = daemon(&dir, addr, jobs, Vec::new())?;
         daemon
             .start(START_TIMEOUT, || async move {
                 Ok(matches!(
@@ -77,17 +67,64 @@ impl PrometheusFixture {
         Ok(Self {
             daemon,
             addr,
+            tls: false,
+            _dir: dir,
+        })
+    }
+
+    /// Like `start`, serving its API over https only, with `files.cert`
+    /// and `files.key`; ready once the coordinator's own Prometheus
+    /// client, trusting `files.ca`, has an answer to a query from it.
+    pub async fn start_tls(jobs: &[ScrapeJob], files: &TlsFiles) -> Result<Self, HarnessError> {
+        let addr: SocketAddr = ([127, 0, 0, 1], free_loopback_port()?).into();
+        let dir = tempdir()?;
+        let web = dir.path().join("web.yml");
+        std::fs::write(
+            &web,
+            format!(
+                "tls_server_config:\n  cert_file: \"{}\"\n  key_file: \"{}\"\n",
+                files.cert.display(),
+                files.key.display()
+            ),
+        )
+        .map_err(HarnessError::TempDir)?;
+        let web_arg = format!("--web.config.file={}", web.display()).into();
+        let mut daemon = daemon(&dir, addr, jobs, vec![web_arg])?;
+        let endpoint = PrometheusEndpoint::parse(&format!("https://{addr}"), Some(&files.ca))
+            .map_err(|e| HarnessError::Fixture(format!("prometheus https endpoint: {e}")))?;
+        let endpoint = &endpoint;
+        daemon
+            .start(START_TIMEOUT, || async move {
+                let answer =
+                    coordinator::analysis::query(endpoint, "vector(1)", Duration::from_secs(5))
+                        .await;
+                Ok(answer == Sample::Value(1.0))
+            })
+            .await?;
+        Ok(Self {
+            daemon,
+            addr,
+            tls: true,
             _dir: dir,
         })
     }
 
     /// The base URL of its HTTP API (what `[[analysis]]` points at).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
-    /// An instant query: the `data.result` array of the answer.
+    /// An instant query: the `data.result` array of the answer (plain
+    /// HTTP only: a `start_tls` fixture is queried through the
+    /// coordinator's client).
     pub async fn query(&self, promql: &str) -> Result<Vec<serde_json::Value>, HarnessError> {
+        if self.tls {
+            return Err(HarnessError::Fixture(
+                "this Prometheus serves https: query it with coordinator::analysis::query"
+                    .to_owned(),
+            ));
+        }
         let path = format!("/api/v1/query?query={}", percent_encode(promql));
         let (status, body) = request(self.addr, "GET", &path, "")
             .await
@@ -127,6 +164,38 @@ impl Drop for PrometheusFixture {
     fn drop(&mut self) {
         self.daemon.kill();
     }
+}
+
+fn tempdir() -> Result<tempfile::TempDir, HarnessError> {
+    tempfile::Builder::new()
+        .prefix("lockstep-prometheus-")
+        .tempdir()
+        .map_err(HarnessError::TempDir)
+}
+
+/// The daemon (not started): its config scraping `jobs`, its TSDB in
+/// `dir`, listening on `addr`, with `extra` arguments.
+fn daemon(
+    dir: &tempfile::TempDir,
+    addr: SocketAddr,
+    jobs: &[ScrapeJob],
+    extra: Vec<OsString>,
+) -> Result<Daemon, HarnessError> {
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(&config, config_text(jobs)).map_err(HarnessError::TempDir)?;
+    let mut args: Vec<OsString> = vec![
+        format!("--config.file={}", config.display()).into(),
+        format!("--storage.tsdb.path={}", dir.path().join("data").display()).into(),
+        format!("--web.listen-address={addr}").into(),
+        "--log.level=warn".into(),
+    ];
+    args.extend(extra);
+    Ok(Daemon::system(
+        "prometheus",
+        PathBuf::from(PROMETHEUS),
+        args,
+        dir.path().join("prometheus.log"),
+    ))
 }
 
 fn config_text(jobs: &[ScrapeJob]) -> String {

@@ -1,6 +1,7 @@
 //! `WebhookReceiver`: a small HTTP/1.1 server on a loopback port that
 //! records every POST (headers and body) and answers 200, for the
-//! coordinator's `[[notify]]` webhooks.
+//! coordinator's `[[notify]]` webhooks; plain, or https with a
+//! certificate from a `TestPki` (`start_tls`).
 //!
 //! Must never: answer before the delivery is recorded (a 200 means the
 //! test has it), or outlive its fixture (the task is aborted on drop).
@@ -9,11 +10,14 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
-use crate::HarnessError;
+use crate::{HarnessError, TlsFiles};
 
 /// A request head or body larger than this is not a webhook delivery.
 const MAX_REQUEST_BYTES: usize = 1 << 20;
@@ -37,8 +41,34 @@ pub struct WebhookReceiver {
 }
 
 impl WebhookReceiver {
-    /// Listens on 127.0.0.1:`port`.
+    /// Listens on 127.0.0.1:`port`, plain http.
     pub async fn start(port: u16) -> Result<Self, HarnessError> {
+        Self::listen(port, None).await
+    }
+
+    /// Listens on 127.0.0.1:`port`, https with `files.cert` and
+    /// `files.key` (no client certificate asked for). A client that
+    /// refuses the certificate is logged and recorded nowhere.
+    pub async fn start_tls(port: u16, files: &TlsFiles) -> Result<Self, HarnessError> {
+        let bad = |what: &str, e: &dyn std::fmt::Display| {
+            HarnessError::Fixture(format!("webhook receiver TLS: {what}: {e}"))
+        };
+        let chain = CertificateDer::pem_file_iter(&files.cert)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| bad(&files.cert.display().to_string(), &e))?;
+        let key = PrivateKeyDer::from_pem_file(&files.key)
+            .map_err(|e| bad(&files.key.display().to_string(), &e))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad("protocol versions", &e))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| bad("certificate and key", &e))?;
+        Self::listen(port, Some(TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn listen(port: u16, tls: Option<TlsAcceptor>) -> Result<Self, HarnessError> {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let listener = TcpListener::bind(addr).await.map_err(HarnessError::Port)?;
         let deliveries = Arc::new(Mutex::new(Vec::new()));
@@ -49,8 +79,16 @@ impl WebhookReceiver {
                     continue;
                 };
                 let log = log.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    if let Err(error) = serve(stream, &log).await {
+                    let served = match tls {
+                        None => serve(stream, &log).await,
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(stream) => serve(stream, &log).await,
+                            Err(e) => Err(format!("TLS handshake: {e}")),
+                        },
+                    };
+                    if let Err(error) = served {
                         tracing::warn!(%error, "webhook receiver: bad request");
                     }
                 });
@@ -78,7 +116,10 @@ impl Drop for WebhookReceiver {
     }
 }
 
-async fn serve(mut stream: TcpStream, log: &Mutex<Vec<Delivery>>) -> Result<(), String> {
+async fn serve<S>(mut stream: S, log: &Mutex<Vec<Delivery>>) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut buf = Vec::new();
     let head_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {

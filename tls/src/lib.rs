@@ -356,6 +356,17 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
+/// Reads the certificates of a PEM file (a CA bundle, a `ca_file`):
+/// at least one, each parsable and valid now; `what` names the file in
+/// errors ("CA file of notify[0]").
+pub fn read_certificates(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(what, path)?;
+    parse_certificates(what, path, &pem)
+}
+
 /// Every certificate in a PEM file; at least one, each parsable and valid
 /// now (an expired certificate would otherwise fail every handshake with a
 /// message far from its cause).

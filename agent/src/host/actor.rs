@@ -1,8 +1,9 @@
-//! A service's actor: the one task that takes every command for its
-//! service — the coordinator's Apply, Rollback and Restart, agentctl's
-//! install, rollback and restart, the agent's own start and adoption — as
-//! messages, decides with `admission::admit` whether each runs, supersedes
-//! the one in flight or is refused, and runs them one at a time.
+//! A service's actor: the one task that owns the service's runtime (its
+//! instances, sockets, the switch in progress) and takes every command for
+//! it — the coordinator's Apply, Rollback and Restart, agentctl's install,
+//! rollback and restart, the agent's own start and adoption — as messages,
+//! decides with `admission::admit` whether each runs, supersedes the one
+//! in flight or is refused, and runs them one at a time.
 //!
 //! ```text
 //!   inbox ─► Order { token, command, taken }
@@ -18,18 +19,26 @@
 //!                              if it already recorded its end, this
 //!                              one is queued as for Supersede      taken: Ok(Done)
 //!                Busy/Stale  → refused                           taken: Err
-//!   command ends → Done resolves with its outcome; the queued one runs
-//!   Idle(reply) → answered once nothing runs or waits (agent shutdown)
+//!   command ends → the runtime comes back; Done resolves with its
+//!                  outcome; the queued one runs
+//!   Retire(how, reply) → once nothing runs or waits, the runtime's
+//!                  instances are detached or stopped (agent shutdown);
+//!                  every later order is refused
 //! ```
 //!
 //! "Accepted" (taken) means this task has the command: it runs unless a
-//! newer one supersedes it, and its outcome arrives on `Done`. Each command
-//! runs in its own task, so it never waits on the actor (nor the actor on
-//! it while deciding). The work itself is the `Executor`'s: the host's
-//! switch, restart, adoption; a fake in the tests.
+//! newer one supersedes it, and its outcome arrives on `Done`. The runtime
+//! is lent to the command it runs, by move, and handed back with the
+//! outcome: nothing else ever holds it (readers see the view it publishes).
+//! The command runs as a task of its own, which the actor polls beside its
+//! inbox: deciding on an order awaits the durable state (the fencing mark),
+//! which the command may hold across an fsync, so a command polled inside
+//! the actor's own task could deadlock it. The work itself is the
+//! `Executor`'s: the host's switch, restart, adoption; a fake in the tests.
 //!
 //! Must never: run two commands of a service at once, start a superseded
-//! command, or let a command act before its token's mark is durable.
+//! command, let a command act before its token's mark is durable, or share
+//! the runtime.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex as SyncMutex, PoisonError};
@@ -47,12 +56,23 @@ pub(super) const INBOX: usize = 64;
 /// What a command ends with: a message for the caller, or why it failed.
 pub(super) type Outcome = Result<String, HostError>;
 
-/// A command carried out, as a task of its own.
-pub(super) type Run = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+/// A command carried out, as a task of its own: the runtime it was lent
+/// comes back with its outcome.
+pub(super) type Run<R> = Pin<Box<dyn Future<Output = (R, Outcome)> + Send>>;
+
+/// What becomes of a service's instances at agent shutdown.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Retire {
+    /// Left running for the next agent to adopt.
+    Detach,
+    Stop,
+}
 
 /// What the actor drives: the service's durable mark and the work.
 pub(super) trait Executor: Send + Sync + 'static {
     type Command: Send + 'static;
+    /// What the commands change: owned by the actor, lent to one command.
+    type Runtime: Send + 'static;
 
     fn service(&self) -> &str;
 
@@ -65,17 +85,26 @@ pub(super) trait Executor: Send + Sync + 'static {
     /// Raises the mark to `token`, durably: before the command acts.
     fn raise_mark(&self, token: u64) -> impl Future<Output = Result<(), HostError>> + Send;
 
-    /// Carries out `command`; `cancel` fires when a newer one supersedes
-    /// it, `joined` holds the newer one it was rolled forward to.
-    fn execute(&self, command: Self::Command, cancel: Cancel, joined: Joined<Self::Command>)
-    -> Run;
+    /// Carries out `command` on `runtime`; `cancel` fires when a newer one
+    /// supersedes it, `joined` holds the newer one it was rolled forward to.
+    fn execute(
+        &self,
+        command: Self::Command,
+        runtime: Self::Runtime,
+        cancel: Cancel,
+        joined: Joined<Self::Command>,
+    ) -> Run<Self::Runtime>;
+
+    /// Agent shutdown: detaches or stops what `runtime` runs.
+    fn retire(&self, runtime: Self::Runtime, how: Retire) -> impl Future<Output = ()> + Send;
 }
 
 /// A message to a service's actor.
 pub(super) enum Message<C> {
     Order(Order<C>),
-    /// Answered once no command runs or waits.
-    Idle(oneshot::Sender<()>),
+    /// Once no command runs or waits, the runtime is retired (`Retire`),
+    /// then answered; later orders are refused.
+    Retire(Retire, oneshot::Sender<()>),
 }
 
 /// A command with its fencing token (`None`: agentctl, agent start) and
@@ -162,12 +191,12 @@ impl<C> Clone for Joined<C> {
     }
 }
 
-struct Running<C> {
+struct Running<C, R> {
     token: Option<u64>,
     target: Option<String>,
     cancel: watch::Sender<Option<u64>>,
     joined: Joined<C>,
-    task: JoinHandle<Outcome>,
+    task: JoinHandle<(R, Outcome)>,
     done: oneshot::Sender<Outcome>,
 }
 
@@ -178,24 +207,41 @@ struct Queued<C> {
     done: oneshot::Sender<Outcome>,
 }
 
-/// The actor's loop; ends when every sender of `inbox` is gone, after the
-/// command in flight.
-pub(super) async fn run<E: Executor>(executor: E, mut inbox: mpsc::Receiver<Message<E::Command>>) {
-    let mut running: Option<Running<E::Command>> = None;
+/// The actor's loop, owning `runtime`; ends when every sender of `inbox`
+/// is gone, after the command in flight.
+pub(super) async fn run<E: Executor>(
+    executor: E,
+    runtime: E::Runtime,
+    mut inbox: mpsc::Receiver<Message<E::Command>>,
+) {
+    // `None` while lent to the command in flight, and once retired (or
+    // lost with a command that panicked).
+    let mut runtime = Some(runtime);
+    let mut running: Option<Running<E::Command, E::Runtime>> = None;
     let mut queued: Option<Queued<E::Command>> = None;
-    let mut idle: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut retiring: Vec<(Retire, oneshot::Sender<()>)> = Vec::new();
     loop {
         if running.is_none() {
-            match queued.take() {
-                Some(next) => running = Some(start(&executor, next)),
-                None => idle.drain(..).for_each(|w| {
-                    // A caller that stopped waiting needs no answer.
-                    let _ = w.send(());
-                }),
+            match (queued.take(), runtime.take()) {
+                (Some(next), Some(lent)) => running = Some(start(&executor, lent, next)),
+                (Some(next), None) => {
+                    let _ = next.done.send(Err(gone(&executor)));
+                }
+                (None, held) => {
+                    runtime = held;
+                    for (how, reply) in retiring.drain(..) {
+                        if let Some(retired) = runtime.take() {
+                            executor.retire(retired, how).await;
+                        }
+                        // A caller that stopped waiting needs no answer.
+                        let _ = reply.send(());
+                    }
+                }
             }
         }
         tokio::select! {
-            outcome = finished(&mut running) => {
+            (back, outcome) = finished(&mut running) => {
+                runtime = back;
                 if let Some(ended) = running.take() {
                     // The caller may have stopped waiting: fine.
                     let _ = ended.done.send(outcome);
@@ -203,7 +249,10 @@ pub(super) async fn run<E: Executor>(executor: E, mut inbox: mpsc::Receiver<Mess
             }
             message = inbox.recv() => match message {
                 None => break,
-                Some(Message::Idle(reply)) => idle.push(reply),
+                Some(Message::Retire(how, reply)) => retiring.push((how, reply)),
+                Some(Message::Order(order)) if runtime.is_none() && running.is_none() => {
+                    let _ = order.taken.send(Err(gone(&executor)));
+                }
                 Some(Message::Order(order)) => {
                     admit(&executor, running.as_mut(), &mut queued, order).await;
                 }
@@ -211,26 +260,49 @@ pub(super) async fn run<E: Executor>(executor: E, mut inbox: mpsc::Receiver<Mess
         }
     }
     if let Some(ended) = running.take() {
-        let _ = ended.done.send(join(ended.task).await);
+        let (_, outcome) = join(ended.task).await;
+        let _ = ended.done.send(outcome);
     }
 }
 
-/// The outcome of the command in flight; pending when there is none.
-async fn finished<C>(running: &mut Option<Running<C>>) -> Outcome {
+/// The service's runtime is gone: retired at shutdown, or lost.
+fn gone<E: Executor>(executor: &E) -> HostError {
+    HostError::ActorGone {
+        what: format!("the runtime of `{}`", executor.service()),
+    }
+}
+
+/// The runtime and the outcome of the command in flight; pending when
+/// there is none.
+async fn finished<C, R>(running: &mut Option<Running<C, R>>) -> (Option<R>, Outcome) {
     match running {
         Some(r) => join(&mut r.task).await,
         None => std::future::pending().await,
     }
 }
 
-async fn join(task: impl Future<Output = Result<Outcome, tokio::task::JoinError>>) -> Outcome {
-    task.await.unwrap_or_else(|e| Err(HostError::Worker(e)))
+/// A command's task joined: a panic loses the runtime it was lent.
+async fn join<R>(
+    task: impl Future<Output = Result<(R, Outcome), tokio::task::JoinError>>,
+) -> (Option<R>, Outcome) {
+    match task.await {
+        Ok((runtime, outcome)) => (Some(runtime), outcome),
+        Err(err) => {
+            tracing::error!(error = %err, "a command's task failed; its service's runtime is lost");
+            (None, Err(HostError::Worker(err)))
+        }
+    }
 }
 
-fn start<E: Executor>(executor: &E, next: Queued<E::Command>) -> Running<E::Command> {
+fn start<E: Executor>(
+    executor: &E,
+    runtime: E::Runtime,
+    next: Queued<E::Command>,
+) -> Running<E::Command, E::Runtime> {
     let (cancel, cancelled) = watch::channel(None);
     let joined = Joined::new();
-    let task = tokio::spawn(executor.execute(next.command, Cancel(cancelled), joined.clone()));
+    let task =
+        tokio::spawn(executor.execute(next.command, runtime, Cancel(cancelled), joined.clone()));
     Running {
         token: next.token,
         target: next.target,
@@ -252,7 +324,7 @@ enum Admitted {
 /// Decides on `order` (see the module doc) and answers whether it is taken.
 async fn admit<E: Executor>(
     executor: &E,
-    running: Option<&mut Running<E::Command>>,
+    running: Option<&mut Running<E::Command, E::Runtime>>,
     queued: &mut Option<Queued<E::Command>>,
     order: Order<E::Command>,
 ) {
@@ -338,7 +410,7 @@ async fn admit<E: Executor>(
 /// is durable when this returns.
 async fn decide<E: Executor>(
     executor: &E,
-    running: Option<&Running<E::Command>>,
+    running: Option<&Running<E::Command, E::Runtime>>,
     queued: Option<&Queued<E::Command>>,
     token: Option<u64>,
     target: Option<&str>,
@@ -390,7 +462,7 @@ async fn decide<E: Executor>(
 /// recorded its end already.
 fn roll_forward<E: Executor>(
     executor: &E,
-    running: &mut Running<E::Command>,
+    running: &mut Running<E::Command, E::Runtime>,
     next: Queued<E::Command>,
     by_token: u64,
 ) -> Result<(), Queued<E::Command>> {
@@ -426,7 +498,7 @@ fn roll_forward<E: Executor>(
 }
 
 /// Cancelled once: by the first command that superseded it.
-fn cancel_once<C>(running: &Running<C>, by_token: u64) {
+fn cancel_once<C, R>(running: &Running<C, R>, by_token: u64) {
     running.cancel.send_if_modified(|fired| {
         let first = fired.is_none();
         if first {
@@ -480,6 +552,8 @@ mod tests {
 
     impl Executor for Fake {
         type Command = Work;
+        /// The commands that had the runtime, in turn.
+        type Runtime = Vec<&'static str>;
 
         fn service(&self) -> &str {
             "web"
@@ -498,9 +572,23 @@ mod tests {
             command.target.map(str::to_owned)
         }
 
-        fn execute(&self, command: Work, mut cancel: Cancel, joined: Joined<Work>) -> Run {
+        async fn retire(&self, runtime: Vec<&'static str>, how: Retire) {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("{how:?} after {}", runtime.join(", ")));
+        }
+
+        fn execute(
+            &self,
+            command: Work,
+            mut runtime: Vec<&'static str>,
+            mut cancel: Cancel,
+            joined: Joined<Work>,
+        ) -> Run<Vec<&'static str>> {
             let log = self.log.clone();
             Box::pin(async move {
+                runtime.push(command.name);
                 log.lock()
                     .unwrap()
                     .push(format!("{} started", command.name));
@@ -523,14 +611,14 @@ mod tests {
                     ends_as = newer.name;
                 }
                 log.lock().unwrap().push(format!("{ends_as} {ended}"));
-                Ok(format!("{ends_as} {ended}"))
+                (runtime, Ok(format!("{ends_as} {ended}")))
             })
         }
     }
 
     fn actor(fake: &Fake) -> mpsc::Sender<Message<Work>> {
         let (tx, rx) = mpsc::channel(INBOX);
-        tokio::spawn(run(fake.clone(), rx));
+        tokio::spawn(run(fake.clone(), Vec::new(), rx));
         tx
     }
 
@@ -712,17 +800,42 @@ mod tests {
         assert!(!fake.log().iter().any(|l| l.starts_with("second")));
     }
 
+    /// Shutdown (#12 deliver 1: detach/stop are messages to the actor):
+    /// the runtime is retired only once the command in flight has given it
+    /// back, with every command's change on it; later orders are refused.
     #[tokio::test]
-    async fn idle_is_answered_once_nothing_runs() {
+    async fn retire_waits_for_the_command_in_flight_then_refuses_orders() {
         let fake = Fake::default();
         let actor = actor(&fake);
-        let (first, release) = held("first");
-        let first = order(&actor, None, first).await.unwrap();
-        let (reply, idle) = oneshot::channel();
-        actor.send(Message::Idle(reply)).await.unwrap();
+        order(&actor, None, quick("first"))
+            .await
+            .unwrap()
+            .outcome()
+            .await
+            .unwrap();
+        let (second, release) = held("second");
+        let second = order(&actor, None, second).await.unwrap();
+        let (reply, retired) = oneshot::channel();
+        actor
+            .send(Message::Retire(Retire::Detach, reply))
+            .await
+            .unwrap();
         release.send(()).unwrap();
-        idle.await.unwrap();
-        assert_eq!(fake.log(), ["first started", "first done"]);
-        assert_eq!(first.outcome().await.unwrap(), "first done");
+        retired.await.unwrap();
+        assert_eq!(second.outcome().await.unwrap(), "second done");
+        assert!(matches!(
+            order(&actor, None, quick("late")).await,
+            Err(HostError::ActorGone { .. })
+        ));
+        assert_eq!(
+            fake.log(),
+            [
+                "first started",
+                "first done",
+                "second started",
+                "second done",
+                "Detach after first, second"
+            ]
+        );
     }
 }

@@ -9,8 +9,10 @@ use std::time::Instant;
 
 use release::StoredRelease;
 
-use super::actor::{Cancel, Executor, Joined, Run};
-use super::{Host, HostError, Recorded, RestartOrder};
+use super::actor::{Cancel, Executor, Joined, Retire, Run};
+use super::reconcile::Recorded;
+use super::runtime::ServiceRuntime;
+use super::{Host, HostError, RestartOrder};
 use crate::state::Trigger;
 use crate::telemetry::SwitchOutcome;
 
@@ -79,6 +81,7 @@ impl ServiceExecutor {
 
 impl Executor for ServiceExecutor {
     type Command = Command;
+    type Runtime = ServiceRuntime;
 
     fn service(&self) -> &str {
         &self.service
@@ -104,11 +107,25 @@ impl Executor for ServiceExecutor {
         self.host()?.raise_mark(&self.service, token).await
     }
 
-    fn execute(&self, command: Command, cancel: Cancel, joined: Joined<Command>) -> Run {
+    async fn retire(&self, runtime: ServiceRuntime, how: Retire) {
+        runtime.retire(how).await;
+    }
+
+    fn execute(
+        &self,
+        command: Command,
+        mut runtime: ServiceRuntime,
+        cancel: Cancel,
+        joined: Joined<Command>,
+    ) -> Run<ServiceRuntime> {
         let host = self.host();
         let service = self.service.clone();
         Box::pin(async move {
-            let host = host?;
+            let host = match host {
+                Ok(host) => host,
+                Err(err) => return (runtime, Err(err)),
+            };
+            let rt = &mut runtime;
             let switch = command
                 .is_switch()
                 .then(|| (Instant::now(), host.metrics().service(&service)));
@@ -118,17 +135,21 @@ impl Executor for ServiceExecutor {
             let steer = (cancel, joined);
             let outcome = match command {
                 Command::Apply { release, trigger } => {
-                    host.switch_taken(&service, release, Some(trigger), steer)
+                    host.switch_taken(&service, rt, release, Some(trigger), steer)
                         .await
                 }
                 Command::Install(release) => {
-                    host.switch_taken(&service, release, Some(Trigger::Install), steer)
+                    host.switch_taken(&service, rt, release, Some(Trigger::Install), steer)
                         .await
                 }
-                Command::Start(release) => host.switch_taken(&service, release, None, steer).await,
-                Command::Rollback => host.rollback_now(&service, steer).await,
-                Command::Restart(order) => host.restart_now(&service, order, steer.0).await,
-                Command::Adopt { release, found } => host.adopt(&service, &release, found).await,
+                Command::Start(release) => {
+                    host.switch_taken(&service, rt, release, None, steer).await
+                }
+                Command::Rollback => host.rollback_now(&service, rt, steer).await,
+                Command::Restart(order) => host.restart_now(&service, rt, order, steer.0).await,
+                Command::Adopt { release, found } => {
+                    host.adopt(&service, rt, &release, found).await
+                }
             };
             if let Some(unrecorded) = ending.close() {
                 // Joined after the switch stopped before recording (a
@@ -138,7 +159,7 @@ impl Executor for ServiceExecutor {
             if let Some((started, metrics)) = switch {
                 metrics.switch_ended(switch_outcome(&outcome), started.elapsed());
             }
-            outcome
+            (runtime, outcome)
         })
     }
 }

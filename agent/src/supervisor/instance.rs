@@ -360,6 +360,11 @@ impl Instance {
         }
     }
 
+    /// The log file, for a reader that outlives this handle.
+    pub fn log_file(&self) -> LogFile {
+        self.log.clone()
+    }
+
     /// The live log file.
     pub fn log_path(&self) -> &Path {
         self.log.path()

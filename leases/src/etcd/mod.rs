@@ -27,6 +27,7 @@
 //! send a request that is not safe to repeat (see [`retry`]), or wait past
 //! a request's deadline.
 
+mod access;
 mod endpoint;
 mod health;
 mod metrics;
@@ -45,6 +46,7 @@ use etcd_client::{
 use tokio::time::Instant;
 
 use crate::task::OwnedTask;
+pub use access::{EtcdAccess, EtcdAccessKeys, EtcdUser};
 pub use endpoint::{EndpointError, check_endpoint};
 use health::{Change, EndpointHealth};
 pub use metrics::{EtcdMetrics, RequestOutcome};
@@ -102,6 +104,8 @@ pub struct Etcd {
 struct Inner {
     members: Vec<Member>,
     health: Mutex<EndpointHealth>,
+    /// Authenticated on each member before it takes a request.
+    user: Option<EtcdUser>,
     timing: EtcdTiming,
     /// Where requests are counted, once a daemon asks (`count_into`).
     metrics: OnceLock<EtcdMetrics>,
@@ -111,6 +115,10 @@ struct Inner {
 struct Member {
     endpoint: String,
     client: Client,
+    /// False while a member that did not answer at connect has not yet
+    /// authenticated this client's user (`EtcdAccess::user`): it takes no
+    /// request until it has.
+    authenticated: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Etcd {
@@ -124,17 +132,51 @@ impl std::fmt::Debug for Etcd {
 }
 
 impl Inner {
+    /// Authenticates `user` on `m` if it has not yet; member trouble if
+    /// it cannot.
+    async fn authenticate(&self, m: &Member) -> Result<(), etcd_client::Error> {
+        use std::sync::atomic::Ordering;
+        let Some(user) = &self.user else {
+            return Ok(());
+        };
+        if m.authenticated.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // A clone shares the client's credentials and token.
+        m.client.clone().update_user(Some(user.pair())).await?;
+        m.authenticated.store(true, Ordering::Release);
+        tracing::info!(
+            endpoint = m.endpoint,
+            user = user.name(),
+            "authenticated to etcd member"
+        );
+        Ok(())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, EndpointHealth> {
         self.health.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl Etcd {
-    /// One client per endpoint, each bounded by `timing`. Connects lazily:
-    /// a member that is down now is not an error here.
+    /// One client per endpoint, each bounded by `timing`, with no
+    /// credentials (plain http). Connects lazily: a member that is down now
+    /// is not an error here.
     pub async fn connect(
         endpoints: &[String],
         timing: EtcdTiming,
+    ) -> Result<Self, etcd_client::Error> {
+        Self::connect_with(endpoints, timing, &EtcdAccess::default()).await
+    }
+
+    /// Like [`Self::connect`], presenting `access` (TLS, a user). With a
+    /// user, each member that answers authenticates it now (a refused
+    /// password is an error: every member would refuse it); one that does
+    /// not answer authenticates it once it does.
+    pub async fn connect_with(
+        endpoints: &[String],
+        timing: EtcdTiming,
+        access: &EtcdAccess,
     ) -> Result<Self, etcd_client::Error> {
         if endpoints.is_empty() {
             return Err(etcd_client::Error::InvalidArgs(
@@ -142,7 +184,8 @@ impl Etcd {
             ));
         }
         for endpoint in endpoints {
-            check_endpoint(endpoint).map_err(|e| etcd_client::Error::InvalidArgs(e.to_string()))?;
+            check_endpoint(endpoint, access.has_tls())
+                .map_err(|e| etcd_client::Error::InvalidArgs(e.to_string()))?;
         }
         let options = ConnectOptions::new()
             .with_connect_timeout(timing.connect_timeout)
@@ -153,16 +196,28 @@ impl Etcd {
             // instead of hanging, so the request moves on.
             .with_require_leader(true);
         let mut members = Vec::with_capacity(endpoints.len());
-        for endpoint in endpoints {
-            let client = Client::connect([endpoint], Some(options.clone())).await?;
+        let mut unauthenticated = Vec::new();
+        for (i, endpoint) in endpoints.iter().enumerate() {
+            let (client, authenticated) = connect_member(endpoint, &options, access).await?;
+            if !authenticated {
+                unauthenticated.push(i);
+            }
             members.push(Member {
                 endpoint: endpoint.clone(),
                 client,
+                authenticated: std::sync::atomic::AtomicBool::new(authenticated),
             });
         }
+        let mut health = EndpointHealth::new(members.len());
+        let now = std::time::Instant::now();
+        for i in unauthenticated {
+            health.failed(i, now);
+        }
+        let user = access.user().cloned();
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| Inner {
-            health: Mutex::new(EndpointHealth::new(members.len())),
+            health: Mutex::new(health),
             members,
+            user,
             timing,
             metrics: OnceLock::new(),
             _prober: OwnedTask::spawn(probe(weak.clone())),
@@ -402,6 +457,14 @@ impl Etcd {
             )));
         };
         let bound = self.inner.timing.attempt_timeout.min(left);
+        tokio::time::timeout(bound, self.inner.authenticate(m))
+            .await
+            .map_err(|_| {
+                etcd_client::Error::GRpcStatus(tonic::Status::deadline_exceeded(format!(
+                    "{} did not authenticate within {bound:?}",
+                    m.endpoint
+                )))
+            })??;
         let answer =
             match tokio::time::timeout(bound, attempt(m.client.clone(), MemberId(member))).await {
                 Ok(Ok(value)) => Ok(value),
@@ -468,6 +531,29 @@ impl Etcd {
     }
 }
 
+/// A client for one member. With a user: authenticated now when the member
+/// answers (`true`); when it does not, a client without the user, to be
+/// authenticated by `Inner::authenticate` once it answers (`false`). A
+/// refused password is an error.
+async fn connect_member(
+    endpoint: &str,
+    options: &ConnectOptions,
+    access: &EtcdAccess,
+) -> Result<(Client, bool), etcd_client::Error> {
+    let lazy = || Client::connect([endpoint], Some(access.apply(options.clone(), false)));
+    if access.user().is_none() {
+        return Ok((lazy().await?, true));
+    }
+    match Client::connect([endpoint], Some(access.apply(options.clone(), true))).await {
+        Ok(client) => Ok((client, true)),
+        Err(err) if retry::classify(&err) == Verdict::Final => Err(err),
+        Err(err) => {
+            tracing::warn!(endpoint, error = %err, "etcd member did not answer; it authenticates once it does");
+            Ok((lazy().await?, false))
+        }
+    }
+}
+
 /// Pauses between rounds of one request, jittered so the clients of one
 /// fleet do not retry in step.
 fn round_backoff() -> impl Iterator<Item = Duration> {
@@ -493,7 +579,11 @@ async fn probe(inner: Weak<Inner>) {
                 continue;
             };
             let mut client = m.client.clone();
-            let answer = tokio::time::timeout(inner.timing.attempt_timeout, client.status()).await;
+            let answer = tokio::time::timeout(inner.timing.attempt_timeout, async {
+                inner.authenticate(m).await?;
+                client.status().await
+            })
+            .await;
             let now = std::time::Instant::now();
             match answer {
                 Ok(Ok(status)) if status.leader() != 0 => {

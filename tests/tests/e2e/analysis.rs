@@ -274,3 +274,43 @@ async fn with_prometheus_down_the_deployment_halts_as_inconclusive() {
     versions.sort();
     assert_eq!(versions, ["1.0.0", "1.0.0", "2.0.0"]);
 }
+
+/// #16 (https to Prometheus): a real Prometheus serving its API over TLS
+/// (`--web.config.file`, a certificate from a test CA) answers the
+/// coordinator's analysis client when `ca_file` is that CA, and the same
+/// client trusting another CA gets an inconclusive error naming the TLS
+/// failure, not an answer.
+#[tokio::test]
+async fn the_analysis_client_queries_a_real_prometheus_over_https_only_from_its_ca() {
+    use coordinator::analysis::{PrometheusEndpoint, query};
+    use rollout::analysis::Sample;
+    let pki = lockstep_tests::TestPki::new("prometheus CA").unwrap();
+    let prometheus = PrometheusFixture::start_tls(&[], &pki.issue("prometheus.test").unwrap())
+        .await
+        .unwrap();
+    let url = prometheus.url();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let timeout = Duration::from_secs(10);
+    let trusted = PrometheusEndpoint::parse(&url, Some(pki.ca())).unwrap();
+    assert_eq!(
+        query(&trusted, "vector(0.25)", timeout).await,
+        Sample::Value(0.25)
+    );
+    let other = lockstep_tests::TestPki::new("another CA").unwrap();
+    let untrusted = PrometheusEndpoint::parse(&url, Some(other.ca())).unwrap();
+    let Sample::Error(why) = query(&untrusted, "vector(0.25)", timeout).await else {
+        panic!("a Prometheus from another CA answered");
+    };
+    assert_eq!(
+        why,
+        format!(
+            "prometheus {url}: TLS handshake with 127.0.0.1 failed: invalid peer certificate: UnknownIssuer"
+        )
+    );
+    // Plain http to the TLS port is no answer either.
+    let plain = PrometheusEndpoint::parse(&url.replace("https://", "http://"), None).unwrap();
+    assert!(matches!(
+        query(&plain, "vector(0.25)", timeout).await,
+        Sample::Error(_)
+    ));
+}

@@ -110,7 +110,7 @@ async fn check_config_refuses_what_the_daemon_would_fail_with() {
             bin,
             &toml(https),
             "etcd.endpoints[0]",
-            "etcd TLS is not supported",
+            "has no ca, cert and key to speak TLS with",
         )
         .await;
         both_refuse(bin, &toml(huge), "etcd.lease_ttl", "too long").await;
@@ -118,10 +118,10 @@ async fn check_config_refuses_what_the_daemon_would_fail_with() {
 }
 
 /// `[[notify]]` (#16 deliver 3): check-config and the daemon both refuse
-/// an https webhook (no TLS client for webhooks yet) and a secret file
-/// others can read, naming the key.
+/// an https webhook whose `ca_file` cannot be read (naming the key, the
+/// path and why) and a secret file others can read.
 #[tokio::test]
-async fn check_config_refuses_an_https_webhook_and_a_readable_secret() {
+async fn check_config_refuses_a_webhook_ca_file_it_cannot_read_and_a_readable_secret() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("notify.secret");
@@ -129,13 +129,13 @@ async fn check_config_refuses_an_https_webhook_and_a_readable_secret() {
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     let etcd_ok = "\n[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n";
     let https = format!(
-        "{etcd_ok}\n[[notify]]\nname = \"chat\"\nurl = \"https://hooks.example:443/x\"\nsecret_file = {secret:?}\n"
+        "{etcd_ok}\n[[notify]]\nname = \"chat\"\nurl = \"https://hooks.example/x\"\nca_file = \"/nonexistent/hooks-ca.pem\"\nsecret_file = {secret:?}\n"
     );
     both_refuse(
         "lockstep-coordinator",
         &coordinator_toml(dir.path(), &https),
-        "notify[0].url",
-        "https webhooks are not supported yet",
+        "notify[0].ca_file",
+        "ca_file /nonexistent/hooks-ca.pem: cannot read it: No such file or directory",
     )
     .await;
     let readable = format!(

@@ -230,3 +230,35 @@ async fn bake_time_catches_a_crash_after_the_last_batch() {
     );
     stage.back_on_good().await;
 }
+
+/// Invariant 8 ("the report is the truth"), seen as an intermittent failure
+/// of `analysis::an_error_serving_canary_is_rolled_back_by_its_analysis`:
+/// the deployment was already `rolled_back` while the canary's old
+/// instance still answered on the shared socket. A switched host counted as
+/// on its release once the new instances were ready, while the old ones
+/// still drained and served. Here 2.0.0 keeps serving 6 s after SIGTERM
+/// (`shutdown_delay_ms`); when the deployment of 3.0.0 ends `succeeded`,
+/// every request to every host must already be answered by 3.0.0.
+#[tokio::test]
+async fn a_deployment_ends_only_once_the_old_release_has_stopped_serving() {
+    let stage = Stage::start(&[("drain-a", "eu"), ("drain-b", "eu")]).await;
+    let fast = stage.strategy("fast", "500ms", "");
+    let slow_to_stop = stage.faulty("shutdown_delay_ms = 6000\n");
+    assert_eq!(
+        stage.deploy(&slow_to_stop, &fast).await["state"],
+        "succeeded"
+    );
+    let v3 = DemoRelease::new("3.0.0", ANY_PORT)
+        .build(stage.work.path())
+        .unwrap();
+    let r = stage.deploy(&v3, &fast).await;
+    assert_eq!(r["state"], "succeeded", "{r}");
+    for host in &stage.fleet.hosts {
+        for _ in 0..20 {
+            let served = lockstep_tests::operator::served_version(host.addr())
+                .await
+                .unwrap();
+            assert_eq!(served, "3.0.0", "{} still serves an old release", host.id);
+        }
+    }
+}

@@ -994,3 +994,174 @@ async fn names_are_bounded_at_the_door_of_the_coordinator_and_the_agent() {
     assert!(apply.message().contains("`service`"), "{}", apply.message());
     assert_eq!(std::fs::read(&state).ok(), before, "state.json changed");
 }
+
+/// Issue #14 deliver 5 ("pushes: size, concurrency, idle timeout"): on main
+/// a push had no size limit, no bound on how many ran at once, and a client
+/// that sent a header and then nothing held its temporary file open for
+/// ever. Here a push one byte over `max_bundle_bytes` is cut off naming the
+/// key, a stalled push holds the only slot so a second is refused at once
+/// (RESOURCE_EXHAUSTED naming `max_concurrent_pushes`), the stalled one is
+/// abandoned after `push_idle_timeout`, and then the slot is free again.
+/// Nothing half-received stays in the depot.
+#[tokio::test]
+async fn pushes_are_bounded_in_size_concurrency_and_idleness() {
+    let etcd = EtcdCluster::single().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let bundle = DemoRelease::new("1.0.0", 1).build(work.path()).unwrap();
+    let size = std::fs::metadata(&bundle).unwrap().len();
+    let tables = format!(
+        "[releases]\nmax_bundle_bytes = {}\nmax_concurrent_pushes = 1\npush_idle_timeout = \"3s\"\n",
+        size - 1
+    );
+    let coordinator =
+        CoordinatorFixture::start_with_tables(&etcd.endpoints(), TTL_SECS, None, &tables)
+            .await
+            .unwrap();
+    let urls = vec![coordinator.url()];
+    let bundle_arg = bundle.display().to_string();
+
+    let too_large = lockstep(&urls, &["release", "push", &bundle_arg])
+        .await
+        .unwrap();
+    assert!(!too_large.status.success(), "{}", text(&too_large));
+    assert!(
+        text(&too_large).contains(&format!(
+            "{}-byte limit (releases.max_bundle_bytes)",
+            size - 1
+        )),
+        "{}",
+        text(&too_large)
+    );
+
+    // A client that sends its header and then nothing.
+    let mut grpc = client(&urls[0], None).await;
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(pb::PushReleaseChunk {
+        body: Some(pb::push_release_chunk::Body::Header(
+            pb::PushReleaseHeader {
+                total_size: 10,
+                ..Default::default()
+            },
+        )),
+    })
+    .await
+    .unwrap();
+    let stalled = tokio::spawn(async move { grpc.push_release(ReceiverStream::new(rx)).await });
+    let depot = coordinator.dir().join("releases");
+    let in_depot = |depot: std::path::PathBuf| async move {
+        let names: Vec<String> = std::fs::read_dir(&depot)
+            .map_err(|e| e.to_string())?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(names)
+    };
+    wait_for("the stalled push to take its slot", DEADLINE, || {
+        let depot = depot.clone();
+        async move {
+            let names = in_depot(depot).await?;
+            if names.iter().any(|n| n.starts_with(".incoming-")) {
+                Ok(())
+            } else {
+                Err(format!("depot holds {names:?}"))
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let busy = lockstep(&urls, &["release", "push", &bundle_arg])
+        .await
+        .unwrap();
+    assert!(
+        text(&busy).contains("releases.max_concurrent_pushes = 1"),
+        "{}",
+        text(&busy)
+    );
+    assert_eq!(
+        busy.status.code(),
+        Some(69),
+        "busy is worth a retry: {}",
+        text(&busy)
+    );
+    assert!(!busy.status.success(), "{}", text(&busy));
+
+    let abandoned = tokio::time::timeout(DEADLINE, stalled)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        abandoned.code(),
+        tonic::Code::DeadlineExceeded,
+        "{abandoned:?}"
+    );
+    assert!(
+        abandoned.message().contains("releases.push_idle_timeout"),
+        "{abandoned:?}"
+    );
+    drop(tx);
+
+    // The slot is free: the next push gets as far as the size limit.
+    let again = lockstep(&urls, &["release", "push", &bundle_arg])
+        .await
+        .unwrap();
+    assert!(
+        text(&again).contains("releases.max_bundle_bytes"),
+        "{}",
+        text(&again)
+    );
+    let left = in_depot(depot).await.unwrap();
+    assert!(
+        left.is_empty(),
+        "half-received pushes left in the depot: {left:?}"
+    );
+}
+
+/// Issue #14 deliver 5 ("registrations per caller"): on main one caller
+/// holding an agent's registration could open Report streams for it
+/// without end, each kept in memory by the coordinator. Here the fifth
+/// stream of one agent is refused (RESOURCE_EXHAUSTED, naming the limit)
+/// while four are open, and taken again once one closes.
+#[tokio::test]
+async fn one_agent_holds_at_most_four_report_streams() {
+    let etcd = EtcdCluster::single().await.unwrap();
+    let coordinator = CoordinatorFixture::start(&etcd.endpoints(), TTL_SECS)
+        .await
+        .unwrap();
+    let url = coordinator.url();
+    let mut client = etcd.client().await.unwrap();
+    let lease = client.lease_grant(60, None).await.unwrap().id();
+    let record =
+        serde_json::json!({"agent": "many", "cluster": "eu", "grpc_address": "127.0.0.1:1"});
+    client
+        .put(
+            leases::keys::agent("many"),
+            record.to_string(),
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .unwrap();
+    let me = || identity("many", "eu", "127.0.0.1:1");
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        open.push(report_as(&url, None, me()).await.unwrap());
+    }
+    let refused = report_as(&url, None, me()).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .message()
+            .contains("already has 4 report streams open"),
+        "{refused:?}"
+    );
+    drop(open.pop());
+    wait_for("a closed stream to free its place", DEADLINE, || async {
+        report_as(&url, None, me()).await.map_err(|s| s.to_string())
+    })
+    .await
+    .unwrap();
+}

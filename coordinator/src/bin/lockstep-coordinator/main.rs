@@ -34,6 +34,11 @@ const ETCD_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// whatever streams are open or however slow etcd is to take the
 /// resignation (a lease that is not revoked expires by itself).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+/// HTTP/2 pings close a Report stream whose agent vanished without closing
+/// its connection (host down, partition) within interval + timeout, so it
+/// stops counting against the agent's stream limit (`fleet::MAX_STREAMS_PER_AGENT`).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the runtime gives blocking tasks (a FetchRelease read) at exit.
 const RUNTIME_EXIT_GRACE: Duration = Duration::from_millis(500);
 
@@ -217,7 +222,11 @@ async fn serve(config: CoordinatorConfig) -> Result<()> {
 async fn open_depot(config: &CoordinatorConfig) -> Result<(leases::Etcd, ReleaseDepot)> {
     let client = tokio::time::timeout(
         ETCD_CONNECT_TIMEOUT,
-        leases::Etcd::connect(&config.etcd_endpoints, leases::EtcdTiming::default()),
+        leases::Etcd::connect_with(
+            &config.etcd_endpoints,
+            leases::EtcdTiming::default(),
+            &config.etcd_access,
+        ),
     )
     .await
     .map_err(|_| anyhow::anyhow!("etcd did not answer within {ETCD_CONNECT_TIMEOUT:?}"))
@@ -246,7 +255,9 @@ async fn open_depot(config: &CoordinatorConfig) -> Result<(leases::Etcd, Release
 /// The gRPC server, with mTLS when `[tls]` is set (and a log line saying
 /// which).
 fn grpc_server(config: &CoordinatorConfig) -> Result<tonic::transport::Server> {
-    let mut server_builder = tonic::transport::Server::builder();
+    let mut server_builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
     match &config.tls {
         Some(tls) => {
             server_builder = server_builder

@@ -154,8 +154,11 @@ impl Failure {
                 url: url.to_owned(),
                 detail,
             },
-            // Transport breaks surface as these codes: the call may be tried again.
+            // Transport breaks surface as these codes, and a coordinator at
+            // its push limit says ResourceExhausted: the call may be tried
+            // again, here or at another coordinator.
             tonic::Code::Unavailable
+            | tonic::Code::ResourceExhausted
             | tonic::Code::Unknown
             | tonic::Code::Internal
             | tonic::Code::Cancelled

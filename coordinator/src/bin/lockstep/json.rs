@@ -71,6 +71,7 @@ pub fn lock(l: &LockInfo) -> Value {
         "since_unix_ms": l.since_unix_ms,
         "ttl_left_ms": l.ttl_left_ms,
         "fencing_token": l.fencing_token,
+        "leaseless": l.leaseless,
     })
 }
 

@@ -81,7 +81,7 @@ pub fn locked(service: &str, lock: Option<&LockInfo>, now: i64) -> String {
         age(l.since_unix_ms, now),
         utc(l.since_unix_ms)
     ));
-    out.push_str(&format!("  ttl left: {}\n", ttl_left(l.ttl_left_ms)));
+    out.push_str(&format!("  ttl left: {}\n", lock_ttl(l)));
     out.push_str(&format!(
         "  token:    {}\n  key:      {}\n",
         l.fencing_token, l.key
@@ -248,6 +248,15 @@ pub fn agents(list: &[AgentSummary], now: i64) -> String {
     )
 }
 
+/// A lock's TTL left, or that it has no lease (and so is no lock).
+fn lock_ttl(l: &LockInfo) -> String {
+    if l.leaseless {
+        "no lease (ignored)".to_owned()
+    } else {
+        ttl_left(l.ttl_left_ms)
+    }
+}
+
 pub fn locks(list: &[LockInfo], now: i64) -> String {
     if list.is_empty() {
         return "no locks are held\n".to_owned();
@@ -261,7 +270,7 @@ pub fn locks(list: &[LockInfo], now: i64) -> String {
                 holder(l.holder.as_ref()),
                 or_dash(&l.purpose),
                 age(l.since_unix_ms, now),
-                ttl_left(l.ttl_left_ms),
+                lock_ttl(l),
                 l.fencing_token.to_string(),
             ]
         })
@@ -278,6 +287,14 @@ pub fn broken_lock(broken: Option<&LockInfo>, audit_seq: u64, now: i64) -> Strin
     match broken {
         None => format!(
             "broke the lock (the coordinator did not describe it); audit record {audit_seq}\n"
+        ),
+        Some(l) if l.leaseless => format!(
+            "deleted {} lock key {}: it had no lease, so it was not a lock Lockstep took (written by {} for {} since {})\naudit record {audit_seq}\n",
+            json::lock_kind(l.kind),
+            l.key,
+            holder(l.holder.as_ref()),
+            or_dash(&l.purpose),
+            age(l.since_unix_ms, now),
         ),
         Some(l) => format!(
             "broke {} lock {}: held by {} for {} since {}, token {}\naudit record {audit_seq}\n",
@@ -505,7 +522,7 @@ pub fn status(
                         .unwrap_or_else(|| "?".to_owned()),
                     holder(l.holder.as_ref()),
                     age(l.since_unix_ms, now),
-                    ttl_left(l.ttl_left_ms),
+                    lock_ttl(l),
                 ]
             })
             .collect();
@@ -571,6 +588,7 @@ mod tests {
             since_unix_ms: NOW - 192_000,
             ttl_left_ms: 8_400,
             fencing_token: 17,
+            leaseless: false,
         }
     }
 
