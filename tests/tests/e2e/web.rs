@@ -140,7 +140,48 @@ async fn the_web_view_shows_the_fleet_and_follows_deployments_live() {
     .unwrap();
     timeline_reaches(&browser, &first, "succeeded").await;
     timeline_has(&browser, "finished (succeeded)").await;
+
+    // A disruption budget slot held for west-1 shows on its card, and in
+    // the locks table with its holder and TTL.
+    let client = crate::failover_client(&etcd).await;
+    let session = leases::Session::grant(client, leases::Ttl::from_secs(10).unwrap())
+        .await
+        .unwrap();
+    let slot = leases::DisruptionBudget::new("west")
+        .acquire(&session, "west-1/demo", "a planned restart", DEADLINE)
+        .await
+        .unwrap();
+    let slot_shown = |shown: bool| {
+        let browser = &browser;
+        async move {
+            let card = browser
+                .text("li.host[data-host=\"west-1\"]")
+                .await
+                .map_err(|e| e.to_string())?
+                .unwrap_or_default();
+            let locks = browser
+                .text("#locks-rows")
+                .await
+                .map_err(|e| e.to_string())?
+                .unwrap_or_default();
+            let on_card = card.contains("holds a disruption budget slot");
+            let in_table = locks.contains("/clusters/west/budget/west-1/demo")
+                && locks.contains("a planned restart");
+            if on_card == shown && in_table == shown {
+                Ok(())
+            } else {
+                Err(format!("card {card:?}, locks {locks:?}"))
+            }
+        }
+    };
+    wait_for("west-1's slot to show", DEADLINE, || slot_shown(true))
+        .await
+        .unwrap();
     browser.screenshot(&shots.join("fleet.png")).await.unwrap();
+    slot.release().await.unwrap();
+    wait_for("west-1's slot to go", DEADLINE, || slot_shown(false))
+        .await
+        .unwrap();
 
     // A bake long enough to be seen in progress.
     let slow = strategy(work.path(), "slow", "3s").unwrap();
