@@ -49,6 +49,9 @@
 //! [metrics]                                  # optional: off unless set
 //! listen = "127.0.0.1:9400"                  # GET /metrics (Prometheus), /healthz, /readyz
 //!
+//! [web]                                      # optional: off unless set; the web view (actions: see web/actions.rs)
+//! listen = "127.0.0.1:9410"                  # with [tls]: loopback only (it checks no certificate)
+//!
 //! [prometheus]                               # optional: what analysis gates query
 //! url = "http://127.0.0.1:9090"              # http[s]://host[:port][/prefix]
 //! ca_file = "/etc/lockstep/prom-ca.pem"      # https only: trust this CA instead of the system's
@@ -124,6 +127,9 @@ pub struct CoordinatorConfig {
     /// `[metrics] listen`: where /metrics, /healthz and /readyz are
     /// served; `None`: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// `[web] listen`: where the web view is served (loopback only, and
+    /// read-only, when `[tls]` is on); `None`: not served.
+    pub web_listen: Option<SocketAddr>,
     /// `[prometheus] url`: the only Prometheus analysis gates query;
     /// `None`: every analysis is inconclusive.
     pub prometheus: Option<crate::analysis::PrometheusEndpoint>,
@@ -170,6 +176,7 @@ struct RawConfig {
     #[serde(default)]
     checks: Vec<RawNamedCheck>,
     metrics: Option<RawMetrics>,
+    web: Option<RawWeb>,
     prometheus: Option<RawPrometheus>,
     #[serde(default)]
     notify: Vec<RawNotify>,
@@ -206,6 +213,12 @@ struct RawPrometheus {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
+    listen: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeb {
     listen: String,
 }
 
@@ -288,7 +301,8 @@ impl CoordinatorConfig {
             .parse::<SocketAddr>()
             .map_err(|e| format!("not an IP:port address ({e})"));
         check("listen", listen.as_ref().map(drop).map_err(Clone::clone));
-        let scheme = if raw.tls.is_some() { "https" } else { "http" };
+        let tls_on = raw.tls.is_some();
+        let scheme = if tls_on { "https" } else { "http" };
         let advertise_url = match (&raw.advertise_url, &listen) {
             (Some(url), _) => http_url(url).and_then(|()| {
                 if url.starts_with(&format!("{scheme}://")) {
@@ -424,6 +438,10 @@ impl CoordinatorConfig {
         let metrics_listen = raw
             .metrics
             .and_then(|m| metrics_listen(&m.listen, listen.as_ref().ok(), &mut check));
+        let web_listen = raw.web.and_then(|w| {
+            let taken = [listen.as_ref().ok().copied(), metrics_listen];
+            web_listen(&w.listen, &taken, tls_on, &mut check)
+        });
         let prometheus = raw.prometheus.and_then(|p| {
             use crate::analysis::{EndpointError, PrometheusEndpoint};
             PrometheusEndpoint::parse(&p.url, p.ca_file.as_deref())
@@ -466,6 +484,7 @@ impl CoordinatorConfig {
                 access,
                 checks,
                 metrics_listen,
+                web_listen,
                 prometheus,
                 notify,
                 push,
@@ -549,6 +568,38 @@ fn metrics_listen(
             "metrics.listen",
             Err(format!(
                 "{addr} is also listen (gRPC): give metrics a port of its own, e.g. 9400"
+            )),
+        ),
+        Ok(addr) => return Some(addr),
+    }
+    None
+}
+
+/// `[web] listen`: an IP:port of its own; with `[tls]`, loopback only.
+/// The web view checks no client certificate, so under mTLS it may be
+/// reached only from the coordinator's host (an SSH tunnel, or a proxy
+/// that authenticates); it is read-only either way.
+fn web_listen(
+    raw: &str,
+    taken: &[Option<SocketAddr>],
+    tls: bool,
+    check: &mut impl FnMut(&str, Result<(), String>),
+) -> Option<SocketAddr> {
+    match raw.parse::<SocketAddr>() {
+        Err(e) => check(
+            "web.listen",
+            Err(format!("{raw:?} is not an IP:port address ({e})")),
+        ),
+        Ok(addr) if taken.contains(&Some(addr)) => check(
+            "web.listen",
+            Err(format!(
+                "{addr} is already listen or metrics.listen: give the web view a port of its own, e.g. 9410"
+            )),
+        ),
+        Ok(addr) if tls && !addr.ip().is_loopback() => check(
+            "web.listen",
+            Err(format!(
+                "{addr} is not a loopback address: with [tls] the web view checks no client certificate, so it listens on 127.0.0.1 or ::1 only (reach it through an SSH tunnel or an authenticating proxy)"
             )),
         ),
         Ok(addr) => return Some(addr),
@@ -1122,6 +1173,62 @@ mod tests {
                 .to_string();
             assert!(err.contains(expected), "{expected} missing from: {err}");
         }
+    }
+
+    #[test]
+    fn the_web_view_is_off_unless_listen_is_set_and_loopback_only_under_tls() {
+        assert_eq!(parse(MINIMAL).unwrap().web_listen, None);
+        let config = parse(&format!("{MINIMAL}[web]\nlisten = \"0.0.0.0:9410\"\n")).unwrap();
+        assert_eq!(
+            config.web_listen.map(|a| a.to_string()).as_deref(),
+            Some("0.0.0.0:9410")
+        );
+        for (table, expected) in [
+            (
+                "listen = \"9410\"",
+                "web.listen: \"9410\" is not an IP:port",
+            ),
+            (
+                "listen = \"127.0.0.1:7400\"",
+                "web.listen: 127.0.0.1:7400 is already listen or metrics.listen",
+            ),
+            ("port = 9410", "port"),
+        ] {
+            let err = parse(&format!("{MINIMAL}[web]\n{table}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{expected} missing from: {err}");
+        }
+        let err = parse(&format!(
+            "{MINIMAL}[metrics]\nlisten = \"127.0.0.1:9400\"\n[web]\nlisten = \"127.0.0.1:9400\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("web.listen: 127.0.0.1:9400 is already"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn under_tls_the_web_view_listens_on_loopback_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = tls_table(dir.path(), "coordinator.pem");
+        let roles = ROLES;
+        let config = parse(&format!(
+            "{MINIMAL}{tls}{roles}[web]\nlisten = \"127.0.0.1:9410\"\n"
+        ))
+        .unwrap();
+        assert!(config.web_listen.is_some_and(|a| a.ip().is_loopback()));
+        let err = parse(&format!(
+            "{MINIMAL}{tls}{roles}[web]\nlisten = \"0.0.0.0:9410\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("web.listen: 0.0.0.0:9410 is not a loopback address: with [tls]"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub mod release_choice;
 pub mod roles;
 pub mod service;
 pub mod telemetry;
+pub mod web;
 pub mod wire;
 
 /// Milliseconds since the Unix epoch (0 before 1970).

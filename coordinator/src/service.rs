@@ -113,7 +113,7 @@ async fn bounded<T>(
 
 /// What a stream's client hears when this coordinator stops: UNAVAILABLE,
 /// which agents and `lockstep watch` take as "go to another coordinator".
-fn shutting_down() -> Status {
+pub(crate) fn shutting_down() -> Status {
     Status::unavailable("this coordinator is shutting down; use another coordinator")
 }
 
@@ -587,37 +587,9 @@ impl CoordinatorService for CoordinatorGrpc {
     ) -> Result<Response<pb::ListLocksResponse>, Status> {
         self.admission.admit(&request, Method::ListLocks)?;
         bounded(Waits::Read, "listing locks", async move {
-            let cluster = &request.get_ref().cluster;
-            let client = self.coordinator.client.clone();
-            let mut lock_keys = Vec::new();
-            for prefix in [keys::LOCKS, keys::LEADER, "/lockstep/v1/clusters/"] {
-                let response = client
-                    .clone()
-                    .get(
-                        prefix,
-                        Some(GetOptions::new().with_prefix().with_keys_only()),
-                    )
-                    .await
-                    .map_err(internal)?;
-                for kv in response.kvs() {
-                    let key = String::from_utf8_lossy(kv.key()).into_owned();
-                    let is_slot = key.contains("/budget/");
-                    if prefix.ends_with("clusters/") && !is_slot {
-                        continue;
-                    }
-                    let in_cluster = is_slot && key.contains(&format!("/clusters/{cluster}/"));
-                    if !cluster.is_empty() && !in_cluster {
-                        continue;
-                    }
-                    lock_keys.push(key);
-                }
-            }
-            let mut locks = Vec::new();
-            for key in lock_keys {
-                if let Ok(Some(info)) = FencedMutex::at(key.clone()).inspect(&client).await {
-                    locks.push(crate::wire::lock(&info, crate::wire::lock_kind(&key)));
-                }
-            }
+            let locks = list_locks(&self.coordinator.client, &request.get_ref().cluster)
+                .await
+                .map_err(internal)?;
             Ok(Response::new(pb::ListLocksResponse { locks }))
         })
         .await
@@ -809,9 +781,47 @@ impl ReportStream {
     }
 }
 
+/// Every deployment lock, the leader key and every budget slot (only
+/// `cluster`'s slots when it is not empty), as `lockstep locks` and the
+/// web view show them. Unbounded in time: callers put a deadline on it.
+pub(crate) async fn list_locks(
+    client: &leases::Etcd,
+    cluster: &str,
+) -> Result<Vec<pb::LockInfo>, etcd_client::Error> {
+    let mut lock_keys = Vec::new();
+    for prefix in [keys::LOCKS, keys::LEADER, "/lockstep/v1/clusters/"] {
+        let response = client
+            .clone()
+            .get(
+                prefix,
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await?;
+        for kv in response.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let is_slot = key.contains("/budget/");
+            if prefix.ends_with("clusters/") && !is_slot {
+                continue;
+            }
+            let in_cluster = is_slot && key.contains(&format!("/clusters/{cluster}/"));
+            if !cluster.is_empty() && !in_cluster {
+                continue;
+            }
+            lock_keys.push(key);
+        }
+    }
+    let mut locks = Vec::new();
+    for key in lock_keys {
+        if let Ok(Some(info)) = FencedMutex::at(key.clone()).inspect(client).await {
+            locks.push(crate::wire::lock(&info, crate::wire::lock_kind(&key)));
+        }
+    }
+    Ok(locks)
+}
+
 /// Sends a deployment's events from `from_seq` on, first those in etcd,
 /// then new ones as etcd sees them; ends after `Finished`.
-async fn forward_events(
+pub(crate) async fn forward_events(
     journal: crate::journal::Journal,
     id: String,
     service: String,

@@ -72,6 +72,8 @@ TEST_PACKAGES=(
     prometheus=prometheus           # metrics tests: a real Prometheus, and promtool
     ip=iproute2                     # fault tests: nodes in network namespaces …
     nft=nftables                    # … partitioned by dropping their packets
+    chromium=chromium               # the web view's browser test (headless) …
+    chromedriver=chromium-driver    # … driven over WebDriver
 )
 
 ensure_cargo() {

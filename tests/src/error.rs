@@ -53,6 +53,12 @@ pub enum HarnessError {
     NoLeader,
     #[error("workspace binary `{name}`: {detail}")]
     Binary { name: String, detail: String },
+    #[error("browser: {what}")]
+    Browser {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("{0}")]
     Fixture(String),
 }

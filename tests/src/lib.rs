@@ -16,6 +16,7 @@
 
 mod agent;
 mod bins;
+mod browser;
 mod coordinator;
 mod daemon;
 mod demo;
@@ -35,6 +36,7 @@ mod webhook;
 
 pub use agent::AgentFixture;
 pub use bins::workspace_bin;
+pub use browser::Browser;
 pub use coordinator::{CoordinatorFixture, TEST_ROLES, lockstep, lockstep_tls};
 pub use demo::DemoRelease;
 pub use error::HarnessError;

@@ -157,3 +157,39 @@ async fn check_config_refuses_a_webhook_ca_file_it_cannot_read_and_a_readable_se
     )
     .await;
 }
+
+/// `[web]` (#17): with `[tls]` the web view checks no client certificate,
+/// so check-config and the daemon both refuse it off loopback, naming the
+/// key; on loopback check-config says it is on and read-only.
+#[tokio::test]
+async fn check_config_refuses_a_web_view_off_loopback_under_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = lockstep_tests::TestPki::new("check-config").unwrap();
+    let tls = pki.issue("coordinator.lockstep").unwrap();
+    let base = format!(
+        "\n[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n\n[tls]\n{}{}",
+        tls.toml_lines(),
+        lockstep_tests::TEST_ROLES
+    );
+    let web = |host: &str| {
+        format!(
+            "{base}\n[web]\nlisten = \"{host}:{}\"\n",
+            free_loopback_port().unwrap()
+        )
+    };
+    both_refuse(
+        "lockstep-coordinator",
+        &coordinator_toml(dir.path(), &web("0.0.0.0")),
+        "web.listen",
+        "not a loopback address: with [tls] the web view checks no client certificate",
+    )
+    .await;
+    let file = coordinator_toml(dir.path(), &web("127.0.0.1"));
+    let (code, said) = run(
+        "lockstep-coordinator",
+        &["check-config", file.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("(read-only)"), "{said}");
+}

@@ -31,6 +31,7 @@ mod security;
 mod supersede;
 mod systemd;
 mod tls;
+mod web;
 
 /// A client of every member of `etcd` that fails over as the daemons' does,
 /// for the `leases` calls a test makes itself.

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! start: config -> etcd -> release depot -> bind listen (and [metrics]
-//!        listen) -> serve gRPC (and /metrics, /healthz, /readyz)
+//!        listen, [web] listen) -> serve gRPC (and /metrics, /healthz,
+//!        /readyz; the read-only web view)
 //!        -> READY=1 -> leadership loop (campaign, lead, repeat)
 //! SIGTERM/SIGINT: STOPPING=1 -> resign (a standby takes over at once)
 //!        and end every Report and WatchDeployment stream (agents and
@@ -72,7 +73,7 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig { file }) => CoordinatorConfig::load(&file)
             .map(|c| {
                 println!(
-                    "{}: valid (listen {}, advertise {}, tls {}, {} role rule(s), {} named check(s), metrics {})",
+                    "{}: valid (listen {}, advertise {}, tls {}, {} role rule(s), {} named check(s), metrics {}, web {})",
                     file.display(),
                     c.listen,
                     c.advertise_url,
@@ -84,6 +85,14 @@ fn main() -> ExitCode {
                     c.checks.len(),
                     c.metrics_listen
                         .map_or_else(|| "off".to_owned(), |a| format!("on {a}")),
+                    c.web_listen.map_or_else(
+                        || "off".to_owned(),
+                        |a| match (c.tls.is_some(), c.access.insecure_operators) {
+                            (true, _) => format!("on {a} (read-only)"),
+                            (false, false) => format!("on {a} (actions from loopback)"),
+                            (false, true) => format!("on {a} (actions from any address)"),
+                        }
+                    ),
                 )
             })
             .map_err(Into::into),
@@ -120,7 +129,14 @@ async fn serve(config: CoordinatorConfig) -> Result<()> {
                 config.listen
             )
         })?;
-    let metrics_listener = bind_metrics(config.metrics_listen).await?;
+    let metrics_listener = bind_endpoint(
+        config.metrics_listen,
+        "metrics.listen",
+        "serving /metrics, /healthz and /readyz",
+    )
+    .await?;
+    let web_listener =
+        bind_endpoint(config.web_listen, "web.listen", "serving the web view").await?;
     let mut server_builder = grpc_server(&config)?;
     let coordinator = Arc::new(Coordinator::new(config.clone(), client, depot));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -149,6 +165,13 @@ async fn serve(config: CoordinatorConfig) -> Result<()> {
             },
         ))
     });
+    let web = web_listener.map(|listener| {
+        tokio::spawn(coordinator::web::serve(
+            listener,
+            coordinator.clone(),
+            stop_rx.clone(),
+        ))
+    });
     let leadership = tokio::spawn(coordinator.clone().run_leadership(stop_rx.clone()));
     let mirror = tokio::spawn(coordinator::mirror::run(
         coordinator.depot.clone(),
@@ -168,11 +191,12 @@ async fn serve(config: CoordinatorConfig) -> Result<()> {
     // Resigning, the mirror and the server's drain run at once, under one
     // deadline: a task still running then is abandoned (the process exits).
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-    let (leadership, mirror, server, ()) = tokio::join!(
+    let (leadership, mirror, server, (), ()) = tokio::join!(
         within(deadline, leadership),
         within(deadline, mirror),
         within(deadline, server),
-        metrics_stopped(deadline, metrics),
+        endpoint_stopped("metrics endpoint", deadline, metrics),
+        endpoint_stopped("web view", deadline, web),
     );
     for (task, ended) in [("leadership", leadership), ("release mirror", mirror)] {
         match ended {
@@ -254,23 +278,27 @@ fn grpc_server(config: &CoordinatorConfig) -> Result<tonic::transport::Server> {
     Ok(server_builder)
 }
 
-/// `[metrics] listen`, bound at start so a taken port stops the daemon with
-/// the key named.
-async fn bind_metrics(
+/// `[metrics] listen` or `[web] listen`, bound at start so a taken port
+/// stops the daemon with the key named.
+async fn bind_endpoint(
     addr: Option<std::net::SocketAddr>,
+    key: &str,
+    serving: &'static str,
 ) -> Result<Option<tokio::net::TcpListener>> {
     let Some(addr) = addr else {
         return Ok(None);
     };
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!("cannot listen on {addr} (metrics.listen): is another process using this port?")
+        format!("cannot listen on {addr} ({key}): is another process using this port?")
     })?;
-    tracing::info!(listen = %addr, "serving /metrics, /healthz and /readyz");
+    tracing::info!(listen = %addr, "{serving}");
     Ok(Some(listener))
 }
 
-/// Waits (until `deadline`) for the metrics endpoint to stop, if it runs.
-async fn metrics_stopped(
+/// Waits (until `deadline`) for an HTTP endpoint (metrics, web view) to
+/// stop, if it runs.
+async fn endpoint_stopped(
+    what: &'static str,
     deadline: tokio::time::Instant,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 ) {
@@ -279,10 +307,10 @@ async fn metrics_stopped(
     };
     match within(deadline, task).await {
         Some(Ok(Ok(()))) => {}
-        Some(Ok(Err(err))) => tracing::error!(error = %err, "the metrics endpoint failed"),
-        Some(Err(err)) => tracing::error!(error = %err, "the metrics endpoint task failed"),
+        Some(Ok(Err(err))) => tracing::error!(what, error = %err, "the endpoint failed"),
+        Some(Err(err)) => tracing::error!(what, error = %err, "the endpoint task failed"),
         None => {
-            tracing::warn!(after = ?SHUTDOWN_GRACE, "a scraper kept its connection open; exiting without waiting for it")
+            tracing::warn!(what, after = ?SHUTDOWN_GRACE, "a client kept its connection open; exiting without waiting for it")
         }
     }
 }
