@@ -11,8 +11,11 @@ use std::time::Duration;
 use leases::{BudgetPolicy, DisruptionBudget};
 use lockstep_tests::operator::{finished, push, start_deploy, strategy_with};
 use lockstep_tests::{
-    CoordinatorFixture, DEMO_SERVICE, DemoRelease, EtcdCluster, FleetFixture, wait_for,
+    AgentFixture, CoordinatorFixture, DEMO_SERVICE, DemoRelease, EtcdCluster, FleetFixture,
+    free_loopback_port, wait_for,
 };
+use proto::v1 as pb;
+use proto::v1::agent_service_client::AgentServiceClient;
 
 const DEADLINE: Duration = Duration::from_secs(120);
 const TTL_SECS: u64 = 3;
@@ -90,17 +93,9 @@ async fn a_first_install_failing_on_one_host_of_a_batch_is_uninstalled_everywher
             .await
             .unwrap();
         assert!(releases["current"].is_null(), "{}: {releases}", host.id);
-        // Every service the host holds: one the deployment only staged
-        // (never applied) is not listed at all, and shows no instance.
-        let status = host.agent.agentctl_json(&["status"]).await.unwrap();
-        let instances: Vec<_> = status["services"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|s| s["service"] == DEMO_SERVICE)
-            .flat_map(|s| s["instances"].as_array().cloned().unwrap_or_default())
-            .collect();
-        assert!(instances.is_empty(), "{}: {status}", host.id);
+        no_instances(&host.agent)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", host.id));
         if host.id == FAILING {
             continue;
         }
@@ -151,4 +146,159 @@ async fn a_first_install_failing_on_one_host_of_a_batch_is_uninstalled_everywher
         .unwrap();
         assert_eq!(version, "1.0.0");
     }
+}
+
+/// Whether `agentctl status` lists no instance of the demo service (a
+/// service the host never held is not listed at all).
+async fn no_instances(agent: &AgentFixture) -> Result<(), String> {
+    let status = agent
+        .agentctl_json(&["status"])
+        .await
+        .map_err(|e| e.to_string())?;
+    let any = status["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["service"] == DEMO_SERVICE)
+        .any(|s| s["instances"].as_array().is_some_and(|i| !i.is_empty()));
+    if any {
+        Err(format!("instances left: {status}"))
+    } else {
+        Ok(())
+    }
+}
+
+fn apply(digest: &str, token: u64) -> pb::ApplyRequest {
+    pb::ApplyRequest {
+        service: DEMO_SERVICE.into(),
+        release_digest: digest.into(),
+        fencing_token: token,
+        deployment_id: format!("d-{token}"),
+    }
+}
+
+/// Issue #15 deliver 1, on one agent through its AgentService: Uninstall
+/// stops the service, frees its port and records "not installed", the
+/// release kept in the store; an Apply with the uninstall's token that
+/// reaches the agent after it (as the failed deployment's Apply does when
+/// it was still fetching) installs nothing; a later token's Apply installs
+/// the kept release again.
+#[tokio::test]
+async fn an_uninstall_frees_the_port_and_outranks_a_late_apply_of_its_token() {
+    let work = tempfile::tempdir().unwrap();
+    let agent = AgentFixture::start("host-41", "eu-1").await.unwrap();
+    let port = free_loopback_port().unwrap();
+    let bundle = DemoRelease::new("1.0.0", port).build(work.path()).unwrap();
+    agent.install(&bundle).await.unwrap();
+    let releases = agent
+        .agentctl_json(&["releases", DEMO_SERVICE])
+        .await
+        .unwrap();
+    let digest = releases["current"]["digest"].as_str().unwrap().to_owned();
+    let mut client = AgentServiceClient::connect(format!("http://{}", agent.grpc_addr()))
+        .await
+        .unwrap();
+
+    let verdict = client
+        .uninstall(pb::UninstallRequest {
+            service: DEMO_SERVICE.into(),
+            fencing_token: 5,
+            deployment_id: "d-5".into(),
+            reason: "a first install rolled back".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .verdict
+        .unwrap();
+    assert_eq!(
+        verdict.outcome(),
+        pb::CommandOutcome::Accepted,
+        "{verdict:?}"
+    );
+    // Answered once done: nothing runs, the port is free, the state says
+    // not installed and keeps the release.
+    no_instances(&agent).await.unwrap();
+    drop(TcpListener::bind(("127.0.0.1", port)).unwrap());
+    let releases = agent
+        .agentctl_json(&["releases", DEMO_SERVICE])
+        .await
+        .unwrap();
+    assert!(releases["current"].is_null(), "{releases}");
+    assert_eq!(
+        releases["previous"][0]["digest"],
+        digest.as_str(),
+        "{releases}"
+    );
+    let last = releases["history"]
+        .as_array()
+        .and_then(|h| h.last())
+        .cloned();
+    let trigger = last.as_ref().map(|l| l["trigger"].clone());
+    assert_eq!(
+        trigger,
+        Some("uninstall d-5 (token 5)".into()),
+        "{releases}"
+    );
+    let status = client
+        .status(pb::StatusRequest {
+            service: DEMO_SERVICE.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let wire = &status.services[0];
+    assert!(wire.current.is_none(), "{wire:?}");
+    let switch = wire.last_switch.clone().unwrap();
+    assert!(
+        switch.succeeded && switch.to_digest.is_empty(),
+        "{switch:?}"
+    );
+    assert_eq!(
+        (switch.deployment_id.as_str(), switch.fencing_token),
+        ("d-5", 5)
+    );
+
+    // The late Apply of the same token: taken, then refused, nothing run.
+    let late = client.apply(apply(&digest, 5)).await.unwrap().into_inner();
+    assert_eq!(
+        late.verdict.map(|v| v.outcome()),
+        Some(pb::CommandOutcome::Accepted)
+    );
+    wait_for("the late apply to end", DEADLINE, || async {
+        let installed = agent.current_version(DEMO_SERVICE).await;
+        if agent.log_text().contains("apply failed") || installed.is_ok_and(|v| !v.is_empty()) {
+            Ok(())
+        } else {
+            Err("still running".to_owned())
+        }
+    })
+    .await
+    .unwrap();
+    let log = agent.log_text();
+    assert!(
+        log.contains("an apply arrived after the uninstall that undoes it"),
+        "{log}"
+    );
+    no_instances(&agent).await.unwrap();
+    let releases = agent
+        .agentctl_json(&["releases", DEMO_SERVICE])
+        .await
+        .unwrap();
+    assert!(releases["current"].is_null(), "{releases}");
+
+    // A later deployment's Apply installs the kept release again.
+    let next = client.apply(apply(&digest, 6)).await.unwrap().into_inner();
+    assert_eq!(
+        next.verdict.map(|v| v.outcome()),
+        Some(pb::CommandOutcome::Accepted)
+    );
+    wait_for("1.0.0 to be installed again", DEADLINE, || async {
+        match agent.current_version(DEMO_SERVICE).await {
+            Ok(v) if v == "1.0.0" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
 }
