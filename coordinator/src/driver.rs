@@ -1395,6 +1395,21 @@ mod tests {
     }
 
     #[test]
+    fn an_agent_without_uninstall_is_named_with_what_to_do() {
+        let agent = InstanceId::new("west-4").unwrap();
+        let status = tonic::Status::unimplemented("unknown method Uninstall");
+        let said = too_old_to_uninstall(&agent, &status);
+        for part in [
+            "west-4",
+            "UNIMPLEMENTED",
+            "unknown method Uninstall",
+            "upgrade it",
+        ] {
+            assert!(said.contains(part), "{part}: {said}");
+        }
+    }
+
+    #[test]
     fn a_failed_uninstall_fails_only_when_it_is_this_deployments() {
         let none = Installed::Nothing;
         let t = FencingToken(4);
