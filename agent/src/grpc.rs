@@ -329,6 +329,36 @@ impl AgentService for AgentGrpc {
         }))
     }
 
+    async fn uninstall(
+        &self,
+        request: Request<pb::UninstallRequest>,
+    ) -> Result<Response<pb::UninstallResponse>, Status> {
+        self.authorize(&request, "Uninstall")?;
+        well_formed(&request.get_ref().service)?;
+        let r = request.into_inner();
+        let result = self
+            .host
+            .uninstall(&r.service, r.fencing_token, &r.deployment_id)
+            .await;
+        match &result {
+            Ok(message) => {
+                tracing::info!(
+                    service = r.service,
+                    deployment = r.deployment_id,
+                    reason = r.reason,
+                    message,
+                    "uninstall done"
+                );
+            }
+            Err(err) => {
+                tracing::warn!(service = r.service, deployment = r.deployment_id, error = %err, "uninstall failed");
+            }
+        }
+        Ok(Response::new(pb::UninstallResponse {
+            verdict: Some(verdict(result)),
+        }))
+    }
+
     async fn stage(
         &self,
         request: Request<pb::StageRequest>,

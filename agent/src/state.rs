@@ -16,8 +16,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// The on-disk format; bumped only with a migration and a fixture of the
-/// old format that must keep loading.
-pub const STATE_FORMAT: u32 = 1;
+/// old format that must keep loading. Format 2 (#15) adds uninstalls: a
+/// switch to "not installed" (`to` null, trigger `uninstall`); an agent
+/// that reads only format 1 refuses such a file instead of misreading it.
+pub const STATE_FORMAT: u32 = 2;
+/// The formats this agent loads (and saves as `STATE_FORMAT`): format 1
+/// is format 2 without uninstalls.
+const LOADS_FORMATS: [u32; 2] = [1, STATE_FORMAT];
 /// Releases remembered per service besides the current one.
 pub const PREVIOUS_KEPT: usize = 10;
 /// Switches remembered per service (`agentctl releases` shows them).
@@ -67,6 +72,8 @@ pub enum Trigger {
     Rollback,
     /// `agentctl restart`.
     Restart { forced: bool, reason: String },
+    /// The coordinator's `Uninstall` (rolling back a first install).
+    Uninstall { deployment: String, token: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,7 +91,8 @@ pub enum SwitchOutcome {
 pub struct SwitchRecord {
     pub at_unix_ms: i64,
     pub from: Option<String>,
-    pub to: String,
+    /// `None`: to "not installed" (an uninstall).
+    pub to: Option<String>,
     pub trigger: Trigger,
     pub outcome: SwitchOutcome,
 }
@@ -116,7 +124,7 @@ pub enum StateError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("agent state {path} has format {found}; this agent reads format {STATE_FORMAT}")]
+    #[error("agent state {path} has format {found}; this agent reads formats {LOADS_FORMATS:?}")]
     Format { path: PathBuf, found: u32 },
     #[error("cannot write agent state {path}: {source}")]
     Write {
@@ -148,7 +156,7 @@ impl ServiceState {
         let record = SwitchRecord {
             at_unix_ms: to.since_unix_ms,
             from: from.clone(),
-            to: to.digest.clone(),
+            to: Some(to.digest.clone()),
             trigger,
             outcome: outcome.clone(),
         };
@@ -159,11 +167,54 @@ impl ServiceState {
             }
             self.previous.truncate(PREVIOUS_KEPT);
         }
+        self.remember(record);
+    }
+
+    /// Records an uninstall at `at_unix_ms`; on success nothing is current
+    /// and the old current moves to the front of `previous` (its release
+    /// stays pinned, for a later rollforward).
+    pub fn record_uninstall(&mut self, at_unix_ms: i64, trigger: Trigger, outcome: SwitchOutcome) {
+        let from = self.current.as_ref().map(|r| r.digest.clone());
+        if outcome == SwitchOutcome::Succeeded {
+            if let Some(old) = self.current.take() {
+                self.previous.retain(|r| r.digest != old.digest);
+                self.previous.insert(0, old);
+                self.previous.truncate(PREVIOUS_KEPT);
+            }
+        }
+        self.remember(SwitchRecord {
+            at_unix_ms,
+            from,
+            to: None,
+            trigger,
+            outcome,
+        });
+    }
+
+    fn remember(&mut self, record: SwitchRecord) {
         self.history.push(record);
         if self.history.len() > HISTORY_KEPT {
             let excess = self.history.len() - HISTORY_KEPT;
             self.history.drain(..excess);
         }
+    }
+
+    /// The token of the last uninstall if it supersedes a coordinator's
+    /// Apply with `token`: an uninstall with token `u` (a first install
+    /// rolled back) outranks every Apply with a token up to `u`, even one
+    /// sent before it that reaches the actor after it (it was still
+    /// fetching its release), so that Apply must not install the service
+    /// again behind the coordinator's back.
+    pub fn uninstalled_by(&self, token: u64) -> Option<u64> {
+        self.history
+            .iter()
+            .rev()
+            .find_map(|h| match (&h.trigger, &h.outcome) {
+                (Trigger::Uninstall { token: u, .. }, SwitchOutcome::Succeeded) if *u >= token => {
+                    Some(*u)
+                }
+                _ => None,
+            })
     }
 
     /// Every digest this service may still need: current and previous.
@@ -195,16 +246,19 @@ impl AgentState {
                 });
             }
         };
-        let state: Self = serde_json::from_slice(&bytes).map_err(|source| StateError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
-        if state.format != STATE_FORMAT {
+        let mut state: Self =
+            serde_json::from_slice(&bytes).map_err(|source| StateError::Parse {
+                path: path.to_owned(),
+                source,
+            })?;
+        if !LOADS_FORMATS.contains(&state.format) {
             return Err(StateError::Format {
                 path: path.to_owned(),
                 found: state.format,
             });
         }
+        // Format 1 reads as format 2 unchanged; the next save says 2.
+        state.format = STATE_FORMAT;
         Ok(state)
     }
 
@@ -316,6 +370,103 @@ mod tests {
             web.history[1].trigger,
             Trigger::Restart { forced: true, .. }
         ));
+    }
+
+    #[test]
+    fn the_format_2_fixture_loads_an_uninstalled_service() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, include_str!("../tests/fixtures/state-v2.json")).unwrap();
+        let state = AgentState::load(&path).unwrap();
+        let web = &state.services["web"];
+        assert_eq!(web.current, None);
+        assert_eq!(web.previous.len(), 1);
+        assert_eq!(web.history[0].to, None);
+        assert_eq!(
+            web.history[0].trigger,
+            Trigger::Uninstall {
+                deployment: "d-9".into(),
+                token: 14
+            }
+        );
+    }
+
+    #[test]
+    fn a_format_1_state_is_saved_as_format_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, include_str!("../tests/fixtures/state-v1.json")).unwrap();
+        let state = AgentState::load(&path).unwrap();
+        state.save(&path).unwrap();
+        let again = AgentState::load(&path).unwrap();
+        assert_eq!(again, state);
+        let raw: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(raw["format"], 2);
+    }
+
+    #[test]
+    fn an_unknown_format_is_refused_naming_what_it_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, b"{\"format\": 3}").unwrap();
+        let err = AgentState::load(&path).unwrap_err();
+        assert!(matches!(err, StateError::Format { found: 3, .. }), "{err}");
+        assert!(err.to_string().contains("[1, 2]"), "{err}");
+    }
+
+    #[test]
+    fn an_uninstall_leaves_nothing_current_and_keeps_the_release_pinned() {
+        let mut service = ServiceState::default();
+        service.record_switch(release(1), Trigger::Install, SwitchOutcome::Succeeded);
+        let trigger = Trigger::Uninstall {
+            deployment: "d-1".into(),
+            token: 3,
+        };
+        service.record_uninstall(9, trigger.clone(), SwitchOutcome::Succeeded);
+        assert_eq!(service.current, None);
+        assert_eq!(service.previous, [release(1)]);
+        assert_eq!(service.pinned().collect::<Vec<_>>(), [release(1).digest]);
+        let last = service.history.last().unwrap();
+        assert_eq!((last.to.as_deref(), &last.trigger), (None, &trigger));
+        // Again: nothing to move, recorded all the same.
+        service.record_uninstall(10, trigger, SwitchOutcome::Succeeded);
+        assert_eq!(service.previous, [release(1)]);
+        assert_eq!(service.history.len(), 3);
+    }
+
+    /// Issue #15 deliver 1: an Apply of a first install, still fetching
+    /// when the rollback's uninstall (same token) ran, must not install
+    /// the service afterwards; a later deployment's (higher token) may.
+    #[test]
+    fn an_uninstall_outranks_applies_up_to_its_token() {
+        let mut service = ServiceState::default();
+        assert_eq!(service.uninstalled_by(7), None);
+        let uninstall = |token| Trigger::Uninstall {
+            deployment: "d-1".into(),
+            token,
+        };
+        service.record_uninstall(1, uninstall(7), SwitchOutcome::Succeeded);
+        assert_eq!(service.uninstalled_by(7), Some(7));
+        assert_eq!(service.uninstalled_by(6), Some(7));
+        assert_eq!(service.uninstalled_by(8), None);
+        let failed = SwitchOutcome::Failed {
+            reason: "no slot".into(),
+        };
+        service.record_uninstall(2, uninstall(9), failed);
+        assert_eq!(service.uninstalled_by(9), None);
+    }
+
+    #[test]
+    fn a_failed_uninstall_leaves_the_current_release() {
+        let mut service = ServiceState::default();
+        service.record_switch(release(1), Trigger::Install, SwitchOutcome::Succeeded);
+        let failed = SwitchOutcome::Failed {
+            reason: "no budget slot".into(),
+        };
+        service.record_uninstall(9, Trigger::Rollback, failed);
+        assert_eq!(service.current, Some(release(1)));
+        assert!(service.previous.is_empty());
     }
 
     #[test]

@@ -106,7 +106,9 @@ pub fn service_status(
 
 fn switch_record(record: &crate::state::SwitchRecord) -> pb::SwitchRecord {
     let (deployment_id, fencing_token) = match &record.trigger {
-        Trigger::Apply { deployment, token } => (deployment.clone(), *token),
+        Trigger::Apply { deployment, token } | Trigger::Uninstall { deployment, token } => {
+            (deployment.clone(), *token)
+        }
         _ => (String::new(), 0),
     };
     let (succeeded, detail) = match &record.outcome {
@@ -116,7 +118,8 @@ fn switch_record(record: &crate::state::SwitchRecord) -> pb::SwitchRecord {
     pb::SwitchRecord {
         deployment_id,
         fencing_token,
-        to_digest: record.to.clone(),
+        // Empty: to "not installed".
+        to_digest: record.to.clone().unwrap_or_default(),
         succeeded,
         detail,
         at_unix_ms: record.at_unix_ms,
@@ -128,6 +131,9 @@ pub fn trigger(trigger: &Trigger) -> String {
         Trigger::Install => "install".to_owned(),
         Trigger::Apply { deployment, token } => format!("apply {deployment} (token {token})"),
         Trigger::Rollback => "rollback".to_owned(),
+        Trigger::Uninstall { deployment, token } => {
+            format!("uninstall {deployment} (token {token})")
+        }
         Trigger::Restart {
             forced: true,
             reason,
@@ -157,7 +163,7 @@ pub fn releases(name: &str, durable: &ServiceState) -> pb::ReleasesResponse {
                 pb::SwitchEntry {
                     at_unix_ms: h.at_unix_ms,
                     from_digest: h.from.clone().unwrap_or_default(),
-                    to_digest: h.to.clone(),
+                    to_digest: h.to.clone().unwrap_or_default(),
                     trigger: trigger(&h.trigger),
                     outcome: outcome.into(),
                     reason,

@@ -104,6 +104,9 @@ struct Pending {
 enum ApplyResult {
     Verdict(pb::CommandVerdict),
     Transport(String),
+    /// The agent does not implement the command (an older agent): retrying
+    /// cannot help.
+    Unsupported(String),
 }
 
 enum Input {
@@ -444,6 +447,11 @@ impl Driver {
                     self.fail(instance, apply, release, detail).await
                 }
             },
+            ApplyResult::Unsupported(detail) => {
+                let release = p.release;
+                self.pending.remove(&instance);
+                self.fail(instance, apply, release, detail).await
+            }
             ApplyResult::Transport(error) => {
                 let since = *p.unreachable_since.get_or_insert_with(Instant::now);
                 let report = since.elapsed() >= UNREACHABLE_AFTER && !p.reported_unreachable;
@@ -962,11 +970,7 @@ impl Driver {
             return;
         }
         let Installed::Release(release) = release else {
-            // Nothing to send: "not installed" is confirmed from the fleet
-            // view (the failed first install left nothing running).
-            if let Some(p) = self.pending.get_mut(&instance) {
-                p.accepted = true;
-            }
+            self.send_uninstall(instance, apply);
             return;
         };
         let request = pb::ApplyRequest {
@@ -1032,6 +1036,38 @@ impl Driver {
         });
     }
 
+    /// Agent.Uninstall of the service on `instance`'s host: a failed first
+    /// install rolled back (#15). It answers when done, so its verdict is
+    /// the step's; "not installed" is then confirmed from the agent's
+    /// durable state (`judge`). An agent older than the RPC answers
+    /// UNIMPLEMENTED: the step fails saying so.
+    fn send_uninstall(&mut self, instance: InstanceId, apply: ApplyId) {
+        let request = pb::UninstallRequest {
+            service: self.record.service.clone(),
+            fencing_token: self.record.engine.token().0,
+            deployment_id: self.record.id.clone(),
+            reason: "rolling back a first install".to_owned(),
+        };
+        let client = self.agent_client(&instance);
+        let agent = instance.clone();
+        self.applies.spawn(async move {
+            let result = match client {
+                Err(e) => ApplyResult::Transport(e),
+                Ok(mut client) => {
+                    let mut request = tonic::Request::new(request);
+                    request.set_timeout(APPLY_TIMEOUT);
+                    match client.uninstall(request).await {
+                        Err(status) if status.code() == tonic::Code::Unimplemented => {
+                            ApplyResult::Unsupported(too_old_to_uninstall(&agent, &status))
+                        }
+                        answer => command_result(answer.map(|r| r.into_inner().verdict)),
+                    }
+                }
+            };
+            (instance, apply, result)
+        });
+    }
+
     /// A client of the agent behind `instance`, at the address it reported.
     fn agent_client(
         &self,
@@ -1046,7 +1082,16 @@ impl Driver {
     }
 }
 
-/// An agent's answer to a command (Apply, Restart) as the step's result.
+/// The step's failure when an agent does not know the Uninstall RPC.
+fn too_old_to_uninstall(agent: &InstanceId, status: &tonic::Status) -> String {
+    format!(
+        "agent {agent} cannot uninstall (it answered UNIMPLEMENTED: {}): it is older than this coordinator; upgrade it, then roll back again, or stop the service on it by hand",
+        status.message()
+    )
+}
+
+/// An agent's answer to a command (Apply, Restart, Uninstall) as the
+/// step's result.
 fn command_result(answer: Result<Option<pb::CommandVerdict>, tonic::Status>) -> ApplyResult {
     match answer {
         Ok(Some(verdict)) => ApplyResult::Verdict(verdict),
@@ -1077,7 +1122,7 @@ pub fn judge(
     token: FencingToken,
 ) -> Judgement {
     let Installed::Release(release) = release else {
-        return judge_nothing(status, accepted);
+        return judge_nothing(status, accepted, deployment, token);
     };
     let Some(status) = status else {
         return Judgement::Waiting;
@@ -1114,17 +1159,43 @@ pub fn judge(
     Judgement::Waiting
 }
 
-/// `judge` for "not installed": confirmed by the absence of a current release.
-fn judge_nothing(status: Option<&pb::ServiceStatus>, accepted: bool) -> Judgement {
-    match status {
-        None => Judgement::Ready,
-        Some(s) if s.current.is_none() => Judgement::Ready,
-        Some(s) if s.switch_state() == pb::SwitchState::Switching => Judgement::Waiting,
-        Some(s) if accepted => Judgement::Failed(format!(
-            "the host runs {} and a service cannot be uninstalled by a rollback; remove it by hand",
-            s.current.as_ref().map_or("", |c| c.version.as_str())
-        )),
-        Some(_) => Judgement::Waiting,
+/// `judge` for "not installed" (a first install rolled back): confirmed
+/// once the agent has done this Uninstall (`accepted`: it answers when
+/// its record is durable) and reports no current release and no instance
+/// of the service (or does not report the service at all); failed when
+/// the agent recorded this very uninstall (deployment, token) as failed.
+/// Before the Uninstall is done, "nothing installed" proves nothing: the
+/// forward Apply may still be fetching its release (#15: a host left on
+/// the release of a deployment that ended `rolled_back`); once it is
+/// done, the agent refuses that Apply.
+fn judge_nothing(
+    status: Option<&pb::ServiceStatus>,
+    accepted: bool,
+    deployment: &str,
+    token: FencingToken,
+) -> Judgement {
+    if !accepted {
+        return Judgement::Waiting;
+    }
+    let Some(status) = status else {
+        return Judgement::Ready;
+    };
+    if status.switch_state() == pb::SwitchState::Switching {
+        return Judgement::Waiting;
+    }
+    if status.current.is_none() && status.instances.is_empty() {
+        return Judgement::Ready;
+    }
+    match &status.last_switch {
+        Some(last)
+            if !last.succeeded
+                && last.to_digest.is_empty()
+                && last.deployment_id == deployment
+                && last.fencing_token == token.0 =>
+        {
+            Judgement::Failed(last.detail.clone())
+        }
+        _ => Judgement::Waiting,
     }
 }
 
@@ -1284,15 +1355,86 @@ mod tests {
         );
     }
 
+    /// Issue #15 deliver 1: a first install rolled back is confirmed
+    /// from the agent's durable state (no current release, no instance);
+    /// a host still on the release is waited for (it is being
+    /// uninstalled), never failed "cannot be uninstalled".
     #[test]
     fn not_installed_is_confirmed_by_the_absence_of_a_current_release() {
         let none = Installed::Nothing;
         let t = FencingToken(1);
         assert_eq!(judge(None, &none, true, "d", t), Judgement::Ready);
-        assert!(matches!(
+        // Not done yet: the forward apply may still be on its way.
+        assert_eq!(judge(None, &none, false, "d", t), Judgement::Waiting);
+        assert_eq!(
             judge(Some(&status(R1, true, None)), &none, true, "d", t),
-            Judgement::Failed(_)
-        ));
+            Judgement::Waiting
+        );
+        let mut uninstalled = status(R1, true, None);
+        uninstalled.current = None;
+        // The old instances still stopping: not yet.
+        assert_eq!(
+            judge(Some(&uninstalled), &none, true, "d", t),
+            Judgement::Waiting
+        );
+        uninstalled.instances.clear();
+        assert_eq!(
+            judge(Some(&uninstalled), &none, true, "d", t),
+            Judgement::Ready
+        );
+        assert_eq!(
+            judge(Some(&uninstalled), &none, false, "d", t),
+            Judgement::Waiting
+        );
+        let mut switching = uninstalled.clone();
+        switching.switch_state = pb::SwitchState::Switching.into();
+        assert_eq!(
+            judge(Some(&switching), &none, true, "d", t),
+            Judgement::Waiting
+        );
+    }
+
+    #[test]
+    fn an_agent_without_uninstall_is_named_with_what_to_do() {
+        let agent = InstanceId::new("west-4").unwrap();
+        let status = tonic::Status::unimplemented("unknown method Uninstall");
+        let said = too_old_to_uninstall(&agent, &status);
+        for part in [
+            "west-4",
+            "UNIMPLEMENTED",
+            "unknown method Uninstall",
+            "upgrade it",
+        ] {
+            assert!(said.contains(part), "{part}: {said}");
+        }
+    }
+
+    #[test]
+    fn a_failed_uninstall_fails_only_when_it_is_this_deployments() {
+        let none = Installed::Nothing;
+        let t = FencingToken(4);
+        let failed = |deployment: &str, token: u64, to: &str| pb::SwitchRecord {
+            deployment_id: deployment.into(),
+            fencing_token: token,
+            to_digest: to.into(),
+            succeeded: false,
+            detail: "no budget slot".into(),
+            at_unix_ms: 1,
+        };
+        let mine = status(R1, true, Some(failed("d", 4, "")));
+        assert_eq!(
+            judge(Some(&mine), &none, true, "d", t),
+            Judgement::Failed("no budget slot".into())
+        );
+        // Not yet accepted, another deployment's, an older token, or a
+        // failed switch to a release: not this uninstall's failure.
+        assert_eq!(judge(Some(&mine), &none, false, "d", t), Judgement::Waiting);
+        for other in [failed("e", 4, ""), failed("d", 3, ""), failed("d", 4, R1)] {
+            assert_eq!(
+                judge(Some(&status(R1, true, Some(other))), &none, true, "d", t),
+                Judgement::Waiting
+            );
+        }
     }
 
     #[test]
@@ -1315,7 +1457,7 @@ mod tests {
         // Nothing to judge: no report, or never sent on a known stream.
         assert!(!apply_lost(Some(3), Some(4), None, &r2));
         assert!(!apply_lost(None, Some(4), Some(&back_on_r1), &r2));
-        // "Not installed" is never sent, so never lost.
+        // An Uninstall is answered once it is durable, so never lost.
         assert!(!apply_lost(
             Some(3),
             Some(4),

@@ -1,9 +1,10 @@
 //! A service's actor: the one task that owns the service's runtime (its
 //! instances, sockets, the switch in progress) and takes every command for
-//! it — the coordinator's Apply, Rollback and Restart, agentctl's install,
-//! rollback and restart, the agent's own start and adoption — as messages,
-//! decides with `admission::admit` whether each runs, supersedes the one
-//! in flight or is refused, and runs them one at a time.
+//! it — the coordinator's Apply, Rollback, Restart and Uninstall,
+//! agentctl's install, rollback and restart, the agent's own start and
+//! adoption — as messages, decides with `admission::admit` whether each
+//! runs, supersedes the one in flight or is refused, and runs them one at
+//! a time.
 //!
 //! ```text
 //!   inbox ─► Order { token, command, taken }

@@ -39,6 +39,9 @@ pub(super) enum Command {
     Rollback,
     /// Every instance replaced by a fresh one, slot by slot.
     Restart(RestartOrder),
+    /// The coordinator's Uninstall: every instance stopped, "not
+    /// installed" recorded (its trigger says by which deployment).
+    Uninstall(Trigger),
     /// Agent start: run the current release (nothing recorded).
     Start(StoredRelease),
     /// Agent start: take over the processes a previous agent left running.
@@ -50,7 +53,7 @@ pub(super) enum Command {
 
 impl Command {
     /// A switch as `lockstep_agent_switches_total` counts them: install,
-    /// apply, rollback, restart (not the agent's own start or adoption).
+    /// apply, rollback, restart, uninstall (not the agent's own start or adoption).
     fn is_switch(&self) -> bool {
         !matches!(self, Self::Start(_) | Self::Adopt { .. })
     }
@@ -135,8 +138,16 @@ impl Executor for ServiceExecutor {
             let steer = (cancel, joined);
             let outcome = match command {
                 Command::Apply { release, trigger } => {
-                    host.switch_taken(&service, rt, release, Some(trigger), steer)
+                    match host
+                        .outranked_by_uninstall(&service, &release, &trigger)
                         .await
+                    {
+                        Some(err) => Err(err),
+                        None => {
+                            host.switch_taken(&service, rt, release, Some(trigger), steer)
+                                .await
+                        }
+                    }
                 }
                 Command::Install(release) => {
                     host.switch_taken(&service, rt, release, Some(Trigger::Install), steer)
@@ -147,6 +158,9 @@ impl Executor for ServiceExecutor {
                 }
                 Command::Rollback => host.rollback_now(&service, rt, steer).await,
                 Command::Restart(order) => host.restart_now(&service, rt, order, steer.0).await,
+                Command::Uninstall(trigger) => {
+                    host.uninstall_now(&service, rt, trigger, steer.0).await
+                }
                 Command::Adopt { release, found } => {
                     host.adopt(&service, rt, &release, found).await
                 }

@@ -39,6 +39,7 @@
 //!   command.rs  the commands, and how each runs on the host
 //!   runtime.rs  ServiceRuntime, the ServiceView readers see, status/logs
 //!   switch.rs   a switch and a restart as the actor runs them
+//!   uninstall.rs an uninstall as the actor runs it (first install undone)
 //!   steps.rs    carrying out the planner's steps on instances
 //!   launch.rs   starting or adopting one instance
 //!   reconcile.rs agent start: adopt or start each current release
@@ -86,6 +87,7 @@ mod reconcile;
 mod runtime;
 mod steps;
 mod switch;
+mod uninstall;
 
 pub use error::{HostError, Superseded, SwitchFailure};
 pub use fence::{FenceReset, FenceView};
@@ -371,6 +373,28 @@ impl Host {
             self.vouched(service, token).await?;
         }
         self.carry_out(service, token, Command::Rollback).await
+    }
+
+    /// The coordinator's Uninstall (rolling back a first install): fenced
+    /// like Apply, then run by the service's actor (`uninstall`), which
+    /// stops the instances and records "not installed" durably — also
+    /// when nothing is installed: the forward Apply may still be fetching
+    /// its release, and the record is what keeps it from installing the
+    /// service after the rollback (`ServiceState::uninstalled_by`).
+    pub async fn uninstall(
+        &self,
+        service: &str,
+        token: u64,
+        deployment: &str,
+    ) -> Result<String, HostError> {
+        self.refuse_stale(service, token).await?;
+        self.vouched(service, token).await?;
+        let trigger = Trigger::Uninstall {
+            deployment: deployment.to_owned(),
+            token,
+        };
+        self.carry_out(service, Some(token), Command::Uninstall(trigger))
+            .await
     }
 
     /// Refuses a service the durable state does not know.

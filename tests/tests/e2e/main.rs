@@ -18,6 +18,7 @@ mod etcd_failover;
 mod etcd_faults;
 mod etcd_harness;
 mod etcd_security;
+mod first_install;
 mod health;
 mod history;
 mod incident;
