@@ -39,6 +39,15 @@
 //!   unchecked (no [etcd])     Stale            Vouched (the mark is the only fence)
 //! ```
 //!
+//! Within one token (one deployment, one leader) the coordinator numbers
+//! its commands (`command_seq`, the engine's apply id). A command that
+//! arrives after a later-numbered command of its token was taken is
+//! `overtaken` and refused: the forward Apply of a host the deployment
+//! has already rolled back (it was delayed in the network, or still
+//! fetching its release on the agent) must not install the release the
+//! rollback left. Commands numbered 0 (agentctl, older coordinators) are
+//! not ordered.
+//!
 //! `reset_mark` is the break-glass for a mark that is already too high
 //! (`agentctl fence reset`): down to what etcd justifies, or to 0 when
 //! forced.
@@ -97,6 +106,22 @@ pub fn admit(high_water: u64, in_flight: Option<Claim<'_>>, arriving: Claim<'_>)
             }
         }
         _ => Admission::Busy,
+    }
+}
+
+/// The coordinator command a service took last: its token and number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    pub token: u64,
+    pub seq: u64,
+}
+
+/// Whether a command (`token`, `seq`) was overtaken: a command of the same
+/// token numbered after it was taken already. Refused as superseded.
+pub fn overtaken(last: Option<Taken>, token: Option<u64>, seq: u64) -> bool {
+    match (last, token) {
+        (Some(last), Some(token)) => seq != 0 && token == last.token && seq < last.seq,
+        _ => false,
     }
 }
 
@@ -175,6 +200,19 @@ pub fn reset_mark(high_water: u64, lock: LockReading, force: bool) -> MarkReset 
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_command_numbered_before_one_of_its_token_already_taken_is_overtaken() {
+        let last = Some(Taken { token: 7, seq: 5 });
+        assert!(overtaken(last, Some(7), 3), "the forward apply behind its rollback");
+        assert!(!overtaken(last, Some(7), 5), "the same command resent");
+        assert!(!overtaken(last, Some(7), 6));
+        assert!(!overtaken(last, Some(8), 1), "a newer token is the supersede rule's");
+        assert!(!overtaken(last, Some(7), 0), "unnumbered: not ordered");
+        assert!(!overtaken(last, None, 1), "agentctl");
+        assert!(!overtaken(None, Some(7), 1));
+    }
+
     use super::*;
 
     const COORDINATOR_5: Option<Claim<'static>> = Some(Claim {

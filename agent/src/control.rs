@@ -381,6 +381,7 @@ impl AgentControl for ControlService {
             forced: r.force,
             reason: r.reason.clone(),
             actor_uid,
+            seq: 0,
         };
         let result = self.host.restart(&r.service, order).await;
         Ok(Response::new(self.reply(&r.service, result).await))

@@ -181,7 +181,7 @@ impl AgentService for AgentGrpc {
             .accept_apply(
                 &r.service,
                 &r.release_digest,
-                r.fencing_token,
+                (r.fencing_token, r.command_seq),
                 &r.deployment_id,
             )
             .await;
@@ -309,6 +309,7 @@ impl AgentService for AgentGrpc {
             forced: false,
             reason,
             actor_uid: None,
+            seq: r.command_seq,
         };
         let result = self.host.restart(&r.service, order).await;
         Ok(Response::new(pb::RestartResponse {
@@ -338,7 +339,7 @@ impl AgentService for AgentGrpc {
         let r = request.into_inner();
         let result = self
             .host
-            .uninstall(&r.service, r.fencing_token, &r.deployment_id)
+            .uninstall(&r.service, (r.fencing_token, r.command_seq), &r.deployment_id)
             .await;
         match &result {
             Ok(message) => {

@@ -978,6 +978,7 @@ impl Driver {
             release_digest: release.to_string(),
             fencing_token: self.record.engine.token().0,
             deployment_id: self.record.id.clone(),
+            command_seq: apply.0,
         };
         let client = self.agent_client(&instance);
         #[cfg(feature = "fault-injection")]
@@ -1016,6 +1017,7 @@ impl Driver {
             fencing_token: self.record.engine.token().0,
             deployment_id: self.record.id.clone(),
             reason: self.record.reason.clone(),
+            command_seq: apply.0,
         };
         let client = self.agent_client(&instance);
         self.applies.spawn(async move {
@@ -1047,6 +1049,7 @@ impl Driver {
             fencing_token: self.record.engine.token().0,
             deployment_id: self.record.id.clone(),
             reason: "rolling back a first install".to_owned(),
+            command_seq: apply.0,
         };
         let client = self.agent_client(&instance);
         let agent = instance.clone();

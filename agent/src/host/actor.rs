@@ -7,7 +7,8 @@
 //! a time.
 //!
 //! ```text
-//!   inbox ─► Order { token, command, taken }
+//!   inbox ─► Order { token, seq, command, taken }
+//!              overtaken(last taken, token + seq) → refused (superseded)
 //!              admit(high-water, newest claimant, token + target)
 //!                Take        → runs now                          taken: Ok(Done)
 //!                Supersede   → the one in flight is cancelled (its
@@ -48,7 +49,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::{HostError, Superseded};
-use crate::admission::{self, Admission, Claim};
+use crate::admission::{self, Admission, Claim, Taken};
 use crate::state::StaleToken;
 
 /// Orders waiting for the actor beyond which senders wait.
@@ -112,6 +113,9 @@ pub(super) enum Message<C> {
 /// where to answer whether it was taken.
 pub(super) struct Order<C> {
     pub token: Option<u64>,
+    /// The coordinator's number for the command within its token (0: not
+    /// numbered); see `admission::overtaken`.
+    pub seq: u64,
     pub command: C,
     pub taken: oneshot::Sender<Result<Done, HostError>>,
 }
@@ -221,6 +225,8 @@ pub(super) async fn run<E: Executor>(
     let mut running: Option<Running<E::Command, E::Runtime>> = None;
     let mut queued: Option<Queued<E::Command>> = None;
     let mut retiring: Vec<(Retire, oneshot::Sender<()>)> = Vec::new();
+    // The coordinator command taken last, to refuse one it overtook.
+    let mut last_taken: Option<Taken> = None;
     loop {
         if running.is_none() {
             match (queued.take(), runtime.take()) {
@@ -255,7 +261,7 @@ pub(super) async fn run<E: Executor>(
                     let _ = order.taken.send(Err(gone(&executor)));
                 }
                 Some(Message::Order(order)) => {
-                    admit(&executor, running.as_mut(), &mut queued, order).await;
+                    admit(&executor, running.as_mut(), &mut queued, &mut last_taken, order).await;
                 }
             }
         }
@@ -327,13 +333,25 @@ async fn admit<E: Executor>(
     executor: &E,
     running: Option<&mut Running<E::Command, E::Runtime>>,
     queued: &mut Option<Queued<E::Command>>,
+    last_taken: &mut Option<Taken>,
     order: Order<E::Command>,
 ) {
     let Order {
         token,
+        seq,
         command,
         taken,
     } = order;
+    if admission::overtaken(*last_taken, token, seq) {
+        let by = last_taken.map_or(0, |l| l.token);
+        let _ = taken.send(Err(superseded_error(
+            executor,
+            by,
+            "the command",
+            "a later command of the same deployment was taken first",
+        )));
+        return;
+    }
     let target = E::target(&command);
     let decided = decide(
         executor,
@@ -350,6 +368,9 @@ async fn admit<E: Executor>(
             return;
         }
     };
+    if let Some(token) = token {
+        *last_taken = Some(Taken { token, seq });
+    }
     let (done, outcome) = oneshot::channel();
     // A caller that stopped waiting still has its command carried out.
     let _ = taken.send(Ok(Done(outcome)));
@@ -631,6 +652,7 @@ mod tests {
         let (taken, answer) = oneshot::channel();
         let order = Order {
             token,
+            seq: 0,
             command: work,
             taken,
         };

@@ -154,6 +154,8 @@ pub struct RestartOrder {
     pub reason: String,
     /// The caller's uid (agentctl), for the audit record.
     pub actor_uid: Option<u32>,
+    /// The coordinator's number for the command (`admission::overtaken`).
+    pub seq: u64,
 }
 
 impl Host {
@@ -233,7 +235,7 @@ impl Host {
         let release = self.stored(&digest.to_string()).await?;
         let service = release.manifest.service().to_string();
         let message = self
-            .carry_out(&service, None, Command::Install(release))
+            .carry_out(&service, (None, 0), Command::Install(release))
             .await?;
         Ok((service, message))
     }
@@ -275,7 +277,7 @@ impl Host {
         &self,
         service: &str,
         digest: &str,
-        token: u64,
+        (token, seq): (u64, u64),
         deployment: &str,
     ) -> Result<AcceptedApply, HostError> {
         // A stale command is refused before the caller waits for a fetch.
@@ -288,7 +290,7 @@ impl Host {
             token,
         };
         let done = self
-            .order(service, Some(token), Command::Apply { release, trigger })
+            .order(service, (Some(token), seq), Command::Apply { release, trigger })
             .await?;
         Ok(AcceptedApply { done })
     }
@@ -310,7 +312,7 @@ impl Host {
     async fn order(
         &self,
         service: &str,
-        token: Option<u64>,
+        (token, seq): (Option<u64>, u64),
         command: Command,
     ) -> Result<Done, HostError> {
         let actor = self.handle(service).actor.clone();
@@ -320,6 +322,7 @@ impl Host {
         let (taken, answer) = tokio::sync::oneshot::channel();
         let order = Order {
             token,
+            seq,
             command,
             taken,
         };
@@ -334,10 +337,10 @@ impl Host {
     async fn carry_out(
         &self,
         service: &str,
-        token: Option<u64>,
+        fence: (Option<u64>, u64),
         command: Command,
     ) -> Result<String, HostError> {
-        self.order(service, token, command).await?.outcome().await
+        self.order(service, fence, command).await?.outcome().await
     }
 
     /// The coordinator's Stage: the release is fetched (unless stored) and
@@ -372,7 +375,7 @@ impl Host {
             }
             self.vouched(service, token).await?;
         }
-        self.carry_out(service, token, Command::Rollback).await
+        self.carry_out(service, (token, 0), Command::Rollback).await
     }
 
     /// The coordinator's Uninstall (rolling back a first install): fenced
@@ -384,7 +387,7 @@ impl Host {
     pub async fn uninstall(
         &self,
         service: &str,
-        token: u64,
+        (token, seq): (u64, u64),
         deployment: &str,
     ) -> Result<String, HostError> {
         self.refuse_stale(service, token).await?;
@@ -393,7 +396,7 @@ impl Host {
             deployment: deployment.to_owned(),
             token,
         };
-        self.carry_out(service, Some(token), Command::Uninstall(trigger))
+        self.carry_out(service, (Some(token), seq), Command::Uninstall(trigger))
             .await
     }
 
@@ -416,7 +419,8 @@ impl Host {
         if let Some(token) = token {
             self.vouched(service, token).await?;
         }
-        self.carry_out(service, token, Command::Restart(order))
+        let seq = order.seq;
+        self.carry_out(service, (token, seq), Command::Restart(order))
             .await
     }
 

@@ -64,7 +64,7 @@ impl Host {
                         release: release.clone(),
                         found: adopt,
                     };
-                    match self.carry_out(&service, None, adopting).await {
+                    match self.carry_out(&service, (None, 0), adopting).await {
                         Ok(message) => return Ok(message),
                         Err(err) => tracing::warn!(
                             service,
@@ -73,7 +73,7 @@ impl Host {
                         ),
                     }
                 }
-                self.carry_out(&service, None, Command::Start(release)).await
+                self.carry_out(&service, (None, 0), Command::Start(release)).await
             }
             .await;
             match result {

@@ -71,6 +71,7 @@ fn apply(digest: &str, token: u64, deployment: &str) -> pb::ApplyRequest {
         release_digest: digest.to_owned(),
         fencing_token: token,
         deployment_id: deployment.to_owned(),
+        command_seq: 0,
     }
 }
 
@@ -316,4 +317,59 @@ async fn a_higher_token_for_the_release_in_flight_takes_the_switch_over() {
             .starts_with("apply deploy-t5 ")),
         "one switch, recorded as the newer command's: {releases}"
     );
+}
+
+/// Noticed while building #15's Uninstall (the same race for ordinary
+/// rollbacks): within one deployment (one token), the forward Apply of B
+/// can reach the agent after the rollback's Apply of A (it was delayed in
+/// the network, or still fetching B on the agent). On main it was taken,
+/// as its token equals the mark, and the host switched to B after the
+/// deployment had ended `rolled_back`. The coordinator numbers its
+/// commands (`command_seq`, the engine's apply id): the late forward Apply,
+/// numbered before the rollback's, is refused as overtaken and A serves.
+#[tokio::test]
+async fn a_forward_apply_that_arrives_after_its_rollback_is_refused() {
+    let agent = AgentFixture::start("host-33", "eu-1").await.unwrap();
+    let port = free_loopback_port().unwrap();
+    let (a_digest, b_digest) = a_serving_b_stored(&agent, port, 0).await;
+    let client = AgentServiceClient::connect(format!("http://{}", agent.grpc_addr()))
+        .await
+        .unwrap();
+
+    // The rollback's Apply (number 2) arrives first and is carried out.
+    let rollback = verdict(
+        &client,
+        pb::ApplyRequest {
+            command_seq: 2,
+            ..apply(&a_digest, 5, "deploy-t5")
+        },
+    )
+    .await;
+    assert_eq!(rollback.outcome(), pb::CommandOutcome::Accepted, "{rollback:?}");
+    recorded(&client, 5).await;
+    // Then the forward Apply it reverted (number 1).
+    let late = verdict(
+        &client,
+        pb::ApplyRequest {
+            command_seq: 1,
+            ..apply(&b_digest, 5, "deploy-t5")
+        },
+    )
+    .await;
+    assert_ne!(late.outcome(), pb::CommandOutcome::Accepted, "{late:?}");
+    assert!(late.message.contains("taken first"), "{late:?}");
+    let status = service_status(&client).await.unwrap();
+    assert_eq!(status.current.unwrap().digest, a_digest);
+    assert!(recorded_pids(&agent, &b_digest).is_empty(), "B was started");
+    assert_eq!(served_version(port).await.unwrap(), "1.0.0");
+    // The same command resent, and a later one, are still taken.
+    let again = verdict(
+        &client,
+        pb::ApplyRequest {
+            command_seq: 3,
+            ..apply(&b_digest, 5, "deploy-t5")
+        },
+    )
+    .await;
+    assert_eq!(again.outcome(), pb::CommandOutcome::Accepted, "{again:?}");
 }
