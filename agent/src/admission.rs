@@ -204,10 +204,16 @@ mod tests {
     #[test]
     fn a_command_numbered_before_one_of_its_token_already_taken_is_overtaken() {
         let last = Some(Taken { token: 7, seq: 5 });
-        assert!(overtaken(last, Some(7), 3), "the forward apply behind its rollback");
+        assert!(
+            overtaken(last, Some(7), 3),
+            "the forward apply behind its rollback"
+        );
         assert!(!overtaken(last, Some(7), 5), "the same command resent");
         assert!(!overtaken(last, Some(7), 6));
-        assert!(!overtaken(last, Some(8), 1), "a newer token is the supersede rule's");
+        assert!(
+            !overtaken(last, Some(8), 1),
+            "a newer token is the supersede rule's"
+        );
         assert!(!overtaken(last, Some(7), 0), "unnumbered: not ordered");
         assert!(!overtaken(last, None, 1), "agentctl");
         assert!(!overtaken(None, Some(7), 1));

@@ -339,7 +339,11 @@ impl AgentService for AgentGrpc {
         let r = request.into_inner();
         let result = self
             .host
-            .uninstall(&r.service, (r.fencing_token, r.command_seq), &r.deployment_id)
+            .uninstall(
+                &r.service,
+                (r.fencing_token, r.command_seq),
+                &r.deployment_id,
+            )
             .await;
         match &result {
             Ok(message) => {

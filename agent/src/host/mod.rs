@@ -290,7 +290,11 @@ impl Host {
             token,
         };
         let done = self
-            .order(service, (Some(token), seq), Command::Apply { release, trigger })
+            .order(
+                service,
+                (Some(token), seq),
+                Command::Apply { release, trigger },
+            )
             .await?;
         Ok(AcceptedApply { done })
     }

@@ -141,8 +141,8 @@ async fn concurrent_applies_of_one_release_fetch_it_once() {
     let digest = bundle.digest.to_string();
 
     let (a, b) = tokio::join!(
-        host.accept_apply("demo", &digest, 1, "d1"),
-        host.accept_apply("demo", &digest, 1, "d2")
+        host.accept_apply("demo", &digest, (1, 0), "d1"),
+        host.accept_apply("demo", &digest, (1, 0), "d2")
     );
 
     // One is taken; the other finds the service's command lock held.
@@ -156,7 +156,7 @@ async fn concurrent_applies_of_one_release_fetch_it_once() {
     assert!(helper::files_under(&data.join("incoming")).is_empty());
     // The release is of `demo`: applying it to another service is refused.
     let err = host
-        .accept_apply("billing", &digest, 1, "d3")
+        .accept_apply("billing", &digest, (1, 0), "d3")
         .await
         .unwrap_err();
     assert!(matches!(err, HostError::ReleaseUnavailable { .. }), "{err}");
@@ -174,7 +174,7 @@ async fn a_failed_fetch_refuses_the_apply_with_the_reason() {
         .unwrap();
 
     let err = host
-        .accept_apply("demo", &bundle.digest.to_string(), 1, "d1")
+        .accept_apply("demo", &bundle.digest.to_string(), (1, 0), "d1")
         .await
         .unwrap_err();
 

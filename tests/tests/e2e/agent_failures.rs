@@ -150,6 +150,7 @@ async fn an_apply_answered_accepted_is_carried_out() {
         release_digest: digest.to_owned(),
         fencing_token: 7,
         deployment_id: deployment,
+        command_seq: 0,
     };
     let mut current = 2;
     // Rounds where an apply was taken (the previous switch's old instance

@@ -174,6 +174,7 @@ fn apply(digest: &str, token: u64) -> pb::ApplyRequest {
         release_digest: digest.into(),
         fencing_token: token,
         deployment_id: format!("d-{token}"),
+        command_seq: 0,
     }
 }
 
@@ -205,6 +206,7 @@ async fn an_uninstall_frees_the_port_and_outranks_a_late_apply_of_its_token() {
             fencing_token: 5,
             deployment_id: "d-5".into(),
             reason: "a first install rolled back".into(),
+            command_seq: 0,
         })
         .await
         .unwrap()

@@ -427,6 +427,7 @@ async fn a_standby_finishes_the_rollout_of_a_killed_leader_and_the_old_token_is_
             release_digest: d1.clone(),
             fencing_token: old_token,
             deployment_id: id.clone(),
+            command_seq: 0,
         })
         .await
         .unwrap()

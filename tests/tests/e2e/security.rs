@@ -681,6 +681,7 @@ async fn seen_3_a_future_fencing_token_is_refused_and_wedges_nothing() {
                 release_digest: digest.to_owned(),
                 fencing_token: u64::MAX,
                 deployment_id: "forged".to_owned(),
+                command_seq: 0,
             })
             .await
             .unwrap()
@@ -838,6 +839,7 @@ async fn with_etcd_down_a_token_is_unverified_and_only_a_forced_reset_lowers_a_m
         release_digest: digest.clone(),
         fencing_token: token,
         deployment_id: "no-lock".to_owned(),
+        command_seq: 0,
     };
     let verdict = client
         .clone()
@@ -987,6 +989,7 @@ async fn names_are_bounded_at_the_door_of_the_coordinator_and_the_agent() {
             release_digest: format!("sha256:{}", "0".repeat(64)),
             fencing_token: 1,
             deployment_id: "bounded".to_owned(),
+            command_seq: 0,
         })
         .await
         .unwrap_err();

@@ -345,7 +345,11 @@ async fn a_forward_apply_that_arrives_after_its_rollback_is_refused() {
         },
     )
     .await;
-    assert_eq!(rollback.outcome(), pb::CommandOutcome::Accepted, "{rollback:?}");
+    assert_eq!(
+        rollback.outcome(),
+        pb::CommandOutcome::Accepted,
+        "{rollback:?}"
+    );
     recorded(&client, 5).await;
     // Then the forward Apply it reverted (number 1).
     let late = verdict(

@@ -162,6 +162,7 @@ async fn apply_as(
             release_digest: digest.to_owned(),
             fencing_token: 1,
             deployment_id: "demo-tls-test".to_owned(),
+            command_seq: 0,
         })
         .await
         .map(tonic::Response::into_inner)
