@@ -1,10 +1,10 @@
 //! Rollout wall time of a 30-agent fleet in 3 clusters against the
 //! theoretical minimum of the same plan: the sum over batches of start +
-//! readiness delay + `min_healthy_time`. "Start" is measured in the same
+//! readiness delay + `min_healthy_time`, plus the final `bake_time`. "Start" is measured in the same
 //! run: the median time from spawning the demo app by hand (no agent) to
 //! its READY=1 with no readiness delay. The ratio without it is printed too.
 //!
-//! `cargo build --release --workspace --bins && cargo bench -p lockstep-tests --bench fleet_rollout [-- AGENTS READY_MS MIN_HEALTHY_MS]`
+//! `cargo build --release --workspace --bins && cargo bench -p lockstep-tests --bench fleet_rollout [-- AGENTS READY_MS MIN_HEALTHY_MS BAKE_MS]`
 //! (the bench runs the binaries of its own profile; `--profile dev` with a
 //! debug build works too and is slower)
 //! Real etcd, one real coordinator, real agents and demo apps.
@@ -53,6 +53,8 @@ async fn main() {
     let agents = arg(1, 30) as usize;
     let ready_ms = arg(2, 300);
     let min_healthy_ms = arg(3, 1000);
+    // The strategy's default bake is 3 × min_healthy_time.
+    let bake_ms = arg(4, 3 * min_healthy_ms);
     let etcd = EtcdCluster::single().await.unwrap();
     let coordinator = CoordinatorFixture::start(&etcd.endpoints(), 10)
         .await
@@ -89,7 +91,7 @@ async fn main() {
     std::fs::write(
         &strategy,
         format!(
-            "[strategy]\ncanary = 1\nrehearse_rollback = false\nmax_unavailable = \"50%\"\nmin_healthy = \"50%\"\nmin_healthy_time = \"{min_healthy_ms}ms\"\nhealthy_deadline = \"60s\"\n"
+            "[strategy]\ncanary = 1\nrehearse_rollback = false\nmax_unavailable = \"50%\"\nmin_healthy = \"50%\"\nmin_healthy_time = \"{min_healthy_ms}ms\"\nbake_time = \"{bake_ms}ms\"\nhealthy_deadline = \"60s\"\n"
         ),
     )
     .unwrap();
@@ -111,10 +113,12 @@ async fn main() {
         .await
         .unwrap();
     let per_batch = start + Duration::from_millis(ready_ms + min_healthy_ms);
-    let minimum = per_batch * u32::try_from(batches).unwrap();
-    let without_start = Duration::from_millis(batches as u64 * (ready_ms + min_healthy_ms));
+    let bake = Duration::from_millis(bake_ms);
+    let minimum = per_batch * u32::try_from(batches).unwrap() + bake;
+    let without_start =
+        Duration::from_millis(batches as u64 * (ready_ms + min_healthy_ms) + bake_ms);
     println!(
-        "fleet_rollout: {agents} agents in 3 clusters, {batches} batches, app start {} ms (median of {START_SAMPLES}), readiness delay {ready_ms} ms, min_healthy_time {min_healthy_ms} ms",
+        "fleet_rollout: {agents} agents in 3 clusters, {batches} batches, app start {} ms (median of {START_SAMPLES}), readiness delay {ready_ms} ms, min_healthy_time {min_healthy_ms} ms, bake_time {bake_ms} ms",
         start.as_millis()
     );
     println!(
