@@ -37,7 +37,9 @@ pub const BAKE_TIME_FACTOR: u64 = 3;
 pub const DEFAULT_PROGRESS_DEADLINE: DurationMs = DurationMs::mins(60);
 /// A synthetic check that takes longer than this is treated as failed.
 pub const DEFAULT_CHECK_TIMEOUT: DurationMs = DurationMs::secs(30);
-/// The incident's rollback path had never run; rehearsing it costs one canary cycle.
+/// The incident's rollback path had never run; rehearsing it costs one canary
+/// cycle. The default where there is a canary; without one there is nothing
+/// to rehearse on.
 pub const DEFAULT_REHEARSE_ROLLBACK: bool = true;
 /// Reverting by hand is what turned the incident from 5 minutes into 80.
 pub const DEFAULT_AUTO_ROLLBACK: bool = true;
@@ -713,7 +715,11 @@ impl RawStrategy {
                 needed,
             });
         }
-        let rehearse_rollback = self.rehearse_rollback.unwrap_or(d.rehearse_rollback);
+        // Unset, it follows the canary: a strategy without one has nothing
+        // to rehearse on. Only an explicit `true` without a canary is wrong.
+        let rehearse_rollback = self
+            .rehearse_rollback
+            .unwrap_or(d.rehearse_rollback && canary > 0);
         if rehearse_rollback && canary == 0 {
             errs.push(StrategyError::RehearsalWithoutCanary);
         }

@@ -73,6 +73,7 @@ fn every_bad_value_is_reported_at_once() {
         r#"
         [strategy]
         canary = 0
+        rehearse_rollback = true
         max_unavailable = "150%"
         healthy_deadline = 30
         min_healthy_time = "10 parsecs"
@@ -91,6 +92,17 @@ fn every_bad_value_is_reported_at_once() {
         assert!(msg.contains(needle), "missing {needle:?} in {msg}");
     }
     assert_eq!(err.0.len(), 5);
+}
+
+/// An operator who writes `canary = 0` means "no canary": the rehearsal,
+/// which needs one, is then off unless asked for (and refused if asked).
+#[test]
+fn without_a_canary_the_rehearsal_defaults_off() {
+    let s = Strategy::from_toml("[strategy]\ncanary = 0\n").unwrap();
+    assert_eq!(s.canary, 0);
+    assert!(!s.rehearse_rollback);
+    let s = Strategy::from_toml("[strategy]\ncanary = 1\n").unwrap();
+    assert!(s.rehearse_rollback);
 }
 
 #[test]
