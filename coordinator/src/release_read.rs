@@ -50,7 +50,7 @@ pub enum ReadError {
     Bundle {
         release: NamedRelease,
         #[source]
-        source: release::BundleError,
+        source: Box<release::BundleError>,
     },
     #[error("reading the release index")]
     Index(#[source] DepotError),
@@ -208,7 +208,10 @@ async fn read(
         .await
         .map_err(|_| ReadError::Deadline)?
         .map_err(ReadError::Join)?;
-    read.map_err(|source| ReadError::Bundle { release, source })
+    read.map_err(|source| ReadError::Bundle {
+        release,
+        source: Box::new(source),
+    })
 }
 
 #[cfg(test)]

@@ -528,6 +528,50 @@ async fn release_diff_in_history_and_cli(
         said.contains("no release of demo is named `9.9.9`"),
         "{said}"
     );
+    let short = lockstep_tests::lockstep(urls, &["release", "show", "abc"])
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&short.stderr).into_owned();
+    assert!(!short.status.success(), "{}", text(&short));
+    assert!(
+        said.contains("`abc` is too short to name a release"),
+        "{said}"
+    );
+    // Without --service: looked up among every service's releases.
+    let show = lockstep_tests::lockstep(urls, &["release", "show", "3.0.0"])
+        .await
+        .unwrap();
+    let printed = String::from_utf8_lossy(&show.stdout).into_owned();
+    assert!(show.status.success(), "{}", text(&show));
+    assert!(printed.contains("version:  3.0.0"), "{printed}");
+    assert!(printed.contains(" config.toml sha256:"), "{printed}");
+    assert!(
+        printed.contains("manifest (release.toml):\n  [release]\n  service = \"demo\"\n"),
+        "{printed}"
+    );
+    // Any two releases, picked by version in the compare form.
+    browser.type_into("#compare-from", "1.0.0").await.unwrap();
+    browser.type_into("#compare-to", "2.0.0").await.unwrap();
+    browser.click("#compare button[type=submit]").await.unwrap();
+    wait_for("the picked diff to show", DEADLINE, || async {
+        let title = browser
+            .text("#release-title")
+            .await
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
+        let diff = browser
+            .text("#release-diff")
+            .await
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
+        if title.contains("1.0.0 → 2.0.0") && diff.contains("+version = \"2.0.0\"") {
+            Ok(())
+        } else {
+            Err(format!("{title:?}: {diff:?}"))
+        }
+    })
+    .await
+    .unwrap();
 }
 
 /// The seqs the timeline shows, in order.
