@@ -5,11 +5,13 @@
 //! ```text
 //! GET /                       the page (index.html, app.js, style.css: embedded, no build step)
 //! GET /api/fleet              FleetView (memory)            ─┐
-//! GET /api/deployments        active + newest finished (etcd) ├─ JSON, each etcd read bounded at 3 s
+//! GET /api/deployments        active + newest finished (etcd) ├─ JSON, each etcd read bounded at 3 s;
+//!                             (the active ones with           │  the page counts gates down itself
+//!                             Engine::waits: gates, deadlines)│
 //! GET /api/history            per service (etcd)              │
 //! GET /api/locks              locks and budget slots (etcd)  ─┘
-//! GET /api/releases/show?service=S&release=NAME        a release's manifest and files  ─┐ `release_read.rs`: the
-//! GET /api/releases/diff?service=S&from=A&to=B         what changed from A to B         ─┘ ShowRelease/DiffReleases answers
+//! GET /api/releases/show?service=S&release=NAME   a release's manifest and files ─┐ `release_read.rs`, as
+//! GET /api/releases/diff?service=S&from=A&to=B    what changed from A to B        ─┘ ShowRelease/DiffReleases
 //! GET /api/deployments/ID/events   SSE: the journal's events, the stream
 //!                             `lockstep watch` reads (`forward_events`), `id:` = seq,
 //!                             resumed after `Last-Event-ID`; at most MAX_EVENT_STREAMS open
