@@ -31,6 +31,8 @@ pub mod notify;
 pub mod push;
 pub mod record;
 pub mod release_choice;
+pub mod release_diff;
+pub mod release_read;
 pub mod roles;
 pub mod service;
 pub mod telemetry;

@@ -7,7 +7,8 @@
 //! operator  every viewer call, and PushRelease, Deploy, Pause, Resume,
 //!           Approve, Abort, Rollback, Restart, BreakLock
 //! viewer    GetDeployment, WatchDeployment, History, Plan, ListAgents,
-//!           ListLocks, ListReleases, RollbackTarget
+//!           ListLocks, ListReleases, ShowRelease, DiffReleases,
+//!           RollbackTarget
 //! agent     Report (only as the agent its certificate names), FetchRelease
 //! ```
 //!
@@ -76,6 +77,8 @@ pub enum Method {
     FetchRelease,
     PushRelease,
     ListReleases,
+    ShowRelease,
+    DiffReleases,
     Plan,
     Deploy,
     GetDeployment,
@@ -100,6 +103,8 @@ impl Method {
             Method::FetchRelease => "FetchRelease",
             Method::PushRelease => "PushRelease",
             Method::ListReleases => "ListReleases",
+            Method::ShowRelease => "ShowRelease",
+            Method::DiffReleases => "DiffReleases",
             Method::Plan => "Plan",
             Method::Deploy => "Deploy",
             Method::GetDeployment => "GetDeployment",
@@ -132,6 +137,8 @@ impl Method {
             | Method::Restart
             | Method::BreakLock => Role::Operator,
             Method::ListReleases
+            | Method::ShowRelease
+            | Method::DiffReleases
             | Method::Plan
             | Method::GetDeployment
             | Method::WatchDeployment
@@ -341,11 +348,13 @@ mod tests {
         ))
     }
 
-    const ALL: [Method; 19] = [
+    const ALL: [Method; 21] = [
         Method::Report,
         Method::FetchRelease,
         Method::PushRelease,
         Method::ListReleases,
+        Method::ShowRelease,
+        Method::DiffReleases,
         Method::Plan,
         Method::Deploy,
         Method::GetDeployment,
@@ -373,7 +382,7 @@ mod tests {
     #[test]
     fn operators_change_and_read_but_never_report() {
         let allowed = allowed(&certified(&["ops-7"]));
-        assert_eq!(allowed.len(), 17, "{allowed:?}");
+        assert_eq!(allowed.len(), 19, "{allowed:?}");
         assert!(!allowed.contains(&"Report") && !allowed.contains(&"FetchRelease"));
         assert_eq!(
             policy()
@@ -390,6 +399,8 @@ mod tests {
             allowed(&certified(&["dashboard"])),
             [
                 "ListReleases",
+                "ShowRelease",
+                "DiffReleases",
                 "Plan",
                 "GetDeployment",
                 "WatchDeployment",

@@ -29,7 +29,7 @@ use crate::leader::{Coordinator, Deployed, NotServed};
 use crate::push::PushGate;
 use crate::record::EventRecord;
 use crate::roles::{Caller, Method};
-use crate::{agent_binding, bounds};
+use crate::{agent_binding, bounds, release_read, wire};
 
 /// Size of a FetchRelease chunk.
 const CHUNK: usize = 256 * 1024;
@@ -189,6 +189,27 @@ async fn commit_push(
 /// reaches etcd or a log (`bounds`).
 fn malformed(e: bounds::Malformed) -> Status {
     Status::invalid_argument(chain(&e))
+}
+
+/// A release read's refusal: a bad or unknown name is the caller's, the
+/// rest this coordinator's.
+fn read_refused(err: release_read::ReadError) -> Status {
+    let text = chain(&err);
+    if err.is_bad_name() {
+        Status::invalid_argument(text)
+    } else if err.is_unknown() {
+        Status::not_found(text)
+    } else if matches!(err, release_read::ReadError::Busy) {
+        Status::resource_exhausted(text)
+    } else if matches!(
+        err,
+        release_read::ReadError::Deadline | release_read::ReadError::NotHere { .. }
+    ) {
+        Status::unavailable(text)
+    } else {
+        tracing::warn!(error = %cli::Chain(&err), "cannot read a release");
+        Status::internal(text)
+    }
 }
 
 fn internal<E: std::error::Error>(err: E) -> Status {
@@ -359,6 +380,38 @@ impl CoordinatorService for CoordinatorGrpc {
             }))
         })
         .await
+    }
+
+    async fn show_release(
+        &self,
+        request: Request<pb::ShowReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseContents>, Status> {
+        self.admission.admit(&request, Method::ShowRelease)?;
+        let request = request.into_inner();
+        bounds::service_filter(&request.service).map_err(malformed)?;
+        let (entry, contents) =
+            release_read::show(&self.coordinator.depot, &request.service, &request.name)
+                .await
+                .map_err(read_refused)?;
+        Ok(Response::new(wire::release_contents(&entry, &contents)))
+    }
+
+    async fn diff_releases(
+        &self,
+        request: Request<pb::DiffReleasesRequest>,
+    ) -> Result<Response<pb::ReleaseDiff>, Status> {
+        self.admission.admit(&request, Method::DiffReleases)?;
+        let request = request.into_inner();
+        bounds::service_filter(&request.service).map_err(malformed)?;
+        let diff = release_read::diff(
+            &self.coordinator.depot,
+            &request.service,
+            &request.from,
+            &request.to,
+        )
+        .await
+        .map_err(read_refused)?;
+        Ok(Response::new(wire::release_diff(&diff)))
     }
 
     async fn plan(

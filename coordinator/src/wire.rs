@@ -82,3 +82,75 @@ pub fn lock_kind(key: &str) -> pb::LockKind {
         pb::LockKind::Instance
     }
 }
+
+/// One bundle entry as `ReleaseFile`.
+pub fn release_file(file: &release::contents::FileContent) -> pb::ReleaseFile {
+    pb::ReleaseFile {
+        path: file.path.clone(),
+        kind: file.kind.to_owned(),
+        size: file.size,
+        mode: file.mode.clone(),
+        digest: file.digest.clone(),
+        link_target: file.link_target.clone().unwrap_or_default(),
+    }
+}
+
+/// A release's index entry and contents as `ReleaseContents`.
+pub fn release_contents(
+    entry: &crate::depot::ReleaseEntry,
+    contents: &release::contents::BundleContents,
+) -> pb::ReleaseContents {
+    pb::ReleaseContents {
+        release: Some(pb::ReleaseRef {
+            service: entry.service.clone(),
+            digest: entry.digest.clone(),
+            version: entry.version.clone(),
+        }),
+        manifest_toml: manifest_text(contents),
+        files: contents.files.iter().map(release_file).collect(),
+        files_truncated: contents.files_truncated,
+    }
+}
+
+/// `release.toml` as the bundle carries it.
+pub fn manifest_text(contents: &release::contents::BundleContents) -> String {
+    contents
+        .files
+        .iter()
+        .find(|f| f.path == release::manifest::MANIFEST_FILE)
+        .and_then(|f| f.text.clone())
+        .unwrap_or_default()
+}
+
+/// A comparison as `ReleaseDiff`.
+pub fn release_diff(diff: &crate::release_diff::ReleaseDiff) -> pb::ReleaseDiff {
+    use crate::release_diff::Change;
+    let name = |n: &crate::release_diff::ReleaseName| pb::ReleaseRef {
+        service: n.service.clone(),
+        digest: n.digest.clone(),
+        version: n.version.clone(),
+    };
+    pb::ReleaseDiff {
+        from: Some(name(&diff.from)),
+        to: Some(name(&diff.to)),
+        files: diff
+            .files
+            .iter()
+            .map(|f| pb::FileChange {
+                path: f.path.clone(),
+                change: match f.change {
+                    Change::Added => pb::FileChangeKind::Added,
+                    Change::Removed => pb::FileChangeKind::Removed,
+                    Change::Changed => pb::FileChangeKind::Changed,
+                }
+                .into(),
+                before: f.before.as_ref().map(release_file),
+                after: f.after.as_ref().map(release_file),
+            })
+            .collect(),
+        unchanged_files: u32::try_from(diff.unchanged_files).unwrap_or(u32::MAX),
+        files_truncated: diff.files_truncated,
+        config_diff: diff.config_diff.clone(),
+        config_truncated: diff.config_truncated,
+    }
+}

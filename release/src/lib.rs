@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+pub mod contents;
 pub mod digest;
 pub mod manifest;
 pub mod paths;

@@ -447,6 +447,39 @@ pub enum Notice {
     },
 }
 
+/// What a deployment waits for (`Engine::waits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitKind {
+    /// An operator paused it.
+    Paused,
+    /// `require_approval`: an operator must approve the next cluster.
+    Approval,
+    /// A batch's instances becoming ready.
+    Ready,
+    /// A ready batch's stable period (`min_healthy_time`).
+    Stable,
+    /// A synthetic check's answer.
+    Check,
+    /// An analysis run's verdict.
+    Analysis,
+    /// The bake after the last batch.
+    Bake,
+    /// The whole deployment's deadline.
+    Progress,
+}
+
+/// One thing a deployment waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wait {
+    pub kind: WaitKind,
+    /// When it ends by itself (a gate's timer); none for an approval or a
+    /// pause, which wait for an operator.
+    pub until: Option<Millis>,
+    /// What it is, in words.
+    pub detail: String,
+}
+
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -805,6 +838,142 @@ impl Engine {
             Phase::Finished(o) => Status::Finished(o),
             Phase::Superseded => Status::Superseded,
         }
+    }
+
+    /// What the deployment waits for now, soonest deadline first: each
+    /// gate's timer (stable period, checks, analyses, bake, the batch's
+    /// healthy deadline, the progress deadline) with the time it ends, and
+    /// an approval or an operator's pause, which have none. For watchers:
+    /// a page counts down to `until` itself.
+    pub fn waits(&self) -> Vec<Wait> {
+        let mut waits: Vec<Wait> = Vec::new();
+        if matches!(self.phase, Phase::Finished(_) | Phase::Superseded) {
+            return waits;
+        }
+        for (id, t) in &self.timers {
+            let (gate, detail) = match t.purpose {
+                Purpose::Stable => match self.phase {
+                    Phase::Running(Cursor {
+                        gate: Gate::Stabilizing { timer },
+                        ..
+                    }) if timer == *id => (
+                        WaitKind::Stable,
+                        format!(
+                            "the batch stays ready for min_healthy_time {} before its checks",
+                            self.plan.gates.min_healthy_time
+                        ),
+                    ),
+                    _ => continue,
+                },
+                Purpose::Bake => match self.phase {
+                    Phase::Baking { elapsed: false, .. } => (
+                        WaitKind::Bake,
+                        format!(
+                            "every switched instance stays healthy for bake_time {} before the deployment succeeds",
+                            self.plan.gates.bake_time
+                        ),
+                    ),
+                    _ => continue,
+                },
+                Purpose::Check(run) => {
+                    let Some(pc) = self.checks.get(&run) else {
+                        continue;
+                    };
+                    let cluster = &self.plan.clusters[pc.cluster];
+                    let name = cluster
+                        .checks
+                        .get(pc.check)
+                        .map_or("?", |c| c.name.as_str());
+                    (
+                        WaitKind::Check,
+                        format!(
+                            "check {name} on cluster {} (fails at its timeout)",
+                            cluster.name
+                        ),
+                    )
+                }
+                Purpose::Analysis(run) => {
+                    let Some(a) = self
+                        .analyses
+                        .get(&run)
+                        .and_then(|pa| self.plan.analyses.get(pa.analysis))
+                    else {
+                        continue;
+                    };
+                    (
+                        WaitKind::Analysis,
+                        format!(
+                            "analysis {}: {} measurement(s) every {} (inconclusive if no verdict by then)",
+                            a.name, a.count, a.interval
+                        ),
+                    )
+                }
+                Purpose::Healthy => match self.phase {
+                    Phase::Running(Cursor {
+                        gate: Gate::Applying { deadline },
+                        ..
+                    }) if deadline == *id => (
+                        WaitKind::Ready,
+                        format!(
+                            "the batch's instances become ready (healthy_deadline {})",
+                            self.plan.gates.healthy_deadline
+                        ),
+                    ),
+                    _ => continue,
+                },
+                Purpose::Progress => (
+                    WaitKind::Progress,
+                    format!(
+                        "progress_deadline {}: the deployment {} if it has not finished by then",
+                        self.plan.gates.progress_deadline,
+                        if self.plan.gates.auto_rollback {
+                            "rolls back"
+                        } else {
+                            "stops"
+                        }
+                    ),
+                ),
+                Purpose::Rollback(_) => continue,
+            };
+            waits.push(Wait {
+                kind: gate,
+                until: Some(t.due),
+                detail,
+            });
+        }
+        waits.sort_by_key(|w| w.until);
+        if let Phase::Running(c) = &self.phase {
+            if self.awaiting_approval {
+                let cluster = match self.plan.waves.get(c.wave).map(|w| w.kind) {
+                    Some(WaveKind::Cluster(ix)) => self
+                        .plan
+                        .clusters
+                        .get(ix)
+                        .map(|c| format!(" before cluster {}", c.name))
+                        .unwrap_or_default(),
+                    _ => String::new(),
+                };
+                waits.insert(
+                    0,
+                    Wait {
+                        kind: WaitKind::Approval,
+                        until: None,
+                        detail: format!("an operator's approval{cluster}"),
+                    },
+                );
+            }
+        }
+        if self.paused {
+            waits.insert(
+                0,
+                Wait {
+                    kind: WaitKind::Paused,
+                    until: None,
+                    detail: "paused by an operator: waits for resume".to_owned(),
+                },
+            );
+        }
+        waits
     }
 
     /// The instances the driver must watch now: every switched instance

@@ -56,7 +56,9 @@ pub mod strategy;
 
 pub use analysis::{Analysis, AnalysisRunId, Bindings, Verdict};
 pub use engine::AnalysisScope;
-pub use engine::{Action, Command, Engine, Event, Notice, Outcome, Reason, Status, Step, Watched};
+pub use engine::{
+    Action, Command, Engine, Event, Notice, Outcome, Reason, Status, Step, Wait, WaitKind, Watched,
+};
 pub use fleet::Fleet;
 pub use fleet::{
     ApplyId, CheckRunId, Cluster, ClusterName, DeploymentId, DurationMs, FencingToken, IdError,

@@ -317,6 +317,20 @@ impl CoordinatorService for Fake {
         Err(Status::unimplemented("not in the fake"))
     }
 
+    async fn show_release(
+        &self,
+        _: Request<pb::ShowReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseContents>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    async fn diff_releases(
+        &self,
+        _: Request<pb::DiffReleasesRequest>,
+    ) -> Result<Response<pb::ReleaseDiff>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
     async fn plan(
         &self,
         _: Request<pb::PlanRequest>,

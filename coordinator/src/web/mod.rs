@@ -5,9 +5,13 @@
 //! ```text
 //! GET /                       the page (index.html, app.js, style.css: embedded, no build step)
 //! GET /api/fleet              FleetView (memory)            ─┐
-//! GET /api/deployments        active + newest finished (etcd) ├─ JSON, each etcd read bounded at 3 s
+//! GET /api/deployments        active + newest finished (etcd) ├─ JSON, each etcd read bounded at 3 s;
+//!                             (the active ones with           │  the page counts gates down itself
+//!                             Engine::waits: gates, deadlines)│
 //! GET /api/history            per service (etcd)              │
 //! GET /api/locks              locks and budget slots (etcd)  ─┘
+//! GET /api/releases/show?service=S&release=NAME   a release's manifest and files ─┐ `release_read.rs`, as
+//! GET /api/releases/diff?service=S&from=A&to=B    what changed from A to B        ─┘ ShowRelease/DiffReleases
 //! GET /api/deployments/ID/events   SSE: the journal's events, the stream
 //!                             `lockstep watch` reads (`forward_events`), `id:` = seq,
 //!                             resumed after `Last-Event-ID`; at most MAX_EVENT_STREAMS open
@@ -44,9 +48,10 @@ use tokio_stream::{Stream, StreamExt};
 use crate::bounds;
 use crate::journal::JournalError;
 use crate::leader::{Coordinator, NotServed};
+use crate::release_read::{self, ReadError};
 use crate::service::ETCD_ANSWER_DEADLINE;
 use actions::{Action, ActionRefused};
-use view::{BadQuery, DeploymentView, EventView, FleetGrid, LockView};
+use view::{BadQuery, DeploymentView, EventView, FleetGrid, LockView, WaitView};
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
@@ -96,6 +101,8 @@ pub enum WebError {
         "etcd did not answer within {ETCD_ANSWER_DEADLINE:?}; the action may still take effect once it does: check the timeline before trying again"
     )]
     CommandDeadline,
+    #[error("{0}")]
+    Release(#[source] ReadError),
 }
 
 impl IntoResponse for WebError {
@@ -121,6 +128,13 @@ impl IntoResponse for WebError {
             }
             Self::Command(NotServed::Internal { .. }) => StatusCode::BAD_GATEWAY,
             Self::CommandDeadline => StatusCode::GATEWAY_TIMEOUT,
+            Self::Release(err) if err.is_bad_name() => StatusCode::BAD_REQUEST,
+            Self::Release(err) if err.is_unknown() => StatusCode::NOT_FOUND,
+            Self::Release(ReadError::Busy | ReadError::NotHere { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Release(ReadError::Deadline) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Release(_) => StatusCode::BAD_GATEWAY,
         };
         if status.is_server_error() {
             tracing::warn!(error = %cli::Chain(&self), "web view request failed");
@@ -195,6 +209,8 @@ fn router(state: WebState) -> Router {
         .route("/api/deployments", get(deployments))
         .route("/api/history", get(history))
         .route("/api/locks", get(locks))
+        .route("/api/releases/show", get(show_release))
+        .route("/api/releases/diff", get(diff_releases))
         .route("/api/deployments/{id}/events", get(events))
         .route("/api/deployments/{id}/{verb}", axum::routing::post(act))
         .layer(middleware::from_fn(bounded_request))
@@ -257,6 +273,9 @@ struct Deployments {
     active: Vec<DeploymentView>,
     /// Whether this caller may pause, resume, approve and abort here.
     can_operate: bool,
+    /// This coordinator's clock: the page counts down to a gate's
+    /// `until_unix_ms` from it, whatever the browser's clock says.
+    server_now_unix_ms: i64,
 }
 
 async fn deployments(
@@ -273,7 +292,11 @@ async fn deployments(
         let mut active = Vec::new();
         for id in ids.iter().take(MAX_ACTIVE_READ) {
             match coordinator.record(id).await {
-                Ok(record) => active.push(DeploymentView::of(&record.wire())),
+                Ok(record) => {
+                    let mut view = DeploymentView::of(&record.wire());
+                    view.waits = record.engine.waits().iter().map(WaitView::of).collect();
+                    active.push(view);
+                }
                 // Ended between the two reads: the history has it.
                 Err(NotServed::NotFound(_)) => {}
                 Err(err) => return Err(etcd_error("cannot read an active deployment")(err)),
@@ -296,6 +319,7 @@ async fn deployments(
         current,
         active,
         can_operate,
+        server_now_unix_ms: crate::now_unix_ms(),
     }))
 }
 
@@ -378,6 +402,65 @@ async fn locks(State(state): State<WebState>) -> Result<Response, WebError> {
     let now = crate::now_unix_ms();
     let views: Vec<LockView> = locks.iter().map(|l| LockView::of(l, now)).collect();
     Ok(json(&views))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShowQuery {
+    service: Option<String>,
+    release: String,
+}
+
+#[derive(Debug, Serialize)]
+struct ShownRelease {
+    release: crate::release_diff::ReleaseName,
+    manifest_toml: String,
+    files: Vec<release::contents::FileContent>,
+    files_truncated: bool,
+}
+
+/// A release's manifest and files: what `lockstep release show` prints.
+async fn show_release(
+    State(state): State<WebState>,
+    Query(query): Query<ShowQuery>,
+) -> Result<Response, WebError> {
+    let service = query.service.unwrap_or_default();
+    bounds::service_filter(&service).map_err(BadQuery::Malformed)?;
+    let (entry, contents) = release_read::show(&state.coordinator.depot, &service, &query.release)
+        .await
+        .map_err(WebError::Release)?;
+    Ok(json(&ShownRelease {
+        release: crate::release_diff::ReleaseName {
+            service: entry.service,
+            version: entry.version,
+            digest: entry.digest,
+        },
+        manifest_toml: crate::wire::manifest_text(&contents),
+        files: contents.files,
+        files_truncated: contents.files_truncated,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiffQuery {
+    service: Option<String>,
+    from: String,
+    to: String,
+}
+
+/// What changed from one release to another: the comparison
+/// `lockstep release diff` prints (`release_diff::diff`).
+async fn diff_releases(
+    State(state): State<WebState>,
+    Query(query): Query<DiffQuery>,
+) -> Result<Response, WebError> {
+    let service = query.service.unwrap_or_default();
+    bounds::service_filter(&service).map_err(BadQuery::Malformed)?;
+    let diff = release_read::diff(&state.coordinator.depot, &service, &query.from, &query.to)
+        .await
+        .map_err(WebError::Release)?;
+    Ok(json(&diff))
 }
 
 /// Pauses, resumes, approves or aborts deployment `id` for a caller the
@@ -551,6 +634,8 @@ mod tests {
             ("bad", "bad-bg"),
             ("bad", "page"),
             ("off", "off-bg"),
+            ("add", "add-bg"),
+            ("del", "del-bg"),
         ] {
             let ratio = contrast(text, background);
             println!("--{text} on --{background}: {ratio:.2}:1");

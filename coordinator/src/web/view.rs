@@ -233,7 +233,10 @@ pub struct DeploymentView {
     pub id: String,
     pub service: String,
     pub version: String,
+    /// Short, as shown.
     pub digest: String,
+    /// Full: what the release panel asks for.
+    pub release_digest: String,
     /// As stored (`rolled_back`) and as read (`rolled back`).
     pub state: String,
     pub state_text: String,
@@ -247,6 +250,42 @@ pub struct DeploymentView {
     /// Finished minus created; `None` while it runs.
     pub duration_ms: Option<i64>,
     pub clusters: Vec<ClusterProgressView>,
+    /// What it waits for now (only a running deployment read from its
+    /// record has any).
+    pub waits: Vec<WaitView>,
+}
+
+/// One gate a running deployment waits for; the page counts down to
+/// `until_unix_ms` itself.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct WaitView {
+    pub kind: String,
+    pub kind_text: &'static str,
+    /// When its timer ends; none for an approval or a pause.
+    pub until_unix_ms: Option<i64>,
+    pub detail: String,
+}
+
+impl WaitView {
+    pub fn of(wait: &rollout::Wait) -> Self {
+        use rollout::WaitKind as K;
+        let (kind, kind_text) = match wait.kind {
+            K::Paused => ("paused", "Paused"),
+            K::Approval => ("approval", "Waiting for approval"),
+            K::Ready => ("ready", "Waiting for instances to become ready"),
+            K::Stable => ("stable", "Stable period"),
+            K::Check => ("check", "Check running"),
+            K::Analysis => ("analysis", "Analysis running"),
+            K::Bake => ("bake", "Baking"),
+            K::Progress => ("progress", "Progress deadline"),
+        };
+        Self {
+            kind: kind.to_owned(),
+            kind_text,
+            until_unix_ms: wait.until.map(|m| i64::try_from(m.0).unwrap_or(i64::MAX)),
+            detail: wait.detail.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -280,6 +319,7 @@ impl DeploymentView {
             service: d.service.clone(),
             version: target.version,
             digest: short_digest(&target.digest),
+            release_digest: target.digest.clone(),
             state_text: state.replace('_', " "),
             state,
             terminal,
@@ -300,6 +340,7 @@ impl DeploymentView {
                     failed: c.failed,
                 })
                 .collect(),
+            waits: Vec::new(),
         }
     }
 }
@@ -400,6 +441,28 @@ impl LockView {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// #17 item 2: a gate's deadline goes to the page as unix ms, to count
+    /// down from; an approval has none.
+    #[test]
+    fn a_wait_carries_its_deadline_and_says_what_it_is() {
+        let bake = WaitView::of(&rollout::Wait {
+            kind: rollout::WaitKind::Bake,
+            until: Some(rollout::Millis(1_796_000_000_000)),
+            detail: "every switched instance stays healthy".into(),
+        });
+        assert_eq!(bake.kind, "bake");
+        assert_eq!(bake.kind_text, "Baking");
+        assert_eq!(bake.until_unix_ms, Some(1_796_000_000_000));
+        let approval = WaitView::of(&rollout::Wait {
+            kind: rollout::WaitKind::Approval,
+            until: None,
+            detail: "an operator's approval before cluster west".into(),
+        });
+        let json = serde_json::to_value(&approval).unwrap();
+        assert_eq!(json["until_unix_ms"], serde_json::Value::Null);
+        assert_eq!(json["kind_text"], "Waiting for approval");
+    }
 
     const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 

@@ -12,3 +12,4 @@ mod helper;
 mod plan;
 mod sim;
 mod strategy;
+mod waits;

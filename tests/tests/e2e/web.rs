@@ -1,11 +1,16 @@
 //! The web view (#17) in a real headless Chromium, against real etcd, a
 //! coordinator, agents and demo apps: the fleet grid, the live timeline
-//! over Server-Sent Events, and a bad release's rollback with its reason.
+//! over Server-Sent Events with its gates' countdowns, a bad release's
+//! rollback with its reason, and the history's release manifest and diff
+//! (the same as `lockstep release show|diff`).
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
-use lockstep_tests::operator::{agents_known, finished, push, start_deploy, strategy};
+use lockstep_tests::operator::{
+    agents_known, finished, push, start_deploy, strategy, strategy_with, text,
+};
 use lockstep_tests::{
     Browser, CoordinatorFixture, DemoRelease, EtcdCluster, FleetFixture, free_loopback_port,
     wait_for,
@@ -86,6 +91,79 @@ async fn timeline_has(browser: &Browser, text: &str) -> String {
     )
     .await
     .unwrap()
+}
+
+/// What the page says the deployment waits for.
+async fn waits_text(browser: &Browser) -> Result<String, String> {
+    Ok(browser
+        .text("#waits")
+        .await
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default())
+}
+
+/// Scrolls the gates into the screenshot's view.
+async fn show_waits(browser: &Browser) {
+    browser
+        .execute("document.getElementById('waits').scrollIntoView({block: 'center'}); return null;")
+        .await
+        .unwrap();
+}
+
+/// Approves each cluster from the page while the deployment waits for
+/// it (the page says so, with no countdown: an operator must act), until
+/// it bakes; returns what the page says of the bake. Writes the
+/// screenshot of the first approval gate.
+async fn approve_until_baking(browser: &Browser, shots: &Path) -> String {
+    let mut approvals = 0;
+    loop {
+        let shown = wait_for(
+            "the page to show an approval gate or the bake",
+            DEADLINE,
+            || async {
+                let waits = waits_text(browser).await?;
+                if waits.contains("Waiting for approval") || waits.contains("Baking") {
+                    Ok(waits)
+                } else {
+                    Err(format!("the waits read {waits:?}"))
+                }
+            },
+        )
+        .await
+        .unwrap();
+        if shown.contains("Baking") {
+            assert!(approvals >= 1, "no approval was asked for: {shown}");
+            return shown;
+        }
+        assert!(shown.contains("until an operator acts"), "{shown}");
+        if approvals == 0 {
+            show_waits(browser).await;
+            browser
+                .screenshot(&shots.join("approval-gate.png"))
+                .await
+                .unwrap();
+        }
+        approvals += 1;
+        assert!(approvals <= 3, "asked for approval {approvals} times");
+        browser
+            .type_into("#action-reason", "the canary is healthy")
+            .await
+            .unwrap();
+        browser
+            .click("#actions button[value=approve]")
+            .await
+            .unwrap();
+        wait_for("the approval to be taken", DEADLINE, || async {
+            let waits = waits_text(browser).await?;
+            if waits.contains("Waiting for approval") {
+                Err(format!("the waits read {waits:?}"))
+            } else {
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    }
 }
 
 /// Issue #17 deliver 4: the page shows every host with its release,
@@ -183,8 +261,9 @@ async fn the_web_view_shows_the_fleet_and_follows_deployments_live() {
         .await
         .unwrap();
 
-    // A bake long enough to be seen in progress.
-    let slow = strategy(work.path(), "slow", "3s").unwrap();
+    // A bake long enough to be seen in progress (3 × min_healthy_time),
+    // and an approval before each cluster after the first.
+    let slow = strategy_with(work.path(), "slow", "3s", "pause_between_clusters = true\n").unwrap();
     let v2 = DemoRelease::new("2.0.0", 1).build(work.path()).unwrap();
     let second = start_deploy(&urls, &push(&urls, &v2).await.unwrap(), &slow)
         .await
@@ -239,6 +318,39 @@ async fn the_web_view_shows_the_fleet_and_follows_deployments_live() {
         .unwrap();
     timeline_has(&browser, "(web view): latency is fine").await;
 
+    // Issue #17 item 2: the gates with their countdowns. Each approval is
+    // asked for and given on the page; the bake counts down, ticking in
+    // the browser from the deadline the coordinator sent.
+    let bake = approve_until_baking(&browser, &shots).await;
+    assert!(bake.contains("bake_time 9s"), "{bake}");
+    let first_tick = browser
+        .text("#waits .countdown[data-until]")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    assert!(first_tick.ends_with("left"), "{bake}");
+    show_waits(&browser).await;
+    browser
+        .screenshot(&shots.join("bake-countdown.png"))
+        .await
+        .unwrap();
+    wait_for("the bake's countdown to tick", DEADLINE, || async {
+        let now = browser
+            .text("#waits .countdown[data-until]")
+            .await
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
+        if now != first_tick {
+            Ok(())
+        } else {
+            Err(format!("still {now:?}"))
+        }
+    })
+    .await
+    .unwrap();
+    let timeline = timeline_has(&browser, "waiting for `lockstep approve").await;
+    assert!(timeline.contains("approved"), "{timeline}");
+
     timeline_reaches(&browser, &second, "succeeded").await;
     // The header follows the record; the events come over their stream.
     timeline_has(&browser, "finished (succeeded)").await;
@@ -285,12 +397,181 @@ async fn the_web_view_shows_the_fleet_and_follows_deployments_live() {
         .await
         .unwrap();
 
+    release_diff_in_history_and_cli(&browser, &urls, &third, &shots).await;
+
     let kept = browser
         .execute("return window.lockstepNoReload;")
         .await
         .unwrap();
     assert_eq!(kept, "kept", "the page reloaded");
     browser.close().await.unwrap();
+}
+
+/// Issue #17 item 1: the history links each deployment to its release's
+/// manifest and to the diff from the release deployed before it; the
+/// diff is the one `lockstep release diff` prints.
+async fn release_diff_in_history_and_cli(
+    browser: &Browser,
+    urls: &[String],
+    third: &str,
+    shots: &Path,
+) {
+    let row = format!("#history-tables tr[data-deployment=\"{third}\"]");
+    wait_for("the history to list the bad release", DEADLINE, || async {
+        browser
+            .text(&row)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no row for {third}"))
+    })
+    .await
+    .unwrap();
+    browser
+        .click(&format!("{row} button[aria-label^=\"manifest of\"]"))
+        .await
+        .unwrap();
+    let manifest = wait_for("the manifest to show", DEADLINE, || async {
+        let shown = browser
+            .text("#release-manifest")
+            .await
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
+        if shown.contains("version = \"3.0.0\"") {
+            Ok(shown)
+        } else {
+            Err(format!("the manifest reads {shown:?}"))
+        }
+    })
+    .await
+    .unwrap();
+    assert!(manifest.contains("[readiness]"), "{manifest}");
+    browser
+        .click(&format!("{row} button[aria-label^=\"diff from\"]"))
+        .await
+        .unwrap();
+    let added = "+metrics_endpoint = \"http://metrics.internal:9090\"";
+    let shown = wait_for("the diff to show the config change", DEADLINE, || async {
+        let shown = browser
+            .text("#release-diff")
+            .await
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
+        if shown.contains(added) {
+            Ok(shown)
+        } else {
+            Err(format!("the diff reads {shown:?}"))
+        }
+    })
+    .await
+    .unwrap();
+    for line in [
+        "--- a/config.toml",
+        "+++ b/config.toml",
+        "-version = \"2.0.0\"",
+        "+version = \"3.0.0\"",
+    ] {
+        assert!(shown.contains(line), "{line:?} is not in {shown}");
+    }
+    // Marked by class (colour) as well as by its `+`.
+    let marked = browser
+        .execute(
+            "return [...document.querySelectorAll('#release-diff .diff-add')].map(s => s.textContent);",
+        )
+        .await
+        .unwrap();
+    assert!(
+        marked
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str() == Some(added)),
+        "{marked}"
+    );
+    browser
+        .screenshot(&shots.join("release-diff.png"))
+        .await
+        .unwrap();
+
+    let cli = lockstep_tests::lockstep(
+        urls,
+        &["release", "diff", "2.0.0", "3.0.0", "--service", "demo"],
+    )
+    .await
+    .unwrap();
+    let printed = String::from_utf8_lossy(&cli.stdout).into_owned();
+    assert!(cli.status.success(), "{}", text(&cli));
+    let config = printed
+        .split_once("configuration:\n")
+        .map(|(_, c)| c)
+        .unwrap_or_default();
+    // Line by line as the page holds them (the rendered text folds a
+    // context line that is a lone space).
+    let lines = browser
+        .execute("return [...document.querySelectorAll('#release-diff span')].map(s => s.textContent).join('\\n');")
+        .await
+        .unwrap();
+    assert_eq!(
+        config.trim_end(),
+        lines.as_str().unwrap_or_default(),
+        "the CLI and the page show one diff"
+    );
+    assert!(printed.contains("~ changed  config.toml"), "{printed}");
+    let unknown = lockstep_tests::lockstep(
+        urls,
+        &["release", "diff", "2.0.0", "9.9.9", "--service", "demo"],
+    )
+    .await
+    .unwrap();
+    let said = String::from_utf8_lossy(&unknown.stderr).into_owned();
+    assert!(!unknown.status.success(), "{}", text(&unknown));
+    assert!(
+        said.contains("no release of demo is named `9.9.9`"),
+        "{said}"
+    );
+    let short = lockstep_tests::lockstep(urls, &["release", "show", "abc"])
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&short.stderr).into_owned();
+    assert!(!short.status.success(), "{}", text(&short));
+    assert!(
+        said.contains("`abc` is too short to name a release"),
+        "{said}"
+    );
+    // Without --service: looked up among every service's releases.
+    let show = lockstep_tests::lockstep(urls, &["release", "show", "3.0.0"])
+        .await
+        .unwrap();
+    let printed = String::from_utf8_lossy(&show.stdout).into_owned();
+    assert!(show.status.success(), "{}", text(&show));
+    assert!(printed.contains("version:  3.0.0"), "{printed}");
+    assert!(printed.contains(" config.toml sha256:"), "{printed}");
+    assert!(
+        printed.contains("manifest (release.toml):\n  [release]\n  service = \"demo\"\n"),
+        "{printed}"
+    );
+    // Any two releases, picked by version in the compare form.
+    browser.type_into("#compare-from", "1.0.0").await.unwrap();
+    browser.type_into("#compare-to", "2.0.0").await.unwrap();
+    browser.click("#compare button[type=submit]").await.unwrap();
+    wait_for("the picked diff to show", DEADLINE, || async {
+        let title = browser
+            .text("#release-title")
+            .await
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
+        let diff = browser
+            .text("#release-diff")
+            .await
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
+        if title.contains("1.0.0 → 2.0.0") && diff.contains("+version = \"2.0.0\"") {
+            Ok(())
+        } else {
+            Err(format!("{title:?}: {diff:?}"))
+        }
+    })
+    .await
+    .unwrap();
 }
 
 /// The seqs the timeline shows, in order.

@@ -3,12 +3,16 @@
 // current deployment's events over Server-Sent Events. Actions (pause,
 // resume, approve, abort) are offered only when the coordinator says this
 // caller may operate; the coordinator checks again on every action.
+// A gate's countdown is computed here from the deadline the coordinator
+// sends (and its clock), ticking locally: no request per second.
 "use strict";
 
 const POLL_MS = 2000;
 const $ = (id) => document.getElementById(id);
 let followed = null; // { id, source, seen: Set of seqs }
 let slotHolders = new Set(); // hosts holding a disruption budget slot, from the last locks answer
+let clockSkewMs = 0; // the coordinator's clock minus this browser's
+let refreshSoon = null; // a poll scheduled after a timeline event
 
 // A DOM element with text children (never HTML: names come from the fleet).
 function el(tag, attrs, ...children) {
@@ -88,6 +92,42 @@ function renderSummary(d) {
     rest.length ? el("details", {}, el("summary", {}, "Details"), el("pre", {}, rest.join("\n"))) : "");
 }
 
+// What the current deployment waits for, each with a live countdown to
+// the deadline the coordinator sent (none for an approval or a pause).
+function renderWaits(d) {
+  const waits = d && !d.terminal ? d.waits || [] : [];
+  if (!waits.length) { $("waits").replaceChildren(); return; }
+  $("waits").replaceChildren(el("h4", {}, "Now waiting for"),
+    el("ul", {}, ...waits.map((w) => {
+      const item = el("li", { class: `wait wait-${w.kind}`, "data-kind": w.kind },
+        el("strong", {}, w.kind_text), `: ${w.detail}`);
+      if (w.until_unix_ms != null) {
+        item.append(" — ", el("span", { class: "countdown", "data-until": w.until_unix_ms }, countdown(w.until_unix_ms)));
+      } else {
+        item.append(" — ", el("span", { class: "countdown" }, "until an operator acts"));
+      }
+      return item;
+    })));
+}
+
+function countdown(until) {
+  const left = until - (Date.now() + clockSkewMs);
+  return left > 0 ? `${duration(Math.max(1000, left))} left` : "due now";
+}
+
+function tickCountdowns() {
+  for (const span of document.querySelectorAll(".countdown[data-until]")) {
+    span.textContent = countdown(Number(span.dataset.until));
+  }
+}
+
+// A timeline event may open or close a gate: refresh once, shortly,
+// however many events arrive together.
+function refreshAfterEvent() {
+  if (refreshSoon) return;
+  refreshSoon = setTimeout(() => { refreshSoon = null; poll(); }, 300);
+}
+
 // Opens the event stream of `d` unless it is the one followed. The
 // browser's EventSource reconnects by itself with Last-Event-ID, so a
 // coordinator that stops or an etcd hiccup loses no event.
@@ -107,6 +147,7 @@ function follow(d) {
     if (mine.seen.has(ev.seq)) return;
     mine.seen.add(ev.seq);
     appendEvent(ev);
+    refreshAfterEvent();
     const state = $("deployment-state");
     if (state) {
       state.textContent = ev.state_text;
@@ -136,20 +177,120 @@ function appendEvent(ev) {
 }
 
 function renderHistory(services) {
+  const known = new Set();
   const tables = services.filter((s) => s.deployments.length > 0).map((s) =>
     el("table", {},
       el("caption", {}, `Service ${s.service}: last ${s.deployments.length} deployment(s)`),
       el("thead", {}, el("tr", {}, ...["Deployment", "Release", "Outcome", "Who", "Why", "Duration"]
         .map((h) => el("th", { scope: "col" }, h)))),
-      el("tbody", {}, ...s.deployments.map((d) => el("tr", {},
-        el("td", {}, d.id),
-        el("td", {}, `${d.version} `, el("span", { class: "digest" }, d.digest)),
-        el("td", {}, el("span", { class: `badge state-${d.state}` }, d.state_text),
-          outcomeOf(d).said ? ` ${firstLine(outcomeOf(d).said, 200)}` : ""),
-        el("td", {}, d.actor),
-        el("td", {}, d.reason),
-        el("td", {}, duration(d.duration_ms)))))));
+      el("tbody", {}, ...s.deployments.map((d, i) => {
+        known.add(d.version);
+        // The release deployed before this one: the next older row on
+        // another release.
+        const before = s.deployments.slice(i + 1).find((o) => o.release_digest !== d.release_digest);
+        const release = el("td", {}, `${d.version} `, el("span", { class: "digest" }, d.digest), el("br"),
+          releaseButton("Manifest", `manifest of ${d.version} (${d.digest})`, () => showRelease(s.service, d.release_digest)));
+        if (before) {
+          release.append(releaseButton("Diff with previous", `diff from ${before.version} to ${d.version}`,
+            () => showDiff(s.service, before.release_digest, d.release_digest)));
+        }
+        return el("tr", { "data-deployment": d.id },
+          el("td", {}, d.id),
+          release,
+          el("td", {}, el("span", { class: `badge state-${d.state}` }, d.state_text),
+            outcomeOf(d).said ? ` ${firstLine(outcomeOf(d).said, 200)}` : ""),
+          el("td", {}, d.actor),
+          el("td", {}, d.reason),
+          el("td", {}, duration(d.duration_ms)));
+      }))));
   $("history-tables").replaceChildren(...(tables.length ? tables : [el("p", {}, "No finished deployment yet.")]));
+  $("known-releases").replaceChildren(...[...known].map((v) => el("option", { value: v })));
+  if (!$("compare-service").value && services.length === 1) $("compare-service").value = services[0].service;
+}
+
+function releaseButton(text, label, onClick) {
+  const button = el("button", { type: "button", "aria-label": label, class: "release-link" }, text);
+  button.addEventListener("click", onClick);
+  return button;
+}
+
+function query(params) {
+  return Object.entries(params).filter(([, v]) => v)
+    .map(([k, v]) => `${k}=${encodeURIComponent(v)}`).join("&");
+}
+
+// Shows `body` in the release panel and moves the keyboard focus there.
+function showPanel(title, ...body) {
+  $("release").hidden = false;
+  $("release-title").textContent = title;
+  $("release-body").replaceChildren(...body);
+  $("release-title").focus();
+}
+
+async function showRelease(service, name) {
+  try {
+    const r = await getJson(`/api/releases/show?${query({ service, release: name })}`);
+    const rows = r.files.map((f) => el("tr", {},
+      el("td", {}, el("code", {}, f.path)), el("td", {}, f.kind), el("td", {}, String(f.size)),
+      el("td", {}, f.mode), el("td", {}, el("code", {}, f.digest || f.link_target || ""))));
+    showPanel(`Release ${r.release.service} ${r.release.version}`,
+      el("p", {}, "Digest: ", el("code", {}, r.release.digest)),
+      el("h4", {}, "Manifest (release.toml)"),
+      el("pre", { id: "release-manifest" }, r.manifest_toml),
+      el("table", {},
+        el("caption", {}, `${r.files.length} entries${r.files_truncated ? " (cut: more than the coordinator lists)" : ""}`),
+        el("thead", {}, el("tr", {}, ...["Path", "Kind", "Bytes", "Mode", "Digest"].map((h) => el("th", { scope: "col" }, h)))),
+        el("tbody", {}, ...rows)));
+  } catch (err) {
+    showPanel("Release", el("p", { role: "alert" }, err.message));
+  }
+}
+
+const CHANGE_MARK = { added: "+", removed: "-", changed: "~" };
+
+async function showDiff(service, from, to) {
+  try {
+    const d = await getJson(`/api/releases/diff?${query({ service, from, to })}`);
+    const files = d.files.map((f) => el("li", { class: `change-${f.change}` },
+      `${CHANGE_MARK[f.change]} ${f.change} `, el("code", {}, f.path),
+      ` ${sizes(f)}`));
+    showPanel(`Diff ${d.from.service} ${d.from.version} → ${d.to.version}`,
+      el("p", {}, "From ", el("code", {}, `${d.from.version} (${d.from.digest})`),
+        " to ", el("code", {}, `${d.to.version} (${d.to.digest})`)),
+      el("p", {}, `${d.files.length} file(s) changed, ${d.unchanged_files} unchanged` +
+        (d.files_truncated ? " (list cut: more changes than the coordinator lists)" : "")),
+      el("ul", { id: "release-files" }, ...files),
+      el("h4", {}, "Configuration"),
+      diffBlock(d.config_diff));
+  } catch (err) {
+    showPanel("Diff", el("p", { role: "alert" }, err.message));
+  }
+}
+
+function sizes(f) {
+  const side = (s) => (s ? `${s.size} bytes ${s.digest ? s.digest.slice(0, 19) : s.kind}` : "");
+  if (f.before && f.after) return `${side(f.before)} → ${side(f.after)}`;
+  return side(f.before || f.after);
+}
+
+// The unified diff as a <pre>: each line keeps its +/- mark (readable
+// without colour) and gets a class that colours it.
+function diffBlock(text) {
+  if (!text) return el("p", { id: "release-diff" }, "No text file differs.");
+  const lines = text.replace(/\n$/, "").split("\n").map((line) => {
+    let kind = "diff-same";
+    if (line.startsWith("+++ ") || line.startsWith("--- ") || line.startsWith("Files ")) kind = "diff-file";
+    else if (line.startsWith("@@")) kind = "diff-hunk";
+    else if (line.startsWith("+")) kind = "diff-add";
+    else if (line.startsWith("-")) kind = "diff-del";
+    return el("span", { class: kind }, line);
+  });
+  return el("pre", { id: "release-diff", class: "diff", "aria-label": "unified diff: lines starting with + are added, with - removed" }, ...lines);
+}
+
+function compare(event) {
+  event.preventDefault();
+  showDiff($("compare-service").value.trim(), $("compare-from").value.trim(), $("compare-to").value.trim());
 }
 
 function renderLocks(locks) {
@@ -198,7 +339,9 @@ async function poll() {
   await Promise.all([
     section("/api/fleet", renderFleet),
     section("/api/deployments", (answer) => {
+      clockSkewMs = answer.server_now_unix_ms - Date.now();
       showActions(answer.can_operate, answer.current);
+      renderWaits(answer.current);
       if (!answer.current) return;
       renderSummary(answer.current);
       follow(answer.current);
@@ -212,5 +355,7 @@ async function poll() {
 }
 
 $("actions").addEventListener("submit", act);
+$("compare").addEventListener("submit", compare);
 poll();
 setInterval(poll, POLL_MS);
+setInterval(tickCountdowns, 1000);

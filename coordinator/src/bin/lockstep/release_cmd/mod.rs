@@ -1,6 +1,6 @@
 //! `lockstep release ...`: the verbs on release bundles, one file each.
-//! `build`, `keygen`, `inspect` and `verify` work offline; `push` and `list`
-//! talk to the coordinator.
+//! `build`, `keygen`, `inspect` and `verify` work offline; `push`, `list`,
+//! `show` and `diff` talk to the coordinator.
 //!
 //! Must never: reimplement bundle logic; everything goes through the
 //! `release` crate.
@@ -13,10 +13,12 @@ use crate::Output;
 use crate::client::{Coordinators, Failure};
 
 mod build;
+mod diff;
 mod inspect;
 mod keygen;
 mod list;
 mod push;
+mod show;
 mod verify;
 
 #[derive(Debug, Subcommand)]
@@ -67,6 +69,24 @@ pub enum ReleaseCommand {
         #[arg(long)]
         service: Option<String>,
     },
+    /// One release in the coordinator's depot: manifest, files with sizes and digests.
+    Show {
+        /// A version, a full digest or a unique digest prefix (4+ hex digits).
+        name: String,
+        /// The service whose releases NAME is looked up among [default: every service].
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// What changed from release FROM to release TO: files and the configuration (unified diff).
+    Diff {
+        /// A version, a full digest or a unique digest prefix (4+ hex digits).
+        from: String,
+        /// Named the same way.
+        to: String,
+        /// The service whose releases the names are looked up among [default: every service].
+        #[arg(long)]
+        service: Option<String>,
+    },
 }
 
 pub async fn run(c: &mut Coordinators, cmd: ReleaseCommand, output: Output) -> Result<(), Failure> {
@@ -80,5 +100,7 @@ pub async fn run(c: &mut Coordinators, cmd: ReleaseCommand, output: Output) -> R
         }
         ReleaseCommand::Push { file } => push::run(c, &file, output).await,
         ReleaseCommand::List { service } => list::run(c, service, output).await,
+        ReleaseCommand::Show { name, service } => show::run(c, service, name, output).await,
+        ReleaseCommand::Diff { from, to, service } => diff::run(c, service, from, to, output).await,
     }
 }
