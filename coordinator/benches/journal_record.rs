@@ -1,27 +1,34 @@
-//! What one journal step writes (#15 deliver 2): every step of a deployment
-//! puts its whole `DeploymentRecord` (the engine with every instance) in one
-//! etcd transaction. Prints the record's size at the start and at the end
-//! of a simulated rollout, for fleets of 150 to 10,000 instances, against
-//! etcd's default request limit (1.5 MiB) and the goal for the
-//! largest transaction (128 KiB).
+//! What the journal writes per deployment (#15 deliver 2), format 2: each
+//! step puts a small header, its entry and its events' pages; a snapshot
+//! of the whole record is written when the log since the last one
+//! outweighs it. Drives a simulated fault-free rollout through the same
+//! pure bookkeeping and transaction plans the driver uses
+//! (`step_log::{advance, plan_step, plan_snapshot}`) and prints, for
+//! 150 / 1,000 / 10,000 instances (clusters of 100, batches of 25; and
+//! 10,000 in one batch): bytes per step (mean, max), the largest
+//! transaction (bytes, operations), snapshots (size, count) and the total
+//! written, against the goal (128 KiB, 128 operations) and what format 1
+//! (the whole record every step) wrote.
 //!
 //! `cargo bench -p coordinator --bench journal_record`
 
 use coordinator::record::{DeploymentKind, DeploymentRecord, DeploymentState, RECORD_FORMAT};
+use coordinator::step_log::{
+    StepEntry, TxnPlan, driver_notes, plan_create, plan_snapshot, plan_step, snapshot_due,
+};
 use rollout::sim::{self, Scenario};
 use rollout::{DeploymentId, Engine, FencingToken};
 
-const ETCD_REQUEST_LIMIT: usize = 1536 * 1024;
-const GOAL: usize = 128 * 1024;
+const GOAL_BYTES: usize = 128 * 1024;
+const GOAL_OPS: usize = 128;
 
-fn record(engine: Engine, sc: &Scenario) -> DeploymentRecord {
-    let clusters_of = sc
-        .plan
+fn record(sc: &Scenario) -> DeploymentRecord {
+    let plan = &sc.plan;
+    let clusters_of = plan
         .instances
         .iter()
         .filter_map(|i| {
-            sc.plan
-                .clusters
+            plan.clusters
                 .get(i.cluster)
                 .map(|c| (i.id.to_string(), c.name.to_string()))
         })
@@ -30,7 +37,7 @@ fn record(engine: Engine, sc: &Scenario) -> DeploymentRecord {
         format: RECORD_FORMAT,
         id: "web-1796500000000".to_owned(),
         service: "web".to_owned(),
-        target_digest: sc.plan.target.to_string(),
+        target_digest: plan.target.to_string(),
         target_version: "2.0.0".to_owned(),
         actor_user: "operator.lockstep".to_owned(),
         actor_host: "laptop".to_owned(),
@@ -45,34 +52,110 @@ fn record(engine: Engine, sc: &Scenario) -> DeploymentRecord {
         clusters_of,
         progress: Default::default(),
         operator_said: String::new(),
-        engine,
+        engine: Engine::new(
+            DeploymentId("web-1796500000000".to_owned()),
+            plan.clone(),
+            FencingToken(7),
+        ),
+        log: Default::default(),
     }
 }
 
-fn main() {
-    println!("instances  clusters  batches  record at start  vs 1.5 MiB limit  vs 128 KiB goal");
-    for n in [150, 1_000, 3_000, 10_000] {
-        let sc = Scenario::large(n, 7);
-        let engine = Engine::new(
-            DeploymentId("web-1796500000000".to_owned()),
-            sc.plan.clone(),
-            FencingToken(7),
-        );
-        let bytes = serde_json::to_vec(&record(engine, &sc)).map_or(0, |v| v.len());
-        println!(
-            "{n:>9}  {:>8}  {:>7}  {:>12} B  {:>15.2}x  {:>14.2}x",
-            sc.plan.clusters.len(),
-            sc.plan.batch_count(),
-            bytes,
-            bytes as f64 / ETCD_REQUEST_LIMIT as f64,
-            bytes as f64 / GOAL as f64,
-        );
-        if n == 10_000 {
-            let steps = sim::run_scenario(&sc, false).map_or(0, |r| r.engine_steps);
-            println!(
-                "a simulated rollout of {n} instances takes {steps} engine steps: about {:.1} GB written to etcd if every step rewrote a record this size",
-                steps as f64 * bytes as f64 / 1e9
-            );
+#[derive(Default)]
+struct Tally {
+    steps: usize,
+    step_bytes: usize,
+    max_step_bytes: usize,
+    largest_txn: usize,
+    largest_ops: usize,
+    snapshots: usize,
+    snapshot_bytes: usize,
+    total: usize,
+}
+
+impl Tally {
+    fn txn(&mut self, txn: &TxnPlan) -> usize {
+        let bytes = txn.bytes();
+        self.largest_txn = self.largest_txn.max(bytes);
+        self.largest_ops = self.largest_ops.max(txn.op_count());
+        self.total += bytes;
+        bytes
+    }
+}
+
+fn run(label: &str, sc: &Scenario) {
+    let report = sim::run_scenario_recorded(sc).expect("a fault-free run");
+    let mut record = record(sc);
+    let format_1_record = serde_json::to_vec(&record).map_or(0, |v| v.len());
+    let mut t = Tally::default();
+    let (chunks, create) = plan_create(&mut record).expect("serialisable");
+    for txn in chunks.iter().chain([&create]) {
+        t.txn(txn);
+    }
+    t.snapshots += 1;
+    t.snapshot_bytes = record.log.snapshot_bytes as usize;
+    for (now, event) in &report.inputs {
+        let at = i64::try_from(now.0).unwrap_or(0) + record.created_unix_ms;
+        let entry = StepEntry::new(at, Some(event.clone()), driver_notes(event), None);
+        let advanced = record.advance(&entry);
+        let (commit, pages) = plan_step(&mut record, &entry, &advanced.events, advanced.finish)
+            .expect("serialisable");
+        let bytes: usize = [&commit]
+            .into_iter()
+            .chain(&pages)
+            .map(|txn| t.txn(txn))
+            .sum();
+        t.steps += 1;
+        t.step_bytes += bytes;
+        t.max_step_bytes = t.max_step_bytes.max(bytes);
+        if !advanced.finish && snapshot_due(&record.log) {
+            let (chunks, switch) = plan_snapshot(&mut record).expect("serialisable");
+            for txn in chunks.iter().chain([&switch]) {
+                t.txn(txn);
+            }
+            t.snapshots += 1;
+            t.snapshot_bytes = t.snapshot_bytes.max(record.log.snapshot_bytes as usize);
         }
     }
+    println!(
+        "{label:<22} {:>9} {:>6} {:>7} {:>9} {:>9} {:>9} B {:>4} {:>11} B {:>3} {:>10.1} MB {:>10.1} GB  {}",
+        sc.plan.instances.len(),
+        sc.plan.batch_count(),
+        t.steps,
+        t.step_bytes / t.steps.max(1),
+        t.max_step_bytes,
+        t.largest_txn,
+        t.largest_ops,
+        t.snapshot_bytes,
+        t.snapshots,
+        t.total as f64 / 1e6,
+        t.steps as f64 * format_1_record as f64 / 1e9,
+        if t.largest_txn <= GOAL_BYTES && t.largest_ops <= GOAL_OPS {
+            "within 128 KiB / 128 ops"
+        } else {
+            "OVER THE GOAL"
+        }
+    );
+}
+
+fn main() {
+    println!(
+        "{:<22} {:>9} {:>6} {:>7} {:>9} {:>9} {:>11} {:>4} {:>13} {:>3} {:>13} {:>13}",
+        "fleet",
+        "instances",
+        "batches",
+        "steps",
+        "step mean",
+        "step max",
+        "largest txn",
+        "ops",
+        "snapshot max",
+        "n",
+        "total written",
+        "format 1 wrote"
+    );
+    for n in [150, 1_000, 10_000] {
+        run("clusters of 100", &Scenario::large(n, 7));
+    }
+    run("one batch of all", &Scenario::single_batch(10_000, 7));
 }

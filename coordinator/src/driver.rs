@@ -1,7 +1,9 @@
 //! `Driver`: runs one deployment's `rollout::Engine` with real IO.
 //!
-//! Each step: feed one event, persist the engine and its events in one
-//! fenced etcd transaction, then carry out the actions (Agent.Apply with the
+//! Each step: feed one event through `DeploymentRecord::advance` (the
+//! same bookkeeping a resume replays), persist the step (its entry, the
+//! header and its events: `step_log.rs`, fenced), now and then a snapshot,
+//! then carry out the actions (Agent.Apply with the
 //! fencing token, timers, synthetic checks). Results come back as events:
 //! apply verdicts, timer expiry, check outcomes, and the fleet view's
 //! reports, read as state ("the agent runs R and every instance is ready")
@@ -25,7 +27,7 @@ use proto::v1 as pb;
 use rollout::Verdict as AnalysisVerdict;
 use rollout::{
     Action, AnalysisRunId, AnalysisScope, ApplyId, Bindings, CheckRunId, Command, Event,
-    FencingToken, Installed, InstanceId, Millis, Notice, ReleaseDigest, Step, TimerId,
+    FencingToken, Installed, InstanceId, Notice, ReleaseDigest, Step, TimerId,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -36,8 +38,9 @@ use crate::deploy_lock::DeploymentLock;
 use crate::effects::{AgentDialer, CheckContext, run_check};
 use crate::fleet::{FleetView, names};
 use crate::health::{HealthBaseline, health_change};
-use crate::journal::{Journal, JournalError, Write};
+use crate::journal::{Journal, JournalError, Loaded};
 use crate::record::{DeploymentKind, DeploymentRecord, EventKind, EventRecord, Happening};
+use crate::step_log::{StepEntry, driver_notes, snapshot_due};
 use crate::telemetry::{ActiveDeployment, CoordinatorMetrics, RollbackReason};
 
 /// An agent that cannot be reached this long is reported unreachable.
@@ -145,6 +148,9 @@ pub struct Driver {
     /// `lockstep_batch_duration_seconds` (a resumed driver does not know
     /// when its batch in flight began, and does not observe it).
     batches: Vec<((usize, usize, Step), Instant)>,
+    /// A resumed deployment's last step's events: its further pages are
+    /// written again if a crash left them out, before anything else.
+    unsettled: Option<Vec<EventRecord>>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -153,10 +159,6 @@ impl std::fmt::Debug for Driver {
             .field("deployment", &self.record.id)
             .finish_non_exhaustive()
     }
-}
-
-fn now_millis() -> Millis {
-    Millis(u64::try_from(crate::now_unix_ms()).unwrap_or(0))
 }
 
 impl Driver {
@@ -176,7 +178,15 @@ impl Driver {
             staged: false,
             active: None,
             batches: Vec::new(),
+            unsettled: None,
         }
+    }
+
+    /// A driver for a deployment read back from the journal.
+    pub fn resumed(ctx: Arc<DriverContext>, loaded: Loaded, lock: DeploymentLock) -> Self {
+        let mut driver = Self::new(ctx, loaded.record, lock);
+        driver.unsettled = Some(loaded.last_events);
+        driver
     }
 
     fn fences(&self) -> Vec<Compare> {
@@ -190,10 +200,40 @@ impl Driver {
     /// Writes the record as it stands (the first write of a new deployment).
     pub async fn create(&mut self) -> Result<(), JournalError> {
         self.record.sync(crate::now_unix_ms());
+        let fences = self.fences();
+        self.ctx.journal.create(&fences, &mut self.record).await
+    }
+
+    /// Makes a resumed journal whole before the first step: the last
+    /// step's missing pages, and a first snapshot for a format-1 record.
+    async fn settle(&mut self) -> Result<(), JournalError> {
+        let Some(events) = self.unsettled.take() else {
+            return Ok(());
+        };
+        let pages = [self.ctx.leader_fence.clone()];
         self.ctx
             .journal
-            .write(&self.fences(), &self.record, &[], Write::Create, None)
-            .await
+            .complete_pages(&pages, &self.record.id, &events)
+            .await?;
+        if self.record.log.generation == 0 {
+            let fences = self.fences();
+            self.ctx.journal.snapshot(&fences, &mut self.record).await?;
+        }
+        Ok(())
+    }
+
+    /// Why a journal write stopped this driver.
+    fn stopped_by(&self, err: JournalError) -> DriverExit {
+        match err {
+            JournalError::Fenced { .. } => {
+                tracing::warn!(
+                    deployment = self.record.id,
+                    "journal write fenced off: another coordinator drives this deployment"
+                );
+                DriverExit::Superseded
+            }
+            err => DriverExit::Interrupted(err),
+        }
     }
 
     /// Runs until the deployment ends or this coordinator loses it.
@@ -230,6 +270,9 @@ impl Driver {
         mut calls: mpsc::Receiver<OperatorCall>,
     ) -> DriverExit {
         let mut fleet = self.ctx.fleet.subscribe();
+        if let Err(err) = self.settle().await {
+            return self.stopped_by(err);
+        }
         for event in first {
             if let Some(exit) = self.step(event, Vec::new()).await {
                 return exit;
@@ -289,23 +332,15 @@ impl Driver {
     }
 
     async fn operator(&mut self, call: OperatorCall) -> Option<DriverExit> {
-        let mut ignored = None;
-        // Read by the events and the outcome this command produces; put back
-        // if the engine ignores the command.
-        let before = std::mem::replace(&mut self.record.operator_said, call.said);
-        let actions = self
-            .record
-            .engine
-            .step(now_millis(), Event::Operator(call.command));
-        for action in &actions {
-            if let Action::Emit(Notice::Ignored { why, .. }) = action {
-                ignored = Some(why.clone());
-            }
-        }
-        if ignored.is_some() {
-            self.record.operator_said = before;
-        }
-        let exit = self.carry_out(actions, Vec::new(), false).await;
+        // Read by the events and the outcome this command produces; put
+        // back by `advance` if the engine ignores the command.
+        let entry = StepEntry::new(
+            crate::now_unix_ms(),
+            Some(Event::Operator(call.command)),
+            Vec::new(),
+            Some(call.said),
+        );
+        let (exit, ignored) = self.carry_out(entry).await;
         let answer = match ignored {
             Some(why) => Err(why),
             None => Ok(self.record.wire()),
@@ -319,24 +354,12 @@ impl Driver {
         run: CheckRunId,
         result: Result<(), String>,
     ) -> Option<DriverExit> {
-        match result {
-            Ok(()) => {
-                self.step(
-                    Event::CheckPassed { run },
-                    vec![Happening::new(
-                        EventKind::CheckPassed,
-                        "",
-                        format!("check run {} passed", run.0),
-                    )],
-                )
-                .await
-            }
-            Err(detail) => {
-                let note = Happening::new(EventKind::CheckFailed, "", detail.clone());
-                self.step(Event::CheckFailed { run, detail }, vec![note])
-                    .await
-            }
-        }
+        let event = match result {
+            Ok(()) => Event::CheckPassed { run },
+            Err(detail) => Event::CheckFailed { run, detail },
+        };
+        let notes = driver_notes(&event);
+        self.step(event, notes).await
     }
 
     async fn analysis_done(
@@ -344,25 +367,9 @@ impl Driver {
         run: AnalysisRunId,
         verdict: AnalysisVerdict,
     ) -> Option<DriverExit> {
-        let (kind, message) = match &verdict {
-            AnalysisVerdict::Passed => (
-                EventKind::AnalysisPassed,
-                format!("analysis run {} passed", run.0),
-            ),
-            AnalysisVerdict::Failed(detail) => (EventKind::AnalysisFailed, detail.clone()),
-            AnalysisVerdict::Inconclusive(detail) => {
-                (EventKind::AnalysisInconclusive, detail.clone())
-            }
-            AnalysisVerdict::Pending => (
-                EventKind::AnalysisInconclusive,
-                "the run ended without a verdict".to_owned(),
-            ),
-        };
-        self.step(
-            Event::AnalysisDone { run, verdict },
-            vec![Happening::new(kind, "", message)],
-        )
-        .await
+        let event = Event::AnalysisDone { run, verdict };
+        let notes = driver_notes(&event);
+        self.step(event, notes).await
     }
 
     /// Starts one analysis run: its placeholders are this deployment's
@@ -477,8 +484,8 @@ impl Driver {
         release: Installed,
         detail: String,
     ) -> Option<DriverExit> {
-        // The engine's InstanceFailed notice becomes the event.
-        self.record.note_instance(instance.as_str(), false, true);
+        // The engine's InstanceFailed notice becomes the event; `advance`
+        // marks the instance failed.
         self.step(
             Event::InstanceFailed {
                 instance,
@@ -534,23 +541,13 @@ impl Driver {
                 Judgement::Waiting => None,
                 Judgement::Ready => {
                     self.pending.remove(&instance);
-                    let on_target = release.is(&self.record.engine.plan().target);
-                    self.record
-                        .note_instance(instance.as_str(), on_target, false);
-                    let note = Happening::new(
-                        EventKind::InstanceReady,
-                        instance.as_str(),
-                        format!("ready on {}", release.short()),
-                    );
-                    self.step(
-                        Event::InstanceReady {
-                            instance,
-                            apply,
-                            release,
-                        },
-                        vec![note],
-                    )
-                    .await
+                    let event = Event::InstanceReady {
+                        instance,
+                        apply,
+                        release,
+                    };
+                    let notes = driver_notes(&event);
+                    self.step(event, notes).await
                 }
                 Judgement::Failed(detail) => {
                     self.pending.remove(&instance);
@@ -593,7 +590,6 @@ impl Driver {
             tracing::warn!(deployment = self.record.id, instance = %w.instance, detail, "a switched instance is unhealthy");
             self.baselines.remove(&w.instance);
             // The engine's InstanceFailed notice is the event.
-            self.record.note_instance(w.instance.as_str(), false, true);
             // One at a time: the engine's answer changes what is watched.
             return self
                 .step(
@@ -617,7 +613,6 @@ impl Driver {
         release: Installed,
     ) -> Option<DriverExit> {
         // The engine's InstanceFailed notice ("crash-looping") is the event.
-        self.record.note_instance(instance.as_str(), false, true);
         self.step(
             Event::InstanceCrashLooping {
                 instance,
@@ -631,113 +626,60 @@ impl Driver {
 
     /// Feeds one event and carries out what the engine answers.
     async fn step(&mut self, event: Event, notes: Vec<Happening>) -> Option<DriverExit> {
-        let unhealthy = matches!(event, Event::InstanceUnhealthy { .. });
-        let actions = self.record.engine.step(now_millis(), event);
-        self.carry_out(actions, notes, unhealthy).await
+        let entry = StepEntry::new(crate::now_unix_ms(), Some(event), notes, None);
+        self.carry_out(entry).await.0
     }
 
-    /// Persists the step, counts it in the metrics, then acts.
-    /// `unhealthy`: the event was a watched instance turning unhealthy.
-    async fn carry_out(
+    /// Does the step (`advance`), persists it, counts it in the metrics,
+    /// then acts. Answers why the engine ignored an operator's command.
+    async fn carry_out(&mut self, entry: StepEntry) -> (Option<DriverExit>, Option<String>) {
+        let unhealthy = matches!(entry.event, Some(Event::InstanceUnhealthy { .. }));
+        let advanced = self.record.advance(&entry);
+        let ignored = advanced.ignored.clone();
+        if advanced.stepped_down {
+            return (Some(DriverExit::Superseded), ignored);
+        }
+        (self.persisted(entry, advanced, unhealthy).await, ignored)
+    }
+
+    async fn persisted(
         &mut self,
-        actions: Vec<Action>,
-        mut notes: Vec<Happening>,
+        entry: StepEntry,
+        advanced: crate::step_log::Advanced,
         unhealthy: bool,
     ) -> Option<DriverExit> {
-        if actions.iter().any(|a| matches!(a, Action::StepDown { .. })) {
-            return Some(DriverExit::Superseded);
-        }
-        let mut finish = false;
-        for action in &actions {
-            match action {
-                Action::Emit(notice) => {
-                    if let Some(note) = Happening::of_notice(notice, &self.record) {
-                        notes.push(note);
-                    }
-                }
-                Action::Apply {
-                    instance, release, ..
-                } => {
-                    self.record.note_applying(instance.as_str());
-                    notes.push(Happening::new(
-                        EventKind::InstanceApplying,
-                        instance.as_str(),
-                        format!("applying {}", release.short()),
-                    ));
-                }
-                Action::Finish(outcome) => {
-                    finish = true;
-                    notes.push(Happening::new(
-                        EventKind::Finished,
-                        "",
-                        self.record.describe(outcome),
-                    ));
-                }
-                Action::RunAnalysis {
-                    analysis, scope, ..
-                } => {
-                    notes.push(Happening::new(
-                        EventKind::AnalysisStarted,
-                        "",
-                        format!(
-                            "analysis {} ({}) on {}: {}",
-                            analysis.name,
-                            scope.phase,
-                            scope
-                                .instances
-                                .iter()
-                                .map(InstanceId::as_str)
-                                .collect::<Vec<_>>()
-                                .join(", "),
-                            analysis
-                        ),
-                    ));
-                }
-                Action::StartTimer { .. } | Action::RunCheck { .. } | Action::StepDown { .. } => {}
-            }
-        }
-        let now = crate::now_unix_ms();
-        self.record.token = self.record.engine.token().0;
-        self.record.sync(now);
-        let events: Vec<EventRecord> = notes
-            .into_iter()
-            .map(|n| {
-                let seq = self.record.next_seq;
-                self.record.next_seq += 1;
-                EventRecord {
-                    seq,
-                    at_unix_ms: now,
-                    kind: n.kind,
-                    state: self.record.state,
-                    cluster: self.record.cluster_of(&n.instance),
-                    instance: n.instance,
-                    message: n.message,
-                }
-            })
-            .collect();
-        let (kind, release) = if finish {
-            (
-                Write::Finish,
-                self.lock.as_ref().and_then(DeploymentLock::guard),
-            )
+        let crate::step_log::Advanced {
+            actions,
+            events,
+            finish,
+            ..
+        } = advanced;
+        let release = if finish {
+            self.lock.as_ref().and_then(DeploymentLock::guard)
         } else {
-            (Write::Update, None)
+            None
         };
-        match self
+        let fences = self.fences();
+        let pages = [self.ctx.leader_fence.clone()];
+        if let Err(err) = self
             .ctx
             .journal
-            .write(&self.fences(), &self.record, &events, kind, release)
+            .append(
+                &fences,
+                &pages,
+                &mut self.record,
+                (&entry, &events),
+                finish,
+                release,
+            )
             .await
         {
-            Ok(()) => {}
-            Err(JournalError::Fenced { .. }) => {
-                tracing::warn!(
-                    deployment = self.record.id,
-                    "journal write fenced off: another coordinator drives this deployment"
-                );
-                return Some(DriverExit::Superseded);
+            return Some(self.stopped_by(err));
+        }
+        if !finish && snapshot_due(&self.record.log) {
+            if let Err(err) = self.ctx.journal.snapshot(&fences, &mut self.record).await {
+                return Some(self.stopped_by(err));
             }
-            Err(err) => return Some(DriverExit::Interrupted(err)),
         }
         // Only persisted events are sent: what a webhook hears, `lockstep
         // watch` shows too, under the same sequence number.
@@ -954,7 +896,8 @@ impl Driver {
                 release.short()
             ),
         );
-        let exit = self.carry_out(Vec::new(), vec![note], false).await;
+        let entry = StepEntry::new(crate::now_unix_ms(), None, vec![note], None);
+        let (exit, _) = self.carry_out(entry).await;
         if exit.is_none() {
             self.send_apply(instance, apply, release);
         }

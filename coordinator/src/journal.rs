@@ -10,8 +10,13 @@
 //! (a compare failed: another leader or the lock is gone), or the journal's
 //! write deadline passes; `next_after` decides which (pure).
 //!
-//! Must never: write without fences, or split one step's record and events
-//! over two transactions.
+//! The layout (header, step log, snapshots, event pages) and every
+//! decision about it are `step_log.rs` (pure); this module carries the
+//! planned transactions out and reads them back.
+//!
+//! Must never: write without fences, put a step's header and its entry in
+//! two transactions, or act on a step (the caller) before its events are
+//! all written.
 
 use std::time::{Duration, Instant};
 
@@ -20,7 +25,11 @@ use etcd_client::{
 };
 use leases::{Etcd, keys};
 
-use crate::record::{DeploymentRecord, DeploymentSummary, EventRecord, RECORD_FORMAT};
+use crate::record::{
+    DeploymentHeader, DeploymentRecord, DeploymentSummary, EventRecord, RECORD_FORMAT,
+};
+use crate::step_log::{self, Guard, Op, StepEntry, TxnPlan};
+use crate::telemetry::CoordinatorMetrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -50,6 +59,12 @@ pub enum JournalError {
         "{key} was written in record format {format}, newer than this coordinator's ({RECORD_FORMAT}): upgrade this coordinator"
     )]
     NewerFormat { key: String, format: u32 },
+    #[error("the journal of deployment {id} cannot be rebuilt: {source}")]
+    Rebuild {
+        id: String,
+        #[source]
+        source: step_log::RebuildError,
+    },
     #[error("{key} holds invalid data: {source}")]
     Bad {
         key: String,
@@ -71,6 +86,7 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::fro
 pub struct Journal {
     client: Etcd,
     write_deadline: Duration,
+    metrics: Option<CoordinatorMetrics>,
 }
 
 /// Why one attempt of a write did not land.
@@ -132,21 +148,25 @@ fn transient(err: &etcd_client::Error) -> bool {
     }
 }
 
-/// How a write ends a step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Write {
-    /// First write: the service must have no active deployment.
-    Create,
-    Update,
-    /// Last write: index in history, clear the active marker.
-    Finish,
+/// A deployment read back whole: its record (engine included) and the
+/// events of its last step, whose further pages a resuming driver writes
+/// again if a crash left them out.
+#[derive(Debug)]
+pub struct Loaded {
+    pub record: DeploymentRecord,
+    pub last_events: Vec<EventRecord>,
 }
+
+/// Keys read per request when a range may be large (snapshot chunks of
+/// 64 KiB, step entries, event pages): a response stays a few MiB.
+const RANGE_PAGE: i64 = 32;
 
 impl Journal {
     pub fn new(client: Etcd) -> Self {
         Self {
             client,
             write_deadline: DEFAULT_WRITE_DEADLINE,
+            metrics: None,
         }
     }
 
@@ -156,83 +176,149 @@ impl Journal {
         self
     }
 
-    /// Writes `record` and `events` in one transaction, if `fences` hold.
-    /// `release`, when given, is deleted in the same transaction (guarded
-    /// by its own fence): a finished deployment and its freed lock are one
-    /// change, so nobody can see one without the other.
-    pub async fn write(
+    /// Where each transaction's size is observed
+    /// (`lockstep_journal_txn_bytes`).
+    pub fn with_metrics(mut self, metrics: CoordinatorMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Writes a new deployment: its first snapshot, then its header with
+    /// the service's active marker, which must not exist yet.
+    pub async fn create(
         &self,
         fences: &[Compare],
-        record: &DeploymentRecord,
-        events: &[EventRecord],
-        kind: Write,
+        record: &mut DeploymentRecord,
+    ) -> Result<(), JournalError> {
+        let id = record.id.clone();
+        let (chunks, create) = step_log::plan_create(record).map_err(|source| bad(&id, source))?;
+        for chunk in &chunks {
+            self.commit(&id, fences, chunk, None).await?;
+        }
+        match self.commit(&id, fences, &create, None).await {
+            Err(JournalError::Fenced { .. }) => {
+                if let Some(active) = self.active_of(&record.service).await? {
+                    return Err(JournalError::AlreadyActive {
+                        service: record.service.clone(),
+                        id: active,
+                    });
+                }
+                Err(JournalError::Fenced { id })
+            }
+            other => other,
+        }
+    }
+
+    /// Persists one step (after `DeploymentRecord::advance`): the commit
+    /// under `fences`, then the step's further event pages under
+    /// `page_fences` (the leadership alone: a finishing commit has deleted
+    /// the lock). `release`, when given, is deleted in the commit (guarded
+    /// by its own fence): a finished deployment and its freed lock are one
+    /// change. Moves `record.log` past the step.
+    pub async fn append(
+        &self,
+        fences: &[Compare],
+        page_fences: &[Compare],
+        record: &mut DeploymentRecord,
+        step: (&StepEntry, &[EventRecord]),
+        finish: bool,
         release: Option<&leases::MutexGuard>,
     ) -> Result<(), JournalError> {
-        let record_key = keys::deployment(&record.id);
-        let active_key = keys::active(&record.service);
-        let written = json(&record_key, record)?;
-        let mut ops = vec![TxnOp::put(record_key.as_str(), written.clone(), None)];
-        for event in events {
-            let key = keys::deployment_event(&record.id, event.seq);
-            ops.push(TxnOp::put(key.as_str(), json(&key, event)?, None));
+        let id = record.id.clone();
+        let (entry, events) = step;
+        let (commit, pages) = step_log::plan_step(record, entry, events, finish)
+            .map_err(|source| bad(&id, source))?;
+        self.commit(&id, fences, &commit, release).await?;
+        for page in &pages {
+            self.commit(&id, page_fences, page, None).await?;
         }
+        Ok(())
+    }
+
+    /// Writes a snapshot of the record as it stands and switches the
+    /// header to it; the older snapshot and the steps it covered go.
+    pub async fn snapshot(
+        &self,
+        fences: &[Compare],
+        record: &mut DeploymentRecord,
+    ) -> Result<(), JournalError> {
+        let id = record.id.clone();
+        let (chunks, switch) =
+            step_log::plan_snapshot(record).map_err(|source| bad(&id, source))?;
+        for chunk in &chunks {
+            self.commit(&id, fences, chunk, None).await?;
+        }
+        self.commit(&id, fences, &switch, None).await?;
+        tracing::info!(
+            deployment = id,
+            generation = record.log.generation,
+            bytes = record.log.snapshot_bytes,
+            chunks = record.log.chunks,
+            "journal snapshot written"
+        );
+        Ok(())
+    }
+
+    /// Writes whichever further pages of the last step's events are
+    /// missing (a driver stopped between a step's commit and its pages).
+    pub async fn complete_pages(
+        &self,
+        page_fences: &[Compare],
+        id: &str,
+        events: &[EventRecord],
+    ) -> Result<(), JournalError> {
+        let pages = step_log::further_pages(id, events).map_err(|source| bad(id, source))?;
+        for page in &pages {
+            self.commit(id, page_fences, page, None).await?;
+        }
+        Ok(())
+    }
+
+    /// Carries out one planned transaction under `fences`, retrying until
+    /// it lands, is fenced or the write deadline passes.
+    async fn commit(
+        &self,
+        id: &str,
+        fences: &[Compare],
+        plan: &TxnPlan,
+        release: Option<&leases::MutexGuard>,
+    ) -> Result<(), JournalError> {
         let mut when = fences.to_vec();
-        // Event keys are written once: a retried write whose first attempt
-        // landed is then refused instead of putting them again (a watcher
-        // would see the events twice). Sequence numbers come from the
-        // record's `next_seq`, so no other write ever made these keys.
-        if let Some(first) = events.first() {
-            when.push(Compare::create_revision(
-                keys::deployment_event(&record.id, first.seq),
-                CompareOp::Equal,
-                0,
-            ));
+        let mut ops = Vec::with_capacity(plan.ops.len() + 1);
+        for guard in &plan.guards {
+            when.push(match guard {
+                Guard::Absent(key) => Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+                Guard::ValueIs(key, value) => {
+                    Compare::value(key.as_str(), CompareOp::Equal, value.clone())
+                }
+            });
+        }
+        for op in &plan.ops {
+            ops.push(match op {
+                Op::Put(key, value) => TxnOp::put(key.as_str(), value.clone(), None),
+                Op::Delete(key) => TxnOp::delete(key.as_str(), None),
+                Op::DeleteRange(from, to) => TxnOp::delete(
+                    from.as_str(),
+                    Some(DeleteOptions::new().with_range(to.as_str())),
+                ),
+            });
         }
         if let Some(lock) = release {
             when.push(lock.fence());
             ops.push(TxnOp::delete(lock.key(), None));
         }
-        match kind {
-            Write::Create => {
-                when.push(Compare::create_revision(
-                    active_key.as_str(),
-                    CompareOp::Equal,
-                    0,
-                ));
-                ops.push(TxnOp::put(active_key.as_str(), record.id.as_str(), None));
-            }
-            Write::Update => {
-                when.push(Compare::value(
-                    active_key.as_str(),
-                    CompareOp::Equal,
-                    record.id.as_str(),
-                ));
-            }
-            Write::Finish => {
-                when.push(Compare::value(
-                    active_key.as_str(),
-                    CompareOp::Equal,
-                    record.id.as_str(),
-                ));
-                ops.push(TxnOp::delete(active_key.as_str(), None));
-                let key = keys::history(&record.service, record.finished_unix_ms, &record.id);
-                ops.push(TxnOp::put(
-                    key.as_str(),
-                    json(&key, &record.summary())?,
-                    None,
-                ));
-            }
+        let mut txn = Txn::new().when(when).and_then(ops);
+        if let Some((key, _)) = &plan.read_back {
+            txn = txn.or_else([TxnOp::get(key.as_str(), None)]);
         }
-        // On a refusal, read the record back: it tells whether an earlier
-        // attempt of this very write landed (see below).
-        let txn = Txn::new()
-            .when(when)
-            .and_then(ops)
-            .or_else([TxnOp::get(record_key.as_str(), None)]);
+        if let Some(metrics) = &self.metrics {
+            metrics.journal_txn(plan.bytes());
+        }
+        let written = plan.read_back.as_ref().map(|(_, v)| v.as_slice());
         let started = Instant::now();
         let mut backoff = BACKOFF.0;
         let mut attempts = 0u32;
-        let mut outcome_unknown = false;
+        let mut outcome_unknown = plan.same_means_landed;
         loop {
             attempts += 1;
             let attempt =
@@ -240,18 +326,18 @@ impl Journal {
             let failure = match attempt {
                 Ok(Ok(response)) if response.succeeded() => return Ok(()),
                 Ok(Ok(response)) => {
-                    // Retrying after an unknown outcome: a landed Create
-                    // (active marker now exists), Finish (lock and marker
-                    // gone) or write with events (its first event key now
-                    // exists) makes its own duplicate fail the compare:
-                    // then the stored record being byte-for-byte ours
-                    // (timestamps, token, next seq) says the first attempt
-                    // landed. An Update without events changes none of its
-                    // compares, so its duplicate passes them and puts the
-                    // same record bytes again: harmless.
-                    if landed_before(outcome_unknown, stored(&response).as_deref(), &written) {
+                    // Retrying after an unknown outcome: a landed commit
+                    // (its step key now exists), create (the active marker
+                    // exists) or page (its key exists) makes its own
+                    // duplicate fail the compare: then the key read back
+                    // being byte-for-byte ours (a header names its token,
+                    // next step and next seq) says the first attempt
+                    // landed. A snapshot chunk or switch changes none of
+                    // its compares, so its duplicate puts the same bytes
+                    // again: harmless.
+                    if landed_before(outcome_unknown, stored(&response).as_deref(), written) {
                         tracing::info!(
-                            deployment = record.id,
+                            deployment = id,
                             attempts,
                             "journal write had landed before its answer was lost"
                         );
@@ -266,7 +352,7 @@ impl Journal {
             match next_after(&failure, started.elapsed() + backoff, self.write_deadline) {
                 Next::Retry => {
                     tracing::warn!(
-                        deployment = record.id,
+                        deployment = id,
                         attempts,
                         retry_in_ms = backoff.as_millis(),
                         failure = ?failure,
@@ -275,16 +361,16 @@ impl Journal {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF.1);
                 }
-                Next::Fenced => break,
+                Next::Fenced => return Err(JournalError::Fenced { id: id.to_owned() }),
                 Next::GiveUp => {
                     return Err(match failure {
                         AttemptFailure::Etcd(source) => JournalError::Etcd {
-                            what: format!("deployment {} (attempt {attempts})", record.id),
+                            what: format!("deployment {id} (attempt {attempts})"),
                             source,
                         },
                         AttemptFailure::TimedOut | AttemptFailure::CompareFailed => {
                             JournalError::TimedOut {
-                                id: record.id.clone(),
+                                id: id.to_owned(),
                                 waited: started.elapsed(),
                                 attempts,
                             }
@@ -293,35 +379,109 @@ impl Journal {
                 }
             }
         }
-        if kind == Write::Create {
-            if let Some(id) = self.active_of(&record.service).await? {
-                return Err(JournalError::AlreadyActive {
-                    service: record.service.clone(),
-                    id,
-                });
-            }
-        }
-        Err(JournalError::Fenced {
-            id: record.id.clone(),
-        })
     }
 
-    /// The deployment record `id`.
-    pub async fn load(&self, id: &str) -> Result<Option<DeploymentRecord>, JournalError> {
+    /// The deployment `id` whole: its header, snapshot and the steps after
+    /// it replayed (all read at the header's revision), or a format-1
+    /// record as it was stored. For a resuming driver; status reads use
+    /// [`Journal::header`].
+    pub async fn load(&self, id: &str) -> Result<Option<Loaded>, JournalError> {
         let key = keys::deployment(id);
-        let client = self.client.clone();
-        let response = read(&key, client.get(key.as_str(), None)).await?;
-        let record: Option<DeploymentRecord> = response
-            .kvs()
-            .first()
-            .map(|kv| parse(&key, kv.value()))
-            .transpose()?;
-        match record {
-            Some(r) if r.format > RECORD_FORMAT => Err(JournalError::NewerFormat {
-                key,
-                format: r.format,
-            }),
-            other => Ok(other),
+        let response = read(&key, self.client.clone().get(key.as_str(), None)).await?;
+        let revision = response.header().map_or(0, |h| h.revision());
+        let Some(kv) = response.kvs().first() else {
+            return Ok(None);
+        };
+        let header = match stored_format(&key, kv.value())? {
+            1 => {
+                return Ok(Some(Loaded {
+                    record: parse(&key, kv.value())?,
+                    last_events: Vec::new(),
+                }));
+            }
+            _ => parse::<DeploymentHeader>(&key, kv.value())?,
+        };
+        let log = &header.log;
+        let chunks = self
+            .range(
+                keys::deployment_snapshot(id, log.generation),
+                format!(
+                    "{}\u{10ffff}",
+                    keys::deployment_snapshot(id, log.generation)
+                ),
+                revision,
+            )
+            .await?;
+        let chunks: Vec<Vec<u8>> = chunks.into_iter().map(|(_, v)| v).collect();
+        let steps = self
+            .range(
+                keys::deployment_step(id, log.first_step),
+                keys::deployment_step(id, log.next_step),
+                revision,
+            )
+            .await?
+            .into_iter()
+            .map(|(k, v)| (step_log::step_number(&k).unwrap_or(0), v))
+            .collect::<Vec<_>>();
+        let (record, last_events) =
+            step_log::rebuild(&header, &chunks, &steps).map_err(|source| {
+                JournalError::Rebuild {
+                    id: id.to_owned(),
+                    source,
+                }
+            })?;
+        Ok(Some(Loaded {
+            record,
+            last_events,
+        }))
+    }
+
+    /// What status needs of deployment `id`: its header key (format 2),
+    /// or the header of a format-1 record.
+    pub async fn header(&self, id: &str) -> Result<Option<DeploymentHeader>, JournalError> {
+        let key = keys::deployment(id);
+        let response = read(&key, self.client.clone().get(key.as_str(), None)).await?;
+        let Some(kv) = response.kvs().first() else {
+            return Ok(None);
+        };
+        match stored_format(&key, kv.value())? {
+            1 => Ok(Some(parse::<DeploymentRecord>(&key, kv.value())?.header())),
+            _ => parse(&key, kv.value()).map(Some),
+        }
+    }
+
+    /// Every key and value in `[from, to)` at `revision`, read
+    /// [`RANGE_PAGE`] keys at a time.
+    async fn range(
+        &self,
+        from: String,
+        to: String,
+        revision: i64,
+    ) -> Result<Vec<(String, Vec<u8>)>, JournalError> {
+        let mut out = Vec::new();
+        let mut cursor = from;
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(to.as_str())
+                .with_limit(RANGE_PAGE);
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let response = read(
+                &cursor,
+                self.client.clone().get(cursor.as_str(), Some(options)),
+            )
+            .await?;
+            for kv in response.kvs() {
+                out.push((
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    kv.value().to_vec(),
+                ));
+            }
+            match (response.more(), out.last()) {
+                (true, Some((last, _))) => cursor = format!("{last}\0"),
+                _ => return Ok(out),
+            }
         }
     }
 
@@ -352,7 +512,9 @@ impl Journal {
     }
 
     /// Events of `id` from `from_seq` on, and the revision they were read at
-    /// (watch from the next one for later events).
+    /// (watch from the next one for later events). Reads from the page
+    /// holding `from_seq` (format 2 keeps a step's events in pages keyed by
+    /// their first seq; format 1 one event a key).
     pub async fn events(
         &self,
         id: &str,
@@ -360,22 +522,34 @@ impl Journal {
     ) -> Result<(Vec<EventRecord>, i64), JournalError> {
         let prefix = keys::deployment_events(id);
         let start = keys::deployment_event(id, from_seq);
-        let end = format!("{prefix}\u{10ffff}");
-        let client = self.client.clone();
-        let response = read(
+        let holding = read(
             &prefix,
-            client.get(
-                start.as_str(),
-                Some(GetOptions::new().with_range(end.as_str())),
+            self.client.clone().get(
+                prefix.as_str(),
+                Some(
+                    GetOptions::new()
+                        .with_range(format!("{start}\0"))
+                        .with_sort(SortTarget::Key, SortOrder::Descend)
+                        .with_limit(1)
+                        .with_keys_only(),
+                ),
             ),
         )
         .await?;
-        let revision = response.header().map_or(0, |h| h.revision());
-        let events = response
+        let revision = holding.header().map_or(0, |h| h.revision());
+        let first = holding
             .kvs()
-            .iter()
-            .map(|kv| parse(&prefix, kv.value()))
-            .collect::<Result<Vec<_>, _>>()?;
+            .first()
+            .map_or(start, |kv| String::from_utf8_lossy(kv.key()).into_owned());
+        let mut events = Vec::new();
+        for (key, value) in self
+            .range(first, format!("{prefix}\u{10ffff}"), revision)
+            .await?
+        {
+            let page =
+                step_log::events_in(&value).map_err(|source| JournalError::Bad { key, source })?;
+            events.extend(page.into_iter().filter(|e| e.seq >= from_seq));
+        }
         Ok((events, revision))
     }
 
@@ -422,7 +596,7 @@ impl Journal {
             return parse(key, value).map(Some);
         }
         let id = String::from_utf8_lossy(value).into_owned();
-        Ok(self.load(&id).await?.map(|record| record.summary()))
+        Ok(self.header(&id).await?.map(|header| header.summary()))
     }
 
     /// Prunes finished deployments past `retention`: each one's record and
@@ -469,11 +643,11 @@ impl Journal {
         let Some(kv) = stored.kvs().first() else {
             return Ok(false);
         };
-        let record = self.load(&entry.id).await?;
-        let summary = match (&record, self.summary_at(&entry.key, kv.value()).await?) {
+        let header = self.header(&entry.id).await?;
+        let summary = match (&header, self.summary_at(&entry.key, kv.value()).await?) {
             (_, Some(summary)) => summary,
             (None, None) => return Ok(false),
-            (Some(record), None) => record.summary(),
+            (Some(header), None) => header.summary(),
         };
         let events = keys::deployment_events(&entry.id);
         let txn = Txn::new()
@@ -484,6 +658,10 @@ impl Journal {
             .and_then([
                 TxnOp::put(entry.key.as_str(), json(&entry.key, &summary)?, None),
                 TxnOp::delete(keys::deployment(&entry.id), None),
+                TxnOp::delete(
+                    keys::deployment_dir(&entry.id),
+                    Some(DeleteOptions::new().with_prefix()),
+                ),
                 TxnOp::delete(events.as_str(), Some(DeleteOptions::new().with_prefix())),
             ]);
         let response = read(&entry.key, self.client.clone().txn(txn)).await?;
@@ -497,7 +675,7 @@ impl Journal {
             service = entry.service,
             "pruned a finished deployment: its summary stays in history"
         );
-        Ok(record.is_some())
+        Ok(header.is_some())
     }
 
     pub fn client(&self) -> &Etcd {
@@ -605,10 +783,35 @@ async fn read<T>(
 }
 
 /// Whether a refused attempt is the duplicate of an earlier attempt of the
-/// same write that landed (see `write`). Another leader's record differs
-/// at least in its token and timestamps.
-fn landed_before(outcome_unknown: bool, stored: Option<&[u8]>, written: &[u8]) -> bool {
-    outcome_unknown && stored == Some(written)
+/// same write that landed (see `commit`). Another leader's header differs
+/// at least in its token.
+fn landed_before(outcome_unknown: bool, stored: Option<&[u8]>, written: Option<&[u8]>) -> bool {
+    outcome_unknown && written.is_some() && stored == written
+}
+
+/// The record format a deployment key holds (records without the field
+/// are format 1); a newer one than this build's is refused by name.
+fn stored_format(key: &str, value: &[u8]) -> Result<u32, JournalError> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        format: Option<u32>,
+    }
+    let format = parse::<Probe>(key, value)?.format.unwrap_or(1);
+    if format > RECORD_FORMAT {
+        return Err(JournalError::NewerFormat {
+            key: key.to_owned(),
+            format,
+        });
+    }
+    Ok(format)
+}
+
+fn bad(id: &str, source: serde_json::Error) -> JournalError {
+    JournalError::Bad {
+        key: keys::deployment(id),
+        source,
+    }
 }
 
 /// The record a refused write read back in its `or_else`.
@@ -774,9 +977,10 @@ mod tests {
     fn a_refused_duplicate_counts_as_landed_only_when_the_record_is_ours() {
         let ours: &[u8] = b"{\"id\":\"d-1\",\"token\":7,\"next_seq\":7}";
         let theirs: &[u8] = b"{\"id\":\"d-1\",\"token\":9,\"next_seq\":7}";
-        assert!(landed_before(true, Some(ours), ours));
-        assert!(!landed_before(false, Some(ours), ours));
-        assert!(!landed_before(true, Some(theirs), ours));
-        assert!(!landed_before(true, None, ours));
+        assert!(landed_before(true, Some(ours), Some(ours)));
+        assert!(!landed_before(false, Some(ours), Some(ours)));
+        assert!(!landed_before(true, Some(theirs), Some(ours)));
+        assert!(!landed_before(true, None, Some(ours)));
+        assert!(!landed_before(true, None, None));
     }
 }

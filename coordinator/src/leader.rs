@@ -32,8 +32,7 @@ use exposition::Readiness;
 use leases::{Election, ElectionError, Etcd, LockError, Session};
 use proto::v1 as pb;
 use rollout::{
-    ClusterName, DeploymentId, Engine, Event, FencingToken, Installed, PlanInput, ReleaseDigest,
-    Strategy,
+    DeploymentId, Engine, Event, FencingToken, Installed, PlanInput, ReleaseDigest, Strategy,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -45,7 +44,7 @@ use crate::driver::{Driver, DriverContext, DriverExit, OperatorCall};
 use crate::effects::AgentDialer;
 use crate::fleet::FleetView;
 use crate::journal::{Journal, JournalError};
-use crate::record::{DeploymentKind, DeploymentRecord, DeploymentState};
+use crate::record::{DeploymentHeader, DeploymentKind, DeploymentRecord, DeploymentState};
 use crate::release_choice::{Finished, NamedRelease, rollback_target};
 use crate::telemetry::CoordinatorMetrics;
 
@@ -168,7 +167,9 @@ impl Coordinator {
         let metrics = CoordinatorMetrics::default();
         client.count_into(metrics.etcd());
         Self {
-            journal: Journal::new(client.clone()).with_write_deadline(config.journal_deadline),
+            journal: Journal::new(client.clone())
+                .with_write_deadline(config.journal_deadline)
+                .with_metrics(metrics.clone()),
             config,
             client,
             depot,
@@ -448,7 +449,7 @@ impl Coordinator {
     /// Takes over an active deployment: a new lock (higher token), the
     /// engine from the journal, `Recovered`, and on.
     async fn resume(self: Arc<Self>, leading: Arc<Leading>, id: String) -> (String, DriverExit) {
-        let record = match self.journal.load(&id).await {
+        let record = match self.journal.header(&id).await {
             Ok(Some(record)) => record,
             Ok(None) => {
                 return (
@@ -477,8 +478,8 @@ impl Coordinator {
         // driver whose answer was lost either landed before the old lock
         // went (and is read now) or can never land (its lock fence names
         // the old key), so the engine resumed is the last one persisted.
-        let record = match self.journal.load(&id).await {
-            Ok(Some(record)) if !record.state.is_terminal() => record,
+        let loaded = match self.journal.load(&id).await {
+            Ok(Some(loaded)) if !loaded.record.state.is_terminal() => loaded,
             Ok(Some(_)) => {
                 let _ = lock.release().await;
                 return (id, DriverExit::Finished);
@@ -497,12 +498,12 @@ impl Coordinator {
         };
         let token = FencingToken(lock.token().0);
         tracing::info!(deployment = id, token = token.0, "resuming deployment");
-        let started = !matches!(record.engine.status(), rollout::Status::NotStarted);
+        let started = !matches!(loaded.record.engine.status(), rollout::Status::NotStarted);
         let mut first = vec![Event::Recovered { token }];
         if !started {
             first.push(Event::Start);
         }
-        let driver = Driver::new(leading.ctx.clone(), record, lock);
+        let driver = Driver::resumed(leading.ctx.clone(), loaded, lock);
         let (tx, rx) = mpsc::channel(16);
         leading
             .calls
@@ -815,8 +816,8 @@ impl Coordinator {
         let leading = self.require_leader().await?;
         if let Some(cluster) = cluster.filter(|c| !c.is_empty()) {
             let record = self.record(id).await?;
-            let waiting_for = waiting_cluster(&record.engine);
-            if waiting_for.as_ref().map(ClusterName::as_str) != Some(cluster) {
+            let waiting_for = record.waiting_for;
+            if waiting_for.as_deref() != Some(cluster) {
                 return Err(NotServed::Refused(format!(
                     "deployment {id} is not waiting for approval of cluster {cluster}{}",
                     waiting_for
@@ -853,9 +854,10 @@ impl Coordinator {
             .map_err(NotServed::Refused)
     }
 
-    pub async fn record(&self, id: &str) -> Result<DeploymentRecord, NotServed> {
+    /// What status shows of deployment `id`: its header, never the engine.
+    pub async fn record(&self, id: &str) -> Result<DeploymentHeader, NotServed> {
         self.journal
-            .load(id)
+            .header(id)
             .await
             .map_err(NotServed::internal("cannot read the deployment"))?
             .ok_or_else(|| NotServed::NotFound(format!("no deployment {id}")))
@@ -911,6 +913,7 @@ async fn start(
         progress: Default::default(),
         operator_said: String::new(),
         engine: Engine::new(DeploymentId(id.clone()), plan, FencingToken(token)),
+        log: Default::default(),
     };
     let mut driver = Driver::new(leading.ctx.clone(), record, lock);
     if let Err(err) = driver.create().await {
@@ -936,20 +939,6 @@ async fn start(
         "deployment started"
     );
     Ok(Deployed::Started { id, token })
-}
-
-fn waiting_cluster(engine: &Engine) -> Option<ClusterName> {
-    match engine.status() {
-        rollout::Status::Running {
-            wave,
-            awaiting_approval: true,
-            ..
-        } => match engine.plan().waves.get(wave)?.kind {
-            rollout::WaveKind::Cluster(c) => engine.plan().clusters.get(c).map(|c| c.name.clone()),
-            rollout::WaveKind::Canary => None,
-        },
-        _ => None,
-    }
 }
 
 /// Ends a session now: revoking its lease frees every lock it held (the

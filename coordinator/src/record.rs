@@ -1,10 +1,13 @@
 //! What a deployment looks like in etcd: the `DeploymentRecord` (spec,
 //! progress and the serialised engine, so a new leader resumes exactly where
-//! the old one stopped) and its `EventRecord`s, plus their wire forms.
+//! the old one stopped), the small `DeploymentHeader` that answers status
+//! without the engine, and its `EventRecord`s, plus their wire forms. How
+//! the record is spread over etcd keys (header, step log, snapshots) is
+//! `step_log.rs`.
 //!
 //! Must never: hold anything that cannot be rebuilt from etcd alone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use proto::v1 as pb;
 use rollout::{Command, Engine, Notice, Outcome, Reason, Status};
@@ -103,13 +106,15 @@ impl DeploymentKind {
     }
 }
 
-/// Per-cluster progress for watchers.
+/// Per-cluster progress for watchers. Sets (written as JSON arrays, as
+/// format 1 wrote its lists), so noting an instance costs log n however
+/// large the cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterProgress {
     pub instances: u32,
     /// Instances confirmed ready on the target.
-    pub on_target: Vec<String>,
-    pub failed: Vec<String>,
+    pub on_target: BTreeSet<String>,
+    pub failed: BTreeSet<String>,
 }
 
 /// A deployment as persisted under `/lockstep/v1/deployments/<id>`.
@@ -146,12 +151,19 @@ pub struct DeploymentRecord {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub operator_said: String,
     pub engine: Engine,
+    /// Where this record's journal stands in etcd (format 2): which
+    /// snapshot holds it and which steps follow. Kept in the header key,
+    /// never in the snapshot itself.
+    #[serde(skip)]
+    pub log: crate::step_log::LogPosition,
 }
 
 /// The format of [`DeploymentRecord`] (with its engine) this build writes
 /// and reads; a change bumps it and keeps reading the older ones
-/// (`record_format_1_still_loads_and_resumes`).
-pub const RECORD_FORMAT: u32 = 1;
+/// (`record_format_1_still_loads_and_resumes`). Format 1 was the whole
+/// record in one key, rewritten every step; format 2 is a header key, a
+/// step log and rare snapshots (`step_log.rs`).
+pub const RECORD_FORMAT: u32 = 2;
 
 fn first_format() -> u32 {
     1
@@ -213,7 +225,7 @@ impl DeploymentRecord {
     pub fn note_applying(&mut self, instance: &str) {
         let cluster = self.cluster_of(instance);
         if let Some(progress) = self.progress.get_mut(&cluster) {
-            progress.on_target.retain(|i| i != instance);
+            progress.on_target.remove(instance);
         }
     }
 
@@ -221,18 +233,127 @@ impl DeploymentRecord {
     pub fn note_instance(&mut self, instance: &str, on_target: bool, failed: bool) {
         let cluster = self.cluster_of(instance);
         let progress = self.progress.entry(cluster).or_default();
-        progress.on_target.retain(|i| i != instance);
-        progress.failed.retain(|i| i != instance);
+        progress.on_target.remove(instance);
+        progress.failed.remove(instance);
         if on_target {
-            progress.on_target.push(instance.to_owned());
+            progress.on_target.insert(instance.to_owned());
         }
         if failed {
-            progress.failed.push(instance.to_owned());
+            progress.failed.insert(instance.to_owned());
+        }
+    }
+
+    /// What the header key keeps of this record: everything status needs,
+    /// with progress as counts, so it stays small however large the fleet.
+    pub fn header(&self) -> DeploymentHeader {
+        let plan = self.engine.plan();
+        DeploymentHeader {
+            format: RECORD_FORMAT,
+            id: self.id.clone(),
+            service: self.service.clone(),
+            target_digest: self.target_digest.clone(),
+            target_version: self.target_version.clone(),
+            actor_user: self.actor_user.clone(),
+            actor_host: self.actor_host.clone(),
+            reason: self.reason.clone(),
+            kind: self.kind,
+            created_unix_ms: self.created_unix_ms,
+            finished_unix_ms: self.finished_unix_ms,
+            state: self.state,
+            outcome: self.outcome.clone(),
+            token: self.token,
+            next_seq: self.next_seq,
+            batches: plan.batch_count(),
+            waiting_for: waiting_cluster(&self.engine),
+            clusters: plan
+                .clusters
+                .iter()
+                .map(|c| {
+                    let progress = self.progress.get(c.name.as_str());
+                    let count = |set: fn(&ClusterProgress) -> &BTreeSet<String>| {
+                        progress.map_or(0, |p| u32::try_from(set(p).len()).unwrap_or(u32::MAX))
+                    };
+                    ClusterCount {
+                        cluster: c.name.to_string(),
+                        instances: u32::try_from(c.size).unwrap_or(u32::MAX),
+                        on_target: count(|p| &p.on_target),
+                        failed: count(|p| &p.failed),
+                    }
+                })
+                .collect(),
+            log: self.log.clone(),
         }
     }
 
     /// What history keeps of this deployment once its record and events
     /// are pruned.
+    pub fn summary(&self) -> DeploymentSummary {
+        self.header().summary()
+    }
+
+    pub fn wire(&self) -> pb::Deployment {
+        self.header().wire()
+    }
+}
+
+/// The cluster an engine waits for an operator's approval of, if any.
+pub fn waiting_cluster(engine: &Engine) -> Option<String> {
+    match engine.status() {
+        Status::Running {
+            wave,
+            awaiting_approval: true,
+            ..
+        } => match engine.plan().waves.get(wave)?.kind {
+            rollout::WaveKind::Cluster(c) => {
+                engine.plan().clusters.get(c).map(|c| c.name.to_string())
+            }
+            rollout::WaveKind::Canary => None,
+        },
+        _ => None,
+    }
+}
+
+/// One cluster's progress in a header: counts, never instance lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterCount {
+    pub cluster: String,
+    pub instances: u32,
+    pub on_target: u32,
+    pub failed: u32,
+}
+
+/// A deployment as its header key `/lockstep/v1/deployments/<id>` keeps it
+/// (format 2): who, what, where it stands, progress as counts per cluster,
+/// and where its journal stands (`log`). Answers status, watch and the web
+/// view without loading the engine; its size grows with clusters, never
+/// with instances.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentHeader {
+    pub format: u32,
+    pub id: String,
+    pub service: String,
+    pub target_digest: String,
+    pub target_version: String,
+    pub actor_user: String,
+    pub actor_host: String,
+    pub reason: String,
+    pub kind: DeploymentKind,
+    pub created_unix_ms: i64,
+    pub finished_unix_ms: i64,
+    pub state: DeploymentState,
+    pub outcome: String,
+    pub token: u64,
+    pub next_seq: u64,
+    /// Batches in the plan (every wave's).
+    pub batches: usize,
+    /// The cluster waiting for `lockstep approve`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+    pub clusters: Vec<ClusterCount>,
+    pub log: crate::step_log::LogPosition,
+}
+
+impl DeploymentHeader {
     pub fn summary(&self) -> DeploymentSummary {
         DeploymentSummary {
             format: SUMMARY_FORMAT,
@@ -255,22 +376,13 @@ impl DeploymentRecord {
     pub fn wire(&self) -> pb::Deployment {
         pb::Deployment {
             clusters: self
-                .engine
-                .plan()
                 .clusters
                 .iter()
-                .map(|c| {
-                    let progress = self
-                        .progress
-                        .get(c.name.as_str())
-                        .cloned()
-                        .unwrap_or_default();
-                    pb::ClusterProgress {
-                        cluster: c.name.to_string(),
-                        instances: u32::try_from(c.size).unwrap_or(u32::MAX),
-                        on_target: u32::try_from(progress.on_target.len()).unwrap_or(u32::MAX),
-                        failed: u32::try_from(progress.failed.len()).unwrap_or(u32::MAX),
-                    }
+                .map(|c| pb::ClusterProgress {
+                    cluster: c.cluster.clone(),
+                    instances: c.instances,
+                    on_target: c.on_target,
+                    failed: c.failed,
                 })
                 .collect(),
             ..self.summary().wire()
@@ -359,8 +471,9 @@ impl EventRecord {
     }
 }
 
-/// An event before it has a sequence number and state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An event before it has a sequence number and state. The driver's own
+/// (a check's verdict, an instance ready) are kept in the step log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Happening {
     pub kind: EventKind,
     pub instance: String,
@@ -404,7 +517,6 @@ impl Happening {
                         .unwrap_or_default(),
                     None => String::new(),
                 };
-                let names: Vec<&str> = instances.iter().map(|i| i.as_str()).collect();
                 Self::new(
                     EventKind::WaveStarted,
                     "",
@@ -417,7 +529,7 @@ impl Happening {
                             rollout::Step::RehearseBack => " rehearsing rollback",
                             rollout::Step::RehearseForward => " after rehearsal",
                         },
-                        names.join(", ")
+                        listed(instances.iter().map(|i| i.as_str()))
                     ),
                 )
             }
@@ -497,6 +609,21 @@ impl Happening {
     }
 }
 
+/// Instances named in one event's message: the first [`NAMED_IN_MESSAGE`],
+/// then how many more, so a batch of thousands stays one short line (each
+/// instance has its own `InstanceApplying` event anyway).
+pub fn listed<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> String {
+    let total = names.len();
+    let mut text = names.take(NAMED_IN_MESSAGE).collect::<Vec<_>>().join(", ");
+    if total > NAMED_IN_MESSAGE {
+        text.push_str(&format!(" and {} more", total - NAMED_IN_MESSAGE));
+    }
+    text
+}
+
+/// How many instances one event's message names.
+pub const NAMED_IN_MESSAGE: usize = 20;
+
 /// The first 19 characters of a digest: `sha256:` and 12 hex digits.
 pub fn short(digest: &str) -> &str {
     digest.get(..19).unwrap_or(digest)
@@ -557,12 +684,14 @@ mod format_tests {
     use super::*;
 
     /// A record as format 1 wrote it (captured from a real deployment,
-    /// before records carried `format`): every later build must load it
-    /// and its engine must answer as it did.
+    /// before records carried `format`): every later build must load it,
+    /// its engine must answer as it did, and a resume writes it on in
+    /// format 2 (a first snapshot, then steps) from which it rebuilds the
+    /// same.
     #[test]
     fn record_format_1_still_loads_and_resumes() {
         let text = include_str!("../tests/fixtures/deployment-record-v1.json");
-        let record: DeploymentRecord = serde_json::from_str(text).unwrap();
+        let mut record: DeploymentRecord = serde_json::from_str(text).unwrap();
         assert_eq!(record.format, 1);
         assert_eq!(record.state, DeploymentState::Succeeded);
         assert_eq!(record.reason, "JIRA-2");
@@ -571,10 +700,25 @@ mod format_tests {
             DeploymentState::Succeeded
         );
         assert_eq!(record.engine.plan().instances.len(), 1);
-        let again: DeploymentRecord =
-            serde_json::from_str(&serde_json::to_string(&record).unwrap()).unwrap();
+        assert_eq!(record.header().clusters[0].on_target, 1);
+        assert!(crate::step_log::snapshot_due(&record.log));
+        let (chunks, _switch) = crate::step_log::plan_snapshot(&mut record).unwrap();
+        assert_eq!(record.format, RECORD_FORMAT);
+        assert_eq!(record.log.generation, 1);
+        let chunks: Vec<Vec<u8>> = chunks
+            .iter()
+            .flat_map(|t| &t.ops)
+            .map(|op| match op {
+                crate::step_log::Op::Put(_, v) => v.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let (again, last) = crate::step_log::rebuild(&record.header(), &chunks, &[]).unwrap();
+        assert!(last.is_empty());
         assert_eq!(again.engine.plan(), record.engine.plan());
         assert_eq!(again.format, RECORD_FORMAT);
+        assert_eq!(again.progress, record.progress);
+        assert_eq!(again.next_seq, 16);
     }
 
     /// A summary as format 1 wrote it: every later build must read it.

@@ -929,14 +929,21 @@ pub(crate) async fn forward_events(
                 continue;
             }
             let Some(kv) = ev.kv() else { continue };
-            let Ok(event) = serde_json::from_slice::<EventRecord>(kv.value()) else {
-                continue;
+            // A page of one step's events (format 2) or one event.
+            let page = match crate::step_log::events_in(kv.value()) {
+                Ok(page) => page,
+                Err(err) => {
+                    tracing::warn!(deployment = id, key = %String::from_utf8_lossy(kv.key()), error = %err, "an event key holds invalid data; skipped");
+                    continue;
+                }
             };
-            if send(&event).await.is_err() {
-                return;
-            }
-            if event.kind == crate::record::EventKind::Finished {
-                return;
+            for event in page.iter().filter(|e| e.seq >= from_seq) {
+                if send(event).await.is_err() {
+                    return;
+                }
+                if event.kind == crate::record::EventKind::Finished {
+                    return;
+                }
             }
         }
     }

@@ -15,6 +15,8 @@
 //! lockstep_release_push_bytes_total                counter
 //! lockstep_release_fetch_bytes_total               counter bytes served (agents, mirroring coordinators)
 //! lockstep_notifications_total{webhook,result}     counter delivered | failed (given up) | dropped (queue full)
+//! lockstep_journal_txn_bytes                       histogram, each journal transaction's size (upper bound of its encoding)
+//! lockstep_journal_txn_bytes_largest               gauge  the largest journal transaction since start
 //! ```
 //!
 //! Must never: label by anything unbounded (no deployment ids, hosts or
@@ -74,6 +76,11 @@ fn batch_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.1, 2.0, 16))
 }
 
+/// 256 B to 8 MiB: a journal transaction (the goal is ≤ 128 KiB).
+fn txn_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(256.0, 2.0, 16))
+}
+
 /// Every metric of the coordinator, cheap to clone (each is an `Arc`).
 #[derive(Debug, Clone)]
 pub struct CoordinatorMetrics {
@@ -90,6 +97,8 @@ pub struct CoordinatorMetrics {
     push_bytes: Counter,
     fetch_bytes: Counter,
     notifications: Family<NotificationLabel, Counter>,
+    journal_txn_bytes: Histogram,
+    journal_txn_largest: Gauge,
     etcd: leases::EtcdMetrics,
 }
 
@@ -107,6 +116,8 @@ impl Default for CoordinatorMetrics {
         let push_bytes = Counter::default();
         let fetch_bytes = Counter::default();
         let notifications = Family::<NotificationLabel, Counter>::default();
+        let journal_txn_bytes = txn_buckets();
+        let journal_txn_largest = Gauge::default();
         let etcd = leases::EtcdMetrics::default();
         let mut r = Registry::default();
         etcd.register(&mut r);
@@ -170,6 +181,16 @@ impl Default for CoordinatorMetrics {
             "Webhook notifications, by webhook and result",
             notifications.clone(),
         );
+        r.register(
+            "lockstep_journal_txn_bytes",
+            "Size of each journal transaction (an upper bound of its encoding)",
+            journal_txn_bytes.clone(),
+        );
+        r.register(
+            "lockstep_journal_txn_bytes_largest",
+            "The largest journal transaction since this coordinator started",
+            journal_txn_largest.clone(),
+        );
         Self {
             etcd,
             registry: Arc::new(r),
@@ -185,6 +206,8 @@ impl Default for CoordinatorMetrics {
             push_bytes,
             fetch_bytes,
             notifications,
+            journal_txn_bytes,
+            journal_txn_largest,
         }
     }
 }
@@ -296,6 +319,15 @@ impl CoordinatorMetrics {
                 result,
             })
             .inc();
+    }
+
+    /// A journal transaction of `bytes` is sent.
+    pub fn journal_txn(&self, bytes: usize) {
+        self.journal_txn_bytes.observe(bytes as f64);
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.journal_txn_largest
+            .inner()
+            .fetch_max(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn fetch_served(&self, bytes: u64) {

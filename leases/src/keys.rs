@@ -56,6 +56,28 @@ pub fn deployment(id: &str) -> String {
     format!("{PREFIX}deployments/{id}")
 }
 
+/// Everything of a deployment's journal beyond its header key (format 2):
+/// the step log and the engine snapshots.
+pub fn deployment_dir(id: &str) -> String {
+    format!("{PREFIX}deployments/{id}/")
+}
+
+/// One step of a deployment's log: the engine's input and what the driver
+/// noted (zero-padded so keys sort in order).
+pub fn deployment_step(id: &str, n: u64) -> String {
+    format!("{PREFIX}deployments/{id}/steps/{n:012}")
+}
+
+/// One chunk of a snapshot generation of a deployment's record.
+pub fn deployment_snapshot_chunk(id: &str, generation: u64, chunk: u32) -> String {
+    format!("{PREFIX}deployments/{id}/snapshot/{generation:012}/{chunk:06}")
+}
+
+/// The chunks of one snapshot generation.
+pub fn deployment_snapshot(id: &str, generation: u64) -> String {
+    format!("{PREFIX}deployments/{id}/snapshot/{generation:012}/")
+}
+
 /// A deployment's events, one key per sequence number (zero-padded so keys
 /// sort in order).
 pub fn deployment_events(id: &str) -> String {

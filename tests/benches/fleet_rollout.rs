@@ -110,12 +110,7 @@ async fn main() {
     assert_eq!(first["state"], "succeeded", "{first}");
     let (wall, r) = deploy_and_wait(&etcd, &urls, &digests[1], &strategy).await;
     assert_eq!(r["state"], "succeeded", "{r}");
-    let batches: usize = r["engine"]["plan"]["waves"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["batches"].as_array().unwrap().len())
-        .sum();
+    let batches = usize::try_from(r["batches"].as_u64().unwrap()).unwrap();
     let start = tokio::task::spawn_blocking(move || app_start(work.path()))
         .await
         .unwrap();
@@ -149,8 +144,14 @@ async fn timeline(etcd: &EtcdCluster, record: &serde_json::Value) {
         .await
         .unwrap();
     let mut start = None;
-    for kv in response.kvs() {
-        let e: serde_json::Value = serde_json::from_slice(kv.value()).unwrap();
+    // A key holds a page of one step's events (a JSON array).
+    let events = response.kvs().iter().flat_map(|kv| {
+        match serde_json::from_slice::<serde_json::Value>(kv.value()).unwrap() {
+            serde_json::Value::Array(page) => page,
+            one => vec![one],
+        }
+    });
+    for e in events {
         let at = e["at_unix_ms"].as_i64().unwrap_or_default();
         let start = *start.get_or_insert(at);
         println!(

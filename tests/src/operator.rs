@@ -140,7 +140,8 @@ async fn get_json(
     Ok(Some((kv.lease(), value)))
 }
 
-/// The deployment record as the coordinator persisted it in etcd.
+/// The deployment's header key as the coordinator persisted it in etcd
+/// (format 2: status and counts; the engine is in its snapshot and steps).
 pub async fn record(etcd: &EtcdCluster, id: &str) -> Result<serde_json::Value, OperatorError> {
     let key = format!("/lockstep/v1/deployments/{id}");
     match get_json(etcd, &key).await? {
@@ -375,13 +376,15 @@ pub async fn active_deployment(etcd: &EtcdCluster) -> Result<Option<String>, Ope
         .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
 }
 
-/// Instances the deployment's record counts as on its target.
+/// Instances the deployment's header counts as on its target (format 2
+/// keeps counts per cluster, not instance lists).
 pub fn on_target(record: &serde_json::Value) -> usize {
-    record["progress"]
-        .as_object()
-        .map(|p| {
-            p.values()
-                .map(|c| c["on_target"].as_array().map_or(0, Vec::len))
+    record["clusters"]
+        .as_array()
+        .map(|clusters| {
+            clusters
+                .iter()
+                .map(|c| c["on_target"].as_u64().map_or(0, |n| n as usize))
                 .sum()
         })
         .unwrap_or(0)

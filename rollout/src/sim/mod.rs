@@ -61,6 +61,11 @@ pub fn run_scenario(sc: &Scenario, trace: bool) -> Result<RunReport, RunFailure>
     World::new(sc, trace).run()
 }
 
+/// Runs one scenario and keeps every engine input in `RunReport::inputs`.
+pub fn run_scenario_recorded(sc: &Scenario) -> Result<RunReport, RunFailure> {
+    World::new(sc, false).recording().run()
+}
+
 /// Runs the scenario for `seed`; on a violation, shrinks it and returns the
 /// seed, the remaining faults and a trace.
 pub fn run_seed(seed: u64) -> Result<RunReport, Box<SeedFailure>> {

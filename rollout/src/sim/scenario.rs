@@ -352,6 +352,41 @@ impl Scenario {
     }
 }
 
+impl Scenario {
+    /// `large`'s fleet in one cluster, every host in one batch after the
+    /// canary: the largest single step a rollout of `instances` can take
+    /// (the journal's size bound is measured against it).
+    pub fn single_batch(instances: usize, seed: u64) -> Scenario {
+        let mut sc = Scenario::large(instances, seed);
+        let all: Vec<Instance> = sc
+            .fleet
+            .clusters
+            .drain(..)
+            .flat_map(|c| c.instances)
+            .collect();
+        sc.fleet.clusters.push(Cluster {
+            name: cluster_name("all".to_owned()),
+            instances: all,
+            max_disruptions: None,
+        });
+        sc.strategy.capacity = Capacity {
+            max_unavailable: Quantity::Percent(100),
+            min_healthy: Quantity::Count(0),
+        };
+        sc.plan = match plan(&PlanInput {
+            fleet: &sc.fleet,
+            strategy: &sc.strategy,
+            target: &sc.plan.target,
+            previous: &sc.plan.previous,
+            overlap: sc.plan.overlap,
+        }) {
+            Ok(p) => p,
+            Err(e) => unreachable_plan(e),
+        };
+        sc
+    }
+}
+
 fn unreachable_plan(e: crate::plan::PlanErrors) -> Plan {
     // Generation only falls back to strategies that always plan; if that
     // ever changes this is a bug in the simulator, not a scenario.

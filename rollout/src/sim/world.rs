@@ -45,6 +45,9 @@ pub struct RunReport {
     pub virtual_ms: u64,
     /// Coordinator restarts.
     pub restarts: u32,
+    /// Every engine input in order, with its time, when recording was
+    /// asked for (`run_scenario_recorded`): what a journal would persist.
+    pub inputs: Vec<(Millis, Event)>,
 }
 
 /// A broken invariant with the trace that led to it.
@@ -168,6 +171,7 @@ pub struct World<'a> {
     steps: u64,
     engine_steps: u64,
     trace: Option<VecDeque<String>>,
+    inputs: Option<Vec<(Millis, Event)>>,
 }
 
 impl<'a> World<'a> {
@@ -227,6 +231,7 @@ impl<'a> World<'a> {
             steps: 0,
             engine_steps: 0,
             trace: trace.then(VecDeque::new),
+            inputs: None,
         };
         // Instances that already ran the target really run it.
         for c in &sc.fleet.clusters {
@@ -264,6 +269,12 @@ impl<'a> World<'a> {
             at_ms: self.now,
             trace: self.trace.iter().flatten().cloned().collect(),
         }
+    }
+
+    /// Records every engine input in the report.
+    pub fn recording(mut self) -> Self {
+        self.inputs = Some(Vec::new());
+        self
     }
 
     /// Runs to the end: the engine finished and every message settled.
@@ -407,6 +418,7 @@ impl<'a> World<'a> {
             finished_ms: self.finished_at.unwrap_or(self.now),
             virtual_ms: self.now,
             restarts: self.restarts,
+            inputs: self.inputs.take().unwrap_or_default(),
         })
     }
 
@@ -416,6 +428,9 @@ impl<'a> World<'a> {
         self.checkers.canary.observe(&self.sc.plan.target, &event);
         self.checkers.healthy.observe(&self.sc.plan.target, &event);
         let was_done = self.engine.is_done();
+        if let Some(inputs) = &mut self.inputs {
+            inputs.push((Millis(self.now), event.clone()));
+        }
         let actions = self.engine.step(Millis(self.now), event);
         self.check_actions(was_done, &actions)?;
         if self.engine.outcome().is_some() && self.finished_at.is_none() {
@@ -519,6 +534,9 @@ impl<'a> World<'a> {
         let event = Event::Recovered { token: self.token };
         self.note(|| format!("-> {event:?}"));
         let was_done = self.engine.is_done();
+        if let Some(inputs) = &mut self.inputs {
+            inputs.push((Millis(self.now), event.clone()));
+        }
         let actions = self.engine.step(Millis(self.now), event);
         self.check_actions(was_done, &actions)?;
         if self.engine.outcome().is_some() && self.finished_at.is_none() {

@@ -22,6 +22,7 @@ mod first_install;
 mod health;
 mod history;
 mod incident;
+mod journal;
 mod logs;
 mod metrics;
 mod notify;
