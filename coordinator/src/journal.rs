@@ -195,7 +195,11 @@ impl Journal {
         for chunk in &chunks {
             self.commit(&id, fences, chunk, None).await?;
         }
-        match self.commit(&id, fences, &create, None).await {
+        let created = self.commit(&id, fences, &create, None).await;
+        if created.is_err() {
+            self.forget_chunks(fences, &id).await;
+        }
+        match created {
             Err(JournalError::Fenced { .. }) => {
                 if let Some(active) = self.active_of(&record.service).await? {
                     return Err(JournalError::AlreadyActive {
@@ -206,6 +210,20 @@ impl Journal {
                 Err(JournalError::Fenced { id })
             }
             other => other,
+        }
+    }
+
+    /// Deletes what a create that did not land left under the
+    /// deployment's own prefix (its snapshot), if `fences` still hold. Best
+    /// effort: the keys name no active deployment and a prune of the id
+    /// would delete them too.
+    async fn forget_chunks(&self, fences: &[Compare], id: &str) {
+        let txn = Txn::new().when(fences.to_vec()).and_then([TxnOp::delete(
+            keys::deployment_dir(id),
+            Some(DeleteOptions::new().with_prefix()),
+        )]);
+        if let Err(err) = read(id, self.client.clone().txn(txn)).await {
+            tracing::warn!(deployment = id, error = %err, "cannot delete the snapshot of a deployment that was not created; it stays until pruned");
         }
     }
 
@@ -283,34 +301,7 @@ impl Journal {
         plan: &TxnPlan,
         release: Option<&leases::MutexGuard>,
     ) -> Result<(), JournalError> {
-        let mut when = fences.to_vec();
-        let mut ops = Vec::with_capacity(plan.ops.len() + 1);
-        for guard in &plan.guards {
-            when.push(match guard {
-                Guard::Absent(key) => Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
-                Guard::ValueIs(key, value) => {
-                    Compare::value(key.as_str(), CompareOp::Equal, value.clone())
-                }
-            });
-        }
-        for op in &plan.ops {
-            ops.push(match op {
-                Op::Put(key, value) => TxnOp::put(key.as_str(), value.clone(), None),
-                Op::Delete(key) => TxnOp::delete(key.as_str(), None),
-                Op::DeleteRange(from, to) => TxnOp::delete(
-                    from.as_str(),
-                    Some(DeleteOptions::new().with_range(to.as_str())),
-                ),
-            });
-        }
-        if let Some(lock) = release {
-            when.push(lock.fence());
-            ops.push(TxnOp::delete(lock.key(), None));
-        }
-        let mut txn = Txn::new().when(when).and_then(ops);
-        if let Some((key, _)) = &plan.read_back {
-            txn = txn.or_else([TxnOp::get(key.as_str(), None)]);
-        }
+        let txn = txn_of(fences, plan, release);
         if let Some(metrics) = &self.metrics {
             metrics.journal_txn(plan.bytes());
         }
@@ -779,6 +770,40 @@ async fn read<T>(
             what: what.to_string(),
             waited: READ_TIMEOUT,
         }),
+    }
+}
+
+/// The etcd transaction of a plan under `fences`; finishing, with the
+/// lock's fence and delete; reading back the plan's key when refused.
+fn txn_of(fences: &[Compare], plan: &TxnPlan, release: Option<&leases::MutexGuard>) -> Txn {
+    let mut when = fences.to_vec();
+    let mut ops = Vec::with_capacity(plan.ops.len() + 1);
+    for guard in &plan.guards {
+        when.push(match guard {
+            Guard::Absent(key) => Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+            Guard::ValueIs(key, value) => {
+                Compare::value(key.as_str(), CompareOp::Equal, value.clone())
+            }
+        });
+    }
+    for op in &plan.ops {
+        ops.push(match op {
+            Op::Put(key, value) => TxnOp::put(key.as_str(), value.clone(), None),
+            Op::Delete(key) => TxnOp::delete(key.as_str(), None),
+            Op::DeleteRange(from, to) => TxnOp::delete(
+                from.as_str(),
+                Some(DeleteOptions::new().with_range(to.as_str())),
+            ),
+        });
+    }
+    if let Some(lock) = release {
+        when.push(lock.fence());
+        ops.push(TxnOp::delete(lock.key(), None));
+    }
+    let txn = Txn::new().when(when).and_then(ops);
+    match &plan.read_back {
+        Some((key, _)) => txn.or_else([TxnOp::get(key.as_str(), None)]),
+        None => txn,
     }
 }
 

@@ -80,6 +80,22 @@ async fn finished_deployments_past_retention_keep_only_their_summary() {
         .await
         .unwrap();
     assert_eq!(events.count(), 0, "the first deployment's events are left");
+    let journal = client
+        .get(
+            leases::keys::deployment_dir(&first),
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_count_only(),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        journal.count(),
+        0,
+        "the first deployment's snapshot and steps are left"
+    );
     let newest = client
         .get(leases::keys::deployment(&ids[1]), None)
         .await
