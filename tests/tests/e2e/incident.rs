@@ -378,14 +378,7 @@ async fn a_standby_finishes_the_rollout_of_a_killed_leader_and_the_old_token_is_
     let id = start_deploy(&urls, &d2, &slow).await.unwrap();
     let old_token = wait_for("the first instance to be on 2.0.0", DEADLINE, || async {
         let r = record(&etcd, &id).await.map_err(|e| e.to_string())?;
-        let on_target: usize = r["progress"]
-            .as_object()
-            .map(|p| {
-                p.values()
-                    .map(|c| c["on_target"].as_array().map_or(0, Vec::len))
-                    .sum()
-            })
-            .unwrap_or(0);
+        let on_target = lockstep_tests::operator::on_target(&r);
         match (r["state"].as_str(), r["token"].as_u64()) {
             (Some("running"), Some(token)) if on_target >= 1 => Ok(token),
             _ => Err(format!("{r}")),
