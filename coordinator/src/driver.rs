@@ -676,11 +676,6 @@ impl Driver {
         {
             return Some(self.stopped_by(err));
         }
-        if !finish && snapshot_due(&self.record.log) {
-            if let Err(err) = self.ctx.journal.snapshot(&fences, &mut self.record).await {
-                return Some(self.stopped_by(err));
-            }
-        }
         // Only persisted events are sent: what a webhook hears, `lockstep
         // watch` shows too, under the same sequence number.
         let halted = matches!(self.record.engine.status(), rollout::Status::Halted(_));
@@ -760,6 +755,13 @@ impl Driver {
                 "deployment finished"
             );
             return Some(DriverExit::Finished);
+        }
+        // After acting: the step is persisted already, and a snapshot of
+        // a large record (dozens of chunks) should not hold its applies.
+        if snapshot_due(&self.record.log) {
+            if let Err(err) = self.ctx.journal.snapshot(&fences, &mut self.record).await {
+                return Some(self.stopped_by(err));
+            }
         }
         None
     }
