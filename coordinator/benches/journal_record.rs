@@ -83,12 +83,13 @@ impl Tally {
     }
 }
 
-fn run(label: &str, sc: &Scenario) {
-    let report = sim::run_scenario_recorded(sc).expect("a fault-free run");
+fn run(label: &str, sc: &Scenario) -> Result<(), String> {
+    let report =
+        sim::run_scenario_recorded(sc).map_err(|e| format!("the simulated run failed: {e:?}"))?;
     let mut record = record(sc);
     let format_1_record = serde_json::to_vec(&record).map_or(0, |v| v.len());
     let mut t = Tally::default();
-    let (chunks, create) = plan_create(&mut record).expect("serialisable");
+    let (chunks, create) = plan_create(&mut record).map_err(|e| e.to_string())?;
     for txn in chunks.iter().chain([&create]) {
         t.txn(txn);
     }
@@ -99,7 +100,7 @@ fn run(label: &str, sc: &Scenario) {
         let entry = StepEntry::new(at, Some(event.clone()), driver_notes(event), None);
         let advanced = record.advance(&entry);
         let (commit, pages) = plan_step(&mut record, &entry, &advanced.events, advanced.finish)
-            .expect("serialisable");
+            .map_err(|e| e.to_string())?;
         let bytes: usize = [&commit]
             .into_iter()
             .chain(&pages)
@@ -109,7 +110,7 @@ fn run(label: &str, sc: &Scenario) {
         t.step_bytes += bytes;
         t.max_step_bytes = t.max_step_bytes.max(bytes);
         if !advanced.finish && snapshot_due(&record.log) {
-            let (chunks, switch) = plan_snapshot(&mut record).expect("serialisable");
+            let (chunks, switch) = plan_snapshot(&mut record).map_err(|e| e.to_string())?;
             for txn in chunks.iter().chain([&switch]) {
                 t.txn(txn);
             }
@@ -136,6 +137,7 @@ fn run(label: &str, sc: &Scenario) {
             "OVER THE GOAL"
         }
     );
+    Ok(())
 }
 
 fn main() {
@@ -154,8 +156,15 @@ fn main() {
         "total written",
         "format 1 wrote"
     );
-    for n in [150, 1_000, 10_000] {
-        run("clusters of 100", &Scenario::large(n, 7));
+    let mut runs: Vec<(&str, Scenario)> = [150, 1_000, 10_000]
+        .into_iter()
+        .map(|n| ("clusters of 100", Scenario::large(n, 7)))
+        .collect();
+    runs.push(("one batch of all", Scenario::single_batch(10_000, 7)));
+    for (label, sc) in &runs {
+        if let Err(err) = run(label, sc) {
+            eprintln!("{label}: {err}");
+            std::process::exit(1);
+        }
     }
-    run("one batch of all", &Scenario::single_batch(10_000, 7));
 }

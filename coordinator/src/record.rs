@@ -281,6 +281,7 @@ impl DeploymentRecord {
                     }
                 })
                 .collect(),
+            waits: self.engine.waits(),
             log: self.log.clone(),
         }
     }
@@ -350,6 +351,10 @@ pub struct DeploymentHeader {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
     pub clusters: Vec<ClusterCount>,
+    /// What it waits for now (`Engine::waits`: a gate's timer, an
+    /// approval, a pause): a few, never one per instance.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waits: Vec<rollout::Wait>,
     pub log: crate::step_log::LogPosition,
 }
 

@@ -294,7 +294,7 @@ async fn deployments(
             match coordinator.record(id).await {
                 Ok(record) => {
                     let mut view = DeploymentView::of(&record.wire());
-                    view.waits = record.engine.waits().iter().map(WaitView::of).collect();
+                    view.waits = record.waits.iter().map(WaitView::of).collect();
                     active.push(view);
                 }
                 // Ended between the two reads: the history has it.
