@@ -117,7 +117,10 @@ pub struct ClusterProgress {
     pub failed: BTreeSet<String>,
 }
 
-/// A deployment as persisted under `/lockstep/v1/deployments/<id>`.
+/// A deployment whole: format 1 kept it in `/lockstep/v1/deployments/<id>`;
+/// format 2 keeps it in snapshots under `deployments/<id>/snapshot/` and
+/// the steps after them (`step_log.rs`), with a [`DeploymentHeader`] in
+/// that key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeploymentRecord {
     /// [`RECORD_FORMAT`] when written; records written before the field
@@ -445,7 +448,9 @@ impl EventKind {
     }
 }
 
-/// One event as persisted under `/lockstep/v1/deployment-events/<id>/<seq>`.
+/// One event, in a page of its step's events under
+/// `/lockstep/v1/deployment-events/<id>/<first seq of the page>` (format 1:
+/// one event a key, under its own seq).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventRecord {
     pub seq: u64,
