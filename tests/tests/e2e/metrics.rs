@@ -159,6 +159,10 @@ async fn the_coordinator_counts_deployments_rollbacks_agents_and_pushes() {
     );
     at_least("lockstep_release_fetch_bytes_total", 1.0);
     at_least("lockstep_batch_duration_seconds_count", 1.0);
+    // Each journal transaction's size, and the largest (#15 deliver 2: the
+    // load generator reads the bound from here).
+    at_least("lockstep_journal_txn_bytes_count", 1.0);
+    at_least("lockstep_journal_txn_bytes_largest", 256.0);
     at_least(
         "lockstep_deployment_duration_seconds_count{outcome=\"rolled_back\"}",
         1.0,
