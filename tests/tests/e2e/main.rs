@@ -24,6 +24,7 @@ mod history;
 mod incident;
 mod logs;
 mod metrics;
+mod nodesim;
 mod notify;
 mod operator_paths;
 mod prometheus;
