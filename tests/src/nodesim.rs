@@ -14,6 +14,11 @@ use crate::{HarnessError, free_loopback_port};
 
 /// Binding thousands of addresses and connecting etcd: generous.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// Hosts one simulator process takes here: each needs two open files
+/// (its listener, the coordinator's connection), and a hard limit of
+/// 20,000 (common in containers, and not raisable without
+/// CAP_SYS_RESOURCE) leaves room for 9,000. Larger fleets are sharded.
+const HOSTS_PER_PROCESS: usize = 9_000;
 /// The simulator's default `--address-base`: host i is on base + 1 + i.
 const ADDRESS_BASE: Ipv4Addr = Ipv4Addr::new(127, 64, 0, 0);
 
@@ -28,6 +33,10 @@ pub struct NodesimOptions {
     /// Share of hosts whose switch to one of `fail_releases` fails.
     pub fail_rate: f64,
     pub fail_releases: Vec<String>,
+    /// Host ids are `<id_prefix>-00000`, …
+    pub id_prefix: String,
+    /// Host i listens on this address + 1 + i.
+    pub address_base: Ipv4Addr,
     /// Further flags, as given.
     pub extra: Vec<String>,
 }
@@ -42,6 +51,8 @@ impl Default for NodesimOptions {
             ready_delay_ms: 100,
             fail_rate: 0.0,
             fail_releases: Vec::new(),
+            id_prefix: "sim".to_owned(),
+            address_base: ADDRESS_BASE,
             extra: Vec::new(),
         }
     }
@@ -53,10 +64,14 @@ pub struct NodesimFixture {
     _dir: tempfile::TempDir,
     daemon: Daemon,
     port: u16,
+    base: Ipv4Addr,
     pub hosts: usize,
 }
 
 impl NodesimFixture {
+    /// See [`HOSTS_PER_PROCESS`]: a bench of more hosts starts several.
+    pub const HOSTS_PER_PROCESS: usize = HOSTS_PER_PROCESS;
+
     /// Starts the simulator; returns once its first host's AgentService
     /// accepts connections (hosts register and report in the background:
     /// wait for them with `operator::agents_known`).
@@ -89,6 +104,10 @@ impl NodesimFixture {
             options.ready_delay_ms.to_string().into(),
             "--fail-rate".into(),
             options.fail_rate.to_string().into(),
+            "--id-prefix".into(),
+            options.id_prefix.clone().into(),
+            "--address-base".into(),
+            options.address_base.to_string().into(),
         ];
         for release in &options.fail_releases {
             args.push("--fail-release".into());
@@ -96,7 +115,8 @@ impl NodesimFixture {
         }
         args.extend(options.extra.iter().map(OsString::from));
         let mut daemon = Daemon::new("lockstep-nodesim", args, dir.path().join("nodesim.log"));
-        let first = Self::address_of(port, 0);
+        let base = options.address_base;
+        let first = Self::address_of(base, port, 0);
         daemon
             .start(START_TIMEOUT, || async move {
                 Ok(tokio::net::TcpStream::connect(first).await.is_ok())
@@ -106,19 +126,20 @@ impl NodesimFixture {
             _dir: dir,
             daemon,
             port,
+            base,
             hosts: options.hosts,
         })
     }
 
-    fn address_of(port: u16, index: usize) -> SocketAddr {
+    fn address_of(base: Ipv4Addr, port: u16, index: usize) -> SocketAddr {
         let offset = u32::try_from(index + 1).unwrap_or(u32::MAX);
-        let ip = Ipv4Addr::from(u32::from(ADDRESS_BASE).saturating_add(offset));
+        let ip = Ipv4Addr::from(u32::from(base).saturating_add(offset));
         SocketAddr::new(ip.into(), port)
     }
 
     /// Host `index`'s AgentService address.
     pub fn address(&self, index: usize) -> SocketAddr {
-        Self::address_of(self.port, index)
+        Self::address_of(self.base, self.port, index)
     }
 
     pub fn pid(&self) -> Option<u32> {
