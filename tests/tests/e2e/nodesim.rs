@@ -217,3 +217,30 @@ async fn a_batch_of_150_virtual_hosts_fits_in_the_journal() {
     let r = finished(&stage.etcd, &id).await.unwrap();
     assert_eq!(r["state"], "succeeded", "{r}");
 }
+
+/// Issue #15 deliver 4 (nodesim bench, 10,000 hosts): a deployment whose
+/// first journal write etcd refused left its lock naming a deployment
+/// with no record, and `lockstep status` failed as a whole ("no
+/// deployment …") instead of showing the fleet with that state unknown.
+#[tokio::test]
+async fn status_shows_the_fleet_when_a_locks_deployment_has_no_record() {
+    let etcd = EtcdCluster::single().await.unwrap();
+    let coordinator = CoordinatorFixture::start(&etcd.endpoints(), TTL_SECS)
+        .await
+        .unwrap();
+    let session = leases::Session::grant(
+        crate::failover_client(&etcd).await,
+        leases::Ttl::from_secs(10).unwrap(),
+    )
+    .await
+    .unwrap();
+    let _lock = leases::FencedMutex::deployment("demo")
+        .try_lock(&session, "demo-never-recorded")
+        .await
+        .unwrap();
+    let output = coordinator.lockstep(&["status"]).await.unwrap();
+    let text = lockstep_tests::operator::text(&output);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("demo-never-recorded"), "{text}");
+    assert!(text.contains("cannot be read"), "{text}");
+}
