@@ -572,15 +572,26 @@ async fn upload_local_audit(client: &Etcd, path: &Path) -> Result<usize, String>
 }
 
 /// Why one attempt to join etcd failed.
-enum JoinError {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinError {
     Unreachable(String),
     /// Another live agent holds this id.
     Refused(String),
 }
 
+impl std::fmt::Display for JoinError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unreachable(why) => write!(f, "etcd unreachable: {why}"),
+            Self::Refused(why) => f.write_str(why),
+        }
+    }
+}
+
 /// Claims the agent's registration; a holder that is this agent's own
-/// predecessor (see `identity`) is evicted first.
-async fn register(
+/// predecessor (see `identity`) is evicted first. Shared with
+/// `lockstep-nodesim`, whose virtual agents register exactly like this.
+pub async fn register(
     session: &Session,
     agent: &str,
     record: &AgentRecord,

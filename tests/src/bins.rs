@@ -1,4 +1,7 @@
-//! The workspace's binaries, as the test command built them.
+//! The workspace's binaries, as the test command built them: the
+//! fixtures run `lockstep-coordinator`, `lockstep`, `lockstep-agent`,
+//! `agentctl`, `demo-app` and `lockstep-nodesim` (`NodesimFixture`), all
+//! built by `cargo build --workspace --bins`.
 
 use std::path::PathBuf;
 

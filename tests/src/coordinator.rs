@@ -250,6 +250,11 @@ impl CoordinatorFixture {
         lockstep(&[self.url()], args).await
     }
 
+    /// The coordinator's pid while it runs (for /proc figures).
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.pid()
+    }
+
     /// SIGKILL: the coordinator dies without resigning or releasing.
     pub fn kill(&mut self) {
         self.daemon.kill();

@@ -3,7 +3,8 @@
 //!
 //! Owns fixtures that start real processes in temporary directories on free
 //! loopback ports — `EtcdCluster` (etcd members), `AgentFixture`
-//! (lockstep-agent + agentctl), `DemoRelease` (bundles of the demo app),
+//! (lockstep-agent + agentctl), `NodesimFixture` (`lockstep-nodesim`:
+//! many virtual agents in one process), `DemoRelease` (bundles of the demo app),
 //! `TestPki` (a CA and certificates for mTLS, generated at test time) —
 //! plus `Poller` (a client counting failed requests), `wait_for`, the one
 //! way a test waits for a condition, and `operator`: the `lockstep` steps
@@ -26,6 +27,7 @@ mod fleet;
 mod fleet_tls;
 pub mod http;
 mod netns;
+mod nodesim;
 pub mod operator;
 mod pki;
 mod place;
@@ -43,6 +45,7 @@ pub use error::HarnessError;
 pub use etcd::{EtcdCluster, EtcdSecurity, MemberState};
 pub use fleet::{DEMO_SERVICE, FleetFixture, FleetHost};
 pub use netns::{LabNode, NetnsLab};
+pub use nodesim::{NodesimFixture, NodesimOptions};
 pub use pki::{TestPki, TlsFiles};
 pub use place::Place;
 pub use ports::free_loopback_port;

@@ -37,11 +37,17 @@ pub(crate) enum Verdict {
 /// changed", "request timed out" and "too many requests" as UNAVAILABLE or
 /// RESOURCE_EXHAUSTED; a refused or broken connection comes as a transport
 /// or IO error, or as UNAVAILABLE, UNKNOWN or INTERNAL from tonic and h2; a
-/// closed request channel of a stream as a watch or keep-alive error.
+/// closed request channel of a stream as a watch or keep-alive error. A
+/// message over gRPC's size limit (also RESOURCE_EXHAUSTED) is the
+/// request's own fault: final.
 pub(crate) fn classify(err: &etcd_client::Error) -> Verdict {
     use etcd_client::Error;
     match err {
         Error::GRpcStatus(status) => match status.code() {
+            // gRPC's size limit: every member refuses the same bytes.
+            Code::ResourceExhausted if status.message().contains("larger than max") => {
+                Verdict::Final
+            }
             Code::Unavailable
             | Code::DeadlineExceeded
             | Code::Aborted
@@ -109,6 +115,14 @@ mod tests {
             status(Code::Unauthenticated, "etcdserver: invalid auth token"),
             etcd_client::Error::InvalidArgs("empty endpoints".to_owned()),
             etcd_client::Error::EndpointError("bad url".to_owned()),
+            // Issue #15 deliver 4 (nodesim bench, 10,000 hosts): a 2.4 MB
+            // journal transaction refused for its size took the only
+            // member out of rotation, and every other call (`lockstep
+            // status`) failed until a probe brought it back.
+            status(
+                Code::ResourceExhausted,
+                "grpc: received message larger than max (2490747 vs. 2097152)",
+            ),
         ] {
             assert_eq!(classify(&err), Verdict::Final, "{err}");
         }

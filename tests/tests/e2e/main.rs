@@ -25,6 +25,7 @@ mod incident;
 mod journal;
 mod logs;
 mod metrics;
+mod nodesim;
 mod notify;
 mod operator_paths;
 mod prometheus;

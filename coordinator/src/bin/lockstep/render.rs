@@ -248,6 +248,49 @@ pub fn agents(list: &[AgentSummary], now: i64) -> String {
     )
 }
 
+/// Above this many agents, `lockstep agents` prints the fleet per cluster
+/// and only the agents that need attention (a table of thousands of rows
+/// is read by nobody); `--all` lists every agent.
+pub const AGENTS_LISTED: usize = 50;
+
+/// `lockstep agents` for a large fleet: per cluster and service, agents
+/// up, instances ready and releases; then the unreachable agents and
+/// those with an instance not ready (the first [`AGENTS_LISTED`]).
+pub fn agents_summary(list: &[AgentSummary], now: i64) -> String {
+    let mut out = format!(
+        "{} agents, per cluster (`lockstep agents --all` lists every agent):\n",
+        list.len()
+    );
+    out.push_str(&fleet_table(&rollup(list)));
+    let attention: Vec<AgentSummary> = list
+        .iter()
+        .filter(|a| {
+            !a.reachable
+                || a.services.iter().any(|s| {
+                    let (ready, total) = ready_of(s);
+                    ready < total
+                })
+        })
+        .cloned()
+        .collect();
+    if attention.is_empty() {
+        out.push_str("\nevery agent is reachable and every instance ready\n");
+        return out;
+    }
+    let shown = attention.len().min(AGENTS_LISTED);
+    out.push_str(&format!(
+        "\n{} agents unreachable or not ready{}:\n",
+        attention.len(),
+        if shown < attention.len() {
+            format!(" (the first {shown})")
+        } else {
+            String::new()
+        }
+    ));
+    out.push_str(&agents(&attention[..shown], now));
+    out
+}
+
 /// A lock's TTL left, or that it has no lease (and so is no lock).
 fn lock_ttl(l: &LockInfo) -> String {
     if l.leaseless {
@@ -450,23 +493,10 @@ pub fn rollup(list: &[AgentSummary]) -> Vec<ClusterRollup> {
         .collect()
 }
 
-/// `lockstep status`: the fleet per cluster, then who deploys what.
-/// `lockstep status`: the fleet per cluster, then the deployments in
-/// progress with their `states` (deployment id -> state, e.g. `paused`;
-/// `?` when it could not be read).
-pub fn status(
-    list: &[AgentSummary],
-    locks: &[LockInfo],
-    states: &BTreeMap<String, String>,
-    now: i64,
-) -> String {
-    let mut out = String::new();
-    let clusters = rollup(list);
-    if clusters.is_empty() {
-        out.push_str("no agents have registered\n");
-    }
+/// One row per (cluster, service): agents up, instances ready, releases.
+fn fleet_table(clusters: &[ClusterRollup]) -> String {
     let mut rows = Vec::new();
-    for c in &clusters {
+    for c in clusters {
         let agents = format!("{}/{}", c.reachable, c.agents);
         if c.services.is_empty() {
             rows.push(vec![
@@ -496,12 +526,31 @@ pub fn status(
             ]);
         }
     }
-    if !rows.is_empty() {
-        out.push_str(&table(
-            &["CLUSTER", "AGENTS UP", "SERVICE", "READY", "RELEASES"],
-            &rows,
-        ));
+    if rows.is_empty() {
+        return String::new();
     }
+    table(
+        &["CLUSTER", "AGENTS UP", "SERVICE", "READY", "RELEASES"],
+        &rows,
+    )
+}
+
+/// `lockstep status`: the fleet per cluster, then who deploys what.
+/// `lockstep status`: the fleet per cluster, then the deployments in
+/// progress with their `states` (deployment id -> state, e.g. `paused`;
+/// `?` when it could not be read).
+pub fn status(
+    list: &[AgentSummary],
+    locks: &[LockInfo],
+    states: &BTreeMap<String, String>,
+    now: i64,
+) -> String {
+    let mut out = String::new();
+    let clusters = rollup(list);
+    if clusters.is_empty() {
+        out.push_str("no agents have registered\n");
+    }
+    out.push_str(&fleet_table(&clusters));
     out.push('\n');
     let deploy_locks: Vec<&LockInfo> = locks
         .iter()
@@ -663,6 +712,32 @@ mod tests {
             "deployment  /lockstep/v1/locks/deploy/web  alice@coord-1 (pid 812)  d-41     3m12s ago  8s        17"
         );
         assert_eq!(locks(&[], NOW), "no locks are held\n");
+    }
+
+    /// Issue #15 deliver 4: at 1,000 hosts `lockstep agents` printed a
+    /// thousand rows; above AGENTS_LISTED it summarises per cluster and
+    /// lists only the agents that need attention.
+    #[test]
+    fn a_large_fleet_is_summarised_with_the_agents_that_need_attention() {
+        let mut list: Vec<AgentSummary> = (0..120)
+            .map(|i| agent(&format!("host-{i:03}"), &format!("c-{}", i % 3), &[true]))
+            .collect();
+        list[7].reachable = false;
+        list[8] = agent("host-008", "c-2", &[false]);
+        let text = agents_summary(&list, NOW);
+        assert!(text.starts_with("120 agents, per cluster"), "{text}");
+        let c1 = text.lines().find(|l| l.starts_with("c-1")).unwrap();
+        assert!(c1.contains("39/40"), "{text}");
+        assert!(
+            text.contains("2 agents unreachable or not ready:"),
+            "{text}"
+        );
+        assert!(
+            text.contains("host-007") && text.contains("host-008"),
+            "{text}"
+        );
+        assert!(!text.contains("host-009"), "{text}");
+        assert!(text.lines().count() < 20, "{text}");
     }
 
     #[test]

@@ -72,13 +72,23 @@ async fn fleet(c: &mut Coordinators, output: Output) -> Result<(), Failure> {
         let request = GetDeploymentRequest {
             deployment_id: lock.purpose.clone(),
         };
-        let d = c
+        let read = c
             .call(|mut client| {
                 let request = request.clone();
                 async move { client.get_deployment(request).await }
             })
-            .await?;
-        deployments.push(d);
+            .await;
+        match read {
+            Ok(d) => deployments.push(d),
+            Err(err @ (Failure::Unreachable { .. } | Failure::NoLeader { .. })) => return Err(err),
+            // A lock whose deployment has no record (its first journal
+            // write failed while the lock was held, #15): the fleet is
+            // still worth showing, the state as `?`.
+            Err(err) => eprintln!(
+                "lockstep: deployment {} (lock {}) cannot be read: {err}",
+                lock.purpose, lock.key
+            ),
+        }
     }
     let states: BTreeMap<String, String> = deployments
         .iter()

@@ -1,0 +1,459 @@
+//! The coordinator at fleet size (#15 deliver 4): for each host count, a
+//! real etcd, one real coordinator and `lockstep-nodesim` with that many
+//! virtual hosts (one simulator per 9,000: see `NodesimFixture::HOSTS_PER_PROCESS`) (one instance each) over K clusters; a first install,
+//! then DEPLOYMENTS deployments alternating two releases. Per size it
+//! prints:
+//! - the rollout's wall time against its plan's minimum (the sum over
+//!   batches of the simulator's start + ready delay + `min_healthy_time`,
+//!   plus the plan's final `bake_time`):
+//!   the first update's and the mean and worst over all;
+//! - the coordinator's peak RSS (VmHWM) and CPU seconds per deployment
+//!   (utime + stime from /proc/PID/stat, before and after);
+//! - etcd bytes written per deployment: etcd's own
+//!   `etcd_disk_wal_write_bytes_total` (every write that went through
+//!   raft) and `etcd_network_client_grpc_received_bytes_total` (every
+//!   request byte, reads and keep-alives included);
+//! - the largest journal transaction, when the coordinator exports
+//!   `lockstep_journal_txn_bytes` (the largest non-empty bucket's bound);
+//! - etcd's db size (`etcd_mvcc_db_total_size_in_bytes`, and in use)
+//!   after the deployments;
+//! - the time `lockstep status` and `lockstep agents` take (text output),
+//!   and how many lines they print.
+//!
+//! The simulator runs with `--no-budget`: its hosts take no disruption
+//! budget slots, so etcd's writes during a deployment are the
+//! coordinator's (its journal, events and lock), not the hosts'.
+//!
+//! `cargo build --release --workspace --bins && cargo bench -p lockstep-tests --bench nodesim_rollout -- 1000 10000 [--clusters=3] [--deployments=20] [--max-unavailable=50%] [--deadline-secs=900]`
+//!
+//! A size whose deployment does not end says what the coordinator last
+//! warned about and goes on to the next size.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use lockstep_tests::operator::{push, record, start_deploy};
+use lockstep_tests::{
+    CoordinatorFixture, DemoRelease, EtcdCluster, NodesimFixture, NodesimOptions,
+    free_loopback_port, lockstep, wait_for,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const START_DELAY_MS: u64 = 50;
+const READY_DELAY_MS: u64 = 200;
+const MIN_HEALTHY_MS: u64 = 1000;
+
+fn flag(name: &str, default: usize) -> usize {
+    std::env::args()
+        .find_map(|a| a.strip_prefix(&format!("--{name}=")).map(str::to_owned))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn sizes() -> Vec<usize> {
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    if sizes.is_empty() { vec![1000] } else { sizes }
+}
+
+/// GET over HTTP/1.0 (no chunked body to undo), bounded.
+async fn get(addr: SocketAddr, path: &str) -> String {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: text/plain\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut body = Vec::new();
+        stream.read_to_end(&mut body).await.ok()?;
+        Some(String::from_utf8_lossy(&body).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// The sum of every sample of `name` (all label sets).
+fn metric(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    // The HTTP head and comments have no sample: skipped.
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let bare = series.split('{').next().unwrap_or(series);
+        if bare == name {
+            *found.get_or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    found
+}
+
+/// The upper bound of the largest bucket of histogram `name` that holds
+/// an observation (its cumulative count rises there).
+fn largest_bucket(text: &str, name: &str) -> Option<String> {
+    let bucket = format!("{name}_bucket");
+    let mut last_count = 0.0;
+    let mut largest = None;
+    for line in text.lines().filter(|l| l.starts_with(&bucket)) {
+        let le = line.split("le=\"").nth(1).and_then(|l| l.split('"').next());
+        let count = line
+            .rsplit_once(' ')
+            .and_then(|(_, c)| c.parse::<f64>().ok());
+        let (Some(le), Some(count)) = (le, count) else {
+            continue;
+        };
+        let le = le.to_owned();
+        if count > last_count {
+            largest = Some(le);
+        }
+        last_count = count;
+    }
+    largest
+}
+
+fn etcd_addr(etcd: &EtcdCluster) -> SocketAddr {
+    let url = &etcd.endpoints()[0];
+    url.trim_start_matches("http://").parse().unwrap()
+}
+
+/// (utime + stime) seconds and VmHWM bytes of `pid`.
+fn cpu_and_peak(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces): state is 3.
+    let after = stat.rsplit_once(')').unwrap().1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let hwm_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (ticks as f64 / clock_ticks(), hwm_kb * 1024)
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Deploys `digest` and waits for the end; `Err` says why it did not end
+/// within `limit` (the coordinator's last warning, e.g. a journal write
+/// etcd refuses, which it retries forever).
+async fn deploy_and_wait(
+    etcd: &EtcdCluster,
+    coordinator: &CoordinatorFixture,
+    digest: &str,
+    strategy: &Path,
+    limit: Duration,
+) -> Result<(Duration, serde_json::Value), String> {
+    let urls = [coordinator.url()];
+    let started = Instant::now();
+    let id = match start_deploy(&urls, digest, strategy).await {
+        Ok(id) => id,
+        Err(err) => return Err(format!("{err}{}", last_warnings(coordinator))),
+    };
+    let finished = wait_for("the rollout to end", limit, || async {
+        let r = record(etcd, &id).await.map_err(|e| e.to_string())?;
+        match r["state"].as_str() {
+            Some("running" | "paused" | "awaiting_approval" | "rolling_back") | None => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Err(format!("{}", r["state"]))
+            }
+            Some(_) => Ok(r),
+        }
+    })
+    .await;
+    match finished {
+        Ok(r) => Ok((started.elapsed(), r)),
+        Err(err) => Err(format!("{err}{}", last_warnings(coordinator))),
+    }
+}
+
+/// The coordinator's warnings and errors: how many, and the last three.
+fn last_warnings(coordinator: &CoordinatorFixture) -> String {
+    let log = coordinator.log_text();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    let last: Vec<&str> = warnings.iter().rev().take(3).rev().copied().collect();
+    format!(
+        "\nthe coordinator logged {} warnings and errors; the last:\n  {}",
+        warnings.len(),
+        last.join("\n  ")
+    )
+}
+
+/// The plan's minimum: each batch's start + ready delay +
+/// `min_healthy_time`, then the final bake.
+fn plan_minimum(record: &serde_json::Value) -> Duration {
+    let per_batch = Duration::from_millis(START_DELAY_MS + READY_DELAY_MS + MIN_HEALTHY_MS);
+    let bake = Duration::from_millis(
+        record["engine"]["plan"]["gates"]["bake_time"]
+            .as_u64()
+            .unwrap_or(0),
+    );
+    per_batch * u32::try_from(batches(record)).unwrap() + bake
+}
+
+fn batches(record: &serde_json::Value) -> usize {
+    record["engine"]["plan"]["waves"]
+        .as_array()
+        .map(|waves| {
+            waves
+                .iter()
+                .map(|w| w["batches"].as_array().map_or(0, Vec::len))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Agents the coordinator counts as connected (its `lockstep_agents`
+/// gauge: no `lockstep agents` listing, whose size grows with the fleet).
+async fn reachable(metrics: SocketAddr) -> usize {
+    get(metrics, "/metrics")
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix("lockstep_agents{state=\"connected\"} "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as usize)
+}
+
+/// `lockstep ARGS` (text): wall time, line count, success.
+async fn timed(urls: &[String], args: &[&str]) -> (Duration, usize, String) {
+    let started = Instant::now();
+    let output = lockstep(urls, args).await.unwrap();
+    let took = started.elapsed();
+    let lines = String::from_utf8_lossy(&output.stdout).lines().count();
+    let failure = if output.status.success() {
+        String::new()
+    } else {
+        format!(
+            " FAILED: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )
+    };
+    (took, lines, failure)
+}
+
+/// What does not need a deployment: the coordinator's peak RSS, and how
+/// long `lockstep status` and `lockstep agents` take (text output).
+async fn fleet_figures(coordinator: &CoordinatorFixture, urls: &[String]) {
+    if let Some(pid) = coordinator.pid() {
+        let (_, peak) = cpu_and_peak(pid);
+        println!(
+            "nodesim_rollout: coordinator peak RSS {:.1} MB (VmHWM)",
+            peak as f64 / 1e6
+        );
+    }
+    for args in [&["status"][..], &["agents"][..]] {
+        let (took, lines, failure) = timed(urls, args).await;
+        println!(
+            "nodesim_rollout: `lockstep {}` {:.3} s, {lines} lines{failure} (goal < 1 s)",
+            args.join(" "),
+            took.as_secs_f64()
+        );
+    }
+}
+
+async fn run(hosts: usize, clusters: usize, deployments: usize, max_unavailable: &str) {
+    // Far above any plan's minimum here: a deployment still running then
+    // is stuck.
+    let limit = Duration::from_secs(u64::try_from(flag("deadline-secs", 900)).unwrap());
+    let etcd = EtcdCluster::single().await.unwrap();
+    let metrics_port = free_loopback_port().unwrap();
+    let coordinator = CoordinatorFixture::start_with_tables(
+        &etcd.endpoints(),
+        10,
+        None,
+        &format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"),
+    )
+    .await
+    .unwrap();
+    let metrics_addr: SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
+    let urls = vec![coordinator.url()];
+    let mut client = etcd.client().await.unwrap();
+    for c in 0..clusters {
+        client
+            .put(
+                format!("/lockstep/v1/clusters/cluster-{c}/policy"),
+                format!("{{\"max_disruptions\":{hosts}}}"),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let work = tempfile::tempdir().unwrap();
+    let mut digests = Vec::new();
+    for version in ["1.0.0", "2.0.0"] {
+        let bundle = DemoRelease::new(version, 1).build(work.path()).unwrap();
+        digests.push(push(&urls, &bundle).await.unwrap());
+    }
+    // One process holds at most HOSTS_PER_PROCESS hosts (two open files
+    // each): a larger fleet is several simulators, each with its own ids
+    // and addresses.
+    let shards = hosts.div_ceil(NodesimFixture::HOSTS_PER_PROCESS);
+    let joined = Instant::now();
+    let mut sims = Vec::with_capacity(shards);
+    for shard in 0..shards {
+        let options = NodesimOptions {
+            hosts: hosts / shards + usize::from(shard < hosts % shards),
+            clusters,
+            start_delay_ms: START_DELAY_MS,
+            ready_delay_ms: READY_DELAY_MS,
+            id_prefix: format!("sim{shard}"),
+            address_base: std::net::Ipv4Addr::new(127, 64 + u8::try_from(shard).unwrap(), 0, 0),
+            extra: vec!["--no-budget".to_owned()],
+            ..NodesimOptions::default()
+        };
+        sims.push(
+            NodesimFixture::start(&etcd.endpoints(), &urls, &options)
+                .await
+                .unwrap(),
+        );
+    }
+    let known = wait_for(
+        "every virtual host to report",
+        Duration::from_secs(900),
+        || async {
+            match reachable(metrics_addr).await {
+                n if n >= hosts => Ok(()),
+                n => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    Err(format!("{n} of {hosts} reachable"))
+                }
+            }
+        },
+    )
+    .await;
+    if let Err(err) = known {
+        let log = sims[0].log_text();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        panic!(
+            "{err}\nnodesim log (last lines, newest first):\n{}",
+            tail.join("\n")
+        );
+    }
+    println!(
+        "nodesim_rollout: {hosts} hosts in {clusters} clusters registered and reporting in {:.1} s",
+        joined.elapsed().as_secs_f64()
+    );
+    let strategy = work.path().join("strategy.toml");
+    std::fs::write(
+        &strategy,
+        format!(
+            "[strategy]\ncanary = 1\nrehearse_rollback = false\nmax_unavailable = \"{max_unavailable}\"\nmin_healthy = \"50%\"\nmin_healthy_time = \"{MIN_HEALTHY_MS}ms\"\nhealthy_deadline = \"120s\"\n"
+        ),
+    )
+    .unwrap();
+    let (first_wall, first) =
+        match deploy_and_wait(&etcd, &coordinator, &digests[0], &strategy, limit).await {
+            Ok(done) => done,
+            Err(why) => {
+                println!("nodesim_rollout: FAILED: the first install did not end: {why}");
+                fleet_figures(&coordinator, &urls).await;
+                return;
+            }
+        };
+    assert_eq!(first["state"], "succeeded", "first install: {first}");
+    println!(
+        "nodesim_rollout: first install {:.2} s ({} batches)",
+        first_wall.as_secs_f64(),
+        batches(&first)
+    );
+    let pid = coordinator.pid().unwrap();
+    let etcd_metrics = etcd_addr(&etcd);
+    let before_etcd = get(etcd_metrics, "/metrics").await;
+    let (cpu_before, _) = cpu_and_peak(pid);
+    let mut ratios = Vec::new();
+    for n in 0..deployments {
+        let digest = &digests[(n + 1) % 2];
+        let (wall, r) = match deploy_and_wait(&etcd, &coordinator, digest, &strategy, limit).await {
+            Ok(done) => done,
+            Err(why) => {
+                println!("nodesim_rollout: FAILED: deployment {n} did not end: {why}");
+                fleet_figures(&coordinator, &urls).await;
+                return;
+            }
+        };
+        assert_eq!(r["state"], "succeeded", "deployment {n}: {r}");
+        let minimum = plan_minimum(&r);
+        ratios.push(wall.as_secs_f64() / minimum.as_secs_f64());
+        if n == 0 {
+            println!(
+                "nodesim_rollout: first update wall {:.2} s, plan minimum {:.2} s ({} batches + bake), ratio {:.3}",
+                wall.as_secs_f64(),
+                minimum.as_secs_f64(),
+                batches(&r),
+                ratios[0]
+            );
+        }
+    }
+    let (cpu_after, _) = cpu_and_peak(pid);
+    let after_etcd = get(etcd_metrics, "/metrics").await;
+    let per = |name: &str| match (metric(&before_etcd, name), metric(&after_etcd, name)) {
+        (Some(b), Some(a)) => format!("{:.0} KiB", (a - b) / deployments as f64 / 1024.0),
+        _ => "n/a".to_owned(),
+    };
+    let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
+    let worst = ratios.iter().copied().fold(0.0, f64::max);
+    println!(
+        "nodesim_rollout: {deployments} deployments: ratio mean {mean:.3}, worst {worst:.3} (goal <= 1.05)"
+    );
+    println!(
+        "nodesim_rollout: coordinator CPU {:.2} s per deployment (utime + stime)",
+        (cpu_after - cpu_before) / deployments as f64
+    );
+    println!(
+        "nodesim_rollout: etcd per deployment: WAL written {} (etcd_disk_wal_write_bytes_total), client requests {} (etcd_network_client_grpc_received_bytes_total)",
+        per("etcd_disk_wal_write_bytes_total"),
+        per("etcd_network_client_grpc_received_bytes_total")
+    );
+    let coordinator_metrics = get(metrics_addr, "/metrics").await;
+    println!(
+        "nodesim_rollout: largest journal transaction: {}",
+        largest_bucket(&coordinator_metrics, "lockstep_journal_txn_bytes").map_or(
+            "n/a (lockstep_journal_txn_bytes not exported)".to_owned(),
+            |le| format!("<= {le} bytes (lockstep_journal_txn_bytes bucket)")
+        )
+    );
+    let mb = |name: &str| {
+        metric(&after_etcd, name).map_or("n/a".to_owned(), |v| format!("{:.1} MB", v / 1e6))
+    };
+    println!(
+        "nodesim_rollout: etcd db after {} deployments: {} ({} in use)",
+        deployments + 1,
+        mb("etcd_mvcc_db_total_size_in_bytes"),
+        mb("etcd_mvcc_db_total_size_in_use_in_bytes")
+    );
+    fleet_figures(&coordinator, &urls).await;
+    drop(sims);
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let clusters = flag("clusters", 3);
+    let max_unavailable = std::env::args()
+        .find_map(|a| a.strip_prefix("--max-unavailable=").map(str::to_owned))
+        .unwrap_or_else(|| "50%".to_owned());
+    let deployments = flag("deployments", 20).max(1);
+    for hosts in sizes() {
+        println!(
+            "nodesim_rollout: === {hosts} hosts, {clusters} clusters, max_unavailable {max_unavailable} ==="
+        );
+        run(hosts, clusters, deployments, &max_unavailable).await;
+    }
+}
