@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use lockstep_tests::operator::{push, record, start_deploy};
 use lockstep_tests::{
-    CoordinatorFixture, DemoRelease, EtcdCluster, NodesimFixture, NodesimOptions,
+    CoordinatorFixture, DemoRelease, EtcdCluster, NodesimFixture, NodesimOptions, Usage,
     free_loopback_port, lockstep, wait_for,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,6 +45,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const START_DELAY_MS: u64 = 50;
 const READY_DELAY_MS: u64 = 200;
 const MIN_HEALTHY_MS: u64 = 1000;
+/// The strategy's default (3 × min_healthy_time), written out.
+const BAKE_MS: u64 = 3000;
 
 fn flag(name: &str, default: usize) -> usize {
     std::env::args()
@@ -123,32 +125,6 @@ fn etcd_addr(etcd: &EtcdCluster) -> SocketAddr {
     url.trim_start_matches("http://").parse().unwrap()
 }
 
-/// (utime + stime) seconds and VmHWM bytes of `pid`.
-fn cpu_and_peak(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name (which may hold spaces): state is 3.
-    let after = stat.rsplit_once(')').unwrap().1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let hwm_kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    (ticks as f64 / clock_ticks(), hwm_kb * 1024)
-}
-
-fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
 /// Deploys `digest` and waits for the end; `Err` says why it did not end
 /// within `limit` (the coordinator's last warning, e.g. a journal write
 /// etcd refuses, which it retries forever).
@@ -198,26 +174,17 @@ fn last_warnings(coordinator: &CoordinatorFixture) -> String {
 }
 
 /// The plan's minimum: each batch's start + ready delay +
-/// `min_healthy_time`, then the final bake.
+/// `min_healthy_time`, then the final bake (the strategy's, set here).
 fn plan_minimum(record: &serde_json::Value) -> Duration {
     let per_batch = Duration::from_millis(START_DELAY_MS + READY_DELAY_MS + MIN_HEALTHY_MS);
-    let bake = Duration::from_millis(
-        record["engine"]["plan"]["gates"]["bake_time"]
-            .as_u64()
-            .unwrap_or(0),
-    );
-    per_batch * u32::try_from(batches(record)).unwrap() + bake
+    per_batch * u32::try_from(batches(record)).unwrap() + Duration::from_millis(BAKE_MS)
 }
 
+/// Batches in the plan, every wave's (the record's header says).
 fn batches(record: &serde_json::Value) -> usize {
-    record["engine"]["plan"]["waves"]
-        .as_array()
-        .map(|waves| {
-            waves
-                .iter()
-                .map(|w| w["batches"].as_array().map_or(0, Vec::len))
-                .sum()
-        })
+    record["batches"]
+        .as_u64()
+        .and_then(|b| usize::try_from(b).ok())
         .unwrap_or(0)
 }
 
@@ -253,7 +220,7 @@ async fn timed(urls: &[String], args: &[&str]) -> (Duration, usize, String) {
 /// long `lockstep status` and `lockstep agents` take (text output).
 async fn fleet_figures(coordinator: &CoordinatorFixture, urls: &[String]) {
     if let Some(pid) = coordinator.pid() {
-        let (_, peak) = cpu_and_peak(pid);
+        let peak = Usage::of(pid).unwrap().peak_rss_bytes;
         println!(
             "nodesim_rollout: coordinator peak RSS {:.1} MB (VmHWM)",
             peak as f64 / 1e6
@@ -355,7 +322,7 @@ async fn run(hosts: usize, clusters: usize, deployments: usize, max_unavailable:
     std::fs::write(
         &strategy,
         format!(
-            "[strategy]\ncanary = 1\nrehearse_rollback = false\nmax_unavailable = \"{max_unavailable}\"\nmin_healthy = \"50%\"\nmin_healthy_time = \"{MIN_HEALTHY_MS}ms\"\nhealthy_deadline = \"120s\"\n"
+            "[strategy]\ncanary = 1\nrehearse_rollback = false\nmax_unavailable = \"{max_unavailable}\"\nmin_healthy = \"50%\"\nmin_healthy_time = \"{MIN_HEALTHY_MS}ms\"\nbake_time = \"{BAKE_MS}ms\"\nhealthy_deadline = \"120s\"\n"
         ),
     )
     .unwrap();
@@ -377,7 +344,7 @@ async fn run(hosts: usize, clusters: usize, deployments: usize, max_unavailable:
     let pid = coordinator.pid().unwrap();
     let etcd_metrics = etcd_addr(&etcd);
     let before_etcd = get(etcd_metrics, "/metrics").await;
-    let (cpu_before, _) = cpu_and_peak(pid);
+    let cpu_before = Usage::of(pid).unwrap().cpu_seconds;
     let mut ratios = Vec::new();
     for n in 0..deployments {
         let digest = &digests[(n + 1) % 2];
@@ -402,7 +369,7 @@ async fn run(hosts: usize, clusters: usize, deployments: usize, max_unavailable:
             );
         }
     }
-    let (cpu_after, _) = cpu_and_peak(pid);
+    let cpu_after = Usage::of(pid).unwrap().cpu_seconds;
     let after_etcd = get(etcd_metrics, "/metrics").await;
     let per = |name: &str| match (metric(&before_etcd, name), metric(&after_etcd, name)) {
         (Some(b), Some(a)) => format!("{:.0} KiB", (a - b) / deployments as f64 / 1024.0),

@@ -33,6 +33,7 @@ mod pki;
 mod place;
 mod ports;
 mod prometheus;
+mod usage;
 mod wait;
 mod webhook;
 
@@ -50,5 +51,6 @@ pub use pki::{TestPki, TlsFiles};
 pub use place::Place;
 pub use ports::free_loopback_port;
 pub use prometheus::{PrometheusFixture, ScrapeJob, promtool_check_metrics};
+pub use usage::Usage;
 pub use wait::{WaitTimeout, wait_for};
 pub use webhook::{Delivery, WebhookReceiver};

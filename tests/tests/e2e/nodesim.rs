@@ -182,10 +182,8 @@ async fn a_release_every_virtual_host_fails_rolls_back_at_the_canary() {
 /// transaction. etcd refuses it ("too many operations in txn request"),
 /// the leader resumes the deployment from the journal and fails the same
 /// way, forever; the deployment never ends. Here: one batch of 150.
-/// Ignored until the journal writes bounded transactions (the journal's
-/// rewrite, not this branch); it fails on main.
+/// It failed before the journal's format 2 (event pages, bounded steps).
 #[tokio::test]
-#[ignore = "fails on main: a batch of more than ~120 hosts needs a journal transaction over etcd's 128 operations (#15 deliver 2)"]
 async fn a_batch_of_150_virtual_hosts_fits_in_the_journal() {
     const BATCH: usize = 150;
     let stage = stage().await;
