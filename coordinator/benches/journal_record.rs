@@ -3,7 +3,9 @@
 //! of the whole record is written when the log since the last one
 //! outweighs it. Drives a simulated fault-free rollout through the same
 //! pure bookkeeping and transaction plans the driver uses
-//! (`step_log::{advance, plan_step, plan_snapshot}`) and prints, for
+//! (`step_log::{advance, plan_step, plan_snapshot}`), with readinesses of
+//! one moment in one step as the driver groups them (`steps_of`), and
+//! prints, for
 //! 150 / 1,000 / 10,000 instances (clusters of 100, batches of 25; and
 //! 10,000 in one batch): bytes per step (mean, max), the largest
 //! transaction (bytes, operations), snapshots (size, count) and the total
@@ -14,10 +16,10 @@
 
 use coordinator::record::{DeploymentKind, DeploymentRecord, DeploymentState, RECORD_FORMAT};
 use coordinator::step_log::{
-    StepEntry, TxnPlan, driver_notes, plan_create, plan_snapshot, plan_step, snapshot_due,
+    TxnPlan, plan_create, plan_snapshot, plan_step, snapshot_due, steps_of,
 };
 use rollout::sim::{self, Scenario};
-use rollout::{DeploymentId, Engine, FencingToken};
+use rollout::{DeploymentId, Engine, Event, FencingToken, Millis};
 
 const GOAL_BYTES: usize = 128 * 1024;
 const GOAL_OPS: usize = 128;
@@ -95,9 +97,15 @@ fn run(label: &str, sc: &Scenario) -> Result<(), String> {
     }
     t.snapshots += 1;
     t.snapshot_bytes = record.log.snapshot_bytes as usize;
-    for (now, event) in &report.inputs {
-        let at = i64::try_from(now.0).unwrap_or(0) + record.created_unix_ms;
-        let entry = StepEntry::new(at, Some(event.clone()), driver_notes(event), None);
+    // The run's clock starts at 0; the record's at its creation.
+    let created = u64::try_from(record.created_unix_ms).unwrap_or(0);
+    let inputs: Vec<(Millis, Event)> = report
+        .inputs
+        .iter()
+        .map(|(now, event)| (Millis(now.0 + created), event.clone()))
+        .collect();
+    // The driver's steps: readinesses of one moment together.
+    for entry in steps_of(&inputs) {
         let advanced = record.advance(&entry);
         let (commit, pages) = plan_step(&mut record, &entry, &advanced.events, advanced.finish)
             .map_err(|e| e.to_string())?;

@@ -15,7 +15,7 @@
 //! Must never: act before the step that asked for it is persisted, or act
 //! at all once a write was fenced off or an agent reported a newer token.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -510,6 +510,10 @@ impl Driver {
     async fn observe(&mut self) -> Option<DriverExit> {
         let service = self.record.service.clone();
         let ids: Vec<InstanceId> = self.pending.keys().cloned().collect();
+        // Readinesses seen in one look are one step each MAX_TOGETHER: a
+        // commit per instance, one after another, was most of a large
+        // batch's time beyond its plan (nodesim_rollout's commit profile).
+        let mut ready = Vec::new();
         for instance in ids {
             let Some(p) = self.pending.get(&instance) else {
                 continue;
@@ -541,13 +545,12 @@ impl Driver {
                 Judgement::Waiting => None,
                 Judgement::Ready => {
                     self.pending.remove(&instance);
-                    let event = Event::InstanceReady {
+                    ready.push(Event::InstanceReady {
                         instance,
                         apply,
                         release,
-                    };
-                    let notes = driver_notes(&event);
-                    self.step(event, notes).await
+                    });
+                    None
                 }
                 Judgement::Failed(detail) => {
                     self.pending.remove(&instance);
@@ -559,6 +562,12 @@ impl Driver {
                 }
             };
             if exit.is_some() {
+                // The driver ends: a resuming one judges these again.
+                return exit;
+            }
+        }
+        for step in StepEntry::together(crate::now_unix_ms(), ready) {
+            if let exit @ Some(_) = self.carry_out(step).await.0 {
                 return exit;
             }
         }
@@ -569,11 +578,12 @@ impl Driver {
     /// the first time it is seen watched) and reports the first change.
     async fn watch_health(&mut self, service: &str) -> Option<DriverExit> {
         let watched = self.record.engine.watched();
-        self.baselines.retain(|instance, b| {
-            watched
-                .iter()
-                .any(|w| &w.instance == instance && w.apply == b.apply)
-        });
+        // A lookup, not a scan per baseline: at 10,000 watched instances
+        // the scan was most of the coordinator's CPU (perf, nodesim 10,000).
+        let applies: HashMap<&InstanceId, ApplyId> =
+            watched.iter().map(|w| (&w.instance, w.apply)).collect();
+        self.baselines
+            .retain(|instance, b| applies.get(instance) == Some(&b.apply));
         for w in watched {
             // No report yet (a resumed driver, an agent reconnecting):
             // nothing to judge, and the baseline waits for one.

@@ -88,9 +88,34 @@ pub struct StepEntry {
     /// An operator command's "who: why".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub said: Option<String>,
+    /// Further inputs of the same moment, fed after `event` in order, each
+    /// with its `driver_notes`: readinesses observed together are one
+    /// step and one commit, not one each (at most [`MAX_TOGETHER`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more: Vec<Event>,
 }
 
+/// Inputs one step may carry: its entry stays a few KiB whatever the batch.
+pub const MAX_TOGETHER: usize = 32;
+
 impl StepEntry {
+    /// Steps for `events` observed at one moment, [`MAX_TOGETHER`] each.
+    pub fn together(at_unix_ms: i64, events: Vec<Event>) -> Vec<Self> {
+        let mut steps = Vec::new();
+        let mut events = events.into_iter();
+        while let Some(first) = events.next() {
+            let notes = driver_notes(&first);
+            let mut step = Self::new(at_unix_ms, Some(first), notes, None);
+            step.more = events
+                .by_ref()
+                .take(MAX_TOGETHER - 1)
+                .map(bounded_event)
+                .collect();
+            steps.push(step);
+        }
+        steps
+    }
+
     /// A step, with every free text cut to [`MAX_TEXT`].
     pub fn new(
         at_unix_ms: i64,
@@ -112,8 +137,39 @@ impl StepEntry {
                 cut(&mut s);
                 s
             }),
+            more: Vec::new(),
         }
     }
+}
+
+/// The steps the driver makes of a recorded run's engine inputs (a
+/// simulation's): readinesses of one moment together, as `observe`
+/// groups what one look at the fleet finds; every other input alone. For
+/// the journal's size tests and bench.
+pub fn steps_of(inputs: &[(Millis, Event)]) -> Vec<StepEntry> {
+    let at = |now: &Millis| i64::try_from(now.0).unwrap_or(i64::MAX);
+    let mut steps = Vec::new();
+    let mut ready: Vec<Event> = Vec::new();
+    let mut ready_at = 0;
+    for (now, event) in inputs {
+        let groups = matches!(event, Event::InstanceReady { .. });
+        if !ready.is_empty() && (!groups || at(now) != ready_at) {
+            steps.extend(StepEntry::together(ready_at, std::mem::take(&mut ready)));
+        }
+        if groups {
+            ready_at = at(now);
+            ready.push(event.clone());
+        } else {
+            steps.push(StepEntry::new(
+                at(now),
+                Some(event.clone()),
+                driver_notes(event),
+                None,
+            ));
+        }
+    }
+    steps.extend(StepEntry::together(ready_at, ready));
+    steps
 }
 
 /// Cuts `text` to [`MAX_TEXT`] bytes at a character boundary, saying so.
@@ -170,10 +226,23 @@ impl DeploymentRecord {
             .clone()
             .map(|said| std::mem::replace(&mut self.operator_said, said));
         let now = Millis(u64::try_from(entry.at_unix_ms).unwrap_or(0));
-        let actions = match &entry.event {
+        let mut actions = match &entry.event {
             Some(event) => self.engine.step(now, event.clone()),
             None => Vec::new(),
         };
+        let mut notes = entry.notes.clone();
+        for event in &entry.more {
+            // Nothing is fed past the end or a step-down, live or replayed.
+            if actions
+                .iter()
+                .any(|a| matches!(a, Action::Finish(_) | Action::StepDown { .. }))
+            {
+                break;
+            }
+            self.note_event(event);
+            notes.extend(driver_notes(event));
+            actions.extend(self.engine.step(now, event.clone()));
+        }
         let ignored = actions.iter().find_map(|a| match a {
             Action::Emit(Notice::Ignored { why, .. }) => Some(why.clone()),
             _ => None,
@@ -190,7 +259,7 @@ impl DeploymentRecord {
                 stepped_down: true,
             };
         }
-        let (notes, finish) = self.happenings(&actions, entry.notes.clone());
+        let (notes, finish) = self.happenings(&actions, notes);
         self.token = self.engine.token().0;
         self.sync(entry.at_unix_ms);
         let events = notes
@@ -855,6 +924,7 @@ mod tests {
     fn drive(
         record: &mut DeploymentRecord,
         inputs: &[(Millis, Event)],
+        together: bool,
         kv: &mut Kv,
         tally: &mut Tally,
         mut each: impl FnMut(&DeploymentRecord, &Kv, &[EventRecord]),
@@ -863,9 +933,18 @@ mod tests {
         for txn in chunks.iter().chain([&create]) {
             tally.count(kv, txn);
         }
-        for (now, event) in inputs {
-            let at = i64::try_from(now.0).unwrap();
-            let entry = StepEntry::new(at, Some(event.clone()), driver_notes(event), None);
+        let entries = if together {
+            steps_of(inputs)
+        } else {
+            inputs
+                .iter()
+                .map(|(now, event)| {
+                    let at = i64::try_from(now.0).unwrap();
+                    StepEntry::new(at, Some(event.clone()), driver_notes(event), None)
+                })
+                .collect()
+        };
+        for entry in entries {
             let advanced = record.advance(&entry);
             assert!(!advanced.stepped_down);
             let (commit, pages) =
@@ -887,7 +966,8 @@ mod tests {
 
     /// #15 deliver 2: every transaction of a 10,000-instance deployment,
     /// in clusters of 100 (batches of 25) and in one batch of all of them
-    /// (one step issues 10,000 applies), stays within 128 KiB and etcd's
+    /// (one step issues 10,000 applies), with readinesses grouped as the
+    /// driver groups them, stays within 128 KiB and etcd's
     /// 128 operations, and etcd ends up holding exactly the live record
     /// and every event once. On main one step put the whole record
     /// (2.4 MB) and one key per event in one transaction.
@@ -904,6 +984,7 @@ mod tests {
             drive(
                 &mut record,
                 &report.inputs,
+                true,
                 &mut kv,
                 &mut tally,
                 |_, _, events| {
@@ -919,6 +1000,8 @@ mod tests {
             if big_step {
                 assert!(largest_step_events >= 10_000, "{largest_step_events}");
             }
+            // Readinesses of one moment went in together.
+            assert!(tally.steps < report.inputs.len(), "{tally:?}");
             assert!(tally.snapshots >= 1, "{tally:?}");
             assert!(tally.largest_bytes <= TXN_BYTES_GOAL, "{tally:?}");
             assert!(tally.largest_ops <= TXN_OPS_LIMIT, "{tally:?}");
@@ -958,25 +1041,28 @@ mod tests {
                 })
                 .cloned()
                 .collect();
-            let mut record = record_for(sc.plan.clone());
-            let (mut kv, mut tally) = (Kv::default(), Tally::default());
-            let mut step = 0;
-            drive(
-                &mut record,
-                &inputs,
-                &mut kv,
-                &mut tally,
-                |live, kv, events| {
-                    step += 1;
-                    let (rebuilt, last) = kv.rebuild();
-                    assert_eq!(bytes(&rebuilt), bytes(live), "after step {step}");
-                    assert_eq!(rebuilt.log, live.log, "after step {step}");
-                    assert_eq!(rebuilt.header(), live.header(), "after step {step}");
-                    if rebuilt.log.first_step < rebuilt.log.next_step {
-                        assert_eq!(last, events, "after step {step}");
-                    }
-                },
-            );
+            for together in [false, true] {
+                let mut record = record_for(sc.plan.clone());
+                let (mut kv, mut tally) = (Kv::default(), Tally::default());
+                let mut step = 0;
+                drive(
+                    &mut record,
+                    &inputs,
+                    together,
+                    &mut kv,
+                    &mut tally,
+                    |live, kv, events| {
+                        step += 1;
+                        let (rebuilt, last) = kv.rebuild();
+                        assert_eq!(bytes(&rebuilt), bytes(live), "after step {step}");
+                        assert_eq!(rebuilt.log, live.log, "after step {step}");
+                        assert_eq!(rebuilt.header(), live.header(), "after step {step}");
+                        if rebuilt.log.first_step < rebuilt.log.next_step {
+                            assert_eq!(last, events, "after step {step}");
+                        }
+                    },
+                );
+            }
         }
     }
 

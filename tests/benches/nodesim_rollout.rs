@@ -1,6 +1,7 @@
 //! The coordinator at fleet size (#15 deliver 4): for each host count, a
 //! real etcd, one real coordinator and `lockstep-nodesim` with that many
-//! virtual hosts (one simulator per 9,000: see `NodesimFixture::HOSTS_PER_PROCESS`) (one instance each) over K clusters; a first install,
+//! virtual hosts (one instance each; one simulator per 9,000: see
+//! `NodesimFixture::HOSTS_PER_PROCESS`) over K clusters; a first install,
 //! then DEPLOYMENTS deployments alternating two releases. Per size it
 //! prints:
 //! - the rollout's wall time against its plan's minimum (the sum over
@@ -13,8 +14,11 @@
 //!   `etcd_disk_wal_write_bytes_total` (every write that went through
 //!   raft) and `etcd_network_client_grpc_received_bytes_total` (every
 //!   request byte, reads and keep-alives included);
-//! - the largest journal transaction, when the coordinator exports
-//!   `lockstep_journal_txn_bytes` (the largest non-empty bucket's bound);
+//! - the largest journal transaction (`lockstep_journal_txn_bytes_largest`),
+//!   and the journal's transactions per deployment with etcd's mean answer
+//!   time for a txn (`lockstep_etcd_request_duration_seconds{op="txn"}`):
+//!   they commit one after another, so their product is time the rollout
+//!   waits on them;
 //! - etcd's db size (`etcd_mvcc_db_total_size_in_bytes`, and in use)
 //!   after the deployments;
 //! - the time `lockstep status` and `lockstep agents` take (text output),
@@ -83,6 +87,11 @@ async fn get(addr: SocketAddr, path: &str) -> String {
 
 /// The sum of every sample of `name` (all label sets).
 fn metric(text: &str, name: &str) -> Option<f64> {
+    metric_with(text, name, "")
+}
+
+/// The sum of the samples of `name` whose labels contain `label`.
+fn metric_with(text: &str, name: &str, label: &str) -> Option<f64> {
     let mut found = None;
     // The HTTP head and comments have no sample: skipped.
     for line in text.lines().filter(|l| !l.starts_with('#')) {
@@ -90,34 +99,35 @@ fn metric(text: &str, name: &str) -> Option<f64> {
             continue;
         };
         let bare = series.split('{').next().unwrap_or(series);
-        if bare == name {
+        if bare == name && series.contains(label) {
             *found.get_or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
         }
     }
     found
 }
 
-/// The upper bound of the largest bucket of histogram `name` that holds
-/// an observation (its cumulative count rises there).
-fn largest_bucket(text: &str, name: &str) -> Option<String> {
-    let bucket = format!("{name}_bucket");
-    let mut last_count = 0.0;
-    let mut largest = None;
-    for line in text.lines().filter(|l| l.starts_with(&bucket)) {
-        let le = line.split("le=\"").nth(1).and_then(|l| l.split('"').next());
-        let count = line
-            .rsplit_once(' ')
-            .and_then(|(_, c)| c.parse::<f64>().ok());
-        let (Some(le), Some(count)) = (le, count) else {
-            continue;
-        };
-        let le = le.to_owned();
-        if count > last_count {
-            largest = Some(le);
-        }
-        last_count = count;
+/// Where a deployment's time goes in the journal: its transactions are
+/// committed one after another, so their count times etcd's answer time
+/// is time the rollout spends waiting on them.
+fn commit_profile(before: &str, after: &str, deployments: usize) {
+    let delta = |name: &str, label: &str| {
+        metric_with(after, name, label).unwrap_or(0.0)
+            - metric_with(before, name, label).unwrap_or(0.0)
+    };
+    let txns = delta("lockstep_journal_txn_bytes_count", "");
+    let etcd_count = delta("lockstep_etcd_request_duration_seconds_count", "op=\"txn\"");
+    let etcd_sum = delta("lockstep_etcd_request_duration_seconds_sum", "op=\"txn\"");
+    if txns == 0.0 || etcd_count == 0.0 {
+        println!("nodesim_rollout: journal commit profile: n/a (no journal metrics)");
+        return;
     }
-    largest
+    let mean = etcd_sum / etcd_count;
+    println!(
+        "nodesim_rollout: journal: {:.0} transactions per deployment, etcd txn answered in {:.2} ms on average: {:.2} s per deployment spent committing, one at a time",
+        txns / deployments as f64,
+        mean * 1e3,
+        txns * mean / deployments as f64
+    );
 }
 
 fn etcd_addr(etcd: &EtcdCluster) -> SocketAddr {
@@ -344,6 +354,7 @@ async fn run(hosts: usize, clusters: usize, deployments: usize, max_unavailable:
     let pid = coordinator.pid().unwrap();
     let etcd_metrics = etcd_addr(&etcd);
     let before_etcd = get(etcd_metrics, "/metrics").await;
+    let before_coordinator = get(metrics_addr, "/metrics").await;
     let cpu_before = Usage::of(pid).unwrap().cpu_seconds;
     let mut ratios = Vec::new();
     for n in 0..deployments {
@@ -392,11 +403,12 @@ async fn run(hosts: usize, clusters: usize, deployments: usize, max_unavailable:
     let coordinator_metrics = get(metrics_addr, "/metrics").await;
     println!(
         "nodesim_rollout: largest journal transaction: {}",
-        largest_bucket(&coordinator_metrics, "lockstep_journal_txn_bytes").map_or(
-            "n/a (lockstep_journal_txn_bytes not exported)".to_owned(),
-            |le| format!("<= {le} bytes (lockstep_journal_txn_bytes bucket)")
+        metric(&coordinator_metrics, "lockstep_journal_txn_bytes_largest").map_or(
+            "n/a (lockstep_journal_txn_bytes_largest not exported)".to_owned(),
+            |b| format!("{b:.0} bytes (goal <= 131072)")
         )
     );
+    commit_profile(&before_coordinator, &coordinator_metrics, deployments);
     let mb = |name: &str| {
         metric(&after_etcd, name).map_or("n/a".to_owned(), |v| format!("{:.1} MB", v / 1e6))
     };

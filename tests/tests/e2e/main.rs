@@ -35,6 +35,7 @@ mod supersede;
 mod systemd;
 mod tls;
 mod web;
+mod web_scale;
 
 /// A client of every member of `etcd` that fails over as the daemons' does,
 /// for the `leases` calls a test makes itself.
