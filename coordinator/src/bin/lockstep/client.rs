@@ -53,6 +53,10 @@ pub const DEFAULT_TIMEOUT: &str = "5s";
 const PUSH_MIN_BYTES_PER_SEC: u64 = 1 << 20;
 /// Keep-alives let `watch` notice a vanished coordinator instead of waiting
 /// forever on a half-open connection.
+/// The largest answer taken: ListAgents is the whole fleet in one message
+/// (at most 10,000 agents; 4.9 MB measured at 10,000 simulated hosts),
+/// over tonic's default 4 MiB. Paging it is the lasting fix (#15).
+const MAX_ANSWER_BYTES: usize = 64 << 20;
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -301,7 +305,7 @@ async fn connect(
         }
         detail
     })?;
-    Ok(CoordinatorServiceClient::new(channel))
+    Ok(CoordinatorServiceClient::new(channel).max_decoding_message_size(MAX_ANSWER_BYTES))
 }
 
 /// The coordinators to try, and the one that last answered.
