@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use crate::HarnessError;
 
 /// `target/<profile>/<name>`, found next to the running test binary
-/// (`target/<profile>/deps/…`). `cargo nextest run --workspace` builds
-/// every binary before it runs a test.
+/// (`target/<profile>/deps/…`). `cargo nextest run` builds only the
+/// binaries of packages with integration tests, so `scripts/test` builds
+/// them all first (CI once failed on a missing `lockstep-nodesim`).
 pub fn workspace_bin(name: &str) -> Result<PathBuf, HarnessError> {
     let exe = std::env::current_exe().map_err(|source| HarnessError::Binary {
         name: name.to_owned(),
@@ -29,7 +30,7 @@ pub fn workspace_bin(name: &str) -> Result<PathBuf, HarnessError> {
         Err(HarnessError::Binary {
             name: name.to_owned(),
             detail: format!(
-                "{} is missing; run `cargo build --workspace` first",
+                "{} is missing; run `cargo build --workspace --bins` first",
                 path.display()
             ),
         })
