@@ -11,6 +11,10 @@
 //!              (reset after a stream that lived > 30 s) -> connect again
 //! ```
 //!
+//! One stream's loop (`report`) is shared with `lockstep-nodesim`, whose
+//! virtual hosts are [`Reporter`]s too, so the simulator reports exactly
+//! as an agent does.
+//!
 //! Must never: let a coordinator's absence or slowness reach the apps or
 //! the host (it only delays reports), or keep a task alive after its
 //! `Uplink` is dropped.
@@ -20,9 +24,10 @@ use std::time::Duration;
 
 use proto::v1 as pb;
 use proto::v1::coordinator_service_client::CoordinatorServiceClient;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tonic::transport::Channel;
 
 use crate::dial::{self, Backoff};
 use crate::host::Host;
@@ -33,11 +38,11 @@ pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_millis(5000);
 /// A coordinator asking for snapshots faster than this gets this: a
 /// snapshot walks every service, and the stream must leave room for events.
 const MIN_STATUS_INTERVAL: Duration = Duration::from_millis(100);
-const RECONNECT_PAUSE_MIN: Duration = Duration::from_millis(100);
-const RECONNECT_PAUSE_MAX: Duration = Duration::from_secs(5);
+pub const RECONNECT_PAUSE_MIN: Duration = Duration::from_millis(100);
+pub const RECONNECT_PAUSE_MAX: Duration = Duration::from_secs(5);
 /// A stream that lived this long was healthy: the next failure starts the
 /// backoff from its shortest pause again.
-const HEALTHY_STREAM: Duration = Duration::from_secs(30);
+pub const HEALTHY_STREAM: Duration = Duration::from_secs(30);
 /// How long the coordinator may take to answer the opening of a stream.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reports queued for the stream beyond the one being built; when they
@@ -62,8 +67,33 @@ impl Uplink {
     }
 }
 
+/// What a Report stream speaks for.
+pub trait Reporter: Send + Sync {
+    /// Who the stream registers as.
+    fn identity(&self) -> pb::AgentIdentity;
+    /// Every service now, as `AgentService.Status` would answer.
+    fn snapshot(&self) -> impl std::future::Future<Output = pb::StatusResponse> + Send;
+    /// Every status event from now on.
+    fn events(&self) -> broadcast::Receiver<pb::StatusEvent>;
+}
+
+impl Reporter for Host {
+    fn identity(&self) -> pb::AgentIdentity {
+        Host::identity(self)
+    }
+
+    fn snapshot(&self) -> impl std::future::Future<Output = pb::StatusResponse> + Send {
+        snapshot(self)
+    }
+
+    fn events(&self) -> broadcast::Receiver<pb::StatusEvent> {
+        self.subscribe()
+    }
+}
+
+/// Why a Report stream ended.
 #[derive(Debug, thiserror::Error)]
-enum StreamError {
+pub enum StreamError {
     #[error("{0}")]
     Connect(String),
     #[error("the coordinator did not answer the stream's opening within {OPEN_TIMEOUT:?}")]
@@ -84,7 +114,7 @@ async fn keep_reporting(host: Arc<Host>, url: String) {
     let mut backoff = Backoff::new(RECONNECT_PAUSE_MIN, RECONNECT_PAUSE_MAX);
     loop {
         let opened = Instant::now();
-        let result = report(&host, &url).await;
+        let result = connect_and_report(&host, &url).await;
         let lived_ms = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX);
         match &result {
             Ok(()) => {
@@ -115,15 +145,28 @@ async fn keep_reporting(host: Arc<Host>, url: String) {
 }
 
 /// One stream, until it fails or the coordinator ends it.
-async fn report(host: &Host, url: &str) -> Result<(), StreamError> {
+async fn connect_and_report(host: &Host, url: &str) -> Result<(), StreamError> {
     let tls = host.config().tls.as_ref().map(|t| &t.material);
     let channel = dial::connect(url, tls)
         .await
         .map_err(StreamError::Connect)?;
+    report(host, channel, url).await
+}
+
+/// One stream over `channel`: the registration, a snapshot, then every
+/// event and a snapshot at the pace the acks ask for, until the stream
+/// fails or the coordinator ends it.
+pub async fn report<R: Reporter>(
+    reporter: &R,
+    channel: Channel,
+    url: &str,
+) -> Result<(), StreamError> {
     let mut client = CoordinatorServiceClient::new(channel);
+    let identity = reporter.identity();
+    let agent = identity.agent_id.clone();
     // Subscribed before the first snapshot: nothing that happens after the
     // snapshot is missed.
-    let mut events = host.subscribe();
+    let mut events = reporter.events();
     let (tx, rx) = mpsc::channel(OUTBOX);
     let mut seq = 0;
     let mut send = |body: pb::agent_report::Body| {
@@ -135,8 +178,8 @@ async fn report(host: &Host, url: &str) -> Result<(), StreamError> {
     };
     // Queued before the call: tonic sends them as soon as the stream opens.
     let opening = [
-        send(pb::agent_report::Body::Registration(host.identity())),
-        send(pb::agent_report::Body::Status(snapshot(host).await)),
+        send(pb::agent_report::Body::Registration(identity)),
+        send(pb::agent_report::Body::Status(reporter.snapshot().await)),
     ];
     for report in opening {
         tx.send(report).await.map_err(|_| StreamError::SenderGone)?;
@@ -149,7 +192,7 @@ async fn report(host: &Host, url: &str) -> Result<(), StreamError> {
     .map_err(|_| StreamError::OpenTimeout)?
     .map_err(|status| StreamError::Refused(status_text(&status)))?;
     let mut acks = opened.into_inner();
-    tracing::info!(agent = %host.config().id, coordinator = url, "report stream open");
+    tracing::info!(agent, coordinator = url, "report stream open");
 
     let mut interval = DEFAULT_STATUS_INTERVAL;
     let mut last_snapshot = Instant::now();
@@ -178,16 +221,16 @@ async fn report(host: &Host, url: &str) -> Result<(), StreamError> {
                 pending = Some(match event {
                     Ok(event) => pb::agent_report::Body::Event(event),
                     Err(RecvError::Lagged(missed)) => {
-                        tracing::debug!(agent = %host.config().id, coordinator = url, missed, "status events lagged; sending a snapshot");
+                        tracing::debug!(agent, coordinator = url, missed, "status events lagged; sending a snapshot");
                         last_snapshot = Instant::now();
-                        pb::agent_report::Body::Status(snapshot(host).await)
+                        pb::agent_report::Body::Status(reporter.snapshot().await)
                     }
                     Err(RecvError::Closed) => return Err(StreamError::HostGone),
                 });
             }
             () = tokio::time::sleep_until(last_snapshot + interval), if pending.is_none() => {
                 last_snapshot = Instant::now();
-                pending = Some(pb::agent_report::Body::Status(snapshot(host).await));
+                pending = Some(pb::agent_report::Body::Status(reporter.snapshot().await));
             }
         }
     }

@@ -5,7 +5,7 @@
 //! listen = "127.0.0.1:7400"                  # CoordinatorService
 //! advertise_url = "http://10.0.0.5:7400"     # what followers, agents and the CLI are told; default http://<listen>
 //! store_dir = "/var/lib/lockstep-coordinator/releases"
-//! status_interval = "2s"                     # how often agents send a full status snapshot
+//! status_interval = "2s"                     # how often agents send a full status snapshot (longer above 1,000 agents: at most 500 a second in all)
 //! check_timeout = "60s"                      # default timeout of a synthetic check
 //!
 //! [etcd]

@@ -36,7 +36,7 @@ use crate::analysis::{AnalysisRun, PrometheusEndpoint, run_analysis};
 use crate::checks::CheckCatalog;
 use crate::deploy_lock::DeploymentLock;
 use crate::effects::{AgentDialer, CheckContext, run_check};
-use crate::fleet::{FleetView, names};
+use crate::fleet::{Changed, FleetView, names};
 use crate::health::{HealthBaseline, health_change};
 use crate::journal::{Journal, JournalError, Loaded};
 use crate::record::{DeploymentKind, DeploymentRecord, EventKind, EventRecord, Happening};
@@ -114,7 +114,11 @@ enum ApplyResult {
 
 enum Input {
     Operator(Option<OperatorCall>),
-    Fleet,
+    /// Agents reported changes (`false`), or the periodic look at every
+    /// instance (`true`).
+    Fleet {
+        everything: bool,
+    },
     Timer(TimerId),
     Check(CheckRunId, Result<(), String>),
     Analysis(AnalysisRunId, AnalysisVerdict),
@@ -132,6 +136,8 @@ pub struct Driver {
     /// later exit, restart or lost readiness fails the deployment. Rebuilt
     /// from the engine after a restart, so a resumed driver watches too.
     baselines: BTreeMap<InstanceId, HealthBaseline>,
+    /// Where this driver is in the fleet view's change log.
+    fleet_cursor: u64,
     timers: JoinSet<TimerId>,
     checks: JoinSet<(CheckRunId, Result<(), String>)>,
     analyses: JoinSet<(AnalysisRunId, AnalysisVerdict)>,
@@ -169,6 +175,7 @@ impl Driver {
             lock: Some(lock),
             pending: BTreeMap::new(),
             baselines: BTreeMap::new(),
+            fleet_cursor: 0,
             timers: JoinSet::new(),
             checks: JoinSet::new(),
             analyses: JoinSet::new(),
@@ -298,9 +305,11 @@ impl Driver {
                     if changed.is_err() {
                         return DriverExit::Interrupted(JournalError::Fenced { id: self.record.id.clone() });
                     }
-                    Input::Fleet
+                    Input::Fleet { everything: false }
                 }
-                _ = tick.tick() => Input::Fleet,
+                // A look at everything each second: the safety net under
+                // the change log (and the first look, at once).
+                _ = tick.tick() => Input::Fleet { everything: true },
                 Some(Ok(id)) = self.timers.join_next() => Input::Timer(id),
                 Some(Ok((run, result))) = self.checks.join_next() => Input::Check(run, result),
                 Some(Ok((run, verdict))) = self.analyses.join_next() => Input::Analysis(run, verdict),
@@ -310,7 +319,17 @@ impl Driver {
             let exit = match input {
                 Input::Operator(None) => return DriverExit::Superseded,
                 Input::Operator(Some(call)) => self.operator(call).await,
-                Input::Fleet => self.observe().await,
+                Input::Fleet { everything } => {
+                    let changed = if everything {
+                        self.fleet_cursor = self.ctx.fleet.cursor();
+                        Changed::Everything
+                    } else {
+                        let (changed, next) = self.ctx.fleet.changes_since(self.fleet_cursor);
+                        self.fleet_cursor = next;
+                        changed
+                    };
+                    self.observe(&changed).await
+                }
                 Input::Timer(id) => self.step(Event::TimerFired(id), Vec::new()).await,
                 Input::Check(run, result) => self.check_done(run, result).await,
                 Input::Analysis(run, verdict) => self.analysis_done(run, verdict).await,
@@ -430,7 +449,9 @@ impl Driver {
                 p.accepted = true;
                 p.unreachable_since = None;
                 self.stage_ahead();
-                self.observe().await
+                // Its report may have come before this answer.
+                let only = Changed::Agents([instance.as_str().to_owned()].into());
+                self.observe(&only).await
             }
             ApplyResult::Verdict(v) => match v.refusal() {
                 pb::RefusalReason::StaleFencingToken => {
@@ -505,11 +526,19 @@ impl Driver {
         });
     }
 
-    /// Reads the fleet view for every instance with an apply in flight or
-    /// recently confirmed, and feeds what changed to the engine.
-    async fn observe(&mut self) -> Option<DriverExit> {
+    /// Reads the fleet view for the instances among `changed` that have an
+    /// apply in flight or are watched, and feeds what changed to the
+    /// engine.
+    async fn observe(&mut self, changed: &Changed) -> Option<DriverExit> {
         let service = self.record.service.clone();
-        let ids: Vec<InstanceId> = self.pending.keys().cloned().collect();
+        let ids: Vec<InstanceId> = match changed {
+            Changed::Everything => self.pending.keys().cloned().collect(),
+            Changed::Agents(agents) => agents
+                .iter()
+                .filter_map(|a| InstanceId::new(a.clone()).ok())
+                .filter(|i| self.pending.contains_key(i))
+                .collect(),
+        };
         // Readinesses seen in one look are one step each MAX_TOGETHER: a
         // commit per instance, one after another, was most of a large
         // batch's time beyond its plan (nodesim_rollout's commit profile).
@@ -545,6 +574,12 @@ impl Driver {
                 Judgement::Waiting => None,
                 Judgement::Ready => {
                     self.pending.remove(&instance);
+                    // Watched from the status that confirmed it ready: a
+                    // later look may already see it crash.
+                    if let Some(status) = &status {
+                        let baseline = HealthBaseline::new(apply, status, &release);
+                        self.baselines.insert(instance.clone(), baseline);
+                    }
                     ready.push(Event::InstanceReady {
                         instance,
                         apply,
@@ -571,19 +606,30 @@ impl Driver {
                 return exit;
             }
         }
-        self.watch_health(&service).await
+        self.watch_health(&service, changed).await
     }
 
-    /// Compares every instance the engine watches with its baseline (taken
-    /// the first time it is seen watched) and reports the first change.
-    async fn watch_health(&mut self, service: &str) -> Option<DriverExit> {
-        let watched = self.record.engine.watched();
-        // A lookup, not a scan per baseline: at 10,000 watched instances
-        // the scan was most of the coordinator's CPU (perf, nodesim 10,000).
-        let applies: HashMap<&InstanceId, ApplyId> =
-            watched.iter().map(|w| (&w.instance, w.apply)).collect();
-        self.baselines
-            .retain(|instance, b| applies.get(instance) == Some(&b.apply));
+    /// Compares the watched instances among `changed` with their
+    /// baselines (taken when each was confirmed ready, or the first time
+    /// it is seen watched) and reports the first change.
+    async fn watch_health(&mut self, service: &str, changed: &Changed) -> Option<DriverExit> {
+        let watched = match changed {
+            Changed::Everything => {
+                let watched = self.record.engine.watched();
+                // A lookup, not a scan per baseline: at 10,000 watched
+                // instances the scan was most of the coordinator's CPU.
+                let applies: HashMap<&InstanceId, ApplyId> =
+                    watched.iter().map(|w| (&w.instance, w.apply)).collect();
+                self.baselines
+                    .retain(|instance, b| applies.get(instance) == Some(&b.apply));
+                watched
+            }
+            Changed::Agents(agents) => agents
+                .iter()
+                .filter_map(|a| InstanceId::new(a.clone()).ok())
+                .filter_map(|i| self.record.engine.watching(&i))
+                .collect(),
+        };
         for w in watched {
             // No report yet (a resumed driver, an agent reconnecting):
             // nothing to judge, and the baseline waits for one.
@@ -593,6 +639,11 @@ impl Driver {
             let baseline = self
                 .baselines
                 .entry(w.instance.clone())
+                .and_modify(|b| {
+                    if b.apply != w.apply {
+                        *b = HealthBaseline::new(w.apply, &status, &w.release);
+                    }
+                })
                 .or_insert_with(|| HealthBaseline::new(w.apply, &status, &w.release));
             let Some(detail) = health_change(baseline, Some(&status), &w.release) else {
                 continue;

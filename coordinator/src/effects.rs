@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use proto::v1::agent_service_client::AgentServiceClient;
 use tokio::io::AsyncReadExt;
@@ -22,29 +22,62 @@ use crate::checks::CheckCommand;
 /// How long a connection attempt to an agent may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// gRPC channels to agents, by address.
-#[derive(Debug, Default)]
+/// gRPC channels to agents, by address; one unused for [`IDLE_CHANNEL`]
+/// is dropped (and its connection closed once no call holds it), so
+/// the coordinator does not keep a connection to every host it ever
+/// deployed to, nor one to every address a host ever had.
+#[derive(Debug)]
 pub struct AgentDialer {
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Mutex<Channels>,
     /// The coordinator's `[tls]`; `None`: plain-text `http://`.
     tls: Option<tls::TlsMaterial>,
+}
+
+/// A channel not used for this long is dropped.
+pub const IDLE_CHANNEL: Duration = Duration::from_secs(120);
+/// Idle channels are looked for at most this often.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+struct Channels {
+    /// Each channel with when it was last handed out.
+    by_address: HashMap<String, (Channel, Instant)>,
+    swept: Instant,
 }
 
 impl AgentDialer {
     pub fn new(tls: Option<tls::TlsMaterial>) -> Self {
         Self {
-            channels: Mutex::new(HashMap::new()),
+            channels: Mutex::new(Channels {
+                by_address: HashMap::new(),
+                swept: Instant::now(),
+            }),
             tls,
         }
     }
 
     /// A client for the agent at `address` (`host:port`).
     pub fn client(&self, address: &str) -> Result<AgentServiceClient<Channel>, String> {
+        self.client_at(address, Instant::now())
+    }
+
+    fn client_at(
+        &self,
+        address: &str,
+        now: Instant,
+    ) -> Result<AgentServiceClient<Channel>, String> {
         let mut channels = self
             .channels
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(channel) = channels.get(address) {
+        if now.saturating_duration_since(channels.swept) >= SWEEP_EVERY {
+            channels
+                .by_address
+                .retain(|_, (_, used)| now.saturating_duration_since(*used) < IDLE_CHANNEL);
+            channels.swept = now;
+        }
+        if let Some((channel, used)) = channels.by_address.get_mut(address) {
+            *used = now;
             return Ok(AgentServiceClient::new(channel.clone()));
         }
         let scheme = if self.tls.is_some() { "https" } else { "http" };
@@ -58,8 +91,20 @@ impl AgentDialer {
                 .map_err(|e| format!("cannot set up TLS for agent {address}: {e}"))?;
         }
         let channel = endpoint.connect_lazy();
-        channels.insert(address.to_owned(), channel.clone());
+        channels
+            .by_address
+            .insert(address.to_owned(), (channel.clone(), now));
         Ok(AgentServiceClient::new(channel))
+    }
+
+    /// How many channels are kept now.
+    #[cfg(test)]
+    fn kept(&self) -> usize {
+        self.channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .by_address
+            .len()
     }
 }
 
@@ -167,6 +212,26 @@ mod tests {
             env: [("GREETING".to_owned(), "hi".to_owned())].into(),
             timeout,
         }
+    }
+
+    /// Issue #15 (10,000 hosts): a channel to every host ever dialled was
+    /// kept for the coordinator's life. Now an idle one is dropped.
+    #[tokio::test]
+    async fn a_channel_unused_for_the_idle_time_is_dropped_and_a_used_one_kept() {
+        let dialer = AgentDialer::new(None);
+        let t0 = Instant::now();
+        dialer.client_at("127.0.0.1:1", t0).unwrap();
+        dialer.client_at("127.0.0.1:2", t0).unwrap();
+        let later = t0 + IDLE_CHANNEL - SWEEP_EVERY;
+        dialer.client_at("127.0.0.1:2", later).unwrap();
+        assert_eq!(dialer.kept(), 2, "nothing idle long enough yet");
+        dialer.client_at("127.0.0.1:3", t0 + IDLE_CHANNEL).unwrap();
+        assert_eq!(dialer.kept(), 2, "the first, idle since t0, is dropped");
+        dialer
+            .client_at("127.0.0.1:3", later + IDLE_CHANNEL + SWEEP_EVERY)
+            .unwrap();
+        assert_eq!(dialer.kept(), 1, "only the one just used is kept");
+        assert!(dialer.client_at("not an address", t0).is_err());
     }
 
     #[tokio::test]

@@ -6,12 +6,17 @@
 //! last report is younger than three status intervals. It leaves the view
 //! once no stream is open and its etcd registration is gone.
 //!
+//! Drivers wake on every change and judge only the agents that changed
+//! since they last looked ([`FleetView::changes_since`]): at 10,000 hosts a
+//! full judgement per report was most of the coordinator's CPU. A snapshot
+//! that says what the view already holds changes nothing and wakes nobody.
+//!
 //! Must never: invent state an agent did not report, or block on IO while
 //! holding its lock.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ids::DigestError;
@@ -51,9 +56,76 @@ pub struct AgentEntry {
 #[derive(Debug)]
 pub struct FleetView {
     agents: Mutex<HashMap<String, AgentEntry>>,
+    /// How many agents `agents` holds, read without its lock (by every
+    /// report's acknowledgement, for the status interval).
+    tracked: AtomicUsize,
+    changes: Mutex<ChangeLog>,
+    /// The generation after the newest change (`ChangeLog::next`).
     changed: watch::Sender<u64>,
-    stale_after: Duration,
+    configured_interval: Duration,
     streams_opened: AtomicU64,
+}
+
+/// The agents whose view changed, oldest first, numbered by generation.
+/// Bounded: a reader that fell further behind than [`CHANGES_KEPT`] is
+/// told to look at everything.
+#[derive(Debug, Default)]
+struct ChangeLog {
+    /// The generation of `agents[0]`.
+    first: u64,
+    agents: VecDeque<String>,
+}
+
+impl ChangeLog {
+    fn next(&self) -> u64 {
+        self.first + self.agents.len() as u64
+    }
+
+    fn push(&mut self, agent: &str) -> u64 {
+        if self.agents.len() == CHANGES_KEPT {
+            self.agents.pop_front();
+            self.first += 1;
+        }
+        self.agents.push_back(agent.to_owned());
+        self.next()
+    }
+}
+
+/// Changes a reader may fall behind by before it must look at every agent.
+pub const CHANGES_KEPT: usize = 16_384;
+
+/// What changed since a reader's cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changed {
+    /// These agents (and no other).
+    Agents(HashSet<String>),
+    /// More than the log keeps: judge every agent.
+    Everything,
+}
+
+impl Changed {
+    /// Whether `agent` may have changed.
+    pub fn includes(&self, agent: &str) -> bool {
+        match self {
+            Self::Agents(agents) => agents.contains(agent),
+            Self::Everything => true,
+        }
+    }
+}
+
+/// Full snapshots the whole fleet sends a second, at most: above this
+/// many agents per status interval, the interval each agent is told
+/// stretches (Nomad spreads heartbeats the same way, its
+/// `max_heartbeats_per_second`). Events still arrive as they happen; only
+/// the periodic re-statement slows.
+pub const MAX_SNAPSHOTS_PER_SECOND: u64 = 500;
+
+/// How often each of `agents` agents sends a full snapshot: the configured
+/// interval, or longer when the fleet would otherwise send more than
+/// [`MAX_SNAPSHOTS_PER_SECOND`].
+pub fn status_interval(configured: Duration, agents: usize) -> Duration {
+    let spread = Duration::from_millis((agents as u64 * 1000).div_ceil(MAX_SNAPSHOTS_PER_SECOND));
+    configured.max(spread)
 }
 
 /// A service's fleet, ready for `rollout::plan`.
@@ -89,15 +161,52 @@ impl FleetView {
     pub fn new(status_interval: Duration) -> Self {
         Self {
             agents: Mutex::new(HashMap::new()),
+            tracked: AtomicUsize::new(0),
+            changes: Mutex::new(ChangeLog::default()),
             changed: watch::Sender::new(0),
-            stale_after: status_interval * 3,
+            configured_interval: status_interval,
             streams_opened: AtomicU64::new(0),
         }
     }
 
-    /// Bumps on every change; drivers re-evaluate their instances on it.
+    /// Bumps on every change; drivers re-evaluate the agents that changed
+    /// ([`Self::changes_since`]) on it.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// The agents changed since `cursor` (a generation this view gave
+    /// out; 0 at first), and the cursor to ask with next time.
+    pub fn changes_since(&self, cursor: u64) -> (Changed, u64) {
+        let changes = self
+            .changes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let next = changes.next();
+        if cursor < changes.first {
+            return (Changed::Everything, next);
+        }
+        let skip = usize::try_from(cursor - changes.first).unwrap_or(usize::MAX);
+        let agents = changes.agents.iter().skip(skip).cloned().collect();
+        (Changed::Agents(agents), next)
+    }
+
+    /// The generation the next change will be after: a reader that starts
+    /// here (having judged everything) sees only later changes.
+    pub fn cursor(&self) -> u64 {
+        self.changes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .next()
+    }
+
+    /// How often each agent is asked to send a full snapshot now (see
+    /// [`status_interval`]).
+    pub fn status_interval(&self) -> Duration {
+        status_interval(
+            self.configured_interval,
+            self.tracked.load(Ordering::Relaxed),
+        )
     }
 
     fn with_agents<T>(&self, f: impl FnOnce(&mut HashMap<String, AgentEntry>) -> T) -> T {
@@ -105,11 +214,20 @@ impl FleetView {
             .agents
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        f(&mut agents)
+        let out = f(&mut agents);
+        self.tracked.store(agents.len(), Ordering::Relaxed);
+        out
     }
 
-    fn touch(&self) {
-        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    /// Records that `agent`'s view changed (after the change is in the
+    /// view, so a reader woken by it reads the change).
+    fn touch(&self, agent: &str) {
+        let next = self
+            .changes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(agent);
+        self.changed.send_replace(next);
     }
 
     /// A report stream opened with this registration, unless the agent
@@ -117,6 +235,7 @@ impl FleetView {
     /// [`MAX_AGENTS`] agents: one caller's registrations are bounded.
     pub fn stream_opened(&self, identity: pb::AgentIdentity) -> Result<(), StreamRefused> {
         let epoch = self.streams_opened.fetch_add(1, Ordering::Relaxed) + 1;
+        let id = identity.agent_id.clone();
         self.with_agents(|agents| {
             if !agents.contains_key(&identity.agent_id) && agents.len() >= MAX_AGENTS {
                 return Err(StreamRefused::TooManyAgents { limit: MAX_AGENTS });
@@ -144,7 +263,7 @@ impl FleetView {
             entry.last_report_unix_ms = crate::now_unix_ms();
             Ok(())
         })?;
-        self.touch();
+        self.touch(&id);
         Ok(())
     }
 
@@ -154,7 +273,7 @@ impl FleetView {
                 entry.open_streams = entry.open_streams.saturating_sub(1);
             }
         });
-        self.touch();
+        self.touch(agent);
     }
 
     /// How many report streams of `agent` are open now.
@@ -174,25 +293,34 @@ impl FleetView {
             }
         });
         if removed {
-            self.touch();
+            self.touch(agent);
         }
         removed
     }
 
-    /// A full snapshot of an agent's services.
+    /// A full snapshot of an agent's services. Wakes the drivers only if
+    /// it says something new (or the agent had gone stale): most
+    /// snapshots re-state what the view holds.
     pub fn status(&self, agent: &str, status: pb::StatusResponse) {
-        self.with_agents(|agents| {
-            if let Some(entry) = agents.get_mut(agent) {
-                entry.services = status
-                    .services
-                    .into_iter()
-                    .map(|s| (s.service.clone(), s))
-                    .collect();
-                entry.last_report = Instant::now();
-                entry.last_report_unix_ms = crate::now_unix_ms();
-            }
+        let stale_after = self.status_interval() * 3;
+        let changed = self.with_agents(|agents| {
+            let Some(entry) = agents.get_mut(agent) else {
+                return false;
+            };
+            let services: BTreeMap<String, pb::ServiceStatus> = status
+                .services
+                .into_iter()
+                .map(|s| (s.service.clone(), s))
+                .collect();
+            let changed = services != entry.services || !reachable(entry, stale_after);
+            entry.services = services;
+            entry.last_report = Instant::now();
+            entry.last_report_unix_ms = crate::now_unix_ms();
+            changed
         });
-        self.touch();
+        if changed {
+            self.touch(agent);
+        }
     }
 
     /// One change: a whole service (a switch ended) or one instance.
@@ -209,7 +337,7 @@ impl FleetView {
                 merge_instance(&mut entry.services, instance);
             }
         });
-        self.touch();
+        self.touch(agent);
     }
 
     pub fn is_reachable(&self, agent: &str) -> bool {
@@ -226,7 +354,7 @@ impl FleetView {
     }
 
     fn reachable(&self, entry: &AgentEntry) -> bool {
-        entry.open_streams > 0 || entry.last_report.elapsed() < self.stale_after
+        reachable(entry, self.status_interval() * 3)
     }
 
     /// The last reported status of `service` on `agent`.
@@ -252,27 +380,38 @@ impl FleetView {
 
     /// Every agent, sorted by cluster then id, with reachability.
     pub fn agents(&self, cluster: &str) -> Vec<pb::AgentSummary> {
-        let mut out: Vec<pb::AgentSummary> = self.with_agents(|agents| {
-            agents
+        self.agents_page(cluster, None, usize::MAX).0
+    }
+
+    /// At most `limit` agents of `cluster` (empty: all) sorted by cluster
+    /// then id, starting after `after`; and whether more follow.
+    pub fn agents_page(
+        &self,
+        cluster: &str,
+        after: Option<&pb::AgentKey>,
+        limit: usize,
+    ) -> (Vec<pb::AgentSummary>, bool) {
+        let after = after.map(|k| (k.cluster.as_str(), k.agent_id.as_str()));
+        self.with_agents(|agents| {
+            let mut page: Vec<&AgentEntry> = agents
                 .values()
                 .filter(|e| cluster.is_empty() || e.identity.cluster == cluster)
+                .filter(|e| after.is_none_or(|after| key(e) > after))
+                .collect();
+            page.sort_unstable_by(|a, b| key(a).cmp(&key(b)));
+            let more = page.len() > limit;
+            page.truncate(limit);
+            let page = page
+                .into_iter()
                 .map(|e| pb::AgentSummary {
                     identity: Some(e.identity.clone()),
                     reachable: self.reachable(e),
                     last_report_unix_ms: e.last_report_unix_ms,
                     services: e.services.values().cloned().collect(),
                 })
-                .collect()
-        });
-        out.sort_by(|a, b| {
-            let key = |s: &pb::AgentSummary| {
-                s.identity
-                    .as_ref()
-                    .map(|i| (i.cluster.clone(), i.agent_id.clone()))
-            };
-            key(a).cmp(&key(b))
-        });
-        out
+                .collect();
+            (page, more)
+        })
     }
 
     /// The hosts of `service` (assigned in their config, or running it),
@@ -387,6 +526,15 @@ impl FleetView {
     }
 }
 
+/// Where an agent sorts in listings.
+fn key(entry: &AgentEntry) -> (&str, &str) {
+    (&entry.identity.cluster, &entry.identity.agent_id)
+}
+
+fn reachable(entry: &AgentEntry, stale_after: Duration) -> bool {
+    entry.open_streams > 0 || entry.last_report.elapsed() < stale_after
+}
+
 fn merge_instance(
     services: &mut BTreeMap<String, pb::ServiceStatus>,
     instance: pb::InstanceStatus,
@@ -423,8 +571,13 @@ mod tests {
         view.stream_opened(identity("a")).unwrap();
         view.stream_opened(identity("b")).unwrap();
         assert_eq!(view.reachability(), (2, 0));
-        // No stream open and no report within three intervals (zero here).
+        // No stream open and no report within three intervals (a few ms
+        // here: zero, stretched for two agents).
         view.stream_closed("b");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while view.reachability() != (1, 1) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         assert_eq!(view.reachability(), (1, 1));
     }
 
@@ -443,6 +596,115 @@ mod tests {
         view.stream_closed("a");
         view.stream_opened(identity("a")).unwrap();
         view.stream_opened(identity("b")).unwrap();
+    }
+
+    fn in_cluster(id: &str, cluster: &str) -> pb::AgentIdentity {
+        pb::AgentIdentity {
+            agent_id: id.to_owned(),
+            cluster: cluster.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    fn snapshot(service: &str, digest: &str) -> pb::StatusResponse {
+        pb::StatusResponse {
+            services: vec![pb::ServiceStatus {
+                service: service.to_owned(),
+                current: Some(pb::ReleaseRef {
+                    digest: digest.to_owned(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn ids(page: &[pb::AgentSummary]) -> Vec<String> {
+        page.iter()
+            .filter_map(|a| a.identity.as_ref().map(|i| i.agent_id.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn pages_of_agents_follow_cluster_then_id_and_end() {
+        let view = FleetView::new(Duration::from_secs(1));
+        for (id, cluster) in [("c", "b"), ("a", "b"), ("z", "a"), ("b", "b"), ("y", "c")] {
+            view.stream_opened(in_cluster(id, cluster)).unwrap();
+        }
+        let (first, more) = view.agents_page("", None, 2);
+        assert_eq!((ids(&first), more), (vec!["z".into(), "a".into()], true));
+        let after = pb::AgentKey {
+            cluster: "b".into(),
+            agent_id: "a".into(),
+        };
+        let (second, more) = view.agents_page("", Some(&after), 2);
+        assert_eq!((ids(&second), more), (vec!["b".into(), "c".into()], true));
+        let after = pb::AgentKey {
+            cluster: "b".into(),
+            agent_id: "c".into(),
+        };
+        let (last, more) = view.agents_page("", Some(&after), 2);
+        assert_eq!((ids(&last), more), (vec!["y".into()], false));
+        let (cluster_b, more) = view.agents_page("b", None, 3);
+        assert_eq!(ids(&cluster_b), ["a", "b", "c"]);
+        assert!(!more, "exactly a page is the last page");
+        assert_eq!(ids(&view.agents("")), ["z", "a", "b", "c", "y"]);
+    }
+
+    #[test]
+    fn a_reader_sees_which_agents_changed_and_a_repeated_snapshot_is_no_change() {
+        let view = FleetView::new(Duration::from_secs(60));
+        let start = view.cursor();
+        view.stream_opened(identity("a")).unwrap();
+        view.stream_opened(identity("b")).unwrap();
+        let (changed, cursor) = view.changes_since(start);
+        assert_eq!(changed, Changed::Agents(["a".into(), "b".into()].into()));
+        view.status("a", snapshot("web", "sha256:1"));
+        let (changed, cursor) = view.changes_since(cursor);
+        assert_eq!(changed, Changed::Agents(["a".into()].into()));
+        let mut woken = view.subscribe();
+        woken.mark_unchanged();
+        view.status("a", snapshot("web", "sha256:1"));
+        assert!(
+            !woken.has_changed().unwrap(),
+            "the same snapshot again wakes nobody"
+        );
+        assert_eq!(
+            view.changes_since(cursor).0,
+            Changed::Agents(HashSet::new())
+        );
+        view.status("a", snapshot("web", "sha256:2"));
+        assert!(woken.has_changed().unwrap());
+        assert!(view.changes_since(cursor).0.includes("a"));
+        assert!(!view.changes_since(cursor).0.includes("b"));
+    }
+
+    #[test]
+    fn a_reader_that_fell_behind_the_log_looks_at_everything() {
+        let view = FleetView::new(Duration::from_secs(60));
+        view.stream_opened(identity("a")).unwrap();
+        let start = view.cursor();
+        for n in 0..=CHANGES_KEPT {
+            view.status("a", snapshot("web", &format!("sha256:{n}")));
+        }
+        let (changed, cursor) = view.changes_since(start);
+        assert_eq!(changed, Changed::Everything);
+        assert_eq!(
+            view.changes_since(cursor).0,
+            Changed::Agents(HashSet::new())
+        );
+    }
+
+    #[test]
+    fn the_status_interval_stretches_so_the_fleet_sends_a_bounded_rate() {
+        let two = Duration::from_secs(2);
+        assert_eq!(status_interval(two, 0), two);
+        assert_eq!(status_interval(two, 1_000), two, "500 a second exactly");
+        assert_eq!(status_interval(two, 10_000), Duration::from_secs(20));
+        assert_eq!(status_interval(two, 1_001), Duration::from_millis(2_002));
+        let view = FleetView::new(two);
+        assert_eq!(view.status_interval(), two);
     }
 
     #[test]

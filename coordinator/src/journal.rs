@@ -116,35 +116,15 @@ pub(crate) fn next_after(failure: &AttemptFailure, elapsed: Duration, deadline: 
     let retryable = match failure {
         AttemptFailure::CompareFailed => return Next::Fenced,
         AttemptFailure::TimedOut => true,
-        AttemptFailure::Etcd(err) => transient(err),
+        // etcd's own rules (leases::may_succeed_later): a request over
+        // gRPC's size limit or etcd's operation limit is refused the same
+        // way every time, so it is not retried for the whole deadline.
+        AttemptFailure::Etcd(err) => leases::may_succeed_later(err),
     };
     if retryable && elapsed < deadline {
         Next::Retry
     } else {
         Next::GiveUp
-    }
-}
-
-/// Whether etcd or the transport may answer differently next time. etcd
-/// says "no leader", "leader changed", "request timed out" and "too many
-/// requests" as UNAVAILABLE / RESOURCE_EXHAUSTED; a broken connection comes
-/// as a transport or IO error, or UNKNOWN/INTERNAL from h2. Refusals of the
-/// request itself (bad argument, permission, auth) never change.
-fn transient(err: &etcd_client::Error) -> bool {
-    use tonic::Code;
-    match err {
-        etcd_client::Error::GRpcStatus(status) => matches!(
-            status.code(),
-            Code::Unavailable
-                | Code::DeadlineExceeded
-                | Code::Aborted
-                | Code::ResourceExhausted
-                | Code::Cancelled
-                | Code::Unknown
-                | Code::Internal
-        ),
-        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
-        _ => false,
     }
 }
 
@@ -984,6 +964,12 @@ mod tests {
             status(tonic::Code::Unauthenticated),
             status(tonic::Code::FailedPrecondition),
             AttemptFailure::Etcd(etcd_client::Error::InvalidArgs("bad".to_owned())),
+            // Noticed in #15: a transaction over gRPC's size limit was
+            // retried for the whole write deadline, then again on resume.
+            AttemptFailure::Etcd(etcd_client::Error::GRpcStatus(tonic::Status::new(
+                tonic::Code::ResourceExhausted,
+                "grpc: received message larger than max (2490747 vs. 2097152)",
+            ))),
         ] {
             assert_eq!(
                 next_after(&failure, EARLY, DEADLINE),

@@ -629,9 +629,23 @@ impl CoordinatorService for CoordinatorGrpc {
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         self.admission.admit(&request, Method::ListAgents)?;
-        Ok(Response::new(pb::ListAgentsResponse {
-            agents: self.coordinator.fleet.agents(&request.get_ref().cluster),
-        }))
+        let r = request.get_ref();
+        let limit = match r.page_size {
+            0 => usize::MAX,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        };
+        let (agents, more) =
+            self.coordinator
+                .fleet
+                .agents_page(&r.cluster, r.after.as_ref(), limit);
+        let next = more
+            .then(|| agents.last().and_then(|a| a.identity.as_ref()))
+            .flatten()
+            .map(|i| pb::AgentKey {
+                cluster: i.cluster.clone(),
+                agent_id: i.agent_id.clone(),
+            });
+        Ok(Response::new(pb::ListAgentsResponse { agents, next }))
     }
 
     async fn list_locks(
@@ -733,8 +747,6 @@ impl ReportStream {
         stopping: watch::Receiver<bool>,
     ) {
         let fleet = self.coordinator.fleet.clone();
-        let status_interval = self.coordinator.config.status_interval;
-        let interval_ms = u64::try_from(status_interval.as_millis()).unwrap_or(u64::MAX);
         let mut agent: Option<String> = None;
         let stop = stopped(stopping);
         tokio::pin!(stop);
@@ -758,9 +770,12 @@ impl ReportStream {
                 let _ = tx.send(Err(status)).await;
                 break;
             }
+            // Longer than configured in a large fleet (see
+            // `fleet::status_interval`): each ack carries the current one.
+            let interval = fleet.status_interval();
             let ack = pb::ReportAck {
                 seq: report.seq,
-                status_interval_ms: interval_ms,
+                status_interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
             };
             if tx.send(Ok(ack)).await.is_err() {
                 break;
@@ -769,11 +784,12 @@ impl ReportStream {
         if let Some(id) = agent {
             tracing::info!(agent = id, "agent disconnected");
             fleet.stream_closed(&id);
+            let every = fleet.status_interval() * 3;
             tokio::spawn(agent_binding::expire_when_unregistered(
                 self.coordinator.client.clone(),
                 fleet,
                 id,
-                status_interval * 3,
+                every,
             ));
         }
     }

@@ -37,7 +37,7 @@ pub use election::{Election, ElectionError, Leadership};
 pub use etcd::{
     DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_DEADLINE, EndpointError,
     Etcd, EtcdAccess, EtcdAccessKeys, EtcdMetrics, EtcdTiming, EtcdUser, MemberId, RequestOutcome,
-    check_endpoint,
+    check_endpoint, may_succeed_later,
 };
 pub use holder::Holder;
 pub use mutex::{FencedMutex, FencingToken, LockError, LockInfo, LockState, MutexGuard};

@@ -1,6 +1,7 @@
-//! Each virtual host's Report stream to every coordinator, as the real
-//! agent's (`agent::uplink`): registration, a status snapshot, every status
-//! event, and a snapshot at the pace the coordinator's acks ask for. The
+//! Each virtual host's Report stream to every coordinator, by the real
+//! agent's own loop (`agent::uplink::report`, a `VirtualHost` being a
+//! `Reporter`): registration, a status snapshot, every status event, and a
+//! snapshot at the pace the coordinator's acks ask for. The
 //! streams of many hosts share a few HTTP/2 connections (`Connections`),
 //! since a server caps the concurrent streams of one connection.
 //!
@@ -18,24 +19,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent::dial::Backoff;
+use agent::uplink::{
+    HEALTHY_STREAM, RECONNECT_PAUSE_MAX, RECONNECT_PAUSE_MIN, Reporter, StreamError, report,
+};
 use proto::v1 as pb;
-use proto::v1::coordinator_service_client::CoordinatorServiceClient;
-use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::mpsc;
+use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::host::VirtualHost;
 
-const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(5);
-const MIN_STATUS_INTERVAL: Duration = Duration::from_millis(100);
-const RECONNECT_PAUSE_MIN: Duration = Duration::from_millis(100);
-const RECONNECT_PAUSE_MAX: Duration = Duration::from_secs(5);
-const HEALTHY_STREAM: Duration = Duration::from_secs(30);
-const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
-const OUTBOX: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
@@ -86,18 +81,21 @@ impl Connections {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-enum StreamError {
-    #[error("the coordinator did not answer the stream's opening within {OPEN_TIMEOUT:?}")]
-    OpenTimeout,
-    #[error("the coordinator refused the stream: {0}")]
-    Refused(String),
-    #[error("the stream broke: {0}")]
-    Broken(String),
-    #[error("the stream's sender ended")]
-    SenderGone,
-    #[error("the host's status events ended")]
-    HostGone,
+impl Reporter for VirtualHost {
+    fn identity(&self) -> pb::AgentIdentity {
+        VirtualHost::identity(self)
+    }
+
+    fn snapshot(&self) -> impl std::future::Future<Output = pb::StatusResponse> + Send {
+        std::future::ready(pb::StatusResponse {
+            agent: Some(VirtualHost::identity(self)),
+            services: vec![self.status()],
+        })
+    }
+
+    fn events(&self) -> broadcast::Receiver<pb::StatusEvent> {
+        self.subscribe()
+    }
 }
 
 /// One host's stream to one coordinator, forever.
@@ -108,7 +106,7 @@ pub async fn keep_reporting(host: Arc<VirtualHost>, connections: Connections) {
         host.registered().await;
         let opened = Instant::now();
         let channel = connections.for_host(host.index);
-        match report(&host, channel, &url).await {
+        match report(host.as_ref(), channel, &url).await {
             Ok(()) => {
                 tracing::info!(agent = %host.id, coordinator = url, "coordinator ended the report stream")
             }
@@ -121,77 +119,5 @@ pub async fn keep_reporting(host: Arc<VirtualHost>, connections: Connections) {
             backoff.reset();
         }
         tokio::time::sleep(backoff.next_pause()).await;
-    }
-}
-
-fn snapshot(host: &VirtualHost) -> pb::StatusResponse {
-    pb::StatusResponse {
-        agent: Some(host.identity()),
-        services: vec![host.status()],
-    }
-}
-
-async fn report(host: &VirtualHost, channel: Channel, url: &str) -> Result<(), StreamError> {
-    let mut client = CoordinatorServiceClient::new(channel);
-    let mut events = host.subscribe();
-    let (tx, rx) = mpsc::channel(OUTBOX);
-    let mut seq = 0;
-    let mut send = |body: pb::agent_report::Body| {
-        seq += 1;
-        pb::AgentReport {
-            seq,
-            body: Some(body),
-        }
-    };
-    for report in [
-        send(pb::agent_report::Body::Registration(host.identity())),
-        send(pb::agent_report::Body::Status(snapshot(host))),
-    ] {
-        tx.send(report).await.map_err(|_| StreamError::SenderGone)?;
-    }
-    let opened = tokio::time::timeout(
-        OPEN_TIMEOUT,
-        client.report(tokio_stream::wrappers::ReceiverStream::new(rx)),
-    )
-    .await
-    .map_err(|_| StreamError::OpenTimeout)?
-    .map_err(|status| StreamError::Refused(cli::chain(&status)))?;
-    let mut acks = opened.into_inner();
-    tracing::debug!(agent = %host.id, coordinator = url, "report stream open");
-    let mut interval = DEFAULT_STATUS_INTERVAL;
-    let mut last_snapshot = Instant::now();
-    let mut pending: Option<pb::agent_report::Body> = None;
-    loop {
-        tokio::select! {
-            ack = acks.message() => match ack {
-                Ok(Some(ack)) => {
-                    if ack.status_interval_ms > 0 {
-                        interval = Duration::from_millis(ack.status_interval_ms).max(MIN_STATUS_INTERVAL);
-                    }
-                }
-                Ok(None) => return Ok(()),
-                Err(status) => return Err(StreamError::Broken(cli::chain(&status))),
-            },
-            permit = tx.reserve(), if pending.is_some() => {
-                let permit = permit.map_err(|_| StreamError::SenderGone)?;
-                if let Some(body) = pending.take() {
-                    permit.send(send(body));
-                }
-            }
-            event = events.recv(), if pending.is_none() => {
-                pending = Some(match event {
-                    Ok(event) => pb::agent_report::Body::Event(event),
-                    Err(RecvError::Lagged(_)) => {
-                        last_snapshot = Instant::now();
-                        pb::agent_report::Body::Status(snapshot(host))
-                    }
-                    Err(RecvError::Closed) => return Err(StreamError::HostGone),
-                });
-            }
-            () = tokio::time::sleep_until(last_snapshot + interval), if pending.is_none() => {
-                last_snapshot = Instant::now();
-                pending = Some(pb::agent_report::Body::Status(snapshot(host)));
-            }
-        }
     }
 }

@@ -463,7 +463,25 @@ impl BundleFile {
                 source,
             })
     }
+
+    /// The tar archive inside, decompressed as it is read.
+    pub fn archive(&self) -> Result<tar::Archive<ZstdReader>, BundleError> {
+        let decoder =
+            zstd::stream::read::Decoder::new(self.stream()?).map_err(|e| self.corrupt(e))?;
+        Ok(tar::Archive::new(decoder))
+    }
+
+    /// What a read error inside the archive means: the bundle is corrupt.
+    pub fn corrupt(&self, source: io::Error) -> BundleError {
+        BundleError::Corrupt {
+            path: self.path.clone(),
+            source,
+        }
+    }
 }
+
+/// The decompressing reader [`BundleFile::archive`] reads the tar from.
+pub type ZstdReader = zstd::stream::read::Decoder<'static, io::BufReader<io::Take<File>>>;
 
 /// Signature state as `inspect` sees it (trust is `verify`'s business).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -505,12 +523,8 @@ pub struct BundleInfo {
 /// Lists a bundle without writing anything: digest, manifest, entries, signature status.
 pub fn inspect(path: &Path) -> Result<BundleInfo, BundleError> {
     let bundle = BundleFile::open(path)?;
-    let corrupt = |source| BundleError::Corrupt {
-        path: path.to_owned(),
-        source,
-    };
-    let decoder = zstd::stream::read::Decoder::new(bundle.stream()?).map_err(corrupt)?;
-    let mut archive = tar::Archive::new(decoder);
+    let corrupt = |source| bundle.corrupt(source);
+    let mut archive = bundle.archive()?;
     let mut entries = Vec::new();
     let mut manifest_text = None;
     let mut content_bytes = 0;

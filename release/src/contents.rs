@@ -63,12 +63,8 @@ pub struct BundleContents {
 /// Reads every entry of the bundle at `path`, hashing each file.
 pub fn contents(path: &Path) -> Result<BundleContents, BundleError> {
     let bundle = BundleFile::open(path)?;
-    let corrupt = |source| BundleError::Corrupt {
-        path: path.to_owned(),
-        source,
-    };
-    let decoder = zstd::stream::read::Decoder::new(bundle.stream()?).map_err(corrupt)?;
-    let mut archive = tar::Archive::new(decoder);
+    let corrupt = |source| bundle.corrupt(source);
+    let mut archive = bundle.archive()?;
     let mut files = Vec::new();
     let mut files_truncated = false;
     let mut text_budget = MAX_TEXT_TOTAL_BYTES;

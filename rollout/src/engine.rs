@@ -986,16 +986,36 @@ impl Engine {
         }
         self.touched
             .iter()
-            .filter_map(|&ix| {
-                let i = &self.insts[ix];
-                let apply = i.apply.filter(|_| i.ready && !i.failed)?;
-                Some(Watched {
-                    instance: self.plan.instances[ix].id.clone(),
-                    apply,
-                    release: self.release(ix, i.sel),
-                })
-            })
+            .filter_map(|&ix| self.watched_at(ix))
             .collect()
+    }
+
+    /// `instance` as [`Self::watched`] lists it, if it does: one lookup,
+    /// for a driver that judges only the hosts that reported a change.
+    pub fn watching(&self, instance: &InstanceId) -> Option<Watched> {
+        if !matches!(self.phase, Phase::Running(_) | Phase::Baking { .. }) {
+            return None;
+        }
+        let ix = match self.index.get(instance) {
+            Some(&ix) => ix,
+            // Not rebuilt yet after loading (the index is not stored).
+            None if self.index.len() != self.plan.instances.len() => {
+                self.plan.instances.iter().position(|i| i.id == *instance)?
+            }
+            None => return None,
+        };
+        self.watched_at(ix)
+    }
+
+    fn watched_at(&self, ix: usize) -> Option<Watched> {
+        let i = self.insts.get(ix)?;
+        // `apply` is set exactly for the touched instances.
+        let apply = i.apply.filter(|_| i.ready && !i.failed)?;
+        Some(Watched {
+            instance: self.plan.instances.get(ix)?.id.clone(),
+            apply,
+            release: self.release(ix, i.sel),
+        })
     }
 
     /// Feeds one event at time `now`; returns what the driver must do.

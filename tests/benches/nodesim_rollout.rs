@@ -328,6 +328,15 @@ async fn run(hosts: usize, clusters: usize, deployments: usize, max_unavailable:
         "nodesim_rollout: {hosts} hosts in {clusters} clusters registered and reporting in {:.1} s",
         joined.elapsed().as_secs_f64()
     );
+    let rss_mb = |pid| Usage::of(pid).map_or(f64::NAN, |u| u.rss_bytes as f64 / 1e6);
+    if let Some(pid) = coordinator.pid() {
+        // Where the memory goes: what the Report streams and the fleet
+        // view hold, before any deployment dials an agent.
+        println!(
+            "nodesim_rollout: coordinator RSS with every host reporting, before any deployment: {:.1} MB (VmRSS)",
+            rss_mb(pid)
+        );
+    }
     let strategy = work.path().join("strategy.toml");
     std::fs::write(
         &strategy,
@@ -352,6 +361,10 @@ async fn run(hosts: usize, clusters: usize, deployments: usize, max_unavailable:
         batches(&first)
     );
     let pid = coordinator.pid().unwrap();
+    println!(
+        "nodesim_rollout: coordinator RSS after the first install: {:.1} MB (VmRSS)",
+        rss_mb(pid)
+    );
     let etcd_metrics = etcd_addr(&etcd);
     let before_etcd = get(etcd_metrics, "/metrics").await;
     let before_coordinator = get(metrics_addr, "/metrics").await;

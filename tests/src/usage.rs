@@ -10,6 +10,8 @@ pub struct Usage {
     pub cpu_seconds: f64,
     /// Its peak resident set (VmHWM), bytes.
     pub peak_rss_bytes: u64,
+    /// Its resident set now (VmRSS), bytes.
+    pub rss_bytes: u64,
 }
 
 impl Usage {
@@ -34,15 +36,18 @@ impl Usage {
                 .ok_or_else(|| bad("stat"))
         };
         let ticks = field(11)? + field(12)?;
-        let hwm_kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| bad("status"))?;
+        let kb = |key: &str| -> Result<u64, HarnessError> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| bad("status"))
+        };
         Ok(Self {
             cpu_seconds: ticks as f64 / clock_ticks_per_second(),
-            peak_rss_bytes: hwm_kb * 1024,
+            peak_rss_bytes: kb("VmHWM:")? * 1024,
+            rss_bytes: kb("VmRSS:")? * 1024,
         })
     }
 }

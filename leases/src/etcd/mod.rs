@@ -51,6 +51,7 @@ pub use endpoint::{EndpointError, check_endpoint};
 use health::{Change, EndpointHealth};
 pub use metrics::{EtcdMetrics, RequestOutcome};
 use retry::Verdict;
+pub use retry::may_succeed_later;
 
 /// Bound on opening a TCP connection to a member.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

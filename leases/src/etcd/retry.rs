@@ -33,6 +33,12 @@ pub(crate) enum Verdict {
     Final,
 }
 
+/// Whether `err` may be answered differently next time (by this member
+/// later, or another): what the coordinator's journal retries.
+pub fn may_succeed_later(err: &etcd_client::Error) -> bool {
+    classify(err) == Verdict::TryAnotherMember
+}
+
 /// Classifies an error of one attempt. etcd says "no leader", "leader
 /// changed", "request timed out" and "too many requests" as UNAVAILABLE or
 /// RESOURCE_EXHAUSTED; a refused or broken connection comes as a transport

@@ -25,9 +25,20 @@ fn rollback_started(out: &[Action]) -> bool {
         .any(|a| matches!(a, Action::Emit(Notice::RollbackStarted { .. })))
 }
 
+/// The watched instances, after checking that asking for each instance
+/// alone (`Engine::watching`, the driver's incremental look) agrees.
 fn watched_ids(h: &H) -> Vec<String> {
-    h.engine
-        .watched()
+    let watched = h.engine.watched();
+    for instance in &h.engine.plan().instances {
+        let listed = watched.iter().find(|w| w.instance == instance.id);
+        assert_eq!(
+            h.engine.watching(&instance.id).as_ref(),
+            listed,
+            "{}",
+            instance.id.as_str()
+        );
+    }
+    watched
         .iter()
         .map(|w: &Watched| w.instance.as_str().to_owned())
         .collect()
@@ -60,7 +71,7 @@ fn an_instance_that_restarts_during_min_healthy_time_fails_its_batch() {
     assert!(rollback_started(&out), "{out:?}");
     assert_eq!(applied_to(&out), vec![("a-0".to_owned(), previous())]);
     assert!(
-        h.engine.watched().is_empty(),
+        watched_ids(&h).is_empty(),
         "nothing is watched once rolling back"
     );
 }
@@ -96,7 +107,7 @@ fn a_switched_host_crashing_while_a_later_wave_runs_rolls_everything_back() {
 fn every_instance_confirmed_ready_is_watched_until_the_end() {
     let mut h = H::new(&fleet(&[("a", 1), ("b", 2)]), &strategy());
     let started = h.step(Event::Start);
-    assert!(h.engine.watched().is_empty(), "nothing confirmed yet");
+    assert!(watched_ids(&h).is_empty(), "nothing confirmed yet");
     let wave2 = h.pass_batch(&started);
     h.ready_all(&wave2);
     assert_eq!(watched_ids(&h), vec!["a-0", "b-0"]);

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use proto::v1::{GetDeploymentRequest, ListAgentsRequest, ListLocksRequest, LockKind};
+use proto::v1::{GetDeploymentRequest, ListLocksRequest, LockKind};
 
 use crate::client::{Coordinators, Failure};
 use crate::{Output, fmt, json, print_json, render};
@@ -42,16 +42,7 @@ async fn deployment(c: &mut Coordinators, id: String, output: Output) -> Result<
 }
 
 async fn fleet(c: &mut Coordinators, output: Output) -> Result<(), Failure> {
-    let agents = c
-        .call(|mut client| async move {
-            client
-                .list_agents(ListAgentsRequest {
-                    cluster: String::new(),
-                })
-                .await
-        })
-        .await?
-        .agents;
+    let agents = crate::agents::list(c, "").await?;
     let locks = c
         .call(|mut client| async move {
             client

@@ -9,7 +9,8 @@ use nodesim::config::Args;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    daemon::logging::init("info");
+    // Each of thousands of hosts opening its stream is not news.
+    daemon::logging::init("info,agent::uplink=warn");
     let config = args.validate()?;
     let simulation = Simulation::start(&config).await?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
