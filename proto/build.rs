@@ -10,6 +10,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }
-    tonic_prost_build::configure().compile_protos(&protos, &["proto"])?;
+    // Smaller per-call buffers: see src/codec.rs.
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::LeanCodec")
+        .compile_protos(&protos, &["proto"])?;
     Ok(())
 }

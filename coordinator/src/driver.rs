@@ -899,12 +899,7 @@ impl Driver {
             if self.pending.contains_key(&instance) || names(current, &target) {
                 continue;
             }
-            let Some(Ok(mut client)) = self
-                .ctx
-                .fleet
-                .address(instance.as_str())
-                .map(|a| self.ctx.agents.client(&a))
-            else {
+            let Some(address) = self.ctx.fleet.address(instance.as_str()) else {
                 continue;
             };
             let mut request = tonic::Request::new(pb::StageRequest {
@@ -915,9 +910,20 @@ impl Driver {
             request.set_timeout(APPLY_TIMEOUT);
             let permits = permits.clone();
             let deployment = self.record.id.clone();
+            let ctx = self.ctx.clone();
             self.staging.spawn(async move {
                 let Ok(_permit) = permits.acquire_owned().await else {
                     return;
+                };
+                // Dialled only now: dialled up front, every host's
+                // channel was held while it waited for a permit, so the
+                // dialer's bound (MAX_CHANNELS) bounded nothing.
+                let mut client = match ctx.agents.client(&address) {
+                    Ok(client) => client,
+                    Err(error) => {
+                        tracing::debug!(deployment, instance = %instance, error, "cannot stage the target");
+                        return;
+                    }
                 };
                 let outcome = match client.stage(request).await {
                     Ok(response) => response.into_inner().verdict.map(|v| v.message),

@@ -20,7 +20,13 @@
 //!   they commit one after another, so their product is time the rollout
 //!   waits on them;
 //! - etcd's db size (`etcd_mvcc_db_total_size_in_bytes`, and in use)
-//!   after the deployments;
+//!   after the deployments, the live keys under `/lockstep/` and their
+//!   bytes, and the db size once compacted and defragmented (with
+//!   `--retention=1s --keep=1` the coordinator prunes each finished
+//!   deployment to its summary);
+//! - the coordinator's RSS with every host reporting before any
+//!   deployment, and after the first install (what dialling every agent
+//!   adds);
 //! - the time `lockstep status` and `lockstep agents` take (text output),
 //!   and how many lines they print.
 //!
@@ -28,7 +34,7 @@
 //! budget slots, so etcd's writes during a deployment are the
 //! coordinator's (its journal, events and lock), not the hosts'.
 //!
-//! `cargo build --release --workspace --bins && cargo bench -p lockstep-tests --bench nodesim_rollout -- 1000 10000 [--clusters=3] [--deployments=20] [--max-unavailable=50%] [--deadline-secs=900]`
+//! `cargo build --release --workspace --bins && cargo bench -p lockstep-tests --bench nodesim_rollout -- 1000 10000 [--clusters=3] [--deployments=20] [--max-unavailable=50%] [--deadline-secs=900] [--retention=1s --keep=1]`
 //!
 //! A size whose deployment does not end says what the coordinator last
 //! warned about and goes on to the next size.
@@ -52,9 +58,12 @@ const MIN_HEALTHY_MS: u64 = 1000;
 /// The strategy's default (3 × min_healthy_time), written out.
 const BAKE_MS: u64 = 3000;
 
+fn text_flag(name: &str) -> Option<String> {
+    std::env::args().find_map(|a| a.strip_prefix(&format!("--{name}=")).map(str::to_owned))
+}
+
 fn flag(name: &str, default: usize) -> usize {
-    std::env::args()
-        .find_map(|a| a.strip_prefix(&format!("--{name}=")).map(str::to_owned))
+    text_flag(name)
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
@@ -252,11 +261,20 @@ async fn run(hosts: usize, clusters: usize, deployments: usize, max_unavailable:
     let limit = Duration::from_secs(u64::try_from(flag("deadline-secs", 900)).unwrap());
     let etcd = EtcdCluster::single().await.unwrap();
     let metrics_port = free_loopback_port().unwrap();
+    // `[history]`: the coordinator's defaults unless the flags say.
+    let history = match (text_flag("retention"), text_flag("keep")) {
+        (None, None) => String::new(),
+        (retention, keep) => format!(
+            "[history]\nretention = \"{}\"\nkeep = {}\n",
+            retention.unwrap_or_else(|| "720h".to_owned()),
+            keep.unwrap_or_else(|| "20".to_owned())
+        ),
+    };
     let coordinator = CoordinatorFixture::start_with_tables(
         &etcd.endpoints(),
         10,
         None,
-        &format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"),
+        &format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n{history}"),
     )
     .await
     .unwrap();
@@ -431,16 +449,73 @@ async fn run(hosts: usize, clusters: usize, deployments: usize, max_unavailable:
         mb("etcd_mvcc_db_total_size_in_bytes"),
         mb("etcd_mvcc_db_total_size_in_use_in_bytes")
     );
+    live_footprint(&etcd).await;
     fleet_figures(&coordinator, &urls).await;
     drop(sims);
+}
+
+/// What the coordinator keeps in etcd now, whatever etcd's history holds:
+/// the live keys and their bytes, then the db size once etcd compacts and
+/// defragments (as a cluster with `--auto-compaction-retention` does).
+async fn live_footprint(etcd: &EtcdCluster) {
+    let mut client = etcd.client().await.unwrap();
+    // In pages: at 10,000 hosts the whole prefix is about 19 MB, over
+    // the client's 4 MiB answer limit.
+    let (mut keys, mut bytes, mut deployments, mut revision) = (0, 0, 0, 0);
+    let mut from = b"/lockstep/".to_vec();
+    loop {
+        let options = etcd_client::GetOptions::new()
+            .with_range("/lockstep0")
+            .with_limit(500)
+            .with_revision(revision);
+        let page = match client.get(from.clone(), Some(options)).await {
+            Ok(page) => page,
+            Err(err) => {
+                println!("nodesim_rollout: live under /lockstep/: n/a ({err})");
+                return;
+            }
+        };
+        if revision == 0 {
+            revision = page.header().map_or(0, |h| h.revision());
+        }
+        for kv in page.kvs() {
+            keys += 1;
+            bytes += kv.key().len() + kv.value().len();
+            if kv.key().starts_with(b"/lockstep/v1/deployments/") {
+                deployments += 1;
+            }
+        }
+        match page.kvs().last() {
+            Some(last) if page.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => break,
+        }
+    }
+    println!(
+        "nodesim_rollout: live under /lockstep/: {keys} keys, {:.1} MB ({deployments} keys under deployments/)",
+        bytes as f64 / 1e6
+    );
+    client
+        .compact(
+            revision,
+            Some(etcd_client::CompactionOptions::new().with_physical()),
+        )
+        .await
+        .unwrap();
+    client.defragment().await.unwrap();
+    let status = client.status().await.unwrap();
+    println!(
+        "nodesim_rollout: etcd db after compaction and defragment: {:.1} MB",
+        status.db_size() as f64 / 1e6
+    );
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let clusters = flag("clusters", 3);
-    let max_unavailable = std::env::args()
-        .find_map(|a| a.strip_prefix("--max-unavailable=").map(str::to_owned))
-        .unwrap_or_else(|| "50%".to_owned());
+    let max_unavailable = text_flag("max-unavailable").unwrap_or_else(|| "50%".to_owned());
     let deployments = flag("deployments", 20).max(1);
     for hosts in sizes() {
         println!(
