@@ -137,28 +137,42 @@ impl Browser {
     /// The visible text of the first element `css` selects, or `None` when
     /// nothing matches.
     pub async fn text(&self, css: &str) -> Result<Option<String>, HarnessError> {
-        let client = self.client()?;
-        match client.find(Locator::Css(css)).await {
-            Ok(element) => element
-                .text()
-                .await
-                .map(Some)
-                .map_err(browser_error("cannot read an element's text")),
-            Err(e) if e.is_no_such_element() => Ok(None),
-            Err(e) => Err(browser_error("cannot look for an element")(e)),
-        }
+        self.read(
+            "const e = document.querySelector(arguments[0]); return e ? e.innerText : null;",
+            vec![css.into()],
+        )
+        .await
     }
 
     /// An attribute of the first element `css` selects.
     pub async fn attribute(&self, css: &str, name: &str) -> Result<Option<String>, HarnessError> {
-        let client = self.client()?;
-        match client.find(Locator::Css(css)).await {
-            Ok(element) => element
-                .attr(name)
-                .await
-                .map_err(browser_error("cannot read an attribute")),
-            Err(e) if e.is_no_such_element() => Ok(None),
-            Err(e) => Err(browser_error("cannot look for an element")(e)),
+        self.read(
+            "const e = document.querySelector(arguments[0]); return e ? e.getAttribute(arguments[1]) : null;",
+            vec![css.into(), name.into()],
+        )
+        .await
+    }
+
+    /// Finds and reads in one script, so the page cannot replace the
+    /// element in between: finding it by WebDriver and then reading it
+    /// failed as a stale element when the grid re-rendered on its poll
+    /// between the two (seen once in CI: "cannot read an element's text").
+    async fn read(
+        &self,
+        script: &str,
+        args: Vec<serde_json::Value>,
+    ) -> Result<Option<String>, HarnessError> {
+        let value = self
+            .client()?
+            .execute(script, args)
+            .await
+            .map_err(browser_error("cannot read the page"))?;
+        match value {
+            serde_json::Value::Null => Ok(None),
+            serde_json::Value::String(text) => Ok(Some(text)),
+            other => Err(HarnessError::Fixture(format!(
+                "reading the page gave {other} where text or null was expected"
+            ))),
         }
     }
 
