@@ -21,8 +21,8 @@ pub struct Args {
     pub all: bool,
 }
 
-/// Agents a page of ListAgents holds: about 0.5 MB at 10,000 hosts'
-/// worth of status, well inside gRPC's default 4 MiB message.
+/// Agents a page of ListAgents holds: about 0.5 MB (all 10,000 agents
+/// of a coordinator were 4.9 MB), well inside gRPC's default 4 MiB.
 const PAGE_SIZE: u32 = 1_000;
 /// Pages followed before giving up: a coordinator tracks at most 10,000
 /// agents (10 pages), so more means the pages do not end.
