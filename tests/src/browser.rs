@@ -178,30 +178,64 @@ impl Browser {
 
     /// Types `text` into the first element `css` selects.
     pub async fn type_into(&self, css: &str, text: &str) -> Result<(), HarnessError> {
-        self.client()?
-            .find(Locator::Css(css))
-            .await
-            .map_err(browser_error("cannot find the field to type into"))?
-            .send_keys(text)
-            .await
-            .map_err(browser_error("cannot type into a field"))
+        self.act_on(css, "cannot type into a field", |element| async move {
+            element.send_keys(text).await
+        })
+        .await
     }
 
     /// Clicks the first element `css` selects.
     pub async fn click(&self, css: &str) -> Result<(), HarnessError> {
-        self.client()?
-            .find(Locator::Css(css))
-            .await
-            .map_err(browser_error("cannot find the element to click"))?
-            .click()
-            .await
-            .map_err(browser_error("cannot click an element"))
+        self.act_on(css, "cannot click an element", |element| async move {
+            element.click().await
+        })
+        .await
+    }
+
+    /// Finds the element and acts on it, finding it again when the page
+    /// replaced it in between (a WebDriver action needs an element handle,
+    /// so find and act cannot be one script as reads are; a click failed
+    /// once in CI as a stale element when the history re-rendered).
+    async fn act_on<F, Fut>(
+        &self,
+        css: &str,
+        what: &'static str,
+        act: F,
+    ) -> Result<(), HarnessError>
+    where
+        F: Fn(fantoccini::elements::Element) -> Fut,
+        Fut: std::future::Future<Output = Result<(), fantoccini::error::CmdError>>,
+    {
+        const ATTEMPTS: usize = 5;
+        let mut attempt = 1;
+        loop {
+            let element = self
+                .client()?
+                .find(Locator::Css(css))
+                .await
+                .map_err(browser_error("cannot find the element to act on"))?;
+            match act(element).await {
+                Err(stale) if stale.is_stale_element_reference() && attempt < ATTEMPTS => {
+                    attempt += 1;
+                }
+                done => return done.map_err(browser_error(what)),
+            }
+        }
     }
 
     /// Runs `script` in the page and returns what it returns.
     pub async fn execute(&self, script: &str) -> Result<serde_json::Value, HarnessError> {
+        self.execute_with(script, Vec::new()).await
+    }
+
+    /// Runs `script` with `arguments` and returns what it returns.
+    pub async fn execute_with(
+        &self,
+        script: &str,
+        arguments: Vec<serde_json::Value>,
+    ) -> Result<serde_json::Value, HarnessError> {
         self.client()?
-            .execute(script, Vec::new())
+            .execute(script, arguments)
             .await
             .map_err(browser_error("cannot run a script in the page"))
     }

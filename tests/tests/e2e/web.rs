@@ -407,6 +407,48 @@ async fn the_web_view_shows_the_fleet_and_follows_deployments_live() {
     browser.close().await.unwrap();
 }
 
+/// Issue #17 item 5 (keyboard-usable actions), and the click that failed
+/// in CI as a stale element (stop 23): the page redrew the history's
+/// buttons on every poll, so a keyboard user's focus on one went back to
+/// the page's top every 2 s. The button keeps its focus through two polls.
+async fn keyboard_focus_survives_polls(browser: &Browser, button: &str) {
+    let focused = r#"const e = document.querySelector(arguments[0]);
+        if (!e) return "no such button";
+        e.focus();
+        return document.activeElement === e ? "focused" : "not focusable";"#;
+    let answer = browser
+        .execute_with(focused, vec![button.into()])
+        .await
+        .unwrap();
+    assert_eq!(answer, "focused", "{button}");
+    let mut seen = browser.text("#status").await.unwrap();
+    for poll in ["first", "second"] {
+        seen = wait_for(
+            &format!("the {poll} poll after focusing"),
+            DEADLINE,
+            || async {
+                let now = browser.text("#status").await.map_err(|e| e.to_string())?;
+                if now != seen {
+                    Ok(now)
+                } else {
+                    Err(format!("status still {seen:?}"))
+                }
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let still = browser
+        .execute("const a = document.activeElement; return a ? (a.getAttribute('aria-label') || a.tagName) : null;")
+        .await
+        .unwrap();
+    let label = still.as_str().unwrap_or_default();
+    assert!(
+        label.starts_with("manifest of"),
+        "the focus moved to {still} after two polls"
+    );
+}
+
 /// Issue #17 item 1: the history links each deployment to its release's
 /// manifest and to the diff from the release deployed before it; the
 /// diff is the one `lockstep release diff` prints.
@@ -426,6 +468,11 @@ async fn release_diff_in_history_and_cli(
     })
     .await
     .unwrap();
+    keyboard_focus_survives_polls(
+        browser,
+        &format!("{row} button[aria-label^=\"manifest of\"]"),
+    )
+    .await;
     browser
         .click(&format!("{row} button[aria-label^=\"manifest of\"]"))
         .await

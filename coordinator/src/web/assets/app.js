@@ -13,6 +13,7 @@ let followed = null; // { id, source, seen: Set of seqs }
 let slotHolders = new Set(); // hosts holding a disruption budget slot, from the last locks answer
 let clockSkewMs = 0; // the coordinator's clock minus this browser's
 let refreshSoon = null; // a poll scheduled after a timeline event
+let historyShown = null; // the history answer last drawn, as JSON
 
 // A DOM element with text children (never HTML: names come from the fleet).
 function el(tag, attrs, ...children) {
@@ -346,7 +347,14 @@ async function poll() {
       renderSummary(answer.current);
       follow(answer.current);
     }),
-    section("/api/history", renderHistory),
+    section("/api/history", (services) => {
+      // The history holds buttons: redrawn only when it changed, so a
+      // keyboard user's focus on one (and an open release list) survives.
+      const shown = JSON.stringify(services);
+      if (shown === historyShown) return;
+      historyShown = shown;
+      renderHistory(services);
+    }),
     section("/api/locks", renderLocks),
   ]);
   $("status").textContent = problems.length
