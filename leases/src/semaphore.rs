@@ -7,13 +7,20 @@
 //! /lockstep/v1/clusters/<c>/budget-queue/<name> waiters (lease-bound, FIFO by create revision)
 //! ```
 //!
-//! A waiter queues by creating its key. Only the first waiter may become a
-//! holder, in one transaction that deletes its queue key and creates its
-//! holder key. The first waiter watches the holders (and the policy); every
-//! other waiter watches only its predecessor in the queue, whose deletion
-//! (promotion, cancellation or death) is the only event that can move it
-//! forward. One release wakes one waiter: no thundering herd, and strict
-//! FIFO means no starvation.
+//! A waiter queues by creating its key. It may become a holder while the
+//! holders and the waiters ahead of it leave a slot for it too (with N
+//! free slots, the first N waiters), in one transaction that deletes its
+//! queue key and creates its holder key. The waiters of a batch thus take
+//! their slots at once: waiting for each predecessor's promotion made a
+//! batch of 50 a chain of 50 etcd round trips, seconds under load. The
+//! first waiter watches the holders (and the policy); every other waiter
+//! watches only its predecessor in the queue, whose deletion (promotion,
+//! cancellation or death) is what can move it forward. One release wakes
+//! one waiter: no thundering herd, and FIFO means no starvation.
+//!
+//! Counting holders and waiters ahead from one snapshot (one revision)
+//! keeps the bound: every holder counted the others as holders or as
+//! waiters ahead of it when it was promoted.
 //!
 //! Must never: let more than N holders exist, or leave a cancelled waiter's
 //! key in the queue (an abandoned key would block everyone behind it until
@@ -144,6 +151,14 @@ impl Drop for QueuedKey {
     }
 }
 
+/// Whether a waiter with `ahead` waiters before it in the queue may take
+/// a slot: the holders, the waiters ahead (each of which may take one
+/// first) and this waiter fit in the budget.
+fn may_take_slot(ahead: usize, holders: usize, max_disruptions: u32) -> bool {
+    let max = usize::try_from(max_disruptions).unwrap_or(usize::MAX);
+    holders.saturating_add(ahead) < max
+}
+
 struct Snapshot {
     revision: i64,
     queue: Vec<etcd_client::KeyValue>,
@@ -218,11 +233,17 @@ impl DisruptionBudget {
                 Compare::create_revision(queue_key.as_str(), CompareOp::Equal, 0),
                 Compare::create_revision(holder_key.as_str(), CompareOp::Equal, 0),
             ])
-            .and_then([TxnOp::put(
-                queue_key.as_str(),
-                value.clone(),
-                Some(lease.clone()),
-            )]);
+            // The first look at the queue comes with the enqueue: one
+            // round trip less for every slot taken.
+            .and_then(
+                std::iter::once(TxnOp::put(
+                    queue_key.as_str(),
+                    value.clone(),
+                    Some(lease.clone()),
+                ))
+                .chain(self.snapshot_reads())
+                .collect::<Vec<_>>(),
+            );
         let mut queued = QueuedKey {
             key: queue_key.clone(),
             lease: session.lease_id(),
@@ -241,10 +262,14 @@ impl DisruptionBudget {
             });
         }
         let my_revision = enqueued.header().map_or(0, |h| h.revision());
+        let mut looked = Some(self.parse_snapshot(enqueued)?);
 
         let wait = async {
             loop {
-                let snapshot = self.snapshot(&client).await?;
+                let snapshot = match looked.take() {
+                    Some(snapshot) => snapshot,
+                    None => self.snapshot(&client).await?,
+                };
                 let ahead: Vec<&etcd_client::KeyValue> = snapshot
                     .queue
                     .iter()
@@ -260,9 +285,11 @@ impl DisruptionBudget {
                         cluster: self.cluster.clone(),
                     });
                 }
-                let free = usize::try_from(snapshot.policy.max_disruptions).unwrap_or(usize::MAX)
-                    > snapshot.holders.len();
-                if ahead.is_empty() && free {
+                if may_take_slot(
+                    ahead.len(),
+                    snapshot.holders.len(),
+                    snapshot.policy.max_disruptions,
+                ) {
                     let promote = Txn::new()
                         .when([Compare::create_revision(
                             queue_key.as_str(),
@@ -435,17 +462,32 @@ impl DisruptionBudget {
 
     /// The queue, the holders and the policy at one revision.
     async fn snapshot(&self, client: &Etcd) -> Result<Snapshot, SemaphoreError> {
+        let txn = Txn::new().and_then(self.snapshot_reads().collect::<Vec<_>>());
+        let response = client.txn(txn).await.map_err(|source| self.etcd(source))?;
+        self.parse_snapshot(response)
+    }
+
+    /// The reads of a snapshot, in the order `parse_snapshot` takes them.
+    fn snapshot_reads(&self) -> impl Iterator<Item = TxnOp> {
         let by_create = || {
             GetOptions::new()
                 .with_prefix()
                 .with_sort(SortTarget::Create, SortOrder::Ascend)
         };
-        let txn = Txn::new().and_then([
+        [
             TxnOp::get(self.waiters.as_str(), Some(by_create())),
             TxnOp::get(self.holders.as_str(), Some(by_create())),
             TxnOp::get(self.policy.as_str(), None),
-        ]);
-        let response = client.txn(txn).await.map_err(|source| self.etcd(source))?;
+        ]
+        .into_iter()
+    }
+
+    /// A snapshot from a transaction whose reads are `snapshot_reads`
+    /// (after any writes, whose answers are skipped).
+    fn parse_snapshot(
+        &self,
+        response: etcd_client::TxnResponse,
+    ) -> Result<Snapshot, SemaphoreError> {
         let revision = response.header().map_or(0, |h| h.revision());
         let mut gets = response
             .op_responses()
@@ -525,5 +567,32 @@ impl std::fmt::Debug for SlotGuard {
             .field("key", &self.key)
             .field("create_revision", &self.create_revision)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_take_slot;
+
+    #[test]
+    fn with_free_slots_the_first_waiters_take_them_together() {
+        // 3 slots, 1 held: the first two waiters go, the third waits.
+        assert!(may_take_slot(0, 1, 3));
+        assert!(may_take_slot(1, 1, 3));
+        assert!(!may_take_slot(2, 1, 3));
+    }
+
+    #[test]
+    fn a_full_or_zero_budget_lets_nobody_in() {
+        assert!(!may_take_slot(0, 1, 1));
+        assert!(!may_take_slot(0, 0, 0));
+        // A budget shrunk below its holders lets nobody in either.
+        assert!(!may_take_slot(0, 5, 2));
+    }
+
+    #[test]
+    fn the_default_budget_is_one_at_a_time_in_order() {
+        assert!(may_take_slot(0, 0, super::DEFAULT_MAX_DISRUPTIONS));
+        assert!(!may_take_slot(1, 0, super::DEFAULT_MAX_DISRUPTIONS));
     }
 }

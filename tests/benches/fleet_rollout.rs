@@ -1,8 +1,19 @@
-//! Rollout wall time of a 30-agent fleet in 3 clusters against the
-//! theoretical minimum of the same plan: the sum over batches of start +
-//! readiness delay + `min_healthy_time`, plus the final `bake_time`. "Start" is measured in the same
-//! run: the median time from spawning the demo app by hand (no agent) to
-//! its READY=1 with no readiness delay. The ratio without it is printed too.
+//! Rollout wall time of a fleet in 3 clusters (30 agents unless told)
+//! against the theoretical minimum of the same plan: the sum over batches
+//! of start + readiness delay + the old release's stop + `min_healthy_time`,
+//! plus the final `bake_time`. A host counts as switched once its old
+//! instances are gone (they drain on the shared socket until then), so
+//! their stop is on the plan's path. "Start" and "stop" are measured in the
+//! same run on the demo app by hand (no agent): spawn to READY=1 with no
+//! readiness delay, and SIGTERM to exit; the medians. Ratios without them
+//! are printed too.
+//!
+//! Two rollouts are timed: **cold**, to a release no host has (each host
+//! fetches and unpacks it during the rollout, ahead of its batch when
+//! staging keeps up), and **warm**, back to the release every host still
+//! stores. On one machine every host's fetch shares its cores and disk, so
+//! the difference is this machine's staging throughput more than the
+//! product's.
 //!
 //! `cargo build --release --workspace --bins && cargo bench -p lockstep-tests --bench fleet_rollout [-- AGENTS READY_MS MIN_HEALTHY_MS BAKE_MS]`
 //! (the bench runs the binaries of its own profile; `--profile dev` with a
@@ -89,9 +100,13 @@ async fn main() {
     agents_known(&urls, agents).await.unwrap();
 
     let work = tempfile::tempdir().unwrap();
-    let v1 = DemoRelease::new("1.0.0", 1).build(work.path()).unwrap();
+    let config = format!("[faults]\nready_after_ms = {ready_ms}\n");
+    let v1 = DemoRelease::new("1.0.0", 1)
+        .with_config(&config)
+        .build(work.path())
+        .unwrap();
     let v2 = DemoRelease::new("2.0.0", 1)
-        .with_config(&format!("[faults]\nready_after_ms = {ready_ms}\n"))
+        .with_config(&config)
         .build(work.path())
         .unwrap();
     let strategy = work.path().join("strategy.toml");
@@ -108,29 +123,43 @@ async fn main() {
     }
     let (_, first) = deploy_and_wait(&etcd, &urls, &digests[0], &strategy).await;
     assert_eq!(first["state"], "succeeded", "{first}");
-    let (wall, r) = deploy_and_wait(&etcd, &urls, &digests[1], &strategy).await;
-    assert_eq!(r["state"], "succeeded", "{r}");
-    let batches = usize::try_from(r["batches"].as_u64().unwrap()).unwrap();
-    let start = tokio::task::spawn_blocking(move || app_start(work.path()))
+    let (cold, cold_record) = deploy_and_wait(&etcd, &urls, &digests[1], &strategy).await;
+    assert_eq!(cold_record["state"], "succeeded", "{cold_record}");
+    let (warm, warm_record) = deploy_and_wait(&etcd, &urls, &digests[0], &strategy).await;
+    assert_eq!(warm_record["state"], "succeeded", "{warm_record}");
+    let batches = u32::try_from(cold_record["batches"].as_u64().unwrap()).unwrap();
+    let app = tokio::task::spawn_blocking(move || app_start_and_stop(work.path()))
         .await
         .unwrap();
-    let per_batch = start + Duration::from_millis(ready_ms + min_healthy_ms);
+    let gates = Duration::from_millis(ready_ms + min_healthy_ms);
     let bake = Duration::from_millis(bake_ms);
-    let minimum = per_batch * u32::try_from(batches).unwrap() + bake;
-    let without_start =
-        Duration::from_millis(batches as u64 * (ready_ms + min_healthy_ms) + bake_ms);
+    let minimum = (app.start + gates + app.stop) * batches + bake;
+    let without_app = gates * batches + bake;
     println!(
-        "fleet_rollout: {agents} agents in 3 clusters, {batches} batches, app start {} ms (median of {START_SAMPLES}), readiness delay {ready_ms} ms, min_healthy_time {min_healthy_ms} ms, bake_time {bake_ms} ms",
-        start.as_millis()
+        "fleet_rollout: {agents} agents in 3 clusters, {batches} batches, app start {} ms and stop {} ms (medians of {APP_SAMPLES}), readiness delay {ready_ms} ms, min_healthy_time {min_healthy_ms} ms, bake_time {bake_ms} ms",
+        app.start.as_millis(),
+        app.stop.as_millis()
     );
     println!(
-        "fleet_rollout: wall {:.2} s, theoretical minimum {:.2} s, ratio {:.3} (against readiness + min_healthy_time alone: {:.3})",
-        wall.as_secs_f64(),
+        "fleet_rollout: theoretical minimum {:.2} s ({:.2} s without the app's start and stop)",
         minimum.as_secs_f64(),
-        wall.as_secs_f64() / minimum.as_secs_f64(),
-        wall.as_secs_f64() / without_start.as_secs_f64()
+        without_app.as_secs_f64()
     );
-    timeline(&etcd, &r).await;
+    for (name, wall) in [
+        ("cold (staging inside the rollout)", cold),
+        ("warm (every host stores the release)", warm),
+    ] {
+        println!(
+            "fleet_rollout: {name}: wall {:.2} s, ratio {:.3} (without the app's start and stop: {:.3})",
+            wall.as_secs_f64(),
+            wall.as_secs_f64() / minimum.as_secs_f64(),
+            wall.as_secs_f64() / without_app.as_secs_f64()
+        );
+    }
+    println!("cold rollout:");
+    timeline(&etcd, &cold_record).await;
+    println!("warm rollout:");
+    timeline(&etcd, &warm_record).await;
     drop(fleet);
 }
 
@@ -164,15 +193,22 @@ async fn timeline(etcd: &EtcdCluster, record: &serde_json::Value) {
     }
 }
 
-const START_SAMPLES: usize = 11;
+const APP_SAMPLES: usize = 11;
 
-/// The demo app's own start: spawn (no agent, no shim) to READY=1 on a
-/// notify socket held here, with no readiness delay; the median.
-fn app_start(dir: &Path) -> Duration {
+/// The demo app's own start and stop, as medians.
+struct AppTimes {
+    start: Duration,
+    stop: Duration,
+}
+
+/// The demo app by hand (no agent, no shim): spawn to READY=1 on a notify
+/// socket held here, with no readiness delay, then SIGTERM to its exit
+/// (its drain of connections accepted just before the signal).
+fn app_start_and_stop(dir: &Path) -> AppTimes {
     let app = lockstep_tests::workspace_bin("demo-app").unwrap();
     let config = dir.join("start-config.toml");
     std::fs::write(&config, "version = \"start\"\n").unwrap();
-    let mut samples: Vec<Duration> = (0..START_SAMPLES)
+    let (mut starts, mut stops): (Vec<Duration>, Vec<Duration>) = (0..APP_SAMPLES)
         .map(|i| {
             let path = dir.join(format!("start-{i}.notify"));
             let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
@@ -198,12 +234,18 @@ fn app_start(dir: &Path) -> Duration {
                     break;
                 }
             }
-            let took = began.elapsed();
-            child.kill().unwrap();
+            let start = began.elapsed();
+            let stopping = Instant::now();
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
             child.wait().unwrap();
-            took
+            (start, stopping.elapsed())
         })
-        .collect();
-    samples.sort();
-    samples[START_SAMPLES / 2]
+        .unzip();
+    starts.sort();
+    stops.sort();
+    AppTimes {
+        start: starts[APP_SAMPLES / 2],
+        stop: stops[APP_SAMPLES / 2],
+    }
 }

@@ -208,3 +208,57 @@ async fn a_dropped_waiter_leaves_the_queue() {
     .await
     .unwrap();
 }
+
+/// Issue #15 (300 real agents, ratio 2.97): a batch's agents took their
+/// slots one after another, each waiting for the one ahead of it to be
+/// promoted, so a batch of 50 was a chain of 50 etcd round trips. Here the
+/// waiter ahead never promotes (its agent stalled after queueing; its lease
+/// is alive): with slots free, the one behind it takes a slot anyway, and
+/// the bound holds for the one after.
+#[tokio::test]
+async fn with_slots_free_a_waiter_does_not_wait_for_the_one_ahead_of_it() {
+    let etcd = EtcdCluster::single().await.unwrap();
+    let budget = DisruptionBudget::new("us-1");
+    let client = crate::client(&etcd).await;
+    budget
+        .set_policy(&client, BudgetPolicy { max_disruptions: 2 })
+        .await
+        .unwrap();
+    let mut raw = etcd.client().await.unwrap();
+    let lease = raw.lease_grant(60, None).await.unwrap().id();
+    let stalled = serde_json::json!({
+        "holder": leases::Holder::current(),
+        "purpose": "apply (stalled after queueing)",
+        "since_unix_ms": 0,
+    });
+    raw.put(
+        format!("{}stalled", leases::keys::budget_waiters("us-1")),
+        stalled.to_string(),
+        Some(etcd_client::PutOptions::new().with_lease(lease)),
+    )
+    .await
+    .unwrap();
+
+    let second = session(&etcd, 10).await;
+    let _slot = budget
+        .acquire(&second, "host-b/web", "apply web", DEADLINE)
+        .await
+        .unwrap();
+    // The stalled waiter may still take the other slot: nobody else may.
+    let third = session(&etcd, 10).await;
+    let err = budget
+        .acquire(
+            &third,
+            "host-c/web",
+            "apply web",
+            Duration::from_millis(500),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SemaphoreError::TimedOut { .. }), "{err}");
+    let holders = budget.holders(&client).await.unwrap();
+    assert_eq!(
+        holders.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(),
+        ["host-b/web"]
+    );
+}
