@@ -460,13 +460,14 @@ async fn run(hosts: usize, clusters: usize, deployments: usize, max_unavailable:
 async fn live_footprint(etcd: &EtcdCluster) {
     let mut client = etcd.client().await.unwrap();
     // In pages: at 10,000 hosts the whole prefix is about 19 MB, over
-    // the client's 4 MiB answer limit.
+    // the client's 4 MiB answer limit, and 500 keys (snapshot chunks of up
+    // to 64 KiB among them) made one page of 4.5 MB: 50 stay under it.
     let (mut keys, mut bytes, mut deployments, mut revision) = (0, 0, 0, 0);
     let mut from = b"/lockstep/".to_vec();
     loop {
         let options = etcd_client::GetOptions::new()
             .with_range("/lockstep0")
-            .with_limit(500)
+            .with_limit(50)
             .with_revision(revision);
         let page = match client.get(from.clone(), Some(options)).await {
             Ok(page) => page,
