@@ -272,6 +272,23 @@ impl Journal {
         Ok(())
     }
 
+    /// Completes a finished deployment still marked active (its leader
+    /// stopped between the finishing step's commit and its further pages):
+    /// the missing pages, the last clearing the marker.
+    pub async fn finish_pages(
+        &self,
+        page_fences: &[Compare],
+        id: &str,
+        service: &str,
+        events: &[EventRecord],
+    ) -> Result<(), JournalError> {
+        let txns = step_log::finish_pages(id, service, events).map_err(|source| bad(id, source))?;
+        for txn in &txns {
+            self.commit(id, page_fences, txn, None).await?;
+        }
+        Ok(())
+    }
+
     /// Carries out one planned transaction under `fences`, retrying until
     /// it lands, is fenced or the write deadline passes.
     async fn commit(

@@ -460,7 +460,8 @@ impl Coordinator {
             Err(err) => return (id, DriverExit::Interrupted(err)),
         };
         if record.state.is_terminal() {
-            return (id, DriverExit::Finished);
+            let exit = self.finish_journal(&leading, &record.service, &id).await;
+            return (id, exit);
         }
         // The old leader's lock goes with its lease: wait up to two TTLs.
         let wait = self.config.lease_ttl.as_duration() * 2;
@@ -511,6 +512,39 @@ impl Coordinator {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(id.clone(), tx);
         (id, driver.run(first, rx).await)
+    }
+
+    /// A finished deployment still marked active: its leader stopped
+    /// between the finishing step's commit and its further pages. Writes
+    /// them, clearing the marker with the last; a failure is retried as
+    /// any interrupted resume is.
+    async fn finish_journal(&self, leading: &Leading, service: &str, id: &str) -> DriverExit {
+        match self.journal.active_of(service).await {
+            Ok(Some(active)) if active == id => {}
+            Ok(_) => return DriverExit::Finished,
+            Err(err) => return DriverExit::Interrupted(err),
+        }
+        // A record pruned meanwhile has no events left to write: the
+        // marker alone is cleared, or it would refuse every deployment.
+        let events = match self.journal.load(id).await {
+            Ok(loaded) => loaded.map(|l| l.last_events).unwrap_or_default(),
+            Err(err) => return DriverExit::Interrupted(err),
+        };
+        let fences = [leading.ctx.leader_fence.clone()];
+        match self
+            .journal
+            .finish_pages(&fences, id, service, &events)
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(
+                    deployment = id,
+                    "a finished deployment's last events written and its active marker cleared"
+                );
+                DriverExit::Finished
+            }
+            Err(err) => DriverExit::Interrupted(err),
+        }
     }
 
     /// Builds the plan of deploying `digest` to `service` with `strategy_toml`;

@@ -9,8 +9,8 @@
 //! deployments/<id>/steps/<n>              StepEntry n: the engine's input and the driver's notes, written once
 //! deployment-events/<id>/<first seq>      a page of one step's events (≤ 60 KiB, ≤ 512 events)
 //!
-//! step:     [fences, steps/<n> absent, active = id]  put header, put steps/<n>, put first page  (+ finish: active, history, lock)
-//!           then each further page of that step       [leadership, page absent]  put page
+//! step:     [fences, steps/<n> absent, active = id]  put header, put steps/<n>, put first page  (+ finish: history, lock; active unless further pages)
+//!           then each further page of that step       [leadership, page absent]  put page  (finishing, the last: [active = id] delete active)
 //! snapshot: each chunk                                [fences]  put chunk
 //!           then the switch                           [fences, active = id]  put header, delete older generations and the steps they cover
 //! resume:   header → chunks of its generation → replay steps first_step..next_step through `advance`
@@ -545,14 +545,31 @@ pub fn plan_step(
     if let Some((key, page)) = pages.next() {
         commit.ops.push(Op::Put(key, page));
     }
+    let mut further: Vec<TxnPlan> = pages.map(|(k, v)| page_txn(k, v)).collect();
     if finish {
-        commit.ops.push(Op::Delete(active));
         let key = keys::history(&record.service, record.finished_unix_ms, &record.id);
         commit
             .ops
             .push(Op::Put(key, serde_json::to_vec(&record.summary())?));
+        // The marker goes with the step's last page: a leader stopped
+        // between the commit and its further pages leaves the deployment
+        // active, so the next one finds it and writes them (`finish_pages`).
+        // Cleared by the commit, nobody would: its events would stay lost.
+        match further.last_mut() {
+            Some(last) => clear_active(last, &record.service, &record.id),
+            None => commit.ops.push(Op::Delete(active)),
+        }
     }
-    Ok((commit, pages.map(|(k, v)| page_txn(k, v)).collect()))
+    Ok((commit, further))
+}
+
+/// Adds the clearing of `service`'s active marker, while it names `id`, to
+/// a finishing step's last transaction.
+fn clear_active(txn: &mut TxnPlan, service: &str, id: &str) {
+    let active = keys::active(service);
+    txn.guards
+        .push(Guard::ValueIs(active.clone(), id.as_bytes().to_vec()));
+    txn.ops.push(Op::Delete(active));
 }
 
 /// A further page of a committed step: written once, by whoever gets
@@ -575,6 +592,26 @@ pub fn further_pages(id: &str, events: &[EventRecord]) -> Result<Vec<TxnPlan>, s
         .skip(1)
         .map(|(k, v)| page_txn(k, v))
         .collect())
+}
+
+/// What a finished deployment still marked active lacks: its finishing
+/// step's further pages, the last clearing the marker (a lone clearing
+/// when every page is there).
+pub fn finish_pages(
+    id: &str,
+    service: &str,
+    events: &[EventRecord],
+) -> Result<Vec<TxnPlan>, serde_json::Error> {
+    let mut pages = further_pages(id, events)?;
+    match pages.last_mut() {
+        Some(last) => clear_active(last, service, id),
+        None => {
+            let mut clear = TxnPlan::new(Vec::new(), Vec::new());
+            clear_active(&mut clear, service, id);
+            pages.push(clear);
+        }
+    }
+    Ok(pages)
 }
 
 /// Whether the steps since the snapshot outweigh it: then a new one keeps
@@ -1064,6 +1101,99 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A step that finishes the deployment with events over several pages
+    /// (failure reasons with their log tails) and the marker of `service`
+    /// being active, as etcd holds them after its commit alone.
+    fn finished_after_its_commit_alone() -> (DeploymentRecord, Kv, Vec<EventRecord>, Vec<TxnPlan>) {
+        let sc = Scenario::single_batch(3, 7);
+        let report = run_scenario_recorded(&sc).unwrap();
+        let mut record = record_for(sc.plan.clone());
+        let mut kv = Kv::default();
+        let (chunks, create) = plan_create(&mut record).unwrap();
+        chunks.iter().chain([&create]).for_each(|t| kv.apply(t));
+        for (now, event) in &report.inputs {
+            let at = i64::try_from(now.0).unwrap();
+            let mut probe = record.clone();
+            let plain = StepEntry::new(at, Some(event.clone()), driver_notes(event), None);
+            let finishing = probe.advance(&plain).finish;
+            let mut notes = driver_notes(event);
+            if finishing {
+                notes.extend((0..40).map(|i| {
+                    Happening::new(
+                        EventKind::InstanceFailed,
+                        &format!("host-{i}"),
+                        "log ".repeat(1_000),
+                    )
+                }));
+            }
+            let entry = StepEntry::new(at, Some(event.clone()), notes, None);
+            let advanced = record.advance(&entry);
+            let (commit, pages) =
+                plan_step(&mut record, &entry, &advanced.events, advanced.finish).unwrap();
+            kv.apply(&commit);
+            if advanced.finish {
+                return (record, kv, advanced.events, pages);
+            }
+            pages.iter().for_each(|t| kv.apply(t));
+        }
+        panic!("the scenario never finished");
+    }
+
+    /// A leader stopped between a finishing step's commit and its further
+    /// pages: before, the commit cleared the active marker, so no leader
+    /// resumed the deployment and its last events (why it failed) stayed
+    /// lost. Now the marker goes with the last page, guarded by naming
+    /// this deployment, and `finish_pages` writes the rest and clears it.
+    #[test]
+    fn a_finishing_step_over_several_pages_clears_the_marker_with_its_last_page() {
+        let (record, mut kv, events, pages) = finished_after_its_commit_alone();
+        let active = keys::active(&record.service);
+        assert!(pages.len() >= 2, "{} further pages", pages.len());
+        assert_eq!(kv.0.get(&active), Some(&ID.as_bytes().to_vec()));
+        let clears = |t: &TxnPlan| t.ops.contains(&Op::Delete(active.clone()));
+        assert!(pages[..pages.len() - 1].iter().all(|t| !clears(t)));
+        let last = pages.last().unwrap();
+        assert!(clears(last));
+        assert!(
+            last.guards
+                .contains(&Guard::ValueIs(active.clone(), ID.as_bytes().to_vec()))
+        );
+        // The next leader's completion: the same pages, the same clearing.
+        let completion = finish_pages(ID, &record.service, &events).unwrap();
+        assert_eq!(completion, pages);
+        completion.iter().for_each(|t| kv.apply(t));
+        assert_eq!(kv.0.get(&active), None);
+        let stored = kv.events();
+        assert_eq!(stored.last(), events.last());
+        assert_eq!(stored.len() as u64, record.next_seq - 1);
+    }
+
+    /// A finishing step within one page clears the marker in its commit;
+    /// with nothing left to write, a completion only clears the marker.
+    #[test]
+    fn a_finishing_step_of_one_page_clears_the_marker_in_its_commit() {
+        let sc = Scenario::single_batch(3, 7);
+        let report = run_scenario_recorded(&sc).unwrap();
+        let mut record = record_for(sc.plan.clone());
+        let (mut kv, mut tally) = (Kv::default(), Tally::default());
+        drive(
+            &mut record,
+            &report.inputs,
+            false,
+            &mut kv,
+            &mut tally,
+            |_, _, _| {},
+        );
+        assert!(record.state.is_terminal(), "{:?}", record.state);
+        assert_eq!(kv.0.get(&keys::active(&record.service)), None);
+        let alone = finish_pages(ID, &record.service, &[]).unwrap();
+        assert_eq!(alone.len(), 1);
+        assert_eq!(
+            alone[0].ops,
+            vec![Op::Delete(keys::active(&record.service))]
+        );
     }
 
     /// Pages split at the byte and count bounds, in seq order; a format-1

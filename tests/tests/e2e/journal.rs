@@ -5,14 +5,18 @@
 //! event readers page through it; a format-1 record still loads.
 
 use coordinator::journal::Journal;
-use coordinator::record::{DeploymentKind, DeploymentRecord, DeploymentState, RECORD_FORMAT};
+use coordinator::record::{
+    DeploymentKind, DeploymentRecord, DeploymentState, EventKind, Happening, RECORD_FORMAT,
+};
 use coordinator::step_log::{StepEntry, driver_notes, snapshot_due};
 use etcd_client::{Compare, CompareOp};
-use lockstep_tests::EtcdCluster;
+use lockstep_tests::{CoordinatorFixture, EtcdCluster, wait_for};
 use rollout::sim::{Scenario, run_scenario_recorded};
 use rollout::{DeploymentId, Engine, Event, FencingToken};
 
 const ID: &str = "web-1796500000000";
+/// Generous: a coordinator's election and resume on a loaded machine.
+const DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn record_for(sc: &Scenario) -> DeploymentRecord {
     let plan = &sc.plan;
@@ -210,4 +214,96 @@ async fn a_format_1_record_in_etcd_loads_and_moves_to_format_2() {
     let again = journal.load(id).await.unwrap().unwrap().record;
     assert_eq!(json(&again), json(&record));
     assert_eq!(again.reason, "JIRA-2");
+}
+
+/// #15 (the finishing step's further pages, noticed in stops 23 and 24):
+/// a leader that stops between a finishing step's commit and its further
+/// pages (here its leadership is gone by the time it writes them) left
+/// the deployment finished without its last events, the reasons it
+/// failed among them, and no leader ever wrote them: the commit had
+/// cleared the active marker, so nobody resumed it. Now the marker goes
+/// with the last page; a real coordinator taking over finds the
+/// deployment still active, writes the missing pages and clears it.
+#[tokio::test]
+async fn a_finished_deployments_last_events_are_written_by_the_next_leader() {
+    let etcd = EtcdCluster::single().await.unwrap();
+    let mut raw = etcd.client().await.unwrap();
+    let fences = vec![
+        fence(&mut raw, "/test/leader").await,
+        fence(&mut raw, "/test/lock").await,
+    ];
+    let pages = vec![fences[0].clone()];
+    // The leadership gone between the commit and its pages.
+    let gone = vec![Compare::create_revision(
+        "/test/leader-gone",
+        CompareOp::Equal,
+        1,
+    )];
+    let journal = Journal::new(crate::failover_client(&etcd).await);
+    let sc = Scenario::single_batch(3, 7);
+    let report = run_scenario_recorded(&sc).unwrap();
+    let mut live = record_for(&sc);
+    journal.create(&fences, &mut live).await.unwrap();
+    let mut last = Vec::new();
+    for (now, event) in &report.inputs {
+        let at = i64::try_from(now.0).unwrap() + live.created_unix_ms;
+        let mut probe = live.clone();
+        let plain = StepEntry::new(at, Some(event.clone()), driver_notes(event), None);
+        let finishing = probe.advance(&plain).finish;
+        let mut notes = driver_notes(event);
+        if finishing {
+            // Failure reasons with their log tails: several pages.
+            notes.extend((0..40).map(|i| {
+                Happening::new(
+                    EventKind::InstanceFailed,
+                    &format!("host-{i}"),
+                    "last log line ".repeat(280),
+                )
+            }));
+        }
+        let entry = StepEntry::new(at, Some(event.clone()), notes, None);
+        let advanced = live.advance(&entry);
+        let written = journal
+            .append(
+                &fences,
+                if finishing { &gone } else { &pages },
+                &mut live,
+                (&entry, &advanced.events),
+                advanced.finish,
+                None,
+            )
+            .await;
+        if finishing {
+            assert!(written.is_err(), "the pages were written: {written:?}");
+            last = advanced.events;
+            break;
+        }
+        written.unwrap();
+    }
+    assert!(live.state.is_terminal(), "{:?}", live.state);
+    let (before, _) = journal.events(ID, 1).await.unwrap();
+    assert!(
+        (before.len() as u64) < live.next_seq - 1,
+        "pages are missing"
+    );
+
+    let _coordinator = CoordinatorFixture::start(&etcd.endpoints(), 3)
+        .await
+        .unwrap();
+    let events = wait_for("the next leader to complete the journal", DEADLINE, || {
+        let journal = &journal;
+        async move {
+            let active = journal.active_of("web").await.map_err(|e| e.to_string())?;
+            let (events, _) = journal.events(ID, 1).await.map_err(|e| e.to_string())?;
+            match active {
+                None => Ok(events),
+                Some(id) => Err(format!("{id} still active; {} events", events.len())),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(events.len() as u64, live.next_seq - 1);
+    assert!(events.iter().zip(1..).all(|(e, seq)| e.seq == seq));
+    assert_eq!(events[events.len() - last.len()..], last[..]);
 }
