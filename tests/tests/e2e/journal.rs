@@ -55,6 +55,17 @@ async fn fence(client: &mut etcd_client::Client, key: &str) -> Compare {
     Compare::create_revision(key, CompareOp::Equal, revision)
 }
 
+/// A step's fences (leadership and lock) and its further pages' (the
+/// leadership only), as a leading driver's.
+async fn leader_and_lock(client: &mut etcd_client::Client) -> (Vec<Compare>, Vec<Compare>) {
+    let fences = vec![
+        fence(client, "/test/leader").await,
+        fence(client, "/test/lock").await,
+    ];
+    let pages = vec![fences[0].clone()];
+    (fences, pages)
+}
+
 fn json(record: &DeploymentRecord) -> Vec<u8> {
     serde_json::to_vec(record).unwrap()
 }
@@ -71,11 +82,7 @@ fn json(record: &DeploymentRecord) -> Vec<u8> {
 async fn a_10000_instance_deployment_is_journalled_within_etcds_limits_and_resumes_exactly() {
     let etcd = EtcdCluster::single().await.unwrap();
     let mut raw = etcd.client().await.unwrap();
-    let fences = vec![
-        fence(&mut raw, "/test/leader").await,
-        fence(&mut raw, "/test/lock").await,
-    ];
-    let pages = vec![fences[0].clone()];
+    let (fences, pages) = leader_and_lock(&mut raw).await;
     let journal = Journal::new(crate::failover_client(&etcd).await);
     let sc = Scenario::single_batch(10_000, 7);
     let report = run_scenario_recorded(&sc).unwrap();
@@ -228,11 +235,7 @@ async fn a_format_1_record_in_etcd_loads_and_moves_to_format_2() {
 async fn a_finished_deployments_last_events_are_written_by_the_next_leader() {
     let etcd = EtcdCluster::single().await.unwrap();
     let mut raw = etcd.client().await.unwrap();
-    let fences = vec![
-        fence(&mut raw, "/test/leader").await,
-        fence(&mut raw, "/test/lock").await,
-    ];
-    let pages = vec![fences[0].clone()];
+    let (fences, pages) = leader_and_lock(&mut raw).await;
     // The leadership gone between the commit and its pages.
     let gone = vec![Compare::create_revision(
         "/test/leader-gone",
