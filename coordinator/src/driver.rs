@@ -40,6 +40,7 @@ use crate::fleet::{Changed, FleetView, names};
 use crate::health::{HealthBaseline, health_change};
 use crate::journal::{Journal, JournalError, Loaded};
 use crate::record::{DeploymentKind, DeploymentRecord, EventKind, EventRecord, Happening};
+use crate::staging::{StageOrder, StageTarget, Staging};
 use crate::step_log::{StepEntry, driver_notes, snapshot_due};
 use crate::telemetry::{ActiveDeployment, CoordinatorMetrics, RollbackReason};
 
@@ -49,9 +50,6 @@ const UNREACHABLE_AFTER: Duration = Duration::from_secs(10);
 const APPLY_RETRY: Duration = Duration::from_millis(500);
 /// An Apply may include fetching the bundle: allow for it.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(300);
-/// Agents fetching the target ahead of their batch at once, so staging
-/// never starves the batch being applied of the coordinator's bandwidth.
-const STAGE_CONCURRENCY: usize = 4;
 
 /// What the leader needs to run drivers.
 #[derive(Debug)]
@@ -143,11 +141,10 @@ pub struct Driver {
     analyses: JoinSet<(AnalysisRunId, AnalysisVerdict)>,
     applies: JoinSet<(InstanceId, ApplyId, ApplyResult)>,
     retries: JoinSet<(InstanceId, ApplyId)>,
-    /// Fetches of the target by agents ahead of their batch (best effort).
-    staging: JoinSet<()>,
-    /// Staging has begun (once the first apply was accepted, so the first
-    /// batch's own download does not share the coordinator with it).
-    staged: bool,
+    /// Fetches of the target by agents ahead of their batch (best effort),
+    /// begun once the first apply was accepted, so the first batch's own
+    /// download does not share the coordinator with it.
+    staging: Option<Staging>,
     /// This deployment in `lockstep_deployments_active` while `run` runs.
     active: Option<ActiveDeployment>,
     /// When each batch in flight (wave, batch, pass) sent its applies, for
@@ -181,8 +178,7 @@ impl Driver {
             analyses: JoinSet::new(),
             applies: JoinSet::new(),
             retries: JoinSet::new(),
-            staging: JoinSet::new(),
-            staged: false,
+            staging: None,
             active: None,
             batches: Vec::new(),
             unsettled: None,
@@ -756,6 +752,9 @@ impl Driver {
                     ..
                 } => {
                     self.baselines.remove(&instance);
+                    if let Some(staging) = &self.staging {
+                        staging.applied(&instance);
+                    }
                     self.pending.insert(
                         instance.clone(),
                         Pending {
@@ -875,63 +874,50 @@ impl Driver {
     }
 
     /// Asks every planned agent that lacks the target, in rollout order, to
-    /// fetch it now, so that its Apply is a switch and not a download. Once
-    /// per driver. Only
-    /// an optimisation: the engine never hears of it, and an Apply fetches
-    /// whatever staging did not.
+    /// fetch it now, so that its Apply is a switch and not a download
+    /// (`staging.rs`, paced by the applies). Once per driver.
     fn stage_ahead(&mut self) {
-        if std::mem::replace(&mut self.staged, true) {
+        if self.staging.is_some() {
             return;
         }
         let plan = self.record.engine.plan();
         let target = plan.target;
         let service = self.record.service.clone();
-        let permits = Arc::new(tokio::sync::Semaphore::new(STAGE_CONCURRENCY));
         let order = plan
             .waves
             .iter()
             .flat_map(|w| w.batches.iter().flatten())
-            .filter_map(|&i| plan.instances.get(i).map(|p| p.id.clone()))
-            .collect::<Vec<_>>();
-        for instance in order {
+            .filter_map(|&i| plan.instances.get(i).map(|p| p.id.clone()));
+        let mut positions = HashMap::new();
+        let mut targets = Vec::new();
+        for (position, instance) in order.enumerate() {
+            positions.insert(instance.clone(), position);
             let status = self.ctx.fleet.service(instance.as_str(), &service);
             let current = status.as_ref().and_then(|s| s.current.as_ref());
             if self.pending.contains_key(&instance) || names(current, &target) {
                 continue;
             }
-            let Some(address) = self.ctx.fleet.address(instance.as_str()) else {
-                continue;
-            };
-            let mut request = tonic::Request::new(pb::StageRequest {
-                service: service.clone(),
-                release_digest: target.to_string(),
-                fencing_token: self.record.engine.token().0,
-            });
-            request.set_timeout(APPLY_TIMEOUT);
-            let permits = permits.clone();
-            let deployment = self.record.id.clone();
-            let ctx = self.ctx.clone();
-            self.staging.spawn(async move {
-                let Ok(_permit) = permits.acquire_owned().await else {
-                    return;
-                };
-                // Dialled only now: dialled up front, every host's
-                // channel was held while it waited for a permit, so the
-                // dialer's bound (MAX_CHANNELS) bounded nothing.
-                let mut client = match ctx.agents.client(&address) {
-                    Ok(client) => client,
-                    Err(error) => {
-                        tracing::debug!(deployment, instance = %instance, error, "cannot stage the target");
-                        return;
-                    }
-                };
-                let outcome = match client.stage(request).await {
-                    Ok(response) => response.into_inner().verdict.map(|v| v.message),
-                    Err(status) => Some(status.message().to_owned()),
-                };
-                tracing::debug!(deployment, instance = %instance, outcome, "staged the target");
-            });
+            if let Some(address) = self.ctx.fleet.address(instance.as_str()) {
+                targets.push(StageTarget {
+                    position,
+                    instance,
+                    address,
+                });
+            }
         }
+        let order = StageOrder {
+            deployment: self.record.id.clone(),
+            service,
+            release_digest: target.to_string(),
+            fencing_token: self.record.engine.token().0,
+        };
+        self.staging = Some(Staging::start(
+            self.ctx.clone(),
+            order,
+            positions,
+            targets,
+            self.pending.keys(),
+        ));
     }
 
     /// Whether an apply of `release` is carried out as a restart: a

@@ -35,6 +35,7 @@ pub mod release_diff;
 pub mod release_read;
 pub mod roles;
 pub mod service;
+pub mod staging;
 pub mod step_log;
 pub mod telemetry;
 pub mod web;
