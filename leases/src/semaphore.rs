@@ -75,12 +75,15 @@ pub enum SemaphoreError {
     #[error("{name} already holds or waits for a slot in cluster {cluster}'s disruption budget")]
     AlreadyQueued { cluster: String, name: String },
     #[error(
-        "no free slot in cluster {cluster}'s disruption budget after {waited:?}; held by: {holders}"
+        "no free slot in cluster {cluster}'s disruption budget after {waited:?}; held by: {holders}; waiting ahead: {ahead}"
     )]
     TimedOut {
         cluster: String,
         waited: Duration,
         holders: String,
+        /// The waiters served first: a stalled one holds back those behind
+        /// it while slots are free.
+        ahead: String,
     },
     #[error("lost the etcd session while waiting for a slot in cluster {cluster}")]
     SessionLost { cluster: String },
@@ -372,11 +375,10 @@ impl DisruptionBudget {
         let result = tokio::select! {
             result = wait => result,
             _ = session.lost() => Err(SemaphoreError::SessionLost { cluster: self.cluster.clone() }),
-            () = tokio::time::sleep(timeout) => Err(SemaphoreError::TimedOut {
-                cluster: self.cluster.clone(),
-                waited: timeout,
-                holders: self.describe_holders(session.client()).await,
-            }),
+            () = tokio::time::sleep(timeout) => {
+                let (holders, ahead) = self.blockers(session.client(), name).await;
+                Err(SemaphoreError::TimedOut { cluster: self.cluster.clone(), waited: timeout, holders, ahead })
+            }
         };
         // From here the outcome is known: success consumed the queue key in
         // the promotion, failure removes it below, awaited.
@@ -397,16 +399,23 @@ impl DisruptionBudget {
         self.list(client, &self.waiters).await
     }
 
-    async fn describe_holders(&self, client: &Etcd) -> String {
-        match self.holders(client).await {
-            Ok(holders) if holders.is_empty() => "nobody (the budget may be 0)".to_owned(),
-            Ok(holders) => holders
-                .iter()
-                .map(|h| format!("{} ({}, {})", h.name, h.holder, h.purpose))
+    /// Who kept `name` from a slot: the holders, and the waiters ahead
+    /// of it, each described for the timeout's message.
+    async fn blockers(&self, client: &Etcd, name: &str) -> (String, String) {
+        let holders = self.holders(client).await;
+        let ahead = self.waiters(client).await.map(|waiters| {
+            waiters
+                .into_iter()
+                .take_while(|w| w.name != name)
                 .collect::<Vec<_>>()
-                .join(", "),
-            Err(err) => format!("unknown ({err})"),
+        });
+        if let (Ok([]), Ok([])) = (holders.as_deref(), ahead.as_deref()) {
+            return (
+                "nobody (the budget may be 0)".to_owned(),
+                "nobody".to_owned(),
+            );
         }
+        (describe(holders), describe(ahead))
     }
 
     async fn list(&self, client: &Etcd, prefix: &str) -> Result<Vec<SlotInfo>, SemaphoreError> {
@@ -567,6 +576,18 @@ impl std::fmt::Debug for SlotGuard {
             .field("key", &self.key)
             .field("create_revision", &self.create_revision)
             .finish_non_exhaustive()
+    }
+}
+
+fn describe(slots: Result<Vec<SlotInfo>, SemaphoreError>) -> String {
+    match slots {
+        Ok(slots) if slots.is_empty() => "nobody".to_owned(),
+        Ok(slots) => slots
+            .iter()
+            .map(|s| format!("{} ({}, {})", s.name, s.holder, s.purpose))
+            .collect::<Vec<_>>()
+            .join(", "),
+        Err(err) => format!("unknown ({err})"),
     }
 }
 

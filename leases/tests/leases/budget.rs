@@ -262,3 +262,44 @@ async fn with_slots_free_a_waiter_does_not_wait_for_the_one_ahead_of_it() {
         ["host-b/web"]
     );
 }
+
+/// Noticed in the #15 stop (closing note, "noticed, not fixed"): a waiter
+/// that timed out behind a stalled waiter, with the budget's slot free,
+/// was told "held by: nobody (the budget may be 0)", which sends an
+/// operator looking at the policy instead of at the host that is stuck.
+/// The error names the waiters ahead too.
+#[tokio::test]
+async fn a_waiter_timing_out_behind_a_stalled_one_names_it() {
+    let etcd = EtcdCluster::single().await.unwrap();
+    let budget = DisruptionBudget::new("us-2");
+    let mut raw = etcd.client().await.unwrap();
+    let lease = raw.lease_grant(60, None).await.unwrap().id();
+    let stalled = serde_json::json!({
+        "holder": leases::Holder::current(),
+        "purpose": "apply (stalled after queueing)",
+        "since_unix_ms": 0,
+    });
+    raw.put(
+        format!("{}host-a%2Fweb", leases::keys::budget_waiters("us-2")),
+        stalled.to_string(),
+        Some(etcd_client::PutOptions::new().with_lease(lease)),
+    )
+    .await
+    .unwrap();
+
+    let behind = session(&etcd, 10).await;
+    let err = budget
+        .acquire(
+            &behind,
+            "host-b/web",
+            "apply web",
+            Duration::from_millis(500),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SemaphoreError::TimedOut { .. }), "{err}");
+    let message = err.to_string();
+    assert!(!message.contains("budget may be 0"), "{message}");
+    assert!(message.contains("waiting ahead"), "{message}");
+    assert!(message.contains("stalled after queueing"), "{message}");
+}
