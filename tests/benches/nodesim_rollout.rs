@@ -387,6 +387,22 @@ async fn run(hosts: usize, clusters: usize, deployments: usize, max_unavailable:
     let before_etcd = get(etcd_metrics, "/metrics").await;
     let before_coordinator = get(metrics_addr, "/metrics").await;
     let cpu_before = Usage::of(pid).unwrap().cpu_seconds;
+    // Everyone else on the same cores: etcd and the simulators.
+    let others: Vec<u32> = etcd
+        .pid(0)
+        .ok()
+        .flatten()
+        .into_iter()
+        .chain(sims.iter().filter_map(NodesimFixture::pid))
+        .collect();
+    let cpu_of = |pids: &[u32]| -> f64 {
+        pids.iter()
+            .filter_map(|p| Usage::of(*p).ok())
+            .map(|u| u.cpu_seconds)
+            .sum()
+    };
+    let others_before = cpu_of(&others);
+    let mut walls = Duration::ZERO;
     let mut ratios = Vec::new();
     for n in 0..deployments {
         let digest = &digests[(n + 1) % 2];
@@ -399,6 +415,7 @@ async fn run(hosts: usize, clusters: usize, deployments: usize, max_unavailable:
             }
         };
         assert_eq!(r["state"], "succeeded", "deployment {n}: {r}");
+        walls += wall;
         let minimum = plan_minimum(&r);
         ratios.push(wall.as_secs_f64() / minimum.as_secs_f64());
         if n == 0 {
@@ -415,6 +432,7 @@ async fn run(hosts: usize, clusters: usize, deployments: usize, max_unavailable:
         }
     }
     let cpu_after = Usage::of(pid).unwrap().cpu_seconds;
+    let others_after = cpu_of(&others);
     let after_etcd = get(etcd_metrics, "/metrics").await;
     let per = |name: &str| match (metric(&before_etcd, name), metric(&after_etcd, name)) {
         (Some(b), Some(a)) => format!("{:.0} KiB", (a - b) / deployments as f64 / 1024.0),
@@ -428,6 +446,13 @@ async fn run(hosts: usize, clusters: usize, deployments: usize, max_unavailable:
     println!(
         "nodesim_rollout: coordinator CPU {:.2} s per deployment (utime + stime)",
         (cpu_after - cpu_before) / deployments as f64
+    );
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    println!(
+        "nodesim_rollout: etcd and the simulators: CPU {:.2} s per deployment; all three used {:.0} % of the {cores} cores' time during the deployments",
+        (others_after - others_before) / deployments as f64,
+        100.0 * (cpu_after - cpu_before + others_after - others_before)
+            / (walls.as_secs_f64() * cores as f64)
     );
     println!(
         "nodesim_rollout: etcd per deployment: WAL written {} (etcd_disk_wal_write_bytes_total), client requests {} (etcd_network_client_grpc_received_bytes_total)",
