@@ -26,6 +26,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use lockstep_tests::operator::{agents_known, push, record, start_deploy};
+use lockstep_tests::timeline::{BatchTimeline, deployment_events};
 use lockstep_tests::{CoordinatorFixture, DemoRelease, EtcdCluster, FleetFixture, wait_for};
 
 fn arg(n: usize, default: u64) -> u64 {
@@ -156,39 +157,40 @@ async fn main() {
             wall.as_secs_f64() / without_app.as_secs_f64()
         );
     }
+    // A host is ready once its new instance is and its old one is gone.
+    let to_ready = app.start + Duration::from_millis(ready_ms) + app.stop;
+    let to_next = Duration::from_millis(min_healthy_ms);
     println!("cold rollout:");
-    timeline(&etcd, &cold_record).await;
+    timeline(&etcd, &cold_record, to_ready, to_next).await;
     println!("warm rollout:");
-    timeline(&etcd, &warm_record).await;
+    timeline(&etcd, &warm_record, to_ready, to_next).await;
     drop(fleet);
 }
 
-/// Where the time went: each event's offset from the deployment's start.
-async fn timeline(etcd: &EtcdCluster, record: &serde_json::Value) {
+/// Where the time went: each batch's (against `to_ready` from its
+/// applies to a readiness and `to_next` to the next batch), then each
+/// event's offset from the deployment's start.
+async fn timeline(
+    etcd: &EtcdCluster,
+    record: &serde_json::Value,
+    to_ready: Duration,
+    to_next: Duration,
+) {
     let id = record["id"].as_str().unwrap_or_default();
-    let mut client = etcd.client().await.unwrap();
-    let prefix = format!("/lockstep/v1/deployment-events/{id}/");
-    let response = client
-        .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
-        .await
-        .unwrap();
-    let mut start = None;
-    // A key holds a page of one step's events (a JSON array).
-    let events = response.kvs().iter().flat_map(|kv| {
-        match serde_json::from_slice::<serde_json::Value>(kv.value()).unwrap() {
-            serde_json::Value::Array(page) => page,
-            one => vec![one],
-        }
-    });
+    let events = deployment_events(etcd, id).await.unwrap();
+    let to_ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    println!(
+        "  {}",
+        BatchTimeline::of(&events).describe(to_ms(to_ready), to_ms(to_next))
+    );
+    let start = events.first().map_or(0, |e| e.at_unix_ms);
     for e in events {
-        let at = e["at_unix_ms"].as_i64().unwrap_or_default();
-        let start = *start.get_or_insert(at);
         println!(
             "  +{:>6} ms {:<18} {:<10} {}",
-            at - start,
-            e["kind"].as_str().unwrap_or_default(),
-            e["instance"].as_str().unwrap_or_default(),
-            e["message"].as_str().unwrap_or_default()
+            e.at_unix_ms - start,
+            e.kind,
+            e.instance,
+            e.message
         );
     }
 }

@@ -46,6 +46,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use lockstep_tests::operator::{push, record, start_deploy};
+use lockstep_tests::timeline::{BatchTimeline, deployment_events};
 use lockstep_tests::{
     CoordinatorFixture, DemoRelease, EtcdCluster, NodesimFixture, NodesimOptions, Usage,
     free_loopback_port, lockstep, wait_for,
@@ -426,8 +427,13 @@ async fn run(hosts: usize, clusters: usize, deployments: usize, max_unavailable:
                 batches(&r),
                 ratios[0]
             );
-            if let Some(id) = r["id"].as_str() {
-                batch_timeline(&etcd, id).await;
+            match deployment_events(&etcd, r["id"].as_str().unwrap_or_default()).await {
+                Ok(events) => println!(
+                    "nodesim_rollout: {}",
+                    BatchTimeline::of(&events)
+                        .describe(START_DELAY_MS + READY_DELAY_MS, MIN_HEALTHY_MS)
+                ),
+                Err(err) => println!("nodesim_rollout: batch timeline: n/a ({err})"),
             }
         }
     }
@@ -480,110 +486,6 @@ async fn run(hosts: usize, clusters: usize, deployments: usize, max_unavailable:
     live_footprint(&etcd).await;
     fleet_figures(&coordinator, &urls).await;
     drop(sims);
-}
-
-/// Where a batch's time goes, from the deployment's own events (their
-/// `at_unix_ms` is when the driver took the step): from a batch's
-/// applies to its first and last readiness (the minimum is the
-/// simulator's start + ready delay), and from its last readiness to the
-/// next batch's applies (the minimum is `min_healthy_time`). Means over
-/// the batches, and the worst.
-async fn batch_timeline(etcd: &EtcdCluster, id: &str) {
-    let mut client = etcd.client().await.unwrap();
-    let prefix = format!("/lockstep/v1/deployment-events/{id}/");
-    let mut end = prefix.clone().into_bytes();
-    if let Some(last) = end.last_mut() {
-        *last += 1;
-    }
-    let mut from = prefix.into_bytes();
-    let mut events: Vec<(i64, String, String)> = Vec::new();
-    loop {
-        let options = etcd_client::GetOptions::new()
-            .with_range(end.clone())
-            .with_limit(50);
-        let Ok(page) = client.get(from.clone(), Some(options)).await else {
-            println!("nodesim_rollout: batch timeline: n/a (cannot read the events)");
-            return;
-        };
-        for kv in page.kvs() {
-            let Ok(serde_json::Value::Array(list)) = serde_json::from_slice(kv.value()) else {
-                continue;
-            };
-            for e in list {
-                let at = e["at_unix_ms"].as_i64().unwrap_or(0);
-                let kind = e["kind"].as_str().unwrap_or("").to_owned();
-                let instance = e["instance"].as_str().unwrap_or("").to_owned();
-                events.push((at, kind, instance));
-            }
-        }
-        match page.kvs().last() {
-            Some(last) if page.more() => {
-                from = last.key().to_vec();
-                from.push(0);
-            }
-            _ => break,
-        }
-    }
-    // A batch: the applies of one step (one moment).
-    let mut starts: Vec<i64> = events
-        .iter()
-        .filter(|(_, kind, _)| kind == "instance_applying")
-        .map(|(at, _, _)| *at)
-        .collect();
-    starts.dedup();
-    let batch_of = |at: i64| starts.partition_point(|&s| s <= at).checked_sub(1);
-    let mut applied: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    for (at, kind, instance) in &events {
-        if kind == "instance_applying" {
-            if let Some(b) = batch_of(*at) {
-                applied.insert(instance, b);
-            }
-        }
-    }
-    let mut ready: Vec<(i64, i64, usize)> = vec![(i64::MAX, i64::MIN, 0); starts.len()];
-    for (at, kind, instance) in &events {
-        if kind != "instance_ready" {
-            continue;
-        }
-        if let Some(&b) = applied.get(instance.as_str()) {
-            let r = &mut ready[b];
-            r.0 = r.0.min(*at);
-            r.1 = r.1.max(*at);
-            r.2 += 1;
-        }
-    }
-    let (mut first, mut last, mut gap) = (Vec::new(), Vec::new(), Vec::new());
-    let mut steps = 0;
-    for (b, &(lo, hi, count)) in ready.iter().enumerate() {
-        if count == 0 {
-            continue;
-        }
-        first.push((lo - starts[b]) as f64);
-        last.push((hi - starts[b]) as f64);
-        if let Some(next) = starts.get(b + 1) {
-            gap.push((next - hi) as f64);
-        }
-        steps += events
-            .iter()
-            .filter(|(at, kind, _)| kind == "instance_ready" && (lo..=hi).contains(at))
-            .map(|(at, _, _)| at)
-            .collect::<std::collections::BTreeSet<_>>()
-            .len();
-    }
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    let worst = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
-    println!(
-        "nodesim_rollout: per batch ({} batches, {} readiness steps): applies -> first ready {:.0} ms, -> last ready {:.0} ms mean / {:.0} worst (minimum {} ms); last ready -> next applies {:.0} ms mean / {:.0} worst (minimum {} ms)",
-        starts.len(),
-        steps,
-        mean(&first),
-        mean(&last),
-        worst(&last),
-        START_DELAY_MS + READY_DELAY_MS,
-        mean(&gap),
-        worst(&gap),
-        MIN_HEALTHY_MS
-    );
 }
 
 /// What the coordinator keeps in etcd now, whatever etcd's history holds:

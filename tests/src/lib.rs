@@ -33,6 +33,7 @@ mod pki;
 mod place;
 mod ports;
 mod prometheus;
+pub mod timeline;
 mod usage;
 mod wait;
 mod webhook;
