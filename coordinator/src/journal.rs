@@ -606,9 +606,16 @@ impl Journal {
             ),
         )
         .await?;
+        // A history key is written once when its deployment finishes and
+        // once more when it is pruned (the summary put again): version 1
+        // is a deployment still whole. Taken by key alone, the oldest
+        // PRUNE_BATCH past retention were all pruned ones once that many
+        // had been, and every pass wrote them again instead of reaching
+        // the rest.
         let keys: Vec<String> = response
             .kvs()
             .iter()
+            .filter(|kv| kv.version() == 1)
             .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
             .collect();
         let due = prunable(&keys, now_unix_ms, retention);
@@ -631,11 +638,13 @@ impl Journal {
         let Some(kv) = stored.kvs().first() else {
             return Ok(false);
         };
-        let header = self.header(&entry.id).await?;
-        let summary = match (&header, self.summary_at(&entry.key, kv.value()).await?) {
-            (_, Some(summary)) => summary,
-            (None, None) => return Ok(false),
-            (Some(header), None) => header.summary(),
+        // No record left: pruned already (by a pass that raced this one).
+        let Some(header) = self.header(&entry.id).await? else {
+            return Ok(false);
+        };
+        let summary = match self.summary_at(&entry.key, kv.value()).await? {
+            Some(summary) => summary,
+            None => header.summary(),
         };
         let events = keys::deployment_events(&entry.id);
         let txn = Txn::new()
@@ -663,7 +672,7 @@ impl Journal {
             service = entry.service,
             "pruned a finished deployment: its summary stays in history"
         );
-        Ok(header.is_some())
+        Ok(true)
     }
 
     pub fn client(&self) -> &Etcd {

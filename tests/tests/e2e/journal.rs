@@ -4,7 +4,7 @@
 //! one step is written step by step, read back whole and resumed exactly;
 //! event readers page through it; a format-1 record still loads.
 
-use coordinator::journal::Journal;
+use coordinator::journal::{Journal, PRUNE_BATCH, Retention};
 use coordinator::record::{
     DeploymentKind, DeploymentRecord, DeploymentState, EventKind, Happening, RECORD_FORMAT,
 };
@@ -309,4 +309,77 @@ async fn a_finished_deployments_last_events_are_written_by_the_next_leader() {
     assert_eq!(events.len() as u64, live.next_seq - 1);
     assert!(events.iter().zip(1..).all(|(e, seq)| e.seq == seq));
     assert_eq!(events[events.len() - last.len()..], last[..]);
+}
+
+/// #15, found reading the pruner for this stop's note: a history key keeps
+/// its place once pruned (the summary stays), and a pass took the oldest
+/// [`PRUNE_BATCH`] keys past retention, pruned or not. Once that many had
+/// been pruned, every pass wrote the same summaries again and never
+/// reached a deployment finished after them: its record and events stayed
+/// for ever. Here the first pass prunes the oldest PRUNE_BATCH; on main the
+/// second pruned nothing and wrote them all again.
+#[tokio::test]
+async fn pruning_goes_past_deployments_it_pruned_before() {
+    let etcd = EtcdCluster::single().await.unwrap();
+    let mut raw = etcd.client().await.unwrap();
+    let leader = fence(&mut raw, "/test/leader").await;
+    let journal = Journal::new(crate::failover_client(&etcd).await);
+    let sc = Scenario::single_batch(3, 7);
+    // Finished deployments, whole: header, an event page, history entry
+    // (as a finishing step writes it).
+    let mut history = Vec::new();
+    for n in 0..=PRUNE_BATCH {
+        let at = 1_000_000 + i64::try_from(n).unwrap();
+        let id = format!("web-{at}");
+        let mut record = record_for(&sc);
+        record.id = id.clone();
+        record.state = DeploymentState::Succeeded;
+        record.finished_unix_ms = at;
+        let key = leases::keys::history("web", at, &id);
+        let summary = serde_json::to_vec(&record.summary()).unwrap();
+        let header = serde_json::to_vec(&record.header()).unwrap();
+        raw.put(leases::keys::deployment(&id), header, None)
+            .await
+            .unwrap();
+        raw.put(leases::keys::deployment_event(&id, 1), "[]", None)
+            .await
+            .unwrap();
+        raw.put(key.as_str(), summary, None).await.unwrap();
+        history.push((id, key));
+    }
+    let retention = Retention {
+        after: std::time::Duration::from_secs(1),
+        keep: 0,
+    };
+    let first = journal.prune(&leader, 3_000_000, &retention).await.unwrap();
+    assert_eq!(first, PRUNE_BATCH);
+    let (last_id, _) = &history[PRUNE_BATCH];
+    let before = raw.get(history[0].1.as_str(), None).await.unwrap();
+
+    let second = journal.prune(&leader, 3_000_000, &retention).await.unwrap();
+
+    assert_eq!(second, 1, "the deployment finished last was not pruned");
+    let left = raw
+        .get(leases::keys::deployment(last_id), None)
+        .await
+        .unwrap();
+    assert!(left.kvs().is_empty(), "its record is left");
+    let events = raw
+        .get(
+            leases::keys::deployment_events(last_id),
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_count_only(),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(events.count(), 0, "its events are left");
+    let after = raw.get(history[0].1.as_str(), None).await.unwrap();
+    assert_eq!(
+        after.kvs()[0].mod_revision(),
+        before.kvs()[0].mod_revision(),
+        "a pruned deployment's summary was written again"
+    );
 }
