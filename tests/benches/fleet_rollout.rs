@@ -15,6 +15,12 @@
 //! the difference is this machine's staging throughput more than the
 //! product's.
 //!
+//! Where the time went: each rollout's batch timeline (from the journal's
+//! events: a batch's applies to its first and last readiness, and on to
+//! the next batch) and every event; then, from each agent's log, the
+//! phases of its warm switch (budget slot asked -> new process started ->
+//! ready -> old process ended), their medians, 90th percentiles and worst.
+//!
 //! `cargo build --release --workspace --bins && cargo bench -p lockstep-tests --bench fleet_rollout [-- AGENTS READY_MS MIN_HEALTHY_MS BAKE_MS]`
 //! (the bench runs the binaries of its own profile; `--profile dev` with a
 //! debug build works too and is slower)
@@ -164,6 +170,7 @@ async fn main() {
     timeline(&etcd, &cold_record, to_ready, to_next).await;
     println!("warm rollout:");
     timeline(&etcd, &warm_record, to_ready, to_next).await;
+    host_profile(&fleet, agents);
     drop(fleet);
 }
 
@@ -191,6 +198,79 @@ async fn timeline(
             e.kind,
             e.instance,
             e.message
+        );
+    }
+}
+
+/// Each host's last switch (the warm rollout's), from its agent's log:
+/// asking for a budget slot -> the new instance's process started ->
+/// ready -> the old one's process ended. The medians, 90th percentiles
+/// and worst over the hosts: where a batch's spread comes from.
+fn host_profile(fleet: &FleetFixture, agents: usize) {
+    // Seconds since midnight of a log line's RFC 3339 timestamp.
+    let at = |line: &str| -> Option<f64> {
+        let clock = line.get(11..26)?;
+        let mut parts = clock.split(':');
+        let h: f64 = parts.next()?.parse().ok()?;
+        let m: f64 = parts.next()?.parse().ok()?;
+        let s: f64 = parts.next()?.parse().ok()?;
+        Some(h * 3600.0 + m * 60.0 + s)
+    };
+    let mut phases: [Vec<f64>; 3] = Default::default();
+    for i in 0..agents {
+        let Some(host) = fleet.host(&format!("host-{i:02}")) else {
+            continue;
+        };
+        let log = host.agent.log_text();
+        let lines: Vec<&str> = log.lines().collect();
+        let Some(asked) = lines
+            .iter()
+            .rposition(|l| l.contains("waiting for a slot in the disruption budget"))
+        else {
+            continue;
+        };
+        let marks = [
+            "instance process started",
+            "state=\"ready\"",
+            "instance process ended",
+        ];
+        let mut times = vec![at(lines[asked])];
+        let mut from = asked;
+        for mark in marks {
+            match lines[from..].iter().position(|l| l.contains(mark)) {
+                Some(k) => {
+                    from += k;
+                    times.push(at(lines[from]));
+                }
+                None => times.push(None),
+            }
+        }
+        let Some(times) = times.into_iter().collect::<Option<Vec<f64>>>() else {
+            continue;
+        };
+        for (phase, pair) in phases.iter_mut().zip(times.windows(2)) {
+            phase.push((pair[1] - pair[0]) * 1000.0);
+        }
+    }
+    let names = [
+        "budget slot asked -> new process started",
+        "started -> ready",
+        "ready -> old process ended",
+    ];
+    println!("fleet_rollout: each host's warm switch, from its agent's log:");
+    for (name, mut ms) in names.into_iter().zip(phases) {
+        if ms.is_empty() {
+            println!("  {name}: n/a (no such lines in the agents' logs)");
+            continue;
+        }
+        ms.sort_by(f64::total_cmp);
+        let pick = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+        println!(
+            "  {name}: median {:.0} ms, p90 {:.0}, worst {:.0} ({} hosts)",
+            pick(0.5),
+            pick(0.9),
+            pick(1.0),
+            ms.len()
         );
     }
 }
