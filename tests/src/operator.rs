@@ -405,3 +405,16 @@ pub async fn budget_keys(etcd: &EtcdCluster) -> Result<Vec<String>, OperatorErro
         .filter(|key| key.contains("/budget/") || key.contains("/budget-queue/"))
         .collect())
 }
+
+/// How many keys etcd holds under `prefix`.
+pub async fn keys_under(etcd: &EtcdCluster, prefix: &str) -> Result<i64, OperatorError> {
+    let mut client = etcd.client().await?;
+    let options = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_count_only();
+    let response = client
+        .get(prefix, Some(options))
+        .await
+        .map_err(|e| unexpected(&format!("count {prefix}"), e))?;
+    Ok(response.count())
+}

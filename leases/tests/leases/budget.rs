@@ -209,6 +209,25 @@ async fn a_dropped_waiter_leaves_the_queue() {
     .unwrap();
 }
 
+/// Queues `name` in `cluster`'s budget as an agent that stalled right
+/// after queueing would leave it: its lease alive, never promoted.
+async fn queue_a_stalled_waiter(etcd: &EtcdCluster, cluster: &str, name: &str) {
+    let mut raw = etcd.client().await.unwrap();
+    let lease = raw.lease_grant(60, None).await.unwrap().id();
+    let stalled = serde_json::json!({
+        "holder": leases::Holder::current(),
+        "purpose": "apply (stalled after queueing)",
+        "since_unix_ms": 0,
+    });
+    raw.put(
+        format!("{}{name}", leases::keys::budget_waiters(cluster)),
+        stalled.to_string(),
+        Some(etcd_client::PutOptions::new().with_lease(lease)),
+    )
+    .await
+    .unwrap();
+}
+
 /// Issue #15 (300 real agents, ratio 2.97): a batch's agents took their
 /// slots one after another, each waiting for the one ahead of it to be
 /// promoted, so a batch of 50 was a chain of 50 etcd round trips. Here the
@@ -224,20 +243,7 @@ async fn with_slots_free_a_waiter_does_not_wait_for_the_one_ahead_of_it() {
         .set_policy(&client, BudgetPolicy { max_disruptions: 2 })
         .await
         .unwrap();
-    let mut raw = etcd.client().await.unwrap();
-    let lease = raw.lease_grant(60, None).await.unwrap().id();
-    let stalled = serde_json::json!({
-        "holder": leases::Holder::current(),
-        "purpose": "apply (stalled after queueing)",
-        "since_unix_ms": 0,
-    });
-    raw.put(
-        format!("{}stalled", leases::keys::budget_waiters("us-1")),
-        stalled.to_string(),
-        Some(etcd_client::PutOptions::new().with_lease(lease)),
-    )
-    .await
-    .unwrap();
+    queue_a_stalled_waiter(&etcd, "us-1", "stalled").await;
 
     let second = session(&etcd, 10).await;
     let _slot = budget
@@ -272,20 +278,7 @@ async fn with_slots_free_a_waiter_does_not_wait_for_the_one_ahead_of_it() {
 async fn a_waiter_timing_out_behind_a_stalled_one_names_it() {
     let etcd = EtcdCluster::single().await.unwrap();
     let budget = DisruptionBudget::new("us-2");
-    let mut raw = etcd.client().await.unwrap();
-    let lease = raw.lease_grant(60, None).await.unwrap().id();
-    let stalled = serde_json::json!({
-        "holder": leases::Holder::current(),
-        "purpose": "apply (stalled after queueing)",
-        "since_unix_ms": 0,
-    });
-    raw.put(
-        format!("{}host-a%2Fweb", leases::keys::budget_waiters("us-2")),
-        stalled.to_string(),
-        Some(etcd_client::PutOptions::new().with_lease(lease)),
-    )
-    .await
-    .unwrap();
+    queue_a_stalled_waiter(&etcd, "us-2", "host-a%2Fweb").await;
 
     let behind = session(&etcd, 10).await;
     let err = budget

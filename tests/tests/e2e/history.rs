@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use lockstep_tests::operator::{
-    agents_known, deploy, deployment_id, history_entry, push, strategy, text,
+    agents_known, deploy, deployment_id, history_entry, keys_under, push, strategy, text,
 };
 use lockstep_tests::{CoordinatorFixture, DemoRelease, EtcdCluster, FleetFixture, wait_for};
 
@@ -68,32 +68,15 @@ async fn finished_deployments_past_retention_keep_only_their_summary() {
     )
     .await
     .unwrap();
-    let events = client
-        .get(
-            leases::keys::deployment_events(&first),
-            Some(
-                etcd_client::GetOptions::new()
-                    .with_prefix()
-                    .with_count_only(),
-            ),
-        )
+    let events = keys_under(&etcd, &leases::keys::deployment_events(&first))
         .await
         .unwrap();
-    assert_eq!(events.count(), 0, "the first deployment's events are left");
-    let journal = client
-        .get(
-            leases::keys::deployment_dir(&first),
-            Some(
-                etcd_client::GetOptions::new()
-                    .with_prefix()
-                    .with_count_only(),
-            ),
-        )
+    assert_eq!(events, 0, "the first deployment's events are left");
+    let journal = keys_under(&etcd, &leases::keys::deployment_dir(&first))
         .await
         .unwrap();
     assert_eq!(
-        journal.count(),
-        0,
+        journal, 0,
         "the first deployment's snapshot and steps are left"
     );
     let newest = client

@@ -10,6 +10,7 @@ use coordinator::record::{
 };
 use coordinator::step_log::{StepEntry, driver_notes, snapshot_due};
 use etcd_client::{Compare, CompareOp};
+use lockstep_tests::operator::keys_under;
 use lockstep_tests::{CoordinatorFixture, EtcdCluster, wait_for};
 use rollout::sim::{Scenario, run_scenario_recorded};
 use rollout::{DeploymentId, Engine, Event, FencingToken};
@@ -364,18 +365,10 @@ async fn pruning_goes_past_deployments_it_pruned_before() {
         .await
         .unwrap();
     assert!(left.kvs().is_empty(), "its record is left");
-    let events = raw
-        .get(
-            leases::keys::deployment_events(last_id),
-            Some(
-                etcd_client::GetOptions::new()
-                    .with_prefix()
-                    .with_count_only(),
-            ),
-        )
+    let events = keys_under(&etcd, &leases::keys::deployment_events(last_id))
         .await
         .unwrap();
-    assert_eq!(events.count(), 0, "its events are left");
+    assert_eq!(events, 0, "its events are left");
     let after = raw.get(history[0].1.as_str(), None).await.unwrap();
     assert_eq!(
         after.kvs()[0].mod_revision(),
