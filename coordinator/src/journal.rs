@@ -642,6 +642,17 @@ impl Journal {
         let Some(header) = self.header(&entry.id).await? else {
             return Ok(false);
         };
+        // Still its service's active deployment: its finishing step's
+        // further pages are not all written (the marker goes with the
+        // last), and a leader resuming it writes them. Pruned now, those
+        // pages would be written after, orphans of a pruned record.
+        let active = keys::active(&entry.service);
+        let marker = read(&active, self.client.clone().get(active.as_str(), None)).await?;
+        let marker = marker.kvs().first();
+        if marker.is_some_and(|kv| kv.value() == entry.id.as_bytes()) {
+            return Ok(false);
+        }
+        let marker_revision = marker.map_or(0, |kv| kv.mod_revision());
         let summary = match self.summary_at(&entry.key, kv.value()).await? {
             Some(summary) => summary,
             None => header.summary(),
@@ -651,6 +662,7 @@ impl Journal {
             .when([
                 fence.clone(),
                 Compare::mod_revision(entry.key.as_str(), CompareOp::Equal, kv.mod_revision()),
+                Compare::mod_revision(active.as_str(), CompareOp::Equal, marker_revision),
             ])
             .and_then([
                 TxnOp::put(entry.key.as_str(), json(&entry.key, &summary)?, None),

@@ -376,3 +376,59 @@ async fn pruning_goes_past_deployments_it_pruned_before() {
         "a pruned deployment's summary was written again"
     );
 }
+
+/// #15 (noticed in stop 24, "a pruner pass with a very short retention can
+/// race a live finishing step's pages"): a finished deployment whose
+/// finishing step's further pages are not all written is still its
+/// service's active deployment (the marker goes with the last page). A
+/// pass pruned it anyway, and the pages written after (by this leader or
+/// the next) were orphans of a pruned record. It is pruned once the
+/// marker is cleared.
+#[tokio::test]
+async fn a_finished_deployment_still_active_is_not_pruned() {
+    let etcd = EtcdCluster::single().await.unwrap();
+    let mut raw = etcd.client().await.unwrap();
+    let leader = fence(&mut raw, "/test/leader").await;
+    let journal = Journal::new(crate::failover_client(&etcd).await);
+    let mut record = record_for(&Scenario::single_batch(3, 7));
+    record.state = DeploymentState::Failed;
+    record.finished_unix_ms = 1_000_000;
+    raw.put(
+        leases::keys::deployment(ID),
+        serde_json::to_vec(&record.header()).unwrap(),
+        None,
+    )
+    .await
+    .unwrap();
+    raw.put(leases::keys::deployment_event(ID, 1), "[]", None)
+        .await
+        .unwrap();
+    raw.put(
+        leases::keys::history("web", 1_000_000, ID),
+        serde_json::to_vec(&record.summary()).unwrap(),
+        None,
+    )
+    .await
+    .unwrap();
+    raw.put(leases::keys::active("web"), ID, None)
+        .await
+        .unwrap();
+    let retention = Retention {
+        after: std::time::Duration::from_secs(1),
+        keep: 0,
+    };
+
+    let pruned = journal.prune(&leader, 3_000_000, &retention).await.unwrap();
+
+    assert_eq!(pruned, 0, "an active deployment was pruned");
+    let header = raw.get(leases::keys::deployment(ID), None).await.unwrap();
+    assert_eq!(header.kvs().len(), 1, "its record is gone");
+    let events = keys_under(&etcd, &leases::keys::deployment_events(ID))
+        .await
+        .unwrap();
+    assert_eq!(events, 1, "its events are gone");
+
+    raw.delete(leases::keys::active("web"), None).await.unwrap();
+    let pruned = journal.prune(&leader, 3_000_000, &retention).await.unwrap();
+    assert_eq!(pruned, 1, "no longer active, it was not pruned");
+}
