@@ -31,6 +31,7 @@ mod operator_paths;
 mod prometheus;
 mod registration;
 mod security;
+mod staging;
 mod supersede;
 mod systemd;
 mod tls;
