@@ -81,8 +81,8 @@ pub enum SemaphoreError {
         cluster: String,
         waited: Duration,
         holders: String,
-        /// The waiters served first: a stalled one holds back those behind
-        /// it while slots are free.
+        /// The waiters served first: they count against the budget, so
+        /// stalled ones can hold back those behind them with no slot held.
         ahead: String,
     },
     #[error("lost the etcd session while waiting for a slot in cluster {cluster}")]

@@ -8,8 +8,12 @@
 //!   batches of the simulator's start + ready delay + `min_healthy_time`,
 //!   plus the plan's final `bake_time`):
 //!   the first update's and the mean and worst over all;
+//! - the first update's batch timeline, from the journal's events
+//!   (`lockstep_tests::timeline`): a batch's applies to its first and last
+//!   readiness, and its last readiness to the next batch's applies;
 //! - the coordinator's peak RSS (VmHWM) and CPU seconds per deployment
-//!   (utime + stime from /proc/PID/stat, before and after);
+//!   (utime + stime from /proc/PID/stat, before and after), and etcd's
+//!   and the simulators' CPU with how busy the cores were;
 //! - etcd bytes written per deployment: etcd's own
 //!   `etcd_disk_wal_write_bytes_total` (every write that went through
 //!   raft) and `etcd_network_client_grpc_received_bytes_total` (every
