@@ -418,3 +418,17 @@ pub async fn keys_under(etcd: &EtcdCluster, prefix: &str) -> Result<i64, Operato
         .map_err(|e| unexpected(&format!("count {prefix}"), e))?;
     Ok(response.count())
 }
+
+/// etcd, one coordinator (leases of `lease_ttl_secs`) and a fleet of
+/// `layout` (agent id, cluster) reporting to it, every agent known.
+pub async fn fleet_reporting(
+    layout: &[(&str, &str)],
+    lease_ttl_secs: u64,
+) -> Result<(EtcdCluster, CoordinatorFixture, FleetFixture), OperatorError> {
+    let etcd = EtcdCluster::single().await?;
+    let coordinator = CoordinatorFixture::start(&etcd.endpoints(), lease_ttl_secs).await?;
+    let urls = vec![coordinator.url()];
+    let fleet = FleetFixture::start(layout, &etcd.endpoints(), &urls).await?;
+    agents_known(&urls, layout.len()).await?;
+    Ok((etcd, coordinator, fleet))
+}

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use lockstep_tests::operator::{
     active_deployment, agents_known, deploy, deployment_id, every_host_serves, finished,
-    history_entry, leader_and_standby, lockstep_json, on_target, push, record, served,
-    start_deploy, strategy, text, until_leading,
+    fleet_reporting, history_entry, leader_and_standby, lockstep_json, on_target, push, record,
+    served, start_deploy, strategy, text, until_leading,
 };
 use lockstep_tests::{
     CoordinatorFixture, DemoRelease, EtcdCluster, FleetFixture, lockstep, wait_for,
@@ -165,16 +165,7 @@ async fn a_hung_etcd_or_coordinator_gets_exit_69_instead_of_a_hang() {
 
 /// etcd, one coordinator that leads, and a fleet reporting to it.
 async fn stage(layout: &[(&str, &str)]) -> (EtcdCluster, CoordinatorFixture, FleetFixture) {
-    let etcd = EtcdCluster::single().await.unwrap();
-    let coordinator = CoordinatorFixture::start(&etcd.endpoints(), TTL_SECS)
-        .await
-        .unwrap();
-    let urls = vec![coordinator.url()];
-    let fleet = FleetFixture::start(layout, &etcd.endpoints(), &urls)
-        .await
-        .unwrap();
-    agents_known(&urls, layout.len()).await.unwrap();
-    (etcd, coordinator, fleet)
+    fleet_reporting(layout, TTL_SECS).await.unwrap()
 }
 
 /// Reproduces #12 item 9: after `deploy --reason JIRA-123`, `history`

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use lockstep_tests::operator::{agents_known, deploy, push, start_deploy, strategy, text};
-use lockstep_tests::{CoordinatorFixture, DemoRelease, EtcdCluster, FleetFixture, wait_for};
+use lockstep_tests::operator::{deploy, fleet_reporting, push, start_deploy, strategy, text};
+use lockstep_tests::{DemoRelease, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 const LAYOUT: &[(&str, &str)] = &[("st-1", "st"), ("st-2", "st"), ("st-3", "st")];
@@ -17,15 +17,8 @@ const LAYOUT: &[(&str, &str)] = &[("st-1", "st"), ("st-2", "st"), ("st-3", "st")
 /// holds the later batches back while this is checked.
 #[tokio::test]
 async fn hosts_of_later_batches_store_the_target_before_their_apply() {
-    let etcd = EtcdCluster::single().await.unwrap();
-    let coordinator = CoordinatorFixture::start(&etcd.endpoints(), 3)
-        .await
-        .unwrap();
+    let (_etcd, coordinator, fleet) = fleet_reporting(LAYOUT, 3).await.unwrap();
     let urls = vec![coordinator.url()];
-    let fleet = FleetFixture::start(LAYOUT, &etcd.endpoints(), &urls)
-        .await
-        .unwrap();
-    agents_known(&urls, LAYOUT.len()).await.unwrap();
     let work = tempfile::tempdir().unwrap();
     let fast = strategy(work.path(), "fast", "200ms").unwrap();
     let v1 = DemoRelease::new("1.0.0", 1).build(work.path()).unwrap();
